@@ -1,0 +1,1 @@
+"""livelab: lab_hardware."""

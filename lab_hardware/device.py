@@ -1,0 +1,437 @@
+"""A simulated edge device: one process, one device.
+
+Why one process per device rather than several devices per process: a
+hardware profile's memory cap and core count are per-process limits
+(``setrlimit``, CPU affinity), a crash or a ``kill -9`` takes down exactly
+one device as it would in the field, and two cores run three devices fine
+because each spends most of its time waiting for its next utterance.  The
+cost is start-up (~0.3 s of imports each, in parallel) and ~60 MB per device.
+
+What a device does, in its main loop:
+
+* reads its next utterances from the scenario stream, extracts features
+  on-device and decides with onnxruntime (deterministic session options);
+* attaches a signal digest to every decision and folds it into the window;
+* closes an aggregation window every ``window_seconds`` and, only with
+  ``telemetry`` consent, queues it in the outbox and publishes it QoS 1;
+* obeys commands from ``.../cmd/<command>``, refusing malformed ones, and
+  writes every command, accepted or refused, to its audit chain.
+
+Raw inputs never leave the device: no message built here contains text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import queue
+import random
+import resource
+import signal
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import digest as _digest
+from . import features, mqtt, topics
+from .audit import AuditChain
+from .consent import SCOPES, ConsentError, ConsentState
+from .inference import Model
+from .link import Link
+from .outbox import Outbox
+from .profiles import Profile
+from .window import Window
+
+log = logging.getLogger("livelab.device")
+
+#: Largest command payload a device reads (bundles will have their own limit).
+COMMAND_LIMIT = 64 * 1024
+#: Outstanding QoS 1 publishes before the device waits for PUBACKs.
+MAX_INFLIGHT = 1000
+#: Probability that a user undoes a wrong decision (the false-positive proxy).
+UNDO_PROBABILITY = 0.8
+HEARTBEAT_S = 2.0
+AUDIT_CHUNK = 200
+
+
+class CommandError(ValueError):
+    """A command the device refuses; the message is the one-line reason."""
+
+
+def apply_profile_limits(profile: Profile) -> None:
+    """Memory cap and core count of the profile, applied to this process."""
+    if profile.memory_mb:
+        limit = profile.memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    if profile.cores:
+        cpus = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, cpus[: max(1, min(profile.cores, len(cpus)))])
+
+
+class Device:
+    def __init__(self, config: dict[str, Any], *, clock=time.time):
+        self.cfg = config
+        self.clock = clock
+        self.ns = topics.check_name("namespace", config["namespace"])
+        self.name = topics.check_name("device", config["device"])
+        self.dir = Path(config["state_dir"])
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.profile = Profile.from_dict(config["profile"])
+        sc = config["scenario"]
+        self.intents: list[str] = list(sc["intents"])
+        self.models: dict[str, str] = dict(sc["models"])
+        self.window_seconds = float(config.get("window_seconds") or sc["window_seconds"])
+        self.window_max = int(config.get("window_max_decisions", 0))
+        self.rate = float(config["rate_hz"] if config.get("rate_hz") is not None else sc["rate_hz"])
+        self.batch_max = int(config.get("batch_max", 256))
+        seed = zlib.crc32(f"{config.get('seed', 0)}:{self.ns}:{self.name}".encode())
+        self.rng = np.random.default_rng(seed)
+        self.link = Link(self.profile.link, random.Random(seed))
+
+        texts, truth = [], []
+        index = {name: i for i, name in enumerate(self.intents)}
+        with open(sc["stream"], encoding="utf-8") as fh:
+            for line in fh:
+                rec = json.loads(line)
+                texts.append(rec["text"])
+                truth.append(index[rec["intent"]])
+        self.texts = texts
+        self.truth = np.asarray(truth, dtype=np.int64)
+        self.pos = (int(config.get("index", 0)) * 7919) % len(texts)
+
+        self.audit = AuditChain(self.dir / "audit.jsonl", clock=clock)
+        self.consent = ConsentState.from_trail(self.audit.records())
+        self.outbox = Outbox(self.dir / "outbox.sqlite", horizon=float(config.get("outbox_horizon", 10.0)),
+                             clock=clock)
+        saved = self._load_state()
+        self.boot = saved.get("boot", 0) + 1
+        self.decision_seq = saved.get("decision_seq", 0)
+        model = saved.get("model") or config.get("model") or next(iter(self.models))
+        self._load_model(model if model in self.models else next(iter(self.models)))
+
+        self.inbox: queue.Queue = queue.Queue()
+        self.connected = False
+        self.disconnected_at = self.clock()
+        self.inflight: dict[int, int] = {}
+        self.audit_seq = 0
+        self.stop_event = threading.Event()
+        self.window = Window(self.intents, self.clock())
+        self._last_state = 0.0
+        self._last_prune = self.clock()
+        self._last_save = 0.0
+        self._rate_t0 = time.monotonic()
+        self._rate_done = 0
+        self.refused = 0
+        self.telemetry_time: float | None = None
+        self.client = None
+
+    # ---- persistence -------------------------------------------------------------------
+    def _load_state(self) -> dict:
+        try:
+            return json.loads((self.dir / "state.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _save_state(self) -> None:
+        tmp = self.dir / "state.json.tmp"
+        tmp.write_text(json.dumps({"boot": self.boot, "decision_seq": self.decision_seq,
+                                   "model": self.model_name}))
+        os.replace(tmp, self.dir / "state.json")
+        self._last_save = self.clock()
+
+    def _load_model(self, name: str) -> None:
+        path = self.models[name]
+        self.model = Model(path)
+        if self.model.intents and self.model.intents != self.intents:
+            raise ValueError(f"model {name} classifies {self.model.intents}, scenario has {self.intents}")
+        self.model_name = name
+        self.bundle_digest = _digest.file_digest(path)
+
+    # ---- MQTT --------------------------------------------------------------------------
+    def _connect(self) -> None:
+        b = self.cfg["broker"]
+        c = mqtt.client(f"device.{self.ns}.{self.name}", username=b.get("username"),
+                        password=b.get("password"), clean=False)
+        c.will_set(topics.state(self.ns, self.name), topics.encode(self._state(online=False)),
+                   qos=1, retain=True)
+        c.on_connect = lambda cl, ud, flags, rc, props: self.inbox.put(("connected", rc))
+        c.on_disconnect = lambda cl, ud, flags, rc, props: self.inbox.put(("disconnected", self.clock()))
+        c.on_message = lambda cl, ud, msg: self.inbox.put(("cmd", msg.topic, msg.payload))
+        c.on_publish = lambda cl, ud, mid, rc, props: self.inbox.put(("ack", mid))
+        c.connect_async(b["host"], int(b["port"]), keepalive=15)
+        c.loop_start()
+        self.client = c
+
+    def _publish(self, topic: str, payload: bytes, *, retain: bool = False, seq: int | None = None) -> None:
+        def go() -> None:
+            info = self.client.publish(topic, payload, qos=1, retain=retain)
+            if seq is not None:
+                self.inflight[info.mid] = seq
+        self.link.send(len(payload), self.clock(), go)
+
+    def _state(self, online: bool = True) -> dict[str, Any]:
+        return {
+            "schema": topics.SCHEMA_STATE, "namespace": self.ns, "device": self.name,
+            "online": online, "pid": os.getpid(), "boot": self.boot, "time": round(self.clock(), 3),
+            "model": self.model_name, "bundle": self.bundle_digest, "profile": self.profile.name,
+            "consent": self.consent.as_dict(), "telemetry_seq": self.outbox.last_seq,
+            "telemetry_time": self.telemetry_time,
+            "decisions": self.decision_seq, "backlog": self.outbox.backlog(),
+            "audit_length": len(self.audit), "refused": self.refused,
+        }
+
+    def publish_state(self) -> None:
+        if self.connected:
+            self._publish(topics.state(self.ns, self.name), topics.encode(self._state()), retain=True)
+        self._last_state = self.clock()
+
+    def _publish_audit(self, records: list[dict], reply_to: str | None = None) -> None:
+        if not self.connected:
+            return  # the chain is on disk; an 'audit' command fetches it later
+        chunks = [records[i:i + AUDIT_CHUNK] for i in range(0, len(records), AUDIT_CHUNK)] or [[]]
+        for i, chunk in enumerate(chunks):
+            self.audit_seq += 1
+            self._publish(topics.audit(self.ns, self.name), topics.encode({
+                "schema": topics.SCHEMA_AUDIT, "namespace": self.ns, "device": self.name,
+                "seq": self.audit_seq, "reply_to": reply_to, "last": i == len(chunks) - 1,
+                "records": chunk}))
+
+    def _record(self, kind: str, data: dict) -> dict:
+        rec = self.audit.append(kind, data)
+        self._publish_audit([rec])
+        return rec
+
+    # ---- commands ----------------------------------------------------------------------
+    def handle_command(self, topic: str, payload: bytes) -> None:
+        parsed = topics.parse(topic)
+        name = parsed.get("command", "?") if parsed else "?"
+        cmd_id = None
+        try:
+            if len(payload) > COMMAND_LIMIT:
+                raise CommandError(f"payload of {len(payload)} bytes exceeds the command limit of {COMMAND_LIMIT} bytes")
+            try:
+                msg = topics.decode(payload)
+            except ValueError as exc:
+                raise CommandError(str(exc)) from None
+            cmd_id = msg.get("id") if isinstance(msg.get("id"), str) else None
+            if msg.get("schema") != topics.SCHEMA_COMMAND:
+                raise CommandError(f"unknown command schema {msg.get('schema')!r}; expected {topics.SCHEMA_COMMAND}")
+            if cmd_id is None or not 0 < len(cmd_id) <= 64:
+                raise CommandError("command 'id' must be a string of 1-64 characters")
+            if name not in topics.COMMANDS:
+                raise CommandError(f"unknown command {name!r}; known: {', '.join(topics.COMMANDS)}")
+            by = msg.get("by", "unknown")
+            if not isinstance(by, str) or len(by) > 128:
+                raise CommandError("command 'by' must be a string of at most 128 characters")
+            getattr(self, "_cmd_" + name.replace("-", "_"))(msg, cmd_id, by)
+        except CommandError as exc:
+            self.refused += 1
+            log.warning("refused command on %s: %s", topic, exc)
+            self._record("refused", {"command": name, "id": cmd_id, "reason": str(exc),
+                                     "bytes": len(payload),
+                                     "sha256": __import__("hashlib").sha256(payload).hexdigest()})
+            self.publish_state()
+
+    def _cmd_consent(self, msg: dict, cmd_id: str, by: str) -> None:
+        scope, grant = msg.get("scope"), msg.get("grant")
+        try:
+            ConsentState().apply(scope, grant)  # validate before recording
+        except ConsentError as exc:
+            raise CommandError(str(exc)) from None
+        changed = self.consent.apply(scope, grant)
+        withdrawn = 0
+        if scope == "telemetry":
+            # Consent-first: a window that started under another consent state is discarded.
+            self.window = Window(self.intents, self.clock())
+            if not grant:
+                withdrawn = self.outbox.withdraw_unsent()
+        self._record("consent", {"id": cmd_id, "by": by, "scope": scope, "grant": grant,
+                                 "changed": changed, "withdrawn_windows": withdrawn})
+        self.publish_state()
+
+    def _cmd_ping(self, msg: dict, cmd_id: str, by: str) -> None:
+        self._record("command", {"id": cmd_id, "by": by, "command": "ping", "ok": True})
+        self.publish_state()
+
+    def _cmd_audit(self, msg: dict, cmd_id: str, by: str) -> None:
+        start = msg.get("from", 0)
+        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+            raise CommandError("audit 'from' must be a non-negative integer")
+        self._publish_audit(self.audit.records(start), reply_to=cmd_id)
+
+    def _cmd_set_model(self, msg: dict, cmd_id: str, by: str) -> None:
+        model = msg.get("model")
+        if model not in self.models:
+            raise CommandError(f"unknown model {model!r}; available: {', '.join(self.models)}")
+        self._load_model(model)
+        self.window = Window(self.intents, self.clock())
+        self._record("model", {"id": cmd_id, "by": by, "model": model, "bundle": self.bundle_digest})
+        self._save_state()
+        self.publish_state()
+
+    # ---- deciding ----------------------------------------------------------------------
+    def due(self) -> int:
+        if self.rate <= 0:
+            return self.batch_max
+        n = int((time.monotonic() - self._rate_t0) * self.rate) - self._rate_done
+        return max(0, min(n, self.batch_max))
+
+    def decide(self, n: int) -> None:
+        L = len(self.texts)
+        idx = [(self.pos + i) % L for i in range(n)]
+        self.pos = (self.pos + n) % L
+        t0 = time.perf_counter()
+        x = features.extract_batch([self.texts[i] for i in idx])
+        labels, probs = self.model.predict(x)
+        if self.profile.inference_slowdown > 1:
+            time.sleep((time.perf_counter() - t0) * (self.profile.inference_slowdown - 1))
+        latency_ms = (time.perf_counter() - t0) * 1000
+        first = self.decision_seq
+        digests = [_digest.signal_digest(x[i], self.bundle_digest, first + i) for i in range(n)]
+        wrong = labels != self.truth[idx]
+        undone = wrong & (self.rng.random(n) < UNDO_PROBABILITY)
+        self.window.add(labels, probs, undone, digests, first, latency_ms)
+        self.decision_seq += n
+        self._rate_done += n
+
+    def close_window(self, now: float) -> None:
+        w = self.window
+        self.window = Window(self.intents, now)
+        if len(w) and self.consent.allows("telemetry"):
+            seq = self.outbox.next_seq()
+            payload = w.close(end=now, namespace=self.ns, device=self.name, seq=seq,
+                              model=self.model_name, bundle=self.bundle_digest, profile=self.profile.name)
+            self.outbox.add(seq, topics.encode(payload))
+            self.telemetry_time = round(now, 3)
+        if now - self._last_save > 1.0:
+            self._save_state()
+
+    def pump(self) -> None:
+        if not self.connected:
+            return
+        room = MAX_INFLIGHT - len(self.inflight)
+        if room <= 0:
+            return
+        topic = topics.telemetry(self.ns, self.name)
+        for seq, payload in self.outbox.unsent(room):
+            self._publish(topic, payload, seq=seq)
+            self.outbox.mark_sent(seq)
+
+    # ---- main loop ---------------------------------------------------------------------
+    def _drain_inbox(self, timeout: float) -> None:
+        acked: list[int] = []
+        try:
+            item = self.inbox.get(timeout=timeout) if timeout > 0 else self.inbox.get_nowait()
+            while True:
+                kind = item[0]
+                if kind == "ack":
+                    seq = self.inflight.pop(item[1], None)
+                    if seq is not None:
+                        acked.append(seq)
+                elif kind == "cmd":
+                    self.handle_command(item[1], item[2])
+                elif kind == "connected":
+                    if not item[1].is_failure:
+                        self._on_connected()
+                    else:
+                        log.error("broker refused connection: %s", item[1])
+                elif kind == "disconnected":
+                    if self.connected:
+                        log.warning("disconnected from broker")
+                        self.disconnected_at = item[1]
+                    self.connected = False
+                item = self.inbox.get_nowait()
+        except queue.Empty:
+            pass
+        self.outbox.ack(acked)
+
+    def _on_connected(self) -> None:
+        log.info("connected to broker")
+        self.connected = True
+        self.client.subscribe(topics.device_prefix(self.ns, self.name) + "/cmd/+", qos=1)
+        self.inflight.clear()
+        self.outbox.rewind(self.disconnected_at)
+        self.publish_state()
+
+    def run(self) -> int:
+        self._connect()
+        log.info("device %s/%s up (model %s, profile %s, boot %d)", self.ns, self.name,
+                 self.model_name, self.profile.name, self.boot)
+        try:
+            while not self.stop_event.is_set():
+                now = self.clock()
+                n = self.due()
+                if n:
+                    self.decide(n)
+                now = self.clock()
+                if now - self.window.start >= self.window_seconds or (
+                        self.window_max and len(self.window) >= self.window_max):
+                    self.close_window(now)
+                self.pump()
+                self.link.due(now)
+                if now - self._last_state >= HEARTBEAT_S:
+                    self.publish_state()
+                if now - self._last_prune >= 5.0:
+                    self.outbox.prune()
+                    self._last_prune = now
+                self._drain_inbox(self._sleep_for(now))
+        finally:
+            self.shutdown()
+        return 0
+
+    def _sleep_for(self, now: float) -> float:
+        if self.rate <= 0:
+            return 0.0
+        wake = [self.window.start + self.window_seconds, self._last_state + HEARTBEAT_S]
+        nxt = self.link.next_due()
+        if nxt is not None:
+            wake.append(nxt)
+        until_next = (self._rate_done + 1) / self.rate - (time.monotonic() - self._rate_t0)
+        return max(0.0, min(min(wake) - now, until_next, 0.05))
+
+    def shutdown(self) -> None:
+        try:
+            self._save_state()
+            self.outbox.flush()
+            if self.client is not None and self.connected:
+                deadline = time.monotonic() + 2.0
+                while self.link and time.monotonic() < deadline:  # let shaped messages out
+                    self.link.due(self.clock())
+                    time.sleep(0.005)
+                info = self.client.publish(topics.state(self.ns, self.name),
+                                           topics.encode(self._state(online=False)), qos=1, retain=True)
+                info.wait_for_publish(1.0)
+            self.outbox.close()
+        finally:
+            if self.client is not None:
+                mqtt.stop(self.client)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lab_hardware.device",
+                                description="Run one simulated edge device (started by the lab supervisor).")
+    p.add_argument("--config", required=True, help="device config JSON written by the supervisor")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        config = json.loads(Path(args.config).read_text())
+    except (OSError, ValueError) as exc:
+        print(f"livelab device: cannot read config {args.config}: {exc}", file=sys.stderr)
+        return 2
+    apply_profile_limits(Profile.from_dict(config["profile"]))
+    dev = Device(config)
+    signal.signal(signal.SIGTERM, lambda *a: dev.stop_event.set())
+    signal.signal(signal.SIGINT, lambda *a: dev.stop_event.set())
+    return dev.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+"""The lab supervisor: one detached process that owns the broker and the devices.
+
+``livelab up`` starts it and returns; ``livelab down`` stops it.  It restarts
+whatever dies (a broker killed with -9 comes back on the same port with its
+persisted sessions; a crashed device comes back with its outbox and audit
+chain), and on SIGHUP re-reads the lab config so namespaces can be added to a
+running lab.  Everything it starts is its child and is reaped on stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from . import broker as _broker
+from . import home as _home
+from . import mqtt, topics
+
+log = logging.getLogger("livelab.supervisor")
+
+RESTART_BACKOFF = (0.05, 0.2, 0.5, 1.0, 2.0)
+
+
+class Child:
+    """A supervised process with restart bookkeeping."""
+
+    def __init__(self, name: str, start):
+        self.name = name
+        self._start = start
+        self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+        self.failures = 0
+        self.next_start = 0.0
+        self.started_at = 0.0
+
+    def start(self) -> None:
+        self.proc = self._start()
+        self.started_at = time.monotonic()
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def poll(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Supervisor:
+    def __init__(self, home: Path):
+        self.home = home
+        self.cfg = _home.read_json(home / "config.json")
+        self.secrets = _home.read_json(home / "secrets" / "identities.json")
+        self.logs = home / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.broker: Child | None = None
+        self.devices: dict[str, Child] = {}
+        self.stopping = threading.Event()
+        self.reload_requested = threading.Event()
+
+    # ---- broker ------------------------------------------------------------------------
+    def _broker_addr(self) -> tuple[str, int]:
+        b = self.cfg["broker"]
+        return b["host"], int(b["port"])
+
+    def _namespaces(self) -> dict[str, list[str]]:
+        return {ns: [d["name"] for d in spec["devices"]] for ns, spec in self.cfg["namespaces"].items()}
+
+    def _write_broker_files(self) -> None:
+        _broker.write_config(self.home / "broker", self.cfg["broker"]["port"], self.secrets,
+                             self._namespaces())
+
+    def _start_broker(self) -> subprocess.Popen:
+        return _broker.start(self.home / "broker", self.cfg["broker"]["port"], self.logs / "broker.log")
+
+    # ---- devices -----------------------------------------------------------------------
+    def _device_key(self, ns: str, dev: str) -> str:
+        return f"{ns}/{dev}"
+
+    def _device_config(self, ns: str, spec: dict, dev: dict, index: int) -> Path:
+        host, port = self._broker_addr()
+        ext = self.cfg["broker"].get("external")
+        user = self.cfg["broker"].get("username") if ext else _broker.device_user(ns, dev["name"])
+        pw = self.cfg["broker"].get("password") if ext else self.secrets[user]
+        ddir = _home.device_dir(self.home, ns, dev["name"])
+        conf = {
+            "namespace": ns, "device": dev["name"], "index": index, "state_dir": str(ddir),
+            "broker": {"host": host, "port": port, "username": user, "password": pw},
+            "profile": self.cfg["profiles"][dev["profile"]], "scenario": self.cfg["scenario"],
+            "model": dev["model"], "seed": self.cfg.get("seed", 0),
+            **{k: v for k, v in self.cfg.get("device_options", {}).items()},
+        }
+        path = ddir / "config.json"
+        _home.write_json(path, conf, mode=0o600)
+        return path
+
+    def _spawn_device(self, ns: str, spec: dict, dev: dict, index: int) -> Child:
+        key = self._device_key(ns, dev["name"])
+        conf = self._device_config(ns, spec, dev, index)
+        logfile = self.logs / f"device-{ns}-{dev['name']}.log"
+
+        def start() -> subprocess.Popen:
+            with open(logfile, "ab") as fh:
+                return subprocess.Popen([sys.executable, "-m", "lab_hardware.device", "--config", str(conf)],
+                                        stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        child = Child(key, start)
+        child.start()
+        return child
+
+    def _sync_devices(self) -> None:
+        wanted: dict[str, tuple] = {}
+        for ns, spec in self.cfg["namespaces"].items():
+            for i, dev in enumerate(spec["devices"]):
+                wanted[self._device_key(ns, dev["name"])] = (ns, spec, dev, i)
+        for key in list(self.devices):
+            if key not in wanted:
+                log.info("stopping device %s (namespace removed)", key)
+                self.devices.pop(key).stop()
+        for key, args in wanted.items():
+            if key not in self.devices:
+                self.devices[key] = self._spawn_device(*args)
+                log.info("started device %s pid %s", key, self.devices[key].pid)
+
+    # ---- run state ---------------------------------------------------------------------
+    def write_run(self, ready: bool) -> None:
+        _home.write_json(self.home / "run" / "supervisor.json", {
+            "pid": os.getpid(), "ready": ready,
+            "broker": None if self.broker is None else {
+                "pid": self.broker.pid, "restarts": self.broker.restarts},
+            "devices": {k: {"pid": c.pid, "restarts": c.restarts} for k, c in self.devices.items()},
+        })
+
+    def _wait_devices_online(self, timeout: float) -> list[str]:
+        """Keys of devices not online (their retained state from this boot) after ``timeout``."""
+        host, port = self._broker_addr()
+        b = self.cfg["broker"]
+        user = b.get("username") if b.get("external") else _broker.CONTROL_USER
+        pw = b.get("password") if b.get("external") else self.secrets[_broker.CONTROL_USER]
+        online: dict[str, int] = {}
+
+        def on_message(cl, ud, msg):
+            p = topics.parse(msg.topic)
+            try:
+                st = topics.decode(msg.payload)
+            except ValueError:
+                return
+            if p and st.get("online"):
+                online[self._device_key(p["namespace"], p["device"])] = st.get("pid")
+
+        c = mqtt.client(username=user, password=pw)
+        c.on_message = on_message
+        mqtt.connect(c, host, port)
+        try:
+            for ns in self.cfg["namespaces"]:
+                mqtt.subscribe_wait(c, topics.namespace_prefix(ns) + "/devices/+/state")
+            pending = lambda: [k for k, ch in self.devices.items() if online.get(k) != ch.pid]
+            mqtt.wait_until(lambda: not pending() or self.stopping.is_set(), timeout, 0.02)
+            return pending()
+        finally:
+            mqtt.stop(c)
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        if not self.cfg["broker"].get("external"):
+            self._write_broker_files()
+            self.broker = Child("broker", self._start_broker)
+            self.broker.start()
+            log.info("broker pid %s on 127.0.0.1:%s", self.broker.pid, self.cfg["broker"]["port"])
+        self._sync_devices()
+        self.write_run(False)
+        missing = self._wait_devices_online(float(self.cfg.get("ready_timeout", 20)))
+        if missing:
+            raise RuntimeError(f"devices did not come online: {', '.join(missing)} (see logs/)")
+        self.write_run(True)
+        log.info("lab ready")
+
+    def reload(self) -> None:
+        self.cfg = _home.read_json(self.home / "config.json")
+        self.secrets = _home.read_json(self.home / "secrets" / "identities.json")
+        if self.broker is not None:
+            self._write_broker_files()
+            _broker.reload(self.broker.proc)
+        self._sync_devices()
+        self.write_run(True)
+        log.info("configuration reloaded")
+
+    def watch(self) -> None:
+        """Restart what dies, with backoff, until asked to stop."""
+        while not self.stopping.wait(0.05):
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.reload()
+            changed = False
+            for child in ([self.broker] if self.broker else []) + list(self.devices.values()):
+                rc = child.poll()
+                if rc is None:
+                    if child.failures and time.monotonic() - child.started_at > 10:
+                        child.failures = 0
+                    continue
+                now = time.monotonic()
+                if child.next_start == 0.0:
+                    delay = RESTART_BACKOFF[min(child.failures, len(RESTART_BACKOFF) - 1)]
+                    child.next_start = now + delay
+                    log.warning("%s exited with code %s; restarting in %.2f s", child.name, rc, delay)
+                if now >= child.next_start:
+                    try:
+                        child.start()
+                        child.restarts += 1
+                        log.info("%s restarted, pid %s", child.name, child.pid)
+                    except Exception as exc:  # noqa: BLE001 - keep supervising, report it
+                        log.error("%s failed to restart: %s", child.name, exc)
+                    child.failures += 1
+                    child.next_start = 0.0
+                    changed = True
+            if changed:
+                self.write_run(True)
+
+    def stop(self) -> None:
+        for child in self.devices.values():
+            if child.proc and child.proc.poll() is None:
+                child.proc.terminate()
+        deadline = time.monotonic() + 5
+        for child in self.devices.values():
+            if child.proc:
+                try:
+                    child.proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    child.proc.kill()
+                    child.proc.wait()
+        if self.broker is not None:
+            self.broker.stop()
+        log.info("lab stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lab_hardware.supervisor",
+                                description="Supervise one lab's broker and devices (started by 'livelab up').")
+    p.add_argument("--home", required=True)
+    args = p.parse_args(argv)
+    home = Path(args.home)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    sup = Supervisor(home)
+    signal.signal(signal.SIGTERM, lambda *a: sup.stopping.set())
+    signal.signal(signal.SIGINT, lambda *a: sup.stopping.set())
+    signal.signal(signal.SIGHUP, lambda *a: sup.reload_requested.set())
+    code = 0
+    try:
+        sup.start()
+        sup.watch()
+    except Exception as exc:  # noqa: BLE001 - the one line 'up' shows the user
+        log.error("FATAL %s", exc)
+        code = 1
+    finally:
+        sup.stop()
+        (home / "run" / "supervisor.json").unlink(missing_ok=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

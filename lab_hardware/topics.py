@@ -1,0 +1,99 @@
+"""MQTT topic layout and payload envelope: the contract between devices, learners and tools.
+
+Every payload is a JSON object with a ``schema`` field naming its kind and
+version, so that a reader can refuse what it does not understand instead of
+guessing.  Topic names are built here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+ROOT = "livelab"
+
+#: Names allowed for namespaces and devices: they become topic levels and
+#: broker usernames, so no wildcards, slashes or spaces.
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+SCHEMA_TELEMETRY = "livelab.telemetry/v1"
+SCHEMA_STATE = "livelab.state/v1"
+SCHEMA_AUDIT = "livelab.audit/v1"
+SCHEMA_COMMAND = "livelab.command/v1"
+
+#: Commands a device understands (the last level of ``.../cmd/<command>``).
+COMMANDS = ("consent", "ping", "audit", "set-model")
+
+
+class TopicError(ValueError):
+    """A topic or name that does not follow the layout."""
+
+
+def check_name(kind: str, name: str) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise TopicError(
+            f"invalid {kind} name {name!r}: use 1-63 lower-case letters, digits, '-' or '_'"
+        )
+    return name
+
+
+def namespace_prefix(ns: str) -> str:
+    return f"{ROOT}/{ns}"
+
+
+def device_prefix(ns: str, device: str) -> str:
+    return f"{ROOT}/{ns}/devices/{device}"
+
+
+def telemetry(ns: str, device: str) -> str:
+    return device_prefix(ns, device) + "/telemetry"
+
+
+def state(ns: str, device: str) -> str:
+    return device_prefix(ns, device) + "/state"
+
+
+def audit(ns: str, device: str) -> str:
+    return device_prefix(ns, device) + "/audit"
+
+
+def command(ns: str, device: str, cmd: str) -> str:
+    return device_prefix(ns, device) + f"/cmd/{cmd}"
+
+
+def control(ns: str, what: str) -> str:
+    return f"{ROOT}/{ns}/control/{what}"
+
+
+def parse(topic: str) -> dict[str, str] | None:
+    """Split a device topic into namespace, device, kind (and command); None if not one."""
+    parts = topic.split("/")
+    if len(parts) < 5 or parts[0] != ROOT or parts[2] != "devices":
+        return None
+    out = {"namespace": parts[1], "device": parts[3], "kind": parts[4]}
+    if parts[4] == "cmd":
+        if len(parts) != 6:
+            return None
+        out["command"] = parts[5]
+    elif len(parts) != 5:
+        return None
+    return out
+
+
+def encode(payload: dict[str, Any]) -> bytes:
+    """Compact, key-sorted JSON: the same payload always gives the same bytes."""
+    return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+
+
+def decode(data: bytes, *, limit: int | None = None) -> dict[str, Any]:
+    """Decode one payload or raise ValueError with a one-line reason."""
+    if limit is not None and len(data) > limit:
+        raise ValueError(f"payload of {len(data)} bytes exceeds the limit of {limit} bytes")
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"payload is not valid JSON: {exc.__class__.__name__}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"payload must be a JSON object, not {type(obj).__name__}")
+    return obj

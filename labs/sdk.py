@@ -1,0 +1,296 @@
+"""The learner SDK: ``from labs import Lab``.
+
+A notebook finds the running lab through, in order: explicit arguments,
+papermill-injected environment (``LIVELAB_BROKER_URL``, ``LIVELAB_NAMESPACE``,
+``LIVELAB_USERNAME``, ``LIVELAB_PASSWORD``), or the descriptor ``lab.json`` in
+``$LIVELAB_HOME`` (which the ``livelab`` kernelspec sets).  It connects with
+the learner identity, which the broker confines to one namespace: the SDK
+cannot see or command another learner's devices even if it tried.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from lab_hardware import audit as _audit
+from lab_hardware import consent as _consent
+from lab_hardware import home as _home
+from lab_hardware import mqtt, topics
+from lab_hardware.broker import BrokerAddress
+
+
+#: Windows kept for telemetry readers (about 3 hours of a 3-device lab).
+MAX_BUFFERED = 100_000
+
+
+class LabConnectionError(RuntimeError):
+    """No lab could be found or reached; the message says what to do."""
+
+
+class CommandRefused(RuntimeError):
+    """The device refused a command; the message is its one-line reason."""
+
+
+@dataclass
+class Connection:
+    host: str
+    port: int
+    namespace: str
+    username: str | None
+    password: str | None
+    devices: list[str]
+    intents: list[str]
+    defect_intent: str | None = None
+    home: str | None = None
+
+
+def _find(home=None, namespace=None, broker_url=None, username=None, password=None) -> Connection:
+    url = broker_url or os.environ.get("LIVELAB_BROKER_URL")
+    if url:
+        addr = BrokerAddress.from_url(url)
+        ns = namespace or os.environ.get("LIVELAB_NAMESPACE") or "default"
+        return Connection(addr.host, addr.port, ns,
+                          username or addr.username or os.environ.get("LIVELAB_USERNAME"),
+                          password or addr.password or os.environ.get("LIVELAB_PASSWORD"),
+                          [d for d in os.environ.get("LIVELAB_DEVICES", "").split(",") if d], [],
+                          home=str(_home.resolve(home)))
+    h = _home.resolve(home)
+    path = h / _home.DESCRIPTOR
+    if not path.exists():
+        raise LabConnectionError(f"no running lab found ({path} is missing): start one with 'livelab up'")
+    d = _home.read_json(path)
+    if namespace and namespace != d["namespace"]:
+        raise LabConnectionError(f"the lab in {h} serves namespace {d['namespace']!r}, not {namespace!r}")
+    return Connection(d["broker"]["host"], d["broker"]["port"], d["namespace"],
+                      username or d["learner"]["username"], password or d["learner"]["password"],
+                      list(d["devices"]), list(d.get("intents") or []), d.get("defect_intent"), str(h))
+
+
+class Lab:
+    """A connection to one namespace of a live lab."""
+
+    def __init__(self, conn: Connection, *, module: str | None = None, learner: str | None = None):
+        self.conn = conn
+        self.namespace = conn.namespace
+        self.module = module
+        self.learner = learner or os.environ.get("LIVELAB_LEARNER") or os.environ.get("USER") or "learner"
+        self.states: dict[str, dict] = {}
+        self._windows: list[dict] = []   # every window received, in arrival order
+        self._windows_dropped = 0         # trimmed from the front of _windows
+        self._cond = threading.Condition()
+        self._seen: dict[str, set[int]] = collections.defaultdict(set)
+        self._replies: dict[str, list[dict]] = collections.defaultdict(list)
+        self._reply_events: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+        self._listeners: list = []
+        self.duplicates = 0
+        self._client = mqtt.client(f"learner.{conn.namespace}-{uuid.uuid4().hex[:8]}",
+                                   username=conn.username, password=conn.password)
+        self._client.on_message = self._on_message
+        try:
+            mqtt.connect(self._client, conn.host, conn.port)
+            pre = topics.namespace_prefix(self.namespace)
+            for kind in ("state", "telemetry", "audit"):
+                mqtt.subscribe_wait(self._client, f"{pre}/devices/+/{kind}")
+        except mqtt.ConnectError as exc:
+            raise LabConnectionError(str(exc)) from None
+        mqtt.wait_until(lambda: len(self.states) >= len(conn.devices), 2.0)
+        if module:
+            self._client.publish(topics.namespace_prefix(self.namespace) + "/learner/events", topics.encode({
+                "schema": "livelab.event/v1", "kind": "module-opened", "module": module,
+                "learner": self.learner, "time": time.time()}), qos=1)
+
+    @classmethod
+    def connect(cls, module: str | None = None, *, home=None, namespace: str | None = None,
+                broker_url: str | None = None, username: str | None = None,
+                password: str | None = None, learner: str | None = None) -> "Lab":
+        """Connect to the running lab (see the module doc for where it is found)."""
+        try:
+            conn = _find(home, namespace, broker_url, username, password)
+        except ValueError as exc:
+            raise LabConnectionError(str(exc)) from None
+        return cls(conn, module=module, learner=learner)
+
+    # ---- incoming ----------------------------------------------------------------------
+    def _on_message(self, client, userdata, msg) -> None:
+        p = topics.parse(msg.topic)
+        if p is None:
+            return
+        try:
+            data = topics.decode(msg.payload)
+        except ValueError:
+            return
+        dev, kind = p["device"], p["kind"]
+        if kind == "state":
+            self.states[dev] = data
+        elif kind == "telemetry":
+            seq = data.get("seq")
+            with self._cond:
+                if seq in self._seen[dev]:
+                    self.duplicates += 1
+                    return
+                self._seen[dev].add(seq)
+                self._windows.append(data)
+                if len(self._windows) > MAX_BUFFERED:
+                    cut = len(self._windows) - MAX_BUFFERED
+                    del self._windows[:cut]
+                    self._windows_dropped += cut
+                self._cond.notify_all()
+        elif kind == "audit":
+            rid = data.get("reply_to")
+            for rec in data.get("records", []):
+                cid = rec.get("data", {}).get("id")
+                if cid and cid in self._reply_events:
+                    self._replies[cid].append(rec)
+                    self._reply_events[cid].set()
+            if rid and rid in self._reply_events:
+                self._replies[rid].extend(data.get("records", []))
+                if data.get("last"):
+                    self._reply_events[rid].set()
+        for fn in list(self._listeners):
+            fn(kind, dev, data)
+
+    def add_listener(self, fn) -> None:
+        """Call ``fn(kind, device, payload)`` for every message (used by the widgets)."""
+        self._listeners.append(fn)
+
+    # ---- devices -----------------------------------------------------------------------
+    @property
+    def devices(self) -> list[str]:
+        return sorted(set(self.conn.devices) | set(self.states))
+
+    @property
+    def intents(self) -> list[str]:
+        return self.conn.intents
+
+    def _check_device(self, device: str) -> None:
+        if device not in self.devices:
+            raise ValueError(f"unknown device {device!r}; this lab has {', '.join(self.devices)}")
+
+    def command(self, device: str, name: str, *, timeout: float = 5.0, **args: Any) -> dict:
+        """Send a command and wait for the device's audit record answering it."""
+        self._check_device(device)
+        cid = uuid.uuid4().hex
+        ev = self._reply_events[cid] = threading.Event()
+        payload = {"schema": topics.SCHEMA_COMMAND, "id": cid, "by": self.learner, **args}
+        self._client.publish(topics.command(self.namespace, device, name), topics.encode(payload), qos=1)
+        try:
+            if not ev.wait(timeout):
+                raise TimeoutError(f"device {device} did not answer '{name}' within {timeout:.0f} s: is it online?")
+            recs = self._replies[cid]
+        finally:
+            self._reply_events.pop(cid, None)
+            self._replies.pop(cid, None)
+        if recs and recs[0]["kind"] == "refused":
+            raise CommandRefused(f"{device} refused '{name}': {recs[0]['data']['reason']}")
+        return recs[0] if recs else {}
+
+    def grant_consent(self, device: str, scope: str = "telemetry", **kw) -> dict:
+        """Allow a device to publish ``scope`` (``telemetry`` or ``replay-capture``)."""
+        if scope not in _consent.SCOPES:
+            raise ValueError(f"unknown consent scope {scope!r}; use one of {', '.join(_consent.SCOPES)}")
+        return self.command(device, "consent", scope=scope, grant=True, **kw)
+
+    def revoke_consent(self, device: str, scope: str = "telemetry", **kw) -> dict:
+        if scope not in _consent.SCOPES:
+            raise ValueError(f"unknown consent scope {scope!r}; use one of {', '.join(_consent.SCOPES)}")
+        return self.command(device, "consent", scope=scope, grant=False, **kw)
+
+    def set_model(self, device: str, model: str, **kw) -> dict:
+        return self.command(device, "set-model", model=model, **kw)
+
+    # ---- telemetry ---------------------------------------------------------------------
+    def telemetry(self, device: str | None = None, *, timeout: float = 5.0,
+                  limit: int | None = None, buffered: bool = False) -> Iterator[dict]:
+        """Decoded aggregation windows as they arrive (duplicates dropped by seq).
+
+        Starts with the next window to arrive (``buffered=True``: with every window
+        received since connecting).  Stops after ``limit`` windows or when none
+        arrived for ``timeout`` seconds.  Each call has its own cursor, so two
+        readers (a widget and a loop) do not steal windows from each other.
+        """
+        if device is not None:
+            self._check_device(device)
+        with self._cond:
+            cursor = self._windows_dropped if buffered else self._windows_dropped + len(self._windows)
+        n = 0
+        while limit is None or n < limit:
+            deadline = time.monotonic() + timeout
+            with self._cond:
+                while True:
+                    cursor = max(cursor, self._windows_dropped)
+                    i = cursor - self._windows_dropped
+                    while i < len(self._windows) and device is not None and self._windows[i]["device"] != device:
+                        i += 1
+                    cursor = i + self._windows_dropped
+                    if i < len(self._windows):
+                        w = self._windows[i]
+                        cursor += 1
+                        break
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return
+                    self._cond.wait(left)
+            n += 1
+            yield w
+
+    def next_window(self, device: str | None = None, timeout: float = 5.0) -> dict:
+        """One window, or TimeoutError saying why there may be none."""
+        for w in self.telemetry(device, timeout=timeout, limit=1):
+            return w
+        who = device or "any device"
+        raise TimeoutError(f"no telemetry from {who} within {timeout:.0f} s: "
+                           "is telemetry consent granted (lab.grant_consent)?")
+
+    # ---- audit -------------------------------------------------------------------------
+    def audit_chain(self, device: str, *, timeout: float = 5.0) -> "AuditView":
+        """The device's whole audit chain, fetched over MQTT, ready to verify."""
+        self._check_device(device)
+        cid = uuid.uuid4().hex
+        ev = self._reply_events[cid] = threading.Event()
+        self._client.publish(topics.command(self.namespace, device, "audit"), topics.encode(
+            {"schema": topics.SCHEMA_COMMAND, "id": cid, "by": self.learner, "from": 0}), qos=1)
+        try:
+            if not ev.wait(timeout):
+                raise TimeoutError(f"device {device} did not send its audit chain within {timeout:.0f} s")
+            recs = list(self._replies[cid])
+        finally:
+            self._reply_events.pop(cid, None)
+            self._replies.pop(cid, None)
+        return AuditView(device, recs)
+
+    # ---- widgets -----------------------------------------------------------------------
+    def panel(self):
+        """An ipywidgets panel: status, consent toggles and a live telemetry chart."""
+        from labs.widgets import LabPanel
+        return LabPanel(self)
+
+    def close(self) -> None:
+        mqtt.stop(self._client)
+
+    def __enter__(self) -> "Lab":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass
+class AuditView:
+    device: str
+    records: list[dict]
+
+    def verify(self) -> _audit.Verdict:
+        return _audit.verify(self.records)
+
+    def consent_trail(self) -> list[dict]:
+        return _consent.trail(self.records)
+
+    def __len__(self) -> int:
+        return len(self.records)

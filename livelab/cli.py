@@ -1,0 +1,205 @@
+"""The ``livelab`` command line: a thin front door over the library functions.
+
+Exit codes (stable, for scripts and CI): 0 ok, 1 the thing checked failed
+(a check, a verify, a lab that would not start), 2 bad usage or bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line, exit code 2."""
+
+
+def _home(args) -> Path:
+    from lab_hardware.home import resolve
+    return resolve(args.home)
+
+
+# ---- lab ---------------------------------------------------------------------------------
+def cmd_up(args) -> int:
+    from lab_hardware import lab
+    from labs import scenarios
+    home = _home(args)
+    try:
+        sc = scenarios.load(args.scenario)
+    except scenarios.ScenarioError as exc:
+        raise UsageError(str(exc)) from None
+    opts = {}
+    if args.window_seconds is not None:
+        opts["window_seconds"] = args.window_seconds
+    if args.rate is not None:
+        opts["rate_hz"] = args.rate
+    t0 = time.perf_counter()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        materialized = sc.materialize(home / "scenario")
+    except OSError as exc:
+        raise UsageError(f"state directory {home} is not writable ({exc.strerror}): "
+                         "choose another with --home or LIVELAB_HOME") from None
+    with console.status(f"starting lab in {home} ..."):
+        desc = lab.up(home, scenario=materialized, devices=args.devices, profile=args.profile,
+                      namespace=args.namespace, broker_url=args.broker_url, port=args.port,
+                      device_options=opts, timeout=args.timeout)
+    b = desc["broker"]
+    verb = "reusing the lab already running" if desc.get("reused") else f"lab up in {time.perf_counter() - t0:.1f} s"
+    console.print(f"{verb}: broker {b['host']}:{b['port']}{' (external)' if b['external'] else ''}, "
+                  f"namespace {desc['namespace']}, devices {', '.join(desc['devices'])}")
+    console.print(f"descriptor: {home / 'lab.json'}  (status: livelab status; stop: livelab down)")
+    return EXIT_OK
+
+
+def cmd_down(args) -> int:
+    from lab_hardware import lab
+    res = lab.down(_home(args))
+    console.print(res["message"])
+    return EXIT_OK
+
+
+def cmd_status(args) -> int:
+    from lab_hardware import lab
+    st = lab.status(_home(args))
+    if args.json:
+        print(json.dumps(st, indent=2, sort_keys=True))
+        return EXIT_OK if st["running"] else EXIT_FAIL
+    if not st["running"]:
+        console.print(f"no lab running in {st['home']} (start one with 'livelab up')")
+        return EXIT_FAIL
+    b = st["broker"]
+    health = "[green]ok[/]" if b["alive"] and b["reachable"] else f"[red]down[/] {b.get('error', '')}"
+    console.print(f"lab {st['home']}  scenario {st['scenario']}  profile {st['profile']}  namespace {st['namespace']}")
+    console.print(f"broker {b['host']}:{b['port']} pid {b['pid']} {health} restarts {b['restarts']}")
+    t = Table("device", "health", "model", "bundle", "telemetry", "replay-capture", "last seq",
+              "last window", "decisions", "restarts")
+    now = time.time()
+    ok = b["reachable"]
+    for d in st["devices"]:
+        healthy = d["alive"] and d["online"]
+        ok &= healthy
+        c = d["consent"]
+        last = f"{now - d['last_telemetry']:.1f} s ago" if d["last_telemetry"] else "-"
+        t.add_row(d["name"], "[green]online[/]" if healthy else "[red]offline[/]", str(d["model"]),
+                  (d["bundle"] or "-")[:12], "granted" if c.get("telemetry") else "denied",
+                  "granted" if c.get("replay-capture") else "denied",
+                  str(d["telemetry_seq"]), last, str(d["decisions"]), str(d["restarts"]))
+    console.print(t)
+    return EXIT_OK if ok else EXIT_FAIL
+
+
+def cmd_logs(args) -> int:
+    from lab_hardware import lab
+    print(lab.logs(_home(args), source=args.source, lines=args.lines))
+    return EXIT_OK
+
+
+def cmd_consent(args) -> int:
+    from labs import Lab
+    with Lab.connect(home=_home(args), learner="cli") as lab:
+        targets = lab.devices if args.device == "all" else [args.device]
+        for dev in targets:
+            fn = lab.grant_consent if args.action == "grant" else lab.revoke_consent
+            try:
+                rec = fn(dev, args.scope)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            console.print(f"{dev}: {args.scope} consent {'granted' if args.action == 'grant' else 'revoked'}"
+                          f" (audit record {rec['index']}, {rec['hash'][:12]})")
+    return EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    from livelab.demo import run_demo
+    return run_demo(_home(args) if args.home else None, console=console)
+
+
+# ---- parser ------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="livelab",
+        description="Learn and ship edge ML against a real one-node live edge lab "
+                    "(Mosquitto + simulated devices running ONNX models).",
+        epilog="State lives in $LIVELAB_HOME (default ~/.livelab) or --home DIR. "
+               "Exit codes: 0 ok, 1 the thing checked failed, 2 bad usage or bad input.")
+    p.add_argument("--home", help="lab state directory (default: $LIVELAB_HOME or ~/.livelab)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    s = sub.add_parser("up", help="start a lab: broker + devices (reuses a running one of the same shape)",
+                       description="Start a lab: a supervised Mosquitto on a free loopback port with "
+                                   "per-identity passwords and ACLs, and N simulated devices. Writes the "
+                                   "learner descriptor lab.json into the state directory.")
+    s.add_argument("--devices", type=int, default=3, help="number of devices (default 3)")
+    s.add_argument("--profile", default="none", help="hardware profile: none, rpi4 (lab_hardware/profiles)")
+    s.add_argument("--scenario", default="voice-intents", help="lab scenario (default voice-intents)")
+    s.add_argument("--namespace", default="default", help="namespace of the devices and learner (default 'default')")
+    s.add_argument("--broker-url", help="use an external MQTT broker, e.g. mqtt://user:pass@host:1883")
+    s.add_argument("--port", type=int, help="broker port (default: a free port)")
+    s.add_argument("--window-seconds", type=float, help="aggregation window length (default: the scenario's)")
+    s.add_argument("--rate", type=float, help="utterances per second per device; 0 = as fast as possible")
+    s.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the lab to be ready")
+    s.set_defaults(fn=cmd_up)
+
+    s = sub.add_parser("down", help="stop the lab and every process it started")
+    s.set_defaults(fn=cmd_down)
+
+    s = sub.add_parser("status", help="health of the broker and each device",
+                       description="Broker and device health, installed model/bundle, consent and last "
+                                   "telemetry. Exit 1 if the lab is not running or something is unhealthy.")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(fn=cmd_status)
+
+    s = sub.add_parser("logs", help="show the tail of the lab's logs")
+    s.add_argument("source", nargs="?", help="supervisor, broker, devices or one device's log name")
+    s.add_argument("-n", "--lines", type=int, default=40, help="lines per log (default 40)")
+    s.set_defaults(fn=cmd_logs)
+
+    s = sub.add_parser("consent", help="grant or revoke a device's consent for a scope",
+                       description="Consent is per device and scope, default deny; every change lands "
+                                   "in the device's audit chain (the consent trail).")
+    s.add_argument("action", choices=["grant", "revoke"])
+    s.add_argument("device", help="device name (e.g. dev-0) or 'all'")
+    s.add_argument("--scope", default="telemetry", choices=["telemetry", "replay-capture"])
+    s.set_defaults(fn=cmd_consent)
+
+    s = sub.add_parser("demo", help="run the main job end to end (what 'make demo' runs)")
+    s.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from lab_hardware.lab import LabError
+    from lab_hardware.broker import BrokerError
+    from lab_hardware.profiles import ProfileError
+    from lab_hardware.topics import TopicError
+    from labs.sdk import CommandRefused, LabConnectionError
+    try:
+        return args.fn(args)
+    except (UsageError, LabError, BrokerError, ProfileError, TopicError, LabConnectionError) as exc:
+        err.print(f"livelab: error: {exc}", soft_wrap=True)
+        return EXIT_USAGE
+    except (CommandRefused, TimeoutError) as exc:
+        err.print(f"livelab: {exc}", soft_wrap=True)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        err.print("livelab: interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
