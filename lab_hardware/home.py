@@ -17,9 +17,12 @@ DESCRIPTOR = "lab.json"
 
 
 def resolve(home: str | os.PathLike | None = None) -> Path:
+    """``--home``, else ``$LIVELAB_HOME``, else the kernelspec's ``$LIVELAB_DEFAULT_HOME``
+    (a fallback, so a kernel started by a test or grader with its own home keeps it),
+    else ``~/.livelab``."""
     if home is not None:
         return Path(home).expanduser().resolve()
-    env = os.environ.get("LIVELAB_HOME")
+    env = os.environ.get("LIVELAB_HOME") or os.environ.get("LIVELAB_DEFAULT_HOME")
     return Path(env).expanduser().resolve() if env else Path.home() / ".livelab"
 
 
