@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from . import topics
+from .home import die_with_parent as _die_with_parent
 
 #: Large enough that a subscriber stalled for a few minutes at 10k msg/s loses
 #: nothing; bounded so that a dead persistent session cannot eat all memory.
@@ -52,7 +53,17 @@ def device_user(ns: str, device: str) -> str:
 
 
 def find_mosquitto() -> str:
-    """Path of the mosquitto executable, or a one-line error saying how to install it."""
+    """Path of the mosquitto executable, or a one-line error saying how to install it.
+
+    ``$LIVELAB_MOSQUITTO`` names a specific build (e.g. a conda env's) and, when set,
+    is the only one considered.
+    """
+    forced = os.environ.get("LIVELAB_MOSQUITTO")
+    if forced:
+        if not (os.path.isfile(forced) and os.access(forced, os.X_OK)):
+            raise BrokerError(f"mosquitto not found at LIVELAB_MOSQUITTO={forced}: "
+                              "fix the path or unset it")
+        return forced
     exe = shutil.which("mosquitto") or next(
         (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)),
         None)
@@ -202,7 +213,8 @@ def start(root: Path, port: int, log_path: Path, *, timeout: float = 5.0) -> sub
         raise BrokerError(f"port {port} on 127.0.0.1 is in use: choose another with --port or omit it")
     log = open(log_path, "ab")
     proc = subprocess.Popen([find_mosquitto(), "-c", str(root / "mosquitto.conf")],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            preexec_fn=_die_with_parent)
     log.close()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -246,14 +246,12 @@ class Device:
         except ConsentError as exc:
             raise CommandError(str(exc)) from None
         changed = self.consent.apply(scope, grant)
-        withdrawn = 0
+        withdrawn = self.outbox.withdraw_unsent() if scope == "telemetry" and not grant else 0
+        rec = self._record("consent", {"id": cmd_id, "by": by, "scope": scope, "grant": grant,
+                                       "changed": changed, "withdrawn_windows": withdrawn})
         if scope == "telemetry":
-            # Consent-first: a window that started under another consent state is discarded.
-            self.window = Window(self.intents, self.clock())
-            if not grant:
-                withdrawn = self.outbox.withdraw_unsent()
-        self._record("consent", {"id": cmd_id, "by": by, "scope": scope, "grant": grant,
-                                 "changed": changed, "withdrawn_windows": withdrawn})
+            # Consent-first: a window never mixes decisions from before and after a change.
+            self.window = Window(self.intents, rec["time"])
         self.publish_state()
 
     def _cmd_ping(self, msg: dict, cmd_id: str, by: str) -> None:

@@ -67,3 +67,14 @@ def pid_alive(pid: int | None) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return True
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for supervised children: SIGTERM them if the supervisor dies,
+    even by ``kill -9``, so a lab never leaves orphans behind (Linux prctl)."""
+    import ctypes
+    import signal
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass

@@ -197,9 +197,33 @@ def _stop_supervisor(home: Path, pid: int, timeout: float = 15.0) -> None:
         pass
 
 
+def _is_ours(pid: int, home: Path) -> bool:
+    """Guard against PID reuse: our processes name the state directory on their command line."""
+    try:
+        return str(home) in open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+    except OSError:
+        return False
+
+
+def _terminate(pid: int, timeout: float = 5.0) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _home.pid_alive(pid):
+        time.sleep(0.02)
+    if _home.pid_alive(pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def lab_pids(home: Path) -> list[int]:
     """Every process the lab's supervisor says it runs (for down and for tests)."""
     pids = []
+    home = _home.resolve(home)
     sup = _supervisor_pid(home)
     if sup:
         pids.append(sup)
@@ -217,12 +241,19 @@ def down(home: str | os.PathLike | None = None, *, timeout: float = 15.0) -> dic
     """Stop the lab and every process it started; safe to call when nothing runs."""
     home = _home.resolve(home)
     pid = _supervisor_pid(home)
-    if pid is None:
-        (home / "run" / "supervisor.pid").unlink(missing_ok=True)
-        return {"stopped": False, "message": f"no lab running in {home}"}
     pids = lab_pids(home)
+    if pid is None:
+        stray = [p for p in pids if _home.pid_alive(p) and _is_ours(p, home)]
+        for p in stray:  # the supervisor died (kill -9) and left children
+            _terminate(p)
+        (home / "run" / "supervisor.pid").unlink(missing_ok=True)
+        (home / "run" / "supervisor.json").unlink(missing_ok=True)
+        if stray:
+            return {"stopped": True, "message": f"lab in {home} had lost its supervisor; "
+                                                f"stopped {len(stray)} leftover processes"}
+        return {"stopped": False, "message": f"no lab running in {home}"}
     _stop_supervisor(home, pid, timeout)
-    left = [p for p in pids if _home.pid_alive(p)]
+    left = [p for p in pids if _home.pid_alive(p) and _is_ours(p, home)]
     for p in left:  # children that outlived their supervisor (it was killed -9)
         try:
             os.kill(p, signal.SIGKILL)

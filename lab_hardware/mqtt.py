@@ -60,25 +60,28 @@ def connect(c: mqtt.Client, host: str, port: int, *, timeout: float = 5.0,
 
 def subscribe_wait(c: mqtt.Client, topic: str, qos: int = 1, timeout: float = 5.0) -> None:
     """Subscribe and wait for the SUBACK; ConnectError if the broker refuses it (ACL)."""
-    done = threading.Event()
-    result: dict = {}
+    acks: dict[int, list] = {}
+    cond = threading.Condition()
     previous = c.on_subscribe
 
     def on_subscribe(cl, userdata, mid, reason_codes, properties):
-        if mid == state["mid"]:
-            result["codes"] = reason_codes
-            done.set()
-        elif previous is not None:
+        # may run before subscribe() below has even returned its mid: keep every ack
+        with cond:
+            acks[mid] = reason_codes
+            cond.notify_all()
+        if previous is not None:
             previous(cl, userdata, mid, reason_codes, properties)
 
-    state = {"mid": None}
     c.on_subscribe = on_subscribe
-    rc, state["mid"] = c.subscribe(topic, qos=qos)
-    ok = done.wait(timeout)
-    c.on_subscribe = previous
+    try:
+        rc, mid = c.subscribe(topic, qos=qos)
+        with cond:
+            ok = cond.wait_for(lambda: mid in acks, timeout)
+    finally:
+        c.on_subscribe = previous
     if rc != mqtt.MQTT_ERR_SUCCESS or not ok:
         raise ConnectError(f"subscription to {topic!r} was not acknowledged")
-    if any(code.is_failure for code in result["codes"]):
+    if any(code.is_failure for code in acks[mid]):
         raise ConnectError(f"subscription to {topic!r} refused by the broker (not authorised)")
 
 

@@ -119,7 +119,8 @@ class Supervisor:
         def start() -> subprocess.Popen:
             with open(logfile, "ab") as fh:
                 return subprocess.Popen([sys.executable, "-m", "lab_hardware.device", "--config", str(conf)],
-                                        stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                        stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        preexec_fn=_home.die_with_parent)
         child = Child(key, start)
         child.start()
         return child

@@ -1,0 +1,114 @@
+"""The broker refuses anonymous clients and confines every identity (checked with real clients)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import paho.mqtt.client as mqtt_
+import pytest
+
+from lab_hardware import broker, lab, mqtt, topics
+from tests.mqtt_helpers import Observer, publish_raw
+
+
+def _ids(home):
+    return json.loads((home / "secrets" / "identities.json").read_text())
+
+
+def test_anonymous_client_refused(lab_home):
+    desc = lab.descriptor(lab_home)
+    c = mqtt.client()
+    with pytest.raises(mqtt.ConnectError, match="refused"):
+        mqtt.connect(c, desc["broker"]["host"], desc["broker"]["port"])
+
+
+def test_wrong_password_refused(lab_home):
+    desc = lab.descriptor(lab_home)
+    c = mqtt.client(username="learner.default", password="wrong")
+    with pytest.raises(mqtt.ConnectError, match="refused"):
+        mqtt.connect(c, desc["broker"]["host"], desc["broker"]["port"])
+
+
+def test_broker_listens_on_loopback_only(lab_home):
+    conf = (lab_home / "broker" / "mosquitto.conf").read_text()
+    port = lab.descriptor(lab_home)["broker"]["port"]
+    assert f"listener {port} 127.0.0.1" in conf
+    assert "allow_anonymous false" in conf
+    assert "max_queued_messages 1000\n" not in conf  # never Mosquitto's lossy default
+
+
+def test_learner_cannot_publish_fake_telemetry(lab_home):
+    obs = Observer(lab_home)
+    try:
+        ids = _ids(lab_home)
+        rc = publish_raw(lab_home, topics.telemetry("default", "dev-0"), b'{"schema":"fake"}',
+                         username="learner.default", password=ids["learner.default"], v5=True)
+        assert rc is not None and rc.value == 0x87  # Not authorized
+        time.sleep(0.5)
+        assert not [d for d in obs.of("telemetry", "dev-0") if d.get("schema") == "fake"]
+    finally:
+        obs.close()
+
+
+def test_device_cannot_publish_as_another_device(lab_home):
+    obs = Observer(lab_home)
+    try:
+        ids = _ids(lab_home)
+        user = broker.device_user("default", "dev-0")
+        rc = publish_raw(lab_home, topics.telemetry("default", "dev-1"), b'{"schema":"spoof"}',
+                         username=user, password=ids[user], v5=True)
+        assert rc.value == 0x87
+        rc = publish_raw(lab_home, topics.command("default", "dev-1", "consent"), b'{}',
+                         username=user, password=ids[user], v5=True)
+        assert rc.value == 0x87  # devices never issue commands
+        time.sleep(0.5)
+        assert not [d for d in obs.of("telemetry", "dev-1") if d.get("schema") == "spoof"]
+    finally:
+        obs.close()
+
+
+def test_device_reads_only_its_own_commands(lab_home):
+    desc = lab.descriptor(lab_home)
+    ids = _ids(lab_home)
+    user = broker.device_user("default", "dev-0")
+    c = mqtt.client(username=user, password=ids[user])
+    got = []
+    c.on_message = lambda cl, ud, m: got.append(m.topic)
+    mqtt.connect(c, desc["broker"]["host"], desc["broker"]["port"])
+    try:
+        c.subscribe("livelab/default/devices/+/cmd/#", qos=1)
+        time.sleep(0.3)
+        publish_raw(lab_home, topics.command("default", "dev-1", "ping"), b'{"x":1}')
+        publish_raw(lab_home, topics.command("default", "dev-0", "nosuch"), b'{"x":1}')
+        time.sleep(0.5)
+        assert topics.command("default", "dev-1", "ping") not in got
+        assert topics.command("default", "dev-0", "nosuch") in got
+    finally:
+        mqtt.stop(c)
+
+
+def test_learner_confined_to_its_namespace(lab_home):
+    desc = lab.descriptor(lab_home)
+    ids = _ids(lab_home)
+    c = mqtt.client(username="learner.default", password=ids["learner.default"])
+    got = []
+    c.on_message = lambda cl, ud, m: got.append(m.topic)
+    mqtt.connect(c, desc["broker"]["host"], desc["broker"]["port"])
+    try:
+        c.subscribe("livelab/#", qos=1)
+        time.sleep(0.3)
+        publish_raw(lab_home, "livelab/other-ns/devices/dev-0/telemetry", b'{"secret":1}')
+        time.sleep(0.5)
+        assert not [t for t in got if t.startswith("livelab/other-ns/")]
+        rc = publish_raw(lab_home, "livelab/other-ns/devices/dev-0/cmd/consent", b'{}',
+                         username="learner.default", password=ids["learner.default"], v5=True)
+        assert rc.value == 0x87
+    finally:
+        mqtt.stop(c)
+
+
+def test_qos1_limits_configured(lab_home):
+    conf = (lab_home / "broker" / "mosquitto.conf").read_text()
+    assert f"max_queued_messages {broker.MAX_QUEUED_MESSAGES}" in conf
+    assert f"max_inflight_messages {broker.MAX_INFLIGHT_MESSAGES}" in conf

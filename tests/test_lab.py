@@ -1,0 +1,183 @@
+"""The lab's lifecycle, CLI errors and process hygiene (real Mosquitto, real devices)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lab_hardware import home as _home
+from lab_hardware import lab
+from lab_hardware.home import pid_alive
+from tests.conftest import start_lab
+
+LIVELAB = [sys.executable, "-m", "livelab"]
+
+
+def run_cli(*args, env=None, timeout=60):
+    e = {**os.environ, **(env or {})}
+    return subprocess.run([*LIVELAB, *args], capture_output=True, text=True, env=e, timeout=timeout)
+
+
+def one_line_error(proc) -> str:
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got: {proc.stderr!r}"
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def test_status_of_running_lab(lab_home):
+    st = lab.status(lab_home)
+    assert st["running"] and st["broker"]["alive"] and st["broker"]["reachable"]
+    assert st["broker"]["host"] == "127.0.0.1" and st["broker"]["port"] > 0
+    assert [d["name"] for d in st["devices"]] == ["dev-0", "dev-1", "dev-2"]
+    for d in st["devices"]:
+        assert d["online"] and d["alive"]
+        assert d["consent"] == {"telemetry": False, "replay-capture": False}  # default deny
+        assert len(d["bundle"]) == 64
+    assert {d["model"] for d in st["devices"]} == {"baseline", "candidate"}
+
+
+def test_status_json_cli(lab_home):
+    proc = run_cli("--home", str(lab_home), "status", "--json")
+    assert proc.returncode == 0, proc.stderr
+    st = json.loads(proc.stdout)
+    assert st["broker"]["port"] == lab.descriptor(lab_home)["broker"]["port"]
+    assert st["namespace"] == "default"
+    assert all("telemetry_seq" in d and "consent" in d and "bundle" in d for d in st["devices"])
+
+
+def test_descriptor_holds_no_control_secret(lab_home):
+    desc = json.loads((lab_home / "lab.json").read_text())
+    control = json.loads((lab_home / "secrets" / "control.json").read_text())
+    assert desc["learner"]["username"] == "learner.default"
+    assert control["password"] not in json.dumps(desc)
+    assert stat.S_IMODE(os.stat(lab_home / "secrets" / "control.json").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(lab_home / "secrets").st_mode) == 0o700
+    passwd = (lab_home / "broker" / "passwd").read_text()
+    assert control["password"] not in passwd  # hashed by mosquitto_passwd
+
+
+def test_second_up_reuses_running_lab(lab_home):
+    desc = start_lab(lab_home)
+    assert desc.get("reused") is True
+    assert desc["broker"]["port"] == lab.descriptor(lab_home)["broker"]["port"]
+    proc = run_cli("--home", str(lab_home), "up")
+    assert proc.returncode == 0 and "reusing" in proc.stdout
+
+
+def test_second_up_with_other_shape_is_refused(lab_home):
+    proc = run_cli("--home", str(lab_home), "up", "--devices", "2")
+    assert proc.returncode == 2
+    assert "already running" in one_line_error(proc)
+
+
+def test_logs_cli(lab_home):
+    proc = run_cli("--home", str(lab_home), "logs", "broker")
+    assert proc.returncode == 0 and "broker.log" in proc.stdout
+    proc = run_cli("--home", str(lab_home), "logs", "nosuch")
+    assert proc.returncode == 2 and "no log named" in one_line_error(proc)
+
+
+def test_mosquitto_missing(tmp_path):
+    proc = run_cli("--home", str(tmp_path / "h"), "up", env={"LIVELAB_MOSQUITTO": "/nonexistent/mosquitto"})
+    assert proc.returncode == 2
+    assert "mosquitto not found" in one_line_error(proc)
+    assert not (tmp_path / "h" / "lab.json").exists()
+
+
+def test_port_in_use(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        proc = run_cli("--home", str(tmp_path / "h"), "up", "--port", str(port))
+    assert proc.returncode == 2
+    assert f"port {port}" in one_line_error(proc) and "in use" in proc.stderr
+
+
+def test_state_directory_unwritable(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    proc = run_cli("--home", str(blocker / "home"), "up")
+    assert proc.returncode == 2
+    assert "not writable" in one_line_error(proc)
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["up", "--scenario", "nope"], "unknown scenario"),
+    (["up", "--profile", "nope"], "unknown hardware profile"),
+    (["up", "--devices", "0"], "--devices"),
+    (["up", "--namespace", "Bad/NS"], "invalid namespace"),
+    (["up", "--broker-url", "http://x"], "mqtt://"),
+    (["consent", "grant", "dev-0"], "no running lab"),
+])
+def test_bad_usage_one_line(tmp_path, args, expect):
+    proc = run_cli("--home", str(tmp_path / "h"), *args)
+    assert proc.returncode == 2
+    assert expect in one_line_error(proc)
+
+
+def test_unknown_subcommand_exit_2():
+    proc = run_cli("frobnicate")
+    assert proc.returncode == 2
+
+
+def test_status_and_down_without_lab(tmp_path):
+    proc = run_cli("--home", str(tmp_path), "status")
+    assert proc.returncode == 1 and "no lab running" in proc.stdout
+    proc = run_cli("--home", str(tmp_path), "down")
+    assert proc.returncode == 0 and "no lab running" in proc.stdout
+
+
+def test_down_leaves_no_process(fresh_lab):
+    home = fresh_lab()
+    pids = lab.lab_pids(home)
+    assert len(pids) == 5  # supervisor, broker, 3 devices
+    assert all(pid_alive(p) for p in pids)
+    proc = run_cli("--home", str(home), "down")
+    assert proc.returncode == 0
+    assert [p for p in pids if pid_alive(p)] == []
+    assert not (home / "lab.json").exists()
+
+
+def test_down_after_supervisor_killed(fresh_lab):
+    """Even if the supervisor dies with -9, down stops the broker and devices it left."""
+    home = fresh_lab()
+    pids = lab.lab_pids(home)
+    sup = int((home / "run" / "supervisor.pid").read_text())
+    os.kill(sup, 9)
+    time.sleep(0.2)
+    lab.down(home)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and [p for p in pids if p != sup and pid_alive(p)]:
+        time.sleep(0.05)
+    assert [p for p in pids if p != sup and pid_alive(p)] == []
+
+
+def test_device_crash_is_restarted_with_consent_kept(fresh_lab):
+    from labs import Lab
+    home = fresh_lab()
+    with Lab.connect(home=home) as sdk:
+        sdk.grant_consent("dev-1")
+        first = sdk.next_window("dev-1", timeout=5)["seq"]
+        old = lab.status(home)["devices"][1]["pid"]
+        os.kill(old, 9)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            st = sdk.states.get("dev-1", {})
+            if st.get("online") and st.get("pid") != old:
+                break
+            time.sleep(0.05)
+        assert sdk.states["dev-1"]["pid"] != old
+        assert sdk.states["dev-1"]["consent"]["telemetry"] is True  # restored from the trail
+        assert sdk.states["dev-1"]["boot"] == 2
+        later = sdk.next_window("dev-1", timeout=5)["seq"]
+        assert later > first  # the sequence continues, never reused
+    assert lab.status(home)["devices"][1]["restarts"] == 1

@@ -1,0 +1,65 @@
+"""The learner SDK finds the lab (descriptor or environment) and reads it honestly."""
+
+from __future__ import annotations
+
+import pytest
+
+from lab_hardware import lab
+from labs import Lab, LabConnectionError
+
+
+def test_connect_from_descriptor_and_env(lab_home, monkeypatch):
+    monkeypatch.setenv("LIVELAB_HOME", str(lab_home))
+    with Lab.connect() as sdk:
+        assert sdk.namespace == "default" and sdk.devices == ["dev-0", "dev-1", "dev-2"]
+        assert set(sdk.states) == set(sdk.devices)
+    desc = lab.descriptor(lab_home)
+    url = f"mqtt://{desc['learner']['username']}:{desc['learner']['password']}@127.0.0.1:{desc['broker']['port']}"
+    monkeypatch.delenv("LIVELAB_HOME")
+    monkeypatch.setenv("LIVELAB_BROKER_URL", url)
+    monkeypatch.setenv("LIVELAB_NAMESPACE", "default")
+    with Lab.connect() as sdk:
+        assert "dev-1" in sdk.devices
+
+
+def test_connect_errors_are_one_line(tmp_path, lab_home, monkeypatch):
+    monkeypatch.delenv("LIVELAB_BROKER_URL", raising=False)
+    with pytest.raises(LabConnectionError, match="livelab up"):
+        Lab.connect(home=tmp_path)
+    with pytest.raises(LabConnectionError, match="namespace"):
+        Lab.connect(home=lab_home, namespace="other")
+    with pytest.raises(LabConnectionError, match="refused"):
+        Lab.connect(home=lab_home, password="wrong")
+    with pytest.raises(LabConnectionError, match="mqtt://"):
+        Lab.connect(broker_url="ftp://x")
+
+
+def test_telemetry_iterator_and_timeout(lab_sdk):
+    lab_sdk.grant_consent("dev-2")
+    got = list(lab_sdk.telemetry("dev-2", timeout=3, limit=3))
+    assert [w["device"] for w in got] == ["dev-2"] * 3
+    assert [w["seq"] for w in got] == sorted(w["seq"] for w in got)
+    assert sum(got[0]["counts"].values()) == got[0]["decisions"] > 0
+    # a second reader has its own cursor and still sees the buffered windows
+    assert list(lab_sdk.telemetry("dev-2", timeout=1, limit=2, buffered=True))[0]["seq"] <= got[0]["seq"]
+    lab_sdk.revoke_consent("dev-2")
+    with pytest.raises(TimeoutError, match="consent"):
+        lab_sdk.next_window("dev-2", timeout=1.5)
+
+
+def test_candidate_shows_false_positive_signal(lab_sdk):
+    """The storyline: telemetry from candidate devices shows the defect intent's false positives."""
+    for d in lab_sdk.devices:
+        lab_sdk.grant_consent(d)
+    undo = {d: 0 for d in lab_sdk.devices}
+    decisions = {d: 0 for d in lab_sdk.devices}
+    for w in lab_sdk.telemetry(timeout=3, limit=30):
+        undo[w["device"]] += w["fp_proxy"]["undo"]["call"]
+        decisions[w["device"]] += w["decisions"]
+    models = {d: lab_sdk.states[d]["model"] for d in lab_sdk.devices}
+    for d in lab_sdk.devices:
+        lab_sdk.revoke_consent(d)
+    rate = {d: undo[d] / max(1, decisions[d]) for d in undo}
+    cand = [rate[d] for d in rate if models[d] == "candidate"]
+    base = [rate[d] for d in rate if models[d] == "baseline"]
+    assert min(cand) > 0.03 and max(base) < 0.02, (rate, models)
