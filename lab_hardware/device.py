@@ -47,7 +47,7 @@ from .inference import Model
 from .link import Link
 from .outbox import Outbox
 from .profiles import Profile
-from .window import Window
+from .window import Decisions, Window
 
 log = logging.getLogger("livelab.device")
 
@@ -182,7 +182,7 @@ class Device:
             "online": online, "pid": os.getpid(), "boot": self.boot, "time": round(self.clock(), 3),
             "model": self.model_name, "bundle": self.bundle_digest, "profile": self.profile.name,
             "consent": self.consent.as_dict(), "telemetry_seq": self.outbox.last_seq,
-            "telemetry_time": self.telemetry_time,
+            "telemetry_time": self.telemetry_time, "sent_seq": self.outbox.next_send - 1,
             "decisions": self.decision_seq, "backlog": self.outbox.backlog(),
             "audit_length": len(self.audit), "refused": self.refused,
         }
@@ -281,7 +281,12 @@ class Device:
         n = int((time.monotonic() - self._rate_t0) * self.rate) - self._rate_done
         return max(0, min(n, self.batch_max))
 
-    def decide(self, n: int) -> None:
+    def _room(self, n: int) -> int:
+        """A batch never overfills a window capped at ``window_max_decisions``."""
+        return min(n, self.window_max - len(self.window)) if self.window_max else n
+
+    def decide(self, n: int) -> Decisions:
+        """Decide the next ``n`` utterances in one batch (features, model, digests)."""
         L = len(self.texts)
         idx = [(self.pos + i) % L for i in range(n)]
         self.pos = (self.pos + n) % L
@@ -292,12 +297,29 @@ class Device:
             time.sleep((time.perf_counter() - t0) * (self.profile.inference_slowdown - 1))
         latency_ms = (time.perf_counter() - t0) * 1000
         first = self.decision_seq
-        digests = [_digest.signal_digest(x[i], self.bundle_digest, first + i) for i in range(n)]
+        digests = _digest.signal_digests(x, self.bundle_digest, first)
         wrong = labels != self.truth[idx]
         undone = wrong & (self.rng.random(n) < UNDO_PROBABILITY)
-        self.window.add(labels, probs, undone, digests, first, latency_ms)
         self.decision_seq += n
         self._rate_done += n
+        return Decisions.from_batch(labels, probs, undone, digests, first, latency_ms)
+
+    def step(self) -> int:
+        """Decide what is due and spread it over windows, closing each that is full or old."""
+        n = self.due()
+        batch = self.decide(n) if n else None
+        i = 0
+        while True:
+            now = self.clock()
+            if batch is not None and i < len(batch):
+                take = self._room(len(batch) - i)
+                self.window.add(batch, i, i + take)
+                i += take
+            if now - self.window.start >= self.window_seconds or (
+                    self.window_max and len(self.window) >= self.window_max):
+                self.close_window(now)
+            if batch is None or i >= len(batch):
+                return n
 
     def close_window(self, now: float) -> None:
         w = self.window
@@ -364,14 +386,12 @@ class Device:
                  self.model_name, self.profile.name, self.boot)
         try:
             while not self.stop_event.is_set():
+                # As fast as possible (rate 0): decide and close windows for ~2 ms between
+                # rounds of publishing, so SQLite writes and inbox handling are batched.
+                burst_end = time.perf_counter() + 0.002
+                while self.step() and self.rate <= 0 and time.perf_counter() < burst_end:
+                    pass
                 now = self.clock()
-                n = self.due()
-                if n:
-                    self.decide(n)
-                now = self.clock()
-                if now - self.window.start >= self.window_seconds or (
-                        self.window_max and len(self.window) >= self.window_max):
-                    self.close_window(now)
                 self.pump()
                 self.link.due(now)
                 if now - self._last_state >= HEARTBEAT_S:

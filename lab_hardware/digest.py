@@ -18,11 +18,21 @@ LENGTH = 16
 
 def signal_digest(features: np.ndarray, bundle_digest: str, seq: int) -> str:
     """Digest of one decision (features as little-endian float32 bytes)."""
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(features, dtype="<f4").tobytes())
-    h.update(bundle_digest.encode())
-    h.update(seq.to_bytes(8, "little", signed=False))
-    return h.hexdigest()[:LENGTH]
+    return signal_digests(np.asarray(features, dtype="<f4").reshape(1, -1), bundle_digest, seq)[0]
+
+
+def signal_digests(features: np.ndarray, bundle_digest: str, first_seq: int) -> list[str]:
+    """Digests of a batch of decisions numbered ``first_seq``, ``first_seq + 1``, ...
+
+    Same bytes as :func:`signal_digest` row by row; one conversion for the batch.
+    """
+    x = np.ascontiguousarray(features, dtype="<f4")
+    tail = bundle_digest.encode()
+    sha = hashlib.sha256
+    raw = x.tobytes()
+    width = x.shape[1] * 4
+    return [sha(raw[i * width:(i + 1) * width] + tail + (first_seq + i).to_bytes(8, "little")).hexdigest()[:LENGTH]
+            for i in range(x.shape[0])]
 
 
 def fold(window_hash: str, digest: str) -> str:

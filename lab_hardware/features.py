@@ -20,6 +20,7 @@ DIM = 512
 SCHEMA = "livelab.features.hashed-words/v1"
 
 _TOKEN = re.compile(r"[a-z0-9']+")
+_TOKEN_BYTES = re.compile(rb"[a-z0-9']+")
 _crc32 = zlib.crc32
 
 
@@ -30,7 +31,12 @@ def tokens(text: str) -> list[str]:
 
 
 def _indices(text: str) -> list[int]:
-    return [_crc32(t.encode()) % DIM for t in tokens(text)]
+    """Bucket of every token of :func:`tokens`, without building the bigram strings:
+    CRC-32 continues, so crc32(b" " + b, crc32(a)) == crc32(a + b" " + b)."""
+    words = _TOKEN_BYTES.findall(text.lower().encode())
+    h = [_crc32(w) for w in words]
+    h += [_crc32(b" " + b, ha) for ha, b in zip(h, words[1:])]
+    return [x % DIM for x in h]
 
 
 def extract(text: str) -> np.ndarray:
@@ -43,15 +49,13 @@ def extract_batch(texts: list[str]) -> np.ndarray:
 
     Empty utterances give an all-zero row rather than a division by zero.
     """
-    rows: list[int] = []
-    cols: list[int] = []
+    n = len(texts)
+    flat: list[int] = []
     for i, text in enumerate(texts):
-        idx = _indices(text)
-        cols.extend(idx)
-        rows.extend([i] * len(idx))
-    out = np.zeros((len(texts), DIM), dtype=np.float32)
-    if cols:
-        np.add.at(out, (np.asarray(rows), np.asarray(cols)), 1.0)
-    norms = np.sqrt((out * out).sum(axis=1, keepdims=True))
+        base = i * DIM
+        flat.extend([base + j for j in _indices(text)])
+    counts = np.bincount(np.asarray(flat, dtype=np.int64), minlength=n * DIM)
+    out = counts.reshape(n, DIM).astype(np.float32)
+    norms = np.sqrt(np.einsum("ij,ij->i", out, out))[:, None]
     np.divide(out, norms, out=out, where=norms > 0)
     return out

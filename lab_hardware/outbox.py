@@ -14,6 +14,7 @@ does not go through SQLAlchemy.
 
 from __future__ import annotations
 
+import collections
 import sqlite3
 import time
 from pathlib import Path
@@ -36,7 +37,15 @@ class Outbox:
         self.last_seq = max(row[0] if row[0] is not None else -1, meta[0] if meta else -1)
         # After a (re)start nothing is known to be delivered: resend the horizon.
         self.next_send = self._resend_point(self._clock())
-        self._pending: list[tuple[int, float, bytes]] = []
+        self._pending: list[tuple[int, float, bytes]] = []   # not yet written to SQLite
+        # Windows not yet handed to the broker, in memory so the hot path never reads SQLite;
+        # refilled from the database after a (re)start or a rewind.
+        self._unsent: collections.deque[tuple[int, bytes]] = collections.deque(self._load_from(self.next_send))
+
+    def _load_from(self, seq: int) -> list[tuple[int, bytes]]:
+        self.flush()
+        return self.db.execute("SELECT seq, payload FROM windows WHERE seq >= ? ORDER BY seq",
+                               (seq,)).fetchall()
 
     def _resend_point(self, since: float) -> int:
         row = self.db.execute(
@@ -53,10 +62,11 @@ class Outbox:
             raise ValueError(f"outbox seq {seq} does not follow {self.last_seq}")
         self.last_seq = seq
         self._pending.append((seq, self._clock(), payload))
+        self._unsent.append((seq, payload))
 
     def flush(self) -> None:
         """One transaction for every window added since the last flush."""
-        if not self._pending:
+        if not getattr(self, "_pending", None):
             return
         self.db.execute("BEGIN")
         self.db.executemany("INSERT INTO windows (seq, created, payload) VALUES (?, ?, ?)", self._pending)
@@ -65,9 +75,11 @@ class Outbox:
         self._pending.clear()
 
     def unsent(self, limit: int) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` windows to send now, in order (written to SQLite first:
+        a window is durable before it can be acknowledged)."""
         self.flush()
-        return self.db.execute("SELECT seq, payload FROM windows WHERE seq >= ? ORDER BY seq LIMIT ?",
-                               (self.next_send, limit)).fetchall()
+        q = self._unsent
+        return [q.popleft() for _ in range(min(limit, len(q)))]
 
     def mark_sent(self, seq: int) -> None:
         self.next_send = max(self.next_send, seq + 1)
@@ -81,16 +93,18 @@ class Outbox:
         """After a reconnect: send again from before the outage (see module doc)."""
         self.flush()
         self.next_send = min(self.next_send, self._resend_point(disconnected_at))
+        self._unsent = collections.deque(self._load_from(self.next_send))
         return self.next_send
 
     def withdraw_unsent(self) -> int:
         """Consent revoked: windows not yet handed to the broker must not leave."""
         self.flush()
         cur = self.db.execute("DELETE FROM windows WHERE seq >= ? AND acked=0", (self.next_send,))
+        self._unsent.clear()
         return cur.rowcount
 
     def backlog(self) -> int:
-        return self.last_seq + 1 - self.next_send
+        return len(self._unsent)
 
     def prune(self) -> None:
         self.flush()
