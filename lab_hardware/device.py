@@ -23,6 +23,7 @@ Raw inputs never leave the device: no message built here contains text.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import logging
 import os
@@ -58,6 +59,8 @@ MAX_INFLIGHT = 1000
 #: Probability that a user undoes a wrong decision (the false-positive proxy).
 UNDO_PROBABILITY = 0.8
 HEARTBEAT_S = 2.0
+#: Unsent windows above which a device deciding as fast as it can (rate 0) waits for the link.
+BACKPRESSURE = 2 * MAX_INFLIGHT
 AUDIT_CHUNK = 200
 
 
@@ -117,6 +120,8 @@ class Device:
         self._load_model(model if model in self.models else next(iter(self.models)))
 
         self.inbox: queue.Queue = queue.Queue()
+        # PUBACKs, one per window: a lock-free deque, cheaper than the inbox queue
+        self.acks: collections.deque[int] = collections.deque()
         self.connected = False
         self.disconnected_at = self.clock()
         self.inflight: dict[int, int] = {}
@@ -164,7 +169,7 @@ class Device:
         c.on_connect = lambda cl, ud, flags, rc, props: self.inbox.put(("connected", rc))
         c.on_disconnect = lambda cl, ud, flags, rc, props: self.inbox.put(("disconnected", self.clock()))
         c.on_message = lambda cl, ud, msg: self.inbox.put(("cmd", msg.topic, msg.payload))
-        c.on_publish = lambda cl, ud, mid, rc, props: self.inbox.put(("ack", mid))
+        c.on_publish = lambda cl, ud, mid, rc, props: self.acks.append(mid)
         c.connect_async(b["host"], int(b["port"]), keepalive=15)
         c.loop_start()
         self.client = c
@@ -347,15 +352,19 @@ class Device:
     # ---- main loop ---------------------------------------------------------------------
     def _drain_inbox(self, timeout: float) -> None:
         acked: list[int] = []
+        pop, inflight = self.acks.popleft, self.inflight
+        try:
+            while True:
+                seq = inflight.pop(pop(), None)
+                if seq is not None:
+                    acked.append(seq)
+        except IndexError:
+            pass
         try:
             item = self.inbox.get(timeout=timeout) if timeout > 0 else self.inbox.get_nowait()
             while True:
                 kind = item[0]
-                if kind == "ack":
-                    seq = self.inflight.pop(item[1], None)
-                    if seq is not None:
-                        acked.append(seq)
-                elif kind == "cmd":
+                if kind == "cmd":
                     self.handle_command(item[1], item[2])
                 elif kind == "connected":
                     if not item[1].is_failure:
@@ -389,7 +398,9 @@ class Device:
                 # As fast as possible (rate 0): decide and close windows for ~2 ms between
                 # rounds of publishing, so SQLite writes and inbox handling are batched.
                 burst_end = time.perf_counter() + 0.002
-                while self.step() and self.rate <= 0 and time.perf_counter() < burst_end:
+                # Backpressure: a full outbox pauses deciding (as fast as possible only).
+                while (self.rate > 0 or self.outbox.backlog() < BACKPRESSURE) and self.step() \
+                        and self.rate <= 0 and time.perf_counter() < burst_end:
                     pass
                 now = self.clock()
                 self.pump()
@@ -406,7 +417,7 @@ class Device:
 
     def _sleep_for(self, now: float) -> float:
         if self.rate <= 0:
-            return 0.0
+            return 0.0005 if self.outbox.backlog() >= BACKPRESSURE else 0.0
         wake = [self.window.start + self.window_seconds, self._last_state + HEARTBEAT_S]
         nxt = self.link.next_due()
         if nxt is not None:

@@ -240,6 +240,11 @@ class Lab:
             n += 1
             yield w
 
+    def windows(self, device: str | None = None) -> list[dict]:
+        """Every window received since connecting (a snapshot; newest last)."""
+        with self._cond:
+            return [w for w in self._windows if device is None or w["device"] == device]
+
     def next_window(self, device: str | None = None, timeout: float = 5.0) -> dict:
         """One window, or TimeoutError saying why there may be none."""
         for w in self.telemetry(device, timeout=timeout, limit=1):

@@ -121,6 +121,15 @@ def cmd_consent(args) -> int:
     return EXIT_OK
 
 
+def cmd_kernel(args) -> int:
+    import importlib
+    kinstall = importlib.import_module("kernels.install")
+    argv = [args.action]
+    if args.action == "install" and args.home:
+        argv += ["--home", args.home]
+    return kinstall.main(argv)
+
+
 def cmd_demo(args) -> int:
     from livelab.demo import run_demo
     return run_demo(_home(args) if args.home else None, console=console)
@@ -175,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scope", default="telemetry", choices=["telemetry", "replay-capture"])
     s.set_defaults(fn=cmd_consent)
 
+    s = sub.add_parser("kernel", help="install or show the 'livelab' Jupyter kernelspec",
+                       description="The livelab kernelspec runs notebooks in this environment and points "
+                                   "them at the lab in the state directory (LIVELAB_DEFAULT_HOME).")
+    s.add_argument("action", choices=["install", "show"])
+    s.set_defaults(fn=cmd_kernel)
+
     s = sub.add_parser("demo", help="run the main job end to end (what 'make demo' runs)")
     s.set_defaults(fn=cmd_demo)
     return p
@@ -183,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import signal
+
+    def _terminate(signum, frame):  # SIGTERM cleans up like Ctrl-C (labs started by demo go down)
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, _terminate)
     from lab_hardware.lab import LabError
     from lab_hardware.broker import BrokerError
     from lab_hardware.profiles import ProfileError
