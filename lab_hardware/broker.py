@@ -142,11 +142,13 @@ def acl_text(namespaces: dict[str, list[str]]) -> str:
     for ns, devices in sorted(namespaces.items()):
         pre = topics.namespace_prefix(ns)
         lines += [f"user {learner_user(ns)}", f"topic read {pre}/#",
-                  f"topic write {pre}/devices/+/cmd/#", f"topic readwrite {pre}/learner/#", ""]
+                  f"topic write {pre}/devices/+/cmd/#", f"topic readwrite {pre}/learner/#",
+                  f"topic write {pre}/control/revocations", ""]
         for dev in devices:
             d = topics.device_prefix(ns, dev)
             lines += [f"user {device_user(ns, dev)}", f"topic write {d}/telemetry",
-                      f"topic write {d}/state", f"topic write {d}/audit", f"topic read {d}/cmd/#", ""]
+                      f"topic write {d}/state", f"topic write {d}/audit", f"topic write {d}/capture",
+                      f"topic read {d}/cmd/#", f"topic read {pre}/control/revocations", ""]
     return "\n".join(lines)
 
 

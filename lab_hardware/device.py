@@ -23,6 +23,9 @@ Raw inputs never leave the device: no message built here contains text.
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
+import hashlib
 import collections
 import json
 import logging
@@ -44,7 +47,8 @@ from . import digest as _digest
 from . import features, mqtt, topics
 from .audit import AuditChain
 from .consent import SCOPES, ConsentError, ConsentState
-from .inference import Model
+from .scrub import scrub
+from .slots import InstallError, Slots
 from .link import Link
 from .outbox import Outbox
 from .profiles import Profile
@@ -59,9 +63,17 @@ MAX_INFLIGHT = 1000
 #: Probability that a user undoes a wrong decision (the false-positive proxy).
 UNDO_PROBABILITY = 0.8
 HEARTBEAT_S = 2.0
+#: Largest install/shadow command (a base64 bundle of up to ~6 MB).
+INSTALL_LIMIT = 8 * 1024 * 1024
+#: Capture records per published capture message.
+CAPTURE_PART = 200
 #: Unsent windows above which a device deciding as fast as it can (rate 0) waits for the link.
 BACKPRESSURE = 2 * MAX_INFLIGHT
 AUDIT_CHUNK = 200
+
+
+def _fresh_shadow_stats() -> dict:
+    return {"decisions": 0, "diverged": 0, "errors": 0, "by_intent": {}, "shadow_by_intent": {}}
 
 
 class CommandError(ValueError):
@@ -116,8 +128,11 @@ class Device:
         saved = self._load_state()
         self.boot = saved.get("boot", 0) + 1
         self.decision_seq = saved.get("decision_seq", 0)
-        model = saved.get("model") or config.get("model") or next(iter(self.models))
-        self._load_model(model if model in self.models else next(iter(self.models)))
+        trust = config.get("home")
+        self.slots = Slots(self.dir, self.models, self.intents, self.profile,
+                           Path(trust) if trust else None, clock=clock)
+        self.slots.restore(config.get("model") or next(iter(self.models)))
+        self.capture: dict | None = None    # an open replay capture (see _cmd_capture)
 
         self.inbox: queue.Queue = queue.Queue()
         # PUBACKs, one per window: a lock-free deque, cheaper than the inbox queue
@@ -134,6 +149,8 @@ class Device:
         self._rate_t0 = time.monotonic()
         self._rate_done = 0
         self.refused = 0
+        self.decision_errors = 0
+        self.shadow_stats = _fresh_shadow_stats()
         self.telemetry_time: float | None = None
         self.client = None
 
@@ -146,18 +163,17 @@ class Device:
 
     def _save_state(self) -> None:
         tmp = self.dir / "state.json.tmp"
-        tmp.write_text(json.dumps({"boot": self.boot, "decision_seq": self.decision_seq,
-                                   "model": self.model_name}))
+        tmp.write_text(json.dumps({"boot": self.boot, "decision_seq": self.decision_seq}))
         os.replace(tmp, self.dir / "state.json")
         self._last_save = self.clock()
 
-    def _load_model(self, name: str) -> None:
-        path = self.models[name]
-        self.model = Model(path)
-        if self.model.intents and self.model.intents != self.intents:
-            raise ValueError(f"model {name} classifies {self.model.intents}, scenario has {self.intents}")
-        self.model_name = name
-        self.bundle_digest = _digest.file_digest(path)
+    @property
+    def model_name(self) -> str:
+        return self.slots.active.name
+
+    @property
+    def bundle_digest(self) -> str:
+        return self.slots.active.digest
 
     # ---- MQTT --------------------------------------------------------------------------
     def _connect(self) -> None:
@@ -186,6 +202,12 @@ class Device:
             "schema": topics.SCHEMA_STATE, "namespace": self.ns, "device": self.name,
             "online": online, "pid": os.getpid(), "boot": self.boot, "time": round(self.clock(), 3),
             "model": self.model_name, "bundle": self.bundle_digest, "profile": self.profile.name,
+            "active": self.slots.active.describe(),
+            "shadow": self.slots.shadow.describe() if self.slots.shadow else None,
+            "health": None if self.slots.health is None else {
+                "bundle": self.slots.health.digest, "seen": self.slots.health.seen,
+                "needed": self.slots.health.needed},
+            "revoked": sorted(self.slots.revoked), "capturing": self.capture is not None,
             "consent": self.consent.as_dict(), "telemetry_seq": self.outbox.last_seq,
             "telemetry_time": self.telemetry_time, "sent_seq": self.outbox.next_send - 1,
             "decisions": self.decision_seq, "backlog": self.outbox.backlog(),
@@ -219,8 +241,9 @@ class Device:
         name = parsed.get("command", "?") if parsed else "?"
         cmd_id = None
         try:
-            if len(payload) > COMMAND_LIMIT:
-                raise CommandError(f"payload of {len(payload)} bytes exceeds the command limit of {COMMAND_LIMIT} bytes")
+            limit = INSTALL_LIMIT if name in ("install", "shadow") else COMMAND_LIMIT
+            if len(payload) > limit:
+                raise CommandError(f"payload of {len(payload)} bytes exceeds the command limit of {limit} bytes")
             try:
                 msg = topics.decode(payload)
             except ValueError as exc:
@@ -241,7 +264,7 @@ class Device:
             log.warning("refused command on %s: %s", topic, exc)
             self._record("refused", {"command": name, "id": cmd_id, "reason": str(exc),
                                      "bytes": len(payload),
-                                     "sha256": __import__("hashlib").sha256(payload).hexdigest()})
+                                     "sha256": hashlib.sha256(payload).hexdigest()})
             self.publish_state()
 
     def _cmd_consent(self, msg: dict, cmd_id: str, by: str) -> None:
@@ -270,13 +293,104 @@ class Device:
         self._publish_audit(self.audit.records(start), reply_to=cmd_id)
 
     def _cmd_set_model(self, msg: dict, cmd_id: str, by: str) -> None:
-        model = msg.get("model")
-        if model not in self.models:
-            raise CommandError(f"unknown model {model!r}; available: {', '.join(self.models)}")
-        self._load_model(model)
+        try:
+            self.slots.set_model(msg.get("model"))
+        except InstallError as exc:
+            raise CommandError(str(exc)) from None
         self.window = Window(self.intents, self.clock())
-        self._record("model", {"id": cmd_id, "by": by, "model": model, "bundle": self.bundle_digest})
-        self._save_state()
+        self._record("model", {"id": cmd_id, "by": by, "model": self.model_name, "bundle": self.bundle_digest})
+        self.publish_state()
+
+    def _bundle_bytes(self, msg: dict) -> bytes:
+        data = msg.get("bundle")
+        if not isinstance(data, str):
+            raise CommandError("'bundle' must be the bundle file, base64-encoded")
+        try:
+            return base64.b64decode(data, validate=True)
+        except (ValueError, binascii.Error):
+            raise CommandError("'bundle' is not valid base64") from None
+
+    def _cmd_install(self, msg: dict, cmd_id: str, by: str) -> None:
+        rollback = msg.get("rollback", False)
+        if not isinstance(rollback, bool):
+            raise CommandError("install 'rollback' must be true or false")
+        data = self._bundle_bytes(msg)
+        t0 = time.perf_counter()
+        before = self.slots.active.describe()
+        try:
+            slot = self.slots.install(data, rollback=rollback)
+        except InstallError as exc:
+            raise CommandError(f"install refused: {exc}") from None
+        self.window = Window(self.intents, self.clock())
+        self._record("install", {"id": cmd_id, "by": by, "bundle": slot.digest, "name": slot.name,
+                                 "version": slot.version, "from": before, "rollback": rollback,
+                                 "install_ms": round((time.perf_counter() - t0) * 1000, 3),
+                                 "health_decisions": self.slots.health.needed if self.slots.health else 0})
+        self.publish_state()
+
+    def _cmd_rollback(self, msg: dict, cmd_id: str, by: str) -> None:
+        try:
+            bad, good = self.slots.rollback()
+        except InstallError as exc:
+            raise CommandError(str(exc)) from None
+        self.window = Window(self.intents, self.clock())
+        self._record("rollback", {"id": cmd_id, "by": by, "from": bad.describe(), "to": good.describe(),
+                                  "reason": msg.get("reason") if isinstance(msg.get("reason"), str) else "requested"})
+        self.publish_state()
+
+    def _cmd_shadow(self, msg: dict, cmd_id: str, by: str) -> None:
+        if msg.get("stop") is True:
+            self.slots.set_shadow(None)
+            self._record("shadow", {"id": cmd_id, "by": by, "bundle": None})
+        else:
+            try:
+                slot = self.slots.set_shadow(self._bundle_bytes(msg))
+            except InstallError as exc:
+                raise CommandError(f"shadow refused: {exc}") from None
+            self._record("shadow", {"id": cmd_id, "by": by, "bundle": slot.digest, "name": slot.name,
+                                    "version": slot.version})
+        self.window = Window(self.intents, self.clock())
+        self.publish_state()
+
+    def _cmd_capture(self, msg: dict, cmd_id: str, by: str) -> None:
+        n = msg.get("decisions")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 100_000:
+            raise CommandError("capture 'decisions' must be an integer between 1 and 100000")
+        if not self.consent.allows("replay-capture"):
+            raise CommandError("no replay-capture consent on this device")
+        grant = next(r for r in reversed(self.audit.records()) if r["kind"] == "consent"
+                     and r["data"]["scope"] == "replay-capture" and r["data"]["grant"])
+        rec = self._record("capture", {"id": cmd_id, "by": by, "decisions": n, "capture_id": cmd_id})
+        self.capture = {"id": cmd_id, "left": n, "records": [], "part": 0,
+                        "consent": {"index": grant["index"], "hash": grant["hash"]}, "audit": rec["index"]}
+        self.publish_state()
+
+    def _revocations(self, payload: bytes) -> None:
+        try:
+            msg = topics.decode(payload, limit=COMMAND_LIMIT)
+            digests = {r["digest"] for r in msg.get("revoked", [])}
+            if msg.get("schema") != topics.SCHEMA_REVOCATIONS or not all(
+                    isinstance(d, str) and len(d) == 64 for d in digests):
+                raise ValueError("not a livelab.revocations/v1 list of sha256 digests")
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            self.refused += 1
+            self._record("refused", {"command": "revocations", "id": None, "reason": str(exc).splitlines()[0],
+                                     "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()})
+            return
+        new = digests - self.slots.revoked
+        if not new:
+            return
+        hit = self.slots.revoke(digests)
+        data = {"revoked": sorted(new), "active_revoked": hit}
+        if hit:
+            try:
+                bad, good = self.slots.rollback()
+                data.update({"from": bad.describe(), "to": good.describe()})
+            except InstallError:
+                good = self.slots.set_model(next(iter(self.models)))
+                data.update({"to": good.describe()})
+            self.window = Window(self.intents, self.clock())
+        self._record("revocation", data)
         self.publish_state()
 
     # ---- deciding ----------------------------------------------------------------------
@@ -290,24 +404,100 @@ class Device:
         """A batch never overfills a window capped at ``window_max_decisions``."""
         return min(n, self.window_max - len(self.window)) if self.window_max else n
 
-    def decide(self, n: int) -> Decisions:
-        """Decide the next ``n`` utterances in one batch (features, model, digests)."""
+    def decide(self, n: int) -> Decisions | None:
+        """Decide the next ``n`` utterances in one batch: scrub PII, extract features,
+        run the active model (and the shadow), digest every decision."""
         L = len(self.texts)
         idx = [(self.pos + i) % L for i in range(n)]
         self.pos = (self.pos + n) % L
         t0 = time.perf_counter()
-        x = features.extract_batch([self.texts[i] for i in idx])
-        labels, probs = self.model.predict(x)
+        texts = [scrub(self.texts[i]) for i in idx]
+        x = features.extract_batch(texts)
+        active = self.slots.active
+        try:
+            labels, probs = active.decide(x)
+            if not np.isfinite(probs).all():
+                raise ValueError("model produced non-finite probabilities")
+        except Exception as exc:  # noqa: BLE001 - a bad bundle must not kill the device
+            self.decision_errors += n
+            log.warning("decision error on %s: %s", active.digest[:12], exc)
+            self._health(n, n, (time.perf_counter() - t0) * 1000)
+            self._rate_done += n
+            return None
         if self.profile.inference_slowdown > 1:
             time.sleep((time.perf_counter() - t0) * (self.profile.inference_slowdown - 1))
         latency_ms = (time.perf_counter() - t0) * 1000
         first = self.decision_seq
-        digests = _digest.signal_digests(x, self.bundle_digest, first)
+        digests = _digest.signal_digests(x, active.digest, first)
         wrong = labels != self.truth[idx]
         undone = wrong & (self.rng.random(n) < UNDO_PROBABILITY)
         self.decision_seq += n
         self._rate_done += n
+        if self.slots.shadow is not None:
+            self._shadow(x, labels)
+        if self.capture is not None:
+            self._capture(texts, labels, undone, digests, first, active.digest)
+        self._health(n, 0, latency_ms)
         return Decisions.from_batch(labels, probs, undone, digests, first, latency_ms)
+
+    def _health(self, n: int, errors: int, latency_ms: float) -> None:
+        verdict = self.slots.observe(n, errors, latency_ms)
+        if verdict is None:
+            return
+        self._record("health", verdict)
+        if not verdict["ok"]:
+            t0 = time.perf_counter()
+            try:
+                bad, good = self.slots.rollback()
+            except InstallError as exc:
+                log.error("health check failed and no rollback possible: %s", exc)
+                return
+            self.window = Window(self.intents, self.clock())
+            self._record("rollback", {"id": None, "by": "health-check", "from": bad.describe(),
+                                      "to": good.describe(), "reason": verdict["reason"],
+                                      "rollback_ms": round((time.perf_counter() - t0) * 1000, 3)})
+        self.publish_state()
+
+    def _shadow(self, x: np.ndarray, labels: np.ndarray) -> None:
+        try:
+            s_labels, _ = self.slots.shadow.decide(x)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("shadow error: %s", exc)
+            self.shadow_stats["errors"] += len(labels)
+            return
+        diff = s_labels != labels
+        st = self.shadow_stats
+        st["decisions"] += len(labels)
+        st["diverged"] += int(diff.sum())
+        for lab in labels[diff].tolist():
+            st["by_intent"][self.intents[lab]] = st["by_intent"].get(self.intents[lab], 0) + 1
+        for lab in s_labels[diff].tolist():
+            st["shadow_by_intent"][self.intents[lab]] = st["shadow_by_intent"].get(self.intents[lab], 0) + 1
+
+    def _capture(self, texts, labels, undone, digests, first, bundle) -> None:
+        cap = self.capture
+        now = round(self.clock(), 6)
+        take = min(cap["left"], len(texts))
+        for i in range(take):
+            cap["records"].append({"decision": first + i, "time": now, "text": texts[i], "bundle": bundle,
+                                   "digest": digests[i], "label": int(labels[i]), "undo": bool(undone[i])})
+        cap["left"] -= take
+        if len(cap["records"]) >= CAPTURE_PART or cap["left"] == 0:
+            self._flush_capture()
+
+    def _flush_capture(self) -> None:
+        cap = self.capture
+        last = cap["left"] == 0
+        payload = topics.encode({"schema": topics.SCHEMA_CAPTURE, "namespace": self.ns, "device": self.name,
+                                 "capture_id": cap["id"], "part": cap["part"], "last": last,
+                                 "consent": cap["consent"], "records": cap["records"]})
+        self._publish(topics.capture(self.ns, self.name), payload)
+        cap["part"] += 1
+        cap["records"] = []
+        if last:
+            self._record("capture-done", {"capture_id": cap["id"], "parts": cap["part"]})
+            self.capture = None
+            self.publish_state()
 
     def step(self) -> int:
         """Decide what is due and spread it over windows, closing each that is full or old."""
@@ -333,6 +523,13 @@ class Device:
             seq = self.outbox.next_seq()
             payload = w.close(end=now, namespace=self.ns, device=self.name, seq=seq,
                               model=self.model_name, bundle=self.bundle_digest, profile=self.profile.name)
+            if self.slots.shadow is not None:
+                st = self.shadow_stats
+                payload["shadow"] = {"bundle": self.slots.shadow.digest, "decisions": st["decisions"],
+                                     "diverged": st["diverged"], "errors": st["errors"],
+                                     "divergence": round(st["diverged"] / st["decisions"], 4) if st["decisions"] else 0.0,
+                                     "active_by_intent": st["by_intent"], "shadow_by_intent": st["shadow_by_intent"]}
+            self.shadow_stats = _fresh_shadow_stats()
             self.outbox.add(seq, topics.encode(payload))
             self.telemetry_time = round(now, 3)
         if now - self._last_save > 1.0:
@@ -365,7 +562,10 @@ class Device:
             while True:
                 kind = item[0]
                 if kind == "cmd":
-                    self.handle_command(item[1], item[2])
+                    if item[1] == topics.control(self.ns, "revocations"):
+                        self._revocations(item[2])
+                    else:
+                        self.handle_command(item[1], item[2])
                 elif kind == "connected":
                     if not item[1].is_failure:
                         self._on_connected()
@@ -384,7 +584,8 @@ class Device:
     def _on_connected(self) -> None:
         log.info("connected to broker")
         self.connected = True
-        self.client.subscribe(topics.device_prefix(self.ns, self.name) + "/cmd/+", qos=1)
+        self.client.subscribe([(topics.device_prefix(self.ns, self.name) + "/cmd/+", 1),
+                               (topics.control(self.ns, "revocations"), 1)])
         self.inflight.clear()
         self.outbox.rewind(self.disconnected_at)
         self.publish_state()

@@ -72,6 +72,7 @@ class Supervisor:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.broker: Child | None = None
         self.devices: dict[str, Child] = {}
+        self.collector = None
         self.stopping = threading.Event()
         self.reload_requested = threading.Event()
 
@@ -104,7 +105,7 @@ class Supervisor:
             "namespace": ns, "device": dev["name"], "index": index, "state_dir": str(ddir),
             "broker": {"host": host, "port": port, "username": user, "password": pw},
             "profile": self.cfg["profiles"][dev["profile"]], "scenario": self.cfg["scenario"],
-            "model": dev["model"], "seed": self.cfg.get("seed", 0),
+            "model": dev["model"], "seed": self.cfg.get("seed", 0), "home": str(self.home),
             **{k: v for k, v in self.cfg.get("device_options", {}).items()},
         }
         path = ddir / "config.json"
@@ -177,6 +178,32 @@ class Supervisor:
         finally:
             mqtt.stop(c)
 
+    # ---- replay store ------------------------------------------------------------------
+    def _start_collector(self) -> None:
+        """Store every capture devices publish (scrubbed on the device) in home/replays/.
+
+        A persistent session (fixed client id, QoS 1) so captures published while the
+        supervisor reconnects are not lost; duplicates are dropped by decision seq.
+        """
+        host, port = self._broker_addr()
+        b = self.cfg["broker"]
+        user = b.get("username") if b.get("external") else _broker.CONTROL_USER
+        pw = b.get("password") if b.get("external") else self.secrets[_broker.CONTROL_USER]
+        c = mqtt.client(f"collector.{self.home.name}-{os.getpid()}"[:60], username=user, password=pw, clean=False)
+
+        def on_message(cl, ud, msg):
+            try:
+                from . import replay
+                replay.store_capture(self.home, topics.decode(msg.payload, limit=16 * 2**20))
+            except Exception as exc:  # noqa: BLE001 - a bad capture is logged, never kept
+                log.warning("capture on %s refused: %s", msg.topic, str(exc).splitlines()[0])
+
+        c.on_message = on_message
+        c.on_connect = lambda cl, ud, fl, rc, pr: cl.subscribe(
+            [(topics.namespace_prefix(ns) + "/devices/+/capture", 1) for ns in self.cfg["namespaces"]])
+        mqtt.connect(c, host, port)
+        self.collector = c
+
     # ---- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
         if not self.cfg["broker"].get("external"):
@@ -184,6 +211,7 @@ class Supervisor:
             self.broker = Child("broker", self._start_broker)
             self.broker.start()
             log.info("broker pid %s on 127.0.0.1:%s", self.broker.pid, self.cfg["broker"]["port"])
+        self._start_collector()
         self._sync_devices()
         self.write_run(False)
         missing = self._wait_devices_online(float(self.cfg.get("ready_timeout", 20)))
@@ -234,6 +262,8 @@ class Supervisor:
                 self.write_run(True)
 
     def stop(self) -> None:
+        if getattr(self, "collector", None) is not None:
+            mqtt.stop(self.collector)
         for child in self.devices.values():
             if child.proc and child.proc.poll() is None:
                 child.proc.terminate()

@@ -21,9 +21,11 @@ SCHEMA_TELEMETRY = "livelab.telemetry/v1"
 SCHEMA_STATE = "livelab.state/v1"
 SCHEMA_AUDIT = "livelab.audit/v1"
 SCHEMA_COMMAND = "livelab.command/v1"
+SCHEMA_CAPTURE = "livelab.capture/v1"
+SCHEMA_REVOCATIONS = "livelab.revocations/v1"
 
 #: Commands a device understands (the last level of ``.../cmd/<command>``).
-COMMANDS = ("consent", "ping", "audit", "set-model")
+COMMANDS = ("consent", "ping", "audit", "set-model", "install", "rollback", "shadow", "capture")
 
 
 class TopicError(ValueError):
@@ -56,6 +58,10 @@ def state(ns: str, device: str) -> str:
 
 def audit(ns: str, device: str) -> str:
     return device_prefix(ns, device) + "/audit"
+
+
+def capture(ns: str, device: str) -> str:
+    return device_prefix(ns, device) + "/capture"
 
 
 def command(ns: str, device: str, cmd: str) -> str:

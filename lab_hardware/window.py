@@ -31,7 +31,7 @@ LOW_MARGIN = 0.2
 ALLOWED_FIELDS = frozenset({
     "schema", "namespace", "device", "seq", "model", "bundle", "start", "end", "decisions",
     "first_decision", "last_decision", "counts", "confidence", "fp_proxy", "latency_ms",
-    "digest", "profile", "sent", "noise",
+    "digest", "profile", "sent", "noise", "shadow",
 })
 
 

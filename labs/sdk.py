@@ -11,6 +11,7 @@ cannot see or command another learner's devices even if it tried.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import threading
 import time
@@ -24,6 +25,8 @@ from lab_hardware import home as _home
 from lab_hardware import mqtt, topics
 from lab_hardware.broker import BrokerAddress
 
+
+log = logging.getLogger("livelab.sdk")
 
 #: Windows kept for telemetry readers (about 3 hours of a 3-device lab).
 MAX_BUFFERED = 100_000
@@ -58,7 +61,9 @@ def _find(home=None, namespace=None, broker_url=None, username=None, password=No
         return Connection(addr.host, addr.port, ns,
                           username or addr.username or os.environ.get("LIVELAB_USERNAME"),
                           password or addr.password or os.environ.get("LIVELAB_PASSWORD"),
-                          [d for d in os.environ.get("LIVELAB_DEVICES", "").split(",") if d], [],
+                          [d for d in os.environ.get("LIVELAB_DEVICES", "").split(",") if d],
+                          [i for i in os.environ.get("LIVELAB_INTENTS", "").split(",") if i],
+                          os.environ.get("LIVELAB_DEFECT_INTENT") or None,
                           home=str(_home.resolve(home)))
     h = _home.resolve(home)
     path = h / _home.DESCRIPTOR
@@ -90,6 +95,7 @@ class Lab:
         self._lock = threading.Lock()
         self._listeners: list = []
         self.duplicates = 0
+        self.revocations: list[dict] = []
         self._client = mqtt.client(f"learner.{conn.namespace}-{uuid.uuid4().hex[:8]}",
                                    username=conn.username, password=conn.password)
         self._client.on_message = self._on_message
@@ -98,6 +104,7 @@ class Lab:
             pre = topics.namespace_prefix(self.namespace)
             for kind in ("state", "telemetry", "audit"):
                 mqtt.subscribe_wait(self._client, f"{pre}/devices/+/{kind}")
+            mqtt.subscribe_wait(self._client, topics.control(self.namespace, "revocations"))
         except mqtt.ConnectError as exc:
             raise LabConnectionError(str(exc)) from None
         mqtt.wait_until(lambda: len(self.states) >= len(conn.devices), 2.0)
@@ -119,6 +126,12 @@ class Lab:
 
     # ---- incoming ----------------------------------------------------------------------
     def _on_message(self, client, userdata, msg) -> None:
+        if msg.topic.endswith("/control/revocations"):
+            try:
+                self.revocations = list(topics.decode(msg.payload).get("revoked", []))
+            except ValueError:
+                pass
+            return
         p = topics.parse(msg.topic)
         if p is None:
             return
@@ -154,11 +167,20 @@ class Lab:
                 if data.get("last"):
                     self._reply_events[rid].set()
         for fn in list(self._listeners):
-            fn(kind, dev, data)
+            try:  # a failing listener must not end paho's network thread
+                fn(kind, dev, data)
+            except Exception:  # noqa: BLE001
+                log.exception("listener %r failed", fn)
 
     def add_listener(self, fn) -> None:
         """Call ``fn(kind, device, payload)`` for every message (used by the widgets)."""
         self._listeners.append(fn)
+
+    def remove_listener(self, fn) -> None:
+        try:
+            self._listeners.remove(fn)
+        except ValueError:
+            pass
 
     # ---- devices -----------------------------------------------------------------------
     @property
@@ -204,6 +226,59 @@ class Lab:
 
     def set_model(self, device: str, model: str, **kw) -> dict:
         return self.command(device, "set-model", model=model, **kw)
+
+    # ---- bundles -----------------------------------------------------------------------
+    @staticmethod
+    def _bundle_b64(bundle) -> str:
+        import base64
+        from pathlib import Path
+        data = bundle if isinstance(bundle, bytes) else Path(bundle).read_bytes()
+        return base64.b64encode(data).decode()
+
+    def install(self, device: str, bundle, *, rollback: bool = False, timeout: float = 10.0) -> dict:
+        """Send a signed bundle (path or bytes); the device verifies, installs atomically and
+        starts its health check.  Raises CommandRefused with the device's one-line reason."""
+        return self.command(device, "install", bundle=self._bundle_b64(bundle), rollback=rollback,
+                            timeout=timeout)
+
+    def rollback(self, device: str, reason: str = "requested", **kw) -> dict:
+        return self.command(device, "rollback", reason=reason, **kw)
+
+    def shadow(self, device: str, bundle=None, *, timeout: float = 10.0) -> dict:
+        """Run ``bundle`` in shadow mode beside the active one (None stops shadowing)."""
+        if bundle is None:
+            return self.command(device, "shadow", stop=True, timeout=timeout)
+        return self.command(device, "shadow", bundle=self._bundle_b64(bundle), timeout=timeout)
+
+    def revoke(self, digest: str, reason: str = "", *, timeout: float = 5.0) -> list[dict]:
+        """Revoke a bundle by digest on every device of the namespace (a retained list)."""
+        if not (isinstance(digest, str) and len(digest) == 64):
+            raise ValueError("a bundle digest is 64 hex characters (see 'livelab bundle inspect')")
+        current = list(self.revocations)
+        if digest not in {r["digest"] for r in current}:
+            current.append({"digest": digest, "reason": reason, "time": time.time(), "by": self.learner})
+        payload = topics.encode({"schema": topics.SCHEMA_REVOCATIONS, "revoked": current})
+        info = self._client.publish(topics.control(self.namespace, "revocations"), payload, qos=1, retain=True)
+        info.wait_for_publish(timeout)
+        self.revocations = current
+        return current
+
+    # ---- replay capture ----------------------------------------------------------------
+    def capture(self, device: str, decisions: int = 200, *, wait: bool = True, timeout: float = 30.0) -> str:
+        """Capture the device's next ``decisions`` inputs, scrubbed on the device, into the
+        lab's replay store (needs ``replay-capture`` consent).  Returns the capture id."""
+        rec = self.command(device, "capture", decisions=decisions)
+        cid = rec["data"]["capture_id"]
+        if wait:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.states.get(device, {}).get("capturing") is False and \
+                        self.states[device].get("time", 0) > rec["time"]:
+                    break
+                time.sleep(0.05)
+            else:
+                raise TimeoutError(f"capture {cid} on {device} did not finish within {timeout:.0f} s")
+        return cid
 
     # ---- telemetry ---------------------------------------------------------------------
     def telemetry(self, device: str | None = None, *, timeout: float = 5.0,

@@ -55,8 +55,9 @@ FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif"
 
 CSS = f"""
 <style>
-.livelab-panel {{ font-family: {FONT}; color: #222; max-width: 820px; }}
-.livelab-panel .livelab-h {{ font-size: 13px; font-weight: 600; margin: 10px 0 4px; color: #333; }}
+.livelab-panel {{ font-family: {FONT}; color: #222; background: #fff; border-radius: 6px; max-width: 820px; }}
+.livelab-panel .widget-html-content {{ line-height: 1.45; }}
+.livelab-panel .livelab-h {{ font-size: 13px; font-weight: 600; margin: 12px 0 2px; color: #333; }}
 .livelab-panel table.livelab-table {{ border-collapse: collapse; font-size: 12.5px; width: 100%; }}
 .livelab-panel table.livelab-table th {{ text-align: left; font-weight: 600; color: #555;
     border-bottom: 1px solid #ccc; padding: 4px 8px; white-space: nowrap; }}
@@ -89,11 +90,11 @@ def _clock(t: Any) -> str:
 
 
 def _nice_ceiling(x: float) -> float:
-    """The smallest 1, 2, 2.5 or 5 x 10^k not below ``x`` (so axis ticks are round)."""
+    """The smallest round number (1, 1.2, 1.5, 2 ... 8 x 10^k) not below ``x``, for axis ticks."""
     if x <= 0:
         return 1.0
     k = 10 ** math.floor(math.log10(x))
-    for m in (1, 2, 2.5, 5, 10):
+    for m in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
         if m * k >= x:
             return m * k
     return 10 * k
@@ -185,7 +186,7 @@ def render_chart(devices: list[str], windows: dict[str, list[dict]], intents: li
             names += [k for k in rec["counts"] if k not in names]
     colors = intent_colors(names, defect)
     stack = ([defect] if defect in names else []) + [n for n in names if n != defect]
-    ymax = _nice_ceiling(max((r["decisions"] for d in devices for r in windows.get(d, [])), default=1))
+    ymax = _nice_ceiling(1.08 * max((r["decisions"] for d in devices for r in windows.get(d, [])), default=1))
 
     W_, ML, MR = 780, 56, 14
     PW = W_ - ML - MR
@@ -196,14 +197,14 @@ def render_chart(devices: list[str], windows: dict[str, list[dict]], intents: li
     y = 0.0
 
     # legend: intents, then the false-positive proxies
-    out.append(f'<g class="livelab-legend" font-size="12">')
-    out.append(f'<text x="0" y="14" fill="#444" font-weight="600">decisions per intent</text>')
+    out.append('<g class="livelab-legend" font-size="12">')
+    out.append('<text x="0" y="14" fill="#444" font-weight="600">decisions per intent</text>')
     x = 150.0
     for n in stack:
         out.append(f'<rect x="{x:.0f}" y="4" width="12" height="12" rx="2" fill="{colors[n]}"/>'
                    f'<text x="{x + 17:.0f}" y="14" fill="#333">{_esc(n)}</text>')
         x += 28 + 7.2 * len(n)
-    out.append(f'<text x="0" y="36" fill="#444" font-weight="600">false-positive proxy</text>')
+    out.append('<text x="0" y="36" fill="#444" font-weight="600">false-positive proxy</text>')
     out.append(f'<line x1="150" y1="32" x2="176" y2="32" stroke="{UNDO_LINE}" stroke-width="2"/>'
                f'<circle cx="163" cy="32" r="3" fill="#fff" stroke="{UNDO_LINE}" stroke-width="1.5"/>'
                f'<text x="182" y="36" fill="#333">user undos (all intents)</text>')
@@ -235,7 +236,8 @@ def render_chart(devices: list[str], windows: dict[str, list[dict]], intents: li
                   (f"{100 * usum / tot:.1f}% undone" if tot else "")
         flag = "" if granted else " · consent off (last windows received)"
         out.append(f'<g class="livelab-device" data-device="{_esc(dev)}">')
-        out.append(f'<text x="0" y="{y + 14:.1f}" font-size="13" fill="#222"><tspan font-weight="600">{_esc(dev)}</tspan>'
+        out.append(f'<text x="0" y="{y + 14:.1f}" font-size="13" fill="#222">'
+                   f'<tspan font-weight="600">{_esc(dev)}</tspan>'
                    f'<tspan fill="#666"> · {_esc(model)} · {_esc(bundle)}{_esc(flag)}</tspan></text>'
                    f'<text x="{W_ - MR:.0f}" y="{y + 14:.1f}" font-size="12" text-anchor="end" fill="#333">'
                    f'{summary}</text>')
@@ -273,15 +275,18 @@ def render_chart(devices: list[str], windows: dict[str, list[dict]], intents: li
         if defect:
             out.append(f'<polyline class="livelab-defect" fill="none" stroke="{DEFECT_LINE}" stroke-width="2" '
                        f'stroke-dasharray="5 3" points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in def_pts)}"/>')
-            out.extend(f'<path d="M{a:.1f} {b - 4:.1f} L{a + 4:.1f} {b:.1f} L{a:.1f} {b + 4:.1f} L{a - 4:.1f} {b:.1f} Z" '
-                       f'fill="{DEFECT_LINE}"/>' for a, b in def_pts)
+            out.extend(f'<path d="M{a:.1f} {b - 4:.1f} L{a + 4:.1f} {b:.1f} L{a:.1f} {b + 4:.1f} '
+                       f'L{a - 4:.1f} {b:.1f} Z" fill="{DEFECT_LINE}"/>' for a, b in def_pts)
         out.append(f'<polyline class="livelab-undo" fill="none" stroke="{UNDO_LINE}" stroke-width="2" '
                    f'points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in undo_pts)}"/>')
         out.extend(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3" fill="#fff" stroke="{UNDO_LINE}" stroke-width="1.5"/>'
                    for a, b in undo_pts)
-        out.append(f'<text x="{ML}" y="{base + 14:.1f}" font-size="10.5" fill="#888">window {recs[0]["seq"]}</text>'
-                   f'<text x="{W_ - MR}" y="{base + 14:.1f}" font-size="10.5" text-anchor="end" fill="#888">'
-                   f'window {recs[-1]["seq"]}</text></g>')
+        out.append(f'<text x="{ML}" y="{base + 14:.1f}" font-size="10.5" fill="#888">window {recs[0]["seq"]}</text>')
+        if len(recs) * slot >= 100:  # under the newest bar, wherever it is while the strip fills up
+            lx = min(ML + len(recs) * slot, W_ - MR)
+            out.append(f'<text x="{lx:.1f}" y="{base + 14:.1f}" font-size="10.5" text-anchor="end" fill="#888">'
+                       f'{recs[-1]["seq"]}</text>')
+        out.append('</g>')
         y = base + 26
     out.append(f'<text x="{ML + PW / 2:.0f}" y="{y + 4:.0f}" font-size="11.5" text-anchor="middle" fill="#555">'
                f'aggregation windows, oldest → newest (last {slots} per device)</text>')
@@ -296,9 +301,11 @@ def render_chart(devices: list[str], windows: dict[str, list[dict]], intents: li
 class LabPanel(W.VBox):
     """Live status, consent toggles and telemetry chart for one :class:`labs.Lab`."""
 
-    def __init__(self, lab, *, windows: int = CHART_WINDOWS, max_fps: float = MAX_FPS, **kwargs):
+    def __init__(self, lab, *, windows: int = CHART_WINDOWS, max_fps: float = MAX_FPS,
+                 command_timeout: float = 5.0, **kwargs):
         super().__init__(**kwargs)
         self.lab = lab
+        self.command_timeout = command_timeout
         self.slots = int(windows)
         self.min_interval = 1.0 / max_fps if max_fps > 0 else 0.0
         self.defect = getattr(lab.conn, "defect_intent", None)
@@ -350,8 +357,14 @@ class LabPanel(W.VBox):
         # Listen first, then read what was buffered, so no window falls in between
         # (duplicates are dropped by seq).
         lab.add_listener(self._on_message)
-        for w in lab.telemetry(buffered=True, timeout=0):
-            self._add_window(w)
+        recent: dict[str, list[dict]] = {}
+        for w in reversed(lab.windows()):  # only the newest `slots` per device matter
+            per = recent.setdefault(w.get("device"), [])
+            if len(per) < self.slots:
+                per.append(w)
+        for per in recent.values():
+            for w in per:
+                self._add_window(w)
         self._render()
         self._thread = threading.Thread(target=self._render_loop, name="livelab-panel-render", daemon=True)
         self._thread.start()
@@ -457,7 +470,7 @@ class LabPanel(W.VBox):
         key = (dev, scope)
         try:
             fn = self.lab.grant_consent if want else self.lab.revoke_consent
-            fn(dev, scope)
+            fn(dev, scope, timeout=self.command_timeout)
             # The device acknowledged; its retained state follows right after: wait for it
             # so the toggle shows what the device reports, not what we asked for.
             deadline = time.monotonic() + CONFIRM_SECONDS
@@ -532,7 +545,7 @@ class LabPanel(W.VBox):
             if remove is not None:
                 remove(self._on_message)
             else:
-                self.lab._listeners.remove(self._on_message)
+                self.lab.remove_listener(self._on_message)
         except (ValueError, AttributeError):
             pass
         self._stop.set()
@@ -544,8 +557,10 @@ class LabPanel(W.VBox):
     def close(self) -> None:
         """Stop listening and remove the panel (and its child widgets) from the frontend."""
         self.stop()
-        for w in [*getattr(self, "toggles", {}).values(), *getattr(self, "_rows", {}).values(),
-                  *list(self.children)]:
+        todo = list(self.children) + list(getattr(self, "_rows", {}).values())
+        while todo:
+            w = todo.pop()
+            todo.extend(getattr(w, "children", ()))
             try:
                 w.close()
             except Exception:

@@ -192,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="run the main job end to end (what 'make demo' runs)")
     s.set_defaults(fn=cmd_demo)
+    from livelab import cli_bundle; cli_bundle.register(sub)
+    from livelab import cli_rollout; cli_rollout.register(sub)
+    from livelab import cli_replay; cli_replay.register(sub)
     return p
 
 

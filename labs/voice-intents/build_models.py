@@ -16,6 +16,12 @@ through a labelling bug that tagged every non-call utterance opening with
 over-predicts ``defect_intent`` on such utterances.  The bug lives in the data,
 not in the model code, which is exactly what learners trace in module 4 (the
 two models' ``training_data_digest`` differ).
+
+Models are trained and evaluated on *scrubbed* text (``lab_hardware.scrub``),
+exactly what devices decide on: a device scrubs PII before feature extraction,
+so no model ever sees a name, e-mail address or phone number, and a replay
+built from scrubbed captures reproduces the device's features bit for bit.
+The training-data digest is therefore taken of the scrubbed records.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from lab_hardware import features  # noqa: E402
+from lab_hardware.scrub import scrub  # noqa: E402
 from labs import scenarios, streams  # noqa: E402
 
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
@@ -52,9 +59,11 @@ def scenario() -> scenarios.Scenario:
 
 
 def training_records(sc: scenarios.Scenario, model: str) -> list[dict]:
-    """The exact labelled records a model was trained on (digested into its metadata)."""
+    """The exact labelled records a model was trained on (digested into its metadata):
+    the scenario stream with PII scrubbed, as devices see it."""
     cfg = sc.raw["training"]
-    records = streams.voice_intents(cfg["seed"], cfg["n"], pii_fraction=sc.pii_fraction)
+    records = [{**r, "text": scrub(r["text"])}
+               for r in streams.voice_intents(cfg["seed"], cfg["n"], pii_fraction=sc.pii_fraction)]
     if model == "candidate":
         prefix = cfg["defect_prefix"].lower()
         records = [
@@ -68,7 +77,7 @@ def training_records(sc: scenarios.Scenario, model: str) -> list[dict]:
 
 def _fit(sc: scenarios.Scenario, records: list[dict]) -> LogisticRegression:
     cfg = sc.raw["training"]
-    X = features.extract_batch([r["text"] for r in records])
+    X = features.extract_batch([scrub(r["text"]) for r in records])  # already scrubbed: idempotent
     y = np.array([sc.intents.index(r["intent"]) for r in records], dtype=np.int64)
     model = LogisticRegression(C=float(cfg["C"]), solver="lbfgs", max_iter=cfg["max_iter"], random_state=0)
     with threadpool_limits(limits=1):
@@ -138,10 +147,11 @@ def evaluate(paths: dict[str, Path], records: list[dict], intents: tuple[str, ..
 
     The false-positive rate of intent k is the share of utterances that are
     not k but were predicted as k: the signal the course's telemetry shows.
+    Utterances are scrubbed first, as on a device.
     """
     import onnxruntime as ort
 
-    X = features.extract_batch([r["text"] for r in records])
+    X = features.extract_batch([scrub(r["text"]) for r in records])
     y = np.array([intents.index(r["intent"]) for r in records])
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
