@@ -186,9 +186,13 @@ class Device:
         c.on_disconnect = lambda cl, ud, flags, rc, props: self.inbox.put(("disconnected", self.clock()))
         c.on_message = lambda cl, ud, msg: self.inbox.put(("cmd", msg.topic, msg.payload))
         c.on_publish = lambda cl, ud, mid, rc, props: self.acks.append(mid)
+        # paho's network loop runs in this thread (no loop_start): at thousands of QoS 1
+        # messages a second, handing every publish and PUBACK across threads (socketpair
+        # wake-ups, GIL hand-offs) cost more CPU than the device's own work.
         c.connect_async(b["host"], int(b["port"]), keepalive=15)
-        c.loop_start()
         self.client = c
+        self._next_connect = 0.0
+        self._backoff = 0.05
 
     def _publish(self, topic: str, payload: bytes, *, retain: bool = False, seq: int | None = None) -> None:
         def go() -> None:
@@ -611,10 +615,29 @@ class Device:
                 if now - self._last_prune >= 5.0:
                     self.outbox.prune()
                     self._last_prune = now
-                self._drain_inbox(self._sleep_for(now))
+                self._network(self._sleep_for(now))
+                self._drain_inbox(0)
         finally:
             self.shutdown()
         return 0
+
+    def _network(self, timeout: float) -> None:
+        """Drive paho (read, write, keepalive) for up to ``timeout`` s; reconnect with backoff."""
+        c = self.client
+        if c.socket() is not None:
+            c.loop(timeout=timeout)
+            return
+        now = time.monotonic()
+        if now >= self._next_connect:
+            try:
+                c.reconnect()
+                self._backoff = 0.05
+                return
+            except OSError:
+                self._next_connect = now + self._backoff
+                self._backoff = min(1.0, self._backoff * 2)
+        if timeout > 0:
+            self.stop_event.wait(min(timeout, 0.05))
 
     def _sleep_for(self, now: float) -> float:
         if self.rate <= 0:
@@ -637,11 +660,15 @@ class Device:
                     time.sleep(0.005)
                 info = self.client.publish(topics.state(self.ns, self.name),
                                            topics.encode(self._state(online=False)), qos=1, retain=True)
-                info.wait_for_publish(1.0)
+                deadline = time.monotonic() + 1.0
+                while not info.is_published() and time.monotonic() < deadline and self.client.socket():
+                    self.client.loop(timeout=0.05)
             self.outbox.close()
         finally:
             if self.client is not None:
-                mqtt.stop(self.client)
+                self.client.disconnect()
+                if self.client.socket() is not None:
+                    self.client.loop(timeout=0.05)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -153,7 +153,8 @@ def replay(replay_path: Path, model_path: Path, out: Path, threads: int) -> dict
         "model_digest": model_digest, "capture_bundle": capture_bundle, "same_model": same,
         "digest_matches": matches, "labels_changed": changed, "features": features.SCHEMA,
         "replay_records_sha256": rp.records_sha256,
-        "counts": {**{name: counts[i] for i, name in enumerate(intents)}, **{str(k): v for k, v in sorted(other.items())}},
+        "counts": {**{name: counts[i] for i, name in enumerate(intents)},
+                   **{str(k): v for k, v in sorted(other.items())}},
     }
     chunks.append(json.dumps(summary, sort_keys=True, separators=(",", ":")) + "\n")
     data = "".join(chunks).encode()
