@@ -62,7 +62,7 @@ COMMAND_LIMIT = 64 * 1024
 MAX_INFLIGHT = 1000
 #: Probability that a user undoes a wrong decision (the false-positive proxy).
 UNDO_PROBABILITY = 0.8
-HEARTBEAT_S = 2.0
+HEARTBEAT_S = 1.0
 #: Largest install/shadow command (a base64 bundle of up to ~6 MB).
 INSTALL_LIMIT = 8 * 1024 * 1024
 #: Capture records per published capture message.

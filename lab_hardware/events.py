@@ -39,7 +39,7 @@ import time as _time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -424,4 +424,4 @@ def record(home: str | os.PathLike | None, kind: str, *, learner: str, module: s
 
 
 __all__ = ["KINDS", "SOURCES", "MAX_FUTURE_SKEW", "Event", "EventError", "EventStore", "EventStoreError",
-           "event_id", "validate", "resolve_url", "record", "context_from_env", "Sequence"]
+           "event_id", "validate", "resolve_url", "record", "context_from_env"]

@@ -311,7 +311,8 @@ def status(home: str | os.PathLike | None = None, *, timeout: float = 1.5) -> di
             "consent": st.get("consent", {}), "telemetry_seq": st.get("telemetry_seq"),
             "last_telemetry": st.get("telemetry_time"), "decisions": st.get("decisions"),
             "backlog": st.get("backlog"), "refused": st.get("refused"),
-            "audit_length": st.get("audit_length"),
+            "audit_length": st.get("audit_length"), "active": st.get("active"),
+            "health_check": st.get("health"), "shadow": st.get("shadow"), "revoked": st.get("revoked", []),
         })
     b = run.get("broker") or {}
     out = {

@@ -83,20 +83,30 @@ def cmd_status(args) -> int:
     health = "[green]ok[/]" if b["alive"] and b["reachable"] else f"[red]down[/] {b.get('error', '')}"
     console.print(f"lab {st['home']}  scenario {st['scenario']}  profile {st['profile']}  namespace {st['namespace']}")
     console.print(f"broker {b['host']}:{b['port']} pid {b['pid']} {health} restarts {b['restarts']}")
-    t = Table("device", "health", "model", "bundle", "telemetry", "replay-capture", "last seq",
-              "last window", "decisions", "restarts")
+    t = Table("device", "health", "running", "consent", "last seq", "last window", "decisions",
+              "health check", "restarts")
     now = time.time()
     ok = b["reachable"]
+    revoked: set[str] = set()
     for d in st["devices"]:
         healthy = d["alive"] and d["online"]
         ok &= healthy
         c = d["consent"]
+        act = d.get("active") or {}
+        running = f"{act.get('name', d['model'])}{' ' + act['version'] if act.get('version') else ''}"
+        running += f" {(d['bundle'] or '-')[:12]}"
+        consent = "/".join(s for s, k in (("telemetry", "telemetry"), ("replay", "replay-capture")) if c.get(k))
         last = f"{now - d['last_telemetry']:.1f} s ago" if d["last_telemetry"] else "-"
-        t.add_row(d["name"], "[green]online[/]" if healthy else "[red]offline[/]", str(d["model"]),
-                  (d["bundle"] or "-")[:12], "granted" if c.get("telemetry") else "denied",
-                  "granted" if c.get("replay-capture") else "denied",
-                  str(d["telemetry_seq"]), last, str(d["decisions"]), str(d["restarts"]))
+        hc = d.get("health_check")
+        check = f"{hc['seen']}/{hc['needed']} decisions" if hc else "-"
+        if d.get("shadow"):
+            check += f", shadow {d['shadow']['digest'][:12]}"
+        revoked |= set(d.get("revoked") or [])
+        t.add_row(d["name"], "[green]online[/]" if healthy else "[red]offline[/]", running,
+                  consent or "none", str(d["telemetry_seq"]), last, str(d["decisions"]), check, str(d["restarts"]))
     console.print(t)
+    if revoked:
+        console.print(f"revoked bundles: {', '.join(sorted(r[:12] for r in revoked))}")
     return EXIT_OK if ok else EXIT_FAIL
 
 
