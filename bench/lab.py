@@ -182,9 +182,12 @@ def main() -> None:
     seconds = 2.0 if args.quick else 5.0
 
     console.rule("1. QoS 1 telemetry throughput, devices -> subscriber")
-    tp = [throughput_run(seconds, devices=3, per_window=4) for _ in range(runs)]
-    for r in tp:
-        console.print(f"  {r['msg_per_s']:,.0f} msg/s  sent {r['sent']:,}  lost {r['lost']}  dups {r['duplicates']}")
+    tp = [throughput_run(seconds, devices=3, per_window=1) for _ in range(runs)]
+    tp4 = [throughput_run(seconds, devices=3, per_window=4) for _ in range(max(2, runs // 2))]
+    for k, rs in ((1, tp), (4, tp4)):
+        for r in rs:
+            console.print(f"  {k} decision(s)/window: {r['msg_per_s']:,.0f} msg/s  sent {r['sent']:,}  "
+                          f"lost {r['lost']}  dups {r['duplicates']}")
     raw = {"default_limits": [raw_paho_run(False, 50_000) for _ in range(min(runs, 3))],
            "lab_limits": [raw_paho_run(True, 50_000) for _ in range(min(runs, 3))]}
     table("raw paho QoS 1 publisher -> Mosquitto -> subscriber (50,000 messages)",
@@ -202,8 +205,10 @@ def main() -> None:
     tmed = median([r["msg_per_s"] for r in tp])
     result = {
         "throughput": {"runs": tp, "median_msg_per_s": tmed, "target_msg_per_s": 10_000,
-                       "ratio_to_target": tmed / 10_000, "total_lost": sum(r["lost"] for r in tp),
-                       "devices": 3, "decisions_per_window": 4, "seconds_per_run": seconds},
+                       "ratio_to_target": tmed / 10_000, "total_lost": sum(r["lost"] for r in tp + tp4),
+                       "devices": 3, "decisions_per_window": 1, "seconds_per_run": seconds,
+                       "with_4_decisions_per_window": {"runs": tp4,
+                                                       "median_msg_per_s": median([r["msg_per_s"] for r in tp4])}},
         "raw_paho_broker_limits": raw,
         "decision_latency": {p: {"runs": v, "median_p50_ms": median([r["p50_ms"] for r in v]),
                                  "median_p99_ms": median([r["p99_ms"] for r in v])} for p, v in lat.items()},
@@ -213,7 +218,9 @@ def main() -> None:
                                "window_seconds": SCENARIO.window_seconds},
     }
     table("live lab", ["measure", "median", "target", "ratio"], [
-        ["telemetry msg/s (3 devices, zero loss?)", tmed, 10_000.0, tmed / 10_000],
+        ["telemetry msg/s, 3 devices, 1 decision/window", tmed, 10_000.0, tmed / 10_000],
+        ["telemetry msg/s, 3 devices, 4 decisions/window",
+         result["throughput"]["with_4_decisions_per_window"]["median_msg_per_s"], "-", "-"],
         ["windows lost (all runs)", result["throughput"]["total_lost"], 0, "-"],
         ["decision p99 ms, profile none", result["decision_latency"]["none"]["median_p99_ms"], 5.0,
          result["decision_latency"]["none"]["median_p99_ms"] / 5.0],

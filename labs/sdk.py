@@ -80,10 +80,15 @@ def _find(home=None, namespace=None, broker_url=None, username=None, password=No
 class Lab:
     """A connection to one namespace of a live lab."""
 
-    def __init__(self, conn: Connection, *, module: str | None = None, learner: str | None = None):
+    def __init__(self, conn: Connection, *, module: str | None = None, learner: str | None = None,
+                 course: str | None = None, version: str | None = None):
         self.conn = conn
         self.namespace = conn.namespace
         self.module = module
+        # The curriculum a module notebook belongs to (its course id and released version), so
+        # that time-to-signal can be compared across curriculum versions.
+        self.course = course
+        self.version = version
         self.learner = learner or os.environ.get("LIVELAB_LEARNER") or os.environ.get("USER") or "learner"
         self.states: dict[str, dict] = {}
         self._windows: list[dict] = []   # every window received, in arrival order
@@ -109,20 +114,30 @@ class Lab:
             raise LabConnectionError(str(exc)) from None
         mqtt.wait_until(lambda: len(self.states) >= len(conn.devices), 2.0)
         if module:
-            self._client.publish(topics.namespace_prefix(self.namespace) + "/learner/events", topics.encode({
-                "schema": "livelab.event/v1", "kind": "module-opened", "module": module,
-                "learner": self.learner, "time": time.time()}), qos=1)
+            event = {"schema": "livelab.event/v1", "kind": "module-opened", "module": module,
+                     "learner": self.learner, "time": time.time()}
+            if course:
+                event["course"] = course
+            if version:
+                event["version"] = version
+            self._client.publish(topics.namespace_prefix(self.namespace) + "/learner/events",
+                                 topics.encode(event), qos=1)
 
     @classmethod
     def connect(cls, module: str | None = None, *, home=None, namespace: str | None = None,
                 broker_url: str | None = None, username: str | None = None,
-                password: str | None = None, learner: str | None = None) -> "Lab":
-        """Connect to the running lab (see the module doc for where it is found)."""
+                password: str | None = None, learner: str | None = None,
+                course: str | None = None, version: str | None = None) -> "Lab":
+        """Connect to the running lab (see the module doc for where it is found).
+
+        ``module`` records that the learner opened that module (a ``module-opened`` event,
+        with ``course`` and its curriculum ``version`` when given).
+        """
         try:
             conn = _find(home, namespace, broker_url, username, password)
         except ValueError as exc:
             raise LabConnectionError(str(exc)) from None
-        return cls(conn, module=module, learner=learner)
+        return cls(conn, module=module, learner=learner, course=course, version=version)
 
     # ---- incoming ----------------------------------------------------------------------
     def _on_message(self, client, userdata, msg) -> None:
