@@ -93,9 +93,10 @@ def _setup_mounts(spec, status, have_pidns):
     if have_pidns:
         _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     keep = []
-    for path in spec.get("expose", []):
-        if os.path.exists(path):
-            keep.append((path, os.open(path, O_PATH), os.path.isdir(path)))
+    for item in spec.get("expose", []):
+        src, dst = (item, item) if isinstance(item, str) else item
+        if os.path.exists(src):
+            keep.append((dst, os.open(src, O_PATH), os.path.isdir(src)))
     hidden = []
     for path in spec.get("hide", []):
         if not os.path.lexists(path) or os.path.islink(path):

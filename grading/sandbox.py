@@ -1,0 +1,428 @@
+"""One confined, fresh kernel per submission.
+
+A :class:`Kernel` is a ``livelab`` kernel started through :mod:`grading.launcher` with:
+
+* its own directory ``<root>/<id>/``: ``work/`` (its cwd: the submission's files only),
+  ``ipc/`` (the connection file and the ZeroMQ IPC sockets), ``home/`` (``$HOME``), so no
+  TCP port of the kernel is reachable by anything else and nothing of the grader is in reach
+  of its cwd or environment (the environment is built from scratch, never inherited);
+* a mount namespace that hides the course's sources and gradebook, the grader's state, other
+  kernels' directories, ``/tmp`` (replaced by a private tmpfs) and the lab's secrets, and
+  binds back only what this submission may use (see :class:`SandboxConfig`);
+* a PID namespace (the kernel is PID 1: it cannot see or signal other processes, and every
+  process it starts dies with it), optionally a network namespace (tests-only assignments
+  get no network at all);
+* no capabilities (root without CAP_SYS_ADMIN cannot undo the mounts);
+* rlimits and, when writable, a pids + memory cgroup; and a :class:`Watchdog` thread that
+  enforces the total timeout and, without cgroups, the process and memory bounds by
+  counting the kernel's descendants with psutil.
+
+Every mechanism is feature-detected; what a machine does not allow is reported in the
+result's ``isolation`` facts, never silently assumed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from jupyter_client.manager import AsyncKernelManager
+from jupyter_core.utils import run_sync
+
+from . import limits as _limits
+from .limits import KernelCgroup, Limits
+
+log = logging.getLogger("livelab.grading.sandbox")
+
+LAUNCHER = Path(__file__).with_name("launcher.py")
+KERNEL_NAME = "livelab"
+
+
+@dataclass
+class SandboxConfig:
+    """How to confine one kernel.
+
+    ``hide``: extra paths the kernel must not see (course dirs, gradebook, grader state).
+    ``binds``: ``(source, target)`` pairs made visible at ``target`` inside the kernel's view
+    (a learner's view of the lab home is built this way).  ``network``: False puts the
+    kernel in a network namespace of its own (no network at all).  ``env``: extra
+    environment (lab connection, learner id).
+    """
+
+    limits: Limits = field(default_factory=Limits)
+    kernel_name: str = KERNEL_NAME
+    hide: list[str] = field(default_factory=list)
+    binds: list[tuple[str, str]] = field(default_factory=list)
+    network: bool = True
+    isolate: bool = True
+    env: dict[str, str] = field(default_factory=dict)
+
+    def key(self) -> str:
+        return json.dumps([self.limits.as_dict(), self.kernel_name, sorted(self.hide),
+                           sorted(map(list, self.binds)), self.network, self.isolate,
+                           sorted(self.env.items())])
+
+
+_ROOT_LOCK = threading.Lock()
+_ROOT: Path | None = None
+
+
+def grading_root() -> Path:
+    """This process's directory for kernel dirs (short: IPC socket paths are limited to 107 bytes)."""
+    global _ROOT
+    with _ROOT_LOCK:
+        if _ROOT is None or not _ROOT.exists():
+            base = "/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()
+            _ROOT = Path(tempfile.mkdtemp(prefix="llg-", dir=base))
+            os.chmod(_ROOT, 0o700)
+        return _ROOT
+
+
+@lru_cache(maxsize=1)
+def cgroup_support() -> dict:
+    return _limits.detect()
+
+
+@lru_cache(maxsize=4)
+def namespace_support(network: bool = False) -> dict:
+    """Probe once whether the launcher can create namespaces and drop capabilities here."""
+    with tempfile.TemporaryDirectory(prefix="llg-probe-") as tmp:
+        spec = {"namespaces": ["mount", "pid"] + (["net"] if network else []), "hide": [],
+                "expose": [], "status": f"{tmp}/status.json", "cwd": tmp, "drop_caps": True}
+        Path(tmp, "spec.json").write_text(json.dumps(spec))
+        try:
+            proc = subprocess.run([sys.executable, "-I", "-S", str(LAUNCHER), f"{tmp}/spec.json", "--",
+                                   "/bin/true"], capture_output=True, timeout=20)
+            st = json.loads(Path(tmp, "status.json").read_text())
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            return {"namespaces": [], "caps_dropped": False, "errors": [str(exc)]}
+        st["returncode"] = proc.returncode
+        return st
+
+
+def _python_for(argv0: str) -> str:
+    if os.path.isabs(argv0):
+        return argv0
+    if argv0.startswith("python"):
+        return sys.executable
+    return shutil.which(argv0) or argv0
+
+
+def _under(path: str, parent: str) -> bool:
+    try:
+        return os.path.commonpath([os.path.abspath(path), os.path.abspath(parent)]) == os.path.abspath(parent)
+    except ValueError:
+        return False
+
+
+@lru_cache(maxsize=1)
+def _interpreter_paths() -> list[str]:
+    """Where the kernel's interpreter and standard library live (must stay visible)."""
+    paths = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}
+    return sorted(p for p in paths if p and os.path.isdir(p))
+
+
+class SandboxKernelManager(AsyncKernelManager):
+    """An AsyncKernelManager whose kernel command goes through the launcher."""
+
+    launcher_prefix: list[str] = []
+
+    def format_kernel_cmd(self, extra_arguments=None):
+        cmd = super().format_kernel_cmd(extra_arguments)
+        cmd = [_python_for(cmd[0]), *cmd[1:]]
+        return [*self.launcher_prefix, "--", *cmd] if self.launcher_prefix else cmd
+
+
+def _base_env(kdir: Path, extra: dict[str, str]) -> dict[str, str]:
+    venv_bin = str(Path(sys.executable).parent)
+    home = kdir / "home"
+    env = {
+        "PATH": os.pathsep.join([venv_bin, "/usr/local/bin", "/usr/bin", "/bin"]),
+        "HOME": str(home), "USER": "learner", "LOGNAME": "learner",
+        "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+        "TMPDIR": str(kdir / "tmp"),
+        "IPYTHONDIR": str(home / ".ipython"), "MPLCONFIGDIR": str(home / ".config" / "matplotlib"),
+        "JUPYTER_RUNTIME_DIR": str(kdir / "ipc"), "JUPYTER_CONFIG_DIR": str(home / ".jupyter"),
+        "JUPYTER_DATA_DIR": str(home / ".local" / "share" / "jupyter"),
+        "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1",
+        "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+        "LIVELAB_GRADING": "1",
+    }
+    env.update(extra)
+    return env
+
+
+def default_hidden() -> list[str]:
+    """Paths hidden from every grading kernel: shared temp space, the invoking user's home
+    (Jupyter runtime dirs hold other kernels' connection keys) and shared memory."""
+    out = ["/tmp", "/var/tmp", "/dev/shm", str(Path.home())]
+    try:
+        from jupyter_core.paths import jupyter_runtime_dir
+        out.append(jupyter_runtime_dir())
+    except Exception:  # noqa: BLE001
+        pass
+    return out
+
+
+class Watchdog(threading.Thread):
+    """Enforces the total timeout (and process/memory bounds without cgroups) on one kernel.
+
+    It kills the kernel's whole process group, its cgroup and every descendant it has seen,
+    so a kernel that ignores SIGINT, a dead kernel that hangs the client and a fork bomb
+    all end.  The reason is kept for the submission's message.
+    """
+
+    def __init__(self, kernel: "Kernel", interval: float = 0.05):
+        super().__init__(daemon=True, name=f"watchdog-{kernel.id}")
+        self.kernel = kernel
+        self.interval = interval
+        self.deadline: float | None = None
+        self.stopped = threading.Event()
+        self.reason: str | None = None
+        self.seen: set[int] = set()
+        self.peak_processes = 0
+        self.peak_rss_mb = 0.0
+
+    def arm(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+
+    def run(self) -> None:
+        import psutil
+        k = self.kernel
+        lim = k.config.limits
+        root_pid = k.pid
+        while not self.stopped.wait(self.interval):
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                self.trip(f"total-timeout: the notebook ran longer than {lim.total_timeout:g} s")
+                return
+            if root_pid is None:
+                root_pid = k.pid
+                continue
+            try:
+                root = psutil.Process(root_pid)
+                procs = [root] + root.children(recursive=True)
+            except psutil.Error:
+                continue
+            self.seen.update(p.pid for p in procs)
+            n = len(procs)
+            self.peak_processes = max(self.peak_processes, n)
+            cg = k.cgroup
+            if not (cg and cg.active) and n > lim.max_processes + 2:  # + launcher shim and kernel
+                self.trip(f"processes: the notebook started more than {lim.max_processes} processes")
+                return
+            if not (cg and any("memory" in str(d) for d in cg.dirs)):
+                rss = 0
+                for p in procs:
+                    try:
+                        rss += p.memory_info().rss
+                    except psutil.Error:
+                        pass
+                self.peak_rss_mb = max(self.peak_rss_mb, rss / 2**20)
+                if rss > (lim.memory_mb + 256) * 2**20:
+                    self.trip(f"memory: the notebook used more than {lim.memory_mb} MB")
+                    return
+
+    def trip(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+            log.warning("kernel %s killed: %s", self.kernel.id, reason)
+        self.kernel.kill()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+class Kernel:
+    """A started, sandboxed kernel that belongs to exactly one submission."""
+
+    def __init__(self, config: SandboxConfig):
+        self.config = config
+        self.id = uuid.uuid4().hex[:10]
+        self.dir = grading_root() / self.id
+        self.work = self.dir / "work"
+        for sub in ("work", "ipc", "home", "tmp"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+        self.cgroup: KernelCgroup | None = None
+        self.km: SandboxKernelManager | None = None
+        self.watchdog: Watchdog | None = None
+        self.started = 0.0
+        self._killed = False
+        self.isolation: dict = {}
+
+    # ---- start ------------------------------------------------------------------------
+    def _spec(self) -> dict:
+        cfg = self.config
+        lim = cfg.limits
+        ns: list[str] = []
+        if cfg.isolate:
+            ns = ["mount", "pid", "ipc"] + ([] if cfg.network else ["net"])
+        hide = default_hidden() + [str(grading_root())] + list(cfg.hide)
+        expose = [[str(self.dir), str(self.dir)]] + [[str(s), str(t)] for s, t in cfg.binds]
+        for p in _interpreter_paths():  # e.g. a pyenv Python under a hidden $HOME
+            if any(_under(p, h) for h in hide):
+                expose.append([p, p])
+        return {
+            "namespaces": ns, "hide": hide, "expose": expose, "cwd": str(self.work),
+            "tmpfs_size": {"/tmp": f"{lim.tmp_mb}m"}, "rlimits": lim.rlimits(),
+            "cgroups": self.cgroup.procs_files if self.cgroup else [],
+            "status": str(self.dir / "ipc" / "launch-status.json"), "drop_caps": cfg.isolate,
+        }
+
+    def start(self) -> "Kernel":
+        cfg = self.config
+        if cfg.isolate:
+            self.cgroup = KernelCgroup(f"livelab-{self.id}", cfg.limits, cgroup_support())
+        spec = self._spec()
+        # launcher bind-mounts by (source, target); pass them as such
+        spec_path = self.dir / "ipc" / "launch.json"
+        spec_path.write_text(json.dumps(spec))
+        km = SandboxKernelManager(kernel_name=cfg.kernel_name, transport="ipc",
+                                  ip=str(self.dir / "ipc" / "k"))
+        km.connection_file = str(self.dir / "ipc" / "kernel.json")
+        km.launcher_prefix = [sys.executable, "-I", "-S", str(LAUNCHER), str(spec_path)]
+        env = _base_env(self.dir, cfg.env)
+        self.started = time.monotonic()
+        run_sync(km.start_kernel)(env=env, cwd=str(self.work))
+        self.km = km
+        self.watchdog = Watchdog(self)
+        self.watchdog.start()
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        prov = getattr(self.km, "provisioner", None) if self.km else None
+        proc = getattr(prov, "process", None)
+        return proc.pid if proc is not None else None
+
+    def launch_status(self) -> dict:
+        try:
+            return json.loads((self.dir / "ipc" / "launch-status.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def facts(self) -> dict:
+        """What confinement this kernel actually got (for the result and the report)."""
+        st = self.launch_status()
+        cg = self.cgroup
+        return {
+            "namespaces": st.get("namespaces", []), "caps_dropped": st.get("caps_dropped", False),
+            "hidden": len(st.get("hidden", [])), "cgroup": cg.mode if cg and cg.active else None,
+            "cgroup_errors": (cg.errors if cg else []), "launch_errors": st.get("errors", []),
+            "transport": "ipc", "network": self.config.network,
+        }
+
+    # ---- run --------------------------------------------------------------------------
+    def arm(self, seconds: float) -> None:
+        if self.watchdog:
+            self.watchdog.arm(seconds)
+
+    def limit_hits(self) -> list[str]:
+        hits = self.cgroup.hit_limits() if self.cgroup else []
+        if self.watchdog and self.watchdog.reason:
+            hits.append(self.watchdog.reason.split(":", 1)[0])
+        return sorted(set(hits))
+
+    def kill(self) -> None:
+        """Kill everything of this kernel now (safe to call repeatedly and from any thread)."""
+        self._killed = True
+        pid = self.pid
+        if pid:
+            try:
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError, OSError):
+                pass
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if self.cgroup:
+            self.cgroup.kill()
+        if self.watchdog:
+            for p in list(self.watchdog.seen):
+                if p != os.getpid():
+                    try:
+                        os.kill(p, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+
+    def alive(self) -> bool:
+        return bool(self.km) and bool(run_sync(self.km.is_alive)())
+
+    def close(self) -> None:
+        """Stop the kernel and remove everything it had (its directory and cgroup)."""
+        if self.watchdog:
+            self.watchdog.stop()
+        if self.km is not None:
+            try:
+                run_sync(self.km.shutdown_kernel)(now=True)
+            except Exception:  # noqa: BLE001 - already dead, or killed by the watchdog
+                pass
+            try:
+                run_sync(self.km.cleanup_resources)()
+            except Exception:  # noqa: BLE001
+                pass
+        self.kill()
+        pid = self.pid
+        if pid:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+        if self.cgroup:
+            self.cgroup.remove()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class KernelPool:
+    """Keeps the next kernel starting while the current submission runs.
+
+    One fresh kernel per submission, never reused: ``take`` hands out a kernel started ahead
+    of time (if its configuration matches) and immediately starts the next one, so kernel
+    start-up overlaps execution instead of adding to it.
+    """
+
+    def __init__(self, size: int = 1):
+        self.size = size
+        self._ready: list[Kernel] = []
+        self._lock = threading.Lock()
+
+    def take(self, config: SandboxConfig, *, prestart: bool = True) -> Kernel:
+        key = config.key()
+        with self._lock:
+            k = next((k for k in self._ready if k.config.key() == key and k.alive()), None)
+            stale = [x for x in self._ready if x is not k and x.config.key() != key]
+            if k is not None:
+                self._ready.remove(k)
+            for x in stale:
+                self._ready.remove(x)
+        for x in stale:
+            x.close()
+        if k is None:
+            k = Kernel(config).start()
+        if prestart:
+            self.prestart(config)
+        return k
+
+    def prestart(self, config: SandboxConfig) -> None:
+        with self._lock:
+            while len(self._ready) < self.size:
+                self._ready.append(Kernel(config).start())
+
+    def close(self) -> None:
+        with self._lock:
+            ready, self._ready = self._ready, []
+        for k in ready:
+            k.close()
