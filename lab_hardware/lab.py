@@ -179,18 +179,7 @@ def _last_error(home: Path) -> str:
 
 
 def _stop_supervisor(home: Path, pid: int, timeout: float = 15.0) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _home.pid_alive(pid):
-        time.sleep(0.02)
-    if _home.pid_alive(pid):
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    _terminate(pid, timeout, group=True)
     try:  # reap it if it is our child (tests and 'up' failures)
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
@@ -205,7 +194,8 @@ def _is_ours(pid: int, home: Path) -> bool:
         return False
 
 
-def _terminate(pid: int, timeout: float = 5.0) -> None:
+def _terminate(pid: int, timeout: float = 5.0, *, group: bool = False) -> None:
+    """SIGTERM, wait, then SIGKILL (the whole process group for the supervisor)."""
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -215,7 +205,7 @@ def _terminate(pid: int, timeout: float = 5.0) -> None:
         time.sleep(0.02)
     if _home.pid_alive(pid):
         try:
-            os.kill(pid, signal.SIGKILL)
+            (os.killpg if group else os.kill)(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
 
