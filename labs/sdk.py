@@ -82,6 +82,7 @@ class Lab:
 
     def __init__(self, conn: Connection, *, module: str | None = None, learner: str | None = None,
                  course: str | None = None, version: str | None = None):
+        opened_at = time.time()
         self.conn = conn
         self.namespace = conn.namespace
         self.module = module
@@ -101,6 +102,7 @@ class Lab:
         self._listeners: list = []
         self.duplicates = 0
         self.revocations: list[dict] = []
+        self._telemetry_recorder: threading.Thread | None = None
         self._client = mqtt.client(f"learner.{conn.namespace}-{uuid.uuid4().hex[:8]}",
                                    username=conn.username, password=conn.password)
         self._client.on_message = self._on_message
@@ -122,6 +124,15 @@ class Lab:
                 event["version"] = version
             self._client.publish(topics.namespace_prefix(self.namespace) + "/learner/events",
                                  topics.encode(event), qos=1)
+            self._record(("module-opened", opened_at), ("lab-connected", time.time()))
+
+    def _record(self, *kinds_times: tuple[str, float]) -> None:
+        """Learning events for time-to-signal (lab_hardware/events.py): idempotent per kernel
+        session, and a missing or broken events store never fails the notebook."""
+        from lab_hardware import events as _events  # SQLAlchemy: imported only when a module is opened
+        _events.record(self.conn.home, *[{"kind": k, "time": t, "learner": self.learner, "module": self.module,
+                                          "course": self.course, "version": self.version,
+                                          "detail": {"namespace": self.namespace}} for k, t in kinds_times])
 
     @classmethod
     def connect(cls, module: str | None = None, *, home=None, namespace: str | None = None,
@@ -165,6 +176,10 @@ class Lab:
                     return
                 self._seen[dev].add(seq)
                 self._windows.append(data)
+                if self.module and self._telemetry_recorder is None:  # off paho's network thread
+                    self._telemetry_recorder = threading.Thread(
+                        target=self._record, args=(("telemetry-first-seen", time.time()),), daemon=True)
+                    self._telemetry_recorder.start()
                 if len(self._windows) > MAX_BUFFERED:
                     cut = len(self._windows) - MAX_BUFFERED
                     del self._windows[:cut]
@@ -368,6 +383,8 @@ class Lab:
 
     def close(self) -> None:
         mqtt.stop(self._client)
+        if self._telemetry_recorder is not None:
+            self._telemetry_recorder.join(5.0)
 
     def __enter__(self) -> "Lab":
         return self

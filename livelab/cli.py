@@ -205,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     from livelab import cli_bundle; cli_bundle.register(sub)
     from livelab import cli_rollout; cli_rollout.register(sub)
     from livelab import cli_replay; cli_replay.register(sub)
+    from livelab import cli_report; cli_report.register(sub)
+    from livelab import cli_grade; cli_grade.register(sub)
+    from livelab import cli_course; cli_course.register(sub)
     return p
 
 
