@@ -23,6 +23,8 @@ Why the store looks the way it does:
   first (one bad event refuses the batch, with a one-line reason naming it),
   then inserts it in a single transaction.  A writer killed mid-batch leaves
   nothing of that batch behind; running the batch again writes it exactly once.
+* **A writer's own fields** beyond the schema (the grader's score, a submission hash...) are
+  kept in ``detail`` (JSON), not refused; an unknown ``kind`` is refused.
 * **Honest times**: UTC seconds since the epoch.  An event more than
   :data:`MAX_FUTURE_SKEW` seconds ahead of the store's clock is refused: it is
   a writer with a broken clock, and accepting it would distort every report.
@@ -37,7 +39,7 @@ import math
 import os
 import time as _time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -57,6 +59,8 @@ MAX_FUTURE_SKEW = 60.0
 FILENAME = "events.sqlite"
 #: Environment variable naming the store for every tool (overrides the lab home).
 ENV_URL = "LIVELAB_EVENTS_URL"
+#: The envelope name writers may put in ``schema`` (the SDK's MQTT learner events use it too).
+SCHEMA = "livelab.event/v1"
 #: Rows per INSERT statement inside one batch transaction.
 CHUNK = 500
 
@@ -114,21 +118,27 @@ class Event:
             return data
         if not isinstance(data, Mapping):
             raise EventError(f"an event is a mapping or an Event, not {type(data).__name__}")
-        unknown = sorted(set(data) - set(_FIELDS) - {"written_at"})
-        if unknown:
-            raise EventError(f"unknown event field(s) {', '.join(unknown)}; known: {', '.join(_FIELDS)}")
+        schema = data.get("schema", SCHEMA)
+        if schema != SCHEMA:
+            raise EventError(f"event schema {schema!r} is not {SCHEMA!r}")
         kw = {k: v for k, v in data.items() if k in _FIELDS}
         for name in ("learner", "module", "kind"):
             if name not in kw:
                 raise EventError(f"event is missing the field {name!r}")
         kw = {k: ("" if v is None and k in ("team", "course", "version", "key", "id") else v)
               for k, v in kw.items()}
-        if kw.get("detail") is None:
-            kw["detail"] = {}
+        detail = kw.get("detail")
+        if detail is None:
+            detail = {}
+        if not isinstance(detail, Mapping):
+            raise EventError(f"event detail must be a JSON object, not {type(detail).__name__}")
+        # Fields beyond the schema (a writer's own: score, submission, message...) are kept, in detail.
+        extra = {k: v for k, v in data.items() if k not in _FIELDS and k not in ("schema", "written_at")}
+        kw["detail"] = {**extra, **detail} if extra else detail
         return cls(**kw)
 
     def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {f: getattr(self, f) for f in _FIELDS}  # shallow: dataclasses.asdict deep-copies (slow)
         d["detail"] = dict(self.detail)
         return d
 
@@ -312,8 +322,10 @@ class EventStore:
                 from sqlalchemy.dialects.sqlite import insert
             else:
                 from sqlalchemy.dialects.postgresql import insert
-            stmt = insert(t).values(rows).on_conflict_do_nothing(index_elements=["id"]).returning(t.c.id)
-            return len(conn.execute(stmt).all())
+            # executemany through SQLAlchemy's "insertmanyvalues": one cached statement, batched
+            # VALUES, and RETURNING yields exactly the rows that were new.
+            stmt = insert(t).on_conflict_do_nothing(index_elements=["id"]).returning(t.c.id)
+            return len(conn.execute(stmt, rows).all())
         # Any other database: skip ids already there (a racing duplicate fails the batch, which
         # rolls back whole; running it again is safe).
         have = {r[0] for r in conn.execute(sa.select(t.c.id).where(t.c.id.in_([r["id"] for r in rows])))}
@@ -408,18 +420,22 @@ def context_from_env() -> dict[str, str]:
             "version": os.environ.get("LIVELAB_COURSE_VERSION", "")}
 
 
-def record(home: str | os.PathLike | None, kind: str, *, learner: str, module: str, source: str = "sdk",
-           key: str | None = None, url: str | None = None, **fields: Any) -> int:
-    """Write one event and never raise: for the SDK and the lab, where a missing or broken
-    events store must not break the learner's notebook.  Returns 1 if it was new, else 0."""
+def record(home: str | os.PathLike | None, *events: Mapping[str, Any], url: str | None = None) -> int:
+    """Write a few events and never raise: for the SDK and the lab, where a missing or broken
+    events store must not break the learner's notebook (a failure is logged as a warning).
+
+    Each mapping needs ``kind``, ``learner`` and ``module``; ``source`` defaults to ``sdk``,
+    ``key`` to this process's session (idempotent within a kernel), and team, course and
+    version to :func:`context_from_env`.  Returns how many were new."""
     try:
-        ctx = {**context_from_env(), **{k: v for k, v in fields.items() if v is not None}}
-        ev = Event(learner=learner, module=module, kind=kind, source=source,
-                   key=f"session:{SESSION}" if key is None else key, **ctx)
+        ctx = context_from_env()
+        batch = [{"source": "sdk", "key": f"session:{SESSION}", **ctx,
+                  **{k: v for k, v in ev.items() if v is not None}} for ev in events]
         with EventStore(home, url=url) as store:
-            return store.write([ev])
+            return store.write(batch)
     except Exception as exc:  # noqa: BLE001 - failure-tolerant by design
-        log.warning("learning event %s for %s/%s not recorded: %s", kind, learner, module, exc)
+        what = ", ".join(f"{ev.get('kind')} {ev.get('learner')}/{ev.get('module')}" for ev in events)
+        log.warning("learning event(s) not recorded (%s): %s", what, exc)
         return 0
 
 

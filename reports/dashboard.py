@@ -7,11 +7,19 @@ filters are Dropdowns (``tts-filter-course``, ``-version``, ``-module``, ``-team
 are PNGs embedded in HTML widgets (``tts-plot-distribution``, ``-trend``, ``-funnel``,
 ``-estimate``, ``-checks``), and a message widget (``tts-message``) says so when there is no
 data yet or when a filter matches nothing -- instead of drawing empty axes.
+
+The numbers are computed at once; the plots (matplotlib, about a second) are drawn on a
+worker thread and set when ready, so the page shows its first widgets without waiting for
+them.  Each panel's heading carries ``data-selection`` (the filters it was drawn for), and a
+newer selection supersedes drawings still pending for an older one.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Mapping
 
 import ipywidgets as W
@@ -46,9 +54,13 @@ class Dashboard:
     """Filters, numbers and plots for one set of computed time-to-signal results."""
 
     def __init__(self, result: tts.TTSResult | None, estimates: Mapping | None = None, *,
-                 source: str = "", error: str | None = None):
+                 source: str = "", error: str | None = None, background: bool = True):
         self.result, self.estimates, self.source = result, dict(estimates or {}), source
         self.updates = 0
+        self._generation = 0
+        self._lock = threading.Lock()
+        self._pending: Future | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="tts-plots") if background else None
         empty = error is not None or result is None or len(result) == 0
         events = 0 if result is None else result.events
         self.title = W.HTML(
@@ -129,6 +141,9 @@ class Dashboard:
         if self.result is None:
             return
         f = self.filters
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
         summary = self.result.summary(**f)
         if summary["groups"] == 0:
             for cls, html_ in render.numbers_html(None).items():
@@ -139,12 +154,37 @@ class Dashboard:
             self._say(f"No events match {describe(f)}: choose another filter.")
             self.updates += 1
             return
-        for cls, html_ in render.numbers_html(summary).items():
-            self.numbers[cls].value = html_
         self._say("" if summary["count"] else
                   f"No learner has passed a check yet in {describe(f)}: no time to signal to show.")
+        for cls, html_ in render.numbers_html(summary).items():
+            self.numbers[cls].value = html_
         self.body.children[1].layout.display = ""
-        parts = render.sections(self.result, self.estimates, f)
-        for name, title, keys in PANELS:
-            self.panels[name].value = f"<h2>{e(title)}</h2>" + "".join(parts[k] for k in keys)
+        for name, title, _ in PANELS:
+            if not self.panels[name].value:
+                self.panels[name].value = f"<h2>{e(title)}</h2>" + render.plots.note("drawing ...")
+        if self._executor is None:
+            self._draw(generation, f)
+        else:
+            self._pending = self._executor.submit(self._draw, generation, f)
         self.updates += 1
+
+    def _draw(self, generation: int, f: dict[str, str | None]) -> None:
+        """Plots and tables for one selection, unless a newer selection came meanwhile."""
+        try:
+            parts = render.sections(self.result, self.estimates, f)
+        except Exception as exc:  # noqa: BLE001 - say it on the page, keep the numbers
+            logging.getLogger("livelab.reports").exception("drawing the report failed")
+            self._say(f"⚠ drawing the plots failed: {exc}")
+            return
+        with self._lock:
+            if generation != self._generation:
+                return
+            sel = e(describe(f))
+            for name, title, keys in PANELS:
+                self.panels[name].value = (f'<h2 data-selection="{sel}">{e(title)}</h2>'
+                                           + "".join(parts[k] for k in keys))
+
+    def wait(self, timeout: float = 60.0) -> None:
+        """Block until the plots of the latest selection are drawn (tests, exports)."""
+        if self._pending is not None:
+            self._pending.result(timeout)

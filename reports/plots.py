@@ -101,7 +101,7 @@ def funnel(rows: Sequence[dict[str, Any]], stages: Sequence[str]) -> str:
     rows = [r for r in rows if r[stages[0]]]
     if not rows:
         return note("No module openings in this selection: no funnel to draw.")
-    fig, ax = _figure(max(HEIGHT, 0.5 + 0.35 * len(rows)))
+    fig, ax = _figure(max(HEIGHT, 1.2 + 0.35 * len(rows)))
     labels = [f"{r['module']} {r['version']}" for r in rows]
     y = np.arange(len(rows))
     h = 0.8 / len(stages)
@@ -112,7 +112,7 @@ def funnel(rows: Sequence[dict[str, Any]], stages: Sequence[str]) -> str:
     ax.invert_yaxis()
     ax.set_xlim(0, 100)
     ax.set_xlabel("% of learners who opened the module")
-    ax.legend(fontsize=7, frameon=False, loc="lower right")
+    ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3)
     _style(ax)
     return _img(fig, "completion funnel per module", "tts-plot-img")
 
@@ -126,7 +126,7 @@ def estimate(rows: Sequence[dict[str, Any]]) -> str:
     x = np.arange(len(rows))
     ax.bar(x - 0.2, [r["median_minutes"] or 0 for r in rows], width=0.4, color=COLORS[0], label="actual (median)")
     ax.bar(x + 0.2, [r["estimated_minutes"] or 0 for r in rows], width=0.4, color="#bbb", label="estimated")
-    ax.set_xticks(x, [f"{r['module']}\n{r['version']}" for r in rows], fontsize=7)
+    ax.set_xticks(x, [f"{r['module']} {r['version']}" for r in rows], fontsize=7, rotation=25, ha="right")
     ax.set_ylabel("minutes")
     ax.legend(fontsize=8, frameon=False)
     _style(ax)

@@ -34,7 +34,10 @@ CSS = """
 .tts-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(620px, 1fr)); gap: 10px; }
 .tts-plot-img { max-width: 100%; height: auto; }
 table.tts-table { border-collapse: collapse; font-size: 0.85em; margin: 4px 0 10px; }
-table.tts-table th, table.tts-table td { border-bottom: 1px solid #e5e5e5; padding: 3px 8px; text-align: right; }
+table.tts-table th, table.tts-table td { border-bottom: 1px solid #e5e5e5; padding: 3px 8px; text-align: right;
+  white-space: nowrap; line-height: 1.3; }
+table.tts-table th { white-space: normal; vertical-align: bottom; }
+.tts-panel { overflow-x: auto; min-width: 0; }
 table.tts-table th { background: #f3f3f3; } table.tts-table td.t, table.tts-table th.t { text-align: left; }
 .tts-definition { font-size: 0.85em; color: #444; max-width: 900px; }
 """
@@ -96,6 +99,8 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, s
     """``columns``: (key, header, how) with how in text|int|dur|float."""
     if not rows:
         return plots.note("Nothing to list for this selection.")
+    if len({r.get("course") for r in rows}) == 1:   # one course: the column would say nothing
+        columns = [c for c in columns if c[0] != "course"]
     head = "".join(f'<th class="{"t" if how == "text" else ""}">{e(h)}</th>' for _, h, how in columns)
     body = []
     for r in rows:

@@ -54,12 +54,16 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> N
 
 def serve(home: str | os.PathLike | None = None, port: int | None = None, *, url: str | None = None,
           env: Mapping[str, str] | None = None, timeout: float = 60.0,
-          log: str | os.PathLike | None = None) -> tuple[subprocess.Popen, str]:
+          log: str | os.PathLike | None = None, cull_idle: int = 120) -> tuple[subprocess.Popen, str]:
     """Start Voila on the dashboard; returns (process, URL).  Stop it with :func:`stop`.
 
     The events come from ``url`` (or ``$LIVELAB_EVENTS_URL``), else ``home``'s store; the
     store is opened once here first, so a missing or unreachable database is reported as a
     one-line error before any server starts.
+
+    Every page view runs the notebook in a kernel of its own, and Voila does not stop it when
+    the page closes; kernels with no page connected are culled after ``cull_idle`` idle seconds
+    so that a report served for days does not pile them up.
     """
     with EventStore(home, url=url):
         pass
@@ -81,7 +85,9 @@ def serve(home: str | os.PathLike | None = None, port: int | None = None, *, url
     log_path = Path(log) if log else Path(tempfile.mkstemp(prefix="livelab-report-voila-", suffix=".log")[1])
     fh = open(log_path, "wb")
     argv = [sys.executable, "-m", "voila", "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1",
-            "--Voila.port_retries=0", str(NOTEBOOK)]
+            "--Voila.port_retries=0", f"--MappingKernelManager.cull_idle_timeout={int(cull_idle)}",
+            f"--MappingKernelManager.cull_interval={max(1, min(60, int(cull_idle) // 2))}",
+            "--MappingKernelManager.cull_connected=False", str(NOTEBOOK)]
     # A session of its own: a Ctrl-C in the terminal reaches the CLI, which stops Voila in order.
     proc = subprocess.Popen(argv, cwd=str(NOTEBOOK.parent), env=child_env, stdout=fh,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 from lab_hardware.events import EventStore, display_url
 from reports import render, tts
-from reports.render import ALL, CSS, DEFINITION, NUMBERS, describe, e, label
+from reports.render import ALL, CSS, DEFINITION, describe, e, label
 from reports.dashboard import PANELS, no_data_message
 
 FILTERS = tts.FILTERS

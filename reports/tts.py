@@ -44,7 +44,7 @@ import math
 import os
 import time as _time
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -174,7 +174,7 @@ def _first(groups: int, g: np.ndarray, t: np.ndarray, mask: np.ndarray) -> np.nd
 def compute(table: EventTable, *, skew_allowance: float = SKEW_ALLOWANCE) -> "TTSResult":
     """Time-to-signal per learner and module (see the module docstring for the definition)."""
     c, t, kind = table.codes, table.time, table.kind
-    n_l, n_c, n_v, n_m = (max(len(table.cats[x]), 1) for x in ("learner", "course", "version", "module"))
+    n_c, n_v, n_m = (max(len(table.cats[x]), 1) for x in ("course", "version", "module"))
     key = ((c["learner"] * n_c + c["course"]) * n_v + c["version"]) * n_m + c["module"]
     if len(key):
         ukeys, first_idx, g = np.unique(key, return_index=True, return_inverse=True)
@@ -280,7 +280,6 @@ class TTSResult:
     pair_fails: np.ndarray
     skew_allowance: float = SKEW_ALLOWANCE
     events: int = 0
-    _sort: dict = field(default_factory=dict, repr=False)
 
     # ---- selection -----------------------------------------------------------------------
     def __len__(self) -> int:
@@ -404,7 +403,7 @@ class TTSResult:
         if not pm.any():
             return []
         pg, pc = self.pair_group[pm], self.pair_check[pm]
-        rel, passed, fails = self.pair_first_pass[pm], self.pair_passed[pm], self.pair_fails[pm]
+        rel, fails = self.pair_first_pass[pm], self.pair_fails[pm]
         keys, parts = _split([self.group["course"][pg], self.group["version"][pg], self.group["module"][pg], pc],
                              [len(self.cats[b]) for b in ("course", "version", "module", "check")])
         rows = []
@@ -465,18 +464,23 @@ def courses_dir() -> Path:
 
 def load_estimates(root: str | os.PathLike | None = None) -> dict:
     """Estimated minutes per module from ``<root>/<course-id>/course.toml`` (modules with ``id``
-    and ``minutes``; a ``version`` key makes them version-specific).  Missing files: {}."""
+    and ``minutes``; its ``version`` key, or a release snapshot in
+    ``<course-id>/releases/<version>/course.toml``, makes them version-specific).  Missing
+    or unreadable files: nothing (the report then shows no estimate)."""
     root = Path(root) if root is not None else courses_dir()
     out: dict = {}
     if not root.is_dir():
         return out
-    for toml in sorted(root.glob("*/course.toml")):
+    files = sorted(root.glob("*/course.toml")) + sorted(root.glob("*/releases/*/course.toml"))
+    for toml in files:
+        release = toml.parent.name if toml.parent.parent.name == "releases" else None
         try:
             data = tomllib.loads(toml.read_text())
         except (OSError, tomllib.TOMLDecodeError):
             continue
-        course = str(data.get("id") or (data.get("course") or {}).get("id") or toml.parent.name)
-        version = data.get("version") or (data.get("course") or {}).get("version")
+        course = str(data.get("id") or (data.get("course") or {}).get("id")
+                     or (toml.parents[2].name if release else toml.parent.name))
+        version = release or data.get("version") or (data.get("course") or {}).get("version")
         mods = data.get("modules") or (data.get("course") or {}).get("modules") or []
         if isinstance(mods, Mapping):
             mods = [{"id": k, **(v if isinstance(v, Mapping) else {"minutes": v})} for k, v in mods.items()]
@@ -487,7 +491,8 @@ def load_estimates(root: str | os.PathLike | None = None) -> dict:
                 minutes = float(mod["minutes"])
             except (TypeError, ValueError):
                 continue
-            out[(course, str(mod["id"]))] = minutes
+            if not release:
+                out[(course, str(mod["id"]))] = minutes
             if version:
                 out[(course, str(version), str(mod["id"]))] = minutes
     return out

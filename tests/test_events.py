@@ -1,0 +1,311 @@
+"""The learning-events store (lab_hardware/events.py) on SQLite and on a real PostgreSQL.
+
+Idempotent writes, whole-batch refusal of bad events, one-line errors for a missing or
+unreachable database, and crash safety: a writer SIGKILLed in the middle of a batch leaves
+nothing of it behind, and running the batch again writes it exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from lab_hardware.events import (KINDS, MAX_FUTURE_SKEW, Event, EventError, EventStore, EventStoreError,
+                                 event_id, record, resolve_url)
+
+PG_BASE = "postgresql://postgres@127.0.0.1:5432/test"
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture(autouse=True)
+def _no_env_store(monkeypatch):
+    monkeypatch.delenv("LIVELAB_EVENTS_URL", raising=False)
+    for k in ("LIVELAB_TEAM", "LIVELAB_COURSE", "LIVELAB_COURSE_VERSION"):
+        monkeypatch.delenv(k, raising=False)
+
+
+def pg_engine():
+    import sqlalchemy as sa
+    return sa.create_engine(PG_BASE.replace("postgresql://", "postgresql+psycopg://"),
+                            connect_args={"connect_timeout": 3})
+
+
+@pytest.fixture(scope="module")
+def pg_schema():
+    """A uniquely named schema in the real PostgreSQL at 127.0.0.1:5432 (database 'test'),
+    dropped afterwards; skipped with the reason if the server is absent."""
+    try:
+        import psycopg
+        psycopg.connect(host="127.0.0.1", port=5432, dbname="test", user="postgres", connect_timeout=3).close()
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 (database 'test', user postgres) is not available: "
+                    f"{' '.join(str(exc).split())[:120]}")
+    name = f"livelab_test_{uuid.uuid4().hex[:10]}"
+    eng = pg_engine()
+    with eng.begin() as c:
+        c.exec_driver_sql(f'CREATE SCHEMA "{name}"')
+    yield name
+    with eng.begin() as c:
+        c.exec_driver_sql(f'DROP SCHEMA "{name}" CASCADE')
+    eng.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_args(request, tmp_path):
+    """(url_or_home, schema) for a fresh, empty store on each backend."""
+    if request.param == "sqlite":
+        return str(tmp_path), None
+    schema = request.getfixturevalue("pg_schema")
+    # one table per test: a schema of its own inside the run's schema is overkill; use a fresh one
+    sub = f"{schema}_{uuid.uuid4().hex[:6]}"
+    eng = pg_engine()
+    with eng.begin() as c:
+        c.exec_driver_sql(f'CREATE SCHEMA "{sub}"')
+    request.addfinalizer(lambda: _drop(eng, sub))
+    return PG_BASE, sub
+
+
+def _drop(eng, schema):
+    with eng.begin() as c:
+        c.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+    eng.dispose()
+
+
+def ev(i: int = 0, **kw) -> Event:
+    base = dict(learner=f"l{i % 7}", module="m1", kind="check-passed", check=f"c{i % 3}", key=f"run-{i}",
+                time=T0 + i, source="grader", course="edge-ml", version="1.0.0", team="t")
+    base.update(kw)
+    return Event(**base)
+
+
+# ---- idempotency, queries ----------------------------------------------------------------------
+
+def test_write_is_idempotent_and_queryable(store_args):
+    url, schema = store_args
+    with EventStore(url, schema=schema) as store:
+        batch = [ev(i) for i in range(1200)]  # more than one INSERT chunk
+        assert store.write(batch) == 1200
+        assert store.write(batch) == 0                      # re-grading does not double-count
+        assert store.write(batch[:5] + [ev(5000)]) == 1     # only the new one
+        # A batch naming the same event twice writes it once.
+        assert store.write([ev(6000), ev(6000)]) == 1
+        assert store.count() == 1202
+        got = store.query(learner="l1", check=["c0", "c1"])
+        assert got and all(e.learner == "l1" and e.check in ("c0", "c1") for e in got)
+        assert [e.time for e in got] == sorted(e.time for e in got)
+        one = store.query(id=batch[3].id)
+        assert one == [batch[3]]
+        assert store.count(since=T0 + 10, until=T0 + 20) == 10
+        cols = store.columns(kind="check-passed")
+        assert len(cols["time"]) == 1202 and set(cols) >= {"learner", "team", "course", "version", "module"}
+        assert store.columns(learner="nobody") == {k: [] for k in cols}
+        with pytest.raises(EventError, match="unknown event filter"):
+            store.query(colour="red")
+
+
+def test_event_id_is_the_idempotency_key():
+    a = ev(1)
+    assert a.id == event_id("grader", "l1", "edge-ml", "1.0.0", "m1", "check-passed", "c1", "run-1")
+    assert ev(1).id == a.id and ev(1, time=T0 + 99).id == a.id   # same statement, same run: one event
+    assert ev(1, key="run-2").id != a.id                            # a new grading run is a new event
+    assert ev(1, version="1.1.0").id != a.id and ev(1, source="sdk").id != a.id
+    assert Event.from_dict(a.as_dict()) == a
+
+
+# ---- bad input ---------------------------------------------------------------------------------------
+
+def test_bad_events_refuse_the_whole_batch_with_one_line(tmp_path):
+    with EventStore(tmp_path) as store:
+        store.write([ev(0)])
+        cases = [
+            (dict(learner="a", module="m", kind="module-closed"), "unknown event kind 'module-closed'"),
+            (dict(learner="a", module="m", kind="module-opened", time=time.time() + 3600), "in the future"),
+            (dict(learner="a", module="m", kind="check-passed"), "names its check"),
+            (dict(learner="", module="m", kind="module-opened"), "non-empty"),
+            (dict(learner="a", kind="module-opened"), "missing the field 'module'"),
+            (dict(learner="a", module="m", kind="module-opened", source="browser"), "unknown event source"),
+            (dict(learner="a", module="m", kind="module-opened", time="yesterday"), "UTC seconds"),
+            (dict(learner="a", module="m", kind="module-opened", time=float("nan")), "UTC seconds"),
+            (dict(learner="a", module="m", kind="module-opened", schema="other/v9"), "schema"),
+            (dict(learner="a", module="m", kind="module-opened", detail=[1, 2]), "JSON object"),
+            (dict(learner="a", module="m", kind="module-opened", detail={"x": object()}), "JSON"),
+        ]
+        for bad, msg in cases:
+            with pytest.raises(EventError, match=msg) as info:
+                store.write([ev(1), bad, ev(2)])
+            assert "\n" not in str(info.value) and str(info.value).startswith("event 1:")
+        assert store.count() == 1  # nothing of any refused batch was written
+        # Within the skew allowance the future is fine (writers' clocks differ a little).
+        assert store.write([dict(learner="a", module="m", kind="module-opened",
+                                 time=time.time() + MAX_FUTURE_SKEW / 2)]) == 1
+        assert store.write([]) == 0
+        # A writer's own fields (the grader's score, submission...) are kept in detail, not refused.
+        assert store.write([dict(learner="g", module="m", kind="check-failed", check="consent", source="grader",
+                                 schema="livelab.event/v1", score=0.5, submission="ab12", detail={"run": 3})]) == 1
+        (got,) = store.query(learner="g")
+        assert got.detail == {"score": 0.5, "submission": "ab12", "run": 3}
+        assert set(KINDS) == {"module-opened", "lab-connected", "telemetry-first-seen", "check-passed",
+                              "check-failed", "module-completed"}
+
+
+@pytest.mark.parametrize("where,msg", [
+    ("postgresql://127.0.0.1:1/x", "unreachable"),
+    ("{tmp}/no/such/dir", "does not exist"),
+    ("sqlite:///{tmp}/no/such/dir/events.sqlite", "does not exist"),
+    ("{file}/sub", "does not exist"),               # a home under a regular file
+    ("mysql://127.0.0.1/x", "cannot use events database"),
+    ("nosuchdb://x/y", "cannot use events database"),
+])
+def test_missing_or_unreachable_database_is_one_line(tmp_path, where, msg):
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    target = where.format(tmp=tmp_path, file=f)
+    t0 = time.monotonic()
+    with pytest.raises(EventStoreError, match=msg) as info:
+        EventStore(target)
+    assert "\n" not in str(info.value) and "Traceback" not in str(info.value)
+    assert time.monotonic() - t0 < 10
+
+
+def test_where_the_store_is(tmp_path, monkeypatch):
+    assert resolve_url(tmp_path) == f"sqlite:///{tmp_path}/events.sqlite"
+    assert resolve_url(url="postgresql://h/db") == "postgresql+psycopg://h/db"
+    monkeypatch.setenv("LIVELAB_EVENTS_URL", "sqlite:////elsewhere/e.sqlite")
+    assert resolve_url(tmp_path) == "sqlite:////elsewhere/e.sqlite"          # the setting wins over a home
+    assert resolve_url(tmp_path, url="sqlite:///x") == "sqlite:///x"         # an explicit URL wins over both
+    monkeypatch.delenv("LIVELAB_EVENTS_URL")
+    monkeypatch.setenv("LIVELAB_HOME", str(tmp_path / "h"))
+    assert resolve_url() == f"sqlite:///{tmp_path}/h/events.sqlite"
+
+
+def test_record_never_raises(tmp_path, caplog):
+    assert record(tmp_path / "missing", {"kind": "module-opened", "learner": "a", "module": "m"}) == 0
+    assert "not recorded" in caplog.text
+    assert record(tmp_path, {"kind": "bogus", "learner": "a", "module": "m"}) == 0
+    e = {"kind": "module-opened", "learner": "a", "module": "m", "time": T0}
+    assert record(tmp_path, e) == 1 and record(tmp_path, e) == 0      # same session: idempotent
+    with EventStore(tmp_path) as s:
+        (got,) = s.query()
+    assert got.source == "sdk" and got.key.startswith("session:")
+
+
+# ---- crash safety ------------------------------------------------------------------------------------
+
+WRITER = textwrap.dedent("""
+    import sys, time
+    from lab_hardware import events as E
+    url, schema, n, hook = sys.argv[1], sys.argv[2] or None, int(sys.argv[3]), sys.argv[4] == "kill-me"
+    batch = [E.Event(learner=f"l{i % 50}", module="m1", kind="check-failed", check=f"c{i % 4}",
+                     key=f"run-7/{i}", source="grader", time=1_700_000_000.0 + i) for i in range(n)]
+    store = E.EventStore(url, schema=schema)
+    if hook:  # stop for good in the middle of the batch, after two INSERT chunks
+        real, calls = E.EventStore._insert, []
+        def slow(self, conn, rows):
+            got = real(self, conn, rows)
+            calls.append(got)
+            if len(calls) == 2:
+                print("mid-batch", sum(calls), flush=True)
+                time.sleep(120)
+            return got
+        E.EventStore._insert = slow
+    print("inserted", store.write(batch), flush=True)
+""")
+
+
+def run_writer(tmp_path, url, schema, n, hook=""):
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    return subprocess.Popen([sys.executable, str(script), url, schema or "", str(n), hook],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
+
+
+def test_writer_killed_mid_batch_leaves_nothing_and_rerun_completes_once(tmp_path, store_args):
+    url, schema = store_args
+    n = 5 * 500 + 123
+    with EventStore(url, schema=schema) as store:
+        # A first, committed batch overlapping the one that will be killed.
+        p = run_writer(tmp_path, url, schema, 700)
+        out, errs = p.communicate(timeout=60)
+        assert p.returncode == 0, errs
+        assert out.strip() == "inserted 700" and store.count() == 700
+
+        p = run_writer(tmp_path, url, schema, n, "kill-me")
+        line = p.stdout.readline()
+        assert line.startswith("mid-batch"), p.stderr.read()
+        assert int(line.split()[1]) == 1000 - 700       # rows of this batch inserted so far, uncommitted
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(10)
+        assert p.returncode == -signal.SIGKILL
+        # Consistent: exactly the committed batch, nothing half-written.
+        deadline = time.monotonic() + 10
+        while store.count() != 700 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert store.count() == 700
+        if store.dialect == "sqlite":
+            db = store.url.removeprefix("sqlite:///")
+            with sqlite3.connect(db) as c:
+                assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+        # Running the same batch again completes it, exactly once.
+        p = run_writer(tmp_path, url, schema, n)
+        out, errs = p.communicate(timeout=60)
+        assert p.returncode == 0, errs
+        assert out.strip() == f"inserted {n - 700}"
+        assert store.count() == n
+        assert len(set(store.columns()["time"])) == n
+        p = run_writer(tmp_path, url, schema, n)
+        assert p.communicate(timeout=60)[0].strip() == "inserted 0"
+        assert store.count() == n
+
+
+def test_concurrent_writers_with_overlapping_batches(tmp_path):
+    """The grader's Dask workers write at the same time; SQLite writers queue, none fails."""
+    url = str(tmp_path)
+    EventStore(url).close()
+    procs = [run_writer(tmp_path, url, None, n) for n in (3000, 2000, 3000)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
+    inserted = [int(o[0].split()[-1]) for o in outs]
+    assert sum(inserted) == 3000
+    with EventStore(url) as store:
+        assert store.count() == 3000
+
+
+# ---- the SDK writes events -----------------------------------------------------------------------
+
+def test_sdk_writes_opening_connection_and_first_telemetry(lab_home, monkeypatch):
+    from labs import Lab
+    monkeypatch.setenv("LIVELAB_TEAM", "team-a")
+    with Lab.connect("m1-telemetry", home=lab_home, learner="ada", course="edge-ml", version="1.1.0") as lab:
+        with EventStore(lab_home) as store:
+            got = {e.kind: e for e in store.query(learner="ada")}
+            assert set(got) == {"module-opened", "lab-connected"}
+            o = got["module-opened"]
+            assert (o.module, o.course, o.version, o.team, o.source) == ("m1-telemetry", "edge-ml", "1.1.0",
+                                                                        "team-a", "sdk")
+            assert o.time <= got["lab-connected"].time <= time.time()
+            lab.grant_consent("dev-0")
+            lab.next_window("dev-0", timeout=10)
+            deadline = time.monotonic() + 5
+            while not store.count(learner="ada", kind="telemetry-first-seen") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert store.count(learner="ada", kind="telemetry-first-seen") == 1
+            lab.revoke_consent("dev-0")
+    # The same kernel session opening the module again records nothing new (idempotent)...
+    with Lab.connect("m1-telemetry", home=lab_home, learner="ada", course="edge-ml", version="1.1.0"):
+        pass
+    with EventStore(lab_home) as store:
+        assert store.count(learner="ada") == 3
+    # ... and a broken events store never breaks the learner's notebook.
+    monkeypatch.setenv("LIVELAB_EVENTS_URL", "postgresql://127.0.0.1:1/x")
+    with Lab.connect("m2-replay", home=lab_home, learner="bob") as lab:
+        assert lab.devices

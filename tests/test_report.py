@@ -1,0 +1,323 @@
+"""The time-to-signal report: the dashboard widgets, the offline export, the CLI, and Voila in Chromium.
+
+The browser tests serve ``reports/time_to_signal.ipynb`` with Voila on a seeded event set,
+wait for the widgets (no "Loading widget..." left), change filters and check that the
+numbers on the page are the ones ``reports.tts`` computes from the same events; the export
+test opens the static file in Chromium with the network blocked.  Screenshots go to
+``tests/artifacts/`` for a human to look at.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+from lab_hardware.events import Event, EventStore, EventStoreError
+from livelab import cli
+from reports import dashboard, serve, static, synthetic, tts
+from test_widgets import ARTIFACTS, chromium, wait_for  # noqa: F401  (chromium is a fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+T0 = synthetic.BASE_TIME
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch, tmp_path):
+    monkeypatch.delenv("LIVELAB_EVENTS_URL", raising=False)
+    monkeypatch.setenv("LIVELAB_COURSES_DIR", str(tmp_path / "courses"))  # estimates: written by seed()
+
+
+def seed(home: Path) -> tts.TTSResult:
+    """A small seeded team through two curriculum versions, plus one learner of a team of one
+    who only did m1 in 1.0.0 (so that 'team-solo' x 1.1.0 matches nothing).  Returns what
+    reports.tts computes from the store."""
+    home.mkdir(parents=True, exist_ok=True)
+    table = synthetic.generate(seed=11, spec=synthetic.Spec(learners=36, teams=3))
+    extra = [Event(learner="solo", team="team-solo", course="edge-ml", version="1.0.0", module="m1-telemetry",
+                   kind=k, time=T0 + dt, check=c, source=s, key="seed")
+             for k, dt, c, s in (("module-opened", 0, None, "sdk"), ("check-failed", 200, "consent", "grader"),
+                                 ("check-passed", 400, "consent", "grader"))]
+    with EventStore(home) as store:
+        assert store.write([*synthetic.events(table), *extra]) == len(table) + 3
+    courses = Path(os.environ["LIVELAB_COURSES_DIR"]) / "edge-ml"
+    courses.mkdir(parents=True, exist_ok=True)
+    (courses / "course.toml").write_text('id = "edge-ml"\n' + "".join(
+        f'[[modules]]\nid = "{m}"\nminutes = {v[2]}\n' for m, v in synthetic.MODULES.items()))
+    return tts.load(home)
+
+
+def shown(summary: dict) -> dict:
+    """What the page must show for a summary: raw data attributes and the formatted text."""
+    return {"median": ("" if summary["median"] is None else f"{summary['median']:.3f}", tts.fmt_duration(summary["median"])),
+            "p90": ("" if summary["p90"] is None else f"{summary['p90']:.3f}", tts.fmt_duration(summary["p90"])),
+            "count": (str(summary["count"]), f"{summary['count']:,}")}
+
+
+# ---- the dashboard, in-process -----------------------------------------------------------------------
+
+def test_dashboard_numbers_filters_and_messages(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    result = seed(home)
+    monkeypatch.setenv("LIVELAB_HOME", str(home))
+    d = dashboard.Dashboard.from_env()
+    assert "tts-report" in d.widget._dom_classes
+    assert set(d.dropdowns["version"].options) >= {("(all)", "(all)"), ("1.0.0", "1.0.0"), ("1.1.0", "1.1.0")}
+    s = result.summary()
+    assert f'data-seconds="{s["median"]:.3f}"' in d.numbers["tts-median"].value
+    assert f'data-count="{s["count"]}"' in d.numbers["tts-count"].value
+    assert d.message.layout.display == "none"
+    d.wait()  # the plots are drawn on a worker thread
+    assert all("<img" in d.panels[p].value for p in ("distribution", "trend", "funnel", "estimate", "checks"))
+    assert all('data-selection="all events"' in p.value for p in d.panels.values())
+    assert "20.0" in d.panels["estimate"].value  # m4's estimate from course.toml, in its table
+
+    d.select(version="1.1.0")
+    s11 = result.summary(version="1.1.0")
+    assert f'data-seconds="{s11["median"]:.3f}"' in d.numbers["tts-median"].value
+    assert s11["median"] < result.summary(version="1.0.0")["median"]  # 1.1.0 teaches faster here
+    d.wait()
+    assert all('data-selection="version 1.1.0"' in p.value for p in d.panels.values())
+
+    d.select(team="team-solo")  # team-solo only worked in 1.0.0
+    assert "No events match version 1.1.0, team team-solo" in d.message.value
+    assert 'data-seconds=""' in d.numbers["tts-median"].value and "–" in d.numbers["tts-median"].value
+    assert d.body.children[1].layout.display == "none"   # no empty axes
+    d.select(version=None)
+    assert f'data-seconds="{result.summary(team="team-solo")["median"]:.3f}"' in d.numbers["tts-median"].value
+    assert d.message.layout.display == "none"
+
+
+def test_dashboard_with_no_data_or_a_broken_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIVELAB_HOME", str(tmp_path))
+    d = dashboard.Dashboard.from_env()
+    assert "No learning events yet" in d.message.value and d.body.layout.display == "none"
+    assert all(dd.disabled for dd in d.dropdowns.values())
+    assert not any(p.value for p in d.panels.values())
+    monkeypatch.setenv("LIVELAB_EVENTS_URL", "postgresql://127.0.0.1:1/x")
+    d = dashboard.Dashboard.from_env()
+    assert "unreachable" in d.message.value and d.body.layout.display == "none"
+
+
+# ---- the static export ----------------------------------------------------------------------------
+
+REMOTE = re.compile(r"""(https?:)?//[a-z0-9.-]+\.[a-z]{2,}|<script[^>]+src=|<link[^>]+href=|@import|url\(\s*['"]?http""",
+                    re.IGNORECASE)
+
+
+def test_export_is_one_offline_file(tmp_path, chromium):
+    home = tmp_path / "home"
+    result = seed(home)
+    out = static.export(home, tmp_path / "report.html")
+    page_html = out.read_text()
+    assert "http://" not in page_html and "https://" not in page_html
+    assert not REMOTE.search(page_html), REMOTE.search(page_html)
+    assert page_html.count("data:image/png;base64,") >= 5     # every plot embedded
+    s = result.summary()
+
+    # Chromium with the network blocked: anything but the file itself is refused (and noted).
+    ctx = chromium.new_context(offline=True, viewport={"width": 1300, "height": 1000})
+    asked: list[str] = []
+
+    def guard(route):
+        if not route.request.url.startswith(("file:", "data:")):
+            asked.append(route.request.url)
+            return route.abort()
+        return route.continue_()
+    ctx.route("**/*", guard)
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(out.as_uri())
+    for key, cls in (("median", "tts-median"), ("p90", "tts-p90"), ("count", "tts-count")):
+        val = page.locator(f".{cls} .tts-value")
+        attr = "data-seconds" if key != "count" else "data-count"
+        assert (val.get_attribute(attr), val.inner_text()) == shown(s)[key]
+    assert page.evaluate("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
+    # The filters work without a kernel: precomputed numbers per combination.
+    page.select_option("#tts-filter-version", label="1.1.0")
+    s11 = result.summary(version="1.1.0")
+    assert page.locator(".tts-median .tts-value").get_attribute("data-seconds") == shown(s11)["median"][0]
+    assert page.locator(".tts-count .tts-value").inner_text() == shown(s11)["count"][1]
+    visible = page.locator("table.tts-summary-table tbody tr:visible").count()
+    assert visible == len(result.table(version="1.1.0"))
+    page.select_option("#tts-filter-team", label="team-solo")
+    assert "No events match version 1.1.0, team team-solo" in page.locator("#tts-message").inner_text()
+    assert page.locator(".tts-median .tts-value").inner_text() == "–"
+    page.select_option("#tts-filter-version", label="(all)")
+    assert page.locator(".tts-median .tts-value").get_attribute("data-seconds") == \
+        shown(result.summary(team="team-solo"))["median"][0]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.select_option("#tts-filter-team", label="(all)")
+    page.screenshot(path=str(ARTIFACTS / "report-export.png"))
+    assert not asked, f"the export asked the network for {asked}"
+    assert not errors
+    ctx.close()
+
+
+def test_export_with_no_data_says_so(tmp_path):
+    out = static.export(tmp_path, tmp_path / "empty.html")
+    text = out.read_text()
+    assert "No learning events yet" in text and "<img" not in text and "<script" not in text
+    with pytest.raises(static.ReportError, match="does not exist"):
+        static.export(tmp_path, tmp_path / "no" / "dir" / "r.html")
+
+
+# ---- the CLI ------------------------------------------------------------------------------------
+
+def test_cli_tts_export_and_bad_input(tmp_path, capsys):
+    home = tmp_path / "home"
+    result = seed(home)
+    assert cli.main(["--home", str(home), "report", "tts", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["overall"] == result.summary()
+    assert data["rows"] == json.loads(json.dumps(result.table()))
+    assert cli.main(["--home", str(home), "report", "tts", "--version", "1.1.0", "--by", "module"]) == 0
+    out = capsys.readouterr().out
+    for row in result.table(["module"], version="1.1.0"):
+        assert row["module"] in out and f"{row['median'] / 60:.1f}" in out
+    assert cli.main(["--home", str(home), "report", "tts", "--team", "nobody"]) == 0
+    assert "no events match team nobody" in capsys.readouterr().out
+    assert cli.main(["--home", str(tmp_path), "report", "tts"]) == 0
+    assert "no learning events yet" in capsys.readouterr().out
+    assert cli.main(["--home", str(home), "report", "export", "-o", str(tmp_path / "r.html")]) == 0
+    assert (tmp_path / "r.html").stat().st_size > 10_000 and "works offline" in capsys.readouterr().out
+    for argv, msg in ((["--home", str(tmp_path / "missing"), "report", "tts"], "does not exist"),
+                      (["report", "tts", "--events-url", "postgresql://127.0.0.1:1/x"], "unreachable"),
+                      (["--home", str(home), "report", "export", "-o", str(tmp_path / "no/r.html")], "does not exist"),
+                      (["--home", str(home), "report", "tts", "--by", "colour"], "--by takes"),
+                      (["report", "serve", "--events-url", "postgresql://127.0.0.1:1/x"], "unreachable")):
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err and err.count("\n") == 1, err
+
+
+def test_serve_refuses_a_bad_store_or_port_before_starting(tmp_path):
+    with pytest.raises(EventStoreError, match="does not exist"):
+        serve.serve(tmp_path / "missing")
+    with pytest.raises(serve.ReportError, match="in use"):
+        import socket
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            s.listen()
+            serve.serve(tmp_path, s.getsockname()[1])
+
+
+# ---- Voila in Chromium ----------------------------------------------------------------------------
+
+def jupyter_env(tmp_path: Path) -> dict[str, str]:
+    """Keep the server off the user's Jupyter config and runtime files."""
+    return {"JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"),
+            "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"),
+            "LIVELAB_COURSES_DIR": os.environ["LIVELAB_COURSES_DIR"]}
+
+
+def page_numbers(page) -> dict:
+    out = {}
+    for key, cls in (("median", "tts-median"), ("p90", "tts-p90"), ("count", "tts-count")):
+        val = page.locator(f".{cls} .tts-value")
+        out[key] = (val.get_attribute("data-seconds" if key != "count" else "data-count"), val.inner_text())
+    return out
+
+
+def plots_for(page, selection: str) -> None:
+    """Wait until every plot panel shows the given selection (they are drawn after the numbers)."""
+    for name in ("distribution", "trend", "funnel", "estimate", "checks"):
+        page.locator(f'.tts-plot-{name} h2[data-selection="{selection}"]').wait_for(timeout=20_000)
+    assert page.locator(".tts-plot-distribution img").count() == 1
+
+
+@pytest.mark.browser
+def test_voila_report_numbers_match_the_events(tmp_path, chromium):
+    t_start = time.monotonic()
+    home = tmp_path / "home"
+    result = seed(home)
+    # cull_idle=2: the kernel of a closed page goes within seconds (a connected one never does).
+    proc, url = serve.serve(home, env=jupyter_env(tmp_path), log=tmp_path / "voila.log", cull_idle=2)
+    kernels: dict[int, psutil.Process] = {}
+    try:
+        page = chromium.new_page(viewport={"width": 1300, "height": 2300})
+        page.goto(url, timeout=60_000)
+        page.wait_for_selector(".tts-median .tts-value", timeout=60_000)
+        for c in psutil.Process(proc.pid).children(recursive=True):
+            kernels[c.pid] = c
+        assert kernels, "voila started no kernel"
+        assert page_numbers(page) == shown(result.summary())
+        plots_for(page, "all events")
+        assert "Loading widget" not in page.inner_text("body")
+
+        # Change a filter as a manager would: 1.0.0, then 1.1.0 (did it teach faster?).
+        versions = {}
+        for ver in ("1.0.0", "1.1.0"):
+            page.select_option(".tts-filter-version select", label=ver)
+            want = shown(result.summary(version=ver))
+            wait_for(lambda: page_numbers(page) == want, 10, f"the numbers of version {ver}")
+            versions[ver] = float(page_numbers(page)["median"][0])
+            plots_for(page, f"version {ver}")   # the plots and tables follow the filter too
+            legend = page.locator(".tts-plot-funnel table.tts-funnel-table tbody tr").all_inner_texts()
+            assert legend and all(ver in row for row in legend)
+        assert versions["1.1.0"] < versions["1.0.0"]
+        assert "Loading widget" not in page.inner_text("body")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "report-voila.png"), full_page=True)
+
+        # A filter that matches nothing says so (and draws no empty axes).
+        page.select_option(".tts-filter-team select", label="team-solo")
+        msg = page.locator(".tts-message")
+        wait_for(lambda: "No events match version 1.1.0, team team-solo" in msg.inner_text(), 10, "the no-match message")
+        assert page.locator(".tts-median .tts-value").inner_text() == "–"
+        assert page.locator(".tts-plot-distribution img").count() == 0 or \
+            not page.locator(".tts-plot-distribution img").is_visible()
+        page.select_option(".tts-filter-version select", label="(all)")
+        wait_for(lambda: page_numbers(page) == shown(result.summary(team="team-solo")), 10, "team-solo's numbers")
+        assert all(k.is_running() for k in kernels.values())   # connected longer than cull_idle: kept
+        page.close()
+        # Voila keeps a kernel per page view after the page closes; serve() has it culled.
+        wait_for(lambda: not psutil.Process(proc.pid).children(recursive=True), 15,
+                 "the closed page's kernel to be culled")
+    finally:
+        serve.stop(proc)
+    gone, alive = psutil.wait_procs(list(kernels.values()), timeout=5)
+    assert not alive and proc.returncode is not None, "the report left processes behind"
+    assert time.monotonic() - t_start < 60
+
+
+@pytest.mark.browser
+def test_cli_serve_runs_until_sigterm_and_reaps_voila(tmp_path):
+    home = tmp_path / "home"
+    seed(home)
+    env = {**os.environ, **jupyter_env(tmp_path), "PYTHONUNBUFFERED": "1",
+           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
+    p = subprocess.Popen([sys.executable, "-m", "livelab", "--home", str(home), "report", "serve"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    procs: dict[int, psutil.Process] = {}
+    try:
+        line = p.stdout.readline()
+        m = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
+        assert m, line + p.stderr.read()
+        with urllib.request.urlopen(m.group(1), timeout=60) as r:   # runs the notebook in a kernel
+            body = r.read().decode()
+        assert r.status == 200 and "voila" in body.lower()
+        for c in psutil.Process(p.pid).children(recursive=True):
+            procs[c.pid] = c
+        assert len(procs) >= 2, "expected Voila and its kernel"
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 0, err
+        assert "report server stopped" in out
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    gone, alive = psutil.wait_procs(list(procs.values()), timeout=10)
+    assert not alive, f"left behind: {[a.pid for a in alive]}"
+
