@@ -38,12 +38,14 @@ class RunContext:
     output_bytes: int
     kill: Callable[[], None]
     nb: NotebookNode | None = None              # the notebook being executed (outputs so far)
-    replies: dict[int, str] = field(default_factory=dict)
+    replies: dict[int, str] = field(default_factory=dict)   # id(cell) -> reply status
     output_total: int = 0
     flooded: bool = False
     flood_cell: int | None = None
     interrupted_at: float | None = None
-    timeouts: list[int] = field(default_factory=list)
+    timeouts: list[int] = field(default_factory=list)       # id(cell) of interrupted cells
+    marks: dict[str, float] = field(default_factory=dict)    # monotonic times: ready, cells_done
+    on_ready: Callable[[], None] | None = None              # the kernel answered: start the total clock
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -63,17 +65,24 @@ class GradingNotebookClient(PapermillNotebookClient):
         self.ctx.nb = nb_man.nb
         self.on_cell_executed = self._record_reply
 
+    def papermill_execute_cells(self):
+        self.ctx.marks["ready"] = time.monotonic()  # the kernel answered kernel_info
+        if self.ctx.on_ready is not None:
+            self.ctx.on_ready()
+        try:
+            super().papermill_execute_cells()
+        finally:
+            self.ctx.marks["cells_done"] = time.monotonic()
+
     def _record_reply(self, cell, cell_index, execute_reply):  # nbclient hook
         status = "timeout" if execute_reply is None else execute_reply.get("content", {}).get("status", "?")
-        if cell_index in self.ctx.timeouts:
+        if id(cell) in self.ctx.timeouts:
             status = "timeout"
-        self.ctx.replies[cell_index] = status
+        self.ctx.replies[id(cell)] = status
 
     async def _async_handle_timeout(self, timeout, cell=None):
         if cell is not None:
-            idx = next((i for i, c in enumerate(self.nb.cells) if c is cell), None)
-            if idx is not None:
-                self.ctx.timeouts.append(idx)
+            self.ctx.timeouts.append(id(cell))
         return await super()._async_handle_timeout(timeout, cell)
 
     def output(self, outs, msg, display_id, cell_index):

@@ -128,31 +128,33 @@ def _write_status(spec, status):
         os.replace(path + ".tmp", path)
 
 
-def _shim(child):
-    """The waiting parent of a PID namespace: pass on signals, mirror the exit status."""
+def _shim(child, parent):
+    """The waiting parent of a PID namespace: mirror the kernel's exit status; if our own
+    parent goes away (the grader died), take the kernel and its namespace down with us."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
                 signal.SIGUSR2):
         # jupyter_client signals the whole process group, which the kernel is part of: it
         # gets the signal itself; forwarding would deliver it twice.
         signal.signal(sig, signal.SIG_IGN)
+    import time
     while True:
         try:
-            _, st = os.waitpid(child, 0)
-            break
+            pid, st = os.waitpid(child, os.WNOHANG)
         except ChildProcessError:
             os._exit(1)
-        except InterruptedError:
-            continue
+        if pid:
+            break
+        if os.getppid() != parent:
+            os.kill(child, signal.SIGKILL)
+        time.sleep(0.1)
     os._exit(os.waitstatus_to_exitcode(st) & 0xFF if os.WIFEXITED(st) else 128 + os.WTERMSIG(st))
 
 
-def main(argv):
-    sep = argv.index("--")
-    with open(argv[1]) as fh:
-        spec = json.load(fh)
-    cmd = argv[sep + 1:]
+def confine(spec):
+    """Apply the spec to this process; returns the status dict (in the kernel-to-be: with a
+    PID namespace, the calling process becomes the waiting shim and never returns)."""
     status = {"pid": os.getpid(), "cgroups": [], "namespaces": [], "caps_dropped": False, "errors": []}
-
+    parent = os.getppid()
     for procs in spec.get("cgroups", []):
         try:
             with open(procs, "w") as fh:
@@ -181,16 +183,15 @@ def main(argv):
         else:
             status["errors"].append(f"unshare: {os.strerror(ctypes.get_errno())}")
             if spec.get("require_namespaces"):
-                _write_status(spec, status)
-                print("livelab launcher: cannot create namespaces", file=sys.stderr)
-                os._exit(70)
+                raise OSError(errno.EPERM, "cannot create namespaces")
     status["namespaces"] = have
 
     if "pid" in have:
         child = os.fork()
         if child:
-            _shim(child)
+            _shim(child, parent)
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        # (getppid() is 0 here: the shim lives outside this PID namespace)
 
     try:
         if "mount" in have:
@@ -201,12 +202,22 @@ def main(argv):
     except OSError as exc:
         status["errors"].append(str(exc))
         if spec.get("require_namespaces"):
-            _write_status(spec, status)
-            print(f"livelab launcher: {exc}", file=sys.stderr)
-            os._exit(70)
-
+            raise
     os.chdir(spec.get("cwd") or "/")
     _write_status(spec, status)
+    return status
+
+
+def main(argv):
+    sep = argv.index("--")
+    with open(argv[1]) as fh:
+        spec = json.load(fh)
+    cmd = argv[sep + 1:]
+    try:
+        confine(spec)
+    except OSError as exc:
+        print(f"livelab launcher: {exc}", file=sys.stderr)
+        os._exit(70)
     os.execv(cmd[0], cmd)
 
 

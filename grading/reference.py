@@ -14,6 +14,8 @@ of every submission's cache key: change the release and everything is graded aga
 
 from __future__ import annotations
 
+from . import _fast_imports  # noqa: F401  (first: see its docstring)
+
 import base64
 import fcntl
 import hashlib
@@ -42,6 +44,7 @@ class Reference:
     kernel_name: str
     grade_cells: dict[str, float]     # grade_id -> max points (autograded tests and manual answers)
     test_cells: list[str]             # grade cells that are autograded code tests
+    released: dict[str, str] = field(default_factory=dict)  # locked cell id -> source the learner got
     gradebook_b64: str = ""           # the gradebook's bytes, for workers on other machines
     source_path: str = ""
     extra: dict = field(default_factory=dict)
@@ -77,9 +80,9 @@ def _ensure_alembic_on_path() -> None:
 
 
 def digest_of(source: bytes, manifest: bytes | None = None) -> str:
-    import nbgrader
+    from importlib.metadata import version  # not 'import nbgrader': that costs ~1 s
     h = hashlib.sha256()
-    for part in (FORMAT.encode(), nbgrader.__version__.encode(), source, manifest or b""):
+    for part in (FORMAT.encode(), version("nbgrader").encode(), source, manifest or b""):
         h.update(len(part).to_bytes(8, "little"))
         h.update(part)
     return h.hexdigest()
@@ -137,7 +140,10 @@ def build(source: Path, assignment: str, state_dir: Path, *, manifest: bytes | N
                 if cell.cell_type == "code" and not utils.is_solution(cell):
                     tests.append(gid)
         ks = nb.metadata.get("kernelspec", {}) or {}
-        ref = Reference(
+        rel = nbformat.read(root / "release" / assignment / f"{name}.ipynb", as_version=4)
+        released = {c.metadata.nbgrader["grade_id"]: c.source for c in rel.cells
+                    if utils.is_locked(c) and c.metadata.get("nbgrader", {}).get("grade_id")}
+        ref = Reference(released=released,
             assignment=assignment, notebook=name, root=str(root), digest=digest,
             kernel_name=ks.get("name") or "livelab", grade_cells=grade_cells, test_cells=tests,
             gradebook_b64=base64.b64encode((root / "gradebook.db").read_bytes()).decode(),

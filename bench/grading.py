@@ -1,0 +1,205 @@
+"""Benchmark: ``livelab grade`` vs ``nbgrader autograde`` on the same submissions.
+
+1. A tests-only nbgrader assignment (``grading.samples``: one solution cell, a visible test,
+   a test with hidden tests; ``nbgrader generate_assignment`` run by nbgrader itself) and N
+   student submissions in ``submitted/`` (right, half right, wrong).
+2. The kernel start-up floor: start a ``livelab`` kernel with jupyter_client, wait until it
+   answers, shut it down (median of several).
+3. In one run, alternating, on identical copies of the course: ``nbgrader autograde`` (CLI,
+   all students) and ``livelab grade`` (CLI, LocalCluster of 2 worker processes, no cache).
+   Both are checked for the expected scores; throughput is submissions per second of wall
+   time for the whole command (start-up included), and for livelab also the steady state.
+4. With ``--lab``: lab-module grading throughput (submissions per minute per module) on a
+   live lab, when the modules and checks exist (see tests/test_grading_checks.py).
+
+The machine's load is recorded before and after (other work on a shared machine skews every
+figure here).  Run: ``.venv/bin/python bench/grading.py [--n 40] [--reps 2]``; writes
+bench/results/grading.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import ROOT, console, median, save, table
+
+VENV_BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return str(os.getloadavg())
+
+
+def kernel_floor(reps: int) -> dict:
+    """Start + ready + shutdown of a plain ``livelab`` kernel with jupyter_client."""
+    from jupyter_client.manager import KernelManager
+    ready, total = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        km = KernelManager(kernel_name="livelab")
+        km.start_kernel(env={**ENV})
+        kc = km.client()
+        kc.start_channels()
+        kc.wait_for_ready(60)
+        t1 = time.perf_counter()
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+        ready.append(t1 - t0)
+        total.append(time.perf_counter() - t0)
+    return {"reps": reps, "median_start_to_ready_s": median(ready), "median_start_ready_shutdown_s": median(total),
+            "all_start_ready_shutdown_s": total}
+
+
+def sandboxed_start(reps: int) -> dict:
+    """The grader's own kernel start: fork server + sandbox, to ready (for comparison)."""
+    from jupyter_core.utils import run_sync
+    from grading.sandbox import Kernel, SandboxConfig
+    Kernel(SandboxConfig(network=False)).start().close()  # fork server up
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        k = Kernel(SandboxConfig(network=False)).start()
+        kc = k.km.client()
+        kc.start_channels()
+        run_sync(kc.wait_for_ready)(timeout=60)
+        out.append(time.perf_counter() - t0)
+        kc.stop_channels()
+        k.close()
+    return {"reps": reps, "median_start_to_ready_s": median(out), "all_s": out}
+
+
+def gradebook_scores(db: Path) -> dict[str, float]:
+    con = sqlite3.connect(db)
+    rows = con.execute(
+        "select s.student_id, sum(coalesce(g.manual_score, g.auto_score, 0)) from grade g "
+        "join submitted_notebook n on g.notebook_id = n.id join submitted_assignment s on n.assignment_id = s.id "
+        "group by s.student_id").fetchall()
+    con.close()
+    return {k: float(v) for k, v in rows}
+
+
+def run_nbgrader(course: Path, n: int) -> dict:
+    t0 = time.perf_counter()
+    p = subprocess.run([str(VENV_BIN / "nbgrader"), "autograde", "squares", "--log-level=ERROR"], cwd=course,
+                       env=ENV, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise SystemExit(f"nbgrader autograde failed: {p.stderr.strip().splitlines()[-1:]}")
+    return {"wall_s": wall, "per_submission_s": wall / n, "throughput_per_s": n / wall,
+            "scores": gradebook_scores(course / "gradebook.db")}
+
+
+def run_livelab(course: Path, n: int, workers: int) -> dict:
+    t0 = time.perf_counter()
+    p = subprocess.run([str(VENV_BIN / "livelab"), "grade", str(course), "squares", str(course / "submitted"),
+                        "--no-cache", "--json", "--workers", str(workers)], env=ENV, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise SystemExit(f"livelab grade failed: {p.stderr.strip().splitlines()[-1:]}")
+    s = json.loads(p.stdout)
+    per = [x["timings"] for x in s["per_submission"]]
+    steady = s["timing"].get("grade")
+    return {"wall_s": wall, "per_submission_s": wall / n, "throughput_per_s": n / wall,
+            "steady_state_throughput_per_s": n / steady if steady else None,
+            "phases_s": s["timing"], "isolation": s.get("isolation"),
+            "median_per_submission_in_worker_s": median([t.get("total", 0) for t in per]),
+            "median_phase_s": {k: median([t.get(k, 0) for t in per]) for k in sorted({k for t in per for k in t})},
+            "scores": {r["student"]: r["score"] for r in s["results"]},
+            "gradebook_scores": gradebook_scores(course / "gradebook.db")}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=40, help="submissions (>= 20)")
+    ap.add_argument("--reps", type=int, default=2, help="alternating runs of each tool")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--floor-reps", type=int, default=7)
+    args = ap.parse_args()
+    if args.n < 20:
+        ap.error("--n must be at least 20")
+    from grading import samples
+    load_before = uptime()
+    console.print(f"load before: {load_before}")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-grading-"))
+    try:
+        base = tmp / "course"
+        release = samples.make_course(base)
+        expected = samples.make_submissions(base, release, args.n)
+        floor = kernel_floor(args.floor_reps)
+        sandboxed = sandboxed_start(args.floor_reps)
+        runs = {"nbgrader": [], "livelab": []}
+        for rep in range(args.reps):
+            for tool in ("nbgrader", "livelab"):
+                course = tmp / f"{tool}-{rep}"
+                shutil.copytree(base, course)
+                load = os.getloadavg()[0]
+                r = run_nbgrader(course, args.n) if tool == "nbgrader" else run_livelab(course, args.n, args.workers)
+                r["load_1min_before"] = load
+                ok = all(abs(r["scores"].get(s, -1) - v) < 1e-9 for s, v in expected.items())
+                if tool == "livelab":
+                    ok = ok and all(abs(r["gradebook_scores"].get(s, -1) - v) < 1e-9 for s, v in expected.items())
+                r["scores_as_expected"] = ok
+                if not ok:
+                    bad = {s: (r["scores"].get(s), v) for s, v in expected.items() if r["scores"].get(s) != v}
+                    raise SystemExit(f"{tool}: unexpected scores {dict(list(bad.items())[:5])}")
+                r.pop("scores", None)
+                r.pop("gradebook_scores", None)
+                runs[tool].append(r)
+                console.print(f"{tool} run {rep + 1}: {r['wall_s']:.1f} s for {args.n} submissions "
+                              f"(load {load:.2f})")
+        load_after = uptime()
+        nb = median([r["throughput_per_s"] for r in runs["nbgrader"]])
+        ll = median([r["throughput_per_s"] for r in runs["livelab"]])
+        ll_steady = median([r["steady_state_throughput_per_s"] for r in runs["livelab"]])
+        ll_per = median([r["median_per_submission_in_worker_s"] for r in runs["livelab"]])
+        result = {
+            "n_submissions": args.n, "workers": args.workers, "reps": args.reps,
+            "uptime_before": load_before, "uptime_after": load_after,
+            "kernel_floor": floor, "sandboxed_kernel_start": sandboxed,
+            "nbgrader": runs["nbgrader"], "livelab": runs["livelab"],
+            "summary": {
+                "nbgrader_throughput_per_s": nb, "nbgrader_s_per_submission": 1 / nb,
+                "livelab_throughput_per_s": ll, "livelab_s_per_submission": 1 / ll,
+                "livelab_steady_state_throughput_per_s": ll_steady,
+                "speedup_end_to_end": ll / nb, "speedup_steady_state": ll_steady / nb, "target_speedup": 5.0,
+                "kernel_floor_s": floor["median_start_ready_shutdown_s"],
+                "livelab_median_s_per_submission_in_a_worker": ll_per,
+                "livelab_per_submission_vs_floor": ll_per / floor["median_start_ready_shutdown_s"],
+                "livelab_wall_per_submission_vs_floor": (1 / ll) / floor["median_start_ready_shutdown_s"],
+            },
+        }
+        s = result["summary"]
+        table(f"grading {args.n} submissions (tests-only), {args.workers} workers", ["", "value"], [
+            ["nbgrader autograde s/submission", s["nbgrader_s_per_submission"]],
+            ["livelab grade s/submission (end to end)", s["livelab_s_per_submission"]],
+            ["livelab grade submissions/s (steady state)", s["livelab_steady_state_throughput_per_s"]],
+            ["speed-up end to end (target 5x)", s["speedup_end_to_end"]],
+            ["speed-up steady state", s["speedup_steady_state"]],
+            ["kernel floor s (jupyter_client start+ready+shutdown)", s["kernel_floor_s"]],
+            ["livelab s per submission in a worker", ll_per],
+            ["  ... / floor", s["livelab_per_submission_vs_floor"]],
+            ["sandboxed fork-server kernel start to ready s", sandboxed["median_start_to_ready_s"]],
+        ])
+        console.print(f"load after: {load_after}")
+        save("grading", result)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

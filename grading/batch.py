@@ -1,0 +1,525 @@
+"""Fan grading out with Dask distributed: ``livelab grade <course> <module> <path>``.
+
+* ``<course>``: an nbgrader course directory (``source/<module>/*.ipynb``) or a livelab course
+  (a directory with ``course.toml``, or a course id under ``courses/``).
+* ``<path>``: one notebook, an nbgrader ``submitted/`` tree
+  (``submitted/<student>/<module>/*.ipynb``) or the course directory holding it.
+
+The driver builds the private reference (once, cached), finds the submissions, skips those
+whose content and release did not change since they were graded (a cache keyed by
+``sha256(submission bytes + reference digest + checks)`` stored with the results), sends the
+rest to Dask workers (a LocalCluster of processes by default, or ``--scheduler`` for an
+existing cluster) and, as each result comes back, writes ``autograded/`` and ``feedback/``
+(nbgrader's layout), the result JSON, the gradebook (here, one writer) and the events.
+
+Why processes, one thread each: a worker grades one submission at a time and keeps the next
+kernel starting (:class:`grading.sandbox.KernelPool`); two of them keep two cores busy.
+Papermill and nbgrader are imported once per worker (``_warm``), not once per submission.
+"""
+
+from __future__ import annotations
+
+from . import _fast_imports  # noqa: F401  (first: see its docstring)
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from .limits import Limits
+from .reference import Reference, ReferenceError, build as build_reference
+from .runner import RunOptions, Submission
+
+log = logging.getLogger("livelab.grading.batch")
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE_FORMAT = "livelab.grading-cache/v1"
+
+
+class GradeUsageError(ValueError):
+    """Bad course, module or path: one line, exit code 2."""
+
+
+# ---- what to grade against ---------------------------------------------------------------
+@dataclass
+class CourseTarget:
+    kind: str                   # "nbgrader" or "livelab"
+    root: Path                  # course directory
+    module: str
+    sources: list[Path]         # the module's source notebooks (one reference each)
+    course_id: str
+    version: str | None = None
+    manifest: bytes | None = None
+    module_meta: dict = field(default_factory=dict)
+
+
+def resolve_course(course: str, module: str) -> CourseTarget:
+    p = Path(course).expanduser()
+    if not p.is_dir():
+        cand = REPO / "courses" / course
+        if cand.is_dir():
+            p = cand
+        else:
+            raise GradeUsageError(f"course {course!r} not found: give an nbgrader course directory, "
+                                  f"a directory with course.toml, or a course id under {REPO / 'courses'}")
+    p = p.resolve()
+    src = p / "source" / module
+    kind = "livelab" if (p / "course.toml").exists() else "nbgrader"
+    version, manifest, meta = None, None, {}
+    if kind == "livelab":
+        try:
+            import tomllib
+            toml = tomllib.loads((p / "course.toml").read_text())
+        except (OSError, ValueError) as exc:
+            raise GradeUsageError(f"{p / 'course.toml'} cannot be read: {exc}") from None
+        version = str(toml.get("version") or toml.get("current_version") or "") or None
+        for m in toml.get("modules", []) or []:
+            if isinstance(m, dict) and m.get("id") == module:
+                meta = m
+        rel = p / "releases" / version if version else None
+        if rel and rel.is_dir():
+            for name in ("manifest.json", "manifest.toml", "MANIFEST.json"):
+                if (rel / name).exists():
+                    manifest = (rel / name).read_bytes()
+                    break
+            for cand in (rel / "source" / module, rel / "grader" / module):
+                if cand.is_dir() and list(cand.glob("*.ipynb")):
+                    src = cand
+                    break
+    if not src.is_dir():
+        have = sorted(d.name for d in (p / "source").iterdir() if d.is_dir()) if (p / "source").is_dir() else []
+        raise GradeUsageError(f"module {module!r} not found in {p}: have {', '.join(have) or 'no modules'}")
+    sources = sorted(x for x in src.glob("*.ipynb") if not x.name.startswith("."))
+    if not sources:
+        raise GradeUsageError(f"{src} holds no source notebook (.ipynb)")
+    return CourseTarget(kind, p, module, sources, p.name, version, manifest, meta)
+
+
+# ---- what to grade -----------------------------------------------------------------------
+def find_submissions(path: str, module: str, notebooks: list[str], *,
+                     student: str | None = None) -> tuple[list[Submission], list[str], Path | None]:
+    """(submissions, skipped notes, nbgrader course dir holding them or None)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise GradeUsageError(f"{path} does not exist: give a notebook or a submitted/ tree")
+    p = p.resolve()
+    if p.is_file():
+        who = student or p.stem
+        name = p.stem if p.stem in notebooks else notebooks[0]
+        return [_load(p, who, module, name)], [], None
+    root = p / "submitted" if (p / "submitted").is_dir() else p
+    course_dir = root.parent if root.name == "submitted" else None
+    subs, skipped = [], []
+    for sdir in sorted(d for d in root.iterdir() if d.is_dir()):
+        adir = sdir / module
+        if not adir.is_dir():
+            continue
+        files = sorted(f for f in adir.iterdir() if f.is_file() and f.suffix == ".ipynb")
+        if not files:
+            skipped.append(f"{sdir.name}: no notebook in {adir}")
+        for f in files:
+            if f.stem not in notebooks:
+                skipped.append(f"{sdir.name}: {f.name} is not a notebook of {module} ({', '.join(notebooks)})")
+                continue
+            subs.append(_load(f, sdir.name, module, f.stem))
+    if not subs and not skipped:
+        raise GradeUsageError(f"no submissions of {module!r} under {root} "
+                              f"(expected {root}/<student>/{module}/*.ipynb)")
+    return subs, skipped, course_dir
+
+
+def _load(path: Path, student: str, module: str, notebook: str) -> Submission:
+    ts = None
+    tfile = path.parent / "timestamp.txt"
+    if tfile.exists():
+        ts = tfile.read_text().strip() or None
+    return Submission(student=student, assignment=module, notebook=notebook, data=path.read_bytes(),
+                      path=str(path), timestamp=ts)
+
+
+def cache_key(sub: Submission, ref: Reference, extra: str = "") -> str:
+    """sha256 over the submission's bytes, the release reference digest, who submitted it
+    (two learners may hand in identical files) and the checks' configuration."""
+    h = hashlib.sha256()
+    h.update(f"{sub.student}\0{sub.assignment}\0{sub.notebook}\0".encode())
+    h.update(sub.data)
+    h.update(ref.digest.encode())
+    h.update(extra.encode())
+    return h.hexdigest()
+
+
+# ---- workers -----------------------------------------------------------------------------
+def _warm(opts: RunOptions, refs: list[Reference]) -> dict:
+    """Import the heavy modules, start this worker's first kernel, and run the sanitizers and
+    the feedback template once (template compilation, gradebook reads), so the first
+    submission costs what every other one does.  Runs once per worker."""
+    t0 = time.perf_counter()
+    from . import runner
+    runner.kernel_pool().prestart(runner.sandbox_config(opts))
+    import nbformat
+    import papermill  # noqa: F401
+    from . import engine, feedback  # noqa: F401
+    from .reference import release_notebook
+    for ref in refs:
+        nb = nbformat.read(release_notebook(ref.ensure_local()), as_version=4)
+        nb, _ = runner.sanitize(nb, ref, "warm-up")
+        feedback.render(nb, {"score": 0.0, "max_score": ref.max_score, "notebook": ref.notebook,
+                             "cells": [], "messages": []})
+    return {"pid": os.getpid(), "seconds": time.perf_counter() - t0}
+
+
+def _cpu_worker() -> dict:
+    """CPU seconds of this worker process and of its kernels (reaped by the fork server)."""
+    import psutil
+    from . import sandbox
+    for th in list(sandbox._CLOSERS):
+        th.join(5)
+    me = psutil.Process().cpu_times()
+    out = {"worker": me.user + me.system, "kernels": sandbox.KERNEL_CPU_SECONDS}
+    fs = sandbox.ForkServer._instance
+    if fs is not None and fs.proc.poll() is None:
+        try:
+            z = psutil.Process(fs.proc.pid).cpu_times()
+            out["fork_server"] = z.user + z.system
+        except psutil.Error:
+            pass
+    return out
+
+
+def _shutdown_worker() -> None:
+    """Close this worker's kernels and fork server before the cluster goes away."""
+    from . import runner, sandbox
+    if runner._POOL is not None:
+        runner._POOL.close()
+    if sandbox.ForkServer._instance is not None:
+        sandbox.ForkServer._instance.close()
+        sandbox.ForkServer._instance = None
+    try:
+        from .isolation import shutdown_worker_labs
+        shutdown_worker_labs()
+    except ImportError:
+        pass
+
+
+def _task(sub: Submission, ref: Reference, opts: RunOptions, lab: dict | None = None) -> dict:
+    from . import runner
+    if lab is None:
+        return runner.grade(sub, ref, opts)
+    from .isolation import grade_in_lab
+    return grade_in_lab(sub, ref, opts, lab)
+
+
+# ---- the driver --------------------------------------------------------------------------
+@dataclass
+class BatchConfig:
+    course: str
+    module: str
+    path: str
+    out: str | None = None
+    gradebook: str | None = None
+    student: str | None = None
+    scheduler: str | None = None
+    workers: int = 2
+    limits: Limits = field(default_factory=Limits)
+    use_cache: bool = True
+    progress: bool = True
+    isolate: bool = True
+    events: str | None = None          # events store (URL or lab home); None: default
+    lab_home: str | None = None        # a running lab for lab modules
+    checks: list[str] | None = None    # check names; None: the module's from course.toml
+    seed: int = 0
+    state: str | None = None           # grader state (private references); None: $LIVELAB_HOME/grading
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:120] or "_"
+
+
+class Driver:
+    def __init__(self, cfg: BatchConfig):
+        self.cfg = cfg
+        self.target = resolve_course(cfg.course, cfg.module)
+        names = [s.stem for s in self.target.sources]
+        self.subs, self.skipped, self.sub_course = find_submissions(cfg.path, cfg.module, names, student=cfg.student)
+        if cfg.out:
+            self.out = Path(cfg.out).expanduser().resolve()
+        elif self.sub_course is not None:
+            self.out = self.sub_course
+        else:
+            self.out = Path(cfg.path).expanduser().resolve().parent / "graded"
+        self.work = self.out / "livelab-grading" / cfg.module
+        self.work.mkdir(parents=True, exist_ok=True)
+        if cfg.state:
+            self.state = Path(cfg.state).expanduser().resolve()
+        else:  # content-addressed references: one build per release, shared by every run
+            from lab_hardware.home import resolve
+            self.state = resolve(None) / "grading"
+        self.db_url = cfg.gradebook if cfg.gradebook and "://" in cfg.gradebook else (
+            f"sqlite:///{Path(cfg.gradebook).resolve()}" if cfg.gradebook else
+            f"sqlite:///{(self.sub_course or self.out) / 'gradebook.db'}")
+        self.refs: dict[str, Reference] = {}
+        for src in self.target.sources:
+            try:
+                self.refs[src.stem] = build_reference(src, cfg.module, self.state, manifest=self.target.manifest)
+            except ReferenceError as exc:
+                raise GradeUsageError(str(exc)) from None
+        self.check_names = self._check_names()
+        self.lab = self._lab_config()
+        hide = {str(self.target.root), str(self.out), str(self.state), str(REPO / "courses")}
+        if self.sub_course:
+            hide.add(str(self.sub_course))
+        p = Path(cfg.path).expanduser().resolve()
+        hide.add(str(p if p.is_dir() else p.parent))
+        if self.db_url.startswith("sqlite:///"):
+            hide.add(str(Path(self.db_url[len("sqlite:///"):]).parent))
+        self.opts = RunOptions(limits=cfg.limits, hide=sorted(hide), isolate=cfg.isolate, seed=cfg.seed,
+                               network=False)
+        self.cache_path = self.work / "cache.json"
+        self.cache = self._load_cache() if cfg.use_cache else {}
+
+    def _check_names(self) -> list[str]:
+        if self.cfg.checks is not None:
+            return list(self.cfg.checks)
+        meta = self.target.module_meta
+        names = meta.get("checks") or meta.get("grading_checks") or []
+        return [n for n in names if isinstance(n, str)]
+
+    def _lab_config(self) -> dict | None:
+        if not self.check_names:
+            return None
+        from .checks.base import load_checks
+        try:
+            specs = load_checks(self.check_names)
+        except KeyError as exc:
+            raise GradeUsageError(str(exc).strip("'\"")) from None
+        from lab_hardware.home import resolve
+        home = resolve(self.cfg.lab_home)
+        return {"home": str(home), "module": self.cfg.module, "checks": self.check_names,
+                "check_points": {s.name: s.points for s in specs}, "seed": self.cfg.seed}
+
+    def _load_cache(self) -> dict:
+        try:
+            data = json.loads(self.cache_path.read_text())
+            return data.get("entries", {}) if data.get("format") == CACHE_FORMAT else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _save_cache(self) -> None:
+        _write_json(self.cache_path, {"format": CACHE_FORMAT, "entries": self.cache})
+
+    def _key(self, sub: Submission) -> str:
+        return cache_key(sub, self.refs[sub.notebook], ",".join(self.check_names))
+
+    def _result_path(self, sub_or_res) -> Path:
+        student = sub_or_res.student if isinstance(sub_or_res, Submission) else sub_or_res["student"]
+        nb = sub_or_res.notebook if isinstance(sub_or_res, Submission) else sub_or_res["notebook"]
+        return self.work / "results" / f"{_safe(student)}__{_safe(nb)}.json"
+
+    # ---- writing ------------------------------------------------------------------------
+    def _prepare_gradebook(self) -> None:
+        from .gradebook import ensure_assignment
+        checks = []
+        if self.lab:
+            from .checks.base import check_grade_id
+            checks = [{"grade_id": check_grade_id(n), "points": p} for n, p in self.lab["check_points"].items()]
+        for ref in self.refs.values():
+            ensure_assignment(self.db_url, ref, checks)
+
+    def _store(self, sub: Submission, res: dict) -> dict:
+        from . import events, gradebook
+        m, a, s, n = self.cfg.module, res["assignment"], _safe(res["student"]), _safe(res["notebook"])
+        if res.get("executed"):
+            p = self.out / "autograded" / s / a / f"{n}.ipynb"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(res["executed"])
+        if res.get("feedback_html"):
+            p = self.out / "feedback" / s / a / f"{n}.html"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(res["feedback_html"])
+            res["feedback"] = str(p)
+        try:
+            self.writer.save(res)
+            res["gradebook"] = self.db_url
+        except Exception as exc:  # noqa: BLE001 - the result is kept; say why the gradebook is not
+            res.setdefault("messages", []).append(f"gradebook not updated: {str(exc).splitlines()[0]}")
+        res["events"] = events.record(events.events_for(res, course=self.target.course_id,
+                                                        version=self.target.version),
+                                      store=self.cfg.events, fallback=self.work / "events.jsonl")
+        slim = {k: v for k, v in res.items() if k not in ("executed", "feedback_html")}
+        _write_json(self._result_path(res), slim)
+        self.cache[self._key(sub)] = {"student": res["student"], "notebook": res["notebook"],
+                                      "score": res["score"], "max_score": res["max_score"],
+                                      "result": str(self._result_path(res).relative_to(self.work))}
+        return slim
+
+    # ---- running ------------------------------------------------------------------------
+    def _client(self):
+        from dask.distributed import Client, LocalCluster
+        if self.cfg.scheduler:
+            try:
+                return Client(self.cfg.scheduler, timeout="10s"), None
+            except (OSError, TimeoutError) as exc:
+                raise GradeUsageError(f"cannot reach the Dask scheduler at {self.cfg.scheduler}: "
+                                      f"{str(exc).splitlines()[0]}") from None
+        from distributed.security import Security
+        # TLS with throw-away certificates: lab kernels share the loopback network, and an
+        # unauthenticated scheduler would run whatever a submission sent it.
+        sec = Security.temporary()
+        cluster = LocalCluster(n_workers=self.cfg.workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None, silence_logs=logging.ERROR, security=sec,
+                               host="127.0.0.1", protocol="tls://")
+        return Client(cluster, security=sec), cluster
+
+    def run(self) -> dict:
+        t0 = time.perf_counter()
+        todo, cached = [], []
+        for sub in self.subs:
+            entry = self.cache.get(self._key(sub))
+            if entry and (self.work / entry["result"]).exists():
+                cached.append(json.loads((self.work / entry["result"]).read_text()))
+            else:
+                todo.append(sub)
+        timing: dict[str, float] = {}
+        starter = None
+        if todo:  # workers start (and import, and start their first kernel) meanwhile
+            starter = _Starter(self, timing)
+            starter.start()
+        t = time.perf_counter()
+        self._prepare_gradebook()
+        timing["prepare"] = time.perf_counter() - t
+        results: list[dict] = []
+        if todo:
+            results = self._grade(todo, timing, starter)
+        self._save_cache()
+        all_results = results + cached
+        wall = time.perf_counter() - t0
+        return {
+            "course": self.target.course_id, "module": self.cfg.module, "version": self.target.version,
+            "graded": len(results), "cached": len(cached), "skipped": self.skipped,
+            "submissions": len(self.subs), "wall_seconds": wall, "timing": timing,
+            "gradebook": self.db_url, "out": str(self.out),
+            "results": sorted(({"student": r["student"], "notebook": r["notebook"], "status": r["status"],
+                                "score": r["score"], "max_score": r["max_score"],
+                                "messages": r.get("messages", []), "limits_hit": r.get("limits_hit", [])}
+                               for r in all_results), key=lambda r: (r["student"], r["notebook"])),
+            "per_submission": [{"student": r["student"], "timings": r.get("timings", {})} for r in results],
+            "isolation": next((r.get("isolation") for r in results if r.get("isolation")), {}),
+        }
+
+    def _grade(self, todo: list[Submission], timing: dict, starter: "_Starter") -> list[dict]:
+        from dask.distributed import as_completed
+        from .gradebook import Writer
+        t = time.perf_counter()
+        starter.join()
+        timing["wait_for_workers"] = time.perf_counter() - t
+        if starter.error is not None:
+            raise starter.error
+        client, cluster = starter.client, starter.cluster
+        out: list[dict] = []
+        self.writer = Writer(self.db_url)
+        try:
+            t = time.perf_counter()
+            futs = {}
+            for sub in todo:
+                fut = client.submit(_task, sub, self.refs[sub.notebook], self.opts, self.lab, pure=False,
+                                    key=f"grade-{_safe(sub.student)}-{_safe(sub.notebook)}-{os.urandom(4).hex()}")
+                futs[fut] = sub
+            progress = _progress(len(todo)) if self.cfg.progress else None
+            try:
+                for fut in as_completed(futs):
+                    sub = futs[fut]
+                    try:
+                        res = fut.result()
+                    except Exception as exc:  # noqa: BLE001 - a worker crash grades one submission 0
+                        from .runner import _invalid_result
+                        res = _invalid_result(sub, self.refs[sub.notebook],
+                                              f"not graded: the grader failed ({exc.__class__.__name__}: "
+                                              f"{str(exc).splitlines()[0] if str(exc) else ''})", time.perf_counter())
+                        res["status"] = "error"
+                    out.append(self._store(sub, res))
+                    if progress:
+                        progress.advance(f"{res['student']}: {res['score']:g}/{res['max_score']:g}")
+            finally:
+                if progress:
+                    progress.close()
+            timing["grade"] = time.perf_counter() - t
+        finally:
+            self.writer.close()
+            t = time.perf_counter()
+            try:
+                import psutil
+                me = psutil.Process().cpu_times()
+                cpu = {"driver": me.user + me.system, "workers": 0.0, "kernels": 0.0, "fork_servers": 0.0}
+                for w in client.run(_cpu_worker).values():
+                    cpu["workers"] += w["worker"]
+                    cpu["kernels"] += w["kernels"]
+                    cpu["fork_servers"] += w.get("fork_server", 0.0)
+                timing["cpu_seconds"] = cpu
+            except Exception:  # noqa: BLE001 - accounting only
+                pass
+            try:
+                client.run(_shutdown_worker)
+            except Exception:  # noqa: BLE001 - workers may be gone already
+                pass
+            client.close()
+            if cluster is not None:
+                cluster.close(timeout=10)
+            timing["cluster_close"] = time.perf_counter() - t
+        return out
+
+
+class _Starter(threading.Thread):
+    """Starts the Dask cluster and warms its workers while the driver prepares the gradebook."""
+
+    def __init__(self, driver: Driver, timing: dict):
+        super().__init__(daemon=True, name="dask-starter")
+        self.driver, self.timing = driver, timing
+        self.client = self.cluster = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            t = time.perf_counter()
+            self.client, self.cluster = self.driver._client()
+            self.timing["cluster_start"] = time.perf_counter() - t
+            t = time.perf_counter()
+            if self.driver.lab is None:
+                self.client.run(_warm, self.driver.opts, list(self.driver.refs.values()))
+            self.timing["warm"] = time.perf_counter() - t
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the driver thread
+            self.error = exc
+
+
+class _progress:
+    """A rich progress bar on stderr (quiet when stderr is not a terminal)."""
+
+    def __init__(self, total: int):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        self.p = Progress(TextColumn("grading"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          TextColumn("{task.description}"), console=Console(stderr=True), transient=False)
+        self.p.start()
+        self.task = self.p.add_task("", total=total)
+
+    def advance(self, text: str) -> None:
+        self.p.update(self.task, advance=1, description=text)
+
+    def close(self) -> None:
+        self.p.stop()
+
+
+def grade_many(cfg: BatchConfig) -> dict:
+    """Grade everything ``cfg`` names; returns the summary (see :meth:`Driver.run`)."""
+    return Driver(cfg).run()

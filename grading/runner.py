@@ -1,0 +1,502 @@
+"""Grade one submission: integrity, confined execution, scoring, feedback.
+
+This is the one public function of the grader, :func:`grade`; :mod:`grading.batch` fans it
+out.  For one notebook:
+
+1. **Read** it defensively: size bound, UTF-8, JSON, nbformat validation.  Anything else is
+   graded 0 with a one-line reason; the batch goes on.
+2. **Integrity**, with nbgrader's own sanitizing preprocessors in the order ``nbgrader
+   autograde`` runs them (``ClearOutput``, ``DeduplicateIds``, ``OverwriteKernelspec``,
+   ``OverwriteCells`` with ``add_missing_cells``, ``CheckCellMetadata``) against the release's
+   private reference gradebook: edited or deleted test cells come back from the release,
+   points and kernelspec too.  The grader only adds what nbgrader lacks: a cell claiming a
+   grade id the release does not have loses that claim (nbgrader would abort the notebook).
+3. **Execution** with papermill (engine :mod:`grading.engine`) on a fresh, pre-started,
+   sandboxed ``livelab`` kernel (:mod:`grading.sandbox`) with injected parameters, a per-cell
+   timeout, a total timeout, memory/process/output limits.
+4. **Scoring** with nbgrader's ``determine_grade`` on every grade cell, after marking tests
+   that did not really pass: not run (kernel died, killed, total timeout), timed out, or an
+   error the notebook hid.  Lab modules add their checks (:mod:`grading.checks`) as grade
+   cells, so nbgrader's gradebook and feedback carry them like any test.
+5. **Feedback** HTML (nbgrader's feedback template + the grader's messages).
+
+The result is a JSON-friendly dict (``SCHEMA``); the executed notebook travels with it so the
+caller can write ``autograded/`` and the gradebook in one place (SQLite: one writer).
+"""
+
+from __future__ import annotations
+
+from . import _fast_imports  # noqa: F401  (first: see its docstring)
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import nbformat
+from nbformat import NotebookNode
+
+from .limits import Limits
+from .reference import Reference
+from .sandbox import KernelPool, SandboxConfig
+
+log = logging.getLogger("livelab.grading")
+
+SCHEMA = "livelab.grade/v1"
+MAX_NOTEBOOK_BYTES = 20 * 1024 * 1024
+NOT_RUN = "LivelabGraderNotRun"
+
+for _name in ("papermill", "papermill.translators", "papermill.execute", "traitlets", "nbclient"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+
+
+@dataclass
+class Submission:
+    """One notebook of one student."""
+
+    student: str
+    assignment: str
+    notebook: str
+    data: bytes
+    path: str = ""
+    timestamp: str | None = None
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+@dataclass
+class RunOptions:
+    limits: Limits = field(default_factory=Limits)
+    kernel_name: str = "livelab"
+    hide: list[str] = field(default_factory=list)   # paths no kernel may see (course, grader state)
+    isolate: bool = True
+    network: bool = False                            # tests-only: no network at all
+    seed: int = 0
+    feedback: bool = True
+    parameters: dict = field(default_factory=dict)   # extra papermill parameters
+
+
+# ---- reading -----------------------------------------------------------------------------
+class InvalidSubmission(ValueError):
+    """Not a gradable notebook; one line saying why."""
+
+
+def read_notebook(data: bytes) -> NotebookNode:
+    if len(data) > MAX_NOTEBOOK_BYTES:
+        raise InvalidSubmission(f"not graded: the file is {len(data):,} bytes, more than the "
+                                f"{MAX_NOTEBOOK_BYTES:,} a notebook may have")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidSubmission("not a notebook: the file is not UTF-8 text (submit the .ipynb file)") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidSubmission(f"not a notebook: invalid JSON ({exc.msg} at line {exc.lineno} column "
+                                f"{exc.colno}); re-download the .ipynb from JupyterLab") from None
+    if not isinstance(raw, dict) or "cells" not in raw or "nbformat" not in raw:
+        raise InvalidSubmission("not a notebook: JSON without 'cells' and 'nbformat' (submit the .ipynb file)")
+    try:
+        nb = nbformat.reads(text, as_version=4)
+        nbformat.validate(nb)
+    except Exception as exc:  # noqa: BLE001 - nbformat raises several types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise InvalidSubmission(f"not a valid notebook (nbformat): {first[:200]}") from None
+    return nb
+
+
+# ---- integrity ---------------------------------------------------------------------------
+_SANITIZERS = None
+
+
+def _sanitizers():
+    """nbgrader autograde's sanitize preprocessors, in its order, built once per process."""
+    global _SANITIZERS
+    if _SANITIZERS is None:
+        from nbgrader.converters.autograde import Autograde
+        from nbgrader.preprocessors import OverwriteCells
+        from traitlets.config import Config
+        cfg = Config()
+        cfg.OverwriteCells.add_missing_cells = True
+        pps = []
+        for cls in Autograde.class_traits()["sanitize_preprocessors"].default():
+            pp = cls(config=cfg)
+            pp.log.setLevel(logging.ERROR)
+            pps.append(pp)
+        assert any(isinstance(p, OverwriteCells) for p in pps)
+        _SANITIZERS = pps
+    return _SANITIZERS
+
+
+def _grade_meta(cell) -> dict:
+    return cell.get("metadata", {}).get("nbgrader", {}) or {}
+
+
+def sanitize(nb: NotebookNode, ref: Reference, student: str) -> tuple[NotebookNode, list[str]]:
+    """Restore the release's locked/test cells, points and kernelspec with nbgrader's
+    preprocessors; returns the notebook and what was restored, for the learner."""
+    from nbgrader import utils
+    notes: list[str] = []
+    known = set(ref.grade_cells) | _reference_cell_ids(ref)
+    ks = (nb.metadata.get("kernelspec") or {}).get("name")
+    if ks != ref.kernel_name:
+        notes.append(f"the notebook asked for kernel {ks!r}; it was run with the release's kernel "
+                     f"{ref.kernel_name!r}")
+    before: dict[str, NotebookNode] = {}
+    for cell in nb.cells:
+        meta = _grade_meta(cell)
+        gid = meta.get("grade_id")
+        if meta and gid is not None and gid not in known:
+            notes.append(f"a cell claims nbgrader id {gid!r}, which the release does not have: "
+                         "ignored (only the release's cells are graded)")
+            cell.metadata.pop("nbgrader", None)
+        elif gid is not None and gid not in before:
+            before[gid] = copy.deepcopy(cell)
+    resources = {"nbgrader": {"notebook": ref.notebook, "assignment": ref.assignment,
+                              "student": student, "db_url": ref.ensure_local().db_url}}
+    for pp in _sanitizers():
+        nb, resources = pp.preprocess(nb, resources)
+    after = {(_grade_meta(c).get("grade_id")): c for c in nb.cells if _grade_meta(c).get("grade_id")}
+    for gid, cell in after.items():
+        old = before.get(gid)
+        if old is None:
+            if gid in ref.grade_cells or utils.is_locked(cell):
+                notes.append(f"cell {gid!r} was missing: restored from the release")
+            continue
+        om = _grade_meta(old)
+        if gid in ref.released and old.source != ref.released[gid]:
+            kind = "test cell" if gid in ref.test_cells else "locked cell"
+            notes.append(f"{kind} {gid!r} was edited: restored from the release")
+        if gid in ref.grade_cells and om.get("points") is not None and \
+                float(om.get("points", 0)) != ref.grade_cells[gid]:
+            notes.append(f"points of {gid!r} were changed to {om.get('points')}: restored to "
+                         f"{ref.grade_cells[gid]:g}")
+    return nb, notes
+
+
+_REF_IDS: dict[str, set[str]] = {}
+
+
+def _reference_cell_ids(ref: Reference) -> set[str]:
+    """Every nbgrader cell id of the release (solution, locked, task cells too)."""
+    ids = _REF_IDS.get(ref.digest)
+    if ids is None:
+        from nbgrader.api import Gradebook
+        with Gradebook(ref.ensure_local().db_url) as gb:
+            nbk = gb.find_notebook(ref.notebook, ref.assignment)
+            ids = {c.name for c in nbk.source_cells}
+        _REF_IDS[ref.digest] = ids
+    return ids
+
+
+# ---- execution ---------------------------------------------------------------------------
+_POOL: KernelPool | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def kernel_pool() -> KernelPool:
+    """This process's pool: one kernel always starting ahead of the next submission."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = KernelPool(size=1)
+            import atexit
+            atexit.register(_POOL.close)
+        return _POOL
+
+
+def sandbox_config(opts: RunOptions, *, env: dict | None = None, binds=None, hide=None) -> SandboxConfig:
+    return SandboxConfig(limits=opts.limits, kernel_name=opts.kernel_name,
+                         hide=[*opts.hide, *(hide or [])], binds=list(binds or []),
+                         network=opts.network, isolate=opts.isolate, env=dict(env or {}))
+
+
+def execute(nb: NotebookNode, kernel, limits: Limits, parameters: dict, *,
+            submission_bytes: bytes | None = None, notebook_name: str = "submission") -> dict:
+    """Run ``nb`` on ``kernel`` (started); returns facts and the executed notebook (``nb``)."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+    from .engine import ENGINE, RunContext
+    if submission_bytes is not None:  # the kernel's cwd holds the submission and nothing else
+        (kernel.work / f"{notebook_name}.ipynb").write_bytes(submission_bytes)
+    ctx = RunContext(output_bytes=limits.output_bytes, kill=kernel.kill,
+                     on_ready=lambda: kernel.arm(limits.total_timeout))
+    facts: dict[str, Any] = {"error": None}
+    t0 = time.perf_counter()
+    kernel.arm(limits.total_timeout + limits.startup_timeout)  # until the kernel answers
+
+    def run():
+        try:
+            pm.execute_notebook(
+                nb, None, parameters=parameters or None, engine_name=ENGINE, kernel_name=kernel.config.kernel_name,
+                km=kernel.km, progress_bar=False, request_save_on_cell_execute=False,
+                start_timeout=int(limits.startup_timeout), execution_timeout=int(limits.cell_timeout),
+                allow_errors=True, interrupt_on_timeout=True, run_context=ctx,
+                error_on_timeout={"ename": "CellTimeoutError",
+                                  "evalue": f"the cell ran longer than {limits.cell_timeout:g} s and was interrupted",
+                                  "traceback": []})
+        except PapermillExecutionError:
+            pass  # errors are in the notebook's outputs; scoring reads them
+        except BaseException as exc:  # noqa: BLE001 - dead kernel, watchdog kill, anything
+            facts["error"] = f"{exc.__class__.__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+
+    th = threading.Thread(target=run, daemon=True, name="papermill")
+    th.start()
+    th.join(limits.total_timeout + limits.startup_timeout + 10)
+    if th.is_alive():  # the client hangs on a killed kernel: stop waiting for it
+        kernel.kill()
+        th.join(5)
+        facts["error"] = facts["error"] or "the kernel stopped answering and was killed"
+    facts["seconds"] = time.perf_counter() - t0
+    t0m = time.monotonic() - facts["seconds"]
+    if "ready" in ctx.marks:
+        facts["kernel_wait"] = ctx.marks["ready"] - t0m
+        facts["cells"] = ctx.marks.get("cells_done", time.monotonic()) - ctx.marks["ready"]
+    facts["ctx"] = ctx
+    out = ctx.nb if ctx.nb is not None else nb
+    from papermill.execute import remove_error_markers
+    facts["nb"] = remove_error_markers(out)  # papermill's red banner cells are not the learner's
+    return facts
+
+
+# ---- scoring -----------------------------------------------------------------------------
+def _error_output(ename: str, evalue: str) -> NotebookNode:
+    return nbformat.v4.new_output("error", ename=ename, evalue=evalue, traceback=[f"{ename}: {evalue}"])
+
+
+def _first_error(cell) -> str | None:
+    for out in cell.get("outputs", []):
+        if out.get("output_type") == "error":
+            ev = str(out.get("evalue", "")).strip().splitlines()
+            return f"{out.get('ename', 'Error')}: {ev[0][:300] if ev else ''}".rstrip(": ")
+        if out.get("output_type") == "stream" and out.get("name") == "stderr":
+            return "wrote to stderr: " + str(out.get("text", "")).strip()[:200]
+    return None
+
+
+def score(nb: NotebookNode, ref: Reference, ctx, stop_reason: str | None) -> list[dict]:
+    """Score every grade cell with nbgrader's ``determine_grade``, after marking the tests
+    that did not really pass (see module doc)."""
+    from nbgrader import utils
+    rows = []
+    replies = ctx.replies if ctx is not None else {}
+    for idx, cell in enumerate(nb.cells):
+        if not utils.is_grade(cell):
+            continue
+        gid = cell.metadata.nbgrader["grade_id"]
+        if gid not in ref.grade_cells:
+            continue
+        kind = "test" if gid in ref.test_cells else "answer"
+        status = "ok"
+        if kind == "test":
+            reply = replies.get(id(cell))
+            has_err = _first_error(cell) is not None
+            if reply is None:
+                status = "not-run"
+                why = stop_reason or "the notebook stopped before it"
+                cell.outputs.append(_error_output(NOT_RUN, f"this test did not run: {why}"))
+            elif reply == "timeout":
+                status = "timeout"
+                if not has_err:
+                    cell.outputs.append(_error_output("CellTimeoutError", "the test timed out"))
+            elif reply != "ok" and not has_err:
+                status = "hidden-error"
+                cell.outputs.append(_error_output(
+                    "LivelabGraderHiddenError", "the test raised an error that the notebook suppressed "
+                    "(for example with set_custom_exc): it does not pass"))
+            elif has_err:
+                status = "failed"
+        pts, max_pts = utils.determine_grade(cell)
+        message = None
+        if kind == "test" and (pts is None or pts < max_pts):
+            err = _first_error(cell)
+            message = f"test {gid!r} did not pass: {err}" if err else f"test {gid!r} gave partial credit"
+        if kind == "answer" and pts is None:
+            message = "needs manual grading"
+        rows.append({"grade_id": gid, "kind": kind, "status": status,
+                     "score": None if pts is None else float(pts), "max_score": float(max_pts),
+                     "message": message})
+    return rows
+
+
+def _stop_reason(facts: dict, kernel, ctx) -> str | None:
+    hits = kernel.limit_hits() if kernel is not None else []
+    wd = kernel.watchdog.reason if kernel is not None and kernel.watchdog else None
+    if wd:
+        return wd.split(": ", 1)[1] if ": " in wd else wd
+    if "memory" in hits:
+        return f"the kernel was killed at the memory limit ({kernel.config.limits.memory_mb} MB)"
+    if ctx is not None and ctx.flooded:
+        return f"the output flood was cut off at {ctx.output_bytes:,} bytes"
+    if facts.get("error"):
+        if "CellTimeoutError" in facts["error"]:
+            return "an earlier cell ignored its timeout interrupt, so the run was stopped"
+        if "DeadKernel" in facts["error"] or "died" in facts["error"]:
+            return "the kernel died (the notebook ended its own kernel or crashed it)"
+        return facts["error"]
+    return None
+
+
+def limit_messages(facts: dict, kernel, ctx) -> tuple[list[str], list[str]]:
+    msgs: list[str] = []
+    hits: list[str] = []
+    lim = kernel.config.limits
+    khits = kernel.limit_hits()
+    wd = kernel.watchdog.reason if kernel.watchdog else None
+    if wd and wd.startswith("total-timeout"):
+        hits.append("total-timeout")
+        msgs.append(f"the notebook ran longer than the {lim.total_timeout:g} s total limit and was stopped; "
+                    "tests after that point score 0")
+    if "processes" in khits:
+        hits.append("processes")
+        msgs.append(f"the notebook tried to run more than {lim.max_processes} processes at once: the run "
+                    "was stopped there (start fewer processes, and wait for the ones you start)")
+    if "memory" in khits:
+        hits.append("memory")
+        msgs.append(f"the notebook went over the {lim.memory_mb} MB memory limit and was killed")
+    if ctx is not None and ctx.flooded:
+        hits.append("output")
+        msgs.append(f"the notebook printed more than {lim.output_bytes:,} bytes: the output was cut off "
+                    "and the cell interrupted; print less (summaries, not raw data)")
+    if ctx is not None and ctx.timeouts:
+        hits.append("cell-timeout")
+        msgs.append(f"{len(ctx.timeouts)} cell(s) ran longer than {lim.cell_timeout:g} s and were interrupted")
+    nb = facts.get("nb")
+    if nb is not None and any(o.get("ename") == "MemoryError" for c in nb.cells
+                              for o in c.get("outputs", []) if o.get("output_type") == "error"):
+        hits.append("memory")
+        msgs.append(f"a cell ran out of memory (the limit is {lim.memory_mb} MB per notebook)")
+    if facts.get("error") and not wd:
+        if "CellTimeoutError" in facts["error"]:
+            hits.append("cell-timeout")
+            msgs.append(f"a cell kept running after it was interrupted at its {lim.cell_timeout:g} s timeout; "
+                        "the run was stopped there and later tests score 0")
+        elif "DeadKernel" in facts["error"] or "died" in facts["error"].lower():
+            hits.append("kernel-died")
+            msgs.append("the kernel died during the run (os._exit, a crash or the memory limit); "
+                        "tests that had not run score 0")
+        else:
+            hits.append("execution-error")
+            msgs.append(f"execution stopped: {facts['error']}")
+    return msgs, sorted(set(hits))
+
+
+# ---- the one public function -------------------------------------------------------------
+def _invalid_result(sub: Submission, ref: Reference, reason: str, t0: float) -> dict:
+    cells = [{"grade_id": g, "kind": "test" if g in ref.test_cells else "answer", "status": "not-run",
+              "score": 0.0, "max_score": m, "message": None} for g, m in ref.grade_cells.items()]
+    return {"schema": SCHEMA, "status": "invalid", "student": sub.student, "assignment": sub.assignment,
+            "notebook": sub.notebook, "score": 0.0, "max_score": ref.max_score, "cells": cells,
+            "messages": [reason], "limits_hit": [], "isolation": {}, "submission_sha256": sub.sha256,
+            "reference": ref.digest, "executed": None, "feedback_html": None, "checks": [],
+            "timings": {"total": time.perf_counter() - t0}, "graded_at": time.time()}
+
+
+def grade(sub: Submission, ref: Reference, opts: RunOptions | None = None, *,
+          pool: KernelPool | None = None, lab=None,
+          checks: list | None = None) -> dict:
+    """Grade one submission against ``ref``; never raises for anything the submission does.
+
+    ``lab``: a :class:`grading.isolation.LabSlot` (fresh namespace + observer) for lab modules;
+    ``checks``: check callables (see :mod:`grading.checks`) judged on that lab after the run.
+    """
+    opts = opts or RunOptions()
+    pool = pool or kernel_pool()
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    try:
+        nb = read_notebook(sub.data)
+    except InvalidSubmission as exc:
+        return _invalid_result(sub, ref, str(exc), t0)
+    t = time.perf_counter()
+    try:
+        nb, notes = sanitize(nb, ref, sub.student)
+    except Exception as exc:  # noqa: BLE001 - nbgrader's validator refuses malformed metadata
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        return _invalid_result(sub, ref, f"not graded: nbgrader refused the notebook's cell metadata ({first[:200]})", t0)
+    timings["sanitize"] = time.perf_counter() - t
+
+    params = {"learner_id": sub.student, "seed": opts.seed, **opts.parameters}
+    env = {"PYTHONHASHSEED": str(opts.seed)}  # per-student values go in parameters: the
+    # prestarted kernel's configuration must be the same for every submission
+    binds, hide = [], []
+    if lab is not None:
+        params.update(lab.parameters())
+        env.update(lab.env())
+        binds, hide = lab.binds(), lab.hidden()
+    cfg = sandbox_config(opts, env=env, binds=binds, hide=hide)
+    if lab is not None:
+        cfg.network = True  # the lab's broker is on loopback
+    t = time.perf_counter()
+    kernel = lab.kernel if (lab is not None and getattr(lab, "kernel", None) is not None) else pool.take(cfg)
+    timings["kernel_take"] = time.perf_counter() - t
+    if lab is not None:
+        lab.start_observing()
+    try:
+        facts = execute(nb, kernel, opts.limits, params, submission_bytes=sub.data, notebook_name=sub.notebook)
+        timings["execute"] = facts["seconds"]
+        for k in ("kernel_wait", "cells"):
+            if k in facts:
+                timings[k] = facts[k]
+        ctx = facts["ctx"]
+        executed = facts["nb"]
+        t = time.perf_counter()
+        stop = _stop_reason(facts, kernel, ctx)
+        rows = score(executed, ref, ctx, stop)
+        msgs, hits = limit_messages(facts, kernel, ctx)
+        isolation = kernel.facts()
+        artifacts = {}
+        if lab is not None:
+            artifacts = lab.collect(kernel)
+    finally:
+        if lab is not None:
+            kernel.close()  # nothing of the submission may run while its lab is judged
+        else:
+            from .sandbox import close_later
+            close_later(kernel)
+    check_rows: list[dict] = []
+    if lab is not None and checks:
+        from .checks.base import run_checks, add_check_cells
+        lab.stop_observing()
+        tc = time.perf_counter()
+        check_rows = run_checks(checks, lab, artifacts)
+        timings["checks"] = time.perf_counter() - tc
+        add_check_cells(executed, check_rows)
+        from nbgrader import utils
+        for row in check_rows:
+            rows.append({"grade_id": row["grade_id"], "kind": "check", "status": "ok" if row["passed"] else "failed",
+                         "score": float(row["score"]), "max_score": float(row["points"]),
+                         "message": None if row["passed"] else row["message"]})
+    timings["score"] = time.perf_counter() - t
+    total = sum(r["score"] or 0.0 for r in rows)
+    max_total = sum(r["max_score"] for r in rows)
+    messages = list(dict.fromkeys(notes + msgs + [r["message"] for r in rows
+                                                  if r.get("message") and r["kind"] != "answer"]))
+    result = {
+        "schema": SCHEMA, "status": "graded", "student": sub.student, "assignment": sub.assignment,
+        "notebook": sub.notebook, "score": round(total, 6), "max_score": round(max_total, 6),
+        "cells": rows, "checks": check_rows, "messages": messages, "limits_hit": hits,
+        "isolation": isolation, "submission_sha256": sub.sha256, "reference": ref.digest,
+        "executed": nbformat.writes(executed), "feedback_html": None, "timings": timings,
+        "graded_at": time.time(),
+    }
+    if lab is not None:
+        result["lab"] = lab.summary()
+    if opts.feedback:
+        t = time.perf_counter()
+        from .feedback import render
+        try:
+            result["feedback_html"] = render(executed, result)
+        except Exception as exc:  # noqa: BLE001 - feedback must never lose a grade
+            result["messages"].append(f"feedback could not be rendered: {exc.__class__.__name__}")
+        timings["feedback"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    return result

@@ -1,0 +1,93 @@
+"""``livelab grade <course> <module> <path>``: grade submissions (see grading.batch)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def register(sub) -> None:
+    s = sub.add_parser(
+        "grade", help="grade submissions with papermill in confined kernels, fanned out with Dask",
+        description="Grade one notebook or an nbgrader submitted/ tree (submitted/<student>/<module>/*.ipynb) "
+                    "against a course's release: integrity restored with nbgrader, executed by papermill "
+                    "in a sandboxed 'livelab' kernel, scored with nbgrader, written to the gradebook, "
+                    "feedback as HTML. Lab modules are run in a fresh lab namespace each and judged by "
+                    "their checks.")
+    s.add_argument("course", help="nbgrader course directory, directory with course.toml, or a course id")
+    s.add_argument("module", help="module (nbgrader assignment) id")
+    s.add_argument("path", help="a notebook, a submitted/ tree, or the course directory holding it")
+    s.add_argument("--student", help="learner id for a single notebook (default: its file name)")
+    s.add_argument("--out", help="where autograded/, feedback/ and results go (default: the course "
+                                 "directory of the submissions, else <path>/../graded)")
+    s.add_argument("--gradebook", help="gradebook database URL or SQLite file (default: gradebook.db "
+                                       "of the submissions' course directory, else in --out)")
+    s.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="an existing Dask scheduler "
+                                                                    "(default: a local cluster)")
+    s.add_argument("--workers", type=int, default=2, help="local Dask worker processes (default 2)")
+    s.add_argument("--no-cache", action="store_true", help="grade again even if nothing changed")
+    s.add_argument("--cell-timeout", type=float, default=30.0, help="seconds per cell (default 30)")
+    s.add_argument("--timeout", type=float, default=300.0, help="seconds per notebook (default 300)")
+    s.add_argument("--memory-mb", type=int, default=1024, help="memory limit per kernel (default 1024)")
+    s.add_argument("--max-processes", type=int, default=64, help="process limit per kernel (default 64)")
+    s.add_argument("--output-bytes", type=int, default=1_000_000, help="output limit per notebook")
+    s.add_argument("--checks", help="comma-separated lab checks (default: the module's, from course.toml)")
+    s.add_argument("--events", help="events store (URL or lab home) for check events")
+    s.add_argument("--state", help="grader state directory: private release references "
+                                   "(default: $LIVELAB_HOME/grading)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(fn=cmd_grade)
+
+
+def _usage(msg: str) -> int:
+    print(f"livelab grade: {msg}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def cmd_grade(args) -> int:
+    from grading.batch import BatchConfig, GradeUsageError, grade_many
+    from grading.limits import Limits
+    if args.workers < 1:
+        return _usage("--workers must be at least 1")
+    for name in ("cell_timeout", "timeout", "memory_mb", "max_processes", "output_bytes"):
+        if getattr(args, name) <= 0:
+            return _usage(f"--{name.replace('_', '-')} must be positive")
+    if args.scheduler and not args.scheduler.startswith(("tcp://", "tls://")):
+        return _usage(f"--scheduler must look like tcp://HOST:PORT, not {args.scheduler!r}")
+    limits = Limits(cell_timeout=args.cell_timeout, total_timeout=args.timeout, memory_mb=args.memory_mb,
+                    max_processes=args.max_processes, output_bytes=args.output_bytes)
+    cfg = BatchConfig(course=args.course, module=args.module, path=args.path, out=args.out,
+                      gradebook=args.gradebook, student=args.student, scheduler=args.scheduler,
+                      workers=args.workers, limits=limits, use_cache=not args.no_cache,
+                      progress=not args.no_progress and not args.json and sys.stderr.isatty(),
+                      events=args.events, lab_home=getattr(args, "home", None),
+                      checks=[c.strip() for c in args.checks.split(",") if c.strip()] if args.checks else None,
+                      seed=args.seed, state=args.state)
+    try:
+        summary = grade_many(cfg)
+    except GradeUsageError as exc:
+        return _usage(str(exc))
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+        return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+    con = Console(highlight=False)
+    t = Table(title=f"{summary['course']} / {summary['module']}"
+                    + (f" {summary['version']}" if summary.get("version") else ""))
+    for col in ("student", "notebook", "score", "status", "notes"):
+        t.add_column(col)
+    for r in summary["results"]:
+        t.add_row(r["student"], r["notebook"], f"{r['score']:g} / {r['max_score']:g}", r["status"],
+                  "; ".join(r["messages"][:3])[:160])
+    con.print(t)
+    for s in summary["skipped"]:
+        con.print(f"skipped: {s}")
+    con.print(f"{summary['graded']} graded, {summary['cached']} unchanged (cached), "
+              f"{summary['wall_seconds']:.1f} s; gradebook {summary['gradebook']}; feedback in "
+              f"{summary['out']}/feedback")
+    return EXIT_OK

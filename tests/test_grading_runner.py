@@ -1,0 +1,347 @@
+"""The generic grader (no lab): integrity, confined execution, scoring, gradebook, feedback.
+
+One Dask batch grades a submitted/ tree of ordinary and hostile submissions (each a student);
+every hostile one must get the right grade and a clear message while the batch goes on.
+Real nbgrader, real papermill, real kernels: nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import psutil
+import pytest
+
+from grading import samples
+from grading.batch import BatchConfig, grade_many
+from grading.limits import Limits
+
+LIMITS = Limits(cell_timeout=3, total_timeout=12, memory_mb=400, max_processes=40, output_bytes=200_000)
+VENV_BIN = Path(sys.executable).parent
+
+
+def _nb_exec(nb, *cells):
+    return samples.submission(nb, samples.CORRECT, extra=list(cells))
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory):
+    root = tmp_path_factory.mktemp("course")
+    release = samples.make_course(root)
+    rel = nbformat.read(release, as_version=4)
+    c = root
+    gb = root / "gradebook.db"
+    w = samples.write_submission
+    w(c, "good", samples.submission(rel, samples.CORRECT))
+    w(c, "half", samples.submission(rel, samples.HALF))
+    w(c, "notjson", b'{"cells": [ {"cell_type": "code"')
+    w(c, "notnotebook", b'{"hello": "world"}')
+    w(c, "binary", bytes(range(256)) * 4)
+
+    def wrong_kernel(nb):
+        nb.metadata.kernelspec = {"name": "python2", "display_name": "evil", "language": "python"}
+    w(c, "wrongkernel", samples.submission(rel, samples.CORRECT, edit=wrong_kernel))
+    w(c, "dies", samples.submission(rel, samples.CORRECT, extra=["import os\nos._exit(3)"]))
+    w(c, "loop", samples.submission(rel, samples.CORRECT, extra=["while True:\n    pass"]))
+    w(c, "stubborn", samples.submission(rel, samples.CORRECT, extra=[
+        "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass"]))
+    w(c, "slow", samples.submission(rel, samples.CORRECT, extra=["import time\ntime.sleep(2.5)"] * 8))
+    w(c, "flood", samples.submission(rel, samples.CORRECT, extra=[
+        "for i in range(10**7):\n    print('x' * 1000)"]))
+    w(c, "memhog", samples.submission(rel, samples.CORRECT, extra=[
+        "blocks = []\nwhile True:\n    blocks.append(bytearray(32 * 2**20))"]))
+    w(c, "forkbomb", samples.submission(rel, samples.CORRECT, extra=[
+        "import os, time\nkids = 0\nfor i in range(300):\n    try:\n        pid = os.fork()\n"
+        "    except OSError:\n        break\n    if pid == 0:\n        time.sleep(60)\n        os._exit(0)\n"
+        "    kids += 1\nprint('forked', kids)"]))
+
+    def edit_tests(nb):
+        for cell in nb.cells:
+            if cell.metadata.get("nbgrader", {}).get("grade"):
+                cell.source = "pass  # tests? what tests"
+    w(c, "edittests", samples.submission(rel, samples.WRONG, edit=edit_tests))
+
+    def delete_tests(nb):
+        nb.cells = [x for x in nb.cells if not x.metadata.get("nbgrader", {}).get("grade")]
+    w(c, "deletetests", samples.submission(rel, samples.WRONG, edit=delete_tests))
+
+    def fake(nb):
+        for cell in nb.cells:
+            g = cell.metadata.get("nbgrader", {})
+            if g.get("grade"):
+                g["points"] = 100
+                cell.outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": "100"},
+                                                       execution_count=1)]
+        nb.cells.append(nbformat.v4.new_code_cell("print('PASS')\n100", metadata={"nbgrader": {
+            "grade": True, "grade_id": "bonus", "points": 100, "locked": True, "solution": False,
+            "schema_version": 3}}))
+    w(c, "fakescore", samples.submission(rel, samples.WRONG, extra=["print('PASS: all tests passed')"],
+                                         edit=fake))
+    w(c, "hideerrors", samples.submission(rel, samples.WRONG, extra=[
+        "get_ipython().set_custom_exc((BaseException,), lambda *a, **k: None)"]))
+    paths = [str(root), str(root / "source"), str(root / "livelab-grading"), "/tmp",
+             str(Path.home()), str(Path(__file__).resolve().parents[1] / "courses"), "."]
+    w(c, "readhidden", samples.submission(rel, samples.CORRECT, extra=[
+        f"import os\nfound = []\nmarker = {samples.HIDDEN_MARKER[:7]!r} + {samples.HIDDEN_MARKER[7:]!r}\n"
+        f"for top in {paths!r}:\n"
+        "    for d, _, files in os.walk(top):\n"
+        "        for f in files:\n"
+        "            p = os.path.join(d, f)\n"
+        "            try:\n"
+        "                if os.path.getsize(p) < 5_000_000 and marker.encode() in open(p, 'rb').read():\n"
+        "                    found.append(p)\n"
+        "            except OSError:\n"
+        "                pass\n"
+        "print('FOUND', found if found else 'nothing')"]))
+    w(c, "writegradebook", samples.submission(rel, samples.WRONG, extra=[
+        "import sqlite3, os\n"
+        f"p = {str(gb)!r}\n"
+        "print('exists', os.path.exists(p))\n"
+        "try:\n"
+        "    db = sqlite3.connect(p)\n"
+        "    db.execute('update grade set auto_score = 100')\n"
+        "    db.commit()\n"
+        "    print('wrote gradebook')\n"
+        "except Exception as e:\n"
+        "    print('no gradebook:', e)\n"
+        "print('env', sorted(k for k in os.environ if 'GRADE' in k or 'NBGRADER' in k))"]))
+    return {"root": root, "release": rel, "gradebook": gb}
+
+
+@pytest.fixture(scope="module")
+def batch(course):
+    t0 = time.perf_counter()
+    summary = grade_many(BatchConfig(course=str(course["root"]), module=samples.ASSIGNMENT,
+                                     path=str(course["root"] / "submitted"), limits=LIMITS, progress=False,
+                                     events=str(course["root"] / "no-store"), state=str(course["root"] / ".state")))
+    summary["_seconds"] = time.perf_counter() - t0
+    by = {r["student"]: r for r in summary["results"]}
+    full = {}
+    for s in by:
+        p = course["root"] / "livelab-grading" / samples.ASSIGNMENT / "results" / f"{s}__{samples.NOTEBOOK}.json"
+        full[s] = json.loads(p.read_text())
+    return {"summary": summary, "by": by, "full": full}
+
+
+def _msgs(r) -> str:
+    return " | ".join(r["messages"])
+
+
+def test_batch_grades_everything_and_goes_on(batch):
+    s = batch["summary"]
+    assert s["graded"] == len(batch["by"]) == 19, s["skipped"]
+    assert batch["by"]["good"]["score"] == 5 and batch["by"]["good"]["max_score"] == 5
+    assert batch["by"]["half"]["score"] == 2
+    for r in batch["by"].values():  # nobody can raise their own maximum
+        assert r["max_score"] == 5, r
+
+
+@pytest.mark.parametrize("student,fragment", [
+    ("notjson", "not a notebook: invalid JSON"),
+    ("notnotebook", "not a notebook: JSON without 'cells'"),
+    ("binary", "not a notebook: the file is not UTF-8"),
+])
+def test_not_a_notebook(batch, student, fragment):
+    r = batch["by"][student]
+    assert r["status"] == "invalid" and r["score"] == 0
+    assert fragment in _msgs(r)
+
+
+def test_wrong_kernel_name_runs_on_the_release_kernel(batch):
+    r = batch["by"]["wrongkernel"]
+    assert r["score"] == 5
+    assert "asked for kernel 'python2'" in _msgs(r)
+
+
+def test_kernel_that_dies_scores_tests_that_did_not_run_as_zero(batch):
+    r = batch["by"]["dies"]
+    assert r["score"] == 0
+    assert "kernel died" in _msgs(r)
+    assert "kernel-died" in r["limits_hit"]
+
+
+def test_infinite_loop_is_interrupted_and_the_tests_still_run(batch):
+    r = batch["by"]["loop"]
+    assert r["score"] == 5
+    assert "cell-timeout" in r["limits_hit"] and "interrupted" in _msgs(r)
+
+
+def test_loop_that_ignores_interrupts_is_stopped(batch):
+    r = batch["by"]["stubborn"]
+    assert r["score"] == 0
+    assert "cell-timeout" in r["limits_hit"]
+    assert batch["full"]["stubborn"]["timings"]["total"] < LIMITS.total_timeout + 10
+
+
+def test_total_timeout_kills_the_kernel(batch):
+    r = batch["by"]["slow"]
+    assert r["score"] == 0
+    assert "total-timeout" in r["limits_hit"]
+    assert "total limit" in _msgs(r)
+    assert batch["full"]["slow"]["timings"]["execute"] < LIMITS.total_timeout + 5
+
+
+def test_output_flood_is_cut_off(batch):
+    r = batch["by"]["flood"]
+    assert r["score"] == 5 and "output" in r["limits_hit"]
+    nb = nbformat.read(batch["summary"]["out"] + f"/autograded/flood/{samples.ASSIGNMENT}/{samples.NOTEBOOK}.ipynb", 4)
+    size = sum(len(o.get("text", "")) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert size < LIMITS.output_bytes * 1.5
+    assert "output stopped here" in json.dumps(nb)
+
+
+def test_memory_hog_is_contained(batch):
+    r = batch["by"]["memhog"]
+    assert r["score"] == 5, _msgs(r)
+    assert "memory" in r["limits_hit"]
+
+
+def test_process_burst_is_contained(batch):
+    r = batch["by"]["forkbomb"]
+    assert r["score"] == 0, _msgs(r)
+    assert "processes" in r["limits_hit"] and "run was stopped" in _msgs(r)
+    iso = batch["full"]["forkbomb"]["isolation"]
+    assert iso["cgroup"] and iso["peak_processes"] <= LIMITS.max_processes + 2
+
+
+def test_edited_and_deleted_tests_are_restored(batch):
+    for student in ("edittests", "deletetests"):
+        r = batch["by"][student]
+        assert r["score"] == 0, (student, _msgs(r))
+    assert "test cell 'test_visible' was edited: restored from the release" in _msgs(batch["by"]["edittests"])
+    assert "cell 'test_hidden' was missing: restored" in _msgs(batch["by"]["deletetests"])
+
+
+def test_printing_pass_and_faking_points_gets_nothing(batch):
+    r = batch["by"]["fakescore"]
+    assert r["score"] == 0 and r["max_score"] == 5
+    m = _msgs(r)
+    assert "'bonus'" in m and "ignored" in m
+    assert "points of 'test_visible' were changed to 100: restored to 2" in m
+
+
+def test_hiding_errors_does_not_pass_tests(batch):
+    r = batch["by"]["hideerrors"]
+    assert r["score"] == 0
+    assert "suppressed" in _msgs(r)
+
+
+def test_hidden_tests_are_not_readable_from_the_kernel(batch, course):
+    r = batch["by"]["readhidden"]
+    assert r["score"] == 5
+    nb = nbformat.read(batch["summary"]["out"] + f"/autograded/readhidden/{samples.ASSIGNMENT}/{samples.NOTEBOOK}.ipynb", 4)
+    printed = [o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if "FOUND" in o.get("text", "")]
+    assert printed == ["FOUND nothing\n"], printed
+    iso = batch["full"]["readhidden"]["isolation"]
+    assert {"mount", "pid"} <= set(iso["namespaces"]) and iso["caps_dropped"]
+
+
+def test_gradebook_is_out_of_reach_and_holds_the_grades(batch, course):
+    nb = nbformat.read(batch["summary"]["out"] + f"/autograded/writegradebook/{samples.ASSIGNMENT}/{samples.NOTEBOOK}.ipynb", 4)
+    text = json.dumps([o for c in nb.cells for o in c.get("outputs", [])])
+    assert "exists False" in text and "wrote gradebook" not in text or "no gradebook" in text
+    db = sqlite3.connect(course["gradebook"])
+    rows = dict(db.execute(
+        "select s.student_id, sum(g.auto_score) from grade g join submitted_notebook n on g.notebook_id = n.id "
+        "join submitted_assignment s on n.assignment_id = s.id group by s.student_id"))
+    assert rows["writegradebook"] == 0 and rows["good"] == 5 and rows["half"] == 2
+    assert all(v <= 5 for v in rows.values())
+
+
+def test_nbgrader_export_shows_the_grades(batch, course):
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run([str(VENV_BIN / "nbgrader"), "export", "--log-level=ERROR"], cwd=course["root"],
+                   check=True, env=env, capture_output=True)
+    with open(course["root"] / "grades.csv") as fh:
+        rows = {r["student_id"]: r for r in csv.DictReader(fh)}
+    assert float(rows["good"]["score"]) == 5 and float(rows["half"]["score"]) == 2
+    assert float(rows["fakescore"]["score"]) == 0
+
+
+def test_feedback_html_next_to_nbgraders(batch, course):
+    fb = course["root"] / "feedback" / "half" / samples.ASSIGNMENT / f"{samples.NOTEBOOK}.html"
+    html = fb.read_text()
+    assert "Score: 2.0 / 5.0" in html and "square(-2) should be 4" in html
+    assert "Notes from the grader" in html or "did not pass" in html
+
+
+def test_no_process_or_cgroup_left_behind(batch):
+    time.sleep(0.5)
+    mine = [p for p in psutil.process_iter(["cmdline"])
+            if any("grading/zygote.py" in a or "grading/launcher.py" in a for a in (p.info["cmdline"] or []))]
+    assert not mine, [p.info["cmdline"] for p in mine]
+    from grading.limits import detect
+    for base in detect()["bases"].values():
+        busy = [d for d in Path(base).glob("livelab-*") if (d / "cgroup.procs").read_text().strip()]
+        assert not busy
+
+
+def test_rerun_skips_unchanged_and_regrades_changed_on_an_existing_cluster(batch, course):
+    from dask.distributed import LocalCluster
+    samples.write_submission(course["root"], "half", samples.submission(course["release"], samples.CORRECT))
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                      host="127.0.0.1") as cluster:
+        s = grade_many(BatchConfig(course=str(course["root"]), module=samples.ASSIGNMENT,
+                                   path=str(course["root"] / "submitted"), limits=LIMITS, progress=False,
+                                   scheduler=cluster.scheduler_address, events=str(course["root"] / "no-store"),
+                                   state=str(course["root"] / ".state")))
+    assert s["graded"] == 1 and s["cached"] == 18, (s["graded"], s["cached"], s["submissions"], s["skipped"])
+    assert {r["student"]: r["score"] for r in s["results"]}["half"] == 5
+
+
+def test_leaks_between_submissions_are_impossible(course, tmp_path):
+    """Sequential submissions on one worker: fresh kernel, private /tmp, nothing carried over."""
+    from grading import reference, runner
+    ref = reference.build(course["root"] / "source" / samples.ASSIGNMENT / f"{samples.NOTEBOOK}.ipynb",
+                          samples.ASSIGNMENT, tmp_path / "state")
+    opts = runner.RunOptions(limits=LIMITS, hide=[str(course["root"]), str(tmp_path)])
+    leaker = samples.submission(course["release"], samples.CORRECT, extra=[
+        "import os, builtins\nopen('/tmp/leak-7731', 'w').write('secret')\nopen('leak-7731', 'w').write('x')\n"
+        "builtins.LEAK = 'secret'\nos.environ['LEAK'] = 'secret'"])
+    snoop = samples.submission(course["release"], samples.CORRECT, extra=[
+        "import os, builtins\nprint('SNOOP', os.path.exists('/tmp/leak-7731'), os.listdir('.'), "
+        "hasattr(builtins, 'LEAK'), os.environ.get('LEAK'))"])
+    r1 = runner.grade(runner.Submission("leaker", samples.ASSIGNMENT, samples.NOTEBOOK,
+                                        nbformat.writes(leaker).encode()), ref, opts)
+    r2 = runner.grade(runner.Submission("snoop", samples.ASSIGNMENT, samples.NOTEBOOK,
+                                        nbformat.writes(snoop).encode()), ref, opts)
+    assert r1["score"] == r2["score"] == 5
+    assert f"SNOOP False ['{samples.NOTEBOOK}.ipynb'] False None" in r2["executed"]
+
+
+def test_watchdog_bounds_processes_without_cgroups(course, tmp_path, monkeypatch):
+    from grading import reference, runner, sandbox
+    monkeypatch.setattr(sandbox, "cgroup_support", lambda: {"mode": None, "bases": {}})
+    ref = reference.build(course["root"] / "source" / samples.ASSIGNMENT / f"{samples.NOTEBOOK}.ipynb",
+                          samples.ASSIGNMENT, tmp_path / "state")
+    lim = LIMITS.with_(max_processes=20)
+    opts = runner.RunOptions(limits=lim, hide=[str(course["root"]), str(tmp_path)])
+    bomb = samples.submission(course["release"], samples.CORRECT, extra=[
+        "import os, time\nfor i in range(200):\n    if os.fork() == 0:\n        time.sleep(60)\n        os._exit(0)\n"
+        "    time.sleep(0.01)"])
+    pool = sandbox.KernelPool()
+    try:
+        r = runner.grade(runner.Submission("bomb", samples.ASSIGNMENT, samples.NOTEBOOK,
+                                           nbformat.writes(bomb).encode()), ref, opts, pool=pool)
+    finally:
+        pool.close()
+    assert "processes" in r["limits_hit"] and r["score"] == 0
+    assert r["isolation"]["cgroup"] is None
+
+
+def test_cli_bad_usage_is_one_line_and_exit_2(tmp_path, capsys, course):
+    from livelab.cli import main
+    assert main(["grade", str(tmp_path / "nope"), "squares", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not found" in err
+    assert main(["grade", str(course["root"]), "nomodule", str(tmp_path)]) == 2
+    assert "module 'nomodule' not found" in capsys.readouterr().err
+    assert main(["grade", str(course["root"]), "squares", str(tmp_path), "--scheduler", "nonsense"]) == 2
