@@ -27,9 +27,9 @@ import logging
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .limits import Limits
 from .reference import Reference, ReferenceError, build as build_reference
@@ -58,7 +58,7 @@ class CourseTarget:
     module_meta: dict = field(default_factory=dict)
 
 
-def resolve_course(course: str, module: str) -> CourseTarget:
+def resolve_course(course: str, module: str, version: str | None = None) -> CourseTarget:
     p = Path(course).expanduser()
     if not p.is_dir():
         cand = REPO / "courses" / course
@@ -77,12 +77,24 @@ def resolve_course(course: str, module: str) -> CourseTarget:
             toml = tomllib.loads((p / "course.toml").read_text())
         except (OSError, ValueError) as exc:
             raise GradeUsageError(f"{p / 'course.toml'} cannot be read: {exc}") from None
-        version = str(toml.get("version") or toml.get("current_version") or "") or None
+        version = version or str(toml.get("version") or toml.get("current_version") or "") or None
         for m in toml.get("modules", []) or []:
             if isinstance(m, dict) and m.get("id") == module:
                 meta = m
         rel = p / "releases" / version if version else None
+        if rel is not None and not rel.is_dir() and (p / "releases").is_dir():
+            have = sorted(d.name for d in (p / "releases").iterdir() if d.is_dir())
+            raise GradeUsageError(f"{p.name} has no release {version}: released versions are "
+                                  f"{', '.join(have) or 'none'}")
         if rel and rel.is_dir():
+            try:
+                import tomllib
+                toml = tomllib.loads((rel / "course.toml").read_text()) if (rel / "course.toml").exists() else toml
+            except (OSError, ValueError):
+                pass
+            for m in toml.get("modules", []) or []:
+                if isinstance(m, dict) and m.get("id") == module:
+                    meta = m
             for name in ("manifest.json", "manifest.toml", "MANIFEST.json"):
                 if (rel / name).exists():
                     manifest = (rel / name).read_bytes()
@@ -97,10 +109,23 @@ def resolve_course(course: str, module: str) -> CourseTarget:
     sources = sorted(x for x in src.glob("*.ipynb") if not x.name.startswith("."))
     if not sources:
         raise GradeUsageError(f"{src} holds no source notebook (.ipynb)")
-    return CourseTarget(kind, p, module, sources, p.name, version, manifest, meta)
+    course_id = p.name
+    if kind == "livelab":  # a release folder is named after its version: the id is in course.toml
+        course_id = str(toml.get("id") or p.name)
+    return CourseTarget(kind, p, module, sources, course_id, version, manifest, meta)
 
 
 # ---- what to grade -----------------------------------------------------------------------
+def _course_content_dirs() -> list[str]:
+    """The repository's course *content* folders (sources with hidden tests, releases): hidden
+    from kernels.  ``courses/*.py`` stays visible: modules import it (e.g. courses.incidents)."""
+    root = REPO / "courses"
+    if not root.is_dir():
+        return []
+    return sorted(str(d) for d in root.iterdir()
+                  if d.is_dir() and not (d / "__init__.py").exists() and d.name != "__pycache__")
+
+
 def find_submissions(path: str, module: str, notebooks: list[str], *,
                      student: str | None = None) -> tuple[list[Submission], list[str], Path | None]:
     """(submissions, skipped notes, nbgrader course dir holding them or None)."""
@@ -154,13 +179,15 @@ def cache_key(sub: Submission, ref: Reference, extra: str = "") -> str:
 
 
 # ---- workers -----------------------------------------------------------------------------
-def _warm(opts: RunOptions, refs: list[Reference]) -> dict:
+def _warm(opts: RunOptions, refs: list[Reference], lab: bool = False) -> dict:
     """Import the heavy modules, start this worker's first kernel, and run the sanitizers and
     the feedback template once (template compilation, gradebook reads), so the first
-    submission costs what every other one does.  Runs once per worker."""
+    submission costs what every other one does.  Runs once per worker.  (Lab modules start
+    their kernels with their namespace: see grading.isolation.)"""
     t0 = time.perf_counter()
     from . import runner
-    runner.kernel_pool().prestart(runner.sandbox_config(opts))
+    if not lab:
+        runner.kernel_pool().prestart(runner.tests_config(opts))
     import nbformat
     import papermill  # noqa: F401
     from . import engine, feedback  # noqa: F401
@@ -234,6 +261,7 @@ class BatchConfig:
     checks: list[str] | None = None    # check names; None: the module's from course.toml
     seed: int = 0
     state: str | None = None           # grader state (private references); None: $LIVELAB_HOME/grading
+    version: str | None = None         # a livelab course's release to grade against (default: current)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -250,7 +278,7 @@ def _safe(name: str) -> str:
 class Driver:
     def __init__(self, cfg: BatchConfig):
         self.cfg = cfg
-        self.target = resolve_course(cfg.course, cfg.module)
+        self.target = resolve_course(cfg.course, cfg.module, cfg.version)
         names = [s.stem for s in self.target.sources]
         self.subs, self.skipped, self.sub_course = find_submissions(cfg.path, cfg.module, names, student=cfg.student)
         if cfg.out:
@@ -277,7 +305,7 @@ class Driver:
                 raise GradeUsageError(str(exc)) from None
         self.check_names = self._check_names()
         self.lab = self._lab_config()
-        hide = {str(self.target.root), str(self.out), str(self.state), str(REPO / "courses")}
+        hide = {str(self.target.root), str(self.out), str(self.state)} | set(_course_content_dirs())
         if self.sub_course:
             hide.add(str(self.sub_course))
         p = Path(cfg.path).expanduser().resolve()
@@ -304,10 +332,15 @@ class Driver:
             specs = load_checks(self.check_names)
         except KeyError as exc:
             raise GradeUsageError(str(exc).strip("'\"")) from None
+        from lab_hardware import lab as _lab
         from lab_hardware.home import resolve
         home = resolve(self.cfg.lab_home)
+        if not _lab.is_running(home):
+            raise GradeUsageError(f"module {self.cfg.module!r} is graded against a live lab, and none is running "
+                                  f"in {home}: start one with 'livelab up' (or pass --home)")
         return {"home": str(home), "module": self.cfg.module, "checks": self.check_names,
-                "check_points": {s.name: s.points for s in specs}, "seed": self.cfg.seed}
+                "check_points": {s.name: s.points for s in specs}, "seed": self.cfg.seed,
+                "module_meta": dict(self.target.module_meta)}
 
     def _load_cache(self) -> dict:
         try:
@@ -338,7 +371,7 @@ class Driver:
             ensure_assignment(self.db_url, ref, checks)
 
     def _store(self, sub: Submission, res: dict) -> dict:
-        from . import events, gradebook
+        from . import events
         m, a, s, n = self.cfg.module, res["assignment"], _safe(res["student"]), _safe(res["notebook"])
         if res.get("executed"):
             p = self.out / "autograded" / s / a / f"{n}.ipynb"
@@ -354,10 +387,14 @@ class Driver:
             res["gradebook"] = self.db_url
         except Exception as exc:  # noqa: BLE001 - the result is kept; say why the gradebook is not
             res.setdefault("messages", []).append(f"gradebook not updated: {str(exc).splitlines()[0]}")
-        res["events"] = events.record(events.events_for(res, course=self.target.course_id,
-                                                        version=self.target.version),
-                                      store=self.cfg.events, fallback=self.work / "events.jsonl")
-        slim = {k: v for k, v in res.items() if k not in ("executed", "feedback_html")}
+        res["events"] = self.recorder.record(events.events_for(res, course=self.target.course_id,
+                                                               version=self.target.version))
+        for name, b64 in (res.get("evidence") or {}).items():
+            import base64
+            p = self.work / "evidence" / s / n / name
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(base64.b64decode(b64))
+        slim = {k: v for k, v in res.items() if k not in ("executed", "feedback_html", "evidence")}
         _write_json(self._result_path(res), slim)
         self.cache[self._key(sub)] = {"student": res["student"], "notebook": res["notebook"],
                                       "score": res["score"], "max_score": res["max_score"],
@@ -429,6 +466,8 @@ class Driver:
         client, cluster = starter.client, starter.cluster
         out: list[dict] = []
         self.writer = Writer(self.db_url)
+        from .events import Recorder
+        self.recorder = Recorder(self.cfg.events, self.work / "events.jsonl")
         try:
             t = time.perf_counter()
             futs = {}
@@ -457,6 +496,7 @@ class Driver:
             timing["grade"] = time.perf_counter() - t
         finally:
             self.writer.close()
+            self.recorder.close()
             t = time.perf_counter()
             try:
                 import psutil
@@ -495,8 +535,7 @@ class _Starter(threading.Thread):
             self.client, self.cluster = self.driver._client()
             self.timing["cluster_start"] = time.perf_counter() - t
             t = time.perf_counter()
-            if self.driver.lab is None:
-                self.client.run(_warm, self.driver.opts, list(self.driver.refs.values()))
+            self.client.run(_warm, self.driver.opts, list(self.driver.refs.values()), self.driver.lab is not None)
             self.timing["warm"] = time.perf_counter() - t
         except BaseException as exc:  # noqa: BLE001 - re-raised in the driver thread
             self.error = exc

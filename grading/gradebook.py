@@ -101,6 +101,14 @@ class Writer:
         return self._pp
 
     def save(self, result: dict) -> None:
+        import warnings
+        with warnings.catch_warnings():
+            # nbgrader's add_submission builds related rows before adding them to the session;
+            # SQLAlchemy warns about it, harmlessly, once per new submission
+            warnings.filterwarnings("ignore", message=".*not in session.*")
+            self._save(result)
+
+    def _save(self, result: dict) -> None:
         gb = self.gb
         assignment, notebook, student = result["assignment"], result["notebook"], result["student"]
         try:

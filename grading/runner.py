@@ -32,12 +32,10 @@ import copy
 import hashlib
 import json
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import nbformat
 from nbformat import NotebookNode
@@ -213,6 +211,12 @@ def kernel_pool() -> KernelPool:
         return _POOL
 
 
+def tests_config(opts: RunOptions) -> SandboxConfig:
+    """The kernel configuration of a submission without a lab (the same for every student,
+    so the prestarted kernel always fits)."""
+    return sandbox_config(opts, env={"PYTHONHASHSEED": str(opts.seed)})
+
+
 def sandbox_config(opts: RunOptions, *, env: dict | None = None, binds=None, hide=None) -> SandboxConfig:
     return SandboxConfig(limits=opts.limits, kernel_name=opts.kernel_name,
                          hide=[*opts.hide, *(hide or [])], binds=list(binds or []),
@@ -282,12 +286,15 @@ def _first_error(cell) -> str | None:
     return None
 
 
-def score(nb: NotebookNode, ref: Reference, ctx, stop_reason: str | None) -> list[dict]:
+def score(nb: NotebookNode, ref: Reference, ctx, stop_reason: str | None, *, void: bool = False) -> list[dict]:
     """Score every grade cell with nbgrader's ``determine_grade``, after marking the tests
-    that did not really pass (see module doc)."""
+    that did not really pass (see module doc).  ``void``: the run broke a limit that stops
+    it (the process bound), so no test counts, whether or not it ran before the stop."""
     from nbgrader import utils
     rows = []
-    replies = ctx.replies if ctx is not None else {}
+    replies = dict(ctx.replies) if ctx is not None else {}
+    if void:
+        replies = {}
     for idx, cell in enumerate(nb.cells):
         if not utils.is_grade(cell):
             continue
@@ -299,7 +306,10 @@ def score(nb: NotebookNode, ref: Reference, ctx, stop_reason: str | None) -> lis
         if kind == "test":
             reply = replies.get(id(cell))
             has_err = _first_error(cell) is not None
-            if reply is None:
+            if void:
+                status = "void"
+                cell.outputs.append(_error_output(NOT_RUN, f"this test does not count: {stop_reason}"))
+            elif reply is None:
                 status = "not-run"
                 why = stop_reason or "the notebook stopped before it"
                 cell.outputs.append(_error_output(NOT_RUN, f"this test did not run: {why}"))
@@ -325,6 +335,24 @@ def score(nb: NotebookNode, ref: Reference, ctx, stop_reason: str | None) -> lis
                      "score": None if pts is None else float(pts), "max_score": float(max_pts),
                      "message": message})
     return rows
+
+
+def _first_error_elsewhere(nb: NotebookNode, ref: Reference) -> str | None:
+    """The first error of a cell that is not a test (it usually explains the failing tests)."""
+    n = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        n += 1
+        gid = _grade_meta(cell).get("grade_id")
+        if gid in ref.test_cells or (cell.get("metadata", {}).get("livelab") or {}).get("check"):
+            continue
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error" and out.get("ename") not in (NOT_RUN,):
+                ev = str(out.get("evalue", "")).strip().splitlines()
+                where = f"cell {gid!r}" if gid else f"code cell {n}"
+                return f"{where} raised {out.get('ename')}: {ev[0][:200] if ev else ''}".rstrip(": ")
+    return None
 
 
 def _stop_reason(facts: dict, kernel, ctx) -> str | None:
@@ -389,6 +417,19 @@ def limit_messages(facts: dict, kernel, ctx) -> tuple[list[str], list[str]]:
     return msgs, sorted(set(hits))
 
 
+def _declared(nb: NotebookNode, params: dict) -> dict:
+    """The parameters the notebook's ``parameters`` cell declares (all of them without one)."""
+    try:
+        from papermill.inspection import _infer_parameters
+        for cell in nb.cells:  # as papermill's load_notebook_node does
+            cell.metadata.setdefault("tags", [])
+        names = {p.name for p in _infer_parameters(nb)}
+    except Exception:  # noqa: BLE001 - no parameters cell, or a language papermill cannot parse
+        names = set()
+    return {k: v for k, v in params.items() if k in names} if names else \
+        {k: params[k] for k in ("learner_id", "seed") if k in params}
+
+
 # ---- the one public function -------------------------------------------------------------
 def _invalid_result(sub: Submission, ref: Reference, reason: str, t0: float) -> dict:
     cells = [{"grade_id": g, "kind": "test" if g in ref.test_cells else "answer", "status": "not-run",
@@ -424,19 +465,16 @@ def grade(sub: Submission, ref: Reference, opts: RunOptions | None = None, *,
         return _invalid_result(sub, ref, f"not graded: nbgrader refused the notebook's cell metadata ({first[:200]})", t0)
     timings["sanitize"] = time.perf_counter() - t
 
-    params = {"learner_id": sub.student, "seed": opts.seed, **opts.parameters}
-    env = {"PYTHONHASHSEED": str(opts.seed)}  # per-student values go in parameters: the
-    # prestarted kernel's configuration must be the same for every submission
-    binds, hide = [], []
+    params = {"learner_id": sub.student, "LEARNER": sub.student, "seed": opts.seed, "SEED": opts.seed,
+              **opts.parameters}
     if lab is not None:
         params.update(lab.parameters())
-        env.update(lab.env())
-        binds, hide = lab.binds(), lab.hidden()
-    cfg = sandbox_config(opts, env=env, binds=binds, hide=hide)
-    if lab is not None:
-        cfg.network = True  # the lab's broker is on loopback
+    params = _declared(nb, params)
     t = time.perf_counter()
-    kernel = lab.kernel if (lab is not None and getattr(lab, "kernel", None) is not None) else pool.take(cfg)
+    if lab is not None:  # the slot started its kernel with the namespace's view of the lab
+        kernel = lab.kernel
+    else:  # per-student values go in parameters: every prestarted kernel is configured alike
+        kernel = pool.take(tests_config(opts))
     timings["kernel_take"] = time.perf_counter() - t
     if lab is not None:
         lab.start_observing()
@@ -450,7 +488,8 @@ def grade(sub: Submission, ref: Reference, opts: RunOptions | None = None, *,
         executed = facts["nb"]
         t = time.perf_counter()
         stop = _stop_reason(facts, kernel, ctx)
-        rows = score(executed, ref, ctx, stop)
+        void = "processes" in kernel.limit_hits()
+        rows = score(executed, ref, ctx, stop, void=void)
         msgs, hits = limit_messages(facts, kernel, ctx)
         isolation = kernel.facts()
         artifacts = {}
@@ -472,14 +511,16 @@ def grade(sub: Submission, ref: Reference, opts: RunOptions | None = None, *,
         add_check_cells(executed, check_rows)
         from nbgrader import utils
         for row in check_rows:
-            rows.append({"grade_id": row["grade_id"], "kind": "check", "status": "ok" if row["passed"] else "failed",
+            rows.append({"grade_id": row["grade_id"], "check": row["name"], "time": row["time"], "kind": "check",
+                         "status": "ok" if row["passed"] else "failed",
                          "score": float(row["score"]), "max_score": float(row["points"]),
                          "message": None if row["passed"] else row["message"]})
     timings["score"] = time.perf_counter() - t
     total = sum(r["score"] or 0.0 for r in rows)
     max_total = sum(r["max_score"] for r in rows)
-    messages = list(dict.fromkeys(notes + msgs + [r["message"] for r in rows
-                                                  if r.get("message") and r["kind"] != "answer"]))
+    first_error = _first_error_elsewhere(executed, ref)
+    messages = list(dict.fromkeys(notes + msgs + ([first_error] if first_error else []) +
+                                  [r["message"] for r in rows if r.get("message") and r["kind"] != "answer"]))
     result = {
         "schema": SCHEMA, "status": "graded", "student": sub.student, "assignment": sub.assignment,
         "notebook": sub.notebook, "score": round(total, 6), "max_score": round(max_total, 6),

@@ -69,11 +69,15 @@ class SandboxConfig:
     isolate: bool = True
     env: dict[str, str] = field(default_factory=dict)
     fork_server: bool = True
+    #: files to create in the kernel's directory before it starts (a path ending in "/" is a
+    #: directory); "{kernel}" in bind targets, env values and these files is the kernel's dir
+    files: dict[str, bytes] = field(default_factory=dict)
 
     def key(self) -> str:
         return json.dumps([self.limits.as_dict(), self.kernel_name, sorted(self.hide),
                            sorted(map(list, self.binds)), self.network, self.isolate,
-                           sorted(self.env.items()), self.fork_server])
+                           sorted(self.env.items()), self.fork_server,
+                           sorted((k, v.decode("latin-1")) for k, v in self.files.items())])
 
 
 _ROOT_LOCK = threading.Lock()
@@ -479,12 +483,29 @@ class Kernel:
         for sub in ("work", "ipc", "home", "tmp"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
+        for rel, data in config.files.items():
+            target = self.dir / rel
+            if rel.endswith("/"):
+                target.mkdir(parents=True, exist_ok=True)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data.replace(b"{kernel}", str(self.dir).encode()))
+        self.mounts = bool(config.isolate) and "mount" in namespace_support(False).get("namespaces", [])
+        if not self.mounts:  # no mount namespace here: the learner's view is made of symlinks
+            for src, dst in config.binds:
+                t = Path(self.sub(dst))
+                t.parent.mkdir(parents=True, exist_ok=True)
+                if not t.exists():
+                    t.symlink_to(src)
         self.cgroup: KernelCgroup | None = None
         self.km: SandboxKernelManager | None = None
         self.watchdog: Watchdog | None = None
         self.started = 0.0
         self._killed = False
         self.isolation: dict = {}
+
+    def sub(self, text: str) -> str:
+        return text.replace("{kernel}", str(self.dir))
 
     # ---- start ------------------------------------------------------------------------
     def _spec(self) -> dict:
@@ -494,7 +515,8 @@ class Kernel:
         if cfg.isolate:
             ns = ["mount", "pid", "ipc"] + ([] if cfg.network else ["net"])
         hide = default_hidden() + [str(grading_root())] + list(cfg.hide)
-        expose = [[str(self.dir), str(self.dir)]] + [[str(s), str(t)] for s, t in cfg.binds]
+        expose = [[str(self.dir), str(self.dir)]] + ([[str(s), self.sub(str(t))] for s, t in cfg.binds]
+                                                     if self.mounts else [])
         for p in _interpreter_paths():  # e.g. a pyenv Python under a hidden $HOME
             if any(_under(p, h) for h in hide):
                 expose.append([p, p])
@@ -517,7 +539,7 @@ class Kernel:
                                   ip=str(self.dir / "ipc" / "k"))
         km.connection_file = str(self.dir / "ipc" / "kernel.json")
         km.client_class = "grading.sandbox.FastReadyClient"
-        env = _base_env(self.dir, cfg.env)
+        env = _base_env(self.dir, {k: self.sub(v) for k, v in cfg.env.items()})
         self.via = "exec"
         if cfg.fork_server and fork_server_usable(list(km.kernel_spec.argv)):
             km.kernel_id = str(uuid.uuid4())

@@ -37,6 +37,8 @@ def register(sub) -> None:
     s.add_argument("--events", help="events store (URL or lab home) for check events")
     s.add_argument("--state", help="grader state directory: private release references "
                                    "(default: $LIVELAB_HOME/grading)")
+    s.add_argument("--version", dest="release", help="the course release to grade against (default: the "
+                                                    "course's current version)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.add_argument("--no-progress", action="store_true")
@@ -66,7 +68,7 @@ def cmd_grade(args) -> int:
                       progress=not args.no_progress and not args.json and sys.stderr.isatty(),
                       events=args.events, lab_home=getattr(args, "home", None),
                       checks=[c.strip() for c in args.checks.split(",") if c.strip()] if args.checks else None,
-                      seed=args.seed, state=args.state)
+                      seed=args.seed, state=args.state, version=args.release)
     try:
         summary = grade_many(cfg)
     except GradeUsageError as exc:

@@ -1,0 +1,256 @@
+"""Lab checks: each submission in a fresh namespace of a live lab, judged from what the lab saw.
+
+Small fixture notebooks do what a learner would (grant consent, read windows, capture and
+build a replay) - and what a hostile one would (publish PII and erase it, reach into another
+namespace, forge a replay, look for the lab's secrets).  The flagship course's real modules
+(reference solutions and learner versions) are graded through the CLI and Dask at the end.
+Real Mosquitto, devices, kernels; nothing mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from grading import isolation, reference, runner
+from grading.limits import Limits
+from tests.conftest import ROOT, start_lab
+from tests.mqtt_helpers import Observer
+
+COURSE = ROOT / "courses" / "edge-ml-foundations"
+LIMITS = Limits(cell_timeout=60, total_timeout=180)
+
+
+def _meta(gid, **kw):
+    d = {"grade_id": gid, "schema_version": 3, "grade": False, "solution": False, "locked": False}
+    d.update(kw)
+    return {"nbgrader": d}
+
+
+def fixture_source(module: str) -> nbformat.NotebookNode:
+    nb = new_notebook()
+    nb.metadata.kernelspec = {"name": "livelab", "display_name": "livelab (Python 3)", "language": "python"}
+    nb.cells = [
+        new_code_cell("LIVELAB_HOME = None\nNAMESPACE = None\nLEARNER = None\nSEED = 0", metadata={"tags": ["parameters"]}),
+        new_code_cell("import json, time\nfrom pathlib import Path\nfrom labs import Lab\nfrom lab_hardware import replay\n"
+                      f"lab = Lab.connect(module={module!r}, home=LIVELAB_HOME, namespace=NAMESPACE, learner=LEARNER)\n"
+                      "HOME = Path(lab.conn.home)\nWORK = Path('work')\nWORK.mkdir(exist_ok=True)"),
+        new_code_cell("### BEGIN SOLUTION\nDONE = True\n### END SOLUTION", metadata=_meta("work", solution=True)),
+        new_code_cell("assert DONE", metadata=_meta("done", grade=True, locked=True, points=1)),
+    ]
+    return nb
+
+
+def submission(body: str) -> bytes:
+    nb = fixture_source("fixture")
+    nb.cells[2].source = body
+    return nbformat.writes(nb).encode()
+
+
+@pytest.fixture(scope="module")
+def glab(tmp_path_factory, mosquitto_available):
+    from lab_hardware import lab
+    home = tmp_path_factory.mktemp("glab")
+    start_lab(home, device_options={"window_seconds": 0.3})
+    state = tmp_path_factory.mktemp("gstate")
+    src = state / "fixture.ipynb"
+    nbformat.write(fixture_source("fixture"), src)
+    ref = reference.build(src, "fixture", state)
+    opts = runner.RunOptions(limits=LIMITS, hide=[str(state), str(COURSE)])
+    yield {"home": home, "ref": ref, "opts": opts, "state": state}
+    isolation.shutdown_worker_labs()
+    lab.down(home)
+    assert sorted(lab._home.read_json(home / "config.json")["namespaces"]) == ["default"]
+
+
+def grade(glab, student: str, body: str, checks: list[str]) -> dict:
+    sub = runner.Submission(student, "fixture", "fixture", submission(body))
+    return isolation.grade_in_lab(sub, glab["ref"], glab["opts"],
+                                  {"home": str(glab["home"]), "module": "fixture", "checks": checks})
+
+
+def _check(r, name):
+    return next(c for c in r["checks"] if c["name"] == name)
+
+
+def _failed(c):
+    return {i["name"] for i in c["items"] if not i["ok"]}
+
+
+GOOD_CONSENT = """### BEGIN SOLUTION
+lab.grant_consent("dev-1", "telemetry")
+windows = list(lab.telemetry("dev-1", timeout=3, limit=4))
+lab.revoke_consent("dev-1", "telemetry")
+DONE = len(windows) == 4
+### END SOLUTION"""
+
+
+def test_consent_first_telemetry_gets_full_marks(glab):
+    r = grade(glab, "ada", GOOD_CONSENT, ["consent"])
+    c = _check(r, "consent")
+    assert c["passed"] and c["score"] == c["points"] == 5, c
+    assert r["score"] == r["max_score"] == 6
+    assert r["lab"]["observed"]["telemetry"]["messages"] >= 4
+    assert r["isolation"]["namespaces"] and "net" not in r["isolation"]["namespaces"]
+
+
+def test_doing_nothing_earns_no_consent_points(glab):
+    r = grade(glab, "idle", "DONE = True", ["consent"])
+    c = _check(r, "consent")
+    assert c["score"] == 0 and "consent-used" in _failed(c)
+    assert "grant the scope you need" in c["message"]
+
+
+def test_pii_published_then_erased_is_caught_by_the_observer(glab):
+    body = GOOD_CONSENT + """
+topic = f"livelab/{lab.namespace}/learner/notes"
+lab._client.publish(topic, json.dumps({"note": "call Grace Okafor at grace.okafor@example.com"}), qos=1, retain=True).wait_for_publish(5)
+time.sleep(0.3)
+lab._client.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)   # erase the retained copy
+Path("notes.txt").unlink(missing_ok=True)
+DONE = True"""
+    r = grade(glab, "eve", body, ["consent"])
+    c = _check(r, "consent")
+    assert "no-pii-published" in _failed(c) and 0 < c["score"] < 5
+    item = next(i for i in c["items"] if i["name"] == "no-pii-published")
+    assert {"email", "name"} <= set(item["detail"]["messages"][0]["kinds"])
+    assert "grace" not in json.dumps(item).lower()  # the report names kinds, never the PII
+
+
+def test_other_namespaces_are_out_of_reach(glab):
+    """A submission cannot command, read or write another namespace: the broker's ACL refuses,
+    checked by an independent observer on the victim namespace and its audit chains."""
+    from lab_hardware import audit, home as _home
+    home = glab["home"]
+    victim = Observer(home, "livelab/default/#")
+    chains = {d: len(audit.read(_home.device_dir(home, "default", d) / "audit.jsonl")) for d in ("dev-0", "dev-1")}
+    body = """### BEGIN SOLUTION
+import paho.mqtt.client as m
+payload = json.dumps({"schema": "livelab.command/v1", "id": "x1", "by": "mallory", "scope": "telemetry", "grant": True})
+for t in ["livelab/default/devices/dev-0/cmd/consent", "livelab/default/devices/dev-1/telemetry",
+          "livelab/default/control/revocations", "livelab/default/learner/events"]:
+    lab._client.publish(t, payload, qos=1).wait_for_publish(5)
+got = []
+lab._client.on_message = lambda c, u, msg: got.append(msg.topic) if msg.topic.startswith("livelab/default/") else None
+rc, mid = lab._client.subscribe("livelab/default/#", qos=1)
+time.sleep(1.0)
+print("READ", len(got))
+import os
+print("SECRETS", [p for p in [HOME / "secrets" / "control.json", HOME / "config.json", HOME.parent / "secrets"] if p.exists()],
+      sorted(os.listdir(HOME)))
+DONE = True
+### END SOLUTION"""
+    try:
+        r = grade(glab, "mallory", body, ["consent"])
+        time.sleep(0.5)
+        seen = [t for t, _ in victim.raw() if "/cmd/" in t or "/learner/" in t or "/control/" in t
+                or t.endswith("/dev-1/telemetry")]
+    finally:
+        victim.close()
+    assert not seen, seen
+    after = {d: len(audit.read(_home.device_dir(home, "default", d) / "audit.jsonl")) for d in ("dev-0", "dev-1")}
+    assert after == chains  # no command reached the victim's devices
+    assert "READ 0" in r["executed"]
+    assert "SECRETS []" in r["executed"] and "'lab.json'" in r["executed"]
+
+
+CAPTURE = """### BEGIN SOLUTION
+lab.grant_consent("dev-1", "replay-capture")
+cid = lab.capture("dev-1", 150)
+lab.revoke_consent("dev-1", "replay-capture")
+deadline = time.monotonic() + 15
+while time.monotonic() < deadline:
+    metas = [m for m in replay.list_captures(HOME) if m["capture_id"] == cid]
+    if metas and metas[0]["records"] >= 150:
+        break
+    time.sleep(0.1)
+REPLAY = replay.build(HOME, lab.namespace, "dev-1", WORK / "dev-1.lreplay", capture_ids=[cid])
+DONE = True
+### END SOLUTION"""
+
+
+def test_replay_from_consented_captures_passes(glab):
+    r = grade(glab, "rita", CAPTURE, ["consent", "replay"])
+    c = _check(r, "replay")
+    assert c["passed"] and c["score"] == 5, c["message"]
+    det = next(i for i in c["items"] if i["name"] == "deterministic")
+    assert det["detail"]["isolated"] is True
+    fp = next(i for i in c["items"] if i["name"] == "reproduces-false-positives")["detail"]
+    assert fp["fp"] > fp["other_fp"]
+    assert _check(r, "consent")["passed"]
+
+
+def test_forged_replay_fails_provenance(glab):
+    body = CAPTURE.replace("DONE = True\n### END", """import hashlib
+lines = REPLAY.read_bytes().split(b"\\n")
+man = json.loads(lines[0]); recs = [json.loads(l) for l in lines[1:] if l]
+recs[0]["text"] = "call <name> now"            # an input the device never saw
+body = b"".join(json.dumps(x, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode() + b"\\n" for x in recs)
+man["records_sha256"] = hashlib.sha256(body).hexdigest()
+REPLAY.write_bytes(json.dumps(man, sort_keys=True, separators=(",", ":")).encode() + b"\\n" + body)
+replay.read(REPLAY)                            # it still parses and verifies its own hashes
+DONE = True
+### END""")
+    r = grade(glab, "fred", body, ["replay"])
+    c = _check(r, "replay")
+    assert "provenance" in _failed(c) and not c["passed"]
+    assert "not in the captures the grader observed" in c["message"]
+
+
+def test_nothing_of_a_namespace_survives_grading(glab):
+    from lab_hardware import lab, replay
+    cfg = lab._home.read_json(glab["home"] / "config.json")
+    graded = [n for n in cfg["namespaces"] if n.startswith("g-")]
+    assert len(graded) <= 1  # at most the slot prepared for the next submission
+    leftovers = [p.name for p in replay.captures_dir(glab["home"]).iterdir() if p.name not in graded]
+    assert leftovers == []
+
+
+# ---- the flagship course's real modules, through the CLI and Dask --------------------------
+def _tree(tmp: Path, module: str, who: dict[str, Path]) -> Path:
+    for student, nb in who.items():
+        d = tmp / "submitted" / student / module
+        d.mkdir(parents=True)
+        d.joinpath(f"{module}.ipynb").write_bytes(nb.read_bytes() if isinstance(nb, Path) else nb)
+    return tmp / "submitted"
+
+
+@pytest.mark.skipif(not COURSE.is_dir(), reason="the flagship course is not in this checkout")
+def test_course_modules_graded_through_the_cli(glab, tmp_path, capsys):
+    from livelab.cli import main
+    rel = COURSE / "releases" / "1.1.0"
+    m3, m4 = "m3-bundles", "m4-observability"
+    ref4 = nbformat.read(rel / "source" / m4 / f"{m4}.ipynb", 4)
+    for cell in ref4.cells:  # a learner who names the wrong cause
+        if cell.metadata.get("nbgrader", {}).get("grade_id") == "cause":
+            cell.source = cell.source.replace("CAUSE = (f\"{SUSPECT_DEVICE}", "CAUSE = (f\"dev-9")
+    tree3 = _tree(tmp_path / "c3", m3, {"solver": rel / "source" / m3 / f"{m3}.ipynb",
+                                         "starter": rel / "learner" / m3 / f"{m3}.ipynb"})
+    tree4 = _tree(tmp_path / "c4", m4, {"solver": rel / "source" / m4 / f"{m4}.ipynb",
+                                         "wrongcause": nbformat.writes(ref4).encode()})
+    out = {}
+    for module, tree in ((m3, tree3), (m4, tree4)):
+        rc = main(["--home", str(glab["home"]), "grade", "edge-ml-foundations", module, str(tree), "--json",
+                   "--state", str(glab["state"]), "--events", str(tmp_path / "no-store")])
+        assert rc == 0
+        out[module] = {r["student"]: r for r in json.loads(capsys.readouterr().out)["results"]}
+    assert out[m3]["solver"]["score"] == out[m3]["solver"]["max_score"] == 15
+    assert out[m3]["starter"]["score"] == 0
+    assert any("signed-bundle" in m for m in out[m3]["starter"]["messages"])
+    assert out[m4]["solver"]["score"] == out[m4]["solver"]["max_score"] == 15
+    wrong = out[m4]["wrongcause"]
+    assert wrong["score"] < 15 and any("cause-named" in m for m in wrong["messages"])
+    db = tmp_path / "c3" / "gradebook.db"
+    import sqlite3
+    rows = dict(sqlite3.connect(db).execute(
+        "select c.name, g.auto_score from grade g join base_cell c on g.cell_id = c.id "
+        "join submitted_notebook n on g.notebook_id = n.id join submitted_assignment s on n.assignment_id = s.id "
+        "where s.student_id = 'solver'"))
+    assert rows["livelab-check-bundle"] == 5
+    ev = (tmp_path / "c4" / "livelab-grading" / m4 / "evidence" / "solver" / m4)
+    assert (ev / "observer.jsonl.gz").stat().st_size > 0 and list(ev.glob("audit-dev-*.jsonl.gz"))
