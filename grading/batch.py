@@ -260,6 +260,7 @@ class BatchConfig:
     lab_home: str | None = None        # a running lab for lab modules
     checks: list[str] | None = None    # check names; None: the module's from course.toml
     seed: int = 0
+    teams: dict[str, str] | None = None  # learner -> team, written on their events
     state: str | None = None           # grader state (private references); None: $LIVELAB_HOME/grading
     version: str | None = None         # a livelab course's release to grade against (default: current)
 
@@ -387,8 +388,9 @@ class Driver:
             res["gradebook"] = self.db_url
         except Exception as exc:  # noqa: BLE001 - the result is kept; say why the gradebook is not
             res.setdefault("messages", []).append(f"gradebook not updated: {str(exc).splitlines()[0]}")
-        res["events"] = self.recorder.record(events.events_for(res, course=self.target.course_id,
-                                                               version=self.target.version))
+        res["events"] = self.recorder.record(events.events_for(
+            res, course=self.target.course_id, version=self.target.version,
+            team=(self.cfg.teams or {}).get(res.get("student", ""), "")))
         for name, b64 in (res.get("evidence") or {}).items():
             import base64
             p = self.work / "evidence" / s / n / name

@@ -340,7 +340,7 @@ def _wait_namespace(home: Path, ns: str, devices: list[str], *, present: bool, t
 
 def add_namespace(home: str | os.PathLike | None = None, namespace: str = "", *, devices: int = 3,
                   models: list[str] | None = None, profile: str | None = None,
-                  timeout: float = 30.0) -> dict[str, Any]:
+                  timeout: float = 60.0) -> dict[str, Any]:
     """Add a namespace with its own devices and learner identity to the running lab.
 
     Why in a running lab: a grading job (or a team member) needs topics, credentials and

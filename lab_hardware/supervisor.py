@@ -131,14 +131,18 @@ class Supervisor:
         for ns, spec in self.cfg["namespaces"].items():
             for i, dev in enumerate(spec["devices"]):
                 wanted[self._device_key(ns, dev["name"])] = (ns, spec, dev, i)
-        for key in list(self.devices):
-            if key not in wanted:
-                log.info("stopping device %s (namespace removed)", key)
-                self.devices.pop(key).stop()
+        # new devices first (a grader is waiting for them), then stop removed ones together
         for key, args in wanted.items():
             if key not in self.devices:
                 self.devices[key] = self._spawn_device(*args)
                 log.info("started device %s pid %s", key, self.devices[key].pid)
+        removed = [self.devices.pop(key) for key in list(self.devices) if key not in wanted]
+        for child in removed:
+            log.info("stopping device %s (namespace removed)", child.name)
+            if child.proc is not None and child.proc.poll() is None:
+                child.proc.terminate()
+        for child in removed:
+            child.stop()
 
     # ---- run state ---------------------------------------------------------------------
     def write_run(self, ready: bool) -> None:

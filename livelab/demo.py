@@ -161,7 +161,8 @@ def _course_team_report(home: Path, console: Console) -> int:
                     shutil.copy(rel / kind / module / f"{module}.ipynb", nb)
                 summary = grade_many(BatchConfig(course=str(rel), module=module, path=str(sub),
                                                  out=str(home / "graded" / version / kind),
-                                                 lab_home=str(home), events=str(home), progress=True))
+                                                 lab_home=str(home), events=str(home), progress=True,
+                                                 teams={n: t for n, t, _ in TEAM}))
                 console.print(f"  {version} {module}: {_score_line(summary)}")
     store = EventStore(home)
     result = _tts.compute(_tts.EventTable.from_store(store))
@@ -169,13 +170,13 @@ def _course_team_report(home: Path, console: Console) -> int:
     out = home / "time-to-signal.html"
     _static.export(home, out)
     console.rule("[bold]time to signal[/]")
-    t = Table("version", "module", "learners", "passed", "median TTS", "p90 TTS")
-    for version in ("1.0.0", "1.1.0"):
+    t = Table("version", "team", "module", "learners", "passed", "median TTS", "p90 TTS")
+    for version, team in (("1.0.0", "red"), ("1.1.0", "blue")):
         for module in MODULES:
-            sm = result.summary(course=COURSE, version=version, module=module)
+            sm = result.summary(course=COURSE, version=version, module=module, team=team)
             med = f"{sm['median']:.1f} s" if sm.get("median") is not None and sm["count"] else "-"
             p90 = f"{sm['p90']:.1f} s" if sm.get("p90") is not None and sm["count"] else "-"
-            t.add_row(version, module, str(sm["learners"]), str(sm["count"]), med, p90)
+            t.add_row(version, team, module, str(sm["learners"]), str(sm["count"]), med, p90)
             if not sm["count"]:
                 code = 1
     console.print(t)
