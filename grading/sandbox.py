@@ -536,7 +536,10 @@ class Kernel:
     def start(self) -> "Kernel":
         cfg = self.config
         if cfg.isolate:
-            self.cgroup = KernelCgroup(f"livelab-{self.id}", cfg.limits, cgroup_support())
+            # LIVELAB_GRADING_TAG (inherited by Dask workers) lets a caller tell its own kernels'
+            # cgroups from those of other graders on the machine
+            tag = "".join(c for c in os.environ.get("LIVELAB_GRADING_TAG", "") if c.isalnum())[:16]
+            self.cgroup = KernelCgroup(f"livelab-{tag + '-' if tag else ''}{self.id}", cfg.limits, cgroup_support())
         spec = self._spec()
         # launcher bind-mounts by (source, target); pass them as such
         spec_path = self.dir / "ipc" / "launch.json"

@@ -25,6 +25,9 @@ from grading.batch import BatchConfig, grade_many
 from grading.limits import Limits
 
 LIMITS = Limits(cell_timeout=3, total_timeout=12, memory_mb=400, max_processes=40, output_bytes=200_000)
+#: marks this test run's fork servers and kernel cgroups (workers inherit it)
+TAG = f"t{os.getpid()}"
+os.environ["LIVELAB_GRADING_TAG"] = TAG
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -282,8 +285,14 @@ def test_feedback_html_next_to_nbgraders(batch, course):
 def test_no_process_or_cgroup_left_behind(batch):
     own = {p.pid for p in psutil.Process().children(recursive=True)}  # this process's own fork server
 
+    def ours(p) -> bool:  # not another grader's on this machine (they may run at the same time)
+        try:
+            return p.environ().get("LIVELAB_GRADING_TAG") == TAG
+        except psutil.Error:
+            return False
+
     def mine():
-        return [p for p in psutil.process_iter(["cmdline"]) if p.pid not in own
+        return [p for p in psutil.process_iter(["cmdline"]) if p.pid not in own and ours(p)
                 and any("grading/zygote.py" in a or "grading/launcher.py" in a for a in (p.info["cmdline"] or []))]
     deadline = time.monotonic() + 10  # fork servers exit on their own once their worker is gone
     while mine() and time.monotonic() < deadline:
@@ -293,7 +302,7 @@ def test_no_process_or_cgroup_left_behind(batch):
     from grading.limits import detect
 
     def busy():
-        return [str(d) for base in detect()["bases"].values() for d in Path(base).glob("livelab-*")
+        return [str(d) for base in detect()["bases"].values() for d in Path(base).glob(f"livelab-{TAG}-*")
                 if d.exists() and (d / "cgroup.procs").read_text().strip()]
     while busy() and time.monotonic() < deadline + 10:  # the kernels of a stopping fork server
         time.sleep(0.2)
