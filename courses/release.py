@@ -15,8 +15,10 @@ passed (the release is assembled in a staging folder and renamed into place):
    purpose with ``lab_hardware.lab.up``, papermill runs every reference solution in module
    order with the ``livelab`` kernel - each must complete without error, its visible and
    hidden tests included - and then every learner version as is, which must fail at least one
-   of its tests (a learner must not pass by doing nothing).  When ``grading.checks`` offers a
-   ``run(name, **context)`` function, each module's checks must pass on the reference run too.
+   of its tests (a learner must not pass by doing nothing).  After each run the module's
+   grading checks (``grading.checks.run``: the same checks ``livelab grade`` scores, judged
+   from the lab's audit chains and the files the run left) must all pass for the reference
+   solution and must not all pass for the learner version.
 4. **Write** ``releases/<version>/``: the released ``course.toml``, the learner notebooks, the
    stamped source notebooks (grading integrity: the grader restores locked cells from them) and
    ``manifest.json`` with every file's sha256, minutes, points and the gate's results.
@@ -65,6 +67,7 @@ class ModuleGate:
     learner_tests: list[str] = field(default_factory=list)
     learner_failed_tests: list[str] = field(default_factory=list)
     checks: dict[str, Any] | str = "not run"
+    learner_checks: dict[str, Any] | str = "not run"
 
 
 def _quiet(_msg: str) -> None:
@@ -206,7 +209,8 @@ def run_gate(course: Course, sources: dict[str, Path], learners: dict[str, Path]
                     problems.append(f"{m.id}: the reference solution fails: {ex.error}")
                     continue
                 r.checks = _grading_checks(m, {"module": m.id, "home": str(home), "namespace": None,
-                                               "learner": GATE_LEARNER, "notebook": ex.output, "since": since})
+                                               "learner": GATE_LEARNER, "notebook": ex.output, "since": since,
+                                               "artifacts": str(workdir / "work" / m.id / "reference")})
                 if isinstance(r.checks, dict):
                     for name, c in r.checks.items():
                         if not c["passed"]:
@@ -215,6 +219,7 @@ def run_gate(course: Course, sources: dict[str, Path], learners: dict[str, Path]
                 if m.id not in learners:
                     continue
                 progress(f"{m.id}: running the learner version as is")
+                since = time.time()
                 ex = notebooks.execute(learners[m.id], workdir / "runs" / m.id / "learner.ipynb",
                                        parameters={**params, "LEARNER": GATE_LEARNER + "-learner"},
                                        cwd=workdir / "work" / m.id / "learner", allow_errors=True,
@@ -222,6 +227,14 @@ def run_gate(course: Course, sources: dict[str, Path], learners: dict[str, Path]
                 r = results[m.id]
                 r.learner_seconds = round(ex.seconds, 2)
                 r.learner_tests, r.learner_failed_tests = ex.tests, ex.failed_tests
+                r.learner_checks = _grading_checks(m, {"module": m.id, "home": str(home), "namespace": None,
+                                                       "learner": GATE_LEARNER + "-learner", "notebook": ex.output,
+                                                       "since": since,
+                                                       "artifacts": str(workdir / "work" / m.id / "learner")})
+                if isinstance(r.learner_checks, dict) and r.learner_checks and \
+                        all(c["passed"] for c in r.learner_checks.values()):
+                    problems.append(f"{m.id}: the learner version passes all its checks "
+                                    f"({', '.join(r.learner_checks)}) as is")
                 if not ex.tests:
                     problems.append(f"{m.id}: the learner version has no test cells to fail")
                 elif not ex.failed_tests:
@@ -322,7 +335,8 @@ def release(course: str | Path | Course, version: str, *, root: Path | None = No
                             "gate": {"reference": "passed", "reference_seconds": g.reference_seconds,
                                      "learner": f"fails {len(g.learner_failed_tests)} of {len(g.learner_tests)} tests",
                                      "learner_failed_tests": g.learner_failed_tests,
-                                     "learner_seconds": g.learner_seconds, "checks": g.checks}})
+                                     "learner_seconds": g.learner_seconds, "checks": g.checks,
+                                     "learner_checks": g.learner_checks}})
         manifest = {
             "schema": catalog.SCHEMA_RELEASE, "course": c.id, "title": c.title, "description": c.description,
             "version": version, "released": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

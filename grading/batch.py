@@ -261,6 +261,7 @@ class BatchConfig:
     checks: list[str] | None = None    # check names; None: the module's from course.toml
     seed: int = 0
     teams: dict[str, str] | None = None  # learner -> team, written on their events
+    team: str | None = None            # the team of learners that ``teams`` does not name
     state: str | None = None           # grader state (private references); None: $LIVELAB_HOME/grading
     version: str | None = None         # a livelab course's release to grade against (default: current)
 
@@ -317,6 +318,9 @@ class Driver:
                                network=False)
         self.cache_path = self.work / "cache.json"
         self.cache = self._load_cache() if cfg.use_cache else {}
+
+    def team_of(self, student: str) -> str:
+        return (self.cfg.teams or {}).get(student) or self.cfg.team or ""
 
     def _check_names(self) -> list[str]:
         if self.cfg.checks is not None:
@@ -390,7 +394,7 @@ class Driver:
             res.setdefault("messages", []).append(f"gradebook not updated: {str(exc).splitlines()[0]}")
         res["events"] = self.recorder.record(events.events_for(
             res, course=self.target.course_id, version=self.target.version,
-            team=(self.cfg.teams or {}).get(res.get("student", ""), "")))
+            team=self.team_of(res.get("student", ""))))
         for name, b64 in (res.get("evidence") or {}).items():
             import base64
             p = self.work / "evidence" / s / n / name
@@ -416,9 +420,11 @@ class Driver:
         # TLS with throw-away certificates: lab kernels share the loopback network, and an
         # unauthenticated scheduler would run whatever a submission sent it.
         sec = Security.temporary()
-        cluster = LocalCluster(n_workers=self.cfg.workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.ERROR, security=sec,
-                               host="127.0.0.1", protocol="tls://")
+        from . import forkserver
+        with forkserver.configured():
+            cluster = LocalCluster(n_workers=self.cfg.workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None, silence_logs=logging.ERROR, security=sec,
+                                   host="127.0.0.1", protocol="tls://", env=dict(os.environ))
         return Client(cluster, security=sec), cluster
 
     def run(self) -> dict:
@@ -518,6 +524,8 @@ class Driver:
             client.close()
             if cluster is not None:
                 cluster.close(timeout=10)
+                from . import forkserver
+                forkserver.stop()
             timing["cluster_close"] = time.perf_counter() - t
         return out
 

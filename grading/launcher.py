@@ -98,15 +98,19 @@ def _setup_mounts(spec, status, have_pidns):
         if os.path.exists(src):
             keep.append((dst, os.open(src, O_PATH), os.path.isdir(src)))
     hidden = []
-    for path in spec.get("hide", []):
+
+    def hide(path):
         if not os.path.lexists(path) or os.path.islink(path):
-            continue
+            return
         if os.path.isdir(path):
             size = spec.get("tmpfs_size", {}).get(path, "64k")
             _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=0755")
         else:
             _mount("/dev/null", path, None, MS_BIND)
         hidden.append(path)
+
+    for path in spec.get("hide", []):
+        hide(path)
     for path, fd, is_dir in keep:
         if is_dir:
             os.makedirs(path, exist_ok=True)
@@ -116,6 +120,11 @@ def _setup_mounts(spec, status, have_pidns):
                 open(path, "a").close()
         _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
         os.close(fd)
+    # A hidden path inside an exposed one (course content inside a checkout that sits under a
+    # hidden /tmp) came back with the bind: hide it again, on top.
+    for path in spec.get("hide", []):
+        if any(path == k or path.startswith(k.rstrip("/") + "/") for k, _, _ in keep):
+            hide(path)
     status["hidden"] = hidden
     status["exposed"] = [p for p, _, _ in keep]
 

@@ -115,6 +115,52 @@ def read_notebook(data: bytes) -> NotebookNode:
 _SANITIZERS = None
 
 
+class _KeptGradebooks:
+    """One open nbgrader ``Gradebook`` per private reference database, for nbgrader's own
+    sanitize preprocessors.
+
+    ``OverwriteCells`` and ``OverwriteKernelspec`` open (and close) a new ``Gradebook`` on
+    every notebook: a new SQLAlchemy engine, a table inspection and ``create_all`` each
+    time, about 20 ms per submission here (profiled: bench/grading.py).  A private
+    reference's gradebook is content-addressed and never written after it is built, so a
+    grading process keeps one open per reference and hands it to those preprocessors (their
+    module-level ``Gradebook`` name points here); any other database gets a plain one.
+    """
+
+    def __init__(self, cls):
+        self.cls, self.kept, self.lock = cls, {}, threading.Lock()
+        self.reference_urls: set[str] = set()
+
+    def __call__(self, db_url: str, *args, **kw):
+        if db_url not in self.reference_urls or args or kw:
+            return self.cls(db_url, *args, **kw)
+        with self.lock:
+            gb = self.kept.get(db_url)
+            if gb is None:
+                gb = self.kept[db_url] = _kept(self.cls)(db_url)
+            return gb
+
+
+def _kept(cls):
+    class KeptGradebook(cls):
+        def close(self):  # kept open for the next notebook; its session holds no transaction
+            self.db.rollback()
+    return KeptGradebook
+
+
+_GRADEBOOKS: _KeptGradebooks | None = None
+
+
+def _kept_gradebooks() -> _KeptGradebooks:
+    global _GRADEBOOKS
+    if _GRADEBOOKS is None:
+        from nbgrader import api
+        from nbgrader.preprocessors import overwritecells, overwritekernelspec
+        _GRADEBOOKS = _KeptGradebooks(api.Gradebook)
+        overwritecells.Gradebook = overwritekernelspec.Gradebook = _GRADEBOOKS
+    return _GRADEBOOKS
+
+
 def _sanitizers():
     """nbgrader autograde's sanitize preprocessors, in its order, built once per process."""
     global _SANITIZERS
@@ -158,8 +204,10 @@ def sanitize(nb: NotebookNode, ref: Reference, student: str) -> tuple[NotebookNo
             cell.metadata.pop("nbgrader", None)
         elif gid is not None and gid not in before:
             before[gid] = copy.deepcopy(cell)
+    db_url = ref.ensure_local().db_url
+    _kept_gradebooks().reference_urls.add(db_url)
     resources = {"nbgrader": {"notebook": ref.notebook, "assignment": ref.assignment,
-                              "student": student, "db_url": ref.ensure_local().db_url}}
+                              "student": student, "db_url": db_url}}
     for pp in _sanitizers():
         nb, resources = pp.preprocess(nb, resources)
     after = {(_grade_meta(c).get("grade_id")): c for c in nb.cells if _grade_meta(c).get("grade_id")}

@@ -174,13 +174,18 @@ def _under(path: str, parent: str) -> bool:
 @lru_cache(maxsize=1)
 def _interpreter_paths() -> list[str]:
     """Where the kernel's interpreter, standard library and the project code a notebook imports
-    (the SDK ``labs`` and the lab formats ``lab_hardware``) live: they must stay visible even when
-    the checkout sits under a hidden path such as /tmp (a CI clone).  ``courses/`` stays hidden."""
+    (the SDK ``labs``, the lab formats ``lab_hardware`` and the course tooling ``courses``, e.g.
+    ``courses.incidents``) live: they must stay visible even when the checkout sits under a
+    hidden path such as /tmp (a CI clone).  The course *content* folders inside ``courses/``
+    (sources with hidden tests, releases) stay hidden: they are on every kernel's hide list,
+    and the launcher hides them again inside an exposed path."""
+    import courses
     import lab_hardware
     import labs
     paths = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable)),
              os.path.dirname(os.path.realpath(labs.__file__)),
-             os.path.dirname(os.path.realpath(lab_hardware.__file__))}
+             os.path.dirname(os.path.realpath(lab_hardware.__file__)),
+             os.path.dirname(os.path.realpath(courses.__file__))}
     return sorted(p for p in paths if p and os.path.isdir(p))
 
 

@@ -81,7 +81,7 @@ class Lab:
     """A connection to one namespace of a live lab."""
 
     def __init__(self, conn: Connection, *, module: str | None = None, learner: str | None = None,
-                 course: str | None = None, version: str | None = None):
+                 course: str | None = None, version: str | None = None, team: str | None = None):
         opened_at = time.time()
         self.conn = conn
         self.namespace = conn.namespace
@@ -91,6 +91,8 @@ class Lab:
         self.course = course
         self.version = version
         self.learner = learner or os.environ.get("LIVELAB_LEARNER") or os.environ.get("USER") or "learner"
+        # The learner's team, for per-team time-to-signal (``LIVELAB_TEAM`` when not given).
+        self.team = team or os.environ.get("LIVELAB_TEAM") or ""
         self.states: dict[str, dict] = {}
         self._windows: list[dict] = []   # every window received, in arrival order
         self._windows_dropped = 0         # trimmed from the front of _windows
@@ -122,6 +124,8 @@ class Lab:
                 event["course"] = course
             if version:
                 event["version"] = version
+            if self.team:
+                event["team"] = self.team
             self._client.publish(topics.namespace_prefix(self.namespace) + "/learner/events",
                                  topics.encode(event), qos=1)
             self._record(("module-opened", opened_at), ("lab-connected", time.time()))
@@ -132,23 +136,24 @@ class Lab:
         from lab_hardware import events as _events  # SQLAlchemy: imported only when a module is opened
         _events.record(self.conn.home, *[{"kind": k, "time": t, "learner": self.learner, "module": self.module,
                                           "course": self.course, "version": self.version,
-                                          "detail": {"namespace": self.namespace}} for k, t in kinds_times])
+                                          "team": self.team or None, "detail": {"namespace": self.namespace}} for k, t in kinds_times])
 
     @classmethod
     def connect(cls, module: str | None = None, *, home=None, namespace: str | None = None,
                 broker_url: str | None = None, username: str | None = None,
                 password: str | None = None, learner: str | None = None,
-                course: str | None = None, version: str | None = None) -> "Lab":
+                course: str | None = None, version: str | None = None, team: str | None = None) -> "Lab":
         """Connect to the running lab (see the module doc for where it is found).
 
         ``module`` records that the learner opened that module (a ``module-opened`` event,
-        with ``course`` and its curriculum ``version`` when given).
+        with ``course`` and its curriculum ``version`` when given, and the learner's ``team``,
+        default ``$LIVELAB_TEAM``).
         """
         try:
             conn = _find(home, namespace, broker_url, username, password)
         except ValueError as exc:
             raise LabConnectionError(str(exc)) from None
-        return cls(conn, module=module, learner=learner, course=course, version=version)
+        return cls(conn, module=module, learner=learner, course=course, version=version, team=team)
 
     # ---- incoming ----------------------------------------------------------------------
     def _on_message(self, client, userdata, msg) -> None:

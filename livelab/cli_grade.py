@@ -39,6 +39,10 @@ def register(sub) -> None:
                                    "(default: $LIVELAB_HOME/grading)")
     s.add_argument("--version", dest="release", help="the course release to grade against (default: the "
                                                     "course's current version)")
+    s.add_argument("--team", help="team of every learner graded (for per-team time-to-signal)")
+    s.add_argument("--teams", metavar="FILE", help="learners' teams: a CSV file with columns student,team "
+                                                   "(a header row is optional) or a JSON object "
+                                                   "{student: team}; wins over --team")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.add_argument("--no-progress", action="store_true")
@@ -50,9 +54,37 @@ def _usage(msg: str) -> int:
     return EXIT_USAGE
 
 
+def read_teams(path: str) -> dict[str, str]:
+    """``--teams FILE``: {student: team} from a JSON object or a CSV file (student,team)."""
+    import csv
+    from pathlib import Path
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read --teams file {path}: {exc.__class__.__name__}: {exc}") from None
+    if text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"--teams file {path} is not valid JSON: {exc}") from None
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+            raise ValueError(f"--teams file {path}: every value must be a team name (a string)")
+        return {k.strip(): v.strip() for k, v in data.items() if k.strip()}
+    out: dict[str, str] = {}
+    for n, row in enumerate(csv.reader(text.splitlines()), 1):
+        if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+            continue
+        if len(row) != 2 or not row[0].strip() or not row[1].strip():
+            raise ValueError(f"--teams file {path}, line {n}: expected 'student,team', got {','.join(row)!r}")
+        if n == 1 and [c.strip().lower() for c in row] == ["student", "team"]:
+            continue
+        out[row[0].strip()] = row[1].strip()
+    if not out:
+        raise ValueError(f"--teams file {path} names no student")
+    return out
+
+
 def cmd_grade(args) -> int:
-    from grading.batch import BatchConfig, GradeUsageError, grade_many
-    from grading.limits import Limits
     if args.workers < 1:
         return _usage("--workers must be at least 1")
     for name in ("cell_timeout", "timeout", "memory_mb", "max_processes", "output_bytes"):
@@ -60,6 +92,18 @@ def cmd_grade(args) -> int:
             return _usage(f"--{name.replace('_', '-')} must be positive")
     if args.scheduler and not args.scheduler.startswith(("tcp://", "tls://")):
         return _usage(f"--scheduler must look like tcp://HOST:PORT, not {args.scheduler!r}")
+    teams = None
+    if args.teams:
+        try:
+            teams = read_teams(args.teams)
+        except ValueError as exc:
+            return _usage(str(exc))
+    team = (args.team or "").strip() or None
+    if not args.scheduler:  # local workers: their fork server preloads while the driver starts
+        from grading import forkserver
+        forkserver.start()
+    from grading.batch import BatchConfig, GradeUsageError, grade_many
+    from grading.limits import Limits
     limits = Limits(cell_timeout=args.cell_timeout, total_timeout=args.timeout, memory_mb=args.memory_mb,
                     max_processes=args.max_processes, output_bytes=args.output_bytes)
     cfg = BatchConfig(course=args.course, module=args.module, path=args.path, out=args.out,
@@ -68,7 +112,7 @@ def cmd_grade(args) -> int:
                       progress=not args.no_progress and not args.json and sys.stderr.isatty(),
                       events=args.events, lab_home=getattr(args, "home", None),
                       checks=[c.strip() for c in args.checks.split(",") if c.strip()] if args.checks else None,
-                      seed=args.seed, state=args.state, version=args.release)
+                      seed=args.seed, state=args.state, version=args.release, teams=teams, team=team)
     try:
         summary = grade_many(cfg)
     except GradeUsageError as exc:

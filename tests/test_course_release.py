@@ -105,6 +105,19 @@ def test_every_learner_version_fails_its_tests_as_is(gated):
         assert "BEGIN HIDDEN TESTS" not in json.dumps(nb)
 
 
+def test_the_grading_checks_judge_the_gate_runs(gated):
+    """The gate runs the same checks ``livelab grade`` scores: all pass on every reference
+    solution, and not all of them pass on any learner version as is."""
+    for mod in gated.manifest["modules"]:
+        g = mod["gate"]
+        assert isinstance(g["checks"], dict) and sorted(g["checks"]) == sorted(mod["checks"]), (mod["id"], g["checks"])
+        assert all(c["passed"] for c in g["checks"].values()), (mod["id"], g["checks"])
+        assert isinstance(g["learner_checks"], dict) and sorted(g["learner_checks"]) == sorted(mod["checks"])
+        failing = [n for n, c in g["learner_checks"].items() if not c["passed"]]
+        assert failing, f"{mod['id']}: the learner version passes every check as is"
+        assert all(g["learner_checks"][n]["message"] for n in failing)
+
+
 def test_the_release_is_complete_and_immutable(gated):
     c = catalog.load(gated.course)
     m = catalog.read_release(c, "1.1.0")
@@ -189,6 +202,9 @@ objectives = ["none"]
     assert lines == [
         "livelab: release gate failed: wrong-reference: the reference solution fails: cell answer-test: "
         "AssertionError: the hidden test disagrees",
+        # the module's grading check judges what the lab saw: this reference never granted consent
+        "livelab: release gate failed: free-points: check 'consent' fails on the reference solution: "
+        "consent-used: no consent grant of yours in the devices' audit chains",
         "livelab: release gate failed: free-points: the learner version passes all 1 of its tests as is: "
         "a learner would get full marks without doing anything",
         "livelab: nothing was released (tiny 1.0.0)",

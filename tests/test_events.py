@@ -305,6 +305,11 @@ def test_sdk_writes_opening_connection_and_first_telemetry(lab_home, monkeypatch
         pass
     with EventStore(lab_home) as store:
         assert store.count(learner="ada") == 3
+    # An explicit team wins over $LIVELAB_TEAM (a learner opening a module outside the grader).
+    with Lab.connect("m2-replay", home=lab_home, learner="cy", course="edge-ml", version="1.1.0", team="blue") as lab:
+        assert lab.team == "blue"
+    with EventStore(lab_home) as store:
+        assert {e.team for e in store.query(learner="cy")} == {"blue"}
     # ... and a broken events store never breaks the learner's notebook.
     monkeypatch.setenv("LIVELAB_EVENTS_URL", "postgresql://127.0.0.1:1/x")
     with Lab.connect("m2-replay", home=lab_home, learner="bob") as lab:
