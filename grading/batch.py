@@ -506,6 +506,7 @@ class Driver:
             self.writer.close()
             self.recorder.close()
             t = time.perf_counter()
+            parts = timing["close_parts"] = {}
             try:
                 import psutil
                 me = psutil.Process().cpu_times()
@@ -517,10 +518,12 @@ class Driver:
                 timing["cpu_seconds"] = cpu
             except Exception:  # noqa: BLE001 - accounting only
                 pass
+            parts["accounting"] = time.perf_counter() - t
             try:
                 client.run(_shutdown_worker)
             except Exception:  # noqa: BLE001 - workers may be gone already
                 pass
+            parts["shutdown_kernels"] = time.perf_counter() - t - parts["accounting"]
             client.close()
             if cluster is not None:
                 cluster.close(timeout=10)

@@ -13,11 +13,12 @@ A :class:`LabSlot` is one submission's lab:
 * an :class:`Observer`: a control-plane subscriber on ``livelab/<ns>/#`` that keeps every
   message (time, topic, bytes, retained flag) from before the notebook starts until after it
   is gone - the evidence the checks judge, which nothing in the notebook can edit or delete.
-  It also stores the namespace's captures in the lab's replay store (the supervisor's
-  collector subscribes only to the namespaces it started with);
+  It also stores the namespace's captures in the lab's replay store (as the supervisor's
+  collector does; the store drops the duplicates);
 * the learner's view of the lab home inside the kernel's sandbox: a ``lab.json`` for this
-  namespace, the scenario, this namespace's replay captures and the lab's trust store (so a
-  signed bundle can be trusted), and private ``keys/`` - never the lab's secrets, config,
+  namespace, the scenario, this namespace's replay captures and this namespace's own trust
+  store (``keys.namespace_home``: a key the submission trusts verifies bundles on its devices
+  only, and goes with the namespace), and private ``keys/`` - never the lab's secrets, config,
   other namespaces' devices or captures;
 * afterwards the namespace is removed, its evidence (observer log, audit chains) kept with
   the result.
@@ -167,10 +168,12 @@ class LabSlot:
     def binds(self) -> list[tuple[str, str]]:
         from lab_hardware import replay
         lh = self.learner_home()
-        (self.home / "trust").mkdir(exist_ok=True)
+        from lab_hardware import keys
+        trust = keys.namespace_home(self.home, self.namespace) / "trust"  # this namespace's own store
+        trust.mkdir(parents=True, exist_ok=True)
         return [(str(self.home / "scenario"), f"{lh}/scenario"),
                 (str(replay.captures_dir(self.home, self.namespace)), f"{lh}/replays/captures/{self.namespace}"),
-                (str(self.home / "trust"), f"{lh}/trust")]
+                (str(trust), f"{lh}/trust")]
 
     def hidden(self) -> list[str]:
         return [str(self.home)]

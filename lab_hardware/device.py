@@ -133,7 +133,7 @@ class Device:
         self.decision_seq = saved.get("decision_seq", 0)
         trust = config.get("home")
         self.slots = Slots(self.dir, self.models, self.intents, self.profile,
-                           Path(trust) if trust else None, clock=clock)
+                           Path(trust) if trust else None, clock=clock, namespace=self.ns)
         self.slots.restore(config.get("model") or next(iter(self.models)))
         self.capture: dict | None = None    # an open replay capture (see _cmd_capture)
 

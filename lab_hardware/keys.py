@@ -198,6 +198,15 @@ def _trust_dir(home: Path) -> Path:
     return Path(home) / "trust"
 
 
+def namespace_home(home: Path, namespace: str) -> Path:
+    """Where one namespace's own trust store lives (``<that>/trust/``): keys trusted there
+    verify bundles on that namespace's devices only, next to the lab-wide store.  A grading
+    submission trusts its signer here, so nothing it trusts reaches another namespace, and
+    removing the namespace (``lab.remove_namespace(purge=True)``) removes them."""
+    from . import topics
+    return Path(home) / "namespaces" / topics.check_name("namespace", namespace)
+
+
 def trust(home: Path, pub_path: Path | str) -> str:
     """Add a public key to the lab's trust store; returns its key id (idempotent)."""
     rec, _ = _read_pub(Path(pub_path))
@@ -231,9 +240,13 @@ def _trusted_records(home: Path) -> dict[str, tuple[dict, Ed25519PublicKey]]:
     return out
 
 
-def trusted(home: Path) -> dict[str, Ed25519PublicKey]:
-    """keyid -> public key for every key in the trust store."""
-    return {k: pub for k, (_, pub) in _trusted_records(home).items()}
+def trusted(home: Path, namespace: str | None = None) -> dict[str, Ed25519PublicKey]:
+    """keyid -> public key for every key in the trust store (with ``namespace``: the lab-wide
+    store and that namespace's own, see :func:`namespace_home`)."""
+    out = {k: pub for k, (_, pub) in _trusted_records(home).items()}
+    if namespace:
+        out.update({k: pub for k, (_, pub) in _trusted_records(namespace_home(home, namespace)).items()})
+    return out
 
 
 def trusted_hex(home: Path) -> dict[str, str]:

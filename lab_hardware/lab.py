@@ -432,6 +432,8 @@ def remove_namespace(home: str | os.PathLike | None = None, namespace: str = "",
         pass
     if purge:
         shutil.rmtree(_home.device_dir(home, namespace, "x").parent, ignore_errors=True)
+        from . import keys
+        shutil.rmtree(keys.namespace_home(home, namespace), ignore_errors=True)
     return {"namespace": namespace, "devices": names, "purged": purge}
 
 

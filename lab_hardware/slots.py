@@ -94,14 +94,16 @@ class Health:
 
 class Slots:
     def __init__(self, state_dir: Path, models: dict[str, str], intents: list[str],
-                 profile: Profile, trust_dir: Path | None, clock=time.time):
-        # trust_dir: the lab home whose trust/ holds the trusted signer keys
+                 profile: Profile, trust_dir: Path | None, clock=time.time, namespace: str | None = None):
+        # trust_dir: the lab home whose trust/ holds the trusted signer keys; the namespace's
+        # own trust store (keys.namespace_home) counts too
         self.dir = Path(state_dir)
         self.bundles_dir = self.dir / "bundles"
         self.models = dict(models)
         self.intents = list(intents)
         self.profile = profile
         self.trust_dir = trust_dir
+        self.namespace = namespace
         self.clock = clock
         self.active: Slot | None = None
         self.good: list[Slot] = []          # last good, most recent last (kept loaded)
@@ -183,11 +185,12 @@ class Slots:
         return slot
 
     def trusted(self) -> dict:
-        """The lab's trust store, read at every verify (so 'livelab keys trust' applies at once)."""
+        """The lab's and this namespace's trust stores, read at every verify (so 'livelab keys
+        trust' applies at once)."""
         from . import keys
         if self.trust_dir is None:
             return {}
-        return keys.trusted(self.trust_dir)
+        return keys.trusted(self.trust_dir, namespace=self.namespace)
 
     def verify(self, data: bytes, *, rollback: bool = False):
         from . import bundle as _bundle

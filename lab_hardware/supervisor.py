@@ -203,10 +203,32 @@ class Supervisor:
                 log.warning("capture on %s refused: %s", msg.topic, str(exc).splitlines()[0])
 
         c.on_message = on_message
+        # (re)connecting subscribes every namespace of the current configuration
         c.on_connect = lambda cl, ud, fl, rc, pr: cl.subscribe(
-            [(topics.namespace_prefix(ns) + "/devices/+/capture", 1) for ns in self.cfg["namespaces"]])
+            [(self._capture_topic(ns), 1) for ns in self.cfg["namespaces"]])
         mqtt.connect(c, host, port)
         self.collector = c
+        self.collected = set(self.cfg["namespaces"])
+
+    @staticmethod
+    def _capture_topic(ns: str) -> str:
+        return topics.namespace_prefix(ns) + "/devices/+/capture"
+
+    def _follow_namespaces(self) -> None:
+        """Subscribe the collector to namespaces added since (a reload); stop following the
+        removed ones.  Subscribed before their devices start, so no capture is missed."""
+        if self.collector is None:
+            return
+        now = set(self.cfg["namespaces"])
+        for ns in sorted(now - self.collected):
+            try:
+                mqtt.subscribe_wait(self.collector, self._capture_topic(ns))
+            except Exception as exc:  # noqa: BLE001 - on_connect subscribes it on the next reconnect
+                log.warning("collector could not subscribe namespace %s yet: %s", ns, exc)
+        gone = sorted(self.collected - now)
+        if gone:
+            self.collector.unsubscribe([self._capture_topic(ns) for ns in gone])
+        self.collected = now
 
     # ---- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -230,6 +252,7 @@ class Supervisor:
         if self.broker is not None:
             self._write_broker_files()
             _broker.reload(self.broker.proc)
+        self._follow_namespaces()
         self._sync_devices()
         self.write_run(True)
         log.info("configuration reloaded")

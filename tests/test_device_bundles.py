@@ -237,3 +237,34 @@ def test_rollout_cli_canary_back_and_shadow_forward(blab):
     assert sdk.states["dev-2"]["shadow"] is None
     p = cli("finish")
     assert p.returncode == 2 and "--forward" in p.stderr
+
+
+def test_a_namespace_trust_store_stays_in_its_namespace(tmp_path, mosquitto_available):
+    """A key trusted in one namespace's own store (what a graded submission can write) verifies
+    bundles on that namespace's devices only; the namespace's removal takes it away."""
+    from lab_hardware import home as _home
+    home = tmp_path / "lab"
+    start_lab(home, devices=1)
+    try:
+        keys.new_key(home, "author")
+        signed = _make(tmp_path, home, "intents", "1.1.0", call_bias=-3.0)
+        views = {}
+        for ns in ("sub-a", "sub-b"):
+            desc = lab.add_namespace(home, ns, devices=1)
+            views[ns] = tmp_path / ns
+            views[ns].mkdir()
+            _home.write_json(views[ns] / _home.DESCRIPTOR, desc)
+        assert keys.trust(keys.namespace_home(home, "sub-a"), home / "keys" / "author.pub")
+        with Lab.connect(home=views["sub-a"]) as a:
+            rec = a.install(a.devices[0], signed)
+            assert rec["kind"] == "install"
+        with Lab.connect(home=views["sub-b"]) as b:
+            with pytest.raises(CommandRefused, match="unknown key|trusted"):
+                b.install(b.devices[0], signed)
+        with Lab.connect(home=home) as main:  # nor in the lab's own namespace
+            with pytest.raises(CommandRefused, match="unknown key|trusted"):
+                main.install(main.devices[0], signed)
+        lab.remove_namespace(home, "sub-a", purge=True)
+        assert not keys.namespace_home(home, "sub-a").exists()
+    finally:
+        lab.down(home)

@@ -425,3 +425,33 @@ def test_cli_errors_are_one_line_exit_2(lab, tmp_path, args, match):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and match in lines[0] and lines[0].startswith("livelab: error: "), res.stderr
     assert "Traceback" not in res.stderr + res.stdout
+
+
+def test_captures_of_a_namespace_added_to_a_running_lab_are_stored(tmp_path, mosquitto_available):
+    """The supervisor's collector follows namespaces added after it started (a grading job's,
+    a team member's): their consented captures land in the replay store too."""
+    import time as _time
+
+    from lab_hardware import lab as _lab
+    from labs import Lab
+    home = tmp_path / "lab"
+    _lab.up(home, scenario=scenarios.load("voice-intents").materialize(home / "scenario"), devices=1)
+    try:
+        desc = _lab.add_namespace(home, "late", devices=1)
+        learner_home = tmp_path / "late-home"
+        learner_home.mkdir()
+        _home.write_json(learner_home / _home.DESCRIPTOR, desc)
+        with Lab.connect(home=learner_home) as sdk:
+            assert sdk.namespace == "late"
+            dev = sdk.devices[0]
+            sdk.grant_consent(dev, "replay-capture")
+            cid = sdk.capture(dev, 40)
+        deadline = _time.monotonic() + 10
+        while _time.monotonic() < deadline:
+            caps = [c for c in replay.list_captures(home) if c.get("capture_id") == cid]
+            if caps and caps[0].get("records", 0) >= 40:
+                break
+            _time.sleep(0.1)
+        assert caps and caps[0]["namespace"] == "late" and caps[0]["records"] >= 40, replay.list_captures(home)
+    finally:
+        _lab.down(home)

@@ -52,7 +52,7 @@ def bundle_check(ctx: CheckContext) -> list[Item]:
         return [Item("signed-bundle", False, "you installed or shadowed no bundle on any device: build, sign and "
                      "lab.shadow/lab.install one", weight=9, required=True)]
     files = _bundle_files(ctx)
-    trusted = _keys.trusted(ctx.home)
+    trusted = _keys.trusted(ctx.home, namespace=ctx.namespace)
     bad, verified = [], {}
     for dg in sorted(digests):
         data = files.get(dg)
