@@ -524,11 +524,17 @@ class Driver:
             except Exception:  # noqa: BLE001 - workers may be gone already
                 pass
             parts["shutdown_kernels"] = time.perf_counter() - t - parts["accounting"]
+            t1 = time.perf_counter()
             client.close()
+            parts["client_close"] = time.perf_counter() - t1
             if cluster is not None:
+                t1 = time.perf_counter()
                 cluster.close(timeout=10)
+                parts["cluster_close"] = time.perf_counter() - t1
                 from . import forkserver
+                t1 = time.perf_counter()
                 forkserver.stop()
+                parts["forkserver_stop"] = time.perf_counter() - t1
             timing["cluster_close"] = time.perf_counter() - t
         return out
 

@@ -56,8 +56,21 @@ class configured:
 
 
 def stop() -> None:
-    """Stop the fork server (a new one starts with the next cluster)."""
+    """Stop the fork server (a new one starts with the next cluster).
+
+    Its workers are gone by now and it holds nothing to save, so it gets SIGTERM first (its
+    default action: no interpreter teardown of everything it preloaded, which took 0.38 s of
+    every ``livelab grade``), then multiprocessing's own stop reaps it and removes its socket."""
+    import os
+    import signal
     from multiprocessing import forkserver
-    stop_ = getattr(forkserver._forkserver, "_stop", None)
+    fs = forkserver._forkserver
+    pid = getattr(fs, "_forkserver_pid", None)
+    if pid:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    stop_ = getattr(fs, "_stop", None)
     if stop_ is not None:
         stop_()

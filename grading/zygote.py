@@ -148,4 +148,9 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # its kernels are gone: skip the interpreter's teardown of everything it preloaded (about
+    # 0.1-0.2 s of every grading worker's shutdown, measured with bench/grading.py)
+    os._exit(code)
