@@ -2,15 +2,23 @@
 
 nbconvert's HTML export of the Voila notebook would load the widget code from CDNs, so it
 does not work offline.  Instead this renders a static version of the same report from the
-same library functions: the numbers, every table, and the plots as embedded PNGs
-(``data:`` URIs), with one small inline script for the filters.  Nothing is fetched from
-anywhere: no ``<script src>``, no ``<link>``, no ``@import``, no web fonts, no URL at all.
+same library functions: the numbers, every table, and the plots -- as interactive Plotly
+figures drawn by plotly.js, which is embedded inline once (about 4.8 MB), and as embedded PNGs
+(``data:`` URIs) for a reader without JavaScript.  Nothing is fetched from anywhere: no
+``<script src>``, no ``<link>``, no ``@import``, no web fonts, and a Plotly config that turns
+off everything that could reach out (logo link, send-to-cloud, MathJax).  The only URLs in
+the file are inside the plotly.js library text (map tiles, topojson: code for trace types the
+report never draws).
 
 Filters work without a kernel because every combination of course, version, module and team
-that has data is precomputed into an inline JSON table (the numbers of each), and the summary
-table's rows carry their combination for the script to show or hide.  The plots show all the
-data (with versions side by side), which is what a mailed report is for.  Without JavaScript
-the page still shows the numbers for all data and every table.
+that has data is precomputed into an inline JSON table: the numbers of each, and references to
+its five figures and panel tables (``reports/static_plots.py`` builds them, from the same
+calls as the matplotlib plots, and stores each distinct figure or table once).  The summary
+table's rows carry their combination for the script to show or hide.  On load and on every
+filter change the script draws each panel with ``Plotly.react`` for the selection (the trend
+applies every filter but the version: it compares versions), swaps the panel tables, and says
+so in words where a selection has nothing to draw.  Without JavaScript the page shows the
+numbers, the plots (PNG) and every table for all the data.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from lab_hardware.events import EventStore, display_url
-from reports import render, tts
+from reports import render, static_plots, tts
 from reports.render import ALL, CSS, DEFINITION, describe, e, label
 from reports.dashboard import PANELS, no_data_message
 
@@ -32,25 +40,60 @@ FILTERS = tts.FILTERS
 SCRIPT = """
 (function () {
   var data = JSON.parse(document.getElementById('tts-data').textContent);
-  var names = ['course', 'version', 'module', 'team'];
+  var names = ['course', 'version', 'module', 'team'], plots = data.plots, generation = 0;
   function key() {
     return names.map(function (n) {
       var v = document.getElementById('tts-filter-' + n).value; return v === '*' ? '*' : v.slice(1);
     }).join('\\u001f');
+  }
+  function merge(base, own) {
+    var out = {}, k;
+    for (k in base) { out[k] = base[k]; }
+    for (k in own) { out[k] = own[k]; }
+    return out;
+  }
+  // The plots and panel tables of a selection (no combo: nothing matches, say so instead).
+  function draw(combo, sel, noMatch) {
+    if (!plots || typeof window.Plotly === 'undefined') { return; }  // keep the PNGs of all data
+    var gen = ++generation, pending = [];
+    plots.panels.forEach(function (name, i) {
+      var panel = document.querySelector('.tts-plot-' + name), live = panel.querySelector('.tts-live');
+      var gd = live.querySelector('.tts-graph'), note = live.querySelector('.tts-empty');
+      var fig = combo ? plots.figures[name][combo.p[i]] : {note: noMatch};
+      live.hidden = false;
+      if (fig.note) {
+        if (gd.classList.contains('js-plotly-plot')) { Plotly.purge(gd); }
+        gd.hidden = true; note.textContent = fig.note; note.hidden = false;
+      } else {
+        note.hidden = true; gd.hidden = false;
+        pending.push(Plotly.react(gd, fig.data, merge(plots.layout, fig.layout), plots.config));
+      }
+      panel.querySelector('.tts-fallback').hidden = true;
+    });
+    plots.tableNames.forEach(function (t, j) {
+      document.querySelector('.tts-table-slot[data-table="' + t + '"]').innerHTML = combo ? plots.tables[combo.t[j]] : '';
+    });
+    Promise.all(pending).then(function () {
+      if (gen !== generation) { return; }  // a newer selection is being drawn
+      plots.panels.forEach(function (name) {
+        document.querySelector('.tts-plot-' + name + ' h2').setAttribute('data-selection', sel);
+      });
+    });
   }
   function update() {
     var k = key(), combo = data.combos[k], msg = document.getElementById('tts-message');
     Object.keys(data.empty).forEach(function (cls) {
       document.querySelector('.' + cls).innerHTML = (combo ? combo.numbers : data.empty)[cls];
     });
-    msg.textContent = combo ? (combo.count ? '' : data.noSignal.replace('{sel}', combo.label))
-                            : data.noMatch.replace('{sel}', data.describe(k));
+    var noMatch = data.noMatch.replace('{sel}', data.describe(k));
+    msg.textContent = combo ? (combo.count ? '' : data.noSignal.replace('{sel}', combo.label)) : noMatch;
     var rows = document.querySelectorAll('tr[data-combo]');
     for (var i = 0; i < rows.length; i++) {
       var parts = rows[i].getAttribute('data-combo').split('\\u001f'), want = k.split('\\u001f'), show = true;
       for (var j = 0; j < 4; j++) { if (want[j] !== '*' && want[j] !== parts[j]) { show = false; } }
       rows[i].style.display = show ? '' : 'none';
     }
+    draw(combo, combo ? combo.label : data.describe(k), noMatch);
   }
   data.describe = function (k) {
     var p = k.split('\\u001f'), out = [];
@@ -58,10 +101,19 @@ SCRIPT = """
     return out.length ? out.join(', ') : 'all events';
   };
   names.forEach(function (n) { document.getElementById('tts-filter-' + n).addEventListener('change', update); });
+  update();
 })();
 """
 
+#: The page's own additions to the report CSS: the Plotly panels and their no-JS fallback.
+PAGE_CSS = """
+.tts-live .tts-graph { width: 100%; }
+.tts-report [hidden] { display: none !important; }
+"""
+
 SEP = "\u001f"
+#: Rows of the slowest-checks panel (plot and table).
+CHECKS_LIMIT = 20
 
 
 class ReportError(RuntimeError):
@@ -74,18 +126,31 @@ def _json_for_script(obj: Any) -> str:
             .replace("</", "<\\/").replace("<!--", "<\\!--"))
 
 
-def _combos(result: tts.TTSResult) -> dict[str, Any]:
-    """Numbers of every filter combination that has data (``*`` = all)."""
+def _selections(result: tts.TTSResult) -> list[tuple[str, dict[str, str | None]]]:
+    """Every filter combination that has data: (key for the script, filters)."""
     opts = {n: [None] + render.options(result, n) for n in FILTERS}
-    out = {}
+    out = []
     for combo in itertools.product(*(opts[n] for n in FILTERS)):
         f = dict(zip(FILTERS, combo))
+        if result.mask(**f).any():
+            out.append((SEP.join("*" if v is None else v for v in combo), f))
+    return out
+
+
+def _combos(result: tts.TTSResult,
+            selections: list[tuple[str, dict[str, str | None]]] | None = None) -> dict[str, Any]:
+    """Numbers of every filter combination that has data (``*`` = all)."""
+    out = {}
+    for k, f in (_selections(result) if selections is None else selections):
         s = result.summary(**f)
-        if not s["groups"]:
-            continue
-        k = SEP.join("*" if v is None else v for v in combo)
         out[k] = {"numbers": render.numbers_html(s), "count": s["count"], "label": describe(f)}
     return out
+
+
+def _plotly_js() -> str:
+    """plotly.js, to inline once (imported here: only an export needs it)."""
+    from plotly.offline import get_plotlyjs
+    return get_plotlyjs().replace("</script", "<\\/script")   # (it has none today)
 
 
 def render_html(result: tts.TTSResult | None, estimates: Mapping | None = None, *, source: str = "",
@@ -112,9 +177,9 @@ def render_html(result: tts.TTSResult | None, estimates: Mapping | None = None, 
                        f'<option value="*">{ALL}</option>{opts}</select></label>')
     summary = result.summary()
     tiles = "".join(f'<div class="tts-number {cls}">{h}</div>' for cls, h in render.numbers_html(summary).items())
-    parts = render.sections(result, estimates or {}, {n: None for n in FILTERS}, checks_limit=20)
-    panels = "".join(f'<div class="tts-panel tts-plot-{name}"><h2>{e(title)}</h2>'
-                     + "".join(parts[k] for k in keys) + "</div>" for name, title, keys in PANELS)
+    parts = render.sections(result, estimates or {}, {n: None for n in FILTERS}, checks_limit=CHECKS_LIMIT)
+    panels = "".join(_panel(name, title, parts[keys[0]], {k: parts[k] for k in keys[1:]})
+                     for name, title, keys in PANELS)
     rows = result.table()
     body_rows = []
     for r in rows:
@@ -127,20 +192,39 @@ def render_html(result: tts.TTSResult | None, estimates: Mapping | None = None, 
     head_cells = "".join(f'<th class="{"t" if how == "text" else ""}">{e(h)}</th>' for _, h, how in render.SUMMARY_COLS)
     summary_table = (f'<table class="tts-table tts-summary-table"><thead><tr>{head_cells}</tr></thead>'
                      f'<tbody>{"".join(body_rows)}</tbody></table>')
-    data = {"combos": _combos(result), "empty": render.numbers_html(None),
+    selections = _selections(result)
+    combos = _combos(result, selections)
+    plots, refs = static_plots.payload(result, estimates or {}, selections, checks_limit=CHECKS_LIMIT)
+    for k, ref in refs.items():
+        combos[k].update(ref)
+    data = {"combos": combos, "empty": render.numbers_html(None), "plots": plots,
             "noMatch": "No events match {sel}: choose another filter.",
             "noSignal": "No learner has passed a check yet in {sel}: no time to signal to show."}
     # Option values: '*' for all, '=' + value otherwise (so that no value can pass for 'all').
     script = SCRIPT
-    return (head + f'<div class="tts-filters">{" ".join(selects)}</div>'
+    return (head.replace("</style>", PAGE_CSS + "</style>", 1)
+            + f'<div class="tts-filters">{" ".join(selects)}</div>'
             f'<div id="tts-message" class="tts-message"></div>'
             f'<div class="tts-numbers">{tiles}</div>'
-            f'<p class="tts-source">The numbers and the summary table follow the filters; the plots and the '
-            f'other tables show all the data.</p>'
+            f'<p class="tts-source">The numbers, the summary table, the plots and their tables follow the '
+            f'filters (the trend compares every curriculum version under the other filters). Without '
+            f'JavaScript the page shows all the data.</p>'
             f'<div class="tts-grid">{panels}</div>'
             f"<h2>Every course, version, module and team</h2>{summary_table}"
+            f"<script>{_plotly_js()}</script>"
             f'<script type="application/json" id="tts-data">{_json_for_script(data)}</script>'
             f"<script>{script}</script></div></body></html>\n")
+
+
+def _panel(name: str, title: str, plot: str, tables: Mapping[str, str]) -> str:
+    """One plot panel: the PNG of all data (what a reader without JavaScript sees), a place for
+    the Plotly figure of the selection (shown by the script, which then hides the PNG), and
+    the panel's tables (swapped by the script per selection)."""
+    slots = "".join(f'<div class="tts-table-slot" data-table="{e(k)}">{html}</div>' for k, html in tables.items())
+    return (f'<div class="tts-panel tts-plot-{name}"><h2>{e(title)}</h2>'
+            f'<div class="tts-fallback">{plot}</div>'
+            f'<div class="tts-live" hidden><div class="tts-graph"></div><div class="tts-empty" hidden></div></div>'
+            f"{slots}</div>")
 
 
 def export(home: str | os.PathLike | None, out_html: str | os.PathLike, *, url: str | None = None,

@@ -3,7 +3,8 @@
 The browser tests serve ``reports/time_to_signal.ipynb`` with Voila on a seeded event set,
 wait for the widgets (no "Loading widget..." left), change filters and check that the
 numbers on the page are the ones ``reports.tts`` computes from the same events; the export
-test opens the static file in Chromium with the network blocked.  Screenshots go to
+tests open the static file in Chromium with the network blocked, and read the Plotly figures
+it draws for each selection back from the page.  Screenshots go to
 ``tests/artifacts/`` for a human to look at.
 """
 
@@ -19,6 +20,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
+import plotly.offline
 import psutil
 import pytest
 
@@ -119,8 +122,15 @@ def test_export_is_one_offline_file(tmp_path, chromium):
     result = seed(home)
     out = static.export(home, tmp_path / "report.html")
     page_html = out.read_text()
-    assert "http://" not in page_html and "https://" not in page_html
-    assert not REMOTE.search(page_html), REMOTE.search(page_html)
+    # plotly.js is inline, once and as shipped; its text names URLs (map tiles, topojson: code
+    # for trace types the report never draws), nothing else in the page may.  Chromium below
+    # shows that nothing is fetched.
+    lib = plotly.offline.get_plotlyjs()
+    assert page_html.count(f"<script>{lib}</script>") == 1 and page_html.count("<script") == 3
+    own = page_html.replace(lib, "")
+    assert "http://" not in own and "https://" not in own
+    assert not REMOTE.search(own), REMOTE.search(own)
+    assert not re.search(r"<script[^>]+src=|<link[^>]+href=", page_html, re.IGNORECASE)
     assert page_html.count("data:image/png;base64,") >= 5     # every plot embedded
     s = result.summary()
 
@@ -162,6 +172,151 @@ def test_export_is_one_offline_file(tmp_path, chromium):
     assert not asked, f"the export asked the network for {asked}"
     assert not errors
     ctx.close()
+
+
+PANELS = ("distribution", "trend", "funnel", "estimate", "checks")
+
+
+def offline_page(chromium, out: Path, asked: list[str], errors: list[str], **kw):
+    """The exported file in a Chromium context that refuses (and notes) any network request."""
+    ctx = chromium.new_context(offline=True, viewport={"width": 1300, "height": 1000}, **kw)
+
+    def guard(route):
+        if not route.request.url.startswith(("file:", "data:")):
+            asked.append(route.request.url)
+            return route.abort()
+        return route.continue_()
+    ctx.route("**/*", guard)
+    page = ctx.new_page()
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(out.as_uri())
+    return ctx, page
+
+
+def drawn(page, panel: str) -> list[dict] | None:
+    """The traces Plotly drew in a panel, read back from the graph (None: no visible graph)."""
+    return page.evaluate("""(panel) => {
+        const gd = document.querySelector('.tts-plot-' + panel + ' .js-plotly-plot');
+        if (!gd || gd.hidden || gd.offsetParent === null || !gd.data) { return null; }
+        return gd.data.map(t => ({name: t.name, x: t.x, y: t.y, x0: t.x0, dx: t.dx, customdata: t.customdata}));
+    }""", panel)
+
+
+def drawn_for(page, selection: str) -> dict[str, list[dict] | None]:
+    for name in PANELS:   # the script marks each panel with the selection once it has drawn it
+        page.locator(f'.tts-plot-{name} h2[data-selection="{selection}"]').wait_for(timeout=10_000)
+    return {name: drawn(page, name) for name in PANELS}
+
+
+def expected_histograms(result: tts.TTSResult, **filters) -> tuple[np.ndarray, dict[str, list[int]]]:
+    """Counts per curriculum version over the report's common bins: 30 from 0 to the 99th
+    percentile of every time to signal in minutes (the slower ones in the last bin)."""
+    allv = result.values() / 60.0
+    edges = np.linspace(0.0, max(float(np.percentile(allv, 99)), 1.0), 31)
+    out = {}
+    for ver in result.options("version"):
+        vals = result.values(**{**filters, "version": ver}) / 60.0
+        if filters.get("version") in (None, ver) and len(vals):
+            out[f"{ver} (n={len(vals)})"] = np.histogram(np.minimum(vals, edges[-1]), edges)[0].tolist()
+    return edges, out
+
+
+def check_distribution(traces: list[dict], result: tts.TTSResult, **filters) -> None:
+    edges, want = expected_histograms(result, **filters)
+    assert {t["name"]: t["y"] for t in traces} == want
+    assert sum(sum(c) for c in want.values()) == result.summary(**filters)["count"]
+    for t in traces:   # bars at the bin centres
+        assert t["dx"] == pytest.approx(edges[1] - edges[0]) and t["x0"] == pytest.approx(edges[1] / 2)
+
+
+def check_trend(traces: list[dict], result: tts.TTSResult, **filters) -> None:
+    """One line per module: median minutes per version (the version filter does not apply)."""
+    want: dict[str, tuple[list, list]] = {}
+    for r in result.trend(by_module=True, **{**filters, "version": None}):
+        if r["median"] is not None:
+            want.setdefault(r["module"], ([], []))[0].append(r["version"])
+            want[r["module"]][1].append(r["median"] / 60.0)
+    got = {t["name"]: (t["x"], t["y"]) for t in traces}
+    assert set(got) == set(want) and want
+    for module, (versions, minutes) in want.items():
+        assert got[module][0] == versions and got[module][1] == pytest.approx(minutes, abs=1e-3)
+
+
+def check_funnel(traces: list[dict], result: tts.TTSResult, **filters) -> None:
+    """Per stage: learners reaching it (hover) and their share of those who opened (bar length)."""
+    rows = result.funnel(**filters)
+    assert rows
+    by_stage = {t["name"]: t for t in traces}
+    assert list(by_stage) == [s for s, _ in tts.FUNNEL]
+    for stage, t in by_stage.items():
+        assert t["y"] == [f"{r['module']} {r['version']}" for r in rows]
+        assert t["customdata"] == [r[stage] for r in rows]
+        assert t["x"] == pytest.approx([100.0 * r[stage] / r["opened"] for r in rows], abs=0.01)
+
+
+def test_export_plots_follow_the_filters(tmp_path, chromium):
+    home = tmp_path / "home"
+    result = seed(home)
+    out = static.export(home, tmp_path / "report.html")
+    asked: list[str] = []
+    errors: list[str] = []
+    ctx, page = offline_page(chromium, out, asked, errors)
+    figs = drawn_for(page, "all events")
+    assert all(figs.values()), {k: v is None for k, v in figs.items()}
+    # Plotly has replaced the PNGs of all data (kept for readers without JavaScript).
+    assert page.locator(".tts-fallback img").count() == 5 and not page.locator(".tts-fallback img").first.is_visible()
+    check_distribution(figs["distribution"], result)
+    check_trend(figs["trend"], result)
+    check_funnel(figs["funnel"], result)
+    assert len(figs["distribution"]) == 2   # a series per curriculum version
+
+    team = "team-b"
+    assert team in result.options("team") and result.summary(team=team)["count"] < result.summary()["count"]
+    page.select_option("#tts-filter-team", label=team)
+    figs = drawn_for(page, f"team {team}")
+    check_distribution(figs["distribution"], result, team=team)
+    check_trend(figs["trend"], result, team=team)
+    check_funnel(figs["funnel"], result, team=team)
+    checks_rows = page.locator(".tts-plot-checks table.tts-checks-table tbody tr")
+    assert checks_rows.count() == len(result.slowest_checks(20, team=team))
+
+    page.select_option("#tts-filter-version", label="1.1.0")
+    sel = dict(team=team, version="1.1.0")
+    figs = drawn_for(page, f"version 1.1.0, team {team}")
+    check_distribution(figs["distribution"], result, **sel)
+    assert len(figs["distribution"]) == 1
+    check_trend(figs["trend"], result, **sel)      # still every version: that is the trend
+    check_funnel(figs["funnel"], result, **sel)
+    funnel_rows = page.locator(".tts-plot-funnel table.tts-funnel-table tbody tr").all_inner_texts()
+    assert len(funnel_rows) == len(result.funnel(**sel)) and all("1.1.0" in r for r in funnel_rows)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "report-export-plots.png"), full_page=True)
+
+    # Nothing matches: every panel says so in words, no (empty) graph, no stale table.
+    page.select_option("#tts-filter-team", label="team-solo")
+    figs = drawn_for(page, "version 1.1.0, team team-solo")
+    assert figs == {name: None for name in PANELS}
+    for name in PANELS:
+        panel = page.locator(f".tts-plot-{name}")
+        assert "No events match version 1.1.0, team team-solo" in panel.locator(".tts-live .tts-empty").inner_text()
+        assert panel.locator(".js-plotly-plot:visible, img:visible, table:visible").count() == 0
+    page.screenshot(path=str(ARTIFACTS / "report-export-no-match.png"), full_page=True)
+    # ... and it draws again when something matches.
+    page.select_option("#tts-filter-version", label="1.0.0")
+    figs = drawn_for(page, "version 1.0.0, team team-solo")
+    check_distribution(figs["distribution"], result, version="1.0.0", team="team-solo")
+    check_funnel(figs["funnel"], result, version="1.0.0", team="team-solo")
+    assert not asked, f"the export asked the network for {asked}"
+    assert not errors
+    ctx.close()
+
+    # Without JavaScript: the PNGs and tables of all data, no Plotly.
+    ctx, page = offline_page(chromium, out, asked, errors, java_script_enabled=False)
+    assert page.locator(".tts-fallback img:visible").count() == 5
+    assert page.locator(".tts-live:visible").count() == 0
+    assert page.locator(".tts-plot-funnel table.tts-funnel-table tbody tr").count() == len(result.funnel())
+    ctx.close()
+    assert not asked and not errors
 
 
 def test_export_with_no_data_says_so(tmp_path):
