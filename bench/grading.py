@@ -124,6 +124,39 @@ def run_livelab(course: Path, n: int, workers: int, state: Path) -> dict:
             "gradebook_scores": gradebook_scores(course / "gradebook.db")}
 
 
+def scaling(ns: list[int], reps: int, workers: int) -> dict:
+    """Both tools' whole commands at other batch sizes (alternating, reference prebuilt as in
+    the main comparison): how the fixed start-up cost weighs at small N."""
+    from grading import samples
+    from grading.reference import build as build_reference
+    out = {}
+    for n in ns:
+        tmp = Path(tempfile.mkdtemp(prefix=f"bench-grading-{n}-"))
+        try:
+            base = tmp / "course"
+            release = samples.make_course(base)
+            expected = samples.make_submissions(base, release, n)
+            build_reference(base / "source" / samples.ASSIGNMENT / f"{samples.NOTEBOOK}.ipynb",
+                            samples.ASSIGNMENT, tmp / "grader-state")
+            walls = {"nbgrader": [], "livelab": []}
+            for rep in range(reps):
+                for tool in ("nbgrader", "livelab"):
+                    course = tmp / f"{tool}-{rep}"
+                    shutil.copytree(base, course)
+                    r = run_nbgrader(course, n) if tool == "nbgrader" else \
+                        run_livelab(course, n, workers, tmp / "grader-state")
+                    if any(abs(r["scores"].get(s, -1) - v) > 1e-9 for s, v in expected.items()):
+                        raise SystemExit(f"{tool} at N={n}: unexpected scores")
+                    walls[tool].append(r["wall_s"])
+                    console.print(f"N={n} {tool} run {rep + 1}: {r['wall_s']:.1f} s")
+            nb, ll = median(walls["nbgrader"]), median(walls["livelab"])
+            out[str(n)] = {"nbgrader_s": nb, "livelab_s": ll, "speedup_end_to_end": nb / ll,
+                           "runs": walls, "load_1min_after": os.getloadavg()[0]}
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 # ---- lab modules ---------------------------------------------------------------------------
 def namespace_vs_broker(reps: int) -> dict:
     """Isolation cost: a namespace added to the running lab vs a lab (broker + devices) of its own."""
@@ -223,7 +256,18 @@ def main() -> int:
     ap.add_argument("--lab", action="store_true", help="also lab modules (needs the flagship course)")
     ap.add_argument("--lab-only", action="store_true", help="only the lab part; keep the file's other figures")
     ap.add_argument("--lab-submissions", type=int, default=4, help="submissions per lab module")
+    ap.add_argument("--scaling", type=int, action="append", default=[], metavar="N",
+                    help="also compare both tools at N submissions (repeatable; e.g. --scaling 20)")
+    ap.add_argument("--scaling-only", action="store_true",
+                    help="only the --scaling comparisons; keep the file's other figures")
     args = ap.parse_args()
+    if args.scaling_only:
+        prev = json.loads((ROOT / "bench" / "results" / "grading.json").read_text()) \
+            if (ROOT / "bench" / "results" / "grading.json").exists() else {}
+        prev = {k: v for k, v in prev.items() if k not in ("benchmark", "when", "machine")}
+        prev["by_n"] = {**prev.get("by_n", {}), **scaling(args.scaling or [20], args.reps, args.workers)}
+        save("grading", prev)
+        return 0
     if args.lab_only:
         load_before = uptime()
         console.print(f"load before: {load_before}")
@@ -315,6 +359,11 @@ def main() -> int:
             ["sandboxed fork-server kernel start to ready s", sandboxed["median_start_to_ready_s"]],
         ])
         console.print(f"load after: {load_after}")
+        result["by_n"] = {str(args.n): {"nbgrader_s": median([r["wall_s"] for r in runs["nbgrader"]]),
+                                        "livelab_s": median([r["wall_s"] for r in runs["livelab"]]),
+                                        "speedup_end_to_end": ll / nb}}
+        if args.scaling:
+            result["by_n"].update(scaling(args.scaling, args.reps, args.workers))
         if args.lab:
             result["lab"] = {"uptime_before": uptime(), "isolation_cost": namespace_vs_broker(3),
                              **lab_modules(args.lab_submissions, args.workers)}

@@ -236,7 +236,8 @@ def test_course_modules_graded_through_the_cli(glab, tmp_path, capsys):
     tree3 = _tree(tmp_path / "c3", m3, {"solver": rel / "source" / m3 / f"{m3}.ipynb",
                                          "starter": rel / "learner" / m3 / f"{m3}.ipynb"})
     tree4 = _tree(tmp_path / "c4", m4, {"solver": rel / "source" / m4 / f"{m4}.ipynb",
-                                         "wrongcause": nbformat.writes(ref4).encode()})
+                                         "wrongcause": nbformat.writes(ref4).encode(),
+                                         "starter": rel / "learner" / m4 / f"{m4}.ipynb"})
     out = {}
     for module, tree in ((m3, tree3), (m4, tree4)):
         rc = main(["--home", str(glab["home"]), "grade", "edge-ml-foundations", module, str(tree), "--json",
@@ -249,6 +250,9 @@ def test_course_modules_graded_through_the_cli(glab, tmp_path, capsys):
     assert out[m4]["solver"]["score"] == out[m4]["solver"]["max_score"] == 15
     wrong = out[m4]["wrongcause"]
     assert wrong["score"] < 15 and any("cause-named" in m for m in wrong["messages"])
+    # the learner version as handed out fetches nothing: that earns no bandwidth credit
+    idle = out[m4]["starter"]
+    assert idle["score"] < 2 and any("bandwidth: no debugging session to judge" in m for m in idle["messages"]), idle
     db = tmp_path / "c3" / "gradebook.db"
     import sqlite3
     rows = dict(sqlite3.connect(db).execute(

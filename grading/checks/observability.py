@@ -74,13 +74,20 @@ def observability(ctx: CheckContext) -> list[Item]:
         captures = ctx.of("capture")
         cap_bytes = sum(m.size for m, _ in captures)
         total = audit_bytes + cap_bytes
-        ok = (len(fetched) <= budget["audit_devices"] and len(captures) <= budget["captures"]
-              and total <= budget["bytes"])
+        within = (len(fetched) <= budget["audit_devices"] and len(captures) <= budget["captures"]
+                  and total <= budget["bytes"])
+        # staying within the budget earns credit only for a debugging session that happened (a
+        # rollback of yours): doing nothing fetches nothing, and that is not frugality
+        acted = any(r["kind"] == "rollback" and r["data"].get("by") == ctx.learner
+                    for d in ctx.devices for r in ctx.run_records(d)) if ctx.learner else True
+        ok = within and acted
         items.append(Item("bandwidth", ok,
-                          f"beyond telemetry you fetched the audit chains of {len(fetched)} device(s) and "
-                          f"{len(captures)} capture message(s), {total:,} bytes: the budget is "
-                          f"{budget['audit_devices']} device's chain, {budget['captures']} captures, "
-                          f"{budget['bytes']:,} bytes", weight=2,
+                          (f"beyond telemetry you fetched the audit chains of {len(fetched)} device(s) and "
+                           f"{len(captures)} capture message(s), {total:,} bytes: the budget is "
+                           f"{budget['audit_devices']} device's chain, {budget['captures']} captures, "
+                           f"{budget['bytes']:,} bytes") if not within else
+                          "no debugging session to judge: find the cause within the budget and roll it back",
+                          weight=2,
                           detail={"audit_devices": sorted(fetched), "audit_bytes": audit_bytes,
                                   "capture_bytes": cap_bytes}))
 
