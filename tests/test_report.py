@@ -135,19 +135,9 @@ def test_export_is_one_offline_file(tmp_path, chromium):
     s = result.summary()
 
     # Chromium with the network blocked: anything but the file itself is refused (and noted).
-    ctx = chromium.new_context(offline=True, viewport={"width": 1300, "height": 1000})
     asked: list[str] = []
-
-    def guard(route):
-        if not route.request.url.startswith(("file:", "data:")):
-            asked.append(route.request.url)
-            return route.abort()
-        return route.continue_()
-    ctx.route("**/*", guard)
-    page = ctx.new_page()
     errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(out.as_uri())
+    ctx, page = offline_page(chromium, out, asked, errors)
     for key, cls in (("median", "tts-median"), ("p90", "tts-p90"), ("count", "tts-count")):
         val = page.locator(f".{cls} .tts-value")
         attr = "data-seconds" if key != "count" else "data-count"
