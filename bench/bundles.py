@@ -25,10 +25,12 @@ from onnx import numpy_helper
 
 from common import console, median, save, table
 
-from lab_hardware import adapter as _adapter
-from lab_hardware import bundle as _bundle
-from lab_hardware import features, keys, lab, profiles
-from lab_hardware.slots import Slots
+from lab_hardware.modelops import adapter as _adapter
+from lab_hardware.modelops import bundle as _bundle
+from lab_hardware import features, profiles
+from lab_hardware.modelops import keys
+from lab_hardware.runtime import lab
+from lab_hardware.modelops.slots import Slots
 from labs import Lab, scenarios
 
 SC = scenarios.load("voice-intents")

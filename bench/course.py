@@ -2,7 +2,7 @@
 
 For each module of the flagship course's latest release, papermill runs the released source
 notebook (the reference solution, visible and hidden tests included) with the ``livelab``
-kernel against a live lab started with ``lab_hardware.lab.up``, exactly as the release gate
+kernel against a live lab started with ``lab_hardware.runtime.lab.up``, exactly as the release gate
 does; the four modules run in order, like a learner's path, and the whole path is repeated
 ``--runs`` times (default 3) against the same lab.  Reported per module: the median, min and
 max wall time of the papermill run (kernel start included, about 1 s of it) and the learner's
@@ -23,7 +23,7 @@ from pathlib import Path
 from common import console, median, save, table
 
 from courses import catalog, notebooks, release
-from lab_hardware import lab as _lab
+from lab_hardware.runtime import lab as _lab
 
 COURSE = "edge-ml-foundations"
 

@@ -160,7 +160,7 @@ def scaling(ns: list[int], reps: int, workers: int) -> dict:
 # ---- lab modules ---------------------------------------------------------------------------
 def namespace_vs_broker(reps: int) -> dict:
     """Isolation cost: a namespace added to the running lab vs a lab (broker + devices) of its own."""
-    from lab_hardware import lab
+    from lab_hardware.runtime import lab
     from labs import scenarios
     sc = scenarios.load("voice-intents")
     tmp = Path(tempfile.mkdtemp(prefix="bench-ns-"))
@@ -196,7 +196,7 @@ def namespace_vs_broker(reps: int) -> dict:
 def lab_modules(per_module: int, workers: int) -> dict:
     """Grade each flagship module's reference solution and learner version (alternating) in
     fresh namespaces of one live lab; submissions per minute and where the time goes."""
-    from lab_hardware import lab
+    from lab_hardware.runtime import lab
     from labs import scenarios
     course = ROOT / "courses" / "edge-ml-foundations"
     if not (course / "course.toml").exists():

@@ -25,8 +25,9 @@ from pathlib import Path
 
 from common import ROOT, console, median, save, table
 
-from lab_hardware import broker as _broker
-from lab_hardware import lab, mqtt, profiles
+from lab_hardware.runtime import broker as _broker
+from lab_hardware.runtime import lab
+from lab_hardware import mqtt, profiles
 from labs import Lab, scenarios
 
 SCENARIO = scenarios.load("voice-intents")
@@ -136,7 +137,7 @@ def raw_paho_run(limits: bool, n: int) -> dict:
 
 def latency(profile_name: str, n: int) -> dict:
     """Per-decision wall time through the device's own decide + window path, one at a time."""
-    from lab_hardware.device import Device
+    from lab_hardware.runtime.device import Device
     home = Path(tempfile.mkdtemp(prefix="bench-lat-"))
     cfg = {"namespace": "default", "device": "dev-0", "index": 0, "state_dir": str(home / "d"),
            "broker": {"host": "127.0.0.1", "port": 1}, "profile": profiles.load(profile_name).as_dict(),

@@ -30,7 +30,8 @@ from common import console, median, save, table
 
 import numpy as np
 
-from lab_hardware import audit, digest, features, inference, replay, scrub
+from lab_hardware import audit, digest, features, inference
+from lab_hardware.modelops import replay, scrub
 from lab_hardware import home as _home
 from labs import scenarios
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from common import console, median, save, table
 
-from lab_hardware.events import EventStore
+from labs.learning_events import EventStore
 from reports import serve, synthetic, tts
 
 SPEC = synthetic.Spec(teams=8, courses=("edge-ml", "edge-ml-ops"), versions=("1.0.0", "1.1.0", "1.2.0"))

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lab_hardware.bundle import BundleError, parse_version
+from lab_hardware.modelops.bundle import BundleError, parse_version
 
 #: Where the courses of this repository live (``$LIVELAB_COURSES_DIR`` or
 #: ``livelab course --courses DIR`` override it).

@@ -30,10 +30,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab_hardware import adapter as _adapter
-from lab_hardware import bundle as _bundle
+from lab_hardware.modelops import adapter as _adapter
+from lab_hardware.modelops import bundle as _bundle
 from lab_hardware import home as _home
-from lab_hardware import keys as _keys
+from lab_hardware.modelops import keys as _keys
 from labs import scenarios
 from labs.sdk import Lab
 

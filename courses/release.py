@@ -12,7 +12,7 @@ passed (the release is assembled in a staging folder and renamed into place):
    temporary nbgrader course directory) strips solutions and hidden tests, locks cells and
    computes the checksums the grader later restores locked cells by.
 3. **The gate** (:class:`GateFailed`, one line per problem): against a lab started for the
-   purpose with ``lab_hardware.lab.up``, papermill runs every reference solution in module
+   purpose with ``lab_hardware.runtime.lab.up``, papermill runs every reference solution in module
    order with the ``livelab`` kernel - each must complete without error, its visible and
    hidden tests included - and then every learner version as is, which must fail at least one
    of its tests (a learner must not pass by doing nothing).  After each run the module's
@@ -156,7 +156,7 @@ def _grading_checks(module: catalog.Module, context: dict) -> dict[str, Any] | s
 
 
 def _start_lab(scenario: str, home: Path) -> None:
-    from lab_hardware import lab as _lab
+    from lab_hardware.runtime import lab as _lab
     from labs import scenarios
     sc = scenarios.load(scenario).materialize(home / "scenario")
     _lab.up(home, scenario=sc, devices=3)
@@ -170,7 +170,7 @@ def run_gate(course: Course, sources: dict[str, Path], learners: dict[str, Path]
     With ``lab_home`` the gate uses that running lab; otherwise it starts one lab per
     scenario in ``workdir`` and stops it afterwards.  Returns (per-module results, problems).
     """
-    from lab_hardware import lab as _lab
+    from lab_hardware.runtime import lab as _lab
 
     if not catalog.kernel_installed(notebooks.KERNEL):
         return [], [f"the '{notebooks.KERNEL}' kernelspec is not installed: run 'livelab kernel install'"]
@@ -258,7 +258,7 @@ def check_inputs(course: Course, version: str) -> str:
     if final.exists():
         raise ReleaseError(f"{course.id} {version} is already released ({final}): releases are immutable, "
                            "bump the version in course.toml and CHANGELOG.md")
-    from lab_hardware.bundle import compare_versions
+    from lab_hardware.modelops.bundle import compare_versions
     newer = [v for v in catalog.releases(course) if compare_versions(v, version) >= 0]
     if newer:
         raise ReleaseError(f"{course.id} {newer[-1]} is already released: a new release must be newer "
@@ -341,7 +341,7 @@ def release(course: str | Path | Course, version: str, *, root: Path | None = No
             "schema": catalog.SCHEMA_RELEASE, "course": c.id, "title": c.title, "description": c.description,
             "version": version, "released": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "changelog": entry, "minutes": c.minutes, "modules": modules, "tools": _tool_versions(),
-            "gate": {"lab": "started with lab_hardware.lab.up (3 devices)" if lab_home is None else "existing lab",
+            "gate": {"lab": "started with lab_hardware.runtime.lab.up (3 devices)" if lab_home is None else "existing lab",
                      "learner": GATE_LEARNER, "seconds": round(time.perf_counter() - t0, 1)},
             "files": files,
         }

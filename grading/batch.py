@@ -337,7 +337,7 @@ class Driver:
             specs = load_checks(self.check_names)
         except KeyError as exc:
             raise GradeUsageError(str(exc).strip("'\"")) from None
-        from lab_hardware import lab as _lab
+        from lab_hardware.runtime import lab as _lab
         from lab_hardware.home import resolve
         home = resolve(self.cfg.lab_home)
         if not _lab.is_running(home):

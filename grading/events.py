@@ -1,6 +1,6 @@
 """Grading events (check passed/failed, module completed, with time) for time-to-signal.
 
-The events store belongs to ``lab_hardware.events`` (``EventStore(url_or_home).write(events)``);
+The events store belongs to ``labs.learning_events`` (``EventStore(url_or_home).write(events)``);
 this module is the grader's one door to it, imported lazily, so grading also works where the
 store cannot be opened: then the events go to a JSON-lines file next to the results
 (``fallback``), nothing is lost, and the summary says where they went.
@@ -59,7 +59,7 @@ class Recorder:
     def _open(self):
         if self._store is None and self.error is None:
             try:
-                from lab_hardware.events import EventStore  # lazily: see the module doc
+                from labs.learning_events import EventStore  # lazily: see the module doc
                 self._store = EventStore(self.target)
             except Exception as exc:  # noqa: BLE001 - any reason: fall back to the file
                 self.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -69,7 +69,7 @@ class Observer:
     """Independent subscriber (control-plane identity) recording every message of a namespace."""
 
     def __init__(self, home: Path, namespace: str, *, store_captures: bool = True):
-        from lab_hardware import lab as _lab
+        from lab_hardware.runtime import lab as _lab
         from lab_hardware import mqtt, topics
         self.home, self.namespace = Path(home), namespace
         self.messages: list[Message] = []
@@ -90,7 +90,7 @@ class Observer:
         with self._lock:
             self.messages.append(m)
         if self.store_captures and msg.topic.endswith("/capture"):
-            from lab_hardware import replay
+            from lab_hardware.modelops import replay
             try:
                 replay.store_capture(self.home, json.loads(msg.payload))
             except Exception as exc:  # noqa: BLE001 - a refused capture is evidence, not a crash
@@ -138,8 +138,8 @@ class LabSlot:
 
     # ---- setting up ---------------------------------------------------------------------
     def open(self, config: SandboxConfig) -> "LabSlot":
-        from lab_hardware import lab as _lab
-        from lab_hardware import replay
+        from lab_hardware.runtime import lab as _lab
+        from lab_hardware.modelops import replay
         t = time.perf_counter()
         self.created = time.time()
         self.desc = _lab.add_namespace(self.home, self.namespace, devices=self.ndevices)
@@ -166,9 +166,9 @@ class LabSlot:
         return {"lab/lab.json": (json.dumps(d, indent=2, sort_keys=True) + "\n").encode(), "lab/keys/": b""}
 
     def binds(self) -> list[tuple[str, str]]:
-        from lab_hardware import replay
+        from lab_hardware.modelops import replay
         lh = self.learner_home()
-        from lab_hardware import keys
+        from lab_hardware.modelops import keys
         trust = keys.namespace_home(self.home, self.namespace) / "trust"  # this namespace's own store
         trust.mkdir(parents=True, exist_ok=True)
         return [(str(self.home / "scenario"), f"{lh}/scenario"),
@@ -247,8 +247,8 @@ class LabSlot:
         return out
 
     def close(self) -> None:
-        from lab_hardware import lab as _lab
-        from lab_hardware import replay
+        from lab_hardware.runtime import lab as _lab
+        from lab_hardware.modelops import replay
         if self.kernel is not None:
             self.kernel.close()
         if self.observer is not None:

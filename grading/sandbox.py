@@ -179,13 +179,12 @@ def _interpreter_paths() -> list[str]:
     hidden path such as /tmp (a CI clone).  The course *content* folders inside ``courses/``
     (sources with hidden tests, releases) stay hidden: they are on every kernel's hide list,
     and the launcher hides them again inside an exposed path."""
-    import courses
-    import lab_hardware
-    import labs
+    import importlib.util
+    # find_spec locates a package without importing it: ``courses`` sits above ``grading``
+    # in the layers, so grading names its folder but never imports it.
+    pkgs = [importlib.util.find_spec(name) for name in ("labs", "lab_hardware", "courses")]
     paths = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable)),
-             os.path.dirname(os.path.realpath(labs.__file__)),
-             os.path.dirname(os.path.realpath(lab_hardware.__file__)),
-             os.path.dirname(os.path.realpath(courses.__file__))}
+             *(os.path.dirname(os.path.realpath(s.origin)) for s in pkgs if s and s.origin)}
     return sorted(p for p in paths if p and os.path.isdir(p))
 
 

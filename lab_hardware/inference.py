@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from . import features
+from lab_hardware import features
 
 
 def session_options() -> ort.SessionOptions:

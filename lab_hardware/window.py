@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from . import digest as _digest
-from .topics import SCHEMA_TELEMETRY
+from lab_hardware import digest as _digest
+from lab_hardware.topics import SCHEMA_TELEMETRY
 
 #: Confidence histogram bins: [0, 0.1), ..., [0.9, 1.0].
 BINS = 10

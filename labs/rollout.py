@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lab_hardware import bundle as _bundle
+from lab_hardware.modelops import bundle as _bundle
 from lab_hardware import home as _home
 from labs.sdk import CommandRefused, Lab
 

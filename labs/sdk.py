@@ -23,7 +23,7 @@ from lab_hardware import audit as _audit
 from lab_hardware import consent as _consent
 from lab_hardware import home as _home
 from lab_hardware import mqtt, topics
-from lab_hardware.broker import BrokerAddress
+from lab_hardware.runtime.broker import BrokerAddress
 
 
 log = logging.getLogger("livelab.sdk")
@@ -131,9 +131,9 @@ class Lab:
             self._record(("module-opened", opened_at), ("lab-connected", time.time()))
 
     def _record(self, *kinds_times: tuple[str, float]) -> None:
-        """Learning events for time-to-signal (lab_hardware/events.py): idempotent per kernel
+        """Learning events for time-to-signal (labs/learning_events.py): idempotent per kernel
         session, and a missing or broken events store never fails the notebook."""
-        from lab_hardware import events as _events  # SQLAlchemy: imported only when a module is opened
+        from labs import learning_events as _events  # SQLAlchemy: imported only when a module is opened
         _events.record(self.conn.home, *[{"kind": k, "time": t, "learner": self.learner, "module": self.module,
                                           "course": self.course, "version": self.version,
                                           "team": self.team or None, "detail": {"namespace": self.namespace}} for k, t in kinds_times])

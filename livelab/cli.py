@@ -12,27 +12,18 @@ import sys
 import time
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+from livelab import cli_bundle, cli_course, cli_grade, cli_replay, cli_report, cli_rollout
+from livelab.common import EXIT_FAIL, EXIT_OK, EXIT_USAGE, UsageError, console, err
+from livelab.common import home_of as _home
 
-console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
-
-
-class UsageError(Exception):
-    """Bad input: printed as one line, exit code 2."""
-
-
-def _home(args) -> Path:
-    from lab_hardware.home import resolve
-    return resolve(args.home)
+__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAIL", "EXIT_USAGE", "UsageError"]
 
 
 # ---- lab ---------------------------------------------------------------------------------
 def cmd_up(args) -> int:
-    from lab_hardware import lab
+    from lab_hardware.runtime import lab
     from labs import scenarios
     home = _home(args)
     try:
@@ -64,14 +55,14 @@ def cmd_up(args) -> int:
 
 
 def cmd_down(args) -> int:
-    from lab_hardware import lab
+    from lab_hardware.runtime import lab
     res = lab.down(_home(args))
     console.print(res["message"])
     return EXIT_OK
 
 
 def cmd_status(args) -> int:
-    from lab_hardware import lab
+    from lab_hardware.runtime import lab
     st = lab.status(_home(args))
     if args.json:
         print(json.dumps(st, indent=2, sort_keys=True))
@@ -111,7 +102,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_logs(args) -> int:
-    from lab_hardware import lab
+    from lab_hardware.runtime import lab
     print(lab.logs(_home(args), source=args.source, lines=args.lines))
     return EXIT_OK
 
@@ -202,12 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="run the main job end to end (what 'make demo' runs)")
     s.set_defaults(fn=cmd_demo)
-    from livelab import cli_bundle; cli_bundle.register(sub)
-    from livelab import cli_rollout; cli_rollout.register(sub)
-    from livelab import cli_replay; cli_replay.register(sub)
-    from livelab import cli_report; cli_report.register(sub)
-    from livelab import cli_grade; cli_grade.register(sub)
-    from livelab import cli_course; cli_course.register(sub)
+    cli_bundle.register(sub)
+    cli_rollout.register(sub)
+    cli_replay.register(sub)
+    cli_report.register(sub)
+    cli_grade.register(sub)
+    cli_course.register(sub)
     return p
 
 
@@ -219,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     def _terminate(signum, frame):  # SIGTERM cleans up like Ctrl-C (labs started by demo go down)
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, _terminate)
-    from lab_hardware.lab import LabError
-    from lab_hardware.broker import BrokerError
+    from lab_hardware.runtime.lab import LabError
+    from lab_hardware.runtime.broker import BrokerError
     from lab_hardware.profiles import ProfileError
     from lab_hardware.topics import TopicError
     from labs.sdk import CommandRefused, LabConnectionError

@@ -1,4 +1,4 @@
-"""``livelab keys ...`` and ``livelab bundle ...``: thin commands over lab_hardware.keys/bundle.
+"""``livelab keys ...`` and ``livelab bundle ...``: thin commands over lab_hardware.modelops.keys/bundle.
 
 Exit codes follow livelab.cli: 0 ok, 1 a verify that failed (one line on
 stderr: ``livelab: verify failed: <reason>``), 2 bad usage or unreadable input.
@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from livelab.cli import EXIT_FAIL, EXIT_OK, UsageError, console
+from livelab.common import EXIT_FAIL, EXIT_OK, UsageError, console
 
 
 def _home(args) -> Path:
@@ -54,7 +54,7 @@ def _input_file(arg: str, what: str) -> Path:
 
 # ---- keys --------------------------------------------------------------------------------
 def cmd_keys(args) -> int:
-    from lab_hardware import keys
+    from lab_hardware.modelops import keys
     home = _home(args)
     try:
         if args.keys_command == "new":
@@ -89,7 +89,7 @@ def cmd_keys(args) -> int:
 
 # ---- bundle ------------------------------------------------------------------------------
 def cmd_bundle_build(args) -> int:
-    from lab_hardware import bundle
+    from lab_hardware.modelops import bundle
     compute = {k: v for k, v in {
         "min_cores": args.min_cores, "min_memory_mb": args.min_memory_mb,
         "max_inference_slowdown": args.max_inference_slowdown,
@@ -115,7 +115,7 @@ def cmd_bundle_build(args) -> int:
 
 
 def cmd_bundle_sign(args) -> int:
-    from lab_hardware import bundle
+    from lab_hardware.modelops import bundle
     home = _home(args)
     src = _input_file(args.bundle, "bundle")
     key = _key_file(home, args.key, ".key")
@@ -130,7 +130,8 @@ def cmd_bundle_sign(args) -> int:
 
 
 def cmd_bundle_verify(args) -> int:
-    from lab_hardware import bundle, keys, profiles
+    from lab_hardware.modelops import bundle, keys
+    from lab_hardware import profiles
     home = _home(args)
     src = _input_file(args.bundle, "bundle")
     try:
@@ -158,7 +159,7 @@ def cmd_bundle_verify(args) -> int:
 
 
 def _signature_status(home: Path, src: Path, keyid: str | None) -> str:
-    from lab_hardware import bundle, keys
+    from lab_hardware.modelops import bundle, keys
     if keyid is None:
         return "unsigned"
     try:
@@ -169,7 +170,7 @@ def _signature_status(home: Path, src: Path, keyid: str | None) -> str:
 
 
 def cmd_bundle_inspect(args) -> int:
-    from lab_hardware import bundle
+    from lab_hardware.modelops import bundle
     src = _input_file(args.bundle, "bundle")
     try:
         info = bundle.inspect(src)

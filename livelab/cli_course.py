@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from livelab.cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE, UsageError, console, err
+from livelab.common import EXIT_FAIL, EXIT_OK, EXIT_USAGE, UsageError, console, err
 
 
 def _root(args) -> Path | None:

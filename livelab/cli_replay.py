@@ -1,6 +1,6 @@
 """``livelab replay ...``: list captures, build a replay, run it sandboxed, diff two models.
 
-Thin commands over :mod:`lab_hardware.replay`.  Exit codes follow livelab.cli:
+Thin commands over :mod:`lab_hardware.modelops.replay`.  Exit codes follow livelab.cli:
 0 ok, 2 bad usage or bad input (a corrupted or unconsented replay, a missing
 model): one line on stderr, never a traceback.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from livelab.cli import EXIT_OK, UsageError, console
+from livelab.common import EXIT_OK, UsageError, console
 
 
 def _home(args) -> Path:
@@ -31,7 +31,7 @@ def _print(text: str) -> None:
 
 
 def cmd_list(args) -> int:
-    from lab_hardware import replay
+    from lab_hardware.modelops import replay
     rows = replay.list_captures(_home(args))
     if args.json:
         print(json.dumps(rows, indent=2, sort_keys=True))
@@ -52,7 +52,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from lab_hardware import replay
+    from lab_hardware.modelops import replay
     try:
         out = replay.build(_home(args), args.namespace, args.device, Path(args.out), capture_ids=args.capture)
         rp = replay.read(out)
@@ -77,7 +77,7 @@ def _model(arg: str) -> Path:
 
 
 def cmd_run(args) -> int:
-    from lab_hardware import replay
+    from lab_hardware.modelops import replay
     src = Path(args.replay)
     model = _model(args.bundle)
     out = Path(args.out) if args.out else src.with_name(f"{src.stem}.{model.stem}.out.jsonl")
@@ -109,7 +109,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_diff(args) -> int:
-    from lab_hardware import replay
+    from lab_hardware.modelops import replay
     if len(args.bundle) != 2:
         raise _usage(f"diff needs exactly two models: --bundle A --bundle B (got {len(args.bundle)})")
     a, b = (_model(x) for x in args.bundle)

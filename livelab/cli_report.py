@@ -16,7 +16,7 @@ import time
 
 from rich.table import Table
 
-from livelab.cli import EXIT_FAIL, EXIT_OK, UsageError, console, err
+from livelab.common import EXIT_FAIL, EXIT_OK, UsageError, console, err
 
 
 def _source(args):
@@ -26,7 +26,7 @@ def _source(args):
 def _guard(fn):
     """Bad input from the events layer becomes a one-line usage error (exit 2)."""
     def run(args):
-        from lab_hardware.events import EventError, EventStoreError
+        from labs.learning_events import EventError, EventStoreError
         from reports.static import ReportError
         try:
             return fn(args)
@@ -67,7 +67,7 @@ def cmd_export(args) -> int:
 
 @_guard
 def cmd_tts(args) -> int:
-    from lab_hardware.events import EventStore, display_url
+    from labs.learning_events import EventStore, display_url
     from reports import tts
     from reports.render import describe, label
     home, url = _source(args)

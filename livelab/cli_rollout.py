@@ -6,7 +6,7 @@ import json
 
 from rich.table import Table
 
-from livelab.cli import EXIT_FAIL, EXIT_OK, UsageError, console
+from livelab.common import EXIT_FAIL, EXIT_OK, UsageError, console
 
 
 def _lab(args):

@@ -42,7 +42,7 @@ def _table(stats: dict, models: dict, defect: str, consent: dict) -> Table:
 
 def run_demo(home: Path | None = None, *, console: Console | None = None, seconds: float = 5.0,
              lab_only: bool = False) -> int:
-    from lab_hardware import lab
+    from lab_hardware.runtime import lab
     from lab_hardware.home import pid_alive
     from labs import Lab, scenarios
 
@@ -124,7 +124,7 @@ def _course_team_report(home: Path, console: Console) -> int:
     from grading.batch import BatchConfig, grade_many
     from reports import static as _static
     from reports import tts as _tts
-    from lab_hardware.events import EventStore
+    from labs.learning_events import EventStore
 
     repo = Path(__file__).resolve().parents[1]
     src = repo / "courses" / COURSE

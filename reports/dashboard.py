@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 import ipywidgets as W
 
-from lab_hardware.events import ENV_URL, EventError, EventStore, EventStoreError, display_url
+from labs.learning_events import ENV_URL, EventError, EventStore, EventStoreError, display_url
 from reports import render, tts
 from reports.render import ALL, CSS, DEFINITION, NUMBERS, describe, e, label
 

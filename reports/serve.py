@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Mapping
 
-from lab_hardware.events import ENV_URL, EventStore
+from labs.learning_events import ENV_URL, EventStore
 from reports.static import ReportError, export  # noqa: F401  (export is part of this API)
 
 NOTEBOOK = Path(__file__).resolve().parent / "time_to_signal.ipynb"

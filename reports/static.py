@@ -30,7 +30,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from lab_hardware.events import EventStore, display_url
+from labs.learning_events import EventStore, display_url
 from reports import render, static_plots, tts
 from reports.render import ALL, CSS, DEFINITION, describe, e, label
 from reports.dashboard import PANELS, no_data_message

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
-from lab_hardware.events import KINDS, Event
+from labs.learning_events import KINDS, Event
 from reports.tts import COLUMNS, EventTable
 
 K = {k: i for i, k in enumerate(KINDS)}

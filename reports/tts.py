@@ -50,7 +50,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from lab_hardware.events import KINDS, MAX_FUTURE_SKEW, Event, EventError, EventStore
+from labs.learning_events import KINDS, MAX_FUTURE_SKEW, Event, EventError, EventStore
 
 #: Seconds a first pass may precede the opening and still count (as TTS 0): writer clock skew.
 SKEW_ALLOWANCE = 60.0

@@ -18,7 +18,7 @@ if VENV_BIN not in os.environ.get("PATH", "").split(os.pathsep):
 
 def start_lab(home: Path, **kw):
     """Bring a lab up in ``home`` with the voice-intents scenario (kwargs go to lab.up)."""
-    from lab_hardware import lab
+    from lab_hardware.runtime import lab
     from labs import scenarios
     sc = scenarios.load(kw.pop("scenario", "voice-intents")).materialize(home / "scenario")
     opts = kw.pop("device_options", {})
@@ -35,7 +35,7 @@ def mosquitto_available():
 @pytest.fixture(scope="module")
 def lab_home(tmp_path_factory, mosquitto_available):
     """A running 3-device lab shared by one test module; torn down with no process left."""
-    from lab_hardware import lab
+    from lab_hardware.runtime import lab
     home = tmp_path_factory.mktemp("lab")
     start_lab(home)
     pids = lab.lab_pids(home)
@@ -48,7 +48,7 @@ def lab_home(tmp_path_factory, mosquitto_available):
 @pytest.fixture
 def fresh_lab(tmp_path, mosquitto_available):
     """A lab of its own for tests that break things (kill the broker, flood devices)."""
-    from lab_hardware import lab
+    from lab_hardware.runtime import lab
     homes = []
 
     def make(**kw):

@@ -8,7 +8,8 @@ import uuid
 
 import paho.mqtt.client as mqtt_
 
-from lab_hardware import lab, mqtt, topics
+from lab_hardware.runtime import lab
+from lab_hardware import mqtt, topics
 
 
 class Observer:

@@ -112,7 +112,7 @@ def test_topic_layout():
 
 
 def test_rpi4_device_is_capped_and_shaped(fresh_lab):
-    from lab_hardware import lab
+    from lab_hardware.runtime import lab
     from labs import Lab
     home = fresh_lab(profile="rpi4", devices=1, device_options={"window_seconds": 0.3})
     pid = lab.status(home)["devices"][0]["pid"]

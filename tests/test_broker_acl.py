@@ -8,7 +8,8 @@ import time
 import paho.mqtt.client as mqtt_
 import pytest
 
-from lab_hardware import broker, lab, mqtt, topics
+from lab_hardware.runtime import broker, lab
+from lab_hardware import mqtt, topics
 from tests.mqtt_helpers import Observer, publish_raw
 
 

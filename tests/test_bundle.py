@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lab_hardware import adapter, bundle, keys, profiles
-from lab_hardware.bundle import BundleError
+from lab_hardware.modelops import adapter, bundle, keys
+from lab_hardware import profiles
+from lab_hardware.modelops.bundle import BundleError
 from lab_hardware.inference import Model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,5 +1,5 @@
 """The release gate for real: nbgrader builds the learner versions, papermill runs every module with
-the ``livelab`` kernel against a lab started with ``lab_hardware.lab.up``.
+the ``livelab`` kernel against a lab started with ``lab_hardware.runtime.lab.up``.
 
 One session fixture releases the flagship course once (each module runs once as a reference
 solution and once as the learner version); the tests read what that run produced.  A tiny course

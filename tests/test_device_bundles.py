@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from lab_hardware import adapter as _adapter
-from lab_hardware import bundle as _bundle
-from lab_hardware import keys, lab
+from lab_hardware.modelops import adapter as _adapter
+from lab_hardware.modelops import bundle as _bundle
+from lab_hardware.modelops import keys
+from lab_hardware.runtime import lab
 from labs import CommandRefused, Lab
 from labs import scenarios
 from tests.conftest import start_lab
@@ -194,7 +195,7 @@ def test_capture_needs_consent_and_lands_scrubbed(blab):
         sdk.capture("dev-0", 50)
     sdk.grant_consent("dev-0", "replay-capture")
     cid = sdk.capture("dev-0", 120)
-    from lab_hardware import replay
+    from lab_hardware.modelops import replay
     assert _wait(lambda: any(c.get("capture_id") == cid and c.get("records", 0) >= 120
                              for c in replay.list_captures(home)), 10)
     import re

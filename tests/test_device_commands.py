@@ -7,7 +7,7 @@ import time
 import pytest
 
 from lab_hardware import topics
-from lab_hardware.device import COMMAND_LIMIT
+from lab_hardware.runtime.device import COMMAND_LIMIT
 from labs import CommandRefused, Lab
 from tests.mqtt_helpers import Observer, publish_raw
 
@@ -80,7 +80,8 @@ def test_command_flood_does_not_stop_device(lab_home, lab_sdk):
         publish_raw(lab_home, topics.command("default", "dev-0", "consent"), b"{bad") if i % 50 == 0 else None
     desc_before = lab_sdk.states["dev-0"]["refused"]
     # 200 malformed commands in a burst through one connection
-    from lab_hardware import lab, mqtt
+    from lab_hardware.runtime import lab
+    from lab_hardware import mqtt
     cred = lab.control_credentials(lab_home)
     d = lab.descriptor(lab_home)
     c = mqtt.client(username=cred["username"], password=cred["password"])

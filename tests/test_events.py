@@ -1,4 +1,4 @@
-"""The learning-events store (lab_hardware/events.py) on SQLite and on a real PostgreSQL.
+"""The learning-events store (labs/learning_events.py) on SQLite and on a real PostgreSQL.
 
 Idempotent writes, whole-batch refusal of bad events, one-line errors for a missing or
 unreachable database, and crash safety: a writer SIGKILLed in the middle of a batch leaves
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from lab_hardware.events import (KINDS, MAX_FUTURE_SKEW, Event, EventError, EventStore, EventStoreError,
+from labs.learning_events import (KINDS, MAX_FUTURE_SKEW, Event, EventError, EventStore, EventStoreError,
                                  event_id, record, resolve_url)
 
 PG_BASE = "postgresql://postgres@127.0.0.1:5432/test"
@@ -202,7 +202,7 @@ def test_record_never_raises(tmp_path, caplog):
 
 WRITER = textwrap.dedent("""
     import sys, time
-    from lab_hardware import events as E
+    from labs import learning_events as E
     url, schema, n, hook = sys.argv[1], sys.argv[2] or None, int(sys.argv[3]), sys.argv[4] == "kill-me"
     batch = [E.Event(learner=f"l{i % 50}", module="m1", kind="check-failed", check=f"c{i % 4}",
                      key=f"run-7/{i}", source="grader", time=1_700_000_000.0 + i) for i in range(n)]

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from lab_hardware import lab
+from lab_hardware.runtime import lab
 from labs import Lab
 from tests.conftest import start_lab
 

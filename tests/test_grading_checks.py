@@ -37,7 +37,7 @@ def fixture_source(module: str) -> nbformat.NotebookNode:
     nb.metadata.kernelspec = {"name": "livelab", "display_name": "livelab (Python 3)", "language": "python"}
     nb.cells = [
         new_code_cell("LIVELAB_HOME = None\nNAMESPACE = None\nLEARNER = None\nSEED = 0", metadata={"tags": ["parameters"]}),
-        new_code_cell("import json, time\nfrom pathlib import Path\nfrom labs import Lab\nfrom lab_hardware import replay\n"
+        new_code_cell("import json, time\nfrom pathlib import Path\nfrom labs import Lab\nfrom lab_hardware.modelops import replay\n"
                       f"lab = Lab.connect(module={module!r}, home=LIVELAB_HOME, namespace=NAMESPACE, learner=LEARNER)\n"
                       "HOME = Path(lab.conn.home)\nWORK = Path('work')\nWORK.mkdir(exist_ok=True)"),
         new_code_cell("### BEGIN SOLUTION\nDONE = True\n### END SOLUTION", metadata=_meta("work", solution=True)),
@@ -54,7 +54,7 @@ def submission(body: str) -> bytes:
 
 @pytest.fixture(scope="module")
 def glab(tmp_path_factory, mosquitto_available):
-    from lab_hardware import lab
+    from lab_hardware.runtime import lab
     home = tmp_path_factory.mktemp("glab")
     start_lab(home, device_options={"window_seconds": 0.3})
     state = tmp_path_factory.mktemp("gstate")
@@ -207,7 +207,8 @@ DONE = True
 
 
 def test_nothing_of_a_namespace_survives_grading(glab):
-    from lab_hardware import lab, replay
+    from lab_hardware.runtime import lab
+    from lab_hardware.modelops import replay
     cfg = lab._home.read_json(glab["home"] / "config.json")
     graded = [n for n in cfg["namespaces"] if n.startswith("g-")]
     assert len(graded) <= 1  # at most the slot prepared for the next submission

@@ -380,7 +380,7 @@ def test_cli_bad_usage_is_one_line_and_exit_2(tmp_path, capsys, course):
 def test_cli_teams_land_on_the_grading_events(tmp_path, course):
     """``--teams FILE`` (and ``--team``) name each learner's team on the grader's events, so the
     time-to-signal report can filter by team."""
-    from lab_hardware.events import EventStore
+    from labs.learning_events import EventStore
     from livelab.cli import main
     sub = course["root"] / "submitted"
     students = sorted(p.name for p in sub.iterdir())[:2]

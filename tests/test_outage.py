@@ -6,7 +6,7 @@ import os
 import signal
 import time
 
-from lab_hardware import lab
+from lab_hardware.runtime import lab
 from labs import Lab
 from tests.mqtt_helpers import Observer
 

@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lab_hardware import audit, digest, features, inference, replay, scrub
+from lab_hardware import audit, digest, features, inference
+from lab_hardware.modelops import replay, scrub
 from lab_hardware import home as _home
-from lab_hardware.replay import ReplayError
+from lab_hardware.modelops.replay import ReplayError
 from labs import scenarios
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -360,7 +361,7 @@ def test_diff_shows_the_candidates_false_positives(lab):
 
 # ---- bundles -----------------------------------------------------------------------------
 def test_bundle_replay_reproduces_bundle_digests(tmp_path):
-    bundle = pytest.importorskip("lab_hardware.bundle")
+    bundle = pytest.importorskip("lab_hardware.modelops.bundle")
     created = "2026-11-25T12:00:00Z"
     cand = bundle.build(CANDIDATE, tmp_path / "candidate.lbundle", name="candidate", version="1.0.0", created=created)
     fixed = bundle.build(BASELINE, tmp_path / "fixed.lbundle", name="candidate", version="1.0.1", created=created)
@@ -432,7 +433,7 @@ def test_captures_of_a_namespace_added_to_a_running_lab_are_stored(tmp_path, mos
     a team member's): their consented captures land in the replay store too."""
     import time as _time
 
-    from lab_hardware import lab as _lab
+    from lab_hardware.runtime import lab as _lab
     from labs import Lab
     home = tmp_path / "lab"
     _lab.up(home, scenario=scenarios.load("voice-intents").materialize(home / "scenario"), devices=1)

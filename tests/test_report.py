@@ -25,7 +25,7 @@ import plotly.offline
 import psutil
 import pytest
 
-from lab_hardware.events import Event, EventStore, EventStoreError
+from labs.learning_events import Event, EventStore, EventStoreError
 from livelab import cli
 from reports import dashboard, serve, static, synthetic, tts
 from test_widgets import ARTIFACTS, chromium, wait_for  # noqa: F401  (chromium is a fixture)

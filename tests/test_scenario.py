@@ -22,7 +22,7 @@ import onnxruntime as ort
 import pytest
 
 from lab_hardware import features
-from lab_hardware.scrub import scrub
+from lab_hardware.modelops.scrub import scrub
 from labs import scenarios, streams
 from labs.scenarios import ScenarioError, load, load_path
 

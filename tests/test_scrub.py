@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from lab_hardware import scrub
+from lab_hardware.modelops import scrub
 from labs import streams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,7 +108,7 @@ def test_stream_scrubbing_is_idempotent_and_changes_little_else(stream):
 
 def test_scrub_is_deterministic_across_processes_and_hash_seeds(stream):
     here = hashlib.sha256("\n".join(scrub.scrub_batch([r["text"] for r in stream[:5000]])).encode()).hexdigest()
-    code = ("import hashlib; from labs import streams; from lab_hardware import scrub; "
+    code = ("import hashlib; from labs import streams; from lab_hardware.modelops import scrub; "
             f"t = [r['text'] for r in streams.voice_intents({STREAM_SEED}, 5000)]; "
             "print(hashlib.sha256('\\n'.join(scrub.scrub_batch(t)).encode()).hexdigest())")
     for seed in ("0", "987"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lab_hardware import lab
+from lab_hardware.runtime import lab
 from labs import Lab, LabConnectionError
 
 

@@ -15,7 +15,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from lab_hardware.events import EventError
+from labs.learning_events import EventError
 from reports import synthetic, tts
 from reports.tts import SKEW_ALLOWANCE, EventTable, compute, version_key
 

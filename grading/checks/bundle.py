@@ -20,7 +20,7 @@ from .base import CheckContext, Item, register
 
 def _bundle_files(ctx: CheckContext) -> dict[str, bytes]:
     """digest -> bytes of every bundle file the notebook left or a device stored."""
-    from lab_hardware import bundle as _bundle
+    from lab_hardware.modelops import bundle as _bundle
     from lab_hardware import home as _home
     out: dict[str, bytes] = {}
     roots = ([ctx.artifacts] if ctx.artifacts else []) + [_home.device_dir(ctx.home, ctx.namespace, d) for d in ctx.devices]
@@ -39,9 +39,9 @@ def _bundle_files(ctx: CheckContext) -> dict[str, bytes]:
 @register("bundle", points=5)
 def bundle_check(ctx: CheckContext) -> list[Item]:
     """Signed, verified bundles; a canary in shadow mode; an automatic rollback; a revocation."""
-    from lab_hardware import adapter as _adapter
-    from lab_hardware import bundle as _bundle
-    from lab_hardware import keys as _keys
+    from lab_hardware.modelops import adapter as _adapter
+    from lab_hardware.modelops import bundle as _bundle
+    from lab_hardware.modelops import keys as _keys
     recs = {d: ctx.run_records(d) for d in ctx.devices}
     mine = lambda r: not ctx.learner or (r.get("data") or {}).get("by") == ctx.learner  # noqa: E731
     installs = {d: [r for r in rs if r["kind"] == "install" and mine(r)] for d, rs in recs.items()}

@@ -9,7 +9,7 @@ and the devices' audit chains on disk (the consent trail is the chain's ``consen
   rewritten) and every consent change of the run was published (nothing hidden), and what
   the devices report as their consent is what the trail says;
 * no string in any message anybody published in the namespace contains PII
-  (``lab_hardware.scrub.find``) - including what a notebook published and then tried to
+  (``lab_hardware.modelops.scrub.find``) - including what a notebook published and then tried to
   erase (a retained message cleared, outputs deleted: the observer already has it);
 * consent was used for what the lab published, and revoked when done.
 """
@@ -68,7 +68,7 @@ def _strings(obj, out: set, key: str | None = None) -> None:
 
 def pii_in_messages(ctx: CheckContext) -> list[dict]:
     """Messages whose payload carries PII: topic, kinds, time (never the PII itself)."""
-    from lab_hardware import scrub
+    from lab_hardware.modelops import scrub
     verdict: dict[str, list] = {}
     hits = []
     for m in ctx.messages or []:

@@ -23,7 +23,7 @@ DEFAULT_BUDGET = {"audit_devices": 1, "bytes": 256_000, "captures": 0}
 
 
 def _boosted_intent(ctx: CheckContext, device: str, digest: str) -> str | None:
-    from lab_hardware import bundle as _bundle
+    from lab_hardware.modelops import bundle as _bundle
     from lab_hardware import home as _home
     root = _home.device_dir(ctx.home, ctx.namespace, device)
     for p in root.rglob("*.lbundle") if root.is_dir() else []:

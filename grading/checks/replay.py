@@ -25,7 +25,7 @@ from .consent import EPS, intervals
 
 def _model_for(ctx: CheckContext, digest: str) -> Path | None:
     from lab_hardware import home as _home
-    from lab_hardware import replay
+    from lab_hardware.modelops import replay
     from lab_hardware.digest import file_digest
     for path in ctx.scenario().get("models", {}).values():
         try:
@@ -47,7 +47,7 @@ def _model_for(ctx: CheckContext, digest: str) -> Path | None:
 @register("replay", points=5)
 def replay_check(ctx: CheckContext) -> list[Item]:
     """A real, consented, deterministic replay that reproduces the candidate's false positives."""
-    from lab_hardware import replay
+    from lab_hardware.modelops import replay
     files = ctx.files(".lreplay")
     if not files:
         return [Item("replay-file", False, "no .lreplay file in your working directory: build one with "

@@ -17,7 +17,7 @@ over-predicts ``defect_intent`` on such utterances.  The bug lives in the data,
 not in the model code, which is exactly what learners trace in module 4 (the
 two models' ``training_data_digest`` differ).
 
-Models are trained and evaluated on *scrubbed* text (``lab_hardware.scrub``),
+Models are trained and evaluated on *scrubbed* text (``lab_hardware.modelops.scrub``),
 exactly what devices decide on: a device scrubs PII before feature extraction,
 so no model ever sees a name, e-mail address or phone number, and a replay
 built from scrubbed captures reproduces the device's features bit for bit.
@@ -44,7 +44,7 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from lab_hardware import features  # noqa: E402
-from lab_hardware.scrub import scrub  # noqa: E402
+from lab_hardware.modelops.scrub import scrub  # noqa: E402
 from labs import scenarios, streams  # noqa: E402
 
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import broker as _broker
-from . import home as _home
-from . import mqtt, profiles, topics
+from lab_hardware.runtime import broker as _broker
+from lab_hardware import home as _home
+from lab_hardware import mqtt, profiles, topics
 
 
 class LabError(RuntimeError):
@@ -124,7 +124,7 @@ def up(home: str | os.PathLike | None = None, *, scenario: dict[str, Any], devic
     (home / "logs").mkdir(exist_ok=True)
 
     with open(home / "logs" / "supervisor.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "lab_hardware.supervisor", "--home", str(home)],
+        proc = subprocess.Popen([sys.executable, "-m", "lab_hardware.runtime.supervisor", "--home", str(home)],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     (home / "run" / "supervisor.pid").write_text(str(proc.pid))
@@ -432,7 +432,7 @@ def remove_namespace(home: str | os.PathLike | None = None, namespace: str = "",
         pass
     if purge:
         shutil.rmtree(_home.device_dir(home, namespace, "x").parent, ignore_errors=True)
-        from . import keys
+        from lab_hardware.modelops import keys
         shutil.rmtree(keys.namespace_home(home, namespace), ignore_errors=True)
     return {"namespace": namespace, "devices": names, "purged": purge}
 

@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import broker as _broker
-from . import home as _home
-from . import mqtt, topics
+from lab_hardware.runtime import broker as _broker
+from lab_hardware import home as _home
+from lab_hardware import mqtt, topics
 
 log = logging.getLogger("livelab.supervisor")
 
@@ -119,7 +119,7 @@ class Supervisor:
 
         def start() -> subprocess.Popen:
             with open(logfile, "ab") as fh:
-                return subprocess.Popen([sys.executable, "-m", "lab_hardware.device", "--config", str(conf)],
+                return subprocess.Popen([sys.executable, "-m", "lab_hardware.runtime.device", "--config", str(conf)],
                                         stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         preexec_fn=_home.die_with_parent)
         child = Child(key, start)
@@ -197,7 +197,7 @@ class Supervisor:
 
         def on_message(cl, ud, msg):
             try:
-                from . import replay
+                from lab_hardware.modelops import replay
                 replay.store_capture(self.home, topics.decode(msg.payload, limit=16 * 2**20))
             except Exception as exc:  # noqa: BLE001 - a bad capture is logged, never kept
                 log.warning("capture on %s refused: %s", msg.topic, str(exc).splitlines()[0])
@@ -308,7 +308,7 @@ class Supervisor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lab_hardware.supervisor",
+    p = argparse.ArgumentParser(prog="python -m lab_hardware.runtime.supervisor",
                                 description="Supervise one lab's broker and devices (started by 'livelab up').")
     p.add_argument("--home", required=True)
     args = p.parse_args(argv)

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from . import digest as _digest
-from .inference import Model
-from .profiles import Profile
+from lab_hardware import digest as _digest
+from lab_hardware.inference import Model
+from lab_hardware.profiles import Profile
 
 
 class InstallError(ValueError):
@@ -129,7 +129,7 @@ class Slots:
         return Slot("bundle", b.digest, b.digest, b.manifest["name"], b.manifest["version"], b, b.manifest)
 
     def _load_bundle_file(self, digest: str) -> Slot:
-        from . import bundle as _bundle
+        from lab_hardware.modelops import bundle as _bundle
         return self._bundle_slot(_bundle.read(self.bundles_dir / f"{digest}.lbundle"))
 
     def restore(self, default_model: str) -> None:
@@ -187,13 +187,13 @@ class Slots:
     def trusted(self) -> dict:
         """The lab's and this namespace's trust stores, read at every verify (so 'livelab keys
         trust' applies at once)."""
-        from . import keys
+        from lab_hardware.modelops import keys
         if self.trust_dir is None:
             return {}
         return keys.trusted(self.trust_dir, namespace=self.namespace)
 
     def verify(self, data: bytes, *, rollback: bool = False):
-        from . import bundle as _bundle
+        from lab_hardware.modelops import bundle as _bundle
         installed = self.active.version if self.active is not None and self.active.kind == "bundle" else None
         try:
             return _bundle.verify(data, self.trusted(), revoked=self.revoked, installed_version=installed,

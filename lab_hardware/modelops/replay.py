@@ -47,10 +47,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from . import audit as _audit
-from . import features, scrub
-from . import home as _home
-from .topics import TopicError, check_name
+from lab_hardware import audit as _audit
+from lab_hardware import features
+from lab_hardware.modelops import scrub
+from lab_hardware import home as _home
+from lab_hardware.topics import TopicError, check_name
 
 SCHEMA_CAPTURE = "livelab.capture/v1"
 SCHEMA_CAPTURE_META = "livelab.capture-meta/v1"
@@ -404,7 +405,7 @@ def build(home: Path | str, namespace: str, device: str, out: Path | str, *,
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "namespace": namespace, "device": device, "capture_ids": chosen, "bundle": bundles[0],
         "features": features.SCHEMA, "consent_trail": trail_list,
-        "provenance": {"lab_home": str(home), "builder": "lab_hardware.replay.build",
+        "provenance": {"lab_home": str(home), "builder": "lab_hardware.modelops.replay.build",
                        "records_from": order[0], "records_to": order[-1]},
         "records": len(recs), "records_sha256": hashlib.sha256(body).hexdigest(),
     }
@@ -502,12 +503,12 @@ def model_digest(model: Path | str) -> str:
     """The digest devices report for this model: file sha256 (.onnx) or bundle digest (.lbundle)."""
     model = check_model(model)
     if model.suffix == ".lbundle":
-        from . import bundle as _bundle  # lazily: bundles are optional for .onnx replays
+        from lab_hardware.modelops import bundle as _bundle  # lazily: bundles are optional for .onnx replays
         try:
             return _bundle.read(model).digest
         except ValueError as exc:
             raise ReplayError(f"bundle {model}: {exc}") from None
-    from .digest import file_digest
+    from lab_hardware.digest import file_digest
     return file_digest(model)
 
 
@@ -529,10 +530,10 @@ def _unshare() -> tuple[list[str], str]:
 
 
 def _launch(args: list[str], *, sandbox: bool, timeout: float = _SANDBOX_TIMEOUT) -> tuple[dict, dict]:
-    """Run ``python -m lab_hardware.replay_sandbox ARGS`` (under ``unshare -rn`` when
+    """Run ``python -m lab_hardware.modelops.replay_sandbox ARGS`` (under ``unshare -rn`` when
     possible); returns (its JSON result, launch facts)."""
     prefix, why = _unshare() if sandbox else ([], "sandbox=False: plain subprocess")
-    cmd = [*prefix, sys.executable, "-m", "lab_hardware.replay_sandbox", *args]
+    cmd = [*prefix, sys.executable, "-m", "lab_hardware.modelops.replay_sandbox", *args]
     env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
     t0 = time.perf_counter()
     try:

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from . import topics
-from .home import die_with_parent as _die_with_parent
+from lab_hardware import topics
+from lab_hardware.home import die_with_parent as _die_with_parent
 
 #: Large enough that a subscriber stalled for a few minutes at 10k msg/s loses
 #: nothing; bounded so that a dead persistent session cannot eat all memory.

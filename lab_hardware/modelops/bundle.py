@@ -40,11 +40,11 @@ from typing import Any
 import numpy as np
 from cryptography.exceptions import InvalidSignature
 
-from . import adapter as _adapter
-from . import features, topics, window
-from . import keys as _keys
-from .adapter import ADAPTER_BUDGET, Adapter
-from .profiles import Profile
+from lab_hardware.modelops import adapter as _adapter
+from lab_hardware import features, topics, window
+from lab_hardware.modelops import keys as _keys
+from lab_hardware.modelops.adapter import ADAPTER_BUDGET, Adapter
+from lab_hardware.profiles import Profile
 
 SCHEMA = "livelab.bundle/v1"
 SCHEMA_SIGNATURE = "livelab.signature/v1"
@@ -366,7 +366,7 @@ class Bundle:
     def load_model(self):
         """The onnxruntime model (built once, then cached); checked against the manifest's io."""
         if self._model is None:
-            from .inference import Model
+            from lab_hardware.inference import Model
             try:
                 m = Model(self.model)
             except Exception as exc:  # onnxruntime raises its own exception types
@@ -573,8 +573,8 @@ def verify(src: Path | str | bytes | Bundle, trusted: dict, *, revoked: set[str]
     """Everything a device checks before installing: integrity, a trusted signature,
     not revoked, a newer version (or an explicit rollback) and a compatible profile.
 
-    ``trusted`` maps key id -> Ed25519 public key (:func:`lab_hardware.keys.trusted`
-    or :func:`~lab_hardware.keys.from_hex`).  ``rollback_to`` holds digests of
+    ``trusted`` maps key id -> Ed25519 public key (:func:`lab_hardware.modelops.keys.trusted`
+    or :func:`~lab_hardware.modelops.keys.from_hex`).  ``rollback_to`` holds digests of
     bundles the device ran before: only those may have a version that is not newer
     than ``installed_version``.  Returns the bundle with ``verified`` set.
     """
@@ -621,14 +621,14 @@ def _git(*args: str) -> str:
 def _builder() -> str:
     try:
         from importlib.metadata import version
-        return f"livelab {version('livelab')} lab_hardware.bundle"
+        return f"livelab {version('livelab')} lab_hardware.modelops.bundle"
     except Exception:  # not installed as a distribution
-        return "livelab lab_hardware.bundle"
+        return "livelab lab_hardware.modelops.bundle"
 
 
 def describe_model(data: bytes) -> tuple[dict, dict[str, str]]:
     """The manifest ``io`` of an ONNX model (read with onnxruntime) and its metadata."""
-    from .inference import Model
+    from lab_hardware.inference import Model
     try:
         m = Model(data)
     except ValueError as exc:

@@ -4,9 +4,9 @@ Three kinds of writers put events here -- the learner SDK (``labs/``: a module
 was opened, the lab connected, the first telemetry arrived), the grader
 (``grading/``: a check passed or failed, the module was completed) and the lab
 itself -- and the time-to-signal reports (``reports/``) read them.  It lives in
-``lab_hardware`` because it is a format the lab speaks and because both the SDK
-and the grader sit *below* ``reports/`` in the layers: they may import this
-module, never the reports.
+``labs`` beside the SDK that writes a learner's first events: it is about learning, not
+hardware, and the grader and the reports sit *above* ``labs`` in the layers, so they may
+import it; nothing below ``labs`` does.
 
 Why the store looks the way it does:
 

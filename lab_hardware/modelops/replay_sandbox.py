@@ -1,6 +1,6 @@
 """The replay sandbox: one process, no broker, no network, one replay.
 
-:func:`lab_hardware.replay.run` starts this module under ``unshare -rn`` (its
+:func:`lab_hardware.modelops.replay.run` starts this module under ``unshare -rn`` (its
 own user and network namespace: no interface but a loopback that is down), so
 a model or adapter cannot reach anything, not even the lab's broker on the
 host's loopback.  Inside, the socket constructors are replaced as well, so
@@ -9,10 +9,10 @@ through the device's own feature extraction and onnxruntime session options
 (:mod:`lab_hardware.inference`), in fixed batches, and the output has no
 timestamps: the same replay and model give the same bytes in every process.
 
-Internal interface (stable for :mod:`lab_hardware.replay` only)::
+Internal interface (stable for :mod:`lab_hardware.modelops.replay` only)::
 
-    python -m lab_hardware.replay_sandbox --replay R --model M --out O [--threads N] [--cpu C]
-    python -m lab_hardware.replay_sandbox --probe-network HOST:PORT
+    python -m lab_hardware.modelops.replay_sandbox --replay R --model M --out O [--threads N] [--cpu C]
+    python -m lab_hardware.modelops.replay_sandbox --probe-network HOST:PORT
 
 One JSON result line on stdout; bad input is one ``error: ...`` line on
 stderr and exit code 2.
@@ -67,8 +67,8 @@ def _load_model(path: Path, threads: int):
     """(decide, intents, digest) for a raw .onnx or a .lbundle, with ``threads`` intra-op threads."""
     import onnxruntime as ort
 
-    from . import inference
-    from .digest import file_digest
+    from lab_hardware import inference
+    from lab_hardware.digest import file_digest
 
     def rethread(model, src) -> None:
         if threads != 1:
@@ -77,7 +77,7 @@ def _load_model(path: Path, threads: int):
             model.session = ort.InferenceSession(src, sess_options=so, providers=["CPUExecutionProvider"])
 
     if path.suffix == ".lbundle":
-        from . import bundle as _bundle
+        from lab_hardware.modelops import bundle as _bundle
         b = _bundle.read(path)
         m = b.load_model()
         rethread(m, b.model)
@@ -94,9 +94,9 @@ def _load_model(path: Path, threads: int):
 def replay(replay_path: Path, model_path: Path, out: Path, threads: int) -> dict:
     import numpy as np
 
-    from . import features
-    from . import replay as _replay
-    from .digest import signal_digests
+    from lab_hardware import features
+    from lab_hardware.modelops import replay as _replay
+    from lab_hardware.digest import signal_digests
 
     t_load = time.perf_counter()
     decide, intents, model_digest = _load_model(model_path, threads)
@@ -198,7 +198,7 @@ def probe(target: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lab_hardware.replay_sandbox", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m lab_hardware.modelops.replay_sandbox", description=__doc__.splitlines()[0])
     p.add_argument("--replay", type=Path)
     p.add_argument("--model", type=Path)
     p.add_argument("--out", type=Path)

@@ -43,16 +43,16 @@ from typing import Any
 
 import numpy as np
 
-from . import digest as _digest
-from . import features, mqtt, topics
-from .audit import AuditChain
-from .consent import SCOPES, ConsentError, ConsentState
-from .scrub import scrub
-from .slots import InstallError, Slots
-from .link import Link
-from .outbox import Outbox
-from .profiles import Profile
-from .window import Decisions, Window
+from lab_hardware import digest as _digest
+from lab_hardware import features, mqtt, topics
+from lab_hardware.audit import AuditChain
+from lab_hardware.consent import SCOPES, ConsentError, ConsentState
+from lab_hardware.modelops.scrub import scrub
+from lab_hardware.modelops.slots import InstallError, Slots
+from lab_hardware.runtime.link import Link
+from lab_hardware.runtime.outbox import Outbox
+from lab_hardware.profiles import Profile
+from lab_hardware.window import Decisions, Window
 
 log = logging.getLogger("livelab.device")
 
@@ -675,7 +675,7 @@ class Device:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lab_hardware.device",
+    p = argparse.ArgumentParser(prog="python -m lab_hardware.runtime.device",
                                 description="Run one simulated edge device (started by the lab supervisor).")
     p.add_argument("--config", required=True, help="device config JSON written by the supervisor")
     args = p.parse_args(argv)

@@ -12,7 +12,7 @@ import itertools
 import random
 from typing import Any, Callable
 
-from .profiles import Link as LinkSpec
+from lab_hardware.profiles import Link as LinkSpec
 
 #: Delay a lost first transmission adds (TCP's minimum retransmission timeout).
 RETRANSMIT_S = 0.2

@@ -23,7 +23,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .topics import NAME_RE
+from lab_hardware.topics import NAME_RE
 
 SCHEMA_PUBKEY = "livelab.pubkey/v1"
 KEYID_RE = re.compile(r"^[0-9a-f]{16}$")
@@ -203,7 +203,7 @@ def namespace_home(home: Path, namespace: str) -> Path:
     verify bundles on that namespace's devices only, next to the lab-wide store.  A grading
     submission trusts its signer here, so nothing it trusts reaches another namespace, and
     removing the namespace (``lab.remove_namespace(purge=True)``) removes them."""
-    from . import topics
+    from lab_hardware import topics
     return Path(home) / "namespaces" / topics.check_name("namespace", namespace)
 
 
