@@ -117,10 +117,10 @@ def _signing_key(home: Path) -> Path:
 
 def _next_major(state: dict) -> str:
     active = state.get("active") or {}
-    if active.get("kind") == "bundle" and active.get("version"):
-        major = _bundle.parse_version(active["version"])[0]
-        return f"{major + 1}.0.0"
-    return "2.0.0"
+    majors = [_bundle.parse_version(v)[0] for v in (active.get("version") if active.get("kind") == "bundle" else None,
+                                                    state.get("version_floor")) if v]
+    # above the highest version the device ever ran: devices refuse anything older (monotonic)
+    return f"{max(majors) + 1}.0.0" if majors else "2.0.0"
 
 
 def _clear_earlier(ops: Lab) -> None:

@@ -188,6 +188,16 @@ class LabSlot:
     def learner_home_path(self) -> str:
         return str(self.kernel.dir / "lab") if self.kernel else ""
 
+    def name_learner(self) -> None:
+        """The devices record the broker-proven commands of ``learner.<ns>`` under the
+        student's name (audit ``by``); a name that is not a valid one keeps the username."""
+        from lab_hardware.runtime import lab as _lab
+        if self.student and self.desc is not None:
+            try:
+                _lab.name_learner(self.home, self.namespace, self.student)
+            except (_lab.LabError, OSError, RuntimeError):
+                pass
+
     # ---- running ------------------------------------------------------------------------
     def start_observing(self) -> None:
         self.run_started = time.time()
@@ -335,6 +345,7 @@ def grade_in_lab(sub, ref, opts, labcfg: dict, *, pool: LabPool | None = None) -
     slot = pool.take()
     waited = time.perf_counter() - t0
     slot.student = sub.student
+    slot.name_learner()
     try:
         result = runner.grade(sub, ref, opts, lab=slot, checks=load_checks(labcfg["checks"]))
         result.setdefault("timings", {})["lab_wait"] = waited

@@ -23,9 +23,17 @@ SCHEMA_AUDIT = "livelab.audit/v1"
 SCHEMA_COMMAND = "livelab.command/v1"
 SCHEMA_CAPTURE = "livelab.capture/v1"
 SCHEMA_REVOCATIONS = "livelab.revocations/v1"
+SCHEMA_LEARNERS = "livelab.learners/v1"
 
-#: Commands a device understands (the last level of ``.../cmd/<command>``).
-COMMANDS = ("consent", "ping", "audit", "set-model", "install", "rollback", "shadow", "capture")
+#: Commands a device understands (the level after ``.../cmd/``).
+COMMANDS = ("consent", "ping", "audit", "set-model", "install", "rollback", "shadow", "capture", "revoke")
+
+#: The author the device records for the two-level form ``.../cmd/<command>``, which the
+#: broker's ACL lets only the control plane write.
+CONTROL_AUTHOR = "control"
+#: A command's author (the topic level after the command): a broker username.  Learner
+#: usernames are names (``alice``) or ``learner.<namespace>``; no wildcards, slashes, spaces.
+AUTHOR_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
 
 
 class TopicError(ValueError):
@@ -64,8 +72,26 @@ def capture(ns: str, device: str) -> str:
     return device_prefix(ns, device) + "/capture"
 
 
-def command(ns: str, device: str, cmd: str) -> str:
-    return device_prefix(ns, device) + f"/cmd/{cmd}"
+def command(ns: str, device: str, cmd: str, sender: str | None = None) -> str:
+    """``.../cmd/<cmd>/<sender>``: the broker lets user U write only ``.../cmd/+/U``, so the
+    last level proves who sent it.  Without ``sender`` the two-level form, control only."""
+    base = device_prefix(ns, device) + f"/cmd/{cmd}"
+    if sender is None:
+        return base
+    if not isinstance(sender, str) or not AUTHOR_RE.match(sender):
+        raise TopicError(f"invalid command sender {sender!r}: use a broker username "
+                         "(lower-case letters, digits, '.', '-', '_')")
+    return f"{base}/{sender}"
+
+
+def command_author(parsed: dict[str, str]) -> str:
+    """Who sent a command, from its parsed topic (TopicError if the author level is malformed)."""
+    sender = parsed.get("sender")
+    if sender is None:
+        return CONTROL_AUTHOR
+    if not AUTHOR_RE.match(sender):
+        raise TopicError(f"command author {sender[:64]!r} in the topic is not a broker username")
+    return sender
 
 
 def control(ns: str, what: str) -> str:
@@ -73,15 +99,18 @@ def control(ns: str, what: str) -> str:
 
 
 def parse(topic: str) -> dict[str, str] | None:
-    """Split a device topic into namespace, device, kind (and command); None if not one."""
+    """Split a device topic into namespace, device, kind (and command, and the command's
+    ``sender`` level when present); None if not one."""
     parts = topic.split("/")
     if len(parts) < 5 or parts[0] != ROOT or parts[2] != "devices":
         return None
     out = {"namespace": parts[1], "device": parts[3], "kind": parts[4]}
     if parts[4] == "cmd":
-        if len(parts) != 6:
+        if len(parts) not in (6, 7):
             return None
         out["command"] = parts[5]
+        if len(parts) == 7:
+            out["sender"] = parts[6]
     elif len(parts) != 5:
         return None
     return out

@@ -46,36 +46,47 @@ def start(lab: Lab, home, bundle: Path, canary: list[str], *, shadow: bool = Fal
     if cur and cur["state"] == "canary":
         raise RolloutError(f"rollout of {cur['name']} {cur['version']} is still open: "
                            "finish it with --forward or --back first")
-    state = {"bundle": str(Path(bundle).resolve()), "digest": b.digest, "name": b.name, "version": b.version,
+    state = {"bundle": str(Path(bundle).resolve()), "digest": b.digest, "keyid": b.keyid, "identity": b.identity,
+             "name": b.name, "version": b.version,
              "canary": canary, "mode": "shadow" if shadow else "canary", "state": "canary",
              "started": time.time(), "steps": [], "before": {d: lab.states.get(d, {}).get("active") for d in lab.devices}}
     for d in canary:
         try:
             rec = lab.shadow(d, bundle) if shadow else lab.install(d, bundle)
             state["steps"].append({"device": d, "action": "shadow" if shadow else "install", "ok": True,
-                                   "audit": rec["index"]})
+                                   "audit": rec["index"], "bundle": rec["data"].get("bundle"),
+                                   "keyid": rec["data"].get("keyid")})
         except CommandRefused as exc:
             state["steps"].append({"device": d, "action": "install", "ok": False, "reason": str(exc)})
     _save(home, state)
     return state
 
 
+def _runs(lab: Lab, device: str, digest: str, keyid: str | None) -> bool:
+    st = lab.states.get(device, {})
+    return st.get("bundle") == digest and st.get("bundle_keyid", keyid) == keyid
+
+
 def finish(lab: Lab, home, *, forward: bool) -> dict:
-    """Forward: install on every device (canaries included after a shadow run). Back: return
-    canaries to what they ran before (rollback / stop shadowing)."""
+    """Forward: install on every device (canaries included after a shadow run). Back: undo what
+    this rollout did and nothing else: a canary that accepted the bundle and still runs that
+    very bundle (digest and signer) is rolled back, a shadow is stopped; a canary that refused
+    it keeps what it runs (even the same content signed by another key)."""
     state = current(home)
     if not state or state["state"] != "canary":
         raise RolloutError("no open rollout: start one with 'livelab rollout start BUNDLE --canary DEV'")
-    targets = lab.devices if forward else state["canary"]
+    keyid = state.get("keyid")
+    accepted = {s["device"] for s in state["steps"] if s.get("ok") and s.get("action") in ("install", "shadow")}
+    targets = lab.devices if forward else [d for d in state["canary"] if d in accepted]
     for d in targets:
         try:
-            if state["mode"] == "shadow" and d in state["canary"]:
+            if state["mode"] == "shadow" and d in accepted:
                 lab.shadow(d, None)
             if forward:
-                if lab.states.get(d, {}).get("bundle") != state["digest"]:
+                if not _runs(lab, d, state["digest"], keyid):
                     rec = lab.install(d, state["bundle"])
                     state["steps"].append({"device": d, "action": "install", "ok": True, "audit": rec["index"]})
-            elif state["mode"] == "canary" and lab.states.get(d, {}).get("bundle") == state["digest"]:
+            elif state["mode"] == "canary" and _runs(lab, d, state["digest"], keyid):
                 rec = lab.rollback(d, reason=f"rollout of {state['name']} {state['version']} rolled back")
                 state["steps"].append({"device": d, "action": "rollback", "ok": True, "audit": rec["index"]})
         except CommandRefused as exc:

@@ -51,6 +51,7 @@ class Connection:
     intents: list[str]
     defect_intent: str | None = None
     home: str | None = None
+    learner_name: str | None = None
 
 
 def _find(home=None, namespace=None, broker_url=None, username=None, password=None) -> Connection:
@@ -74,7 +75,8 @@ def _find(home=None, namespace=None, broker_url=None, username=None, password=No
         raise LabConnectionError(f"the lab in {h} serves namespace {d['namespace']!r}, not {namespace!r}")
     return Connection(d["broker"]["host"], d["broker"]["port"], d["namespace"],
                       username or d["learner"]["username"], password or d["learner"]["password"],
-                      list(d["devices"]), list(d.get("intents") or []), d.get("defect_intent"), str(h))
+                      list(d["devices"]), list(d.get("intents") or []), d.get("defect_intent"), str(h),
+                      d.get("learner_name"))
 
 
 class Lab:
@@ -90,7 +92,8 @@ class Lab:
         # that time-to-signal can be compared across curriculum versions.
         self.course = course
         self.version = version
-        self.learner = learner or os.environ.get("LIVELAB_LEARNER") or os.environ.get("USER") or "learner"
+        self.learner = (learner or os.environ.get("LIVELAB_LEARNER") or conn.learner_name
+                        or os.environ.get("USER") or "learner")
         # The learner's team, for per-team time-to-signal (``LIVELAB_TEAM`` when not given).
         self.team = team or os.environ.get("LIVELAB_TEAM") or ""
         self.states: dict[str, dict] = {}
@@ -103,7 +106,8 @@ class Lab:
         self._lock = threading.Lock()
         self._listeners: list = []
         self.duplicates = 0
-        self.revocations: list[dict] = []
+        self.revocations: list[dict] = []   # the control plane's retained list (read-only here)
+        self._revoked_here: list[dict] = []
         self._telemetry_recorder: threading.Thread | None = None
         self._client = mqtt.client(f"learner.{conn.namespace}-{uuid.uuid4().hex[:8]}",
                                    username=conn.username, password=conn.password)
@@ -230,13 +234,26 @@ class Lab:
         if device not in self.devices:
             raise ValueError(f"unknown device {device!r}; this lab has {', '.join(self.devices)}")
 
+    def _command_topic(self, device: str, name: str) -> str:
+        """``.../cmd/<name>/<my username>``: the broker lets this identity write only its own
+        author level, so the device knows who sent it without believing the payload.  (An
+        external broker's user that is not a valid topic level falls back to the two-level
+        form, which such a broker does not confine anyway.)"""
+        user = self.conn.username
+        sender = user if isinstance(user, str) and topics.AUTHOR_RE.match(user) else None
+        return topics.command(self.namespace, device, name, sender=sender)
+
     def command(self, device: str, name: str, *, timeout: float = 5.0, **args: Any) -> dict:
         """Send a command and wait for the device's audit record answering it."""
         self._check_device(device)
+        args.pop("by", None)  # authorship is the broker's to prove, not the payload's
         cid = uuid.uuid4().hex
         ev = self._reply_events[cid] = threading.Event()
-        payload = {"schema": topics.SCHEMA_COMMAND, "id": cid, "by": self.learner, **args}
-        self._client.publish(topics.command(self.namespace, device, name), topics.encode(payload), qos=1)
+        payload = {"schema": topics.SCHEMA_COMMAND, "id": cid, **args}
+        if self.learner != self.conn.learner_name and topics.AUTHOR_RE.match(self.learner or ""):
+            # a claim the device records as such ('on_behalf'), never as who sent it
+            payload["on_behalf"] = self.learner
+        self._client.publish(self._command_topic(device, name), topics.encode(payload), qos=1)
         try:
             if not ev.wait(timeout):
                 raise TimeoutError(f"device {device} did not answer '{name}' within {timeout:.0f} s: is it online?")
@@ -285,18 +302,70 @@ class Lab:
             return self.command(device, "shadow", stop=True, timeout=timeout)
         return self.command(device, "shadow", bundle=self._bundle_b64(bundle), timeout=timeout)
 
-    def revoke(self, digest: str, reason: str = "", *, timeout: float = 5.0) -> list[dict]:
-        """Revoke a bundle by digest on every device of the namespace (a retained list)."""
-        if not (isinstance(digest, str) and len(digest) == 64):
-            raise ValueError("a bundle digest is 64 hex characters (see 'livelab bundle inspect')")
-        current = list(self.revocations)
-        if digest not in {r["digest"] for r in current}:
-            current.append({"digest": digest, "reason": reason, "time": time.time(), "by": self.learner})
-        payload = topics.encode({"schema": topics.SCHEMA_REVOCATIONS, "revoked": current})
-        info = self._client.publish(topics.control(self.namespace, "revocations"), payload, qos=1, retain=True)
-        info.wait_for_publish(timeout)
-        self.revocations = current
-        return current
+    def _signers_of(self, digest: str) -> set[str]:
+        """Key ids of the copies of ``digest`` this namespace's devices ran or run."""
+        out = set()
+        for st in list(self.states.values()):
+            for ident in st.get("ran") or []:
+                d, _, k = ident.partition(":")
+                if d == digest and k:
+                    out.add(k)
+            for slot in (st.get("active"), st.get("shadow")):
+                if isinstance(slot, dict) and slot.get("digest") == digest and slot.get("keyid"):
+                    out.add(slot["keyid"])
+        return out
+
+    def revoke(self, bundle, reason: str = "", *, keyid: str | None = None, all_signers: bool = False,
+               timeout: float = 10.0) -> list[dict]:
+        """Revoke a bundle on every device of the namespace.
+
+        ``bundle`` is a digest, a bundle file or a read bundle.  A revocation names the
+        signer (the same content signed by another key stays installable): ``keyid``, the
+        bundle's own signer, or, for a bare digest, the one signer this namespace's devices
+        ran it from; ``all_signers=True`` revokes every signer's copy.  A learner's revocation
+        is a ``revoke`` command to each device (the retained control list is the control
+        plane's alone); the control identity updates that retained list.  Returns the
+        revocations this call made and the control list holds."""
+        import re
+        if all_signers and keyid is not None:
+            raise ValueError("say keyid=... (one signer's copy) or all_signers=True, not both")
+        digest = bundle
+        if not isinstance(bundle, str):
+            from lab_hardware.modelops import bundle as _bundle
+            b = bundle if hasattr(bundle, "digest") and hasattr(bundle, "keyid") else _bundle.read(bundle)
+            digest, keyid = b.digest, keyid or b.keyid
+        if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+            raise ValueError("a bundle digest is 64 lower-case hex characters (see 'livelab bundle inspect')")
+        if not isinstance(reason, str) or len(reason) > 512:
+            raise ValueError("a revocation reason is text of at most 512 characters")
+        if all_signers:
+            keyid = None
+        elif keyid is None:
+            signers = self._signers_of(digest)
+            if len(signers) != 1:
+                raise ValueError(f"bundle {digest[:12]} ran here signed by {len(signers)} keys: name the signer "
+                                 "with keyid=... (see 'livelab bundle inspect') or say all_signers=True")
+            keyid = signers.pop()
+        if keyid is not None and not re.fullmatch(r"[0-9a-f]{16}", keyid):
+            raise ValueError("a key id is 16 lower-case hex characters (see 'livelab keys list')")
+        entry = {"digest": digest, "keyid": keyid, "all_signers": bool(all_signers), "reason": reason,
+                 "time": time.time()}
+        if self.conn.username == "control":
+            current = [r for r in self.revocations if isinstance(r, dict)]
+            key = lambda r: (r.get("digest"), r.get("keyid"), bool(r.get("all_signers")))  # noqa: E731
+            if key(entry) not in {key(r) for r in current}:
+                current.append(entry)
+            payload = topics.encode({"schema": topics.SCHEMA_REVOCATIONS, "revoked": current})
+            info = self._client.publish(topics.control(self.namespace, "revocations"), payload, qos=1, retain=True)
+            info.wait_for_publish(timeout)
+            self.revocations = current
+            return current
+        args = {"digest": digest, "reason": reason}
+        args.update({"all_signers": True} if all_signers else {"keyid": keyid})
+        for dev in self.devices:
+            self.command(dev, "revoke", timeout=timeout, **args)
+        self._revoked_here.append(entry)
+        return [*[r for r in self.revocations if isinstance(r, dict)], *self._revoked_here]
 
     # ---- replay capture ----------------------------------------------------------------
     def capture(self, device: str, decisions: int = 200, *, wait: bool = True, timeout: float = 30.0) -> str:
@@ -369,8 +438,8 @@ class Lab:
         self._check_device(device)
         cid = uuid.uuid4().hex
         ev = self._reply_events[cid] = threading.Event()
-        self._client.publish(topics.command(self.namespace, device, "audit"), topics.encode(
-            {"schema": topics.SCHEMA_COMMAND, "id": cid, "by": self.learner, "from": 0}), qos=1)
+        self._client.publish(self._command_topic(device, "audit"), topics.encode(
+            {"schema": topics.SCHEMA_COMMAND, "id": cid, "from": 0}), qos=1)
         try:
             if not ev.wait(timeout):
                 raise TimeoutError(f"device {device} did not send its audit chain within {timeout:.0f} s")

@@ -18,6 +18,7 @@ def _lab(args):
 def cmd_rollout(args) -> int:
     from labs import rollout
     lab, home = _lab(args)
+    before = len((rollout.current(home) or {}).get("steps", [])) if args.action == "finish" else 0
     try:
         if args.action == "start":
             if not args.bundle:
@@ -55,7 +56,9 @@ def cmd_rollout(args) -> int:
             t.add_row(d, str(v["model"]), (v["bundle"] or "-")[:12],
                       f"{h['seen']}/{h['needed']}" if h else "-", (v["shadow"] or {}).get("digest", "-")[:12])
         console.print(t)
-    failed = [s for s in (st["rollout"] or {}).get("steps", []) if not s["ok"]]
+    # exit 1 when a step this command took was refused (status: any step of the rollout)
+    steps = (st["rollout"] or {}).get("steps", [])
+    failed = [s for s in steps[before if args.action == "finish" else 0:] if not s["ok"]]
     return EXIT_FAIL if failed else EXIT_OK
 
 

@@ -43,7 +43,7 @@ def blab(tmp_path_factory, mosquitto_available):
         "fixed": _make(tmp, home, "intents", "1.1.0", call_bias=-3.0),
         "fixed2": _make(tmp, home, "intents", "1.2.0", call_bias=-2.5),
         "old": _make(tmp, home, "intents", "1.0.0", call_bias=-1.0),
-        "slow": _make(tmp, home, "intents", "2.0.0", call_bias=-3.0, compute={"latency_budget_ms": 0.0001}),
+        "slow": _make(tmp, home, "intents", "1.1.5", call_bias=-3.0, compute={"latency_budget_ms": 0.0001}),
         "stranger": _make(tmp, home, "intents", "3.0.0", key="stranger"),
         "bigmem": _make(tmp, home, "intents", "4.0.0", compute={"min_memory_mb": 4096}),
     }
@@ -134,7 +134,10 @@ def test_downgrade_refused_unless_explicit_rollback(blab):
     assert rec["data"]["version"] == "1.0.0" and rec["data"]["rollback"] is True
     with pytest.raises(CommandRefused, match="not newer"):
         sdk.install("dev-0", b["old"])  # the same version again is no upgrade
-    assert sdk.install("dev-0", b["fixed"])["data"]["version"] == "1.1.0"  # moving forward is fine
+    # 1.1.0 is newer than the active 1.0.0 but older than 1.2.0, which this device ran: version
+    # protection is monotonic and survives the rollback
+    with pytest.raises(CommandRefused, match="highest version this device ran"):
+        sdk.install("dev-0", b["fixed"])
 
 
 def test_revocation_reverts_every_device_at_once(blab):

@@ -43,7 +43,9 @@ def bundle_check(ctx: CheckContext) -> list[Item]:
     from lab_hardware.modelops import bundle as _bundle
     from lab_hardware.modelops import keys as _keys
     recs = {d: ctx.run_records(d) for d in ctx.devices}
-    mine = lambda r: not ctx.learner or (r.get("data") or {}).get("by") == ctx.learner  # noqa: E731
+    from lab_hardware.runtime.broker import is_learner_of  # 'by' is broker-proven: the learner's identity
+    mine = lambda r: not ctx.learner or (r.get("data") or {}).get("by") == ctx.learner \
+        or is_learner_of((r.get("data") or {}).get("by"), ctx.namespace)  # noqa: E731
     installs = {d: [r for r in rs if r["kind"] == "install" and mine(r)] for d, rs in recs.items()}
     shadows = {d: [r for r in rs if r["kind"] == "shadow" and mine(r) and r["data"].get("bundle")]
                for d, rs in recs.items()}

@@ -177,8 +177,10 @@ def consent(ctx: CheckContext) -> list[Item]:
                           "observer keeps every message, deleting it afterwards changes nothing", weight=3,
                           detail={"messages": pii[:20]}))
 
+    from lab_hardware.runtime.broker import is_learner_of  # 'by' is broker-proven: the learner's identity
     grants = [r for d in ctx.devices for r in trail(ctx.run_records(d))
-              if r["data"].get("grant") and (not ctx.learner or r["data"].get("by") == ctx.learner)]
+              if r["data"].get("grant") and (not ctx.learner or r["data"].get("by") == ctx.learner
+                                             or is_learner_of(r["data"].get("by"), ctx.namespace))]
     if ctx.observed:
         ok = bool(grants) and (used["telemetry"] + used["replay-capture"]) > 0
         msg = ("you granted no consent, so the lab published nothing for you: grant the scope you need "

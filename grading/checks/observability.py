@@ -15,7 +15,16 @@ from __future__ import annotations
 
 import re
 
+from lab_hardware import topics
+from lab_hardware.runtime.broker import is_learner_of
+
 from .base import CheckContext, Item, register
+
+
+def _by_learner(ctx: CheckContext, by) -> bool:
+    """A broker-proven author ('by' of an audit record, or a command topic's author level)
+    is this submission's learner: its name, or its namespace's learner identity."""
+    return by == ctx.learner or is_learner_of(by, ctx.namespace)
 
 HEX16 = re.compile(r"^[0-9a-f]{16}$")
 #: Beyond telemetry: audit chains of this many devices, this many bytes, no captures.
@@ -65,7 +74,9 @@ def observability(ctx: CheckContext) -> list[Item]:
         audit_bytes = 0
         replies = set()
         for m, c in ctx.of("cmd"):
-            if m.topic.endswith("/cmd/audit") and (not ctx.learner or c.get("by") == ctx.learner):
+            # who sent a command is its topic's author level (broker-proven), not a payload field
+            p = topics.parse(m.topic) or {}
+            if p.get("command") == "audit" and (not ctx.learner or _by_learner(ctx, p.get("sender"))):
                 fetched.add(m.topic.split("/")[3])
                 replies.add(c.get("id"))
         for m, a in ctx.of("audit"):
@@ -78,7 +89,7 @@ def observability(ctx: CheckContext) -> list[Item]:
                   and total <= budget["bytes"])
         # staying within the budget earns credit only for a debugging session that happened (a
         # rollback of yours): doing nothing fetches nothing, and that is not frugality
-        acted = any(r["kind"] == "rollback" and r["data"].get("by") == ctx.learner
+        acted = any(r["kind"] == "rollback" and _by_learner(ctx, r["data"].get("by"))
                     for d in ctx.devices for r in ctx.run_records(d)) if ctx.learner else True
         ok = within and acted
         items.append(Item("bandwidth", ok,
@@ -92,7 +103,8 @@ def observability(ctx: CheckContext) -> list[Item]:
                                   "capture_bytes": cap_bytes}))
 
     planted = [(d, r) for d in ctx.devices for r in ctx.run_records(d)
-               if r["kind"] == "install" and ctx.learner and r["data"].get("by") != ctx.learner]
+               if r["kind"] == "install" and ctx.learner and (not _by_learner(ctx, r["data"].get("by"))
+                                                              or r["data"].get("on_behalf") not in (None, ctx.learner))]
     if not planted:
         items.append(Item("cause-named", False, "no incident was planted in your lab: run the module's first cell "
                           "as given (it plants the regression you debug)", weight=3))
@@ -103,7 +115,7 @@ def observability(ctx: CheckContext) -> list[Item]:
     named = False
     reasons = []
     for r in ctx.run_records(device):
-        if r["kind"] == "rollback" and r["time"] > inst["time"] and r["data"].get("by") == ctx.learner:
+        if r["kind"] == "rollback" and r["time"] > inst["time"] and _by_learner(ctx, r["data"].get("by")):
             reason = str(r["data"].get("reason") or "")
             reasons.append(reason)
             low = reason.lower()

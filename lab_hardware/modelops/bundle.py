@@ -4,8 +4,12 @@ A bundle (``*.lbundle``) is an uncompressed tar with ``manifest.json``,
 ``model.onnx``, optionally ``adapter.json`` and, once signed,
 ``signature.json``.  The manifest pins every other file by sha256 and size,
 so a signature over the *canonical manifest bytes* covers the whole bundle,
-and the sha256 of those bytes is the bundle's identity (its ``digest``: what
-devices report, revocations name and signal digests bind).
+and the sha256 of those bytes is the bundle's content ``digest`` (what
+telemetry reports and signal digests bind).  A signed bundle's *identity* is
+that digest and its signer, ``<digest>:<keyid>`` (:attr:`Bundle.identity`):
+the same content re-signed by another key is another bundle for installs,
+rollback targets and revocations (a revocation names a signer, or says
+explicitly that it covers every signer).
 
 Why so strict: a device installs whatever passes :func:`verify`, so every
 parsing decision is made here, once.  The tar is read from memory by a small
@@ -359,6 +363,11 @@ class Bundle:
         return list(self.manifest["io"]["intents"])
 
     @property
+    def identity(self) -> str | None:
+        """``<digest>:<keyid>``: content and signer (None while unsigned)."""
+        return f"{self.digest}:{self.keyid}" if self.keyid is not None else None
+
+    @property
     def canonical(self) -> bytes:
         """The signed bytes (also the manifest.json member)."""
         return canonical(self.manifest)
@@ -574,12 +583,14 @@ def verify(src: Path | str | bytes | Bundle, trusted: dict, *, revoked: set[str]
     not revoked, a newer version (or an explicit rollback) and a compatible profile.
 
     ``trusted`` maps key id -> Ed25519 public key (:func:`lab_hardware.modelops.keys.trusted`
-    or :func:`~lab_hardware.modelops.keys.from_hex`).  ``rollback_to`` holds digests of
-    bundles the device ran before: only those may have a version that is not newer
-    than ``installed_version``.  Returns the bundle with ``verified`` set.
+    or :func:`~lab_hardware.modelops.keys.from_hex`).  ``revoked`` and ``rollback_to``
+    hold identities (``digest:keyid``: that signer's copy) or bare digests / ``digest:*``
+    (every signer's copy).  ``rollback_to`` names bundles the device ran before: only
+    those may have a version that is not newer than ``installed_version``.  Returns the
+    bundle with ``verified`` set.
     """
     b = src if isinstance(src, Bundle) else read(src, max_size=max_size)
-    if b.digest in revoked:
+    if b.digest in revoked or f"{b.digest}:*" in revoked or (b.identity is not None and b.identity in revoked):
         raise BundleError(f"bundle {b.digest[:12]} is revoked")
     if b.keyid is None or b.signature is None:
         raise BundleError("bundle is not signed")
@@ -596,7 +607,7 @@ def verify(src: Path | str | bytes | Bundle, trusted: dict, *, revoked: set[str]
         except BundleError:
             raise BundleError(f"installed version {installed_version!r} is not semver 2.0.0") from None
         order = compare_versions(b.version, installed_version)
-        if order <= 0 and b.digest not in rollback_to:
+        if order <= 0 and not ({b.digest, f"{b.digest}:*", b.identity} & set(rollback_to)):
             if order < 0:
                 raise BundleError(f"version {b.version} is a downgrade from installed {installed_version}")
             raise BundleError(f"version {b.version} is not newer than installed {installed_version}")
@@ -760,7 +771,7 @@ def inspect(src: Path | str | bytes) -> dict:
     m = b.manifest
     return {
         "name": m["name"], "version": m["version"], "digest": b.digest, "created": m["created"],
-        "signed": b.keyid is not None, "keyid": b.keyid, "size": b.size,
+        "signed": b.keyid is not None, "keyid": b.keyid, "identity": b.identity, "size": b.size,
         "files": {k: dict(v) for k, v in sorted(m["files"].items())},
         "model_size": m["files"][MODEL]["size"],
         "adapter_size": m["files"][ADAPTER]["size"] if ADAPTER in m["files"] else None,

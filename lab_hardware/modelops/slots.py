@@ -6,8 +6,18 @@ hashes, adapter budget, version monotonicity, profile), written atomically,
 and then watched by a health check over the next N decisions (error rate and
 a latency SLO from the bundle's manifest).  A failed verdict rolls back to
 the last good model at once: the previous model stays loaded in memory, so a
-rollback is a pointer swap, not a reload.  Revocation by digest drops a
-bundle everywhere it is active and reverts the same way.
+rollback is a pointer swap, not a reload.  Revocation drops a bundle
+everywhere it is active and reverts the same way.
+
+A bundle's identity here is its digest *and* its signer (``digest:keyid``):
+the same content signed by two keys is two bundles for rollback targets,
+revocations and the files kept on the device.  Before a bundle becomes
+active (or shadow) its model is loaded and run on a probe input; one that
+cannot load or answers nonsense is refused and the device keeps what it ran.
+Version protection is monotonic: a new install must be newer than every
+bundle version this device ever ran (the *floor*, kept across rollbacks and
+restarts); an older one only as an explicit rollback to a bundle this device
+actually ran.
 """
 
 from __future__ import annotations
@@ -35,12 +45,18 @@ class Slot:
     """One loaded model: a scenario model (``kind='model'``) or a bundle (``kind='bundle'``)."""
 
     kind: str
-    ref: str            # scenario model name, or bundle digest
+    ref: str            # scenario model name, or bundle identity (digest:keyid)
     digest: str         # what signal digests and telemetry name as 'bundle'
     name: str
     version: str | None
     runner: Any         # Model or Bundle: .predict(x) / .decide(x)
     manifest: dict | None = None
+    keyid: str | None = None   # the bundle's signer (None for a scenario model)
+
+    @property
+    def identity(self) -> str:
+        """What rollback targets and revocations match: ``digest:keyid`` for a bundle."""
+        return identity(self.digest, self.keyid) if self.kind == "bundle" else self.digest
 
     def decide(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.kind == "bundle":
@@ -48,8 +64,41 @@ class Slot:
         return self.runner.predict(x)
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "ref": self.ref, "digest": self.digest, "name": self.name,
-                "version": self.version}
+        return {"kind": self.kind, "ref": self.ref, "digest": self.digest, "keyid": self.keyid,
+                "name": self.name, "version": self.version}
+
+
+def identity(digest: str, keyid: str | None) -> str:
+    """A signed bundle's identity: its content digest and the key id that signed it."""
+    return f"{digest}:{keyid}"
+
+
+ALL_SIGNERS = "*"
+
+
+def probe(runner: Any, kind: str, intents: list[str]) -> None:
+    """Load the model and run it on a fixed probe batch; InstallError if it cannot.
+
+    Why before the switch: a model whose ONNX does not load (or answers NaN, or the wrong
+    shape) would otherwise become active and fail every decision until a health check
+    noticed, which with a long health window may be never."""
+    from lab_hardware import features
+    x = np.random.default_rng(0).random((4, features.DIM), dtype=np.float32)
+    try:
+        labels, probs = runner.decide(x) if kind == "bundle" else runner.predict(x)
+    except InstallError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
+        text = (str(exc).strip() or exc.__class__.__name__).splitlines()[0][:200]
+        raise InstallError(f"model.onnx cannot run on a probe input ({text})") from None
+    labels, probs = np.asarray(labels), np.asarray(probs)
+    if labels.shape != (4,) or probs.shape != (4, len(intents)):
+        raise InstallError(f"model answers shapes {labels.shape} and {probs.shape} on a probe input, "
+                           f"expected (4,) and (4, {len(intents)})")
+    if not np.isfinite(probs).all():
+        raise InstallError("model answers non-finite probabilities on a probe input")
+    if ((labels < 0) | (labels >= len(intents))).any():
+        raise InstallError("model answers labels outside its intents on a probe input")
 
 
 @dataclass
@@ -107,7 +156,9 @@ class Slots:
         self.clock = clock
         self.active: Slot | None = None
         self.good: list[Slot] = []          # last good, most recent last (kept loaded)
-        self.ran: set[str] = set()          # bundle digests this device has run (rollback targets)
+        self.ran: set[str] = set()          # bundle identities this device has run (rollback targets)
+        self.floor: str | None = None       # highest bundle version this device ever ran
+        # revocations: 'digest:keyid' (that signer's copy) or 'digest:*' (every signer's)
         self.revoked: set[str] = set()
         self.shadow: Slot | None = None
         self.health: Health | None = None
@@ -123,20 +174,49 @@ class Slots:
         return Slot("model", name, _digest.file_digest(path), name, None, m)
 
     def _bundle_slot(self, b) -> Slot:
+        from lab_hardware.modelops import bundle as _bundle
         intents = b.manifest["io"]["intents"]
         if intents != self.intents:
             raise InstallError(f"bundle classifies {intents}, the scenario has {self.intents}")
-        return Slot("bundle", b.digest, b.digest, b.manifest["name"], b.manifest["version"], b, b.manifest)
+        try:
+            b.load_model()  # the ONNX session, before anything changes
+        except _bundle.BundleError as exc:
+            raise InstallError(str(exc)) from None
+        probe(b, "bundle", self.intents)
+        return Slot("bundle", identity(b.digest, b.keyid), b.digest, b.manifest["name"], b.manifest["version"],
+                    b, b.manifest, keyid=b.keyid)
 
-    def _load_bundle_file(self, digest: str) -> Slot:
+    def _bundle_file(self, ref: str) -> Path:
+        return self.bundles_dir / f"{ref.replace(':', '-')}.lbundle"
+
+    def _load_bundle_file(self, ref: str) -> Slot:
         from lab_hardware.modelops import bundle as _bundle
-        return self._bundle_slot(_bundle.read(self.bundles_dir / f"{digest}.lbundle"))
+        b = _bundle.read(self._bundle_file(ref))
+        if ":" in ref and identity(b.digest, b.keyid) != ref:
+            raise InstallError(f"stored bundle {ref[:12]} does not match its name")
+        return self._bundle_slot(b)
+
+    def is_revoked(self, digest: str, keyid: str | None) -> bool:
+        return f"{digest}:{ALL_SIGNERS}" in self.revoked or identity(digest, keyid) in self.revoked
+
+    def _slot_revoked(self, s: Slot) -> bool:
+        return s.kind == "bundle" and self.is_revoked(s.digest, s.keyid)
+
+    def revocations(self) -> list[dict]:
+        """The revocations this device holds: ``{"digest", "keyid"}`` (keyid None = every signer)."""
+        out = []
+        for e in sorted(self.revoked):
+            d, _, k = e.partition(":")
+            out.append({"digest": d, "keyid": None if k in ("", ALL_SIGNERS) else k})
+        return out
 
     def restore(self, default_model: str) -> None:
         """Back to what was active before a restart (or the scenario's default model)."""
         st = self._read_state()
-        self.revoked = set(st.get("revoked", []))
+        # a revocation stored before identities named signers meant every signer
+        self.revoked = {e if ":" in e else f"{e}:{ALL_SIGNERS}" for e in st.get("revoked", [])}
         self.ran = set(st.get("ran", []))
+        self.floor = st.get("floor")
         chain = st.get("good", []) + ([st["active"]] if st.get("active") else [])
         slots = []
         for ref in chain:
@@ -144,11 +224,14 @@ class Slots:
                 s = self._model_slot(ref["ref"]) if ref["kind"] == "model" else self._load_bundle_file(ref["ref"])
             except Exception:  # noqa: BLE001 - a missing or broken file: skip, fall back below
                 continue
-            if s.digest not in self.revoked:
+            if not self._slot_revoked(s):
                 slots.append(s)
         if not slots:
             slots = [self._model_slot(default_model if default_model in self.models else next(iter(self.models)))]
         self.active, self.good = slots[-1], slots[:-1]
+        for s in slots:  # state written before the floor was kept: what it still holds
+            if s.kind == "bundle" and (self.floor is None or _version_key(s.version) > _version_key(self.floor)):
+                self.floor = s.version
 
     # ---- persistence -------------------------------------------------------------------
     def _state_path(self) -> Path:
@@ -163,7 +246,7 @@ class Slots:
     def save(self) -> None:
         st = {"active": {"kind": self.active.kind, "ref": self.active.ref},
               "good": [{"kind": s.kind, "ref": s.ref} for s in self.good[-5:]],
-              "ran": sorted(self.ran), "revoked": sorted(self.revoked)}
+              "ran": sorted(self.ran), "revoked": sorted(self.revoked), "floor": self.floor}
         tmp = self._state_path().with_suffix(".tmp")
         tmp.write_text(json.dumps(st, sort_keys=True))
         os.replace(tmp, self._state_path())
@@ -175,7 +258,9 @@ class Slots:
             self.good = self.good[-5:]
         self.active = slot
         if slot.kind == "bundle":
-            self.ran.add(slot.digest)
+            self.ran.add(slot.identity)
+            if self.floor is None or _version_key(slot.version) > _version_key(self.floor):
+                self.floor = slot.version
 
     def set_model(self, name: str) -> Slot:
         slot = self._model_slot(name)
@@ -192,21 +277,50 @@ class Slots:
             return {}
         return keys.trusted(self.trust_dir, namespace=self.namespace)
 
-    def verify(self, data: bytes, *, rollback: bool = False):
+    def verify(self, data: bytes, *, rollback: bool = False, versions: bool = True):
+        """Everything :func:`bundle.verify` checks, against this device's trust stores, its
+        revocations (by identity) and its version floor; ``versions=False`` for a shadow,
+        which decides nothing and so may be any version.
+
+        Versions: without ``rollback`` a bundle must be newer than the active one and than
+        the floor (the floor's own bundle may come back: a rollout going forward again).
+        With ``rollback`` an older bundle is allowed only if this device ran that very
+        bundle (same digest *and* signer)."""
         from lab_hardware.modelops import bundle as _bundle
-        installed = self.active.version if self.active is not None and self.active.kind == "bundle" else None
         try:
-            return _bundle.verify(data, self.trusted(), revoked=self.revoked, installed_version=installed,
-                                  rollback_to=self.ran if rollback else frozenset(), profile=self.profile)
+            b = _bundle.read(data)
+            if self.is_revoked(b.digest, b.keyid):
+                raise _bundle.BundleError(f"bundle {b.digest[:12]} signed by {b.keyid} is revoked")
+            checked = _bundle.verify(b, self.trusted(), profile=self.profile)
         except _bundle.BundleError as exc:
             raise InstallError(str(exc)) from None
+        if not versions:
+            return checked
+        v, ident = checked.version, identity(checked.digest, checked.keyid)
+        ran = ident in self.ran
+        installed = self.active.version if self.active is not None and self.active.kind == "bundle" else None
+        to_active = _bundle.compare_versions(v, installed) if installed is not None else 1
+        to_floor = _bundle.compare_versions(v, self.floor) if self.floor is not None else 1
+        if rollback:
+            if (to_active <= 0 or to_floor <= 0) and not ran:
+                raise InstallError(f"rollback refused: this device never ran bundle {checked.digest[:12]} "
+                                   f"{v} signed by {checked.keyid}")
+            return checked
+        if to_active < 0:
+            raise InstallError(f"version {v} is a downgrade from installed {installed}")
+        if to_active == 0:
+            raise InstallError(f"version {v} is not newer than installed {installed}")
+        if to_floor < 0 or (to_floor == 0 and not ran):
+            raise InstallError(f"version {v} is not newer than {self.floor}, the highest version this device "
+                               "ran (a downgrade: only a rollback to a bundle this device ran may be older)")
+        return checked
 
     def install(self, data: bytes, *, rollback: bool = False) -> Slot:
         """Verify, write atomically, activate, and start the health check."""
         b = self.verify(data, rollback=rollback)
-        slot = self._bundle_slot(b)       # loads the ONNX session before anything changes
+        slot = self._bundle_slot(b)       # loads and probes the model before anything changes
         self.bundles_dir.mkdir(parents=True, exist_ok=True)
-        final = self.bundles_dir / f"{b.digest}.lbundle"
+        final = self._bundle_file(slot.identity)
         tmp = final.with_suffix(".tmp")
         with open(tmp, "wb") as fh:
             fh.write(data)
@@ -222,7 +336,7 @@ class Slots:
 
     def rollback(self) -> tuple[Slot, Slot]:
         """Back to the most recent good model that is not revoked; returns (from, to)."""
-        while self.good and self.good[-1].digest in self.revoked:
+        while self.good and self._slot_revoked(self.good[-1]):
             self.good.pop()
         if not self.good:
             raise InstallError("no earlier good model to roll back to")
@@ -241,21 +355,27 @@ class Slots:
             self.health = None
         return v
 
-    def revoke(self, digests: set[str]) -> bool:
-        """Record revocations; True if the active model itself was revoked."""
-        new = set(digests) - self.revoked
-        self.revoked |= set(digests)
-        self.good = [s for s in self.good if s.digest not in self.revoked]
-        if self.shadow is not None and self.shadow.digest in self.revoked:
+    def revoke(self, entries: set[str]) -> bool:
+        """Record revocations (``digest:keyid`` or ``digest:*``); True if the active model itself
+        was revoked."""
+        new = set(entries) - self.revoked
+        self.revoked |= set(entries)
+        self.good = [s for s in self.good if not self._slot_revoked(s)]
+        if self.shadow is not None and self._slot_revoked(self.shadow):
             self.shadow = None
         if new:
             self.save()
-        return self.active.digest in self.revoked
+        return self._slot_revoked(self.active)
 
     def set_shadow(self, data: bytes | None) -> Slot | None:
         if data is None:
             self.shadow = None
             return None
-        b = self.verify(data)
+        b = self.verify(data, versions=False)
         self.shadow = self._bundle_slot(b)
         return self.shadow
+
+
+def _version_key(version: str | None) -> tuple:
+    from lab_hardware.modelops import bundle as _bundle
+    return _bundle.parse_version(version) if version else ()

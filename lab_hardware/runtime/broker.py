@@ -48,6 +48,13 @@ def learner_user(ns: str) -> str:
     return f"learner.{ns}"
 
 
+def is_learner_of(username: object, ns: str) -> bool:
+    """Whether a broker-proven command author (an audit record's ``by``) is the learner
+    identity of namespace ``ns``: ``learner.<ns>`` or, for a registered learner, its name
+    (which is its namespace).  Checks use this instead of trusting a name in a payload."""
+    return isinstance(username, str) and username in (learner_user(ns), ns)
+
+
 def device_user(ns: str, device: str) -> str:
     return f"device.{ns}.{device}"
 
@@ -135,20 +142,36 @@ class BrokerAddress:
                    unquote(parts.password) if parts.password else None)
 
 
-def acl_text(namespaces: dict[str, list[str]]) -> str:
-    """ACL: devices write only their own telemetry/state/audit and read their own commands;
-    a learner reads its namespace and may only command its devices; control does all."""
+def acl_text(namespaces: dict[str, list[str]], learners: dict[str, list[str]] | None = None) -> str:
+    """The broker ACL (CONTRACTS §2).
+
+    * control reads and writes everything under ``livelab/``;
+    * a learner identity reads its namespace, writes commands only as itself
+      (``.../devices/+/cmd/+/<username>``: the last level proves the author, so a device
+      never believes a payload about who sent a command) and its ``learner/...`` topics;
+      it cannot write the two-level control form ``.../cmd/<command>`` nor any retained
+      control topic (``control/revocations``);
+    * a device writes only its own telemetry/state/audit/capture and reads its own
+      commands, the namespace's revocation list and its learner names.
+
+    ``learners`` maps a namespace to the broker usernames acting for its learner (default:
+    ``learner.<ns>``); a registered learner's username is its name.
+    """
     lines = [f"user {CONTROL_USER}", "topic readwrite livelab/#", "topic read $SYS/#", ""]
     for ns, devices in sorted(namespaces.items()):
         pre = topics.namespace_prefix(ns)
-        lines += [f"user {learner_user(ns)}", f"topic read {pre}/#",
-                  f"topic write {pre}/devices/+/cmd/#", f"topic readwrite {pre}/learner/#",
-                  f"topic write {pre}/control/revocations", ""]
+        users = (learners or {}).get(ns) or [learner_user(ns)]
+        for user in sorted(set(users)):
+            if not topics.AUTHOR_RE.match(user) or user == CONTROL_USER:
+                raise ValueError(f"invalid learner username {user!r} for namespace {ns}")
+            lines += [f"user {user}", f"topic read {pre}/#",
+                      f"topic write {pre}/devices/+/cmd/+/{user}", f"topic readwrite {pre}/learner/#", ""]
         for dev in devices:
             d = topics.device_prefix(ns, dev)
             lines += [f"user {device_user(ns, dev)}", f"topic write {d}/telemetry",
                       f"topic write {d}/state", f"topic write {d}/audit", f"topic write {d}/capture",
-                      f"topic read {d}/cmd/#", f"topic read {pre}/control/revocations", ""]
+                      f"topic read {d}/cmd/#", f"topic read {pre}/control/revocations",
+                      f"topic read {pre}/control/learners", ""]
     return "\n".join(lines)
 
 
@@ -199,11 +222,11 @@ def write_identities(root: Path, identities: dict[str, str]) -> None:
 
 
 def write_config(root: Path, port: int, identities: dict[str, str],
-                 namespaces: dict[str, list[str]]) -> Path:
+                 namespaces: dict[str, list[str]], learners: dict[str, list[str]] | None = None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "data").mkdir(exist_ok=True)
     write_identities(root, identities)
-    (root / "acl").write_text(acl_text(namespaces))
+    (root / "acl").write_text(acl_text(namespaces, learners))
     conf = root / "mosquitto.conf"
     conf.write_text(config_text(root, port))
     return conf

@@ -14,8 +14,13 @@ What a device does, in its main loop:
 * attaches a signal digest to every decision and folds it into the window;
 * closes an aggregation window every ``window_seconds`` and, only with
   ``telemetry`` consent, queues it in the outbox and publishes it QoS 1;
-* obeys commands from ``.../cmd/<command>``, refusing malformed ones, and
-  writes every command, accepted or refused, to its audit chain.
+* obeys commands from ``.../cmd/<command>/<author>`` (the broker lets a user
+  write only its own author level; the two-level ``.../cmd/<command>`` is the
+  control plane's), refusing malformed ones, and writes every command,
+  accepted or refused, to its audit chain with the author the topic proves
+  (``by``; a ``by`` in the payload is ignored).  A learner's username is
+  recorded as the learner's name when the control plane named it (device
+  config ``learners`` or the retained ``control/learners`` topic).
 
 Raw inputs never leave the device: no message built here contains text.
 """
@@ -32,6 +37,7 @@ import logging
 import os
 import queue
 import random
+import re
 import resource
 import signal
 import sys
@@ -48,7 +54,7 @@ from lab_hardware import features, mqtt, topics
 from lab_hardware.audit import AuditChain
 from lab_hardware.consent import SCOPES, ConsentError, ConsentState
 from lab_hardware.modelops.scrub import scrub
-from lab_hardware.modelops.slots import InstallError, Slots
+from lab_hardware.modelops.slots import ALL_SIGNERS, InstallError, Slots
 from lab_hardware.runtime.link import Link
 from lab_hardware.runtime.outbox import Outbox
 from lab_hardware.profiles import Profile
@@ -73,6 +79,44 @@ CAPTURE_PART = 200
 #: Unsent windows above which a device deciding as fast as it can (rate 0) waits for the link.
 BACKPRESSURE = 2000
 AUDIT_CHUNK = 200
+
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_KEYID = re.compile(r"^[0-9a-f]{16}$")
+
+
+def _revocation_entry(r: Any) -> str:
+    """``digest:keyid`` (one signer's copy) or ``digest:*`` (every signer's: ``all_signers``
+    true, or an entry written before revocations named signers, which meant that)."""
+    if not isinstance(r, dict):
+        raise ValueError("a revocation must be an object with 'digest' and 'keyid'")
+    digest, keyid = r.get("digest"), r.get("keyid")
+    if not isinstance(digest, str) or not _HEX64.match(digest):
+        raise ValueError("a revocation's 'digest' must be 64 lower-case hex characters")
+    all_signers = r.get("all_signers", False)
+    if not isinstance(all_signers, bool):
+        raise ValueError("a revocation's 'all_signers' must be true or false")
+    if all_signers or ("keyid" not in r and "all_signers" not in r):
+        if keyid is not None:
+            raise ValueError("a revocation names a 'keyid' or 'all_signers', not both")
+        return f"{digest}:{ALL_SIGNERS}"
+    if not isinstance(keyid, str) or not _KEYID.match(keyid):
+        raise ValueError("a revocation's 'keyid' must be 16 lower-case hex characters "
+                         "(or say 'all_signers': true)")
+    return f"{digest}:{keyid}"
+
+
+def _learner_names(names: Any) -> dict[str, str]:
+    if not isinstance(names, dict) or len(names) > 64:
+        raise ValueError("'names' must map at most 64 broker usernames to learner names")
+    out = {}
+    for user, name in names.items():
+        if not (isinstance(user, str) and topics.AUTHOR_RE.match(user) and user != topics.CONTROL_AUTHOR):
+            raise ValueError(f"{str(user)[:64]!r} is not a learner username")
+        if not (isinstance(name, str) and topics.AUTHOR_RE.match(name) and name != topics.CONTROL_AUTHOR):
+            raise ValueError(f"learner name {str(name)[:64]!r} is not a valid name")
+        out[user] = name
+    return out
 
 
 def _fresh_shadow_stats() -> dict:
@@ -136,6 +180,13 @@ class Device:
                            Path(trust) if trust else None, clock=clock, namespace=self.ns)
         self.slots.restore(config.get("model") or next(iter(self.models)))
         self.capture: dict | None = None    # an open replay capture (see _cmd_capture)
+        self._on_behalf: str | None = None  # the command being handled: its unproven claim
+        # broker username -> learner name, from the trusted side only (config, control topic)
+        try:
+            self.learner_names: dict[str, str] = _learner_names(config.get("learners") or {})
+        except ValueError as exc:
+            log.error("ignoring the config's learner names: %s", exc)
+            self.learner_names = {}
 
         self.inbox: queue.Queue = queue.Queue()
         # PUBACKs, one per window: a lock-free deque, cheaper than the inbox queue
@@ -208,13 +259,17 @@ class Device:
         return {
             "schema": topics.SCHEMA_STATE, "namespace": self.ns, "device": self.name,
             "online": online, "pid": os.getpid(), "boot": self.boot, "time": round(self.clock(), 3),
-            "model": self.model_name, "bundle": self.bundle_digest, "profile": self.profile.name,
+            "model": self.model_name, "bundle": self.bundle_digest, "bundle_keyid": self.slots.active.keyid,
+            "profile": self.profile.name,
             "active": self.slots.active.describe(),
             "shadow": self.slots.shadow.describe() if self.slots.shadow else None,
             "health": None if self.slots.health is None else {
                 "bundle": self.slots.health.digest, "seen": self.slots.health.seen,
                 "needed": self.slots.health.needed},
-            "revoked": sorted(self.slots.revoked), "capturing": self.capture is not None,
+            "revoked": sorted({e["digest"] for e in self.slots.revocations()}),
+            "revocations": self.slots.revocations(), "version_floor": self.slots.floor,
+            "ran": sorted(self.slots.ran),
+            "capturing": self.capture is not None,
             "consent": self.consent.as_dict(), "telemetry_seq": self.outbox.last_seq,
             "telemetry_time": self.telemetry_time, "sent_seq": self.outbox.next_send - 1,
             "decisions": self.decision_seq, "backlog": self.outbox.backlog(),
@@ -238,6 +293,9 @@ class Device:
                 "records": chunk}))
 
     def _record(self, kind: str, data: dict) -> dict:
+        if self._on_behalf is not None and data.get("by") is not None and kind != "refused":
+            # what the sender claimed to act for: unproven, recorded beside the proven 'by'
+            data = {**data, "on_behalf": self._on_behalf}
         rec = self.audit.append(kind, data)
         self._publish_audit([rec])
         return rec
@@ -262,17 +320,28 @@ class Device:
                 raise CommandError("command 'id' must be a string of 1-64 characters")
             if name not in topics.COMMANDS:
                 raise CommandError(f"unknown command {name!r}; known: {', '.join(topics.COMMANDS)}")
-            by = msg.get("by", "unknown")
-            if not isinstance(by, str) or len(by) > 128:
-                raise CommandError("command 'by' must be a string of at most 128 characters")
+            if parsed is None:
+                raise CommandError("command topic is not .../cmd/<command>[/<author>]")
+            try:
+                author = topics.command_author(parsed)
+            except topics.TopicError as exc:
+                raise CommandError(str(exc)) from None
+            # who sent it is what the broker proved (the topic), never the payload's 'by'
+            by = self.learner_names.get(author, author)
+            claim = msg.get("on_behalf")
+            self._on_behalf = claim if isinstance(claim, str) and topics.AUTHOR_RE.match(claim) \
+                and claim != by else None
             getattr(self, "_cmd_" + name.replace("-", "_"))(msg, cmd_id, by)
         except CommandError as exc:
+            self._on_behalf = None
             self.refused += 1
-            log.warning("refused command on %s: %s", topic, exc)
-            self._record("refused", {"command": name, "id": cmd_id, "reason": str(exc),
+            log.warning("refused command on %s: %s", topic[:200], exc)
+            self._record("refused", {"command": name[:64], "id": cmd_id, "reason": str(exc),
                                      "bytes": len(payload),
                                      "sha256": hashlib.sha256(payload).hexdigest()})
             self.publish_state()
+        finally:
+            self._on_behalf = None
 
     def _cmd_consent(self, msg: dict, cmd_id: str, by: str) -> None:
         scope, grant = msg.get("scope"), msg.get("grant")
@@ -282,8 +351,14 @@ class Device:
             raise CommandError(str(exc)) from None
         changed = self.consent.apply(scope, grant)
         withdrawn = self.outbox.withdraw_unsent() if scope == "telemetry" and not grant else 0
+        dropped = None
+        if scope == "replay-capture" and not grant and self.capture is not None:
+            # everything under the scope stops at once: the open capture closes and what it
+            # buffered is dropped, never published (it would leave after the revocation)
+            dropped = self._close_capture("consent revoked")
         rec = self._record("consent", {"id": cmd_id, "by": by, "scope": scope, "grant": grant,
-                                       "changed": changed, "withdrawn_windows": withdrawn})
+                                       "changed": changed, "withdrawn_windows": withdrawn,
+                                       **({"capture_closed": dropped} if dropped is not None else {})})
         if scope == "telemetry":
             # Consent-first: a window never mixes decisions from before and after a change.
             self.window = Window(self.intents, rec["time"])
@@ -305,7 +380,8 @@ class Device:
         except InstallError as exc:
             raise CommandError(str(exc)) from None
         self.window = Window(self.intents, self.clock())
-        self._record("model", {"id": cmd_id, "by": by, "model": self.model_name, "bundle": self.bundle_digest})
+        self._record("model", {"id": cmd_id, "by": by, "model": self.model_name, "bundle": self.bundle_digest,
+                               "keyid": None})
         self.publish_state()
 
     def _bundle_bytes(self, msg: dict) -> bytes:
@@ -329,7 +405,7 @@ class Device:
         except InstallError as exc:
             raise CommandError(f"install refused: {exc}") from None
         self.window = Window(self.intents, self.clock())
-        self._record("install", {"id": cmd_id, "by": by, "bundle": slot.digest, "name": slot.name,
+        self._record("install", {"id": cmd_id, "by": by, "bundle": slot.digest, "keyid": slot.keyid, "name": slot.name,
                                  "version": slot.version, "from": before, "rollback": rollback,
                                  "install_ms": round((time.perf_counter() - t0) * 1000, 3),
                                  "health_decisions": self.slots.health.needed if self.slots.health else 0})
@@ -354,7 +430,8 @@ class Device:
                 slot = self.slots.set_shadow(self._bundle_bytes(msg))
             except InstallError as exc:
                 raise CommandError(f"shadow refused: {exc}") from None
-            self._record("shadow", {"id": cmd_id, "by": by, "bundle": slot.digest, "name": slot.name,
+            self._record("shadow", {"id": cmd_id, "by": by, "bundle": slot.digest, "keyid": slot.keyid,
+                                    "name": slot.name,
                                     "version": slot.version})
         self.window = Window(self.intents, self.clock())
         self.publish_state()
@@ -373,22 +450,41 @@ class Device:
         self.publish_state()
 
     def _revocations(self, payload: bytes) -> None:
+        """The control plane's retained revocation list (control-only by ACL)."""
         try:
             msg = topics.decode(payload, limit=COMMAND_LIMIT)
-            digests = {r["digest"] for r in msg.get("revoked", [])}
-            if msg.get("schema") != topics.SCHEMA_REVOCATIONS or not all(
-                    isinstance(d, str) and len(d) == 64 for d in digests):
-                raise ValueError("not a livelab.revocations/v1 list of sha256 digests")
+            if msg.get("schema") != topics.SCHEMA_REVOCATIONS or not isinstance(msg.get("revoked"), list):
+                raise ValueError("not a livelab.revocations/v1 list")
+            entries = {_revocation_entry(r) for r in msg["revoked"]}
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             self.refused += 1
             self._record("refused", {"command": "revocations", "id": None, "reason": str(exc).splitlines()[0],
                                      "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()})
             return
-        new = digests - self.slots.revoked
-        if not new:
+        self._apply_revocations(entries, {"id": None, "by": topics.CONTROL_AUTHOR})
+
+    def _cmd_revoke(self, msg: dict, cmd_id: str, by: str) -> None:
+        """One revocation sent as a command (how a learner revokes: learners may not write the
+        retained control list).  Recorded even when this device already held it."""
+        try:
+            entry = _revocation_entry(msg)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        reason = msg.get("reason", "")
+        if not isinstance(reason, str) or len(reason) > 512:
+            raise CommandError("revoke 'reason' must be a string of at most 512 characters")
+        self._apply_revocations({entry}, {"id": cmd_id, "by": by, "reason": reason}, always=True)
+
+    def _apply_revocations(self, entries: set[str], who: dict, *, always: bool = False) -> None:
+        new = entries - self.slots.revoked
+        if not new and not always:
             return
-        hit = self.slots.revoke(digests)
-        data = {"revoked": sorted(new), "active_revoked": hit}
+        hit = self.slots.revoke(entries)
+        shown = sorted(new or entries)
+        data = {**who, "revoked": sorted({e.split(":")[0] for e in shown}),
+                "entries": [{"digest": e.split(":")[0],
+                             "keyid": None if e.split(":")[1] == ALL_SIGNERS else e.split(":")[1]} for e in shown],
+                "active_revoked": hit}
         if hit:
             try:
                 bad, good = self.slots.rollback()
@@ -399,6 +495,24 @@ class Device:
             self.window = Window(self.intents, self.clock())
         self._record("revocation", data)
         self.publish_state()
+
+    def _learners(self, payload: bytes) -> None:
+        """Names of the namespace's learner identities, from the control plane (retained)."""
+        try:
+            msg = topics.decode(payload, limit=COMMAND_LIMIT)
+            if msg.get("schema") != topics.SCHEMA_LEARNERS:
+                raise ValueError(f"not a {topics.SCHEMA_LEARNERS} message")
+            names = _learner_names(msg.get("names"))
+        except (ValueError, TypeError, AttributeError) as exc:
+            self.refused += 1
+            self._record("refused", {"command": "learners", "id": None, "reason": str(exc).splitlines()[0],
+                                     "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()})
+            return
+        try:
+            base = _learner_names(self.cfg.get("learners") or {})
+        except ValueError:
+            base = {}
+        self.learner_names = {**base, **names}
 
     # ---- deciding ----------------------------------------------------------------------
     def due(self) -> int:
@@ -502,9 +616,17 @@ class Device:
         cap["part"] += 1
         cap["records"] = []
         if last:
-            self._record("capture-done", {"capture_id": cap["id"], "parts": cap["part"]})
+            self._record("capture-done", {"capture_id": cap["id"], "parts": cap["part"], "reason": "complete"})
             self.capture = None
             self.publish_state()
+
+    def _close_capture(self, reason: str) -> dict:
+        """End the open capture now, publishing nothing more of it; returns what was dropped."""
+        cap = self.capture
+        self.capture = None
+        closed = {"capture_id": cap["id"], "parts": cap["part"], "dropped_records": len(cap["records"])}
+        self._record("capture-done", {**closed, "reason": reason})
+        return closed
 
     def step(self) -> int:
         """Decide what is due and spread it over windows, closing each that is full or old."""
@@ -571,6 +693,8 @@ class Device:
                 if kind == "cmd":
                     if item[1] == topics.control(self.ns, "revocations"):
                         self._revocations(item[2])
+                    elif item[1] == topics.control(self.ns, "learners"):
+                        self._learners(item[2])
                     else:
                         self.handle_command(item[1], item[2])
                 elif kind == "connected":
@@ -591,8 +715,9 @@ class Device:
     def _on_connected(self) -> None:
         log.info("connected to broker")
         self.connected = True
-        self.client.subscribe([(topics.device_prefix(self.ns, self.name) + "/cmd/+", 1),
-                               (topics.control(self.ns, "revocations"), 1)])
+        self.client.subscribe([(topics.device_prefix(self.ns, self.name) + "/cmd/#", 1),
+                               (topics.control(self.ns, "revocations"), 1),
+                               (topics.control(self.ns, "learners"), 1)])
         self.inflight.clear()
         self.outbox.rewind(self.disconnected_at)
         self.publish_state()

@@ -56,6 +56,39 @@ def descriptor(home: Path) -> dict[str, Any]:
     return _home.read_json(home / _home.DESCRIPTOR)
 
 
+def owner_name() -> str | None:
+    """The learner name of whoever runs ``livelab up`` (``$LIVELAB_LEARNER``, else the login
+    name), or None if it is not a valid name: the single-user lab records the commands of
+    its learner identity under this name (and the SDK defaults to it)."""
+    import pwd
+    for cand in (os.environ.get("LIVELAB_LEARNER"), os.environ.get("USER")):
+        if cand:
+            break
+    else:
+        try:
+            cand = pwd.getpwuid(os.getuid()).pw_name
+        except KeyError:
+            return None
+    return cand if topics.AUTHOR_RE.match(cand) and cand != _broker.CONTROL_USER else None
+
+
+def name_learner(home: str | os.PathLike | None, namespace: str, name: str, *, timeout: float = 5.0) -> None:
+    """Tell a namespace's devices the learner name of its learner identity (a retained,
+    control-only message): their audit records then say ``by: <name>`` for the commands the
+    broker proves came from ``learner.<namespace>``.  Used when the learner is known only
+    after the namespace exists (a grading slot taken from a pool)."""
+    topics.check_name("namespace", namespace)
+    if not isinstance(name, str) or not topics.AUTHOR_RE.match(name) or name == _broker.CONTROL_USER:
+        raise LabError(f"invalid learner name {name!r}")
+    c = control_client(_home.resolve(home))
+    try:
+        payload = topics.encode({"schema": topics.SCHEMA_LEARNERS, "names": {_broker.learner_user(namespace): name}})
+        info = c.publish(topics.control(namespace, "learners"), payload, qos=1, retain=True)
+        info.wait_for_publish(timeout)
+    finally:
+        mqtt.stop(c)
+
+
 def _identities(namespaces: dict[str, list[str]], old: dict[str, str]) -> dict[str, str]:
     users = [_broker.CONTROL_USER]
     for ns, devs in namespaces.items():
@@ -108,6 +141,9 @@ def up(home: str | os.PathLike | None = None, *, scenario: dict[str, Any], devic
     models = list(scenario["device_models"])
     ns_cfg = {namespace: {"devices": [{"name": n, "profile": profile, "model": models[i % len(models)]}
                                       for i, n in enumerate(names)]}}
+    owner = owner_name()
+    if owner and not broker_url:
+        ns_cfg[namespace]["learners"] = {_broker.learner_user(namespace): owner}
     sdir = _home.secrets_dir(home)
     old = _home.read_json(sdir / "identities.json") if (sdir / "identities.json").exists() else {}
     ids = _identities({namespace: names}, old)
@@ -153,6 +189,7 @@ def up(home: str | os.PathLike | None = None, *, scenario: dict[str, Any], devic
         "scenario": scenario.get("name"), "intents": scenario.get("intents"),
         "defect_intent": scenario.get("defect_intent"),
         "profile": profile, "supervisor_pid": proc.pid, "started": time.time(),
+        **({"learner_name": owner} if owner else {}),
     }
     _home.write_json(home / _home.DESCRIPTOR, desc, mode=0o644)
     return desc
@@ -423,7 +460,8 @@ def remove_namespace(home: str | os.PathLike | None = None, namespace: str = "",
     try:
         c = control_client(home)
         pre = topics.namespace_prefix(namespace)
-        for topic in [topics.state(namespace, n) for n in names] + [f"{pre}/control/revocations"]:
+        for topic in [topics.state(namespace, n) for n in names] + [f"{pre}/control/revocations",
+                                                                    f"{pre}/control/learners"]:
             retained.append(c.publish(topic, b"", qos=1, retain=True))
         for info in retained:
             info.wait_for_publish(2.0)

@@ -106,6 +106,7 @@ class Supervisor:
             "broker": {"host": host, "port": port, "username": user, "password": pw},
             "profile": self.cfg["profiles"][dev["profile"]], "scenario": self.cfg["scenario"],
             "model": dev["model"], "seed": self.cfg.get("seed", 0), "home": str(self.home),
+            "learners": spec.get("learners") or {},
             **{k: v for k, v in self.cfg.get("device_options", {}).items()},
         }
         path = ddir / "config.json"
