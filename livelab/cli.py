@@ -12,10 +12,12 @@ import sys
 import time
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from livelab import cli_bundle, cli_course, cli_grade, cli_replay, cli_report, cli_rollout
-from livelab.common import EXIT_FAIL, EXIT_OK, EXIT_USAGE, UsageError, console, err
+from livelab.common import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Parser, UsageError, console, err
+from livelab.common import check_home, float_range, int_range
 from livelab.common import home_of as _home
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAIL", "EXIT_USAGE", "UsageError"]
@@ -49,15 +51,15 @@ def cmd_up(args) -> int:
     b = desc["broker"]
     verb = "reusing the lab already running" if desc.get("reused") else f"lab up in {time.perf_counter() - t0:.1f} s"
     console.print(f"{verb}: broker {b['host']}:{b['port']}{' (external)' if b['external'] else ''}, "
-                  f"namespace {desc['namespace']}, devices {', '.join(desc['devices'])}")
-    console.print(f"descriptor: {home / 'lab.json'}  (status: livelab status; stop: livelab down)")
+                  f"namespace {desc['namespace']}, devices {', '.join(desc['devices'])}", markup=False)
+    console.print(f"descriptor: {home / 'lab.json'}  (status: livelab status; stop: livelab down)", markup=False)
     return EXIT_OK
 
 
 def cmd_down(args) -> int:
     from lab_hardware.runtime import lab
     res = lab.down(_home(args))
-    console.print(res["message"])
+    console.print(res["message"], markup=False)
     return EXIT_OK
 
 
@@ -68,11 +70,12 @@ def cmd_status(args) -> int:
         print(json.dumps(st, indent=2, sort_keys=True))
         return EXIT_OK if st["running"] else EXIT_FAIL
     if not st["running"]:
-        console.print(f"no lab running in {st['home']} (start one with 'livelab up')")
+        console.print(f"no lab running in {st['home']} (start one with 'livelab up')", markup=False)
         return EXIT_FAIL
     b = st["broker"]
-    health = "[green]ok[/]" if b["alive"] and b["reachable"] else f"[red]down[/] {b.get('error', '')}"
-    console.print(f"lab {st['home']}  scenario {st['scenario']}  profile {st['profile']}  namespace {st['namespace']}")
+    health = "[green]ok[/]" if b["alive"] and b["reachable"] else f"[red]down[/] {escape(str(b.get('error', '')))}"
+    console.print(f"lab {st['home']}  scenario {st['scenario']}  profile {st['profile']}  namespace {st['namespace']}",
+                  markup=False)
     console.print(f"broker {b['host']}:{b['port']} pid {b['pid']} {health} restarts {b['restarts']}")
     t = Table("device", "health", "running", "consent", "last seq", "last window", "decisions",
               "health check", "restarts")
@@ -93,11 +96,11 @@ def cmd_status(args) -> int:
         if d.get("shadow"):
             check += f", shadow {d['shadow']['digest'][:12]}"
         revoked |= set(d.get("revoked") or [])
-        t.add_row(d["name"], "[green]online[/]" if healthy else "[red]offline[/]", running,
+        t.add_row(escape(d["name"]), "[green]online[/]" if healthy else "[red]offline[/]", escape(running),
                   consent or "none", str(d["telemetry_seq"]), last, str(d["decisions"]), check, str(d["restarts"]))
     console.print(t)
     if revoked:
-        console.print(f"revoked bundles: {', '.join(sorted(r[:12] for r in revoked))}")
+        console.print(f"revoked bundles: {', '.join(sorted(r[:12] for r in revoked))}", markup=False)
     return EXIT_OK if ok else EXIT_FAIL
 
 
@@ -118,7 +121,7 @@ def cmd_consent(args) -> int:
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
             console.print(f"{dev}: {args.scope} consent {'granted' if args.action == 'grant' else 'revoked'}"
-                          f" (audit record {rec['index']}, {rec['hash'][:12]})")
+                          f" (audit record {rec['index']}, {rec['hash'][:12]})", markup=False)
     return EXIT_OK
 
 
@@ -138,7 +141,7 @@ def cmd_demo(args) -> int:
 
 # ---- parser ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="livelab",
         description="Learn and ship edge ML against a real one-node live edge lab "
                     "(Mosquitto + simulated devices running ONNX models).",
@@ -152,15 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Start a lab: a supervised Mosquitto on a free loopback port with "
                                    "per-identity passwords and ACLs, and N simulated devices. Writes the "
                                    "learner descriptor lab.json into the state directory.")
-    s.add_argument("--devices", type=int, default=3, help="number of devices (default 3)")
+    s.add_argument("--devices", type=int_range(1, 64, what="--devices"), default=3,
+                   help="number of devices, 1-64 (default 3)")
     s.add_argument("--profile", default="none", help="hardware profile: none, rpi4 (lab_hardware/profiles)")
     s.add_argument("--scenario", default="voice-intents", help="lab scenario (default voice-intents)")
     s.add_argument("--namespace", default="default", help="namespace of the devices and learner (default 'default')")
     s.add_argument("--broker-url", help="use an external MQTT broker, e.g. mqtt://user:pass@host:1883")
-    s.add_argument("--port", type=int, help="broker port (default: a free port)")
-    s.add_argument("--window-seconds", type=float, help="aggregation window length (default: the scenario's)")
-    s.add_argument("--rate", type=float, help="utterances per second per device; 0 = as fast as possible")
-    s.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the lab to be ready")
+    s.add_argument("--port", type=int_range(1, 65535, what="--port"), help="broker port (default: a free port)")
+    s.add_argument("--window-seconds", type=float_range(0, 86400, lo_open=True, what="--window-seconds"),
+                   help="aggregation window length in seconds (default: the scenario's)")
+    s.add_argument("--rate", type=float_range(0, 1_000_000, what="--rate"),
+                   help="utterances per second per device; 0 = as fast as possible")
+    s.add_argument("--timeout", type=float_range(0, 86400, lo_open=True, what="--timeout"), default=30.0,
+                   help="seconds to wait for the lab to be ready")
     s.set_defaults(fn=cmd_up)
 
     s = sub.add_parser("down", help="stop the lab and every process it started")
@@ -174,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("logs", help="show the tail of the lab's logs")
     s.add_argument("source", nargs="?", help="supervisor, broker, devices or one device's log name")
-    s.add_argument("-n", "--lines", type=int, default=40, help="lines per log (default 40)")
+    s.add_argument("-n", "--lines", type=int_range(1, 100_000, what="--lines"), default=40,
+                   help="lines per log, 1-100000 (default 40)")
     s.set_defaults(fn=cmd_logs)
 
     s = sub.add_parser("consent", help="grant or revoke a device's consent for a scope",
@@ -203,8 +211,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; every failure is one line on stderr (exit 2 for bad usage or input,
+    1 for a failed check or an internal error), never a traceback (``LIVELAB_DEBUG=1``
+    re-raises unexpected errors for developers)."""
+    import os
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        from lab_hardware.home import resolve
+        check_home(resolve(args.home))
+    except UsageError as exc:
+        err.print(f"livelab: error: {exc}", soft_wrap=True, markup=False)
+        return EXIT_USAGE
     import signal
 
     def _terminate(signum, frame):  # SIGTERM cleans up like Ctrl-C (labs started by demo go down)
@@ -215,17 +233,31 @@ def main(argv: list[str] | None = None) -> int:
     from lab_hardware.profiles import ProfileError
     from lab_hardware.topics import TopicError
     from labs.sdk import CommandRefused, LabConnectionError
+    def one_line(exc: BaseException) -> str:
+        text = " ".join(str(exc).split()) or exc.__class__.__name__
+        return text if len(text) <= 2000 else text[:2000] + "..."
     try:
         return args.fn(args)
     except (UsageError, LabError, BrokerError, ProfileError, TopicError, LabConnectionError) as exc:
-        err.print(f"livelab: error: {exc}", soft_wrap=True)
+        # messages are text, never markup: data inside them ('[/]', names) prints as is
+        err.print(f"livelab: error: {one_line(exc)}", soft_wrap=True, markup=False)
         return EXIT_USAGE
     except (CommandRefused, TimeoutError) as exc:
-        err.print(f"livelab: {exc}", soft_wrap=True)
+        err.print(f"livelab: {one_line(exc)}", soft_wrap=True, markup=False)
         return EXIT_FAIL
     except KeyboardInterrupt:
         err.print("livelab: interrupted")
         return 130
+    except OSError as exc:  # a path the user gave that turned out unusable mid-way
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        err.print(f"livelab: error: {exc.strerror or one_line(exc)}{where}", soft_wrap=True, markup=False)
+        return EXIT_USAGE
+    except Exception as exc:  # noqa: BLE001 - a bug: say so in one line, no traceback
+        if os.environ.get("LIVELAB_DEBUG"):
+            raise
+        err.print(f"livelab: internal error ({exc.__class__.__name__}): {one_line(exc)} "
+                  "(set LIVELAB_DEBUG=1 for a traceback)", soft_wrap=True, markup=False)
+        return EXIT_FAIL
 
 
 if __name__ == "__main__":

@@ -13,7 +13,20 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from livelab.common import EXIT_FAIL, EXIT_OK, UsageError, console
+import argparse
+
+from livelab.common import digest_arg, keyid_arg
+from livelab.common import (EXIT_FAIL, EXIT_OK, HEX64, KEYID, UsageError, check_output, console, float_range,
+                            int_range)
+
+
+def _bundle_ref(text: str) -> str:
+    """``DIGEST`` (every signer's copy) or ``DIGEST:KEYID`` (one signer's)."""
+    digest, _, keyid = text.partition(":")
+    if not HEX64.match(digest) or (keyid and not KEYID.match(keyid)):
+        raise argparse.ArgumentTypeError(f"{text[:90]!r} is not DIGEST (64 lower-case hex characters) "
+                                         "or DIGEST:KEYID")
+    return text
 
 
 def _home(args) -> Path:
@@ -22,8 +35,8 @@ def _home(args) -> Path:
 
 
 def _usage(exc: Exception | str) -> UsageError:
-    # livelab.cli prints UsageError through rich markup: escape so '[...]' survives.
-    return UsageError(escape(str(exc)))
+    # livelab.cli prints UsageError as plain text (markup=False): data prints as is.
+    return UsageError(str(exc))
 
 
 def _key_file(home: Path, arg: str, suffix: str) -> Path:
@@ -100,6 +113,9 @@ def cmd_bundle_build(args) -> int:
     provenance = {"parent_bundle": args.parent} if args.parent else None
     privacy = {"retention_days": args.retention_days} if args.retention_days is not None else None
     model = _input_file(args.model, "model")
+    if args.adapter:
+        _input_file(args.adapter, "adapter")
+    check_output(args.out, "bundle")
     try:
         out = bundle.build(model, Path(args.out), name=args.name, version=args.version,
                            adapter=Path(args.adapter) if args.adapter else None, compute=compute or None,
@@ -119,6 +135,7 @@ def cmd_bundle_sign(args) -> int:
     home = _home(args)
     src = _input_file(args.bundle, "bundle")
     key = _key_file(home, args.key, ".key")
+    check_output(args.out or src, "bundle")
     try:
         out = bundle.sign(src, key, Path(args.out) if args.out else None)
         info = bundle.inspect(out)
@@ -220,7 +237,7 @@ def register(sub) -> None:
     s = ks.add_parser("trust", help="trust a public key in this lab")
     s.add_argument("key", metavar="PUBFILE|NAME", help="a .pub file, or the name of a key in home/keys")
     s = ks.add_parser("untrust", help="stop trusting a key")
-    s.add_argument("keyid", help="16 hex characters (see 'livelab keys list')")
+    s.add_argument("keyid", type=keyid_arg, help="16 hex characters (see 'livelab keys list')")
     k.set_defaults(fn=cmd_keys)
 
     b = sub.add_parser("bundle", help="build, sign, verify and inspect signed model bundles",
@@ -236,16 +253,18 @@ def register(sub) -> None:
     s.add_argument("--name", required=True, help="bundle name")
     s.add_argument("--version", required=True, help="semantic version, e.g. 1.2.0")
     s.add_argument("--adapter", help="adapter.json (logit bias, <= 1,000,000 bytes)")
-    s.add_argument("--min-cores", type=int)
-    s.add_argument("--min-memory-mb", type=int)
-    s.add_argument("--max-inference-slowdown", type=float)
-    s.add_argument("--latency-budget-ms", type=float, help="decision p99 budget of the health check")
-    s.add_argument("--health-decisions", type=int, help="decisions the health check watches")
-    s.add_argument("--max-error-rate", type=float)
-    s.add_argument("--retention-days", type=int)
+    s.add_argument("--min-cores", type=int_range(0, 1024, what="--min-cores"))
+    s.add_argument("--min-memory-mb", type=int_range(0, 2**20, what="--min-memory-mb"))
+    s.add_argument("--max-inference-slowdown", type=float_range(1, 1e6, what="--max-inference-slowdown"))
+    s.add_argument("--latency-budget-ms", type=float_range(0, 1e7, lo_open=True, what="--latency-budget-ms"),
+                   help="decision p99 budget of the health check")
+    s.add_argument("--health-decisions", type=int_range(1, 10_000_000, what="--health-decisions"),
+                   help="decisions the health check watches")
+    s.add_argument("--max-error-rate", type=float_range(0, 1, what="--max-error-rate"))
+    s.add_argument("--retention-days", type=int_range(0, 36_500, what="--retention-days"))
     s.add_argument("--revocation-topic", help="livelab/<namespace>/control/revocations")
     s.add_argument("--contact", help="who to contact about this bundle")
-    s.add_argument("--parent", help="digest of the bundle this one supersedes")
+    s.add_argument("--parent", type=digest_arg, help="digest of the bundle this one supersedes")
     s.add_argument("--created", help="ISO-8601 UTC time (default now); fixing it makes builds reproducible")
     s.set_defaults(fn=cmd_bundle_build)
 
@@ -260,9 +279,10 @@ def register(sub) -> None:
                                   "version (or an explicit rollback), fits the profile. Exit 0 ok, 1 failed.")
     s.add_argument("bundle")
     s.add_argument("--installed-version", help="refuse versions not newer than this")
-    s.add_argument("--rollback-to", action="append", metavar="DIGEST",
-                   help="allow this digest despite its version (repeatable)")
-    s.add_argument("--revoked", action="append", metavar="DIGEST", help="refuse this digest (repeatable)")
+    s.add_argument("--rollback-to", action="append", metavar="DIGEST[:KEYID]", type=_bundle_ref,
+                   help="allow this bundle despite its version (repeatable; without KEYID: any signer's copy)")
+    s.add_argument("--revoked", action="append", metavar="DIGEST[:KEYID]", type=_bundle_ref,
+                   help="refuse this bundle (repeatable; without KEYID: every signer's copy)")
     s.add_argument("--profile", help="hardware profile to check compute needs against, e.g. rpi4")
     s.set_defaults(fn=cmd_bundle_verify)
 

@@ -35,7 +35,7 @@ def _load(args):
     try:
         return catalog.load(args.course, root=_root(args))
     except catalog.CourseError as exc:
-        raise UsageError(escape(str(exc))) from None
+        raise UsageError(str(exc)) from None  # printed as plain text by livelab.cli
 
 
 def cmd_list(args) -> int:
@@ -80,7 +80,7 @@ def cmd_show(args) -> int:
         rels = catalog.releases(c)
         log = catalog.changelog(c)
     except catalog.CourseError as exc:
-        raise UsageError(escape(str(exc))) from None
+        raise UsageError(str(exc)) from None  # printed as plain text by livelab.cli
     if args.json:
         print(json.dumps({"course": c.id, "title": title, "version": version, "modules": modules,
                           "releases": rels, "changelog": log}, indent=2))
@@ -137,7 +137,7 @@ def cmd_diff(args) -> int:
     try:
         d = catalog.diff(c, args.v1, args.v2)
     except catalog.CourseError as exc:
-        raise UsageError(escape(str(exc))) from None
+        raise UsageError(str(exc)) from None  # printed as plain text by livelab.cli
     if args.json:
         print(json.dumps(d, indent=2))
         return EXIT_OK
@@ -170,7 +170,7 @@ def cmd_fetch(args) -> int:
     try:
         res = catalog.fetch(c, args.version, Path(args.dest) if args.dest else None)
     except catalog.CourseError as exc:
-        raise UsageError(escape(str(exc))) from None
+        raise UsageError(str(exc)) from None  # printed as plain text by livelab.cli
     if args.json:
         print(json.dumps(res, indent=2))
         return EXIT_OK

@@ -9,6 +9,7 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
 def register(sub) -> None:
+    from livelab.common import float_range, int_range
     s = sub.add_parser(
         "grade", help="grade submissions with papermill in confined kernels, fanned out with Dask",
         description="Grade one notebook or an nbgrader submitted/ tree (submitted/<student>/<module>/*.ipynb) "
@@ -26,13 +27,13 @@ def register(sub) -> None:
                                        "of the submissions' course directory, else in --out)")
     s.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="an existing Dask scheduler "
                                                                     "(default: a local cluster)")
-    s.add_argument("--workers", type=int, default=2, help="local Dask worker processes (default 2)")
+    s.add_argument("--workers", type=int_range(1, 256, what="--workers"), default=2, help="local Dask worker processes (default 2)")
     s.add_argument("--no-cache", action="store_true", help="grade again even if nothing changed")
-    s.add_argument("--cell-timeout", type=float, default=30.0, help="seconds per cell (default 30)")
-    s.add_argument("--timeout", type=float, default=300.0, help="seconds per notebook (default 300)")
-    s.add_argument("--memory-mb", type=int, default=1024, help="memory limit per kernel (default 1024)")
-    s.add_argument("--max-processes", type=int, default=64, help="process limit per kernel (default 64)")
-    s.add_argument("--output-bytes", type=int, default=1_000_000, help="output limit per notebook")
+    s.add_argument("--cell-timeout", type=float_range(0, 86400, lo_open=True, what="--cell-timeout"), default=30.0, help="seconds per cell (default 30)")
+    s.add_argument("--timeout", type=float_range(0, 86400, lo_open=True, what="--timeout"), default=300.0, help="seconds per notebook (default 300)")
+    s.add_argument("--memory-mb", type=int_range(16, 2**20, what="--memory-mb"), default=1024, help="memory limit per kernel (default 1024)")
+    s.add_argument("--max-processes", type=int_range(1, 100_000, what="--max-processes"), default=64, help="process limit per kernel (default 64)")
+    s.add_argument("--output-bytes", type=int_range(1, 2**40, what="--output-bytes"), default=1_000_000, help="output limit per notebook")
     s.add_argument("--checks", help="comma-separated lab checks (default: the module's, from course.toml)")
     s.add_argument("--events", help="events store (URL or lab home) for check events")
     s.add_argument("--state", help="grader state directory: private release references "
@@ -43,7 +44,7 @@ def register(sub) -> None:
     s.add_argument("--teams", metavar="FILE", help="learners' teams: a CSV file with columns student,team "
                                                    "(a header row is optional) or a JSON object "
                                                    "{student: team}; wins over --team")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int_range(0, 2**63 - 1, what="--seed"), default=0)
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(fn=cmd_grade)

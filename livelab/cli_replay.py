@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from livelab.common import EXIT_OK, UsageError, console
+from livelab.common import EXIT_OK, UsageError, check_input, check_output, console, int_range
 
 
 def _home(args) -> Path:
@@ -22,8 +22,8 @@ def _home(args) -> Path:
 
 
 def _usage(exc: Exception | str) -> UsageError:
-    # livelab.cli prints UsageError through rich markup: escape so '[...]' survives.
-    return UsageError(escape(str(exc)))
+    # livelab.cli prints UsageError as plain text (markup=False): data prints as is.
+    return UsageError(str(exc))
 
 
 def _print(text: str) -> None:
@@ -53,6 +53,13 @@ def cmd_list(args) -> int:
 
 def cmd_build(args) -> int:
     from lab_hardware.modelops import replay
+    from lab_hardware.topics import TopicError, check_name
+    try:
+        check_name("namespace", args.namespace)
+        check_name("device", args.device)
+    except TopicError as exc:
+        raise _usage(exc) from None
+    check_output(args.out, "replay")
     try:
         out = replay.build(_home(args), args.namespace, args.device, Path(args.out), capture_ids=args.capture)
         rp = replay.read(out)
@@ -78,11 +85,10 @@ def _model(arg: str) -> Path:
 
 def cmd_run(args) -> int:
     from lab_hardware.modelops import replay
-    src = Path(args.replay)
+    src = check_input(args.replay, "replay")
     model = _model(args.bundle)
     out = Path(args.out) if args.out else src.with_name(f"{src.stem}.{model.stem}.out.jsonl")
-    if args.threads < 1:
-        raise _usage(f"--threads must be at least 1, got {args.threads}")
+    check_output(out, "output")
     try:
         res = replay.run(src, model, out, threads=args.threads)
     except replay.ReplayError as exc:
@@ -112,6 +118,7 @@ def cmd_diff(args) -> int:
     from lab_hardware.modelops import replay
     if len(args.bundle) != 2:
         raise _usage(f"diff needs exactly two models: --bundle A --bundle B (got {len(args.bundle)})")
+    check_input(args.replay, "replay")
     a, b = (_model(x) for x in args.bundle)
     try:
         res = replay.diff(Path(args.replay), a, b, defect_intent=args.defect_intent, threads=args.threads)
@@ -166,7 +173,8 @@ def register(sub) -> None:
     s.add_argument("replay", help="a .lreplay file")
     s.add_argument("--bundle", required=True, help="a .onnx model or a .lbundle bundle")
     s.add_argument("-o", "--out", help="output JSON lines (default: next to the replay)")
-    s.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
+    s.add_argument("--threads", type=int_range(1, 64, what="--threads"), default=1,
+                   help="onnxruntime intra-op threads, 1-64 (default 1)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(fn=cmd_run)
 
@@ -175,6 +183,7 @@ def register(sub) -> None:
     s.add_argument("--bundle", action="append", default=[], required=True,
                    help="model A, then model B (.onnx or .lbundle): give it twice")
     s.add_argument("--defect-intent", default="call", help="intent whose false positives to count (default call)")
-    s.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
+    s.add_argument("--threads", type=int_range(1, 64, what="--threads"), default=1,
+                   help="onnxruntime intra-op threads, 1-64 (default 1)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(fn=cmd_diff)

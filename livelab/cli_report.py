@@ -59,6 +59,8 @@ def cmd_serve(args) -> int:
 @_guard
 def cmd_export(args) -> int:
     from reports import static
+    from livelab.common import check_output
+    check_output(args.output, "report")  # before any work: no stray file for a bad path
     home, url = _source(args)
     out = static.export(home, args.output, url=url)
     console.print(f"wrote {out} ({out.stat().st_size / 1024:,.0f} KiB, works offline)")
@@ -128,7 +130,8 @@ def register(sub) -> None:
                                             "(default: $LIVELAB_EVENTS_URL, else <home>/events.sqlite)")
 
     s = rs.add_parser("serve", help="serve the dashboard with Voila on 127.0.0.1 until Ctrl-C")
-    s.add_argument("--port", type=int, help="port (default: a free one)")
+    from livelab.common import int_range
+    s.add_argument("--port", type=int_range(1, 65535, what="--port"), help="port (default: a free one)")
     common(s)
     s.set_defaults(fn=cmd_serve)
 

@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
-from livelab.common import EXIT_FAIL, EXIT_OK, UsageError, console
+from livelab.common import EXIT_FAIL, EXIT_OK, HEX64, UsageError, check_input, console, keyid_arg
 
 
-def _lab(args):
+def _lab(args, *, control: bool = False):
+    """The SDK on this lab: as its learner identity, or (``control``) with the control-plane
+    credentials the lab's owner can read (revocations are a control-plane message)."""
     from lab_hardware.home import resolve
     from labs import Lab
-    return Lab.connect(home=resolve(args.home), learner="cli-rollout"), resolve(args.home)
+    home = resolve(args.home)
+    if control:
+        from lab_hardware.runtime import lab as _labmod
+        try:
+            cred = _labmod.control_credentials(home)
+        except (OSError, ValueError):
+            raise UsageError(f"cannot read the control-plane credentials in {home / 'secrets'}: "
+                             "revoking for every device needs the lab owner's rights") from None
+        return Lab.connect(home=home, username=cred["username"], password=cred["password"]), home
+    return Lab.connect(home=home), home
 
 
 def cmd_rollout(args) -> int:
@@ -23,6 +36,7 @@ def cmd_rollout(args) -> int:
         if args.action == "start":
             if not args.bundle:
                 raise UsageError("rollout start needs a BUNDLE file")
+            check_input(args.bundle, "bundle")
             canary = [d for d in (args.canary or "").split(",") if d]
             try:
                 st = rollout.start(lab, home, args.bundle, canary, shadow=args.shadow)
@@ -43,17 +57,17 @@ def cmd_rollout(args) -> int:
     else:
         r = st["rollout"]
         if r:
-            console.print(f"rollout {r['name']} {r['version']} ({r['digest'][:12]}), mode {r['mode']}, "
-                          f"state {r['state']}, canary {', '.join(r['canary'])}")
+            console.print(f"rollout {r['name']} {r['version']} ({r['digest'][:12]} signed by {r.get('keyid')}), "
+                          f"mode {r['mode']}, state {r['state']}, canary {', '.join(r['canary'])}", markup=False)
             for step in r["steps"]:
-                mark = "[green]ok[/]" if step["ok"] else f"[red]refused[/] {step.get('reason', '')}"
-                console.print(f"  {step['device']}: {step['action']} {mark}")
+                mark = "[green]ok[/]" if step["ok"] else f"[red]refused[/] {escape(str(step.get('reason', '')))}"
+                console.print(f"  {escape(step['device'])}: {escape(step['action'])} {mark}")
         else:
             console.print("no rollout yet")
         t = Table("device", "model", "bundle", "health check", "shadow")
         for d, v in st["devices"].items():
             h = v["health"]
-            t.add_row(d, str(v["model"]), (v["bundle"] or "-")[:12],
+            t.add_row(escape(d), escape(str(v["model"])), (v["bundle"] or "-")[:12],
                       f"{h['seen']}/{h['needed']}" if h else "-", (v["shadow"] or {}).get("digest", "-")[:12])
         console.print(t)
     # exit 1 when a step this command took was refused (status: any step of the rollout)
@@ -63,16 +77,43 @@ def cmd_rollout(args) -> int:
 
 
 def cmd_revoke(args) -> int:
-    lab, home = _lab(args)
+    """Revoke a bundle on every device of the namespace, as the control plane (the retained
+    revocation list, which devices read at once and again when they reconnect).  A
+    revocation names the signer: a bundle FILE carries it, a DIGEST needs ``--keyid`` or an
+    explicit ``--all-signers``."""
+    target, keyid = args.target, args.keyid
+    if HEX64.match(target):
+        digest = target
+    elif not Path(target).exists():
+        raise UsageError(f"{target[:80]!r} is neither a bundle digest (64 lower-case hex characters) "
+                         "nor a bundle file")
+    else:
+        from lab_hardware.modelops import bundle as _bundle
+        try:
+            b = _bundle.read(check_input(target, "bundle"))
+        except _bundle.BundleError as exc:
+            raise UsageError(str(exc)) from None
+        if keyid is not None and keyid != b.keyid:
+            raise UsageError(f"--keyid {keyid} is not the signer of {target} ({b.keyid})")
+        digest, keyid = b.digest, (None if args.all_signers else b.keyid)
+        if keyid is None and not args.all_signers:
+            raise UsageError(f"{target} is not signed: say --all-signers to revoke its content for every signer")
+    if keyid is None and not args.all_signers:
+        raise UsageError("name the signer whose copy is revoked with --keyid KEYID (see 'livelab bundle "
+                         "inspect'), or say --all-signers to revoke this content whoever signed it")
+    if keyid is not None and args.all_signers:
+        raise UsageError("say --keyid or --all-signers, not both")
+    lab, home = _lab(args, control=True)
     try:
         try:
-            revoked = lab.revoke(args.digest, reason=args.reason or "")
+            revoked = lab.revoke(digest, reason=args.reason or "", keyid=keyid, all_signers=args.all_signers)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     finally:
         lab.close()
-    console.print(f"revoked {args.digest[:12]} on every device of namespace {lab.namespace} "
-                  f"({len(revoked)} revoked in all)")
+    who = "every signer" if args.all_signers else f"key {keyid}"
+    console.print(f"revoked {digest[:12]} signed by {who} on every device of namespace {lab.namespace} "
+                  f"({len(revoked)} revocations in all)", markup=False)
     return EXIT_OK
 
 
@@ -95,7 +136,12 @@ def register(sub) -> None:
 
 
 def register_revoke(bundle_sub) -> None:
-    s = bundle_sub.add_parser("revoke", help="revoke a bundle by digest on every device at once")
-    s.add_argument("digest", help="the bundle's digest (livelab bundle inspect)")
-    s.add_argument("--reason", help="why, for the record")
+    s = bundle_sub.add_parser("revoke", help="revoke a bundle on every device at once",
+                              description="A revocation names content and signer: give the bundle FILE, or its "
+                                          "DIGEST with --keyid (that signer's copy) or --all-signers (every copy "
+                                          "of this content, whoever signed it).")
+    s.add_argument("target", metavar="DIGEST|BUNDLE", help="the bundle's digest (livelab bundle inspect) or file")
+    s.add_argument("--keyid", type=keyid_arg, help="the signer whose copy is revoked (16 hex characters)")
+    s.add_argument("--all-signers", action="store_true", help="revoke this content whoever signed it")
+    s.add_argument("--reason", help="why, for the record (at most 512 characters)")
     s.set_defaults(fn=cmd_revoke)

@@ -1,0 +1,115 @@
+"""Bad CLI input is refused before any work starts: one line on stderr, exit 2, no traceback,
+no stray file.  Each case is one the adversarial pass of issue 13 found (seen failing first)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def livelab(*args: str, home: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "livelab"] + (["--home", str(home)] if home is not None else []) + list(args)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, **(env or {})})
+
+
+def one_line_usage(p: subprocess.CompletedProcess, *needles: str) -> None:
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    err = p.stderr.strip()
+    assert "Traceback" not in p.stderr and "Traceback" not in p.stdout
+    assert err and "\n" not in err, f"usage error is not one line: {p.stderr!r}"
+    for n in needles:
+        assert n in err, (n, err)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["up", "--port", "70000"], "--port"),
+    (["up", "--port", "0"], "--port"),
+    (["up", "--rate", "-5"], "--rate"),
+    (["up", "--window-seconds", "-1"], "--window-seconds"),
+    (["up", "--window-seconds", "0"], "--window-seconds"),
+    (["up", "--window-seconds", "inf"], "finite"),
+    (["up", "--window-seconds", "nan"], "finite"),
+    (["up", "--devices", "0"], "--devices"),
+    (["up", "--timeout", "-3"], "--timeout"),
+    (["logs", "-n", "-5"], "--lines"),
+    (["logs", "-n", "lots"], "not an integer"),
+    (["replay", "run", "x.lreplay", "--bundle", "m.onnx", "--threads", "0"], "--threads"),
+    (["bundle", "build", "m.onnx", "-o", "b.lbundle", "--name", "n", "--version", "1.0.0",
+      "--max-error-rate", "2"], "--max-error-rate"),
+    (["bundle", "build", "m.onnx", "-o", "b.lbundle", "--name", "n", "--version", "1.0.0",
+      "--health-decisions", "-1"], "--health-decisions"),
+    (["bundle", "build", "m.onnx", "-o", "b.lbundle", "--name", "n", "--version", "1.0.0",
+      "--latency-budget-ms", "nan"], "finite"),
+    (["bundle", "revoke", "not-hex-at-all"], "digest"),
+    (["bundle", "revoke", "Z" * 64], "digest"),
+    (["bundle", "revoke", "a" * 64, "--keyid", "xyz"], "key id"),
+    (["bundle", "verify", "b.lbundle", "--revoked", "abc"], "DIGEST"),
+    (["keys", "untrust", "not-a-keyid"], "key id"),
+    (["report", "serve", "--port", "99999"], "--port"),
+    (["grade", "c", "m", "p", "--workers", "0"], "--workers"),
+    (["nosuch-command"], "invalid choice"),
+    (["up", "--devices"], "expected one argument"),
+    (["replay", "run"], "required"),
+])
+def test_nonsense_options_are_refused_in_one_line(tmp_path, capsys, args, needle):
+    # in-process (the same main() as the console script; subprocess cases are below)
+    from livelab.cli import main
+    try:
+        code = main(["--home", str(tmp_path / "home"), *args])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    one_line_usage(subprocess.CompletedProcess(args, code, out, err), needle)
+    assert not (tmp_path / "home").exists()  # nothing was started or written
+
+
+def test_revoke_by_digest_needs_a_signer_or_all_signers(tmp_path):
+    one_line_usage(livelab("bundle", "revoke", "a" * 64, home=tmp_path), "--keyid", "--all-signers")
+
+
+def test_home_pointing_at_a_file(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("not a directory")
+    for args in (["status"], ["up"], ["logs"], ["down"], ["keys", "list"]):
+        one_line_usage(livelab(*args, home=f), "not a directory")
+        one_line_usage(livelab(*args, env={"LIVELAB_HOME": str(f)}), "not a directory")
+    one_line_usage(livelab("status", home=f / "below"), "not a directory")
+    assert f.read_text() == "not a directory"
+
+
+def test_export_to_a_directory_or_unwritable_path_leaves_nothing(tmp_path):
+    d = tmp_path / "out"
+    d.mkdir()
+    one_line_usage(livelab("report", "export", "-o", str(d), home=tmp_path / "home"), "is a directory")
+    assert list(d.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    one_line_usage(livelab("report", "export", "-o", str(tmp_path / "nodir" / "r.html"), home=tmp_path / "home"),
+                   "does not exist")
+    ro = "/proc/livelab-report.html"  # a read-only place even for root
+    one_line_usage(livelab("report", "export", "-o", ro, home=tmp_path / "home"), "cannot write")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_outputs_checked_before_work(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    one_line_usage(livelab("bundle", "build", str(model), "-o", str(d), "--name", "n", "--version", "1.0.0"),
+                   "is a directory")
+    one_line_usage(livelab("replay", "build", "--device", "dev-0", "-o", str(d), home=tmp_path / "h"),
+                   "is a directory")
+    one_line_usage(livelab("replay", "build", "--device", "Dev[/]", "-o", str(tmp_path / "r"), home=tmp_path / "h"),
+                   "invalid device name")
+    assert list(d.iterdir()) == []
+
+
+def test_usage_errors_print_data_verbatim_not_as_markup(tmp_path):
+    p = livelab("bundle", "inspect", str(tmp_path / "[bold]x[/]"))
+    one_line_usage(p, "[bold]x[/]")
