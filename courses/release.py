@@ -45,6 +45,19 @@ from courses.catalog import Course, CourseError
 GATE_LEARNER = "release-gate"
 
 
+def _name_gate_learner(home, name: str | None) -> None:
+    """Devices record the broker-proven commands of the lab's learner identity under this name
+    (audit ``by``), so the gate's runs are the gate's (None: back to the lab's owner)."""
+    from lab_hardware.runtime import lab as _lab
+    try:
+        desc = _lab.descriptor(home)
+        name = name or desc.get("learner_name")
+        if name:
+            _lab.name_learner(home, desc["namespace"], name)
+    except Exception:  # noqa: BLE001 - an external broker or a stopped lab: records keep the username
+        pass
+
+
 class ReleaseError(CourseError):
     """A release refused before anything ran; ``problems`` holds one line per problem."""
 
@@ -195,6 +208,7 @@ def run_gate(course: Course, sources: dict[str, Path], learners: dict[str, Path]
                 continue
         try:
             params = {"LIVELAB_HOME": str(home), "LEARNER": GATE_LEARNER, "SEED": 0}
+            _name_gate_learner(home, GATE_LEARNER)
             for m in modules:
                 if m.id not in sources:
                     continue
@@ -215,6 +229,7 @@ def run_gate(course: Course, sources: dict[str, Path], learners: dict[str, Path]
                     for name, c in r.checks.items():
                         if not c["passed"]:
                             problems.append(f"{m.id}: check '{name}' fails on the reference solution: {c['message']}")
+            _name_gate_learner(home, GATE_LEARNER + "-learner")
             for m in modules:
                 if m.id not in learners:
                     continue
@@ -243,6 +258,8 @@ def run_gate(course: Course, sources: dict[str, Path], learners: dict[str, Path]
         finally:
             if own:
                 _lab.down(home)
+            else:
+                _name_gate_learner(home, None)  # a lab the gate borrowed: its owner again
     return [results[m.id] for m in course.modules], problems
 
 

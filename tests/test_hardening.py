@@ -355,3 +355,24 @@ def test_rollout_back_after_a_refused_canary_keeps_the_good_bundle(hlab):
     assert sdk.states["dev-2"]["bundle"] == gd
     recs = sdk.audit_chain("dev-2").records
     assert not [r for r in recs if r["kind"] == "rollback" and r["index"] > rec["index"]]
+
+
+def test_cli_revoke_publishes_the_control_list_naming_the_signer(hlab):
+    home, sdk, tmp = hlab
+    b = _make(tmp, home, "clirev", "40.0.0")
+    info = _bundle.read(b)
+    sdk.install("dev-0", b)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "livelab", "--home", str(home), "bundle", "revoke", *args],
+                              capture_output=True, text=True, timeout=120)
+    p = cli(info.digest)  # a bare digest: which signer?
+    assert p.returncode == 2 and "--keyid" in p.stderr and "\n" not in p.stderr.strip()
+    p = cli(str(b), "--reason", "bad [release]")  # the file names content and signer
+    assert p.returncode == 0, p.stderr
+    assert _wait(lambda: sdk.states["dev-0"]["bundle"] != info.digest)
+    assert {"digest": info.digest, "keyid": info.keyid} in sdk.states["dev-0"]["revocations"]
+    rec = [r for r in sdk.audit_chain("dev-0").records if r["kind"] == "revocation"][-1]["data"]
+    assert rec["by"] == "control" and rec["active_revoked"] is True
+    assert _wait(lambda: any(r.get("digest") == info.digest and r.get("keyid") == info.keyid
+                             for r in sdk.revocations))  # learners read the retained list
