@@ -27,7 +27,7 @@ from tests.conftest import start_lab
 from tests.mqtt_helpers import Observer, publish_raw
 
 SC = scenarios.load("voice-intents")
-SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+SETTINGS = dict(deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                       HealthCheck.too_slow, HealthCheck.data_too_large])
 
 # ---- the CLI's options ---------------------------------------------------------------------------
