@@ -118,10 +118,12 @@ def keyid_arg(text: str) -> str:
 def check_home(path: Path) -> Path:
     """The state directory must be a directory (or not exist yet, under a directory)."""
     if path.exists() and not path.is_dir():
-        raise UsageError(f"state directory {path} is not a directory: choose another with --home or LIVELAB_HOME")
+        raise UsageError(f"state directory {path} is not writable: it is not a directory; "
+                         "choose another with --home or LIVELAB_HOME")
     parent = next((p for p in path.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
-        raise UsageError(f"state directory {path} is under {parent}, which is not a directory")
+        raise UsageError(f"state directory {path} is not writable: {parent} is not a directory; "
+                         "choose another with --home or LIVELAB_HOME")
     return path
 
 
