@@ -70,22 +70,29 @@ def resolve_course(course: str, module: str, version: str | None = None) -> Cour
     p = p.resolve()
     src = p / "source" / module
     kind = "livelab" if (p / "course.toml").exists() else "nbgrader"
-    version, manifest, meta = None, None, {}
+    manifest, meta = None, {}
+    if kind == "nbgrader" and version:
+        raise GradeUsageError(f"{p} is an nbgrader course without releases: --version applies to a "
+                              "livelab course (a directory with course.toml)")
     if kind == "livelab":
         try:
             import tomllib
             toml = tomllib.loads((p / "course.toml").read_text())
         except (OSError, ValueError) as exc:
             raise GradeUsageError(f"{p / 'course.toml'} cannot be read: {exc}") from None
-        version = version or str(toml.get("version") or toml.get("current_version") or "") or None
+        released = _released_versions(p)
+        if version is None:
+            # the course's current version; while course.toml names a version being prepared
+            # (not released yet), learners work on the newest release: grade against that
+            current = str(toml.get("version") or toml.get("current_version") or "") or None
+            version = current if current in released or not released else released[-1]
         for m in toml.get("modules", []) or []:
             if isinstance(m, dict) and m.get("id") == module:
                 meta = m
         rel = p / "releases" / version if version else None
         if rel is not None and not rel.is_dir() and (p / "releases").is_dir():
-            have = sorted(d.name for d in (p / "releases").iterdir() if d.is_dir())
             raise GradeUsageError(f"{p.name} has no release {version}: released versions are "
-                                  f"{', '.join(have) or 'none'}")
+                                  f"{', '.join(released) or 'none'}")
         if rel and rel.is_dir():
             try:
                 import tomllib
@@ -115,6 +122,22 @@ def resolve_course(course: str, module: str, version: str | None = None) -> Cour
     return CourseTarget(kind, p, module, sources, course_id, version, manifest, meta)
 
 
+def _version_key(v: str) -> tuple:
+    parts = []
+    for x in v.replace("-", ".").split("."):
+        parts.append((0, int(x), "") if x.isdigit() else (1, 0, x))
+    return tuple(parts)
+
+
+def _released_versions(course_dir: Path) -> list[str]:
+    """The course's released versions, oldest first (release folders hold a manifest)."""
+    rels = course_dir / "releases"
+    if not rels.is_dir():
+        return []
+    return sorted((d.name for d in rels.iterdir() if d.is_dir() and (d / "manifest.json").exists()),
+                  key=_version_key)
+
+
 # ---- what to grade -----------------------------------------------------------------------
 def _course_content_dirs() -> list[str]:
     """The repository's course *content* folders (sources with hidden tests, releases): hidden
@@ -126,21 +149,90 @@ def _course_content_dirs() -> list[str]:
                   if d.is_dir() and not (d / "__init__.py").exists() and d.name != "__pycache__")
 
 
-def find_submissions(path: str, module: str, notebooks: list[str], *,
-                     student: str | None = None) -> tuple[list[Submission], list[str], Path | None]:
-    """(submissions, skipped notes, nbgrader course dir holding them or None)."""
+def recorded_learner(path: Path, module: str, home: str | os.PathLike | None = None) -> tuple[str | None, str]:
+    """The learner a notebook records itself, and where that comes from: nbgrader's
+    ``submitted/<student>/<module>/`` layout, or the learner home holding it
+    (``labs.learners.learner_for_path``).  Never the file's name."""
+    parts = path.parts
+    if len(parts) >= 4 and parts[-2] == module and parts[-4] == "submitted":
+        return parts[-3], f"it was submitted as {parts[-3]!r} (submitted/{parts[-3]}/{module}/)"
+    try:
+        from labs.learners import learner_for_path
+    except ImportError:  # a lab without the learners registry: single-user
+        learner_for_path = None
+    if learner_for_path is not None:
+        from lab_hardware.home import resolve
+        try:
+            who = learner_for_path(resolve(home), path)
+        except Exception:  # noqa: BLE001 - no registry in this lab home
+            who = None
+        if who:
+            return who, f"it lies in learner {who!r}'s home"
+    return None, ""
+
+
+def lab_owner(home: str | os.PathLike | None = None) -> str | None:
+    """The single-user lab's owner (``owner`` in ``lab.json``), when no learner is registered."""
+    from lab_hardware.home import DESCRIPTOR, resolve
+    h = resolve(home)
+    try:
+        owner = json.loads((h / DESCRIPTOR).read_text()).get("owner")
+    except (OSError, ValueError, AttributeError):
+        return None
+    try:
+        from labs.learners import list_learners
+        if list_learners(h):
+            return None  # a team lab: each learner has a home, the owner is not the learner
+    except ImportError:
+        pass
+    except Exception:  # noqa: BLE001 - no registry: single-user
+        pass
+    return owner if isinstance(owner, str) and owner else None
+
+
+def check_student(name: str) -> str:
+    """``--student``: a learner name (lab_hardware.topics.check_name), one line if not."""
+    from lab_hardware.topics import TopicError, check_name
+    try:
+        return check_name("learner", name)
+    except TopicError as exc:
+        raise GradeUsageError(f"--student: {exc}") from None
+
+
+def find_submissions(path: str, module: str, notebooks: list[str], *, student: str | None = None,
+                     home: str | os.PathLike | None = None) -> tuple[list[Submission], list[str], Path | None]:
+    """(submissions, skipped notes, nbgrader course dir holding them or None).
+
+    The learner of a submission is its recorded identity (:func:`recorded_learner`); a
+    ``student`` that contradicts it is refused.  A lone notebook without one is graded as
+    ``student``, else as the single-user lab's owner (:func:`lab_owner`), else refused: a
+    file name is never a learner."""
     p = Path(path).expanduser()
     if not p.exists():
         raise GradeUsageError(f"{path} does not exist: give a notebook or a submitted/ tree")
     p = p.resolve()
+    if student is not None:
+        student = check_student(student)
     if p.is_file():
-        who = student or p.stem
+        recorded, how = recorded_learner(p, module, home)
+        if recorded and student and student != recorded:
+            raise GradeUsageError(f"--student {student} contradicts the notebook's own learner: {how}")
+        who = recorded or student or lab_owner(home)
+        if not who:
+            raise GradeUsageError(f"{p.name} records no learner (not in submitted/<student>/{module}/ nor in a "
+                                  "learner's home): pass --student NAME")
         name = p.stem if p.stem in notebooks else notebooks[0]
         return [_load(p, who, module, name)], [], None
     root = p / "submitted" if (p / "submitted").is_dir() else p
     course_dir = root.parent if root.name == "submitted" else None
     subs, skipped = [], []
-    for sdir in sorted(d for d in root.iterdir() if d.is_dir()):
+    dirs = sorted(d for d in root.iterdir() if d.is_dir())
+    if student is not None:  # the tree names its students: --student picks one of them
+        dirs = [d for d in dirs if d.name == student]
+        if not dirs:
+            raise GradeUsageError(f"--student {student}: no such student under {root} "
+                                  f"(expected {root}/{student}/{module}/*.ipynb)")
+    for sdir in dirs:
         adir = sdir / module
         if not adir.is_dir():
             continue
@@ -274,7 +366,29 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _safe(name: str) -> str:
+    """A readable token (Dask keys); NOT injective: never a path (see :func:`path_id`)."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:120] or "_"
+
+
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
+
+
+def path_id(name: str) -> str:
+    """The folder or file name of a student id or notebook, injectively (nbgrader's layout).
+
+    The id itself where it is a safe path component (letters, digits, ``_``, ``-``, ``.``,
+    not starting with a dot, at most 120 characters); otherwise a reversible encoding: ``%``
+    and the id's UTF-8 bytes, each one outside ``[A-Za-z0-9_-]`` as ``%XX``.  Safe ids never
+    contain ``%`` and encoded ones always start with it, so two ids never share a name; an id
+    too long for a file name (over 200 bytes encoded) is ``%~`` and its sha256 (``~`` is never
+    left as is by the encoding).
+    """
+    if name and len(name) <= 120 and not name.startswith(".") and all(c in _PLAIN for c in name):
+        return name
+    enc = "%" + "".join(chr(b) if chr(b) in _PLAIN and chr(b) != "." else f"%{b:02X}" for b in name.encode())
+    if len(enc) > 200:
+        return "%~" + hashlib.sha256(name.encode()).hexdigest()
+    return enc
 
 
 class Driver:
@@ -282,7 +396,8 @@ class Driver:
         self.cfg = cfg
         self.target = resolve_course(cfg.course, cfg.module, cfg.version)
         names = [s.stem for s in self.target.sources]
-        self.subs, self.skipped, self.sub_course = find_submissions(cfg.path, cfg.module, names, student=cfg.student)
+        self.subs, self.skipped, self.sub_course = find_submissions(cfg.path, cfg.module, names, student=cfg.student,
+                                                                    home=cfg.lab_home)
         if cfg.out:
             self.out = Path(cfg.out).expanduser().resolve()
         elif self.sub_course is not None:
@@ -363,7 +478,7 @@ class Driver:
     def _result_path(self, sub_or_res) -> Path:
         student = sub_or_res.student if isinstance(sub_or_res, Submission) else sub_or_res["student"]
         nb = sub_or_res.notebook if isinstance(sub_or_res, Submission) else sub_or_res["notebook"]
-        return self.work / "results" / f"{_safe(student)}__{_safe(nb)}.json"
+        return self.work / "results" / path_id(student) / f"{path_id(nb)}.json"
 
     # ---- writing ------------------------------------------------------------------------
     def _prepare_gradebook(self) -> None:
@@ -377,7 +492,7 @@ class Driver:
 
     def _store(self, sub: Submission, res: dict) -> dict:
         from . import events
-        m, a, s, n = self.cfg.module, res["assignment"], _safe(res["student"]), _safe(res["notebook"])
+        m, a, s, n = self.cfg.module, path_id(res["assignment"]), path_id(res["student"]), path_id(res["notebook"])
         if res.get("executed"):
             p = self.out / "autograded" / s / a / f"{n}.ipynb"
             p.parent.mkdir(parents=True, exist_ok=True)

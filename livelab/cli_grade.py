@@ -20,7 +20,10 @@ def register(sub) -> None:
     s.add_argument("course", help="nbgrader course directory, directory with course.toml, or a course id")
     s.add_argument("module", help="module (nbgrader assignment) id")
     s.add_argument("path", help="a notebook, a submitted/ tree, or the course directory holding it")
-    s.add_argument("--student", help="learner id for a single notebook (default: its file name)")
+    s.add_argument("--student", help="the learner of a single notebook that records none (not in "
+                                     "submitted/<student>/ nor in a learner's home; default: the single-user "
+                                     "lab's owner); with a submitted/ tree, grade only that student. A "
+                                     "--student that contradicts the notebook's own learner is refused")
     s.add_argument("--out", help="where autograded/, feedback/ and results go (default: the course "
                                  "directory of the submissions, else <path>/../graded)")
     s.add_argument("--gradebook", help="gradebook database URL or SQLite file (default: gradebook.db "
@@ -38,8 +41,10 @@ def register(sub) -> None:
     s.add_argument("--events", help="events store (URL or lab home) for check events")
     s.add_argument("--state", help="grader state directory: private release references "
                                    "(default: $LIVELAB_HOME/grading)")
-    s.add_argument("--version", dest="release", help="the course release to grade against (default: the "
-                                                    "course's current version)")
+    s.add_argument("--version", dest="release", help="the course release to grade against, whatever "
+                                                    "course.toml says (default: the course's current "
+                                                    "version, or its newest release while course.toml "
+                                                    "names a version not released yet)")
     s.add_argument("--team", help="team of every learner graded (for per-team time-to-signal)")
     s.add_argument("--teams", metavar="FILE", help="learners' teams: a CSV file with columns student,team "
                                                    "(a header row is optional) or a JSON object "
