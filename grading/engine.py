@@ -58,6 +58,7 @@ class RunContext:
     #: grade ids of the release's test cells and of its other locked code cells; None: no guard
     test_ids: set[str] | None = None
     release_ids: set[str] = field(default_factory=set)
+    release_names: set[str] = field(default_factory=set)    # names the release's cells define
     interfered: dict[int, str] = field(default_factory=dict)  # id(cell) -> why the test does not count
     discarded: int = 0                                        # outputs discarded past the bound
 
@@ -108,12 +109,12 @@ class GradingNotebookClient(PapermillNotebookClient):
             self.ctx.reply_errors[id(cell)] = (str(content.get("ename") or "Error"), str(content.get("evalue") or ""))
 
     # ---- the guard: test cells on the grader's IPython ---------------------------------
-    async def _async_guard(self, call: str) -> str:
+    async def _async_guard(self, call: str, *args) -> str:
         """Call ``call`` of the kernel's guard through ``user_expressions`` of an empty silent
         request (no transformer, hook or custom handler runs on that path); returns its
         answer, or why there is none."""
         nonce = os.urandom(8).hex()
-        expr = f"__import__('sys').modules['_livelab_guard'].{call}({nonce!r})"
+        expr = f"__import__('sys').modules['_livelab_guard'].{call}({', '.join(map(repr, (nonce, *args)))})"
         try:
             msg_id = self.kc.execute("", silent=True, store_history=False, user_expressions={"r": expr},
                                      allow_stdin=False, stop_on_error=False)
@@ -134,7 +135,7 @@ class GradingNotebookClient(PapermillNotebookClient):
         ctx = self.ctx
         role = ctx.role(cell) if ctx.test_ids is not None and cell.get("cell_type") == "code" else None
         if role == "test":
-            answer = self.guard("enter")
+            answer = self.guard("enter", sorted(ctx.release_names))
             if answer != "ok":
                 ctx.interfered[id(cell)] = f"the grader could not run it on its own IPython: {answer}"
         elif role == "learner" and self._last_role != "learner":

@@ -163,8 +163,11 @@ def _swap_namespace(ns_get, ns_set, ns_del, current: dict, saved: dict, undo: li
             ns_set(k, s)
 
 
-def enter(nonce: str) -> str:
-    """Put the grader's state in place for a test cell; remember the learner's."""
+def enter(nonce: str, release_names=()) -> str:
+    """Put the grader's state in place for a test cell; remember the learner's.
+    ``release_names``: names the release's cells define (an exercise may ask for a function
+    named like a builtin); any other builtin name the notebook shadowed with its own function
+    or class is hidden from the test."""
     if "undo" in _state:
         leave(nonce)
     checkpoint()
@@ -194,6 +197,12 @@ def enter(nonce: str) -> str:
     for cls, saved in snap["classes"]:
         _swap_namespace(None, (lambda k, v, c=cls: setattr(c, k, v)), (lambda k, c=cls: delattr(c, k)),
                         dict(vars(cls)), saved, undo, additions=True)
+    ns = shell.user_ns
+    keep = set(release_names)
+    for k in [k for k in list(ns) if k in snap["builtins"] and k not in keep and not k.startswith("_")]:
+        if _from_notebook(ns[k]):
+            undo.append((ns.__setitem__, ns.__delitem__, k, ns[k]))
+            del ns[k]
     vars(_b).clear()
     vars(_b).update(snap["builtins"])
     shell.user_ns["__builtins__"] = _b

@@ -230,6 +230,7 @@ def _release_info(ref: Reference) -> dict:
         from .reference import release_notebook
         rel = nbformat.read(release_notebook(ref.ensure_local()), as_version=4)
         meta, tags, untracked_params = {}, {}, False
+        names = _defined_names(rel)
         for cell in rel.cells:
             gid = _grade_meta(cell).get("grade_id")
             ptags = [t for t in cell.get("metadata", {}).get("tags", []) if t in PAPERMILL_TAGS]
@@ -238,7 +239,7 @@ def _release_info(ref: Reference) -> dict:
                 tags[gid] = ptags
             elif "parameters" in ptags:
                 untracked_params = True
-        info = {"meta": meta, "tags": tags, "untracked_params": untracked_params,
+        info = {"meta": meta, "tags": tags, "untracked_params": untracked_params, "names": names,
                 "kernelspec": copy.deepcopy(dict(rel.metadata.get("kernelspec") or {})),
                 "language_info": copy.deepcopy(dict(rel.metadata.get("language_info") or {"name": "python"}))}
         _RELEASES[ref.digest] = info
@@ -246,6 +247,30 @@ def _release_info(ref: Reference) -> dict:
 
 
 PAPERMILL_TAGS = ("parameters", "injected-parameters")
+
+
+def _defined_names(nb: NotebookNode) -> set[str]:
+    """Top-level names the release's code cells define (functions, classes, assignments,
+    imports): an exercise may ask for a function named like a builtin."""
+    import ast
+    out: set[str] = set()
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        src = "\n".join(ln for ln in cell.source.splitlines() if not ln.lstrip().startswith(("%", "!")))
+        try:
+            tree = ast.parse(src)
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                out.add(node.name)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                out.update((a.asname or a.name).split(".")[0] for a in node.names)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                for t in (node.targets if isinstance(node, ast.Assign) else [node.target]):
+                    out.update(n.id for n in ast.walk(t) if isinstance(n, ast.Name))
+    return out
 
 
 def _repair(nb: NotebookNode, ref: Reference, known: set[str], notes: list[str]) -> None:
@@ -426,6 +451,7 @@ def execute(nb: NotebookNode, kernel, limits: Limits, parameters: dict, *,
     if ref is not None:
         ctx.test_ids = set(ref.test_cells)
         ctx.release_ids = set(ref.released) - ctx.test_ids
+        ctx.release_names = set(_release_info(ref)["names"])
     facts: dict[str, Any] = {"error": None}
     t0 = time.perf_counter()
     kernel.arm(limits.total_timeout + limits.startup_timeout)  # until the kernel answers

@@ -23,7 +23,7 @@ from grading import samples
 from grading.batch import BatchConfig, grade_many, path_id
 from grading.limits import Limits
 
-#: one batch of 23 notebooks (a kernel each) plus a cached rerun; pytest-timeout's 300 s
+#: one batch of 24 notebooks (a kernel each) plus a cached rerun; pytest-timeout's 300 s
 #: default is for one test, not for a fixture that grades a class's worth of notebooks
 pytestmark = pytest.mark.timeout(1200)
 
@@ -105,6 +105,8 @@ def _build(root: Path) -> None:
         "import builtins\nbuiltins.abs = lambda x: 0"])
     sub("nsbuiltins", FAILS_ABS, 2, "the namespace's __builtins__ replaced", extra=[
         "import builtins\n__builtins__ = dict(vars(builtins), abs=lambda x: 0)"])
+    sub("shadow", FAILS_ABS, 2, "abs shadowed by a function in the notebook's namespace", extra=[
+        "def abs(x):\n    return 0"])
     sub("modpatch", FAILS_ISCLOSE, 2, "math.isclose replaced", extra=[
         "import math\nmath.isclose = lambda *a, **k: True"])
     # ---- accidents: repaired, the code earns its points
@@ -142,8 +144,9 @@ def _build(root: Path) -> None:
     sub("junkmeta", CORRECT, 5, "a learner cell with malformed nbgrader metadata", edit=junkmeta)
 
     def flood_then_define(nb):
-        _cell(nb, "square").source = ("for i in range(400):\n    print('x' * 1000)\n"
-                                      "total = sum(range(10_000_000))\n"
+        _cell(nb, "square").source = ("import sys, time\nfor i in range(400):\n    print('x' * 1000)\n"
+                                      "sys.stdout.flush()\n"
+                                      "time.sleep(2)  # slow work after the print (the old grader interrupted it)\n"
                                       "def square(x):\n    return x * x")
     sub("flooddef", CORRECT, 5, "a correct function defined after a large print", edit=flood_then_define)
     # ---- identity on disk: two students whose ids differ only in a character
@@ -244,5 +247,5 @@ def test_regrade_replaces_every_grade_of_the_previous_attempt(course, tmp_path):
     with Writer(db) as wr:
         wr.save(second)
     rows = dict(sqlite3.connect(tmp_path / "gradebook.db").execute(
-        "select c.name, g.auto_score from grade g join grade_cells c on g.cell_id = c.id"))
+        "select c.name, g.auto_score from grade g join base_cell c on g.cell_id = c.id"))
     assert rows == {"test_visible": 2.0, "test_hidden": 0.0}, rows
