@@ -563,6 +563,12 @@ def score(nb: NotebookNode, ref: Reference, ctx, stop_reason: str | None, *, voi
         rows.append({"grade_id": gid, "kind": kind, "status": status,
                      "score": None if pts is None else float(pts), "max_score": float(max_pts),
                      "message": message})
+    seen = {r["grade_id"] for r in rows}
+    for gid, max_pts in ref.grade_cells.items():  # never full marks out of fewer points
+        if gid not in seen:
+            rows.append({"grade_id": gid, "kind": "test" if gid in ref.test_cells else "answer",
+                         "status": "not-run", "score": 0.0, "max_score": float(max_pts),
+                         "message": f"cell {gid!r} ({max_pts:g} points) was not in the executed notebook: 0"})
     return rows
 
 
