@@ -326,11 +326,15 @@ def _shutdown_worker() -> None:
 
 
 def _task(sub: Submission, ref: Reference, opts: RunOptions, lab: dict | None = None) -> dict:
+    """Grade one submission on a worker; a failure of the grading machine (a kernel, namespace
+    or fixture that did not come up) is retried here, and recorded as infrastructure-error
+    if it persists (grading.outcomes)."""
     from . import runner
+    from .outcomes import with_retries
     if lab is None:
-        return runner.grade(sub, ref, opts)
+        return with_retries(lambda: runner.grade(sub, ref, opts), sub, ref)
     from .isolation import grade_in_lab
-    return grade_in_lab(sub, ref, opts, lab)
+    return with_retries(lambda: grade_in_lab(sub, ref, opts, lab), sub, ref)
 
 
 # ---- the driver --------------------------------------------------------------------------
@@ -356,6 +360,12 @@ class BatchConfig:
     team: str | None = None            # the team of learners that ``teams`` does not name
     state: str | None = None           # grader state (private references); None: $LIVELAB_HOME/grading
     version: str | None = None         # a livelab course's release to grade against (default: current)
+    attempt: int | None = None         # the learner's attempt number (lab.submit()), kept on events and results
+    progress_lines: bool = False       # no terminal: one plain progress line per submission on stderr
+    hide: list[str] | None = None      # paths kernels may not see, instead of the run's own (the service
+                                       # gives the same list every run, so its prestarted kernels fit)
+    prepared: bool = False             # the gradebook already has the assignment (the service's later runs)
+    progress_sink: Any = None          # with progress_lines: a callable taking each line (the service's socket)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -429,10 +439,25 @@ class Driver:
         hide.add(str(p if p.is_dir() else p.parent))
         if self.db_url.startswith("sqlite:///"):
             hide.add(str(Path(self.db_url[len("sqlite:///"):]).parent))
+        if cfg.hide is not None:
+            hide = set(cfg.hide)
         self.opts = RunOptions(limits=cfg.limits, hide=sorted(hide), isolate=cfg.isolate, seed=cfg.seed,
                                network=False)
         self.cache_path = self.work / "cache.json"
         self.cache = self._load_cache() if cfg.use_cache else {}
+        self.events_key = self._events_key()
+
+    def _events_key(self) -> bytes | None:
+        """The lab's events key, when grading for a lab: the events it writes then count."""
+        from lab_hardware.home import resolve
+        from .outcomes import events_key
+        home = resolve(self.cfg.lab_home)
+        if not (home / "config.json").exists():
+            return None
+        try:
+            return events_key(home)
+        except OSError:
+            return None
 
     def team_of(self, student: str) -> str:
         return (self.cfg.teams or {}).get(student) or self.cfg.team or ""
@@ -478,7 +503,8 @@ class Driver:
     def _result_path(self, sub_or_res) -> Path:
         student = sub_or_res.student if isinstance(sub_or_res, Submission) else sub_or_res["student"]
         nb = sub_or_res.notebook if isinstance(sub_or_res, Submission) else sub_or_res["notebook"]
-        return self.work / "results" / path_id(student) / f"{path_id(nb)}.json"
+        att = f"__attempt-{self.cfg.attempt}" if self.cfg.attempt is not None else ""
+        return self.work / "results" / path_id(student) / f"{path_id(nb)}{att}.json"
 
     # ---- writing ------------------------------------------------------------------------
     def _prepare_gradebook(self) -> None:
@@ -492,7 +518,14 @@ class Driver:
 
     def _store(self, sub: Submission, res: dict) -> dict:
         from . import events
+        from .outcomes import INFRA
         m, a, s, n = self.cfg.module, path_id(res["assignment"]), path_id(res["student"]), path_id(res["notebook"])
+        if self.cfg.attempt is not None:
+            res["attempt"] = self.cfg.attempt
+        if res.get("status") == INFRA:  # no score: no gradebook row, no events, nothing cached
+            slim = {k: v for k, v in res.items() if k not in ("executed", "feedback_html", "evidence")}
+            _write_json(self._result_path(res), slim)
+            return slim
         if res.get("executed"):
             p = self.out / "autograded" / s / a / f"{n}.ipynb"
             p.parent.mkdir(parents=True, exist_ok=True)
@@ -507,9 +540,16 @@ class Driver:
             res["gradebook"] = self.db_url
         except Exception as exc:  # noqa: BLE001 - the result is kept; say why the gradebook is not
             res.setdefault("messages", []).append(f"gradebook not updated: {str(exc).splitlines()[0]}")
-        res["events"] = self.recorder.record(events.events_for(
-            res, course=self.target.course_id, version=self.target.version,
-            team=self.team_of(res.get("student", ""))))
+        evs = events.events_for(res, course=self.target.course_id, version=self.target.version,
+                                team=self.team_of(res.get("student", "")))
+        if self.cfg.attempt is not None:
+            for e in evs:
+                e["detail"] = {**(e.get("detail") or {}), "attempt": self.cfg.attempt}
+                e["key"] = f"{e.get('key', '')}:attempt-{self.cfg.attempt}"
+        if self.events_key is not None:
+            from .outcomes import sign
+            evs = sign(evs, self.events_key)
+        res["events"] = self.recorder.record(evs)
         for name, b64 in (res.get("evidence") or {}).items():
             import base64
             p = self.work / "evidence" / s / n / name
@@ -542,7 +582,9 @@ class Driver:
                                    host="127.0.0.1", protocol="tls://", env=dict(os.environ))
         return Client(cluster, security=sec), cluster
 
-    def run(self) -> dict:
+    def run(self, client=None) -> dict:
+        """Grade; ``client``: a warm Dask client to use (the grading service's) instead of
+        starting and stopping a cluster for this run."""
         t0 = time.perf_counter()
         todo, cached = [], []
         for sub in self.subs:
@@ -554,10 +596,11 @@ class Driver:
         timing: dict[str, float] = {}
         starter = None
         if todo:  # workers start (and import, and start their first kernel) meanwhile
-            starter = _Starter(self, timing)
+            starter = _Starter(self, timing, client)
             starter.start()
         t = time.perf_counter()
-        self._prepare_gradebook()
+        if not self.cfg.prepared:
+            self._prepare_gradebook()
         timing["prepare"] = time.perf_counter() - t
         results: list[dict] = []
         if todo:
@@ -587,6 +630,7 @@ class Driver:
         if starter.error is not None:
             raise starter.error
         client, cluster = starter.client, starter.cluster
+        external = starter.external
         out: list[dict] = []
         self.writer = Writer(self.db_url)
         from .events import Recorder
@@ -596,23 +640,26 @@ class Driver:
             futs = {}
             for sub in todo:
                 fut = client.submit(_task, sub, self.refs[sub.notebook], self.opts, self.lab, pure=False,
+                                    retries=1,  # a worker lost mid-submission: once more elsewhere
                                     key=f"grade-{_safe(sub.student)}-{_safe(sub.notebook)}-{os.urandom(4).hex()}")
                 futs[fut] = sub
-            progress = _progress(len(todo)) if self.cfg.progress else None
+            progress = _progress(len(todo)) if self.cfg.progress else (
+                _lines(len(todo), self.cfg.progress_sink) if self.cfg.progress_lines else None)
             try:
                 for fut in as_completed(futs):
                     sub = futs[fut]
                     try:
                         res = fut.result()
-                    except Exception as exc:  # noqa: BLE001 - a worker crash grades one submission 0
-                        from .runner import _invalid_result
-                        res = _invalid_result(sub, self.refs[sub.notebook],
-                                              f"not graded: the grader failed ({exc.__class__.__name__}: "
-                                              f"{str(exc).splitlines()[0] if str(exc) else ''})", time.perf_counter())
-                        res["status"] = "error"
+                    except Exception as exc:  # noqa: BLE001 - workers lost: the machine's failure, not a 0
+                        from .outcomes import infra_result
+                        res = infra_result(sub, self.refs[sub.notebook],
+                                           f"the grading worker was lost ({exc.__class__.__name__}: "
+                                           f"{str(exc).splitlines()[0][:160] if str(exc) else ''})")
                     out.append(self._store(sub, res))
                     if progress:
-                        progress.advance(f"{res['student']}: {res['score']:g}/{res['max_score']:g}")
+                        progress.advance(f"{res['student']}: " + (
+                            f"{res['score']:g}/{res['max_score']:g}" if res.get("score") is not None
+                            else res.get("status", "?")))
             finally:
                 if progress:
                     progress.close()
@@ -634,6 +681,9 @@ class Driver:
             except Exception:  # noqa: BLE001 - accounting only
                 pass
             parts["accounting"] = time.perf_counter() - t
+            if external:  # the service's warm workers stay up for the next run
+                timing["cluster_close"] = time.perf_counter() - t
+                return out
             try:
                 client.run(_shutdown_worker)
             except Exception:  # noqa: BLE001 - workers may be gone already
@@ -657,16 +707,18 @@ class Driver:
 class _Starter(threading.Thread):
     """Starts the Dask cluster and warms its workers while the driver prepares the gradebook."""
 
-    def __init__(self, driver: Driver, timing: dict):
+    def __init__(self, driver: Driver, timing: dict, client=None):
         super().__init__(daemon=True, name="dask-starter")
         self.driver, self.timing = driver, timing
-        self.client = self.cluster = None
+        self.client, self.cluster = client, None
+        self.external = client is not None
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
             t = time.perf_counter()
-            self.client, self.cluster = self.driver._client()
+            if self.client is None:
+                self.client, self.cluster = self.driver._client()
             self.timing["cluster_start"] = time.perf_counter() - t
             t = time.perf_counter()
             self.client.run(_warm, self.driver.opts, list(self.driver.refs.values()), self.driver.lab is not None)
@@ -691,6 +743,24 @@ class _progress:
 
     def close(self) -> None:
         self.p.stop()
+
+
+class _lines:
+    """Progress without a terminal: one plain line per graded submission on stderr (for logs
+    and CI, where a progress bar would be silent)."""
+
+    def __init__(self, total: int, sink=None):
+        import sys
+        self.total, self.done, self.t0 = total, 0, time.perf_counter()
+        self.sink = sink or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.sink(f"grading {total} submission(s)")
+
+    def advance(self, text: str) -> None:
+        self.done += 1
+        self.sink(f"[{self.done}/{self.total} {time.perf_counter() - self.t0:6.1f} s] {text}")
+
+    def close(self) -> None:
+        pass
 
 
 def grade_many(cfg: BatchConfig) -> dict:

@@ -505,6 +505,16 @@ def _first_error(cell) -> str | None:
     return None
 
 
+def _name_bare_errors(cell, gid: str, points: float) -> None:
+    """A failing assert without a message (typical of hidden tests) says which test and how many
+    points, in the feedback and the messages, instead of a bare ``AssertionError``."""
+    for out in cell.get("outputs", []):
+        if out.get("output_type") == "error" and not str(out.get("evalue", "")).strip():
+            out["evalue"] = f"test {gid!r} ({points:g} point{'s' if points != 1 else ''}) failed"
+            tb = list(out.get("traceback") or [])
+            out["traceback"] = tb + [f"{out.get('ename', 'Error')}: {out['evalue']}"]
+
+
 def score(nb: NotebookNode, ref: Reference, ctx, stop_reason: str | None, *, void: bool = False) -> list[dict]:
     """Score every grade cell with nbgrader's ``determine_grade``, after marking the tests
     that did not really pass (see module doc).  ``void``: the run broke a limit that stops
@@ -552,6 +562,7 @@ def score(nb: NotebookNode, ref: Reference, ctx, stop_reason: str | None, *, voi
         pts, max_pts = utils.determine_grade(cell)
         message = None
         if kind == "test" and (pts is None or pts < max_pts):
+            _name_bare_errors(cell, gid, max_pts)
             err = _first_error(cell)
             what = f"test {gid!r} ({max_pts:g} point{'s' if max_pts != 1 else ''})"
             if err and ":" not in err:  # an assert without a message says nothing by itself

@@ -52,6 +52,8 @@ def register(sub) -> None:
     s.add_argument("--seed", type=int_range(0, 2**63 - 1, what="--seed"), default=0)
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-service", action="store_true", help="grade in this process even when the grading "
+                                                              "service ('livelab grader serve') runs")
     s.set_defaults(fn=cmd_grade)
 
 
@@ -90,6 +92,41 @@ def read_teams(path: str) -> dict[str, str]:
     return out
 
 
+def _command_seconds() -> float:
+    """Wall time of the whole command, from the process's start (interpreter start-up and
+    imports included), not only of the grading inside it."""
+    import time
+    try:
+        import psutil
+        return max(0.0, time.time() - psutil.Process().create_time())
+    except Exception:  # noqa: BLE001 - psutil missing or /proc unreadable
+        return time.perf_counter()
+
+
+def _via_service(args, teams, team, *, progress: bool) -> dict | None:
+    """The summary from the running grading service, or None when none runs (or --home's lab
+    has none)."""
+    from pathlib import Path
+    from livelab.cli_grader import use_service
+    from livelab.common import home_of
+    home = home_of(args)
+    ab = lambda p: str(Path(p).expanduser().resolve()) if p else None  # noqa: E731 - the service's cwd differs
+    course = args.course if not Path(args.course).expanduser().exists() else ab(args.course)
+    config = {"course": course, "module": args.module, "path": ab(args.path), "out": ab(args.out),
+              "gradebook": args.gradebook if args.gradebook and "://" in args.gradebook else ab(args.gradebook),
+              "student": args.student, "use_cache": not args.no_cache, "events": args.events,
+              "lab_home": str(home), "seed": args.seed, "state": ab(args.state), "version": args.release,
+              "teams": teams, "team": team,
+              "checks": [c.strip() for c in args.checks.split(",") if c.strip()] if args.checks else None,
+              "limits": {"cell_timeout": args.cell_timeout, "total_timeout": args.timeout,
+                         "memory_mb": args.memory_mb, "max_processes": args.max_processes,
+                         "output_bytes": args.output_bytes}}
+    summary = use_service(home, config, progress=progress)
+    if summary is not None:
+        summary["via_service"] = True
+    return summary
+
+
 def cmd_grade(args) -> int:
     if args.workers < 1:
         return _usage("--workers must be at least 1")
@@ -105,24 +142,31 @@ def cmd_grade(args) -> int:
         except ValueError as exc:
             return _usage(str(exc))
     team = (args.team or "").strip() or None
-    if not args.scheduler:  # local workers: their fork server preloads while the driver starts
-        from grading import forkserver
-        forkserver.start()
-    from grading.batch import BatchConfig, GradeUsageError, grade_many
-    from grading.limits import Limits
-    limits = Limits(cell_timeout=args.cell_timeout, total_timeout=args.timeout, memory_mb=args.memory_mb,
-                    max_processes=args.max_processes, output_bytes=args.output_bytes)
-    cfg = BatchConfig(course=args.course, module=args.module, path=args.path, out=args.out,
-                      gradebook=args.gradebook, student=args.student, scheduler=args.scheduler,
-                      workers=args.workers, limits=limits, use_cache=not args.no_cache,
-                      progress=not args.no_progress and not args.json and sys.stderr.isatty(),
-                      events=args.events, lab_home=getattr(args, "home", None),
-                      checks=[c.strip() for c in args.checks.split(",") if c.strip()] if args.checks else None,
-                      seed=args.seed, state=args.state, version=args.release, teams=teams, team=team)
-    try:
-        summary = grade_many(cfg)
-    except GradeUsageError as exc:
-        return _usage(str(exc))
+    tty = sys.stderr.isatty()
+    show = not args.no_progress and not args.json
+    summary = None
+    if not args.scheduler and not args.no_service:  # a warm grading service does it in a fraction
+        summary = _via_service(args, teams, team, progress=show)
+    if summary is None:
+        if not args.scheduler:  # local workers: their fork server preloads while the driver starts
+            from grading import forkserver
+            forkserver.start()
+        from grading.batch import BatchConfig, GradeUsageError, grade_many
+        from grading.limits import Limits
+        limits = Limits(cell_timeout=args.cell_timeout, total_timeout=args.timeout, memory_mb=args.memory_mb,
+                        max_processes=args.max_processes, output_bytes=args.output_bytes)
+        cfg = BatchConfig(course=args.course, module=args.module, path=args.path, out=args.out,
+                          gradebook=args.gradebook, student=args.student, scheduler=args.scheduler,
+                          workers=args.workers, limits=limits, use_cache=not args.no_cache,
+                          progress=show and tty, progress_lines=show and not tty,
+                          events=args.events, lab_home=getattr(args, "home", None),
+                          checks=[c.strip() for c in args.checks.split(",") if c.strip()] if args.checks else None,
+                          seed=args.seed, state=args.state, version=args.release, teams=teams, team=team)
+        try:
+            summary = grade_many(cfg)
+        except GradeUsageError as exc:
+            return _usage(str(exc))
+    summary["command_seconds"] = _command_seconds()
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))
         return EXIT_OK
@@ -134,12 +178,16 @@ def cmd_grade(args) -> int:
     for col in ("student", "notebook", "score", "status", "notes"):
         t.add_column(col)
     for r in summary["results"]:
-        t.add_row(r["student"], r["notebook"], f"{r['score']:g} / {r['max_score']:g}", r["status"],
-                  "; ".join(r["messages"][:3])[:160])
+        score = f"{r['score']:g} / {r['max_score']:g}" if r.get("score") is not None else "-"
+        t.add_row(r["student"], r["notebook"], score, r["status"], "; ".join(r["messages"][:3])[:160])
     con.print(t)
     for s in summary["skipped"]:
         con.print(f"skipped: {s}")
-    con.print(f"{summary['graded']} graded, {summary['cached']} unchanged (cached), "
-              f"{summary['wall_seconds']:.1f} s; gradebook {summary['gradebook']}; feedback in "
-              f"{summary['out']}/feedback")
+    infra = sum(r["status"] == "infrastructure-error" for r in summary["results"])
+    con.print(f"{summary['graded']} graded, {summary['cached']} unchanged (cached)"
+              + (f", {infra} not graded (infrastructure error: the grading machine failed, not the work)"
+                 if infra else "")
+              + f", {summary['command_seconds']:.1f} s"
+              + (" (grading service)" if summary.get("via_service") else "")
+              + f"; gradebook {summary['gradebook']}; feedback in {summary['out']}/feedback")
     return EXIT_OK
