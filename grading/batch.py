@@ -39,6 +39,10 @@ log = logging.getLogger("livelab.grading.batch")
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE_FORMAT = "livelab.grading-cache/v1"
+#: The scheduler's HTTP server (health and metrics routes: it starts one even without a
+#: dashboard) on a free port, not on 8787, where another cluster's made Dask warn "Port 8787 is
+#: already in use" on every run.
+NO_DASHBOARD = {"dashboard_address": "127.0.0.1:0"}
 
 
 class GradeUsageError(ValueError):
@@ -578,7 +582,8 @@ class Driver:
         from . import forkserver
         with forkserver.configured():
             cluster = LocalCluster(n_workers=self.cfg.workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=None, silence_logs=logging.ERROR, security=sec,
+                                   dashboard_address=None,
+                                   scheduler_kwargs=NO_DASHBOARD, silence_logs=logging.ERROR, security=sec,
                                    host="127.0.0.1", protocol="tls://", env=dict(os.environ))
         return Client(cluster, security=sec), cluster
 

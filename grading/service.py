@@ -135,13 +135,15 @@ class NamespaceLogs:
 
 # ---- the service ------------------------------------------------------------------------------
 class GraderService:
-    def __init__(self, home: str | os.PathLike | None = None, *, course: str = DEFAULT_COURSE,
+    def __init__(self, home: str | os.PathLike | None = None, *, course: str | list[str] = DEFAULT_COURSE,
                  version: str | None = None, scheduler: str | None = None, workers: int = 2,
                  state: str | None = None, out: str | None = None, events: str | None = None,
                  warm_modules: list[str] | None = None):
         from lab_hardware import home as _home
         self.home = _home.resolve(home)
-        self.course, self.version = course, version
+        # the courses it grades (a module id names its course: the first course that has it)
+        self.courses = [course] if isinstance(course, str) else list(course)
+        self.course, self.version = self.courses[0], version
         self.scheduler, self.workers = scheduler, workers
         self.state = Path(state).expanduser().resolve() if state else self.home / "grading"
         self.out = Path(out).expanduser().resolve() if out else self.state / "service"
@@ -213,7 +215,7 @@ class GraderService:
         from lab_hardware import home as _home
         _home.write_json(self.home / "run" / RUNFILE, {
             "pid": os.getpid(), "ready": ready, "socket": str(socket_path(self.home)), "course": self.course,
-            "scheduler": self.scheduler, "workers": self.workers, "started": time.time()})
+            "courses": self.courses, "scheduler": self.scheduler, "workers": self.workers, "started": time.time()})
 
     def _start_observer(self) -> None:
         from lab_hardware.runtime import lab as _lab
@@ -247,19 +249,30 @@ class GraderService:
         from distributed import LocalCluster
         from distributed.security import Security
         from . import forkserver
+        from .batch import NO_DASHBOARD
         forkserver.start()
         sec = Security.temporary()
         with forkserver.configured():
             self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                        dashboard_address=None, silence_logs=logging.ERROR, security=sec,
+                                        dashboard_address=None,
+                                        scheduler_kwargs=NO_DASHBOARD, silence_logs=logging.ERROR, security=sec,
                                         host="127.0.0.1", protocol="tls://", env=dict(os.environ))
         self.client = Client(self.cluster, security=sec)
 
     def _target(self, module: str):
+        """The course target of ``module``: the first of the service's courses that has it."""
         t = self.targets.get(module)
         if t is None:
-            from .batch import resolve_course
-            t = self.targets[module] = resolve_course(self.course, module, self.version)
+            from .batch import GradeUsageError, resolve_course
+            for i, course in enumerate(self.courses):
+                try:
+                    t = resolve_course(str(self._course_root(course)), module, self.version if i == 0 else None)
+                    break
+                except GradeUsageError:
+                    continue
+            else:
+                raise RequestError(f"no module {module!r} in {', '.join(self.courses)}")
+            self.targets[module] = t
         return t
 
     def _warm(self) -> None:
@@ -267,12 +280,17 @@ class GraderService:
         from .batch import _warm
         from .reference import build as build_reference
         from .runner import RunOptions
-        root = self._course_root()
         modules = self.warm_modules
         if modules is None:
             import tomllib
-            toml = tomllib.loads((root / "course.toml").read_text()) if (root / "course.toml").exists() else {}
-            modules = [m["id"] for m in toml.get("modules", []) if isinstance(m, dict) and m.get("id")]
+            modules = []
+            for course in self.courses:
+                root = self._course_root(course)
+                if (root / "course.toml").exists():
+                    toml = tomllib.loads((root / "course.toml").read_text())
+                    modules += [m["id"] for m in toml.get("modules", []) if isinstance(m, dict) and m.get("id")]
+                elif (root / "source").is_dir():
+                    modules += sorted(d.name for d in (root / "source").iterdir() if d.is_dir())
         refs = []
         for m in modules:
             t = self._target(m)
@@ -281,10 +299,11 @@ class GraderService:
         if refs:
             self.client.run(_warm, RunOptions(), refs, True)
 
-    def _course_root(self) -> Path:
+    def _course_root(self, course: str | None = None) -> Path:
         from .batch import REPO
-        p = Path(self.course).expanduser()
-        return p.resolve() if p.is_dir() else REPO / "courses" / self.course
+        course = course or self.course
+        p = Path(course).expanduser()
+        return p.resolve() if p.is_dir() else REPO / "courses" / course
 
     def _start_socket(self) -> None:
         path = socket_path(self.home)
@@ -394,7 +413,7 @@ class GraderService:
         try:
             target = self._target(module)
         except Exception as exc:  # noqa: BLE001 - GradeUsageError and friends
-            raise RequestError(f"unknown module {module!r} of {self.course}: {exc}") from None
+            raise RequestError(f"unknown module {module!r}: {exc}") from None
         names = [n for n in (target.module_meta.get("checks") or []) if isinstance(n, str)]
         if not names:
             return {"module": module, "learner": learner, "checks": [], "status": "graded",
@@ -451,7 +470,7 @@ class GraderService:
         try:
             target = self._target(module)
         except Exception as exc:  # noqa: BLE001
-            raise RequestError(f"unknown module {module!r} of {self.course}: {exc}") from None
+            raise RequestError(f"unknown module {module!r}: {exc}") from None
         if not isinstance(notebook_b64, str):
             raise RequestError("the request carries no notebook")
         try:
@@ -468,9 +487,9 @@ class GraderService:
         path = adir / f"{nbname}.ipynb"
         path.write_bytes(data)
         (adir / "timestamp.txt").write_text(time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()) + "\n")
-        summary = self.grade(dict(course=str(self._course_root()), module=module, path=str(path),
+        summary = self.grade(dict(course=str(target.root), module=module, path=str(path),
                                   student=learner, out=str(self.out), attempt=attempt, use_cache=False,
-                                  lab_home=str(self.home), version=self.version,
+                                  lab_home=str(self.home), version=target.version,
                                   events=self.events_url or str(self.home),
                                   stable_hide=True))
         res = summary["results"][0]
@@ -484,7 +503,8 @@ class GraderService:
         return {"module": module, "learner": learner, "attempt": attempt, "status": res["status"],
                 "score": res["score"], "max_score": res["max_score"], "messages": res["messages"],
                 "feedback_html": html, "feedback_path": str(adir / "feedback.html") if html else None,
-                "grading_seconds": summary["wall_seconds"]}
+                "grading_seconds": summary["wall_seconds"],
+                "timings": (summary.get("per_submission") or [{}])[0].get("timings", {})}
 
     def _record_attempt(self, summary: dict, res: dict, attempt: int, kept_feedback: str | None) -> None:
         """The attempt in the gradebook's ``livelab_attempts`` table (nbgrader keeps the latest)."""
@@ -520,6 +540,8 @@ class GraderService:
         if isinstance(cfg.get("limits"), dict):
             cfg["limits"] = Limits(**cfg["limits"])
         cfg.setdefault("lab_home", str(self.home))
+        if not cfg.get("state"):  # the references the service built at start
+            cfg["state"] = str(self.state)
         cfg["progress"] = False
         cfg.pop("scheduler", None)
         if cfg.pop("stable_hide", False):
@@ -542,7 +564,7 @@ class GraderService:
         prestarted kernel or lab slot fits the next one): the course content, the grader's
         state and output (every attempt of every learner), the lab's home."""
         from .batch import _course_content_dirs
-        return sorted({str(self._course_root()), str(self.state), str(self.out), str(self.home),
+        return sorted({*(str(self._course_root(c)) for c in self.courses), str(self.state), str(self.out), str(self.home),
                        *_course_content_dirs()})
 
     def handle_local(self, req: dict) -> dict:
@@ -603,7 +625,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m grading.service",
                                 description="The warm grading service (see 'livelab grader serve').")
     p.add_argument("--home")
-    p.add_argument("--course", default=DEFAULT_COURSE)
+    p.add_argument("--course", action="append", help="a course it grades (repeat for several; default "
+                                                     f"{DEFAULT_COURSE})")
     p.add_argument("--version")
     p.add_argument("--scheduler")
     p.add_argument("--workers", type=int, default=2)
@@ -613,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    svc = GraderService(args.home, course=args.course, version=args.version, scheduler=args.scheduler,
+    svc = GraderService(args.home, course=args.course or DEFAULT_COURSE, version=args.version, scheduler=args.scheduler,
                         workers=args.workers, state=args.state, out=args.out, events=args.events)
     signal.signal(signal.SIGTERM, lambda *a: svc.stopping.set())
     signal.signal(signal.SIGINT, lambda *a: svc.stopping.set())

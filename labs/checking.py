@@ -157,6 +157,7 @@ class SubmitResult:
     feedback: str | None = None      # path of the feedback page, next to the notebook
     error: str = ""
     seconds: float = 0.0
+    timings: dict = field(default_factory=dict)   # the grader's phases (execute, cells, ...)
 
     def __str__(self) -> str:
         if self.error:
@@ -248,7 +249,8 @@ def submit(lab, notebook: str | os.PathLike | None = None, module: str | None = 
         except OSError:
             fb = r.get("feedback_path")
     return SubmitResult(mod, r.get("attempt"), r.get("status") or "graded", r.get("score"), r.get("max_score"),
-                        list(r.get("messages") or []), fb, seconds=float(r.get("seconds") or 0))
+                        list(r.get("messages") or []), fb, seconds=float(r.get("seconds") or 0),
+                        timings=dict(r.get("timings") or {}))
 
 
 # ---- the ✓ line of a visible test ------------------------------------------------------------

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 from livelab.common import EXIT_FAIL, EXIT_OK, UsageError, console
 from livelab.common import home_of as _home
@@ -24,13 +25,14 @@ def register(sub) -> None:
                                    "it when it runs.")
     gs = g.add_subparsers(dest="grader_cmd", required=True)
     s = gs.add_parser("serve", help="start the service (supervised with the lab, or in the foreground)")
-    s.add_argument("--course", default="edge-ml-foundations", help="course whose modules it grades")
+    s.add_argument("--course", action="append", help="a course whose modules it grades (repeat for several; "
+                                                     "default edge-ml-foundations)")
     s.add_argument("--workers", type=int, default=2, help="local Dask worker processes (default 2)")
     s.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                    help="use an existing Dask cluster (runs in the foreground)")
     s.add_argument("--foreground", action="store_true", help="run in this terminal instead of under the "
                                                              "lab's supervisor (Ctrl-C stops it)")
-    s.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for it to be ready")
+    s.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for it to be ready (its first start builds every module's reference)")
     s.set_defaults(fn=cmd_serve)
     s = gs.add_parser("status", help="is the service running, and how fast it answers")
     s.add_argument("--json", action="store_true")
@@ -54,7 +56,8 @@ def cmd_serve(args) -> int:
         console.print(f"the grading service already runs in {home} (pid {service.running(home)['pid']})")
         return EXIT_OK
     if args.foreground or args.scheduler:
-        svc = service.GraderService(home, course=args.course, scheduler=args.scheduler, workers=args.workers)
+        svc = service.GraderService(home, course=args.course or service.DEFAULT_COURSE, scheduler=args.scheduler,
+                                    workers=args.workers)
         signal.signal(signal.SIGTERM, lambda *a: svc.stopping.set())
         signal.signal(signal.SIGINT, lambda *a: svc.stopping.set())
         try:
@@ -64,8 +67,9 @@ def cmd_serve(args) -> int:
         finally:
             svc.stop()
         return EXIT_OK
-    argv = ["{python}", "-m", "grading.service", "--home", "{home}", "--course", args.course,
-            "--workers", str(args.workers)]
+    argv = ["{python}", "-P", "-m", "grading.service", "--home", "{home}", "--workers", str(args.workers)]
+    for c in args.course or [service.DEFAULT_COURSE]:  # a course directory: absolute (the service's cwd is the lab)
+        argv += ["--course", str(Path(c).expanduser().resolve()) if Path(c).expanduser().is_dir() else c]
     t0 = time.monotonic()
     lab.set_service(home, SERVICE_NAME, {"argv": argv, "ready_file": "run/" + service.RUNFILE})
     with console.status("starting the grading service (workers, references, observer) ..."):

@@ -125,6 +125,7 @@ def _grade_all(home: Path, tmp: Path, tag: str, state: Path) -> dict[str, dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a bound on a loaded machine, not a timing
 @pytest.mark.skipif(not COURSE.is_dir(), reason="the flagship course is not in this checkout")
 def test_references_score_full_or_infrastructure_error_under_cpu_hog(graded_lab, tmp_path):
     state = tmp_path / "state"
@@ -141,6 +142,7 @@ def test_references_score_full_or_infrastructure_error_under_cpu_hog(graded_lab,
         assert r["status"] == "graded" and r["score"] == r["max_score"], (m, r["score"], r["messages"])
 
 
+@pytest.mark.timeout(900)
 def test_a_worker_killed_mid_submission_is_not_a_lower_score(tmp_path):
     """Kill the worker grading a submission (SIGKILL, by PID): graded again on a restarted
     worker, full marks - or infrastructure-error - never a lower score, never cached as one."""
@@ -153,7 +155,19 @@ def test_a_worker_killed_mid_submission_is_not_a_lower_score(tmp_path):
         samples.write_submission(root, s, slow)
     d = Driver(BatchConfig(course=str(root), module="squares", path=str(root), state=str(tmp_path / "state"),
                            events=str(tmp_path / "no-store"), workers=2, progress=False))
-    client, cluster = d._client()
+    import socket
+    import warnings
+    held = socket.socket()  # another cluster's dashboard port: no "Port 8787 is already in use"
+    try:
+        held.bind(("127.0.0.1", 8787))
+        held.listen(1)
+    except OSError:
+        pass  # in use already: the same situation
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        client, cluster = d._client()
+    held.close()
+    assert not [w for w in caught if "already in use" in str(w.message)]
     try:
         killed: list[int] = []
 

@@ -20,7 +20,8 @@ COURSE = ROOT / "courses" / "edge-ml-foundations"
 REL = COURSE / "releases" / "1.1.0"
 M1 = "m1-telemetry"
 
-pytestmark = pytest.mark.skipif(not COURSE.is_dir(), reason="the flagship course is not in this checkout")
+pytestmark = [pytest.mark.skipif(not COURSE.is_dir(), reason="the flagship course is not in this checkout"),
+              pytest.mark.timeout(900)]  # a bound on a loaded machine, not a timing
 
 
 @pytest.fixture(scope="module")
