@@ -72,3 +72,19 @@ def test_a_hidden_test_without_a_message_is_named_with_its_points(tmp_path):
     assert row["message"] == "test 'test_hidden' did not pass: AssertionError: test 'test_hidden' (3 points) failed"
     assert "test 'test_hidden' (3 points) failed" in (res["feedback_html"] or "")
     assert not any(m.rstrip().endswith("AssertionError") for m in res["messages"])
+
+
+def test_livelab_grade_without_a_terminal_prints_progress_lines(tmp_path, capsys):
+    from livelab.cli import main
+    root = tmp_path / "course"
+    release = samples.make_course(root)
+    samples.write_submission(root, "ann", samples.submission(release, samples.CORRECT))
+    samples.write_submission(root, "ben", samples.submission(release, samples.WRONG))
+    rc = main(["--home", str(tmp_path / "no-lab"), "grade", str(root), samples.ASSIGNMENT, str(root),
+               "--state", str(tmp_path / "state"), "--events", str(tmp_path / "no-store"), "--workers", "1"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("[")]
+    assert len(lines) == 2 and lines[-1].startswith("[2/2") and ("ann: 5/5" in err and "ben: 0/5" in err)
+    assert "already in use" not in err
+    assert "2 graded, 0 unchanged (cached), " in " ".join(out.split())
