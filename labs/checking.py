@@ -258,7 +258,7 @@ def _norm(src: str) -> str:
     return hashlib.sha256("\n".join(l.rstrip() for l in src.strip().splitlines()).encode()).hexdigest()
 
 
-class TestMarks:
+class PassMarks:
     """An IPython ``post_run_cell`` hook: after a cell that is one of the notebook's nbgrader test
     cells runs without error, print ``✓ <test name> passed (<points> points)``.
 
@@ -302,8 +302,8 @@ class TestMarks:
             pass
 
 
-def install_test_marks(module: str | None) -> TestMarks | None:
-    """Install :class:`TestMarks` in the running IPython (once per kernel); None outside IPython."""
+def install_test_marks(module: str | None) -> PassMarks | None:
+    """Install :class:`PassMarks` in the running IPython (once per kernel); None outside IPython."""
     try:
         from IPython import get_ipython
     except ImportError:
@@ -312,10 +312,10 @@ def install_test_marks(module: str | None) -> TestMarks | None:
     if ip is None:
         return None
     for fn in list(ip.events.callbacks.get("post_run_cell", [])):
-        if isinstance(fn, TestMarks):
+        if isinstance(fn, PassMarks):
             fn.module = module or fn.module
             return fn
-    marks = TestMarks(module)
+    marks = PassMarks(module)
     ip.events.register("post_run_cell", marks)
     return marks
 
