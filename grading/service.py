@@ -493,7 +493,8 @@ class GraderService:
                                   events=self.events_url or str(self.home),
                                   stable_hide=True))
         res = summary["results"][0]
-        fb = self.out / "feedback" / _safe(learner) / module / f"{_safe(nbname)}.html"
+        from .batch import path_id
+        fb = self.out / "feedback" / path_id(learner) / path_id(module) / f"{path_id(nbname)}.html"
         html = None
         if res.get("status") != "infrastructure-error" and fb.exists():
             kept = adir / "feedback.html"
@@ -590,10 +591,6 @@ class GraderService:
 
 class RequestError(ValueError):
     """A request the service refuses (bad module, no notebook...): one line back to the learner."""
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:120] or "_"
 
 
 # ---- the CLI's door ---------------------------------------------------------------------------------

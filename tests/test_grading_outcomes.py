@@ -42,7 +42,7 @@ def test_a_set_up_that_never_comes_up_is_an_infrastructure_error(tmp_path):
     (r,) = summary["results"]
     assert r["status"] == "infrastructure-error" and r["score"] is None
     assert "not about your work" in r["messages"][0] and "planted incident did not come up" in r["messages"][0]
-    kept = json.loads(next((d.work / "results").glob("ann__*.json")).read_text())
+    kept = json.loads(next((d.work / "results" / "ann").glob("*.json")).read_text())
     assert len(kept["infra_tries"]) == 3  # bounded retries, each in a fresh kernel
     assert "ann" not in (d.work / "cache.json").read_text()
     db = sqlite3.connect(root / "gradebook.db")
