@@ -25,6 +25,15 @@ Why the store looks the way it does:
   nothing of that batch behind; running the batch again writes it exactly once.
 * **A writer's own fields** beyond the schema (the grader's score, a submission hash...) are
   kept in ``detail`` (JSON), not refused; an unknown ``kind`` is refused.
+* **Names are checked at the door** (:mod:`labs.names`): learner, team, module, check, course
+  and version are at most 128 printable characters -- no NUL, newline, escape sequence or
+  bidirectional override reaches a report, a terminal or a CSV file from here.
+* **System identities** (the release gate's runs, the demo's bots, benchmarks) write events with
+  ``system = true`` (a boolean column, default false); managers' reports leave them out unless
+  asked.  A process marks everything it records as system with :func:`system_identity` (it sets
+  ``$LIVELAB_SYSTEM``, which its kernels and the grader inherit).  Stores created before the
+  column existed are migrated when opened (``ALTER TABLE ... ADD COLUMN system ... DEFAULT false``):
+  old events read as not system, nothing else changes.
 * **Honest times**: UTC seconds since the epoch.  An event more than
   :data:`MAX_FUTURE_SKEW` seconds ahead of the store's clock is refused: it is
   a writer with a broken clock, and accepting it would distort every report.
@@ -39,12 +48,15 @@ import math
 import os
 import time as _time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
+
+from labs import names
 
 log = logging.getLogger("livelab.events")
 
@@ -63,11 +75,15 @@ ENV_URL = "LIVELAB_EVENTS_URL"
 SCHEMA = "livelab.event/v1"
 #: Rows per INSERT statement inside one batch transaction.
 CHUNK = 500
+#: Environment variable that marks a process (and its kernels) as a system identity.
+ENV_SYSTEM = "LIVELAB_SYSTEM"
 
 _FIELDS = ("id", "learner", "team", "course", "version", "module", "kind", "check", "time", "source",
-           "key", "detail")
-_FILTERS = ("id", "learner", "team", "course", "version", "module", "kind", "check", "source", "since",
-            "until")
+           "key", "detail", "system")
+_FILTERS = ("id", "learner", "team", "course", "version", "module", "kind", "check", "source", "system",
+            "since", "until")
+#: The name fields every event is checked for (:mod:`labs.names`); team, course, version may be empty.
+_NAMES = ("learner", "module", "check", "team", "course", "version")
 
 #: A per-process session: the SDK's idempotency key (re-running ``Lab.connect`` in the
 #: same kernel records a module opening once; a new kernel session records a re-opening).
@@ -106,6 +122,8 @@ class Event:
     check: str | None = None
     detail: Mapping[str, Any] = field(default_factory=dict)
     id: str = ""
+    #: written by an identity of the system (release gate, demo bot, benchmark), not a learner
+    system: bool = False
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -127,6 +145,8 @@ class Event:
                 raise EventError(f"event is missing the field {name!r}")
         kw = {k: ("" if v is None and k in ("team", "course", "version", "key", "id") else v)
               for k, v in kw.items()}
+        if kw.get("system") is None:
+            kw.pop("system", None)
         detail = kw.get("detail")
         if detail is None:
             detail = {}
@@ -158,6 +178,17 @@ def validate(ev: Event, *, now: float | None = None, max_future_skew: float = MA
             raise EventError(f"event field {name!r} must be a string, not {getattr(ev, name)!r}")
     if ev.check is not None and not isinstance(ev.check, str):
         raise EventError(f"event field 'check' must be a string or None, not {ev.check!r}")
+    for name in _NAMES:
+        v = getattr(ev, name)
+        if v is None or (v == "" and name in ("team", "course", "version")):
+            continue
+        if isinstance(v, str):
+            try:
+                names.check(name, v)
+            except names.NameRefused as exc:
+                raise EventError(str(exc)) from None
+    if not isinstance(ev.system, bool):
+        raise EventError(f"event field 'system' must be true or false, not {ev.system!r}")
     if ev.kind in ("check-passed", "check-failed") and not ev.check:
         raise EventError(f"a {ev.kind} event names its check (field 'check')")
     if isinstance(ev.time, bool) or not isinstance(ev.time, (int, float)) or not math.isfinite(ev.time) \
@@ -231,6 +262,7 @@ def _table(metadata: sa.MetaData) -> sa.Table:
         sa.Column("key", sa.String(400), nullable=False, default=""),
         sa.Column("detail", sa.JSON, nullable=False),
         sa.Column("written_at", sa.Float(precision=53), nullable=False),
+        sa.Column("system", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
         sa.Index("ix_livelab_events_cvm", "course", "version", "module"),
         sa.Index("ix_livelab_events_learner", "learner"),
     )
@@ -282,10 +314,34 @@ class EventStore:
         try:
             with self.engine.begin() as conn:
                 self.metadata.create_all(conn, checkfirst=True)
+            self._migrate()
         except sa_exc.SQLAlchemyError as exc:
             self.engine.dispose()
             raise EventStoreError(f"events database {shown} is unreachable or unusable ({_one_line(exc)}): "
                                   f"start it, or point {ENV_URL} / --home at a working one") from None
+
+    def _migrate(self) -> None:
+        """Bring a store created by an earlier release up to this schema, in place: add the
+        ``system`` column (default false) if it is missing.  Two processes opening an old store
+        at once may both try; the loser finds the column there and carries on."""
+        schema = self.metadata.schema
+        with self.engine.connect() as conn:
+            have = {c["name"] for c in sa.inspect(conn).get_columns(self.table.name, schema=schema)}
+        if "system" in have:
+            return
+        prep = self.engine.dialect.identifier_preparer
+        name = (prep.quote_schema(schema) + "." if schema else "") + prep.quote(self.table.name)
+        false = "0" if self.dialect == "sqlite" else "false"
+        try:
+            with self.engine.begin() as conn:
+                conn.exec_driver_sql(f"ALTER TABLE {name} ADD COLUMN {prep.quote('system')} BOOLEAN "
+                                     f"NOT NULL DEFAULT {false}")
+            log.info("events store %s migrated: added the 'system' column", display_url(self.url))
+        except sa_exc.SQLAlchemyError:
+            with self.engine.connect() as conn:
+                have = {c["name"] for c in sa.inspect(conn).get_columns(self.table.name, schema=schema)}
+            if "system" not in have:
+                raise
 
     # ---- writing ---------------------------------------------------------------------------
     def write(self, events: Iterable[Event | Mapping[str, Any]], *,
@@ -369,8 +425,9 @@ class EventStore:
 
     def columns(self, filters: Mapping[str, Any] | None = None, **kw: Any) -> dict[str, list]:
         """The matching events as columns (learner, team, course, version, module, kind, check,
-        time): what the time-to-signal computation reads, without building an object per event."""
-        names = ("learner", "team", "course", "version", "module", "kind", "check", "time")
+        time, system): what the time-to-signal computation reads, without building an object per
+        event."""
+        names = ("learner", "team", "course", "version", "module", "kind", "check", "time", "system")
         t = self.table
         stmt = sa.select(*[t.c[n] for n in names]).where(*self._where(filters, kw))
         try:
@@ -381,7 +438,9 @@ class EventStore:
                                   f"({_one_line(exc)})") from None
         if not rows:
             return {n: [] for n in names}
-        return {n: list(col) for n, col in zip(names, zip(*rows))}
+        out = {n: list(col) for n, col in zip(names, zip(*rows))}
+        out["system"] = [bool(x) for x in out["system"]]
+        return out
 
     def count(self, filters: Mapping[str, Any] | None = None, **kw: Any) -> int:
         stmt = sa.select(sa.func.count()).select_from(self.table).where(*self._where(filters, kw))
@@ -413,11 +472,33 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 # ---- for writers that must never fail because of the events store --------------------------------
 
-def context_from_env() -> dict[str, str]:
+def context_from_env() -> dict[str, Any]:
     """Team, course and curriculum version of the learner, as the grader or the kernel sets them
-    (``LIVELAB_TEAM``, ``LIVELAB_COURSE``, ``LIVELAB_COURSE_VERSION``)."""
+    (``LIVELAB_TEAM``, ``LIVELAB_COURSE``, ``LIVELAB_COURSE_VERSION``), and whether this process
+    is a system identity (``LIVELAB_SYSTEM``, see :func:`system_identity`)."""
     return {"team": os.environ.get("LIVELAB_TEAM", ""), "course": os.environ.get("LIVELAB_COURSE", ""),
-            "version": os.environ.get("LIVELAB_COURSE_VERSION", "")}
+            "version": os.environ.get("LIVELAB_COURSE_VERSION", ""), "system": system_from_env()}
+
+
+def system_from_env() -> bool:
+    """True when this process runs as an identity of the system (``$LIVELAB_SYSTEM`` set to 1)."""
+    return os.environ.get(ENV_SYSTEM, "").strip().lower() in ("1", "true", "yes")
+
+
+@contextmanager
+def system_identity() -> Iterator[None]:
+    """Within the block, this process -- and every kernel, worker or subprocess it starts --
+    records its learning events as a system identity (``system = true``): for the release
+    gate's runs, the demo's simulated team and benchmarks, which are not learning."""
+    before = os.environ.get(ENV_SYSTEM)
+    os.environ[ENV_SYSTEM] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ENV_SYSTEM, None)
+        else:
+            os.environ[ENV_SYSTEM] = before
 
 
 def record(home: str | os.PathLike | None, *events: Mapping[str, Any], url: str | None = None) -> int:
@@ -439,5 +520,6 @@ def record(home: str | os.PathLike | None, *events: Mapping[str, Any], url: str 
         return 0
 
 
-__all__ = ["KINDS", "SOURCES", "MAX_FUTURE_SKEW", "Event", "EventError", "EventStore", "EventStoreError",
-           "event_id", "validate", "resolve_url", "record", "context_from_env"]
+__all__ = ["KINDS", "SOURCES", "MAX_FUTURE_SKEW", "ENV_SYSTEM", "Event", "EventError", "EventStore",
+           "EventStoreError", "event_id", "validate", "resolve_url", "record", "context_from_env",
+           "system_from_env", "system_identity"]

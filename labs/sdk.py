@@ -163,8 +163,12 @@ class Lab:
 
         ``module`` records that the learner opened that module (a ``module-opened`` event,
         with ``course`` and its curriculum ``version`` when given, and the learner's ``team``,
-        default ``$LIVELAB_TEAM``).
+        default ``$LIVELAB_TEAM``).  A name with control characters or over the length limit is
+        refused first, with one line (``labs.names.NameRefused``), before any lab is looked for.
         """
+        from labs import names
+        names.check_all({"module": module, "learner": learner, "course": course, "version": version,
+                         "team": team})
         try:
             conn = _find(home, namespace, broker_url, username, password)
         except ValueError as exc:

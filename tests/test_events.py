@@ -8,6 +8,7 @@ nothing of it behind, and running the batch again writes it exactly once.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -314,3 +315,109 @@ def test_sdk_writes_opening_connection_and_first_telemetry(lab_home, monkeypatch
     monkeypatch.setenv("LIVELAB_EVENTS_URL", "postgresql://127.0.0.1:1/x")
     with Lab.connect("m2-replay", home=lab_home, learner="bob") as lab:
         assert lab.devices
+
+
+# ---- hostile names (issue 13, point 5) -------------------------------------------------------------
+
+HOSTILE_OK = ("</script><!--", "$\\frac{1}{0}$", "[/]", "[link=https://example.invalid]x[/link]", "a & <b>",
+              "Zoë-Ŝ 李")
+HOSTILE_REFUSED = (("nul\x00byte", "U+0000"), ("two\nlines", "U+000A"), ("\x1b[31mred", "U+001B"),
+                   ("tab\there", "U+0009"), ("line\u2028sep", "U+2028"), ("bidi\u202eevil", "U+202E"),
+                   ("x" * 129, "129 characters"), ("   ", "empty"), (" padded", "whitespace"))
+
+
+def test_names_library_refuses_with_one_line():
+    from labs import names
+    for good in HOSTILE_OK:
+        assert names.check("learner", good) == good
+    for bad, why in HOSTILE_REFUSED:
+        with pytest.raises(names.NameRefused, match=re.escape(why)) as info:
+            names.check("team", bad)
+        msg = str(info.value)
+        assert msg.startswith("team name ") and "\n" not in msg and "\x00" not in msg and "\x1b" not in msg
+        assert len(msg) < 200
+    with pytest.raises(names.NameRefused, match="must be a string"):
+        names.check("module", 7)
+    names.check_all({"learner": "ana", "team": "", "course": None})   # absent team/course: fine
+
+
+@pytest.mark.parametrize("field", ["learner", "team", "module", "check", "course", "version"])
+def test_the_store_refuses_hostile_names_and_keeps_odd_but_printable_ones(tmp_path, field):
+    with EventStore(tmp_path) as store:
+        for bad, why in HOSTILE_REFUSED:
+            if field in ("team", "course", "version") and why == "empty":
+                continue   # these may be absent
+            with pytest.raises(EventError, match=re.escape(why)) as info:
+                store.write([ev(1), ev(2, **{field: bad})])
+            assert "\n" not in str(info.value) and "\x00" not in str(info.value)
+            assert str(info.value).startswith(f"event 1: {field} name" if why != "empty" else "event 1: ")
+        assert store.count() == 0   # nothing of a refused batch, no NUL byte stored
+        for i, good in enumerate(HOSTILE_OK):
+            assert store.write([ev(i, **{field: good})]) == 1
+        assert {getattr(e, field) for e in store.query()} == set(HOSTILE_OK)
+
+
+def test_sdk_refuses_a_hostile_name_before_looking_for_a_lab(tmp_path):
+    from labs import Lab, names
+    for kw in ({"module": "m1\n"}, {"module": "m1", "learner": "a\x00"}, {"module": "m1", "team": "\x1b[2J"},
+               {"module": "m1", "course": "c" * 500}, {"module": "m1", "version": "1.0\u2028"}):
+        with pytest.raises(names.NameRefused) as info:
+            Lab.connect(home=tmp_path / "no-lab-here", **kw)
+        assert "\n" not in str(info.value)
+
+
+# ---- system identities (issue 10, point 4) -----------------------------------------------------------
+
+def test_system_field_defaults_to_false_and_is_queryable(store_args):
+    from labs.learning_events import system_identity
+    url, schema = store_args
+    with EventStore(url, schema=schema) as store:
+        assert store.write([ev(1), ev(2, learner="release-gate", system=True),
+                            {**ev(3).as_dict(), "learner": "bot", "system": True}]) == 3
+        got = {e.learner: e.system for e in store.query()}
+        assert got == {"l1": False, "release-gate": True, "bot": True}
+        assert store.count(system=False) == 1 and store.count(system=True) == 2
+        assert store.columns()["system"] == [False, True, True] or \
+            sorted(store.columns()["system"]) == [False, True, True]
+        with pytest.raises(EventError, match="system"):
+            store.write([{**ev(4).as_dict(), "system": "yes"}])
+    # A process that runs as a system identity marks what record() writes.
+    home = tmp_path_for(url)
+    if home is not None:
+        with system_identity():
+            assert os.environ["LIVELAB_SYSTEM"] == "1"
+            assert record(home, {"kind": "module-opened", "learner": "gate", "module": "m", "time": T0}) == 1
+        assert "LIVELAB_SYSTEM" not in os.environ
+        assert record(home, {"kind": "module-opened", "learner": "ana", "module": "m", "time": T0}) == 1
+        with EventStore(home) as store:
+            assert {e.learner: e.system for e in store.query(kind="module-opened")} == {"gate": True, "ana": False}
+
+
+def tmp_path_for(url: str):
+    return None if "://" in url else url
+
+
+def test_a_store_from_before_the_system_field_is_migrated_and_stays_readable(tmp_path):
+    # The table as the previous release created it (no 'system' column), with one event in it.
+    db = tmp_path / "events.sqlite"
+    con = sqlite3.connect(db)
+    con.execute('CREATE TABLE livelab_events (id VARCHAR(64) NOT NULL PRIMARY KEY, learner VARCHAR(200) NOT NULL, '
+                'team VARCHAR(200) NOT NULL, course VARCHAR(200) NOT NULL, version VARCHAR(64) NOT NULL, '
+                'module VARCHAR(200) NOT NULL, kind VARCHAR(32) NOT NULL, "check" VARCHAR(200), '
+                'time FLOAT NOT NULL, source VARCHAR(16) NOT NULL, "key" VARCHAR(400) NOT NULL, '
+                'detail JSON NOT NULL, written_at FLOAT NOT NULL)')
+    old = ev(1)
+    con.execute("INSERT INTO livelab_events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (old.id, old.learner, old.team, old.course, old.version, old.module, old.kind, old.check,
+                 old.time, old.source, old.key, "{}", T0))
+    con.commit()
+    con.close()
+    with EventStore(tmp_path) as store:
+        (got,) = store.query()
+        assert got.id == old.id and got.system is False
+        assert store.write([ev(2, learner="bot", system=True)]) == 1
+        assert store.count(system=True) == 1 and store.count(system=False) == 1
+    with EventStore(tmp_path) as store:   # opening again: nothing to migrate, nothing lost
+        assert store.count() == 2
+    cols = [r[1] for r in sqlite3.connect(db).execute("PRAGMA table_info(livelab_events)")]
+    assert cols.count("system") == 1
