@@ -1,19 +1,25 @@
 """HTML fragments shared by the Voila dashboard and the static export.
 
-One place decides how a number is shown (``tts.fmt_duration``) and which CSS classes carry
-it (``tts-median``, ``tts-p90``, ``tts-count``, ...), so that the served report, the mailed
-file and the browser tests agree.  Every value element also carries the raw number
-(``data-seconds`` / ``data-count``) for machines.
+One place decides how a number is shown (``tts.fmt_duration``: minutes, the one unit of every
+table, plot axis and CSV header) and which CSS classes carry it (``tts-median``, ``tts-p90``,
+``tts-count``, ...), so that the served report, the mailed file and the browser tests agree.
+Every value element also carries the raw number (``data-seconds`` / ``data-count``) for machines.
+
+Names come from learners' and authors' hands: everything shown is HTML-escaped here
+(:func:`e`), and :func:`printable` makes a name safe for a terminal (no escape sequences, no
+rich markup when printed as a ``rich.text.Text``).
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import html
 import math
+import unicodedata
 from typing import Any, Mapping, Sequence
 
 from reports import plots
-from reports.tts import FUNNEL, TTSResult, fmt_duration, version_key
+from reports.tts import FUNNEL, UNIT, TTSResult, fmt_duration, minutes, version_key
 
 ALL = "(all)"
 NUMBERS = (("tts-median", "median time to signal", "median"), ("tts-p90", "p90 time to signal", "p90"),
@@ -40,16 +46,60 @@ table.tts-table th { white-space: normal; vertical-align: bottom; }
 .tts-panel { overflow-x: auto; min-width: 0; }
 table.tts-table th { background: #f3f3f3; } table.tts-table td.t, table.tts-table th.t { text-align: left; }
 .tts-definition { font-size: 0.85em; color: #444; max-width: 900px; }
+.tts-scope { font-size: 0.85em; color: #444; margin: 4px 0; }
+.tts-simulated { background: #eef3ff; border: 1px solid #9db4e8; border-radius: 6px; padding: 6px 12px; margin: 6px 0; }
+.tts-learner h2 { margin-top: 0.6em; }
 """
 
-DEFINITION = ("Time to signal = first passing grading check minus the first opening of the module "
-              "(per learner, module, course and curriculum version). Re-opening does not reset the clock; "
-              "a pass up to {skew:.0f} s before the opening (writer clock skew) counts as 0, further before "
-              "it is excluded and counted; learners who never passed have no time to signal.")
+DEFINITION = ("Time to signal = first passing check a learner asked for minus the first opening of the module "
+              "(per learner, module, course and curriculum version), in minutes. Re-opening does not reset the "
+              "clock; a pass up to {skew:.0f} s before the opening (writer clock skew) counts as 0, further "
+              "before it is excluded and counted; learners who never passed have no time to signal. "
+              "System identities (release gate, demo bots, benchmarks) are left out unless included.")
+#: Said wherever system identities are included: their times are not people's.
+SIMULATED = ("Includes system identities (release gate runs, demo bots, benchmarks): their times are "
+             "simulated -- machines working through modules, not people learning.")
 
 
 def e(x: Any) -> str:
     return html.escape(str(x))
+
+
+_UNSAFE = {0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
+
+
+def printable(x: Any) -> str:
+    """``x`` as text a terminal shows literally: control characters (ESC, NUL, newlines...),
+    separators and bidirectional overrides as visible escapes (``\x1b``).  Print it as a
+    ``rich.text.Text`` (or with ``markup=False``) so that ``[/]`` or ``[link=...]`` stay text."""
+    s = str(x)
+    if not any(unicodedata.category(c) == "Cc" or ord(c) in _UNSAFE for c in s):
+        return s
+    return "".join(c.encode("unicode_escape").decode("ascii")
+                   if unicodedata.category(c) == "Cc" or ord(c) in _UNSAFE else c for c in s)
+
+
+def day(t: float | None) -> str:
+    """A UTC date for the page (date ranges)."""
+    return "–" if t is None else _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%d")
+
+
+def scope(since: float | None = None, until: float | None = None, include_system: bool = False,
+          excluded: int = 0, filters: Mapping[str, Any] | None = None) -> str:
+    """One sentence saying what a page covers: date range, system identities, export filters."""
+    if since is None and until is None:
+        when = "every date"
+    elif until is None:
+        when = f"modules opened from {day(since)}"
+    elif since is None:
+        when = f"modules opened before {day(until)}"
+    else:
+        when = f"modules opened from {day(since)} to {day(until - 1)}"
+    who = ("system identities included" if include_system else
+           f"system identities left out ({excluded:,} learner × module)" if excluded else
+           "no system identities")
+    sel = describe({k: v for k, v in (filters or {}).items() if v is not None})
+    return f"Covers {when}; {sel if filters and sel != 'all events' else 'all learners'}; {who}."
 
 
 def label(value: str | None, name: str = "") -> str:
@@ -69,7 +119,7 @@ def number_html(cls: str, title: str, summary: Mapping[str, Any] | None, key: st
     """Inner HTML of one number tile (``summary`` None: no data)."""
     v = None if summary is None else summary.get(key)
     if key in ("median", "p90"):
-        data = "" if v is None else f"{v:.3f}"
+        data = "" if v is None else f"{v:.3f}"   # seconds, for machines; shown in minutes
         shown = fmt_duration(v)
         attr = f'data-seconds="{data}"'
     else:
@@ -87,7 +137,8 @@ def numbers_html(summary: Mapping[str, Any] | None) -> dict[str, str]:
 
 def _cell(v: Any, *, dur: bool = False, text: bool = False) -> str:
     if dur:
-        return f"<td>{e(fmt_duration(v))}</td>"
+        m = minutes(v)
+        return f"<td>{'–' if m is None else f'{m:,.1f}'}</td>"
     if isinstance(v, float):
         return f"<td>{'–' if math.isnan(v) else f'{v:,.1f}'}</td>"
     if v is None:
@@ -101,7 +152,7 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, s
         return plots.note("Nothing to list for this selection.")
     if len({r.get("course") for r in rows}) == 1:   # one course: the column would say nothing
         columns = [c for c in columns if c[0] != "course"]
-    head = "".join(f'<th class="{"t" if how == "text" else ""}">{e(h)}</th>' for _, h, how in columns)
+    head = "".join(f'<th class="{"t" if how == "text" else ""}">{e(header(h, how))}</th>' for _, h, how in columns)
     body = []
     for r in rows:
         cells = []
@@ -113,10 +164,21 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, s
                 cells.append(_cell(v, dur=True))
             elif how == "float":
                 cells.append(_cell(None if v is None else float(v)))
+            elif how == "when":
+                cells.append(f"<td>{e(when(v))}</td>")
             else:
                 cells.append(_cell(v))
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f'<table class="tts-table {cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def header(h: str, how: str) -> str:
+    """A column header; times say their unit (minutes, everywhere)."""
+    return f"{h} ({UNIT})" if how == "dur" else h
+
+
+def when(t: float | None) -> str:
+    return "–" if t is None else _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 SUMMARY_COLS = [("course", "course", "text"), ("version", "version", "text"), ("module", "module", "text"),
@@ -132,6 +194,11 @@ ESTIMATE_COLS = [("course", "course", "text"), ("version", "version", "text"), (
                  ("completed", "completed", "int"), ("median_minutes", "actual median (min)", "float"),
                  ("p90_minutes", "actual p90 (min)", "float"), ("estimated_minutes", "estimated (min)", "float"),
                  ("ratio", "actual / estimated", "float")]
+DRILL_COLS = [("course", "course", "text"), ("version", "version", "text"), ("module", "module", "text"),
+              ("team", "team", "text"), ("opened", "opened", "when"), ("tts", "time to signal", "dur"),
+              ("status", "status", "text"), ("attempts", "attempts", "int"),
+              ("checks_passed", "checks passed", "int"), ("checks_seen", "checks tried", "int"),
+              ("failures", "failed results", "int"), ("completed", "completed", "when")]
 CHECK_COLS = [("course", "course", "text"), ("version", "version", "text"), ("module", "module", "text"),
               ("check", "check", "text"), ("median", "median to first pass", "dur"), ("p90", "p90", "dur"),
               ("passed", "learners passed", "int"), ("fails", "failures", "int"),
@@ -171,6 +238,28 @@ def sections(result: TTSResult, estimates: Mapping, filters: Mapping[str, str | 
         "checks": plots.checks(check_rows),
         "checks_table": table(check_rows, CHECK_COLS, "tts-checks-table"),
     }
+
+
+def drill_down(result: TTSResult, learner: str | None, filters: Mapping[str, Any] | None = None,
+               *, combo_attr: bool = False) -> str:
+    """One learner's modules as an HTML table (``tts-learner-table``), or a line asking to
+    choose one.  ``combo_attr``: rows carry ``data-combo`` (course, version, module, team) for
+    the static page's script to follow the filters."""
+    if learner is None:
+        return plots.note("Choose a learner to see their modules, attempts and time to signal per module.")
+    rows = result.drill_down(learner, **{k: v for k, v in (filters or {}).items() if v is not None})
+    if not rows:
+        return plots.note(f"No modules for learner {learner} in this selection.")
+    cols = DRILL_COLS
+    html_ = table(rows, cols, "tts-learner-table")
+    if combo_attr:
+        sep = "\u001f"
+        parts = html_.split("<tr>")
+        # parts[0] ends before the header row, parts[1] is the header; body rows follow in order
+        body = [f'<tr data-combo="{e(sep.join(r[n] for n in ("course", "version", "module", "team")))}">' + p
+                for r, p in zip(rows, parts[2:])]
+        html_ = "<tr>".join(parts[:2]) + "".join(body)
+    return f"<h2>Learner {e(learner)}</h2>{html_}"
 
 
 def options(result: TTSResult, name: str) -> list[str]:

@@ -19,6 +19,16 @@ filter change the script draws each panel with ``Plotly.react`` for the selectio
 applies every filter but the version: it compares versions), swaps the panel tables, and says
 so in words where a selection has nothing to draw.  Without JavaScript the page shows the
 numbers, the plots (PNG) and every table for all the data.
+
+A learner drop-down drills down to one learner: their modules, attempts and time to signal
+per module (one precomputed table per learner, whose rows follow the other filters).  What the
+file covers -- a date range, system identities left out or included, filters applied at export
+time -- is said under the title; when system identities are included the page says that their
+times are simulated.
+
+Names are data: every one is HTML-escaped where it is shown, and the JSON the script reads is
+escaped for ``<``, ``>``, ``&`` and U+2028/U+2029, so a learner called ``</script><!--`` is just
+a learner (:func:`json_for_script`).
 """
 
 from __future__ import annotations
@@ -100,7 +110,13 @@ SCRIPT = """
     for (var j = 0; j < 4; j++) { if (p[j] !== '*') { out.push(names[j] + ' ' + (p[j] === '' ? '(no ' + names[j] + ')' : p[j])); } }
     return out.length ? out.join(', ') : 'all events';
   };
+  function learner() {
+    var v = document.getElementById('tts-filter-learner').value, box = document.getElementById('tts-learner');
+    box.innerHTML = v === '*' ? data.chooseLearner : data.learners[v.slice(1)];
+    update();
+  }
   names.forEach(function (n) { document.getElementById('tts-filter-' + n).addEventListener('change', update); });
+  document.getElementById('tts-filter-learner').addEventListener('change', learner);
   update();
 })();
 """
@@ -120,10 +136,15 @@ class ReportError(RuntimeError):
     """A report that cannot be written or served; the message says what to do."""
 
 
-def _json_for_script(obj: Any) -> str:
-    """JSON safe inside <script>: no '</' and no U+2028/2029 surprises."""
+def json_for_script(obj: Any) -> str:
+    """JSON safe inside ``<script type="application/json">``: ``<``, ``>`` and ``&`` as ``\\u``
+    escapes (no ``</script>``, no ``<!--`` can end or bend the element) and U+2028/U+2029 escaped
+    too (``ensure_ascii``), and still JSON that ``JSON.parse`` reads back to the same values."""
     return (json.dumps(obj, ensure_ascii=True, separators=(",", ":"))
-            .replace("</", "<\\/").replace("<!--", "<\\!--"))
+            .replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
+
+
+_json_for_script = json_for_script  # the old name
 
 
 def _selections(result: tts.TTSResult) -> list[tuple[str, dict[str, str | None]]]:
@@ -154,8 +175,11 @@ def _plotly_js() -> str:
 
 
 def render_html(result: tts.TTSResult | None, estimates: Mapping | None = None, *, source: str = "",
-                generated: float | None = None, error: str | None = None) -> str:
-    """The whole report page as a string (see the module doc for what it holds)."""
+                generated: float | None = None, error: str | None = None, scope: str = "",
+                include_system: bool = False) -> str:
+    """The whole report page as a string (see the module doc for what it holds).  ``scope``
+    says what the file covers; ``include_system``: the page says the system identities' times
+    are simulated."""
     when = _dt.datetime.fromtimestamp(generated if generated is not None else _dt.datetime.now().timestamp(),
                                       _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     empty = error is not None or result is None or len(result) == 0
@@ -165,7 +189,9 @@ def render_html(result: tts.TTSResult | None, estimates: Mapping | None = None, 
             f'<div class="tts-report"><h1>Time to signal</h1>'
             f'<div class="tts-source">events: {e(source)} · generated {e(when)}'
             f"{'' if empty else f' · {result.events:,} events · {len(result):,} learner × module'}</div>"
-            f'<p class="tts-definition">{e(DEFINITION.format(skew=tts.SKEW_ALLOWANCE))}</p>')
+            f'<p class="tts-definition">{e(DEFINITION.format(skew=tts.SKEW_ALLOWANCE))}</p>'
+            + (f'<p class="tts-scope">{e(scope)}</p>' if scope else "")
+            + (f'<p class="tts-simulated">{e(render.SIMULATED)}</p>' if include_system else ""))
     if empty:
         msg = error if error is not None else no_data_message(source)
         return head + f'<div class="tts-message">{e(msg)}</div></div></body></html>\n'
@@ -175,6 +201,10 @@ def render_html(result: tts.TTSResult | None, estimates: Mapping | None = None, 
         opts = "".join(f'<option value="={e(v)}">{e(label(v, n))}</option>' for v in render.options(result, n))
         selects.append(f'<label>{n} <select id="tts-filter-{n}" class="tts-filter tts-filter-{n}">'
                        f'<option value="*">{ALL}</option>{opts}</select></label>')
+    learners = result.learners()
+    opts = "".join(f'<option value="={e(v)}">{e(v)}</option>' for v in learners)
+    selects.append(f'<label>learner <select id="tts-filter-learner" class="tts-filter tts-filter-learner">'
+                   f'<option value="*">(choose)</option>{opts}</select></label>')
     summary = result.summary()
     tiles = "".join(f'<div class="tts-number {cls}">{h}</div>' for cls, h in render.numbers_html(summary).items())
     parts = render.sections(result, estimates or {}, {n: None for n in FILTERS}, checks_limit=CHECKS_LIMIT)
@@ -197,7 +227,9 @@ def render_html(result: tts.TTSResult | None, estimates: Mapping | None = None, 
     plots, refs = static_plots.payload(result, estimates or {}, selections, checks_limit=CHECKS_LIMIT)
     for k, ref in refs.items():
         combos[k].update(ref)
-    data = {"combos": combos, "empty": render.numbers_html(None), "plots": plots,
+    choose = render.drill_down(result, None)
+    data = {"combos": combos, "empty": render.numbers_html(None), "plots": plots, "chooseLearner": choose,
+            "learners": {n: render.drill_down(result, n, combo_attr=True) for n in learners},
             "noMatch": "No events match {sel}: choose another filter.",
             "noSignal": "No learner has passed a check yet in {sel}: no time to signal to show."}
     # Option values: '*' for all, '=' + value otherwise (so that no value can pass for 'all').
@@ -209,10 +241,11 @@ def render_html(result: tts.TTSResult | None, estimates: Mapping | None = None, 
             f'<p class="tts-source">The numbers, the summary table, the plots and their tables follow the '
             f'filters (the trend compares every curriculum version under the other filters). Without '
             f'JavaScript the page shows all the data.</p>'
+            f'<div id="tts-learner" class="tts-learner">{choose}</div>'
             f'<div class="tts-grid">{panels}</div>'
             f"<h2>Every course, version, module and team</h2>{summary_table}"
             f"<script>{_plotly_js()}</script>"
-            f'<script type="application/json" id="tts-data">{_json_for_script(data)}</script>'
+            f'<script type="application/json" id="tts-data">{json_for_script(data)}</script>'
             f"<script>{script}</script></div></body></html>\n")
 
 
@@ -227,19 +260,66 @@ def _panel(name: str, title: str, plot: str, tables: Mapping[str, str]) -> str:
             f"{slots}</div>")
 
 
-def export(home: str | os.PathLike | None, out_html: str | os.PathLike, *, url: str | None = None,
-           estimates: Mapping | None = None) -> Path:
-    """Write the static report for the events of ``home`` (or ``url`` / $LIVELAB_EVENTS_URL)."""
-    out = Path(out_html)
+def check_output(path: str | os.PathLike) -> Path:
+    """Refuse, before any work, an output path that cannot be written (one line)."""
+    out = Path(path)
+    if out.is_dir():
+        raise ReportError(f"cannot write {out}: it is a directory; name a file in it")
     if not out.parent.is_dir():
         raise ReportError(f"cannot write {out}: directory {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise ReportError(f"cannot write {out}: permission denied")
+    return out
+
+
+def _write(out: Path, text: str) -> Path:
+    """Whole or nothing: a temporary file beside it, then a rename (no stray file on failure)."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ReportError(f"cannot write {out}: {exc.strerror or exc}") from None
+    return out
+
+
+def selected(home: str | os.PathLike | None, *, url: str | None = None, include_system: bool = False,
+             since: float | None = None, until: float | None = None,
+             **filters: str | None) -> tuple[tts.TTSResult, str, str]:
+    """The events of ``home`` (or ``url``) as a report shows them: (result, source, scope line).
+    System identities are left out unless ``include_system``; ``since``/``until`` (UTC seconds)
+    and ``filters`` (course, version, module, team, learner) restrict the groups."""
     with EventStore(home, url=url) as store:
         source = display_url(store.url)
-        result = tts.compute(tts.EventTable.from_store(store))
+        full = tts.compute(tts.EventTable.from_store(store))
+    f = {k: v for k, v in filters.items() if v is not None}
+    result = full.select(include_system=include_system, since=since, until=until, **f)
+    excluded = 0 if include_system else int((full.mask(since=since, until=until, **f) & full.system).sum())
+    return result, source, render.scope(since, until, include_system, excluded, f)
+
+
+def export(home: str | os.PathLike | None, out_html: str | os.PathLike, *, url: str | None = None,
+           estimates: Mapping | None = None, include_system: bool = False, since: float | None = None,
+           until: float | None = None, **filters: str | None) -> Path:
+    """Write the static report for the events of ``home`` (or ``url`` / $LIVELAB_EVENTS_URL);
+    the selection as :func:`selected`."""
+    out = check_output(out_html)
+    result, source, scope = selected(home, url=url, include_system=include_system, since=since, until=until,
+                                     **filters)
     if estimates is None:
         estimates = tts.load_estimates()
-    page = render_html(result, estimates, source=source)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    page = render_html(result, estimates, source=source, scope=scope, include_system=include_system)
+    return _write(out, page)
+
+
+def export_csv(home: str | os.PathLike | None, out_csv: str | os.PathLike, *, url: str | None = None,
+               include_system: bool = False, since: float | None = None, until: float | None = None,
+               **filters: str | None) -> Path:
+    """Write the CSV of what the page shows for the same selection (``reports/csv_export.py``):
+    the summary table, or with ``learner=`` that learner's drill-down."""
+    from reports import csv_export
+    out = check_output(out_csv)
+    learner = filters.pop("learner", None)
+    result, _, _ = selected(home, url=url, include_system=include_system, since=since, until=until, **filters)
+    return _write(out, csv_export.page_csv(result, {**filters, "learner": learner}))

@@ -13,17 +13,22 @@ whole report (computed once from all the data, as the matplotlib plot does for a
 raw values; numbers are rounded to what a plot can show; and identical figures and tables are
 stored once, selections referring to them by index (the trend, for one, ignores the version
 filter, so every version of a selection shares it).
+
+Names are data, not markup: Plotly draws its text as a subset of HTML (``<b>``, ``<br>``,
+entities) and would typeset ``$...$`` with MathJax, so every name in a figure goes through
+:func:`txt` (HTML-escaped, cut to ``plots.LABEL_MAX`` characters) and MathJax is off.
 """
 
 from __future__ import annotations
 
+import html
 import json
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from reports import render
-from reports.plots import COLORS, DPI, HEIGHT
+from reports.plots import COLORS, DPI, HEIGHT, short
 from reports.render import CHECK_COLS, ESTIMATE_COLS, FUNNEL_COLS, TREND_COLS
 from reports.tts import FUNNEL, TTSResult, version_key
 
@@ -50,6 +55,11 @@ NO_ESTIMATE = "No completed modules in this selection: nothing to compare with t
 NO_CHECKS = "No grading checks in this selection."
 
 
+def txt(text: Any) -> str:
+    """A name as Plotly text: escaped (Plotly reads text as HTML) and of bounded length."""
+    return html.escape(short(text), quote=False)
+
+
 def _r(x: float | None, nd: int = 3) -> float | None:
     return None if x is None else round(float(x), nd)
 
@@ -67,7 +77,7 @@ def _categories(rows: Sequence[Mapping[str, Any]], fmt) -> list[str]:
     """Axis labels of per-module rows; the course is named only when there are several (a
     categorical axis would merge two courses' equal labels)."""
     multi = len({r["course"] for r in rows}) > 1
-    return [(f"{r['course']}/" if multi else "") + fmt(r) for r in rows]
+    return [txt((f"{r['course']}/" if multi else "") + fmt(r)) for r in rows]
 
 
 # ---- the common bins of the distribution ------------------------------------------------------
@@ -101,7 +111,7 @@ def distribution(series: Mapping[str, np.ndarray], median_s: float | None, p90_s
     single = len(series) == 1
     traces = []
     for i, (ver, vals) in enumerate(sorted(series.items(), key=lambda kv: version_key(kv[0]))):
-        traces.append({"type": "bar", "name": f"{ver or '(no version)'} (n={len(vals)})",
+        traces.append({"type": "bar", "name": f"{txt(ver or '(no version)')} (n={len(vals)})",
                        "x0": round(width / 2, 6), "dx": round(width, 6), "width": round(width, 6),
                        "y": histogram(vals, bin_edges), "marker": {"color": COLORS[i % len(COLORS)]},
                        "opacity": 0.75 if single else 0.55,
@@ -127,7 +137,7 @@ def trend(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     rows = [r for r in rows if r["median"] is not None]
     if not rows:
         return {"note": NO_TREND}
-    versions = sorted({r["version"] for r in rows}, key=version_key)
+    versions = [txt(v) for v in sorted({r["version"] for r in rows}, key=version_key)]
     lines: dict[tuple, list] = {}
     for r in rows:
         lines.setdefault((r["course"], r["module"]), []).append(r)
@@ -136,8 +146,8 @@ def trend(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     for i, ((course, module), rs) in enumerate(sorted(lines.items())):
         rs = sorted(rs, key=lambda r: version_key(r["version"]))
         traces.append({"type": "scatter", "mode": "lines+markers",
-                       "name": f"{course}/{module}" if multi_course else module,
-                       "x": [r["version"] for r in rs], "y": [_r(r["median"] / 60.0) for r in rs],
+                       "name": txt(f"{course}/{module}" if multi_course else module),
+                       "x": [txt(r["version"]) for r in rs], "y": [_r(r["median"] / 60.0) for r in rs],
                        "customdata": [r["count"] for r in rs], "line": {"color": COLORS[i % len(COLORS)]},
                        "hovertemplate": "%{fullData.name} %{x}: median %{y:.1f} min "
                                         "(%{customdata} with a signal)<extra></extra>"})

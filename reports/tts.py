@@ -26,6 +26,15 @@ the same module in 1.0.0 and in 1.1.0 are two groups, so versions can be compare
 * **Team**: the team named on the group's events (events without a team take it from the
   others; a learner is in one team per course).
 
+System identities (the release gate's runs, the demo's bots, benchmarks: events written with
+``system = true``) are not learning: a group with any system event is a *system group*, and
+reports leave system groups out unless asked (:meth:`TTSResult.select` with
+``include_system=True``).  A **date range** selects groups by their first opening (a group with
+no opening, by its first event): ``since <= opening < until``, UTC seconds.
+
+Times are computed and stored in seconds; every report shows them in **minutes** (one unit in
+every table, plot axis and CSV header: :func:`fmt_duration`, :func:`minutes`).
+
 Other figures, same rules: *actual minutes* = first ``module-completed`` minus the opening
 (compared with the module's estimated minutes from ``courses/<course>/course.toml``); *time to
 a check* = that check's first pass minus the opening (the *slowest checks*, with the number of
@@ -56,7 +65,11 @@ from labs.learning_events import KINDS, MAX_FUTURE_SKEW, Event, EventError, Even
 SKEW_ALLOWANCE = 60.0
 
 COLUMNS = ("learner", "team", "course", "version", "module", "check")
+#: The filters a report page offers as drop-downs (every combination is precomputed in an export).
 FILTERS = ("course", "version", "module", "team")
+#: Every filter :meth:`TTSResult.mask` takes: the drop-downs, one learner, and a date range.
+GROUP_FILTERS = FILTERS + ("learner",)
+RANGE = ("since", "until")
 STATUS = ("ok", "never-passed", "skewed", "no-open")
 OK, NEVER_PASSED, SKEWED, NO_OPEN = range(4)
 K = {k: i for i, k in enumerate(KINDS)}
@@ -103,6 +116,8 @@ class EventTable:
     cats: dict[str, list[str]]
     kind: np.ndarray
     time: np.ndarray
+    #: per event: written by a system identity (release gate, demo bot, benchmark)
+    system: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.time)
@@ -129,12 +144,14 @@ class EventTable:
         lut = np.array([K[k] for k in kcats], dtype=np.int8)
         kind = lut[kcodes] if n else np.zeros(0, dtype=np.int8)
         t = np.asarray(cols["time"], dtype=np.float64)
-        return cls.from_codes(codes, cats, kind, t, now=now, max_future_skew=max_future_skew)
+        system = cols.get("system")
+        system = None if system is None else np.fromiter((bool(x) for x in system), dtype=bool, count=n)
+        return cls.from_codes(codes, cats, kind, t, now=now, max_future_skew=max_future_skew, system=system)
 
     @classmethod
     def from_codes(cls, codes: Mapping[str, np.ndarray], cats: Mapping[str, list[str]], kind: np.ndarray,
                    time: np.ndarray, *, now: float | None = None,
-                   max_future_skew: float = MAX_FUTURE_SKEW) -> "EventTable":
+                   max_future_skew: float = MAX_FUTURE_SKEW, system: np.ndarray | None = None) -> "EventTable":
         """From integer codes (what a generator or a columnar store produces): no string work."""
         time = np.asarray(time, dtype=np.float64)
         kind = np.asarray(kind)
@@ -149,12 +166,16 @@ class EventTable:
                 raise EventError(f"{int(late.sum())} event(s) are from the future (up to "
                                  f"{float(time.max() - now):,.0f} s ahead, allowance {max_future_skew:.0f} s): "
                                  "check the writers' clocks")
-        return cls({c: np.asarray(codes[c]) for c in COLUMNS}, {c: list(cats[c]) for c in COLUMNS}, kind, time)
+        sysarr = np.zeros(len(time), dtype=bool) if system is None else np.asarray(system, dtype=bool)
+        if len(sysarr) != len(time):
+            raise EventError("the system column has a different length from the events")
+        return cls({c: np.asarray(codes[c]) for c in COLUMNS}, {c: list(cats[c]) for c in COLUMNS}, kind, time,
+                   sysarr)
 
     @classmethod
     def from_events(cls, events: Iterable[Event | Mapping[str, Any]], **kw: Any) -> "EventTable":
         evs = [Event.from_dict(e) for e in events]
-        cols: dict[str, list] = {c: [getattr(e, c) for e in evs] for c in (*COLUMNS, "kind", "time")}
+        cols: dict[str, list] = {c: [getattr(e, c) for e in evs] for c in (*COLUMNS, "kind", "time", "system")}
         return cls.from_columns(cols, **kw)
 
     @classmethod
@@ -194,8 +215,13 @@ def compute(table: EventTable, *, skew_allowance: float = SKEW_ALLOWANCE) -> "TT
         gteam[gteam == -1] = 0  # no empty category exists; unreachable for groups (they have events)
     grp["team"] = gteam
 
+    system = table.system if table.system is not None else np.zeros(len(t), dtype=bool)
+    gsystem = np.zeros(G, dtype=bool)
+    np.logical_or.at(gsystem, g, system)
+    n_events = np.bincount(g, minlength=G) if G else np.zeros(0, np.int64)
     opening = (kind == K["module-opened"]) | (kind == K["lab-connected"])
     firsts = {
+        "any": _first(G, g, t, np.ones(len(t), dtype=bool)),
         "opened": _first(G, g, t, opening),
         "lab-connected": _first(G, g, t, kind == K["lab-connected"]),
         "telemetry-first-seen": _first(G, g, t, kind == K["telemetry-first-seen"]),
@@ -230,9 +256,11 @@ def compute(table: EventTable, *, skew_allowance: float = SKEW_ALLOWANCE) -> "TT
     prel = pfirst - opened[pg] if len(pg) else pfirst
     prel = np.where(prel >= -skew_allowance, np.maximum(prel, 0.0), np.nan)
     pfails = np.bincount(pinv[~ok_ev], minlength=len(upairs)) if len(upairs) else np.zeros(0, np.int64)
+    ppasses = np.bincount(pinv[ok_ev], minlength=len(upairs)) if len(upairs) else np.zeros(0, np.int64)
     return TTSResult(cats=table.cats, group=grp, firsts=firsts, tts=tts, status=status, actual=actual,
                      pair_group=pg, pair_check=pc, pair_first_pass=prel, pair_passed=~np.isnan(pfirst),
-                     pair_fails=pfails, skew_allowance=skew_allowance, events=len(table))
+                     pair_fails=pfails, skew_allowance=skew_allowance, events=len(table),
+                     system=gsystem, n_events=n_events, pair_passes=ppasses)
 
 
 def _split(cols: Sequence[np.ndarray], sizes: Sequence[int]) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -280,6 +308,23 @@ class TTSResult:
     pair_fails: np.ndarray
     skew_allowance: float = SKEW_ALLOWANCE
     events: int = 0
+    #: per group: any of its events came from a system identity
+    system: np.ndarray | None = None
+    #: per group: how many events it has
+    n_events: np.ndarray | None = None
+    #: per (group, check): how many check-passed events
+    pair_passes: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        G = len(self.tts)
+        if self.system is None:
+            self.system = np.zeros(G, dtype=bool)
+        if self.n_events is None:
+            self.n_events = np.zeros(G, dtype=np.int64)
+        if self.pair_passes is None:
+            self.pair_passes = self.pair_passed.astype(np.int64)
+        if "any" not in self.firsts:
+            self.firsts["any"] = np.fmin(self.firsts["opened"], self.firsts["check-passed"])
 
     # ---- selection -----------------------------------------------------------------------
     def __len__(self) -> int:
@@ -291,12 +336,23 @@ class TTSResult:
         vals = [self.cats[name][i] for i in present]
         return sorted(vals, key=version_key) if name == "version" else sorted(vals)
 
-    def mask(self, **filters: str | None) -> np.ndarray:
-        """Groups matching every filter (course, version, module, team; None = all)."""
+    def anchor(self) -> np.ndarray:
+        """The time a group is dated by (date ranges): its first opening, else its first event."""
+        return np.where(np.isnan(self.firsts["opened"]), self.firsts["any"], self.firsts["opened"])
+
+    def mask(self, **filters: Any) -> np.ndarray:
+        """Groups matching every filter (course, version, module, team, learner; None = all) and
+        the date range (``since``/``until``: UTC seconds, the group's first opening in
+        ``[since, until)``)."""
         m = np.ones(len(self), dtype=bool)
         for name, value in filters.items():
-            if name not in FILTERS:
-                raise ValueError(f"unknown filter {name!r}: use {', '.join(FILTERS)}")
+            if name in RANGE:
+                if value is not None:
+                    a = self.anchor()
+                    m &= (a >= float(value)) if name == "since" else (a < float(value))
+                continue
+            if name not in GROUP_FILTERS:
+                raise ValueError(f"unknown filter {name!r}: use {', '.join(GROUP_FILTERS + RANGE)}")
             if value is None:
                 continue
             try:
@@ -305,6 +361,32 @@ class TTSResult:
                 return np.zeros(len(self), dtype=bool)
             m &= self.group[name] == code
         return m
+
+    def select(self, *, include_system: bool = False, **filters: Any) -> "TTSResult":
+        """The groups a report shows: system groups left out unless ``include_system``, and only
+        those matching ``filters`` (as :meth:`mask`: a date range, a team...).  A new result over
+        the kept groups (their per-check pairs too); everything else works on it unchanged."""
+        m = self.mask(**filters)
+        if not include_system:
+            m &= ~self.system
+        if m.all():
+            return self
+        idx = np.nonzero(m)[0]
+        new = np.full(len(self), -1, dtype=np.int64)
+        new[idx] = np.arange(len(idx))
+        pm = m[self.pair_group] if len(self.pair_group) else np.zeros(0, dtype=bool)
+        n_events = self.n_events[idx]
+        return TTSResult(cats=self.cats, group={k: v[idx] for k, v in self.group.items()},
+                         firsts={k: v[idx] for k, v in self.firsts.items()}, tts=self.tts[idx],
+                         status=self.status[idx], actual=self.actual[idx], pair_group=new[self.pair_group[pm]],
+                         pair_check=self.pair_check[pm], pair_first_pass=self.pair_first_pass[pm],
+                         pair_passed=self.pair_passed[pm], pair_fails=self.pair_fails[pm],
+                         skew_allowance=self.skew_allowance, events=int(n_events.sum()), system=self.system[idx],
+                         n_events=n_events, pair_passes=self.pair_passes[pm])
+
+    def system_groups(self) -> int:
+        """How many learner x module groups come from system identities."""
+        return int(self.system.sum())
 
     def values(self, **filters: str | None) -> np.ndarray:
         """TTS seconds of the matching groups that have one."""
@@ -429,6 +511,47 @@ class TTSResult:
                         "opened": _f(self.firsts["opened"][i]), "first_pass": _f(self.firsts["check-passed"][i])})
         return out
 
+    def learners(self, **filters: Any) -> list[str]:
+        """The learners of the matching groups, sorted (the drill-down's choices)."""
+        m = self.mask(**filters)
+        return sorted(self.cats["learner"][i] for i in np.unique(self.group["learner"][m]))
+
+    def drill_down(self, learner: str, **filters: Any) -> list[dict[str, Any]]:
+        """One learner's modules: for each (course, version, module) they opened or were graded
+        in, when they opened it, their time to signal, and their attempts.
+
+        ``attempts`` is how many times their checks ran: the most check results any one check
+        of the module got (a ``lab.check()`` or a graded submission evaluates each check once);
+        ``checks_passed`` / ``checks_seen`` count distinct checks; ``failures`` every failed
+        check result.  Ordered by course, version, module."""
+        m = self.mask(**{**filters, "learner": learner})
+        idx = np.nonzero(m)[0]
+        if not len(idx):
+            return []
+        pos = {int(i): j for j, i in enumerate(idx)}
+        attempts = np.zeros(len(idx), np.int64)
+        seen = np.zeros(len(idx), np.int64)
+        passed = np.zeros(len(idx), np.int64)
+        fails = np.zeros(len(idx), np.int64)
+        pm = m[self.pair_group] if len(self.pair_group) else np.zeros(0, dtype=bool)
+        for gi, ok, nf, npass in zip(self.pair_group[pm], self.pair_passed[pm], self.pair_fails[pm],
+                                     self.pair_passes[pm]):
+            j = pos[int(gi)]
+            attempts[j] = max(attempts[j], int(nf) + int(npass))
+            seen[j] += 1
+            passed[j] += int(bool(ok))
+            fails[j] += int(nf)
+        out = []
+        for j, i in enumerate(idx):
+            out.append({**{b: self.cats[b][int(self.group[b][i])]
+                           for b in ("learner", "team", "course", "version", "module")},
+                        "status": STATUS[int(self.status[i])], "tts": _f(self.tts[i]),
+                        "opened": _f(self.firsts["opened"][i]), "first_pass": _f(self.firsts["check-passed"][i]),
+                        "completed": _f(self.firsts["module-completed"][i]), "attempts": int(attempts[j]),
+                        "checks_passed": int(passed[j]), "checks_seen": int(seen[j]), "failures": int(fails[j]),
+                        "system": bool(self.system[i])})
+        return self._sorted(out, ("course", "version", "module"))
+
 
 def _f(x: float) -> float | None:
     return None if math.isnan(x) else float(x)
@@ -442,13 +565,22 @@ def tts(events: Iterable[Event | Mapping[str, Any]] | EventTable, **kw: Any) -> 
 
 # ---- presentation helpers shared by the dashboard, the export and the CLI --------------------------------
 
-def fmt_duration(seconds: float | None) -> str:
-    """'45 s' under a minute, else '12.3 min'; '–' for none."""
+#: The one unit every report shows times in.
+UNIT = "min"
+
+
+def minutes(seconds: float | None, digits: int = 1) -> float | None:
+    """Seconds (how times are computed) as minutes (how every report shows them), rounded."""
     if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
-        return "–"
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.1f} min"
+        return None
+    return round(float(seconds) / 60.0, digits)
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """A time as every report shows it: minutes with one decimal ('0.8 min', '12.3 min'); '–'
+    for none.  One unit everywhere, so that two numbers on a page always compare at a glance."""
+    m = minutes(seconds)
+    return "–" if m is None else f"{m:,.1f} {UNIT}"
 
 
 # ---- estimated minutes per module ---------------------------------------------------------------------
@@ -508,7 +640,8 @@ def estimate_for(estimates: Mapping, course: str, version: str, module: str) -> 
 
 def load(source: str | os.PathLike | EventStore | None = None, *, url: str | None = None,
          **filters: Any) -> TTSResult:
-    """Compute TTS for a lab home, an events URL or an open store."""
+    """Compute TTS for a lab home, an events URL or an open store (every event, system identities
+    included: a report then :meth:`TTSResult.select`s what it shows)."""
     if isinstance(source, EventStore):
         return compute(EventTable.from_store(source, **filters))
     with EventStore(source, url=url) as store:

@@ -466,3 +466,83 @@ def test_cli_serve_runs_until_sigterm_and_reaps_voila(tmp_path):
     gone, alive = psutil.wait_procs(list(procs.values()), timeout=10)
     assert not alive, f"left behind: {[a.pid for a in alive]}"
 
+
+
+# ---- hostile names (issue 13, point 5) ---------------------------------------------------------------
+
+HOSTILE = {"learner": "</script><!--", "team": "[/]", "module": "$\\nope{1}{0}$",
+           "check": "[link=https://example.invalid]click[/link]", "version": "1.0.0 & <b>"}
+
+
+def hostile_seed(home: Path, legacy: bool = True) -> None:
+    """A normal team (seed) plus a learner whose every name is hostile but printable -- what the
+    store accepts -- and, with ``legacy``, rows an older store may hold (written before names were
+    checked: an escape sequence, a U+2028, a 20,000-character module), inserted with plain SQL."""
+    seed(home)
+    h = HOSTILE
+    evs = [Event(learner=h["learner"], team=h["team"], course="edge-ml", version=h["version"], module=h["module"],
+                 kind=k, time=T0 + dt, check=c, source=s, key="hostile")
+           for k, dt, c, s in (("module-opened", 0, None, "sdk"), ("check-failed", 100, h["check"], "grader"),
+                               ("check-passed", 300, h["check"], "grader"))]
+    with EventStore(home) as store:
+        assert store.write(evs) == 3
+    if legacy:
+        import sqlite3
+        con = sqlite3.connect(home / "events.sqlite")
+        cols = [r[1] for r in con.execute("PRAGMA table_info(livelab_events)")]
+        for i, (team, module) in enumerate((("\x1b[31mred\x1b[0m", "m1-telemetry"), ("line\u2028sep", "L" * 20_000))):
+            for k, dt, c in (("module-opened", 0, None), ("check-passed", 120, "consent")):
+                row = {"id": f"{i}{k}".ljust(64, "0"), "learner": f"legacy-{i}", "team": team, "course": "edge-ml",
+                       "version": "1.0.0", "module": module, "kind": k, "check": c, "time": T0 + dt,
+                       "source": "grader", "key": "", "detail": "{}", "written_at": T0, "system": 0}
+                con.execute(f"INSERT INTO livelab_events ({', '.join(map(repr, cols))}) VALUES "
+                            f"({', '.join('?' * len(cols))})", [row[c] for c in cols])
+        con.commit()
+        con.close()
+
+
+def embedded_json(page_html: str) -> dict:
+    m = re.search(r'<script type="application/json" id="tts-data">(.*?)</script>', page_html, re.S)
+    assert m, "no embedded data"
+    return json.loads(m.group(1))
+
+
+def test_export_with_hostile_names(tmp_path):
+    home = tmp_path / "home"
+    hostile_seed(home)
+    out = static.export(home, tmp_path / "r.html")       # mathtext once crashed here on '$\frac{1}{0}$'
+    page_html = out.read_text()
+    # The embedded JSON ends where it should and reads back to the names as they are.
+    data = embedded_json(page_html)
+    assert any(HOSTILE["team"] in k.split("\x1f") for k in data["combos"])
+    body = page_html.split('id="tts-data">', 1)[1].split("</script>", 1)[0]
+    assert not re.search(r"[<>&\u2028\u2029]", body)
+    # Every name shown in the page is escaped: no markup from data.
+    own = page_html.replace(plotly.offline.get_plotlyjs(), "")
+    assert "<b>" not in own and "</script><!--" not in own.replace("<\\/script", "")
+    assert "&lt;/script&gt;&lt;!--" in own
+    # Plot text is bounded and escaped (Plotly reads text as HTML).
+    names = [t.get("name") or "" for figs in data["plots"]["figures"].values() for f in figs for t in f.get("data", [])]
+    labels = [y for figs in data["plots"]["figures"].values() for f in figs for t in f.get("data", [])
+              for y in (t.get("y") or []) + (t.get("x") or []) if isinstance(y, str)]
+    assert max(len(s) for s in names + labels) < 80
+    assert not any("<b>" in s for s in names + labels)
+    assert "L" * 20_000 in page_html   # the data itself is not lost: the summary table has it
+
+
+def test_cli_tts_prints_names_as_text(tmp_path, capsys):
+    home = tmp_path / "home"
+    hostile_seed(home)
+    for argv in (["--version", HOSTILE["version"], "--by", "team"], ["--by", "module"], ["--by", "team,module"],
+                 ["--learner", HOSTILE["learner"]], ["--learner", "legacy-0"]):
+        code = cli.main(["--home", str(home), "report", "tts", *argv])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        assert "\x1b" not in out and "\u2028" not in out
+    assert cli.main(["--home", str(home), "report", "tts", "--by", "team"]) == 0
+    out = capsys.readouterr().out
+    assert "[/]" in out and "\\x1b[31mred\\x1b[0m" in out and "\x1b" not in out
+    assert cli.main(["--home", str(home), "report", "tts", "--team", "[/]", "--by", "module"]) == 0
+    assert "$\\nope{1}{0}$" in capsys.readouterr().out
+    assert cli.main(["--home", str(home), "report", "tts", "--team", "[/]", "--by", "version"]) == 0
+    assert "1.0.0 & <b>" in capsys.readouterr().out
