@@ -183,12 +183,14 @@ def _learner(result, learner: str, filters: dict, source: str, scope: str, as_js
         console.print(_t(f"no modules for learner {learner} ({describe(filters)}) in {source}"))
         return EXIT_OK
     t = Table(title=_t(f"learner {learner} · {describe(filters)} · {source}"), caption=_t(scope))
-    for h in ("course", "version", "module", "team", "opened", "TTS min", "status", "attempts", "checks passed",
-              "failed"):
-        t.add_column(h, no_wrap=True, overflow="ellipsis", max_width=40,
-                     justify="right" if h in ("TTS min", "attempts", "failed") else "left")
+    names_ = [k for k in ("course", "version", "module", "team") if k != "course" or len({r["course"] for r in rows}) > 1]
+    for h in names_:
+        t.add_column(h, no_wrap=True, overflow="ellipsis", max_width=40)
+    for h in ("opened (UTC)", "TTS min", "status", "attempts", "passed", "failed"):
+        t.add_column(h, no_wrap=True, min_width=len(h) if h != "opened (UTC)" else 16,
+                     justify="left" if h in ("opened (UTC)", "status") else "right")
     for r in rows:
-        t.add_row(*[_t(label(r[k], k)) for k in ("course", "version", "module", "team")], when(r["opened"]),
+        t.add_row(*[_t(label(r[k], k)) for k in names_], when(r["opened"]).removesuffix(" UTC"),
                   _min(r["tts"]), r["status"], str(r["attempts"]), f"{r['checks_passed']}/{r['checks_seen']}",
                   str(r["failures"]))
     console.print(t)

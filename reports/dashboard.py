@@ -87,7 +87,7 @@ class Dashboard:
             f"<style>{CSS}</style><h1>Time to signal</h1>"
             f'<div class="tts-source">events: {e(source)}'
             f"{'' if empty else f' · {events:,} events · {len(result):,} learner × module'}</div>"
-            f'<p class="tts-definition">{e(DEFINITION.format(skew=tts.SKEW_ALLOWANCE))}</p>')
+            f'<p class="tts-definition">{e(DEFINITION.format(skew=tts.SKEW_ALLOWANCE / 60))}</p>')
         self.title.add_class("tts-title")
         self.dropdowns: dict[str, W.Dropdown] = {}
         for name in FILTERS:

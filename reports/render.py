@@ -53,7 +53,7 @@ table.tts-table th { background: #f3f3f3; } table.tts-table td.t, table.tts-tabl
 
 DEFINITION = ("Time to signal = first passing check a learner asked for minus the first opening of the module "
               "(per learner, module, course and curriculum version), in minutes. Re-opening does not reset the "
-              "clock; a pass up to {skew:.0f} s before the opening (writer clock skew) counts as 0, further "
+              "clock; a pass up to {skew:g} min before the opening (writer clock skew) counts as 0, further "
               "before it is excluded and counted; learners who never passed have no time to signal. "
               "System identities (release gate, demo bots, benchmarks) are left out unless included.")
 #: Said wherever system identities are included: their times are not people's.

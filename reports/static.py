@@ -189,7 +189,7 @@ def render_html(result: tts.TTSResult | None, estimates: Mapping | None = None, 
             f'<div class="tts-report"><h1>Time to signal</h1>'
             f'<div class="tts-source">events: {e(source)} · generated {e(when)}'
             f"{'' if empty else f' · {result.events:,} events · {len(result):,} learner × module'}</div>"
-            f'<p class="tts-definition">{e(DEFINITION.format(skew=tts.SKEW_ALLOWANCE))}</p>'
+            f'<p class="tts-definition">{e(DEFINITION.format(skew=tts.SKEW_ALLOWANCE / 60))}</p>'
             + (f'<p class="tts-scope">{e(scope)}</p>' if scope else "")
             + (f'<p class="tts-simulated">{e(render.SIMULATED)}</p>' if include_system else ""))
     if empty:

@@ -27,7 +27,7 @@ import pytest
 
 from labs.learning_events import Event, EventStore, EventStoreError
 from livelab import cli
-from reports import dashboard, serve, static, synthetic, tts
+from reports import dashboard, render, serve, static, synthetic, tts
 from test_widgets import ARTIFACTS, chromium, wait_for  # noqa: F401  (chromium is a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -546,3 +546,197 @@ def test_cli_tts_prints_names_as_text(tmp_path, capsys):
     assert "$\\nope{1}{0}$" in capsys.readouterr().out
     assert cli.main(["--home", str(home), "report", "tts", "--team", "[/]", "--by", "version"]) == 0
     assert "1.0.0 & <b>" in capsys.readouterr().out
+
+
+@pytest.mark.browser
+def test_exported_page_filters_still_work_with_hostile_names(tmp_path, chromium):
+    home = tmp_path / "home"
+    hostile_seed(home)
+    result = tts.load(home).select()
+    out = static.export(home, tmp_path / "r.html")
+    asked: list[str] = []
+    errors: list[str] = []
+    ctx, page = offline_page(chromium, out, asked, errors)
+    drawn_for(page, "all events")
+    assert page.locator(".tts-median .tts-value").get_attribute("data-seconds") == shown(result.summary())["median"][0]
+    # The hostile team and version are options like any other, and choosing them works.
+    page.select_option("#tts-filter-team", label=HOSTILE["team"])
+    sel = {"team": HOSTILE["team"]}
+    figs = drawn_for(page, f"team {HOSTILE['team']}")
+    assert page.locator(".tts-median .tts-value").get_attribute("data-seconds") == \
+        shown(result.summary(**sel))["median"][0] == f"{300 - 0:.3f}"
+    assert figs["distribution"] and figs["checks"]
+    assert page.locator("table.tts-summary-table tbody tr:visible").count() == len(result.table(**sel))
+    page.select_option("#tts-filter-version", label=HOSTILE["version"])
+    drawn_for(page, f"version {HOSTILE['version']}, team {HOSTILE['team']}")
+    assert page.locator(".tts-count .tts-value").inner_text() == "1"
+    # The drill-down to the learner called '</script><!--': their module, two attempts, 5.0 min.
+    page.select_option("#tts-filter-learner", label=HOSTILE["learner"])
+    rows = page.locator(".tts-learner table.tts-learner-table tbody tr:visible")
+    assert rows.count() == 1
+    cells = rows.first.locator("td").all_inner_texts()
+    assert HOSTILE["module"] in cells and "5.0" in cells and "2" in cells, cells
+    page.select_option("#tts-filter-team", label="(all)")
+    page.select_option("#tts-filter-version", label="1.0.0")
+    wait_for(lambda: rows.count() == 0, 10, "the learner's rows to follow the version filter")
+    # The legacy rows (an escape sequence in a team name) are shown as text, not interpreted.
+    page.select_option("#tts-filter-version", label="(all)")
+    page.select_option("#tts-filter-learner", label="legacy-0")
+    assert "\x1b[31mred" in page.locator(".tts-learner").inner_text()
+    page.screenshot(path=str(ARTIFACTS / "report-export-hostile.png"), full_page=False)
+    assert not errors, errors
+    assert not asked
+    ctx.close()
+
+
+# ---- the manager's report: drill-down, date range, system identities, CSV, minutes ----------------------
+
+def learner_events(learner="ana", team="red", version="1.0.0", module="m1-telemetry", t0=T0, system=False):
+    """Three runs of two checks: consent and trail fail, then consent passes (TTS 200 s), then both."""
+    out = [("module-opened", 0, None, "sdk"), ("check-failed", 100, "consent", "grader"),
+           ("check-failed", 100, "trail", "grader"), ("check-passed", 200, "consent", "grader"),
+           ("check-failed", 200, "trail", "grader"), ("check-passed", 300, "consent", "grader"),
+           ("check-passed", 300, "trail", "grader"), ("module-completed", 310, None, "grader")]
+    return [Event(learner=learner, team=team, course="edge-ml", version=version, module=module, kind=k,
+                  time=t0 + dt, check=c, source=s, key=f"run-{dt}", system=system) for k, dt, c, s in out]
+
+
+def test_drill_down_to_one_learner():
+    evs = learner_events() + learner_events(module="m2-replay", t0=T0 + 86400)[:4] + learner_events("ben")
+    r = tts.tts(evs)
+    rows = r.drill_down("ana")
+    assert [(x["module"], x["tts"], x["status"], x["attempts"], x["checks_passed"], x["checks_seen"], x["failures"])
+            for x in rows] == [("m1-telemetry", 200.0, "ok", 3, 2, 2, 3), ("m2-replay", 200.0, "ok", 2, 1, 2, 2)]
+    assert rows[0]["opened"] == T0 and rows[0]["completed"] == T0 + 310 and rows[1]["completed"] is None
+    assert r.drill_down("ana", module="m2-replay") == rows[1:]
+    assert r.drill_down("nobody") == [] and r.learners() == ["ana", "ben"]
+    html_ = render.drill_down(r, "ana")
+    assert "tts-learner-table" in html_ and "<td>3.3</td>" in html_ and "time to signal (min)" in html_
+
+
+def test_date_range_selects_modules_by_their_first_opening():
+    day = 86400
+    evs = learner_events() + learner_events(module="m2-replay", t0=T0 + 10 * day) + \
+        learner_events("ben", t0=T0 + 20 * day)
+    r = tts.tts(evs)
+    assert r.summary(since=T0 + day)["groups"] == 2
+    assert r.summary(since=T0 + day, until=T0 + 15 * day)["groups"] == 1
+    sub = r.select(since=T0 + 5 * day)
+    assert len(sub) == 2 and sub.learners() == ["ana", "ben"] and sub.events == 16
+    assert sub.slowest_checks(None) and all(c["module"] in ("m1-telemetry", "m2-replay") for c in sub.slowest_checks(None))
+    assert sub.summary() == r.summary(since=T0 + 5 * day)
+
+
+def system_seed(home: Path) -> tts.TTSResult:
+    result = seed(home)
+    with EventStore(home) as store:
+        store.write(learner_events("release-gate", team="", system=True))
+        store.write(learner_events("demo-bot", team="team-a", version="1.1.0", system=True))
+    return result
+
+
+def test_system_identities_are_left_out_unless_asked(tmp_path, capsys):
+    home = tmp_path / "home"
+    people = system_seed(home)
+    full = tts.load(home)
+    assert full.system_groups() == 2 and len(full.select()) == len(people)
+    assert full.select().summary() == people.summary()
+    assert cli.main(["--home", str(home), "report", "tts", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["overall"] == people.summary() and "left out (2 learner" in data["scope"]
+    assert cli.main(["--home", str(home), "report", "tts", "--json", "--include-system"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["overall"]["groups"] == people.summary()["groups"] + 2
+    assert cli.main(["--home", str(home), "report", "tts", "--learner", "release-gate"]) == 0
+    assert "no modules for learner release-gate" in capsys.readouterr().out
+    assert cli.main(["--home", str(home), "report", "tts", "--learner", "release-gate", "--include-system"]) == 0
+    assert "3.3" in capsys.readouterr().out   # its TTS, in minutes
+    # The export says what it left out; included, it says the times are simulated.
+    page_html = static.export(home, tmp_path / "r.html").read_text()
+    assert "release-gate" not in page_html and "system identities left out (2 learner" in page_html
+    assert 'class="tts-simulated"' not in page_html
+    page_html = static.export(home, tmp_path / "r.html", include_system=True).read_text()
+    assert "release-gate" in page_html and 'class="tts-simulated"' in page_html and "simulated" in page_html
+    # The dashboard's toggle.
+    d = dashboard.Dashboard(full, background=False)
+    assert f'data-count="{people.summary()["count"]}"' in d.numbers["tts-count"].value
+    assert "release-gate" not in [v for _, v in d.learner.options]
+    d.set_scope(include_system=True)
+    assert "release-gate" in [v for _, v in d.learner.options]
+    assert f'data-count="{people.summary()["count"] + 2}"' in d.numbers["tts-count"].value
+    assert "simulated" in d.scope.value
+    d.select(learner="demo-bot")
+    assert "tts-learner-table" in d.drill.value and "1.1.0" in d.drill.value
+
+
+def test_dashboard_date_range_drill_down_and_csv_link(tmp_path):
+    import base64
+    import datetime as dt
+    day = 86400
+    evs = learner_events() + learner_events("ben", team="blue", t0=T0 + 40 * day)
+    d = dashboard.Dashboard(tts.tts(evs), background=False)
+    assert f'data-count="2"' in d.numbers["tts-count"].value
+    start = dt.datetime.fromtimestamp(T0 + 30 * day, dt.timezone.utc).date()
+    d.set_scope(since=start)
+    assert f'data-count="1"' in d.numbers["tts-count"].value
+    assert [v for _, v in d.learner.options] == ["(all)", "ben"]
+    assert "modules opened from" in d.scope.value
+    d.select(learner="ben")
+    assert "Learner ben" in d.drill.value
+    href = re.search(r'href="data:text/csv;base64,([^"]+)"', d.csv.value).group(1)
+    text = base64.b64decode(href).decode()
+    assert text.splitlines()[0].startswith("learner,team,course,version,module,opened_utc,tts_min")
+    assert text.splitlines()[1].split(",")[:2] == ["ben", "blue"] and ",3.33," in text
+    d.set_scope(since=None, until=start)
+    assert d.chosen_learner is None and "Choose a learner" in d.drill.value   # ben is out of range
+
+
+def test_cli_export_csv_with_the_page_filters(tmp_path, capsys):
+    import csv as _csv
+    home = tmp_path / "home"
+    people = system_seed(home)
+    out = tmp_path / "t.csv"
+    assert cli.main(["--home", str(home), "report", "export", "--csv", str(out), "--team", "team-b"]) == 0
+    assert "times in minutes" in capsys.readouterr().out
+    rows = list(_csv.DictReader(out.open()))
+    want = people.table(("course", "version", "module", "team"), team="team-b")
+    assert len(rows) == len(want) and {r["team"] for r in rows} == {"team-b"}
+    assert [float(r["median_min"]) for r in rows] == [round(w["median"] / 60, 2) for w in want]
+    assert all(h.endswith("_min") for h in rows[0] if "median" in h or "p90" in h)
+    # The learner's drill-down, the date range, and both files at once.
+    html_out = tmp_path / "r.html"
+    assert cli.main(["--home", str(home), "report", "export", "-o", str(html_out), "--csv", str(out),
+                     "--learner", "learner-01", "--since", "2023-11-01", "--until", "2023-11-30"]) == 0
+    rows = list(_csv.DictReader(out.open()))
+    assert rows and {r["learner"] for r in rows} == {"learner-01"}
+    assert all("2023-11" in r["opened_utc"] for r in rows)
+    assert "modules opened from 2023-11-01 to 2023-11-30" in html_out.read_text()
+    # Bad input: one line, exit 2, nothing written.
+    (tmp_path / "adir").mkdir()
+    for argv, msg in ((["report", "export"], "needs -o"),
+                      (["report", "export", "--csv", str(tmp_path / "adir")], "is a directory"),
+                      (["report", "export", "--csv", str(out), "--since", "yesterday"], "YYYY-MM-DD"),
+                      (["report", "export", "--csv", str(out), "--since", "2024-02-01", "--until", "2024-01-01"],
+                       "before --since"),
+                      (["report", "tts", "--team", "a\x1b[2Jb"], "U+001B"),
+                      (["report", "tts", "--learner", "x" * 300], "300 characters")):
+        assert cli.main(["--home", str(home), *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert msg in err and err.count("\n") == 1 and "\x1b" not in err, err
+    assert not list((tmp_path / "adir").iterdir())
+
+
+def test_one_unit_for_times_everywhere(tmp_path):
+    assert tts.fmt_duration(45) == "0.8 min" and tts.fmt_duration(3600) == "60.0 min" and tts.fmt_duration(None) == "–"
+    home = tmp_path / "home"
+    seed(home)
+    page_html = static.export(home, tmp_path / "r.html").read_text()
+    own = page_html.replace(plotly.offline.get_plotlyjs(), "")
+    text = re.sub(r"<[^>]+>", " ", own)
+    assert not re.search(r"\d s\b", text), re.search(r".{40}\d s\b.{10}", text)   # no seconds shown anywhere
+    assert "median (min)" in own and "p90 (min)" in own and "median to first pass (min)" in own
+    for figs in embedded_json(page_html)["plots"]["figures"].values():
+        for f in figs:
+            for axis in ("xaxis", "yaxis"):
+                title = ((f.get("layout") or {}).get(axis) or {}).get("title", {}).get("text", "")
+                assert not re.search(r"\(s\)|\bsec", title), title
