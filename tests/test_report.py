@@ -470,7 +470,7 @@ def test_cli_serve_runs_until_sigterm_and_reaps_voila(tmp_path):
 
 # ---- hostile names (issue 13, point 5) ---------------------------------------------------------------
 
-HOSTILE = {"learner": "</script><!--", "team": "[/]", "module": "$\\nope{1}{0}$",
+HOSTILE = {"learner": "</script><!--", "team": "<!--[/]", "module": "$\\nope{1}{0}$",
            "check": "[link=https://example.invalid]click[/link]", "version": "1.0.0 & <b>"}
 
 
@@ -541,10 +541,10 @@ def test_cli_tts_prints_names_as_text(tmp_path, capsys):
         assert "\x1b" not in out and "\u2028" not in out
     assert cli.main(["--home", str(home), "report", "tts", "--by", "team"]) == 0
     out = capsys.readouterr().out
-    assert "[/]" in out and "\\x1b[31mred\\x1b[0m" in out and "\x1b" not in out
-    assert cli.main(["--home", str(home), "report", "tts", "--team", "[/]", "--by", "module"]) == 0
+    assert HOSTILE["team"] in out and "\\x1b[31mred\\x1b[0m" in out and "\x1b" not in out
+    assert cli.main(["--home", str(home), "report", "tts", "--team", HOSTILE["team"], "--by", "module"]) == 0
     assert "$\\nope{1}{0}$" in capsys.readouterr().out
-    assert cli.main(["--home", str(home), "report", "tts", "--team", "[/]", "--by", "version"]) == 0
+    assert cli.main(["--home", str(home), "report", "tts", "--team", HOSTILE["team"], "--by", "version"]) == 0
     assert "1.0.0 & <b>" in capsys.readouterr().out
 
 
