@@ -14,6 +14,9 @@ from rich.console import Console
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
+# Benchmarks are system identities: every learning event they cause (SDK, grader) is marked
+# ``system`` (labs.learning_events.system_identity), so that no manager's report counts them.
+os.environ["LIVELAB_SYSTEM"] = "1"
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))
 console = Console(highlight=False)

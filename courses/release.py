@@ -182,7 +182,21 @@ def run_gate(course: Course, sources: dict[str, Path], learners: dict[str, Path]
 
     With ``lab_home`` the gate uses that running lab; otherwise it starts one lab per
     scenario in ``workdir`` and stops it afterwards.  Returns (per-module results, problems).
+
+    The gate is a system identity, not a learner: the learning events its notebooks' kernels
+    record are marked ``system`` (``labs.learning_events.system_identity``), and managers'
+    reports leave them out.
     """
+    from labs.learning_events import system_identity
+
+    with system_identity():
+        return _run_gate(course, sources, learners, workdir, lab_home=lab_home, progress=progress,
+                         cell_timeout=cell_timeout)
+
+
+def _run_gate(course: Course, sources: dict[str, Path], learners: dict[str, Path], workdir: Path, *,
+              lab_home: Path | None, progress: Callable[[str], None],
+              cell_timeout: float) -> tuple[list[ModuleGate], list[str]]:
     from lab_hardware.runtime import lab as _lab
 
     if not catalog.kernel_installed(notebooks.KERNEL):

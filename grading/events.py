@@ -13,6 +13,7 @@ so grading the same submission again adds nothing, while a new submission is new
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -25,9 +26,12 @@ def events_for(result: dict, *, course: str | None = None, version: str | None =
     module-completed when everything passed."""
     now = min(result.get("graded_at") or time.time(), time.time())
     key = f"{result.get('submission_sha256', '')}:{result.get('reference', '')}"
+    # A grader run by a system identity (the release gate, the demo's bots, a benchmark: see
+    # labs.learning_events.system_identity) marks its events so that reports can leave them out.
+    system = os.environ.get("LIVELAB_SYSTEM", "").strip().lower() in ("1", "true", "yes")
     base = {"schema": SCHEMA, "source": "grader", "module": result["assignment"],
             "learner": result["student"], "course": course or "", "version": version or "",
-            "team": team, "key": key}
+            "team": team, "key": key, "system": system}
     out = []
     opened = (result.get("lab") or {}).get("opened_at")
     if opened:  # the notebook's own event store lives in its sandbox; the lab saw it open

@@ -9,13 +9,19 @@
 3. Lets a small simulated team work through both curriculum versions: typical wrong
    submissions (the learner version as handed out) and then the reference solutions,
    all really executed and graded by ``livelab grade`` against the lab, writing events.
-4. Builds the time-to-signal report (static HTML that works offline), prints where to
-   open it and a summary, and brings the lab down, checking no process is left behind.
+   Each learner is assigned a version at random (seeded, half of each team to each version),
+   so that team and version are not confounded.  The team are bots: system identities, whose
+   events are marked ``system`` like the release gate's, and whose times are simulated --
+   the summary and the report page say so.
+4. Builds the time-to-signal report (static HTML that works offline, system identities
+   included since they are all the demo has), prints where to open it and a summary, and
+   brings the lab down, checking no process is left behind.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import tempfile
 import time
 from collections import defaultdict
@@ -23,7 +29,9 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 
 def _table(stats: dict, models: dict, defect: str, consent: dict) -> Table:
@@ -111,20 +119,40 @@ def run_demo(home: Path | None = None, *, console: Console | None = None, second
     return code
 
 
-TEAM = (("ana", "red", "1.0.0"), ("ben", "red", "1.0.0"), ("cleo", "blue", "1.1.0"), ("dev", "blue", "1.1.0"))
+#: The demo's simulated team (bots): name, team.
+PEOPLE = (("ana", "red"), ("ben", "red"), ("cleo", "blue"), ("dev", "blue"))
+VERSIONS = ("1.0.0", "1.1.0")
 MODULES = ("m1-telemetry", "m2-replay")
 COURSE = "edge-ml-foundations"
+#: The seed of the demo's random assignment of learners to curriculum versions.
+ASSIGNMENT_SEED = 20240611
+
+
+def assign_versions(people=PEOPLE, versions=VERSIONS, seed: int = ASSIGNMENT_SEED) -> tuple[tuple[str, str, str], ...]:
+    """(learner, team, version): each team's learners shuffled (seeded) and dealt to the versions in
+    turn, so every team works through every version -- comparing versions is not comparing teams."""
+    rng = random.Random(seed)
+    out = []
+    for team in sorted({t for _, t in people}):
+        members = [n for n, t in people if t == team]
+        rng.shuffle(members)
+        offset = rng.randrange(len(versions))
+        out += [(n, team, versions[(i + offset) % len(versions)]) for i, n in enumerate(members)]
+    return tuple(sorted(out))
+
+
+TEAM = assign_versions()
 
 
 def _course_team_report(home: Path, console: Console) -> int:
     """Parts 2-4 of the demo: release, a team graded on both versions, the report."""
     import shutil
 
+    import numpy as np
+
     from courses import release as _release
-    from grading.batch import BatchConfig, grade_many
     from reports import static as _static
-    from reports import tts as _tts
-    from labs.learning_events import EventStore
+    from labs.learning_events import system_identity
 
     repo = Path(__file__).resolve().parents[1]
     src = repo / "courses" / COURSE
@@ -136,15 +164,49 @@ def _course_team_report(home: Path, console: Console) -> int:
     t0 = time.perf_counter()
     try:
         manifest = _release.release(COURSE, "1.1.0", root=root, lab_home=home,
-                                    progress=lambda m: console.print(f"  {m}"))
+                                    progress=lambda m: console.print(f"  {m}", markup=False))
     except _release.ReleaseError as exc:
-        console.print(f"[red]release failed:[/] {exc}")
+        console.print(f"[red]release failed:[/] {escape(str(exc))}")
         return 1
     console.print(f"[green]✓[/] released 1.1.0 in {time.perf_counter() - t0:.0f} s "
                   f"({len(manifest.get('modules', []))} modules; gate passed)")
 
-    console.rule("[bold]a team works through both versions[/] (real executions, graded by livelab grade)")
+    console.rule("[bold]a simulated team works through both versions[/] (real executions, graded by livelab grade)")
+    console.print("learners assigned to versions at random (seed "
+                  f"{ASSIGNMENT_SEED}): " + ", ".join(f"{n} ({t}) {v}" for n, t, v in TEAM), markup=False)
     os.environ["LIVELAB_EVENTS_URL"] = f"sqlite:///{home / 'events.sqlite'}"
+    with system_identity():   # bots, not people: their events are marked system
+        code = _team_rounds(home, dst, console)
+    out = home / "time-to-signal.html"
+    _static.export(home, out, include_system=True)
+    result, _, _ = _static.selected(home, include_system=True)
+    console.rule("[bold]time to signal[/] (simulated: the demo's bots, not people)")
+    t = Table("version", "module", "learners", "teams", "passed", "median TTS (min)", "p90 TTS (min)",
+              title="time to signal per curriculum version (both teams on both versions)",
+              caption="Simulated times: machines running reference solutions minutes apart, not people learning.")
+    for version in VERSIONS:
+        for module in MODULES:
+            # the team's rows only (the release gate ran these modules too, as its own identity)
+            team_of = {n: tm for n, tm, v in TEAM if v == version}
+            rows = [r for r in result.rows(course=COURSE, version=version, module=module) if r["learner"] in team_of]
+            vals = np.array([r["tts"] for r in rows if r["tts"] is not None], dtype=float) / 60.0
+            teams = ", ".join(sorted({r["team"] for r in rows})) or "-"
+            med = f"{np.percentile(vals, 50):.2f}" if len(vals) else "-"
+            p90 = f"{np.percentile(vals, 90):.2f}" if len(vals) else "-"
+            t.add_row(version, module, str(len(rows)), Text(teams), str(len(vals)), med, p90)
+            if not len(vals):
+                code = 1
+    console.print(t)
+    console.print(f"report: [bold]{escape(str(out))}[/] (one file, works offline; system identities included, "
+                  f"marked simulated); live: livelab --home {escape(str(home))} report serve --include-system")
+    return code
+
+
+def _team_rounds(home: Path, dst: Path, console: Console) -> int:
+    """Both rounds of submissions of the simulated team, graded against the lab."""
+    import shutil
+
+    from grading.batch import BatchConfig, grade_many
     code = 0
     for round_name, kind in (("first attempts (the learner version as handed out)", "learner"),
                              ("second attempts (working solutions)", "source")):
@@ -163,25 +225,7 @@ def _course_team_report(home: Path, console: Console) -> int:
                                                  out=str(home / "graded" / version / kind),
                                                  lab_home=str(home), events=str(home), progress=True,
                                                  teams={n: t for n, t, _ in TEAM}))
-                console.print(f"  {version} {module}: {_score_line(summary)}")
-    store = EventStore(home)
-    result = _tts.compute(_tts.EventTable.from_store(store))
-    store.close()
-    out = home / "time-to-signal.html"
-    _static.export(home, out)
-    console.rule("[bold]time to signal[/]")
-    t = Table("version", "team", "module", "learners", "passed", "median TTS", "p90 TTS")
-    for version, team in (("1.0.0", "red"), ("1.1.0", "blue")):
-        for module in MODULES:
-            sm = result.summary(course=COURSE, version=version, module=module, team=team)
-            med = f"{sm['median']:.1f} s" if sm.get("median") is not None and sm["count"] else "-"
-            p90 = f"{sm['p90']:.1f} s" if sm.get("p90") is not None and sm["count"] else "-"
-            t.add_row(version, team, module, str(sm["learners"]), str(sm["count"]), med, p90)
-            if not sm["count"]:
-                code = 1
-    console.print(t)
-    console.print(f"report: [bold]{out}[/] (one file, works offline); live: "
-                  f"livelab --home {home} report serve")
+                console.print(f"  {version} {module}: {_score_line(summary)}", markup=False)
     return code
 
 

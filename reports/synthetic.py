@@ -169,12 +169,14 @@ def to_columns(table: EventTable) -> dict[str, list]:
     return cols
 
 
-def events(table: EventTable, *, source_of=None) -> Iterator[Event]:
-    """Event objects (grader writes checks and completions, the SDK the rest), e.g. to seed a store."""
+def events(table: EventTable, *, source_of=None, system: bool = False) -> Iterator[Event]:
+    """Event objects (grader writes checks and completions, the SDK the rest), e.g. to seed a store;
+    ``system``: marked as written by a system identity (a benchmark's population)."""
     cols = to_columns(table)
     for i in range(len(table)):
         kind = cols["kind"][i]
         src = "grader" if kind in ("check-passed", "check-failed", "module-completed") else "sdk"
         yield Event(learner=cols["learner"][i], team=cols["team"][i], course=cols["course"][i],
                     version=cols["version"][i], module=cols["module"][i], kind=kind,
-                    check=cols["check"][i] or None, time=cols["time"][i], source=src, key=f"synthetic-{i}")
+                    check=cols["check"][i] or None, time=cols["time"][i], source=src, key=f"synthetic-{i}",
+                    system=system)
