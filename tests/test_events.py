@@ -421,3 +421,21 @@ def test_a_store_from_before_the_system_field_is_migrated_and_stays_readable(tmp
         assert store.count() == 2
     cols = [r[1] for r in sqlite3.connect(db).execute("PRAGMA table_info(livelab_events)")]
     assert cols.count("system") == 1
+
+
+def test_system_identities_mark_the_grader_and_the_release_gate(monkeypatch):
+    from courses import release
+    from grading import events as grading_events
+    from labs.learning_events import system_identity
+    result = {"assignment": "m1", "student": "ana", "cells": [{"score": 1, "max_score": 1, "grade_id": "t1",
+                                                               "kind": "test"}],
+              "status": "graded", "score": 1, "max_score": 1, "graded_at": T0}
+    assert {e["system"] for e in grading_events.events_for(result)} == {False}
+    with system_identity():
+        evs = grading_events.events_for(result)
+    assert {e["system"] for e in evs} == {True} and all(Event.from_dict(e).system for e in evs)
+    # The release gate runs as a system identity (its notebooks' kernels inherit the marking).
+    seen = []
+    monkeypatch.setattr(release, "_run_gate", lambda *a, **kw: seen.append(os.environ.get("LIVELAB_SYSTEM")) or ([], []))
+    assert release.run_gate(None, {}, {}, Path("."), progress=lambda m: None) == ([], [])
+    assert seen == ["1"] and "LIVELAB_SYSTEM" not in os.environ

@@ -412,6 +412,13 @@ def test_voila_report_numbers_match_the_events(tmp_path, chromium):
             assert legend and all(ver in row for row in legend)
         assert versions["1.1.0"] < versions["1.0.0"]
         assert "Loading widget" not in page.inner_text("body")
+        # Drill down to one learner: their modules of the selected version, attempts, TTS in minutes.
+        page.select_option(".tts-filter-learner select", label="learner-07")
+        rows = page.locator(".tts-learner table.tts-learner-table tbody tr")
+        want = result.drill_down("learner-07", version="1.1.0")
+        wait_for(lambda: rows.count() == len(want), 10, "learner-07's modules")
+        assert [r.split("\t")[1] for r in rows.all_inner_texts()] == [w["module"] for w in want]
+        assert "download CSV" in page.locator(".tts-csv").inner_text()
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "report-voila.png"), full_page=True)
 
@@ -740,3 +747,14 @@ def test_one_unit_for_times_everywhere(tmp_path):
             for axis in ("xaxis", "yaxis"):
                 title = ((f.get("layout") or {}).get(axis) or {}).get("title", {}).get("text", "")
                 assert not re.search(r"\(s\)|\bsec", title), title
+
+
+def test_demo_assigns_versions_at_random_within_each_team():
+    from livelab import demo
+    team = demo.assign_versions()
+    assert team == demo.assign_versions()            # seeded: the same every run
+    assert {n for n, _, _ in team} == {n for n, _ in demo.PEOPLE}
+    for t in {t for _, t in demo.PEOPLE}:            # every team on every version: not confounded
+        assert {v for _, tm, v in team if tm == t} == set(demo.VERSIONS)
+    seeds = {tuple(v for _, _, v in demo.assign_versions(seed=s)) for s in range(20)}
+    assert len(seeds) > 1                             # and which learner gets which version is random
