@@ -439,3 +439,17 @@ def test_system_identities_mark_the_grader_and_the_release_gate(monkeypatch):
     monkeypatch.setattr(release, "_run_gate", lambda *a, **kw: seen.append(os.environ.get("LIVELAB_SYSTEM")) or ([], []))
     assert release.run_gate(None, {}, {}, Path("."), progress=lambda m: None) == ([], [])
     assert seen == ["1"] and "LIVELAB_SYSTEM" not in os.environ
+
+
+def test_migration_on_both_backends(store_args):
+    """A store whose table lacks the 'system' column (as an earlier release made it) gets it
+    when opened, on SQLite and on PostgreSQL; its events read as not system."""
+    url, schema = store_args
+    with EventStore(url, schema=schema) as store:
+        store.write([ev(1), ev(2)])
+        name = (f'"{schema}".' if schema else "") + "livelab_events"
+        with store.engine.begin() as c:
+            c.exec_driver_sql(f'ALTER TABLE {name} DROP COLUMN "system"')
+    with EventStore(url, schema=schema) as store:
+        assert [e.system for e in store.query()] == [False, False]
+        assert store.write([ev(3, system=True)]) == 1 and store.count(system=True) == 1
