@@ -125,8 +125,8 @@ def cmd_tts(args) -> int:
     from reports.render import describe, label
     home, url = _source(args)
     sel = _selection(args)
-    result, source, scope = static.selected(home, url=url, include_system=sel["include_system"],
-                                            since=sel["since"], until=sel["until"])
+    result, source, scope, excluded = static.selected(home, url=url, include_system=sel["include_system"],
+                                                      since=sel["since"], until=sel["until"])
     filters = {"course": args.course, "version": args.version, "module": args.module, "team": args.team}
     if args.learner:
         return _learner(result, args.learner, filters, source, scope, args.json)
@@ -145,7 +145,8 @@ def cmd_tts(args) -> int:
                          indent=2, sort_keys=True))
         return EXIT_OK
     if not len(result):
-        console.print(_t(f"no learning events yet in {source} ({scope})"))
+        console.print(_t(static.ONLY_SYSTEM.format(source=source) if excluded else
+                         f"no learning events yet in {source} ({scope})"))
         return EXIT_OK
     if not rows:
         console.print(_t(f"no events match {describe(filters)} in {source}"))

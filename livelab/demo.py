@@ -179,7 +179,7 @@ def _course_team_report(home: Path, console: Console) -> int:
         code = _team_rounds(home, dst, console)
     out = home / "time-to-signal.html"
     _static.export(home, out, include_system=True)
-    result, _, _ = _static.selected(home, include_system=True)
+    result = _static.selected(home, include_system=True).result
     console.rule("[bold]time to signal[/] (simulated: the demo's bots, not people)")
     t = Table("version", "module", "learners", "teams", "passed", "median TTS (min)", "p90 TTS (min)",
               title="time to signal per curriculum version (both teams on both versions)",

@@ -258,7 +258,11 @@ class Dashboard:
             for w in self.panels.values():
                 w.value = ""
             self.grid.layout.display = "none"
-            self._say(f"No events match {describe(f)}: choose another filter.")
+            only_system = (not len(self.result) and self.full is not None and len(self.full)
+                           and not self.system_box.value and bool(self.full.system.all()))
+            self._say("Only system identities (release gate, demo bots, benchmarks) have events so far: tick "
+                      "'include system identities' to see them." if only_system else
+                      f"No events match {describe(f)}: choose another filter.")
             self.updates += 1
             return
         self._say("" if summary["count"] else

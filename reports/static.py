@@ -38,7 +38,7 @@ import itertools
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 from labs.learning_events import EventStore, display_url
 from reports import render, static_plots, tts
@@ -284,10 +284,25 @@ def _write(out: Path, text: str) -> Path:
     return out
 
 
+class Selection(NamedTuple):
+    """What a report shows: the groups, where the events came from, a sentence saying what is
+    covered, and how many system groups were left out."""
+
+    result: tts.TTSResult
+    source: str
+    scope: str
+    excluded: int
+
+
+#: Said instead of "no events yet" when every event came from system identities.
+ONLY_SYSTEM = ("Only system identities (release gate runs, demo bots, benchmarks) have events in {source} "
+               "for this selection: include them (--include-system, or the page's check box) to see them.")
+
+
 def selected(home: str | os.PathLike | None, *, url: str | None = None, include_system: bool = False,
              since: float | None = None, until: float | None = None,
-             **filters: str | None) -> tuple[tts.TTSResult, str, str]:
-    """The events of ``home`` (or ``url``) as a report shows them: (result, source, scope line).
+             **filters: str | None) -> Selection:
+    """The events of ``home`` (or ``url``) as a report shows them (see :class:`Selection`).
     System identities are left out unless ``include_system``; ``since``/``until`` (UTC seconds)
     and ``filters`` (course, version, module, team, learner) restrict the groups."""
     with EventStore(home, url=url) as store:
@@ -296,7 +311,7 @@ def selected(home: str | os.PathLike | None, *, url: str | None = None, include_
     f = {k: v for k, v in filters.items() if v is not None}
     result = full.select(include_system=include_system, since=since, until=until, **f)
     excluded = 0 if include_system else int((full.mask(since=since, until=until, **f) & full.system).sum())
-    return result, source, render.scope(since, until, include_system, excluded, f)
+    return Selection(result, source, render.scope(since, until, include_system, excluded, f), excluded)
 
 
 def export(home: str | os.PathLike | None, out_html: str | os.PathLike, *, url: str | None = None,
@@ -305,11 +320,12 @@ def export(home: str | os.PathLike | None, out_html: str | os.PathLike, *, url: 
     """Write the static report for the events of ``home`` (or ``url`` / $LIVELAB_EVENTS_URL);
     the selection as :func:`selected`."""
     out = check_output(out_html)
-    result, source, scope = selected(home, url=url, include_system=include_system, since=since, until=until,
-                                     **filters)
+    result, source, scope, excluded = selected(home, url=url, include_system=include_system, since=since,
+                                               until=until, **filters)
     if estimates is None:
         estimates = tts.load_estimates()
-    page = render_html(result, estimates, source=source, scope=scope, include_system=include_system)
+    error = ONLY_SYSTEM.format(source=source) if excluded and not len(result) else None
+    page = render_html(result, estimates, source=source, scope=scope, include_system=include_system, error=error)
     return _write(out, page)
 
 
@@ -321,5 +337,5 @@ def export_csv(home: str | os.PathLike | None, out_csv: str | os.PathLike, *, ur
     from reports import csv_export
     out = check_output(out_csv)
     learner = filters.pop("learner", None)
-    result, _, _ = selected(home, url=url, include_system=include_system, since=since, until=until, **filters)
+    result = selected(home, url=url, include_system=include_system, since=since, until=until, **filters).result
     return _write(out, csv_export.page_csv(result, {**filters, "learner": learner}))

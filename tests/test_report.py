@@ -758,3 +758,18 @@ def test_demo_assigns_versions_at_random_within_each_team():
         assert {v for _, tm, v in team if tm == t} == set(demo.VERSIONS)
     seeds = {tuple(v for _, _, v in demo.assign_versions(seed=s)) for s in range(20)}
     assert len(seeds) > 1                             # and which learner gets which version is random
+
+
+def test_a_store_with_only_system_identities_says_so(tmp_path, capsys):
+    home = tmp_path / "home"
+    home.mkdir()
+    with EventStore(home) as store:
+        store.write(learner_events("release-gate", system=True))
+    page_html = static.export(home, tmp_path / "r.html").read_text()
+    assert "Only system identities" in page_html and "No learning events yet" not in page_html
+    assert cli.main(["--home", str(home), "report", "tts"]) == 0
+    assert "Only system identities" in capsys.readouterr().out
+    d = dashboard.Dashboard(tts.load(home), background=False)
+    assert "Only system identities" in d.message.value
+    d.set_scope(include_system=True)
+    assert d.message.layout.display == "none" and 'data-count="1"' in d.numbers["tts-count"].value
