@@ -172,17 +172,21 @@ def cmd_grade(args) -> int:
         return EXIT_OK
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
+
+    from reports.render import printable   # names as text: no markup, no escape sequences from data
     con = Console(highlight=False)
-    t = Table(title=f"{summary['course']} / {summary['module']}"
-                    + (f" {summary['version']}" if summary.get("version") else ""))
+    t = Table(title=Text(printable(f"{summary['course']} / {summary['module']}"
+                                   + (f" {summary['version']}" if summary.get("version") else ""))))
     for col in ("student", "notebook", "score", "status", "notes"):
         t.add_column(col)
     for r in summary["results"]:
         score = f"{r['score']:g} / {r['max_score']:g}" if r.get("score") is not None else "-"
-        t.add_row(r["student"], r["notebook"], score, r["status"], "; ".join(r["messages"][:3])[:160])
+        t.add_row(Text(printable(r["student"])), Text(printable(r["notebook"])), score, r["status"],
+                  Text(printable("; ".join(r["messages"][:3])[:160])))
     con.print(t)
     for s in summary["skipped"]:
-        con.print(f"skipped: {s}")
+        con.print(Text(printable(f"skipped: {s}")))
     infra = sum(r["status"] == "infrastructure-error" for r in summary["results"])
     con.print(f"{summary['graded']} graded, {summary['cached']} unchanged (cached)"
               + (f", {infra} not graded (infrastructure error: the grading machine failed, not the work)"
