@@ -101,14 +101,13 @@ def cmd_serve(args) -> int:
 def cmd_export(args) -> int:
     from reports import static
     from livelab.common import check_output
-    check_output(args.output, "report")  # before any work: no stray file for a bad path
     home, url = _source(args)
     if not args.output and not args.csv:
         raise UsageError("report export needs -o FILE.html, --csv FILE.csv, or both")
     sel = _selection(args)
-    for path in (args.output, args.csv):   # every output checked before any work
+    for path, what in ((args.output, "report"), (args.csv, "CSV")):   # before any work: no stray file
         if path:
-            static.check_output(path)
+            check_output(path, what)
     if args.output:
         out = static.export(home, args.output, url=url, **sel)
         console.print(Text(f"wrote {out} ({out.stat().st_size / 1024:,.0f} KiB, works offline)"))
