@@ -5,6 +5,14 @@ whatever dies (a broker killed with -9 comes back on the same port with its
 persisted sessions; a crashed device comes back with its outbox and audit
 chain), and on SIGHUP re-reads the lab config so namespaces can be added to a
 running lab.  Everything it starts is its child and is reaped on stop.
+
+Besides the broker and the devices it runs the lab's *services*: lab-side processes named in
+``config.json`` as ``services: [{"name", "argv", "ready_file"?, "env"?}]`` (the trusted
+recorder of learner events, the grading service...).  They are started, restarted and stopped
+like devices, by command line only, so this layer never imports the code above it.  In
+``argv``, ``{python}`` is this interpreter and ``{home}`` the state directory; a service with a
+``ready_file`` (relative to the state directory) counts as ready when it has written that file,
+and the lab is ready only when every such service is.
 """
 
 from __future__ import annotations
@@ -72,6 +80,8 @@ class Supervisor:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.broker: Child | None = None
         self.devices: dict[str, Child] = {}
+        self.services: dict[str, Child] = {}
+        self._service_specs: dict[str, dict] = {}
         self.collector = None
         self.stopping = threading.Event()
         self.reload_requested = threading.Event()
@@ -85,8 +95,10 @@ class Supervisor:
         return {ns: [d["name"] for d in spec["devices"]] for ns, spec in self.cfg["namespaces"].items()}
 
     def _write_broker_files(self) -> None:
+        users = {ns: [spec["learner_user"]] for ns, spec in self.cfg["namespaces"].items()
+                 if spec.get("learner_user")}
         _broker.write_config(self.home / "broker", self.cfg["broker"]["port"], self.secrets,
-                             self._namespaces())
+                             self._namespaces(), users)
 
     def _start_broker(self) -> subprocess.Popen:
         return _broker.start(self.home / "broker", self.cfg["broker"]["port"], self.logs / "broker.log")
@@ -145,6 +157,58 @@ class Supervisor:
         for child in removed:
             child.stop()
 
+    # ---- services ----------------------------------------------------------------------
+    def _service_argv(self, spec: dict) -> list[str]:
+        return [a.replace("{python}", sys.executable).replace("{home}", str(self.home)) for a in spec["argv"]]
+
+    def _spawn_service(self, spec: dict) -> Child:
+        logfile = self.logs / f"service-{spec['name']}.log"
+        ready = self.home / spec["ready_file"] if spec.get("ready_file") else None
+        argv = self._service_argv(spec)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **{str(k): str(v) for k, v in (spec.get("env") or {}).items()}}
+
+        def start() -> subprocess.Popen:
+            if ready is not None:
+                ready.unlink(missing_ok=True)
+            with open(logfile, "ab") as fh:
+                return subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        preexec_fn=_home.die_with_parent, env=env, cwd=str(self.home))
+        child = Child(f"service {spec['name']}", start)
+        child.start()
+        return child
+
+    def _sync_services(self) -> None:
+        """Start new services, restart changed ones, stop removed ones (after a reload)."""
+        wanted = {spec["name"]: spec for spec in self.cfg.get("services") or []}
+        for name in list(self.services):
+            if name not in wanted or wanted[name] != self._service_specs.get(name):
+                child = self.services.pop(name)
+                log.info("stopping %s", child.name)
+                child.stop()
+        for name, spec in wanted.items():
+            if name not in self.services:
+                try:
+                    self.services[name] = self._spawn_service(spec)
+                except OSError as exc:  # a wrong argv: logged, the lab keeps serving
+                    log.error("service %s could not start: %s", name, exc)
+                    continue
+                self._service_specs[name] = spec
+                log.info("started %s pid %s", self.services[name].name, self.services[name].pid)
+
+    def _services_not_ready(self) -> list[str]:
+        out = []
+        for name, child in self.services.items():
+            rf = self._service_specs[name].get("ready_file")
+            if not rf:
+                continue
+            try:
+                ok = (self.home / rf).stat().st_mtime >= 0 and child.poll() is None
+            except OSError:
+                ok = False
+            if not ok:
+                out.append(name)
+        return out
+
     # ---- run state ---------------------------------------------------------------------
     def write_run(self, ready: bool) -> None:
         _home.write_json(self.home / "run" / "supervisor.json", {
@@ -152,6 +216,7 @@ class Supervisor:
             "broker": None if self.broker is None else {
                 "pid": self.broker.pid, "restarts": self.broker.restarts},
             "devices": {k: {"pid": c.pid, "restarts": c.restarts} for k, c in self.devices.items()},
+            "services": {k: {"pid": c.pid, "restarts": c.restarts} for k, c in self.services.items()},
         })
 
     def _wait_devices_online(self, timeout: float) -> list[str]:
@@ -239,11 +304,19 @@ class Supervisor:
             self.broker.start()
             log.info("broker pid %s on 127.0.0.1:%s", self.broker.pid, self.cfg["broker"]["port"])
         self._start_collector()
+        self._sync_services()
         self._sync_devices()
         self.write_run(False)
-        missing = self._wait_devices_online(float(self.cfg.get("ready_timeout", 20)))
+        timeout = float(self.cfg.get("ready_timeout", 20))
+        deadline = time.monotonic() + timeout
+        missing = self._wait_devices_online(timeout)
         if missing:
             raise RuntimeError(f"devices did not come online: {', '.join(missing)} (see logs/)")
+        while self._services_not_ready() and not self.stopping.is_set():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"lab services not ready: {', '.join(self._services_not_ready())} "
+                                   "(see logs/service-*.log)")
+            time.sleep(0.02)
         self.write_run(True)
         log.info("lab ready")
 
@@ -254,6 +327,7 @@ class Supervisor:
             self._write_broker_files()
             _broker.reload(self.broker.proc)
         self._follow_namespaces()
+        self._sync_services()
         self._sync_devices()
         self.write_run(True)
         log.info("configuration reloaded")
@@ -265,7 +339,8 @@ class Supervisor:
                 self.reload_requested.clear()
                 self.reload()
             changed = False
-            for child in ([self.broker] if self.broker else []) + list(self.devices.values()):
+            for child in ([self.broker] if self.broker else []) + list(self.services.values()) \
+                    + list(self.devices.values()):
                 rc = child.poll()
                 if rc is None:
                     if child.failures and time.monotonic() - child.started_at > 10:
@@ -303,6 +378,8 @@ class Supervisor:
                 except subprocess.TimeoutExpired:
                     child.proc.kill()
                     child.proc.wait()
+        for child in self.services.values():
+            child.stop()
         if self.broker is not None:
             self.broker.stop()
         log.info("lab stopped")
