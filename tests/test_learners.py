@@ -20,25 +20,16 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, start_lab
+from learner_helpers import PY, as_user, probe_as, secret_targets
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="learner accounts are created with useradd (root)")
 
-PY = sys.executable
 
 
 def livelab(*args: str, home: Path, user: str | None = None, env: dict | None = None, timeout: float = 180):
     kw = {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []} if user else {}
     return subprocess.run([PY, "-m", "livelab", "--home", str(home), *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})}, cwd="/", **kw)
-
-
-def as_user(user: str, code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    """Run Python ``code`` as a learner's Unix account (uid, gid, no extra groups, its HOME)."""
-    pw = pwd.getpwnam(user)
-    env = {"HOME": pw.pw_dir, "USER": user, "PATH": f"{Path(PY).parent}:/usr/bin:/bin",
-           "LIVELAB_HOME": f"{pw.pw_dir}/.livelab"}
-    return subprocess.run([PY, "-c", code, *args], capture_output=True, text=True, timeout=timeout, env=env,
-                          user=pw.pw_uid, group=pw.pw_gid, extra_groups=[], cwd="/")
 
 
 @pytest.fixture(scope="module")
@@ -145,62 +136,14 @@ def test_without_root_adding_a_learner_account_is_refused(team):
     assert "needs root" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
-PROBE = r"""
-import json, sys
-results = {}
-for label, path in json.loads(sys.argv[1]).items():
-    try:
-        with open(path, "rb") as fh:
-            fh.read(1)
-        results[label] = "READ"
-    except PermissionError:
-        results[label] = "denied"
-    except FileNotFoundError:
-        results[label] = "missing"
-    except OSError as exc:
-        results[label] = type(exc).__name__
-print(json.dumps(results))
-"""
-
-
 def test_learner_process_cannot_read_any_secret(team):
     """Run as learner A's Unix account: every secret of the lab, the course's hidden content,
     the grader's references and B's home are unreadable; A's own descriptor is readable."""
-    from grading import reference
     from livelab import hub
-    home, a, b = team["home"], team["a"], team["b"]
+    home, a = team["home"], team["a"]
     hub.protect_content()  # what 'learners add' (CLI) and 'hub up' do
-    course = ROOT / "courses" / "edge-ml-foundations"
-    # a grader's private reference (nbgrader generate_assignment output) in the lab's grading state
-    ref = reference.build(course / "releases" / "1.1.0" / "source" / "m1-telemetry" / "m1-telemetry.ipynb",
-                          "m1-telemetry", home / "grading")
-    ref_files = [p for p in Path(ref.root).rglob("*") if p.is_file()]
-    assert ref_files
-    from lab_hardware.modelops import keys
-    signing_key = Path(keys.new_key(home, "lab-signer")["key"])
-    from labs.learning_events import EventStore
-    EventStore(home).close()  # the lab's events store (the recorder creates it on first use)
-    targets = {
-        "control credentials": home / "secrets" / "control.json",
-        "device passwords": home / "secrets" / "identities.json",
-        "lab config": home / "config.json",
-        "device config (password)": home / "devices" / b / "dev-0" / "config.json",
-        "broker passwords": home / "broker" / "passwd",
-        "learner registry": home / "learners.json",
-        "events store": home / "events.sqlite",
-        "signing key": signing_key,
-        "grader reference": ref_files[0],
-        "course source notebook": course / "source" / "m1-telemetry" / "m1-telemetry.ipynb",
-        "released source (hidden tests)": course / "releases" / "1.1.0" / "source" / "m1-telemetry" / "m1-telemetry.ipynb",
-        "B's descriptor": Path(team["b_entry"]["descriptor"]),
-        "B's home": Path(team["b_entry"]["home_dir"]) / ".profile",
-    }
-    for label, p in targets.items():
-        assert p.exists(), f"{label}: {p} should exist for the probe to mean something"
-    r = as_user(a, PROBE, json.dumps({k: str(v) for k, v in targets.items()}))
-    assert r.returncode == 0, r.stderr
-    got = json.loads(r.stdout)
-    assert got == {k: "denied" for k in targets}, got
+    got = probe_as(a, secret_targets(home, team["b_entry"], ROOT))
+    assert set(got.values()) == {"denied"}, got
     # ... while A's own descriptor is readable, and A's account runs the project's Python
     own = as_user(a, "from labs.sdk import _find; c = _find(); print(c.namespace, c.username, c.learner_name)")
     assert own.returncode == 0, own.stderr
