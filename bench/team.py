@@ -132,7 +132,7 @@ def _kernel_memory(desc_dir: Path) -> float:
         kc.wait_for_ready(timeout=180)
         reply = kc.execute_interactive("from labs import Lab\nlab = Lab.connect(module='m1-telemetry')\n"
                                        "lab.grant_consent('dev-0'); lab.next_window('dev-0', timeout=30)\n"
-                                       "lab.revoke_consent('dev-0')", timeout=120)
+                                       "_ = lab.revoke_consent('dev-0')", timeout=120)
         assert reply["content"]["status"] == "ok", reply["content"]
         return _rss(km.provisioner.process.pid)
     finally:
@@ -196,8 +196,8 @@ def main() -> int:
         lab.down(home)
         subprocess.run(["rm", "-rf", str(tmp)])
     table("learners on one lab (3 devices each; module 1: first window within 2 s of consent, nothing lost)",
-          ["learners", "devices", "worst first window s (median of rounds)", "median first window s",
-           "windows", "lost", "CPU busy", "device PSS MiB / learner", "ok"], rows)
+          ["learners", "devices", "worst 1st window s", "median 1st window s",
+           "windows", "lost", "CPU busy", "devices MiB/learner", "ok"], rows)
     passing = [r["learners"] for r in results if r["ok"]]
     best = max(passing) if passing else 0
     base = results[0]

@@ -17,8 +17,9 @@ def cmd_up(args) -> int:
     except hub.HubError as exc:
         raise UsageError(str(exc)) from None
     verb = "hub already running" if st.get("reused") else "hub up"
-    console.print(f"{verb}: {st['url']}  (authenticator {st['auth']}; learners log in with their Unix "
-                  f"account; status: livelab hub status; stop: livelab hub down)")
+    how = "their Unix account and password" if st["auth"] == "pam" else "any name and the shared password"
+    console.print(f"{verb}: {st['url']}  (learners log in with {how}; status: livelab hub status; "
+                  "stop: livelab hub down)")
     return EXIT_OK
 
 

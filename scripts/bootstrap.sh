@@ -158,3 +158,8 @@ if [ "$PIP_RAN" = 1 ] || [ ! -f "$SPEC" ] || ! grep -qF "\"$VPY\"" "$SPEC" \
   say "installing the livelab kernelspec..."
   "$VPY" -m kernels install --sys-prefix >/dev/null || die 1 "installing the livelab kernelspec failed (see above)"
 fi
+
+# ---- where livelab is ----------------------------------------------------------------------
+if [ "$PIP_RAN" = 1 ] && [ "$(command -v livelab 2>/dev/null)" != "$VENV/bin/livelab" ]; then
+  say "ready: put 'livelab' on your PATH with '. .venv/bin/activate' (or run .venv/bin/livelab)"
+fi

@@ -332,3 +332,17 @@ def test_single_user_lab_records_its_owner(lab_home):
     assert desc["namespace"] == "default" and desc["learner"]["username"] == "learner.default"
     with Lab.connect(home=lab_home) as lab:
         assert lab.learner == owner_name()
+
+
+def test_hub_config_and_status_without_a_hub(tmp_path):
+    """'hub config' prints a jupyterhub_config.py that compiles and keeps the spawn hook;
+    'hub status --json' says not running (exit 1)."""
+    r = livelab("hub", "config", "--port", "8123", home=tmp_path)
+    assert r.returncode == 0, r.stderr
+    compile(r.stdout, "jupyterhub_config.py", "exec")
+    for needle in ("c.JupyterHub.port = 8123", 'c.JupyterHub.authenticator_class = "pam"',
+                   "c.Spawner.pre_spawn_hook = make_pre_spawn_hook(", "learner_jupyter",
+                   'c.JupyterHub.spawner_class = "localprocess"', f"LIVELAB_HOME = {str(tmp_path)!r}"):
+        assert needle in r.stdout, needle
+    s = livelab("hub", "status", "--json", home=tmp_path)
+    assert s.returncode == 1 and json.loads(s.stdout)["running"] is False

@@ -201,11 +201,7 @@ class Supervisor:
             rf = self._service_specs[name].get("ready_file")
             if not rf:
                 continue
-            try:
-                ok = (self.home / rf).stat().st_mtime >= 0 and child.poll() is None
-            except OSError:
-                ok = False
-            if not ok:
+            if not ((self.home / rf).exists() and child.poll() is None):
                 out.append(name)
         return out
 
