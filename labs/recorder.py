@@ -28,6 +28,7 @@ import argparse
 import hashlib
 import logging
 import os
+import queue
 import signal
 import sys
 import threading
@@ -114,8 +115,15 @@ class Recorder:
         cred = _home.read_json(self.home / "secrets" / "control.json")
         self.client = mqtt.client(f"recorder.{digest}", username=cred["username"],
                                   password=cred["password"], clean=False)
+        self._queue: queue.Queue = queue.Queue()
+        self._subscribed = threading.Event()
         self.client.on_message = self._on_message
+        # (re)connecting (re)subscribes; the SUBACK says the recorder listens
         self.client.on_connect = lambda cl, ud, fl, rc, pr: cl.subscribe(TOPIC, qos=1)
+        self.client.on_subscribe = self._on_subscribe
+        # acknowledge an announcement only once it is stored: a recorder killed in between
+        # gets it again from its persistent session (the store's ids make that harmless)
+        self.client.manual_ack_set(True)
 
     def _reload(self) -> None:
         """Re-read config.json (and the learners' teams) when it changed: learners come and go."""
@@ -140,29 +148,49 @@ class Recorder:
             self._store = EventStore(self.events_url or self.home)
         return self._store
 
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        if any(code.is_failure for code in reason_codes):
+            log.error("the broker refused the recorder's subscription to %s", TOPIC)
+            return
+        self._subscribed.set()
+
     def _on_message(self, client, userdata, msg) -> None:
+        # arrival time is the event's time; the store is written off paho's network thread
+        self._queue.put((time.time(), msg.topic, bytes(msg.payload), msg.mid, msg.qos))
+
+    def _write(self, arrived: float, topic: str, payload: bytes, mid: int = 0, qos: int = 0) -> None:
         with self._lock:
             self._reload()
-            ev = event_from(msg.topic, bytes(msg.payload), self.cfg, self.teams)
-            if ev is None:
-                return
-            try:
-                self.written += self._store_open().write([ev])
-            except Exception as exc:  # noqa: BLE001 - a refused event is logged; the lab keeps serving
-                log.warning("event from %s not stored: %s", msg.topic, str(exc).splitlines()[0])
+            ev = event_from(topic, payload, self.cfg, self.teams, now=arrived)
+            if ev is not None:
+                try:
+                    self.written += self._store_open().write([ev])
+                except Exception as exc:  # noqa: BLE001 - a refused event is logged; the lab keeps serving
+                    log.warning("event from %s not stored: %s", topic, str(exc).splitlines()[0])
+        if qos:
+            self.client.ack(mid, qos)
 
-    def run(self) -> None:
+    def run(self, ready_timeout: float = 120.0) -> None:
+        """Record until ``stopping`` is set; writes the ready file once subscribed."""
+        self._store_open()  # open (and create) the store before the first announcement arrives
         b = self.cfg["broker"]
         mqtt.connect(self.client, b["host"], int(b["port"]))
-        mqtt.subscribe_wait(self.client, TOPIC, qos=1)
-        ready = self.home / READY_FILE
-        ready.parent.mkdir(parents=True, exist_ok=True)
-        ready.write_text(str(os.getpid()))
-        log.info("recording learner events of %s", self.home)
         try:
-            while not self.stopping.wait(0.5):
-                pass
+            if not self._subscribed.wait(ready_timeout):
+                raise mqtt.ConnectError(f"the broker did not acknowledge the subscription to {TOPIC}")
+            ready = self.home / READY_FILE
+            ready.parent.mkdir(parents=True, exist_ok=True)
+            ready.write_text(str(os.getpid()))
+            log.info("recording learner events of %s", self.home)
+            while not self.stopping.is_set():
+                try:
+                    item = self._queue.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                self._write(*item)
         finally:
+            while not self._queue.empty():  # what arrived before the stop
+                self._write(*self._queue.get_nowait())
             mqtt.stop(self.client)
             if self._store is not None:
                 self._store.close()
