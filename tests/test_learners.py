@@ -12,7 +12,6 @@ import os
 import pwd
 import secrets
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
