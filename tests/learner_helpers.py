@@ -118,9 +118,19 @@ def uid_of(user: str) -> int:
 
 
 def remove_accounts(*names: str) -> None:
+    """Remove test accounts; a process a failed test left running as one is stopped first (by
+    pid), since userdel refuses an account in use."""
+    import psutil
     for name in names:
-        if name:
-            subprocess.run(["userdel", "-r", name], capture_output=True)
+        try:
+            uid = pwd.getpwnam(name).pw_uid
+        except KeyError:
+            continue
+        left = [p for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == uid]
+        for p in left:
+            p.terminate()
+        psutil.wait_procs(left, timeout=10)
+        subprocess.run(["userdel", "-r", name], capture_output=True)
 
 
 def is_root() -> bool:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, start_lab
-from learner_helpers import PY, as_user, probe_as, secret_targets
+from learner_helpers import PY, as_user, probe_as, remove_accounts, secret_targets
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="learner accounts are created with useradd (root)")
 
@@ -52,8 +52,7 @@ def team(tmp_path_factory, mosquitto_available):
         yield {"home": home, "root": root, **names}
     finally:
         lab.down(home)
-        for name in made + [n for n in _accounts_with_prefix(f"llt{tag}")]:
-            subprocess.run(["userdel", "-r", name], capture_output=True)
+        remove_accounts(*made, *_accounts_with_prefix(f"llt{tag}"))
         subprocess.run(["rm", "-rf", str(root)])
 
 
@@ -207,7 +206,6 @@ def test_events_name_the_namespace_owner_not_the_payload(team):
 def _kernel_as(user: str, tmp: Path):
     """A real ipykernel, launched from the livelab kernelspec, running as ``user`` (what the
     learner's Jupyter server does).  Returns (process, client)."""
-    from jupyter_client import BlockingKernelClient
     from jupyter_client.connect import write_connection_file
     from jupyter_client.kernelspec import KernelSpecManager
     pw = pwd.getpwnam(user)
@@ -222,6 +220,16 @@ def _kernel_as(user: str, tmp: Path):
            "LIVELAB_HOME": f"{pw.pw_dir}/.livelab"}
     proc = subprocess.Popen(argv, env=env, cwd=pw.pw_dir, user=pw.pw_uid, group=pw.pw_gid, extra_groups=[],
                             stdout=subprocess.DEVNULL, stderr=open(cdir / "kernel.log", "w"))
+    try:
+        return proc, _client_when_ready(proc, cf, cdir)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+def _client_when_ready(proc: subprocess.Popen, cf: str, cdir: Path):
+    from jupyter_client import BlockingKernelClient
     kc = BlockingKernelClient(connection_file=cf)
     kc.load_connection_file()
     kc.start_channels()
@@ -240,7 +248,7 @@ def _kernel_as(user: str, tmp: Path):
             break
         except Empty:
             continue
-    return proc, kc
+    return kc
 
 
 def _run(kc, code: str, timeout: float = 120) -> str:
@@ -309,8 +317,7 @@ def test_remove_while_kernel_runs_stops_only_its_devices(tmp_path, mosquitto_ava
             km.terminate()
             km.wait(30)
         lab.down(home)
-        for name in (a, b):
-            subprocess.run(["userdel", "-r", name], capture_output=True)
+        remove_accounts(a, b)
         subprocess.run(["rm", "-rf", str(root)])
 
 
