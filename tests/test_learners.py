@@ -128,10 +128,15 @@ def test_hostile_team_is_refused(team):
     assert "lltzzzzzz" not in {p.pw_name for p in pwd.getpwall()}
 
 
-def test_without_root_adding_a_learner_account_is_refused(team):
-    r = livelab("learners", "add", "lltnoroot", home=team["home"], user=team["a"])
+def test_without_root_adding_a_learner_account_is_refused(team, tmp_path):
+    r = livelab("learners", "add", "lltnoroot", home=Path(tempfile.gettempdir()) / "livelab-no-lab-here",
+                user=team["a"])
     assert r.returncode == 2
     assert "needs root" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    # and the lab's own (0700) state directory is refused in one line too, not with a traceback
+    r = livelab("learners", "list", home=team["home"], user=team["a"])
+    assert r.returncode == 2 and "permission denied" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
 def test_learner_process_cannot_read_any_secret(team):

@@ -195,7 +195,7 @@ def up(home: str | os.PathLike | None = None, *, scenario: dict[str, Any], devic
         "scenario": scenario.get("name"), "intents": scenario.get("intents"),
         "defect_intent": scenario.get("defect_intent"),
         "profile": profile, "supervisor_pid": proc.pid, "started": time.time(),
-        **({"owner": owner} if owner else {}),
+        **({"owner": owner, "learner_name": owner} if owner else {}),
     }
     _home.write_json(home / _home.DESCRIPTOR, desc, mode=0o644)
     return desc
