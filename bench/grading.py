@@ -247,6 +247,155 @@ def lab_modules(per_module: int, workers: int) -> dict:
     return out
 
 
+# ---- against the warm grading service ----------------------------------------------------------
+def p95(xs: list[float]) -> float:
+    """The 95th percentile (nearest rank)."""
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    import math
+    return xs[max(0, math.ceil(0.95 * len(xs)) - 1)]
+
+
+def run_livelab_service(home: Path, course: Path, n: int) -> dict:
+    """``livelab grade`` (CLI, whole command) with the grading service running: it grades on the
+    service's warm workers."""
+    t0 = time.perf_counter()
+    p = subprocess.run([str(VENV_BIN / "livelab"), "--home", str(home), "grade", str(course), "squares",
+                        str(course / "submitted"), "--no-cache", "--json"], env=ENV, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise SystemExit(f"livelab grade (service) failed: {p.stderr.strip().splitlines()[-3:]}")
+    s = json.loads(p.stdout)
+    if not s.get("via_service"):
+        raise SystemExit("livelab grade did not use the grading service")
+    return {"wall_s": wall, "per_submission_s": wall / n, "throughput_per_s": n / wall,
+            "command_seconds_reported": s.get("command_seconds"), "phases_s": s["timing"],
+            "scores": {r["student"]: r["score"] for r in s["results"]},
+            "gradebook_scores": gradebook_scores(course / "gradebook.db")}
+
+
+def service_bench(ns: list[int], learners: int, rounds: int) -> dict:
+    """The warm service: ``livelab grade`` vs ``nbgrader autograde`` (CLI, same N submissions,
+    alternating, one run each), ``lab.check()`` and submit -> feedback latency with ``learners``
+    learner namespaces live, and a lab-module submit against the notebook's own run time."""
+    import nbformat
+    from grading import samples
+    from lab_hardware.runtime import lab
+    from labs import scenarios
+    from labs.checking import check, submit
+    from labs.sdk import Connection, Lab
+    tmp = Path(tempfile.mkdtemp(prefix="bench-service-"))
+    home = tmp / "lab"
+    out: dict = {"learners": learners}
+    labs_: list = []
+    try:
+        sc = scenarios.load("voice-intents").materialize(home / "scenario")
+        lab.up(home, scenario=sc, devices=3, device_options={"window_seconds": 0.5})
+        base = tmp / "course"
+        release = samples.make_course(base)
+        t = time.perf_counter()
+        p = subprocess.run([str(VENV_BIN / "livelab"), "--home", str(home), "grader", "serve",
+                            "--course", "edge-ml-foundations", "--course", str(base)], env=ENV,
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            raise SystemExit(f"livelab grader serve failed: {p.stdout[-300:]} {p.stderr[-300:]}")
+        out["service_start_s"] = time.perf_counter() - t
+        console.print(f"grading service up in {out['service_start_s']:.1f} s")
+        by_n = {}
+        for n in ns:
+            cdir = tmp / f"course-{n}"
+            shutil.copytree(base, cdir)
+            expected = samples.make_submissions(cdir, release, n)
+            walls = {}
+            for tool in ("nbgrader", "livelab"):  # alternating, one run each, identical copies
+                course = tmp / f"{tool}-{n}"
+                shutil.copytree(cdir, course)
+                load = os.getloadavg()[0]
+                r = run_nbgrader(course, n) if tool == "nbgrader" else run_livelab_service(home, course, n)
+                got = r["scores"]
+                if any(got.get(s) is None or abs(got[s] - v) > 1e-9 for s, v in expected.items()):
+                    raise SystemExit(f"{tool} at N={n}: unexpected scores")
+                walls[tool] = {"wall_s": r["wall_s"], "load_1min_before": load}
+                console.print(f"N={n} {tool}: {r['wall_s']:.2f} s (load {load:.1f})")
+            by_n[str(n)] = {**walls, "speedup": walls["nbgrader"]["wall_s"] / walls["livelab"]["wall_s"],
+                            "target": 10.0}
+        out["by_n"] = by_n
+
+        # learners' namespaces live, each with some consented telemetry the service saw
+        sub = tmp / "squares.ipynb"
+        sub.write_text(nbformat.writes(samples.submission(release, samples.CORRECT)))
+        for i in range(learners):
+            name = f"learner{i:02d}"
+            d = lab.add_namespace(home, name, devices=1)
+            conn = Connection(d["broker"]["host"], d["broker"]["port"], name, d["learner"]["username"],
+                              d["learner"]["password"], list(d["devices"]), list(d.get("intents") or []),
+                              d.get("defect_intent"), home=str(home))
+            lb = Lab(conn, module="m1-telemetry", learner=name)
+            labs_.append(lb)
+            lb.grant_consent("dev-0")
+            lb.next_window("dev-0", timeout=10)
+            lb.revoke_consent("dev-0")
+        checks, subs = [], []
+        for _ in range(rounds):
+            for lb in labs_:
+                t = time.perf_counter()
+                rep = check(lb, "m1-telemetry")
+                checks.append(time.perf_counter() - t)
+                if rep.error or not rep.checks:
+                    raise SystemExit(f"lab.check() failed: {rep}")
+            for lb in labs_:
+                t = time.perf_counter()
+                res = submit(lb, sub, "squares")
+                subs.append(time.perf_counter() - t)
+                if res.status != "graded" or res.score != 5.0 or not res.feedback:
+                    raise SystemExit(f"tests-only submit failed: {res}")
+        out["check_s"] = {"n": len(checks), "median": median(checks), "p95": p95(checks), "target_p95": 0.3}
+        out["tests_only_submit_s"] = {"n": len(subs), "median": median(subs), "p95": p95(subs), "target_p95": 1.5}
+        console.print(f"lab.check() p95 {out['check_s']['p95']:.3f} s; tests-only submit p95 "
+                      f"{out['tests_only_submit_s']['p95']:.3f} s ({learners} learner namespaces live)")
+
+        # a lab module: submit -> feedback vs the notebook's own run time (its cells, in its kernel)
+        m1 = ROOT / "courses" / "edge-ml-foundations" / "releases" / "1.1.0" / "source" / "m1-telemetry" / \
+            "m1-telemetry.ipynb"
+        lab_runs = []
+        with Lab.connect(module="m1-telemetry", home=home) as me:
+            for _ in range(2):
+                t = time.perf_counter()
+                res = submit(me, m1, "m1-telemetry")
+                wall = time.perf_counter() - t
+                if res.status != "graded" or res.score != res.max_score:
+                    raise SystemExit(f"lab-module submit failed: {res}")
+                tm = res.timings or {}
+                lab_runs.append({"submit_to_feedback_s": wall, "notebook_run_s": tm.get("cells"),
+                                 "overhead_s": wall - (tm.get("cells") or 0.0), "timings": tm})
+        out["lab_module_submit"] = {"module": "m1-telemetry", "runs": lab_runs,
+                                    "median_overhead_s": median([r["overhead_s"] for r in lab_runs]),
+                                    "target_overhead_s": 1.0}
+        console.print(f"m1 submit -> feedback overhead over the notebook's run: "
+                      f"{out['lab_module_submit']['median_overhead_s']:.2f} s")
+    finally:
+        for lb in labs_:
+            lb.close()
+        subprocess.run([str(VENV_BIN / "livelab"), "--home", str(home), "grader", "stop"], env=ENV,
+                       capture_output=True)
+        lab.down(home)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _service_table(sv: dict) -> None:
+    rows = []
+    for n, r in sv["by_n"].items():
+        rows += [[f"N={n}: nbgrader autograde s", r["nbgrader"]["wall_s"]],
+                 [f"N={n}: livelab grade (service) s", r["livelab"]["wall_s"]],
+                 [f"N={n}: speed-up (target 10x)", r["speedup"]]]
+    rows += [["lab.check() p95 s (target 0.3)", sv["check_s"]["p95"]],
+             ["tests-only submit -> feedback p95 s (target 1.5)", sv["tests_only_submit_s"]["p95"]],
+             ["m1 submit -> feedback beyond its run time s (target 1.0)", sv["lab_module_submit"]["median_overhead_s"]]]
+    table(f"warm grading service ({sv['learners']} learner namespaces live)", ["", "value"], rows)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=40, help="submissions (>= 20)")
@@ -260,7 +409,25 @@ def main() -> int:
                     help="also compare both tools at N submissions (repeatable; e.g. --scaling 20)")
     ap.add_argument("--scaling-only", action="store_true",
                     help="only the --scaling comparisons; keep the file's other figures")
+    ap.add_argument("--service", action="store_true",
+                    help="only the warm grading service figures (keep the file's other figures)")
+    ap.add_argument("--service-n", type=int, action="append", default=[], metavar="N",
+                    help="batch sizes for the service comparison (default 20 and 60)")
+    ap.add_argument("--learners", type=int, default=10, help="learner namespaces live for the latency figures")
+    ap.add_argument("--rounds", type=int, default=2, help="check/submit rounds over the learners")
     args = ap.parse_args()
+    if args.service:
+        prev = json.loads((ROOT / "bench" / "results" / "grading.json").read_text()) \
+            if (ROOT / "bench" / "results" / "grading.json").exists() else {}
+        prev = {k: v for k, v in prev.items() if k not in ("benchmark", "when", "machine")}
+        load_before = uptime()
+        console.print(f"load before: {load_before}")
+        prev["service"] = {"uptime_before": load_before,
+                           **service_bench(args.service_n or [20, 60], args.learners, args.rounds),
+                           "uptime_after": uptime()}
+        _service_table(prev["service"])
+        save("grading", prev)
+        return 0
     if args.scaling_only:
         prev = json.loads((ROOT / "bench" / "results" / "grading.json").read_text()) \
             if (ROOT / "bench" / "results" / "grading.json").exists() else {}

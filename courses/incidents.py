@@ -35,7 +35,7 @@ from lab_hardware.modelops import bundle as _bundle
 from lab_hardware import home as _home
 from lab_hardware.modelops import keys as _keys
 from labs import scenarios
-from labs.sdk import Lab
+from labs.sdk import InfrastructureError, Lab
 
 #: Who "released" the bad bundle (the ``by`` of the install in the audit chain).
 OPERATOR = "release-bot"
@@ -48,8 +48,9 @@ BOOST = 4.0
 BUNDLE_NAME = "intents"
 
 
-class IncidentError(RuntimeError):
-    """The incident could not be planted (one line saying why)."""
+class IncidentError(InfrastructureError):
+    """The incident could not be planted (one line saying why): the lab's fault, not the
+    learner's, so the grader grades again or records ``infrastructure-error``."""
 
 
 def _h(salt: str, value: str) -> str:
@@ -135,6 +136,14 @@ def _clear_earlier(ops: Lab) -> None:
                 time.sleep(0.05)
 
 
+#: The fixture's own budget: it waits as long as the device keeps making health-check progress
+#: (a busy host slows the device's decisions, it does not make the fixture wrong), up to
+#: PLANT_MAX_SECONDS, and gives up only after ``timeout`` seconds without progress.
+PLANT_MAX_SECONDS = 180.0
+#: Installs tried before the fixture reports an infrastructure failure.
+PLANT_ATTEMPTS = 3
+
+
 def plant(lab: Lab, *, seed: int = 0, boost: float = BOOST, timeout: float = 20.0) -> Incident:
     """Install a signed bundle that silently boosts one intent on one device; return the Incident.
 
@@ -172,26 +181,44 @@ def plant(lab: Lab, *, seed: int = 0, boost: float = BOOST, timeout: float = 20.
                                  provenance={"builder": "release pipeline (nightly)"})
             _bundle.sign(path, key)
             digest = _bundle.read(path).digest
-            ops.install(device, path)
-        deadline = time.monotonic() + timeout
-        seen = False
-        while True:
-            st = ops.states.get(device) or {}
-            if st.get("bundle") == digest:
-                seen = True
-                if st.get("health") is None:
+            why = ""
+            for _attempt in range(PLANT_ATTEMPTS):
+                ops.install(device, path)
+                why = _wait_healthy(ops, device, digest, timeout)
+                if not why:
                     break
-            elif seen:
-                raise IncidentError(f"the planted bundle failed its health check on {device} and was rolled "
-                                    "back: is the machine overloaded?")
-            if time.monotonic() > deadline:
-                raise IncidentError(f"{device} did not finish the planted bundle's health check within {timeout:.0f} s")
-            time.sleep(0.05)
+            else:
+                raise IncidentError(f"the module's planted incident did not come up on {device} "
+                                    f"({PLANT_ATTEMPTS} tries: {why}); this is the lab's fault, not yours")
     finally:
         ops.close()
     salt = secrets.token_hex(16)
     return Incident(planted_at=time.time(), version=version, _salt=salt, _device=_h(salt, device),
                     _intent=_h(salt, intent), _bundle8=_h(salt, digest[:8]))
+
+
+def _wait_healthy(ops: Lab, device: str, digest: str, timeout: float) -> str:
+    """Wait until ``device`` runs ``digest`` with its health check done; '' when it does, else
+    why not.  Bounded by health-check progress, not by a wall-clock guess (see PLANT_MAX_SECONDS)."""
+    start = time.monotonic()
+    last_progress, seen_n, seen = start, -1, False
+    while True:
+        st = ops.states.get(device) or {}
+        now = time.monotonic()
+        if st.get("bundle") == digest:
+            seen = True
+            health = st.get("health")
+            if health is None:
+                return ""
+            if int(health.get("seen") or 0) > seen_n:
+                seen_n, last_progress = int(health.get("seen") or 0), now
+        elif seen:
+            return "the planted bundle was rolled back by its health check"
+        if now - last_progress > timeout:
+            return f"no health-check progress for {timeout:.0f} s"
+        if now - start > PLANT_MAX_SECONDS:
+            return f"the health check did not finish within {PLANT_MAX_SECONDS:.0f} s"
+        time.sleep(0.05)
 
 
 class Meter:

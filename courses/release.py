@@ -348,7 +348,7 @@ def release(course: str | Path | Course, version: str, *, root: Path | None = No
             modules.append({**m.as_dict(),
                             "source": {"path": src_rel, "sha256": files[src_rel]},
                             "learner": {"path": lrn_rel, "sha256": files[lrn_rel]},
-                            "tests": tests, "points": sum(t["points"] for t in tests),
+                            "tests": tests, **points_of(m, tests),
                             "gate": {"reference": "passed", "reference_seconds": g.reference_seconds,
                                      "learner": f"fails {len(g.learner_failed_tests)} of {len(g.learner_tests)} tests",
                                      "learner_failed_tests": g.learner_failed_tests,
@@ -374,6 +374,20 @@ def release(course: str | Path | Course, version: str, *, root: Path | None = No
         shutil.rmtree(tmp, ignore_errors=True)
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
+
+
+def points_of(module: catalog.Module, tests: list[dict]) -> dict[str, float]:
+    """A module's points as ``livelab grade`` scores them: its tests' (``points``, kept as it
+    was in earlier manifests), its lab checks' (``check_points``) and both (``total_points``)."""
+    tp = float(sum(t["points"] for t in tests))
+    cp = 0.0
+    if module.checks:
+        from grading.checks.base import load_checks
+        try:
+            cp = float(sum(spec.points for spec in load_checks(module.checks)))
+        except KeyError:  # an unknown check is reported by the release's input rules
+            cp = 0.0
+    return {"points": tp, "check_points": cp, "total_points": tp + cp}
 
 
 def gate_summary(gate: list[ModuleGate]) -> list[dict]:

@@ -7,8 +7,13 @@ Registered as papermill engine ``livelab-grading``.  On top of papermill's clien
   ran (the kernel died or was killed first) cannot score as a pass: nbgrader gives full
   points to a grade cell without an error *output*, whatever happened;
 * bounds the notebook's total output (``Limits.output_bytes``): past the bound, outputs are
-  dropped and replaced by one notice, the kernel is interrupted and, if the flood goes on,
-  killed;
+  discarded (one notice says so) and the cell runs on, so a correct function defined after a
+  large print is still defined; error outputs are always kept (scoring reads them), and the
+  kernel itself discards printed text past the bound (:mod:`grading.kernel_guard`);
+* runs every test cell on the grader's own IPython (:mod:`grading.kernel_guard`): before it,
+  what the notebook installed (transformers, hooks, custom handlers, builtins, patched
+  methods) is set aside; after it, put back; a test whose grader state could not be put in
+  place, or was changed while it ran, does not count;
 * interrupts a cell at its per-cell timeout (then the next cell runs), with an error output
   saying so.
 
@@ -18,11 +23,13 @@ One run's state lives in a :class:`RunContext` handed in through ``engine_kwargs
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from jupyter_core.utils import run_sync
 from nbformat import NotebookNode
 from nbformat.v4 import new_output
 from papermill.clientwrap import PapermillNotebookClient
@@ -47,6 +54,23 @@ class RunContext:
     marks: dict[str, float] = field(default_factory=dict)    # monotonic times: ready, cells_done
     on_ready: Callable[[], None] | None = None              # the kernel answered: start the total clock
     lock: threading.Lock = field(default_factory=threading.Lock)
+    reply_errors: dict[int, tuple[str, str]] = field(default_factory=dict)  # id(cell) -> (ename, evalue)
+    #: grade ids of the release's test cells and of its other locked code cells; None: no guard
+    test_ids: set[str] | None = None
+    release_ids: set[str] = field(default_factory=set)
+    release_names: set[str] = field(default_factory=set)    # names the release's cells define
+    interfered: dict[int, str] = field(default_factory=dict)  # id(cell) -> why the test does not count
+    discarded: int = 0                                        # outputs discarded past the bound
+
+    def role(self, cell) -> str:
+        """``test``, ``release`` (the release's own locked code, papermill's parameters) or
+        ``learner``."""
+        gid = ((cell.get("metadata") or {}).get("nbgrader") or {}).get("grade_id")
+        if self.test_ids is not None and gid in self.test_ids:
+            return "test"
+        if gid in self.release_ids or "injected-parameters" in (cell.get("metadata") or {}).get("tags", []):
+            return "release"
+        return "learner"
 
 
 def _size(out: NotebookNode) -> int:
@@ -64,6 +88,7 @@ class GradingNotebookClient(PapermillNotebookClient):
         self.ctx = run_context
         self.ctx.nb = nb_man.nb
         self.on_cell_executed = self._record_reply
+        self._last_role: str | None = None
 
     def papermill_execute_cells(self):
         self.ctx.marks["ready"] = time.monotonic()  # the kernel answered kernel_info
@@ -75,10 +100,58 @@ class GradingNotebookClient(PapermillNotebookClient):
             self.ctx.marks["cells_done"] = time.monotonic()
 
     def _record_reply(self, cell, cell_index, execute_reply):  # nbclient hook
-        status = "timeout" if execute_reply is None else execute_reply.get("content", {}).get("status", "?")
+        content = {} if execute_reply is None else execute_reply.get("content", {})
+        status = "timeout" if execute_reply is None else content.get("status", "?")
         if id(cell) in self.ctx.timeouts:
             status = "timeout"
         self.ctx.replies[id(cell)] = status
+        if status == "error":
+            self.ctx.reply_errors[id(cell)] = (str(content.get("ename") or "Error"), str(content.get("evalue") or ""))
+
+    # ---- the guard: test cells on the grader's IPython ---------------------------------
+    async def _async_guard(self, call: str, *args) -> str:
+        """Call ``call`` of the kernel's guard through ``user_expressions`` of an empty silent
+        request (no transformer, hook or custom handler runs on that path); returns its
+        answer, or why there is none."""
+        nonce = os.urandom(8).hex()
+        expr = f"__import__('sys').modules['_livelab_guard'].{call}({', '.join(map(repr, (nonce, *args)))})"
+        try:
+            msg_id = self.kc.execute("", silent=True, store_history=False, user_expressions={"r": expr},
+                                     allow_stdin=False, stop_on_error=False)
+            reply = await self.async_wait_for_reply(msg_id)
+        except Exception as exc:  # noqa: BLE001 - a dead kernel: the cell's own run says so
+            return f"no answer ({exc.__class__.__name__})"
+        if reply is None:
+            return "no answer in time"
+        r = (reply.get("content", {}).get("user_expressions") or {}).get("r") or {}
+        text = str((r.get("data") or {}).get("text/plain", ""))
+        if r.get("status") != "ok" or not text.strip("'\"").startswith(f"{nonce}:"):
+            return "no answer from the grader's guard (the notebook removed or broke it)"
+        return text.strip("'\"")[len(nonce) + 1:]
+
+    guard = run_sync(_async_guard)
+
+    def execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
+        ctx = self.ctx
+        role = ctx.role(cell) if ctx.test_ids is not None and cell.get("cell_type") == "code" else None
+        if role == "test":
+            answer = self.guard("enter", sorted(ctx.release_names))
+            if answer != "ok":
+                ctx.interfered[id(cell)] = f"the grader could not run it on its own IPython: {answer}"
+        elif role == "learner" and self._last_role != "learner":
+            self.guard("checkpoint")
+        if role is not None:
+            self._last_role = role
+        try:
+            return super().execute_cell(cell, cell_index, execution_count, store_history)
+        finally:
+            if role == "test" and id(cell) not in ctx.interfered:
+                answer = self.guard("leave")
+                if answer.startswith("tampered:"):
+                    ctx.interfered[id(cell)] = (f"the notebook changed the grader's {answer.split(':', 1)[1]} "
+                                                "while the test ran")
+                elif answer != "ok":
+                    ctx.interfered[id(cell)] = f"the grader could not check its own IPython after it: {answer}"
 
     async def _async_handle_timeout(self, timeout, cell=None):
         if cell is not None:
@@ -87,13 +160,12 @@ class GradingNotebookClient(PapermillNotebookClient):
 
     def output(self, outs, msg, display_id, cell_index):
         ctx = self.ctx
-        if ctx.flooded:
-            now = time.monotonic()
-            if ctx.interrupted_at is not None and now - ctx.interrupted_at > 2.0:
-                ctx.kill()  # ignored the interrupt and keeps flooding
+        is_error = msg.get("msg_type") == "error"
+        if ctx.flooded and not is_error:  # past the bound: discarded, the cell runs on
+            ctx.discarded += 1
             return None
         out = super().output(outs, msg, display_id, cell_index)
-        if out is not None:
+        if out is not None and not is_error:
             ctx.output_total += _size(out)
             if ctx.output_total > ctx.output_bytes:
                 ctx.flooded = True
@@ -102,13 +174,7 @@ class GradingNotebookClient(PapermillNotebookClient):
                     outs.remove(out)
                 outs.append(new_output("stream", name="stdout", text=(
                     f"\n[livelab grader: output stopped here: the notebook produced more than "
-                    f"{ctx.output_bytes:,} bytes of output; the cell was interrupted]\n")))
-                ctx.interrupted_at = time.monotonic()
-                try:
-                    from jupyter_core.utils import run_sync
-                    run_sync(self.km.interrupt_kernel)()
-                except Exception:  # noqa: BLE001 - dead already: nothing to interrupt
-                    ctx.kill()
+                    f"{ctx.output_bytes:,} bytes of output; the rest was discarded and the cell ran on]\n")))
                 return None
         return out
 

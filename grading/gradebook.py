@@ -69,6 +69,21 @@ def _ensure_grade_rows(gb, assignment: str, notebook: str, student: str) -> None
     gb.db.commit()
 
 
+def _reset_absent(gb, nb, assignment: str, notebook: str, student: str) -> None:
+    """A regrade replaces every grade of the previous attempt: a grade cell that is not in
+    this attempt's executed notebook (it did not run) keeps no old score."""
+    from nbgrader import utils
+    present = {c.metadata["nbgrader"]["grade_id"] for c in nb.cells if utils.is_grade(c)}
+    snb = gb.find_submission_notebook(notebook, assignment, student)
+    for g in snb.grades:
+        if g.cell.name not in present:
+            g.auto_score = 0
+            g.manual_score = None
+            g.extra_credit = None
+            g.needs_manual_grade = False
+    gb.db.commit()
+
+
 class Writer:
     """One gradebook session for a whole batch (opening a Gradebook costs tens of ms)."""
 
@@ -143,6 +158,7 @@ class Writer:
             nb = nbformat.reads(result["executed"], as_version=4)
             self._saver().preprocess(nb, {"nbgrader": {"notebook": notebook, "assignment": assignment,
                                                        "student": student, "db_url": self.db_url}})
+            _reset_absent(gb, nb, assignment, notebook, student)
         except Exception:
             gb.db.rollback()
             raise
@@ -179,6 +195,8 @@ def save(db_url: str, result: dict, course_id: str = "default_course") -> None:
     pp.log.setLevel(logging.ERROR)
     pp.preprocess(nb, {"nbgrader": {"notebook": notebook, "assignment": assignment, "student": student,
                                     "db_url": db_url}})
+    with Gradebook(db_url, course_id=course_id) as gb:
+        _reset_absent(gb, nb, assignment, notebook, student)
 
 
 def scores(db_url: str, assignment: str, course_id: str = "default_course") -> dict[str, float]:

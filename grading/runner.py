@@ -47,8 +47,10 @@ from .sandbox import KernelPool, SandboxConfig
 log = logging.getLogger("livelab.grading")
 
 SCHEMA = "livelab.grade/v1"
-MAX_NOTEBOOK_BYTES = 20 * 1024 * 1024
+MAX_NOTEBOOK_BYTES = 20 * 1024 * 1024    # the notebook itself, once its (stale) outputs are cleared
+MAX_FILE_BYTES = 256 * 1024 * 1024       # the file as handed in, outputs included (bounds the grader's memory)
 NOT_RUN = "LivelabGraderNotRun"
+INTERFERED = "LivelabGraderInterference"
 
 for _name in ("papermill", "papermill.translators", "papermill.execute", "traitlets", "nbclient"):
     logging.getLogger(_name).setLevel(logging.ERROR)
@@ -87,10 +89,19 @@ class InvalidSubmission(ValueError):
     """Not a gradable notebook; one line saying why."""
 
 
+def _clear_outputs(raw: dict) -> None:
+    """Outputs are cleared before the run anyway (nbgrader's ``ClearOutput``): clear them
+    before the size limit applies, so stale outputs never make a notebook "too large"."""
+    for cell in raw.get("cells") or []:
+        if isinstance(cell, dict) and cell.get("cell_type") == "code":
+            cell["outputs"] = []
+            cell["execution_count"] = None
+
+
 def read_notebook(data: bytes) -> NotebookNode:
-    if len(data) > MAX_NOTEBOOK_BYTES:
+    if len(data) > MAX_FILE_BYTES:
         raise InvalidSubmission(f"not graded: the file is {len(data):,} bytes, more than the "
-                                f"{MAX_NOTEBOOK_BYTES:,} a notebook may have")
+                                f"{MAX_FILE_BYTES:,} a submission may have")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -102,13 +113,37 @@ def read_notebook(data: bytes) -> NotebookNode:
                                 f"{exc.colno}); re-download the .ipynb from JupyterLab") from None
     if not isinstance(raw, dict) or "cells" not in raw or "nbformat" not in raw:
         raise InvalidSubmission("not a notebook: JSON without 'cells' and 'nbformat' (submit the .ipynb file)")
+    _clear_outputs(raw)
+    text = json.dumps(raw)
+    if len(text) > MAX_NOTEBOOK_BYTES:
+        raise InvalidSubmission(f"not graded: the notebook is {len(text):,} bytes without its outputs, more "
+                                f"than the {MAX_NOTEBOOK_BYTES:,} a notebook may have")
     try:
-        nb = nbformat.reads(text, as_version=4)
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # duplicate cell ids: repaired below
+            nb = nbformat.reads(text, as_version=4)
+        _repair_cell_ids(nb)
         nbformat.validate(nb)
     except Exception as exc:  # noqa: BLE001 - nbformat raises several types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise InvalidSubmission(f"not a valid notebook (nbformat): {first[:200]}") from None
     return nb
+
+
+def _repair_cell_ids(nb: NotebookNode) -> None:
+    """A duplicated cell (copied JSON, a merge) repeats its nbformat cell ``id``: give the
+    copies new ids, as JupyterLab would, instead of refusing the notebook."""
+    if (nb.get("nbformat"), nb.get("nbformat_minor", 0)) < (4, 5):
+        return
+    seen: set[str] = set()
+    for cell in nb.get("cells", []):
+        cid = cell.get("id")
+        if not isinstance(cid, str) or cid in seen:
+            import uuid
+            cid = uuid.uuid4().hex[:8]
+            cell["id"] = cid
+        seen.add(cid)
 
 
 # ---- integrity ---------------------------------------------------------------------------
@@ -184,9 +219,124 @@ def _grade_meta(cell) -> dict:
     return cell.get("metadata", {}).get("nbgrader", {}) or {}
 
 
+_RELEASES: dict[str, dict] = {}
+
+
+def _release_info(ref: Reference) -> dict:
+    """What the learner was given, per cell: nbgrader metadata and papermill tags by grade id,
+    and the notebook's kernelspec and language."""
+    info = _RELEASES.get(ref.digest)
+    if info is None:
+        from .reference import release_notebook
+        rel = nbformat.read(release_notebook(ref.ensure_local()), as_version=4)
+        meta, tags, untracked_params = {}, {}, False
+        names = _defined_names(rel)
+        for cell in rel.cells:
+            gid = _grade_meta(cell).get("grade_id")
+            ptags = [t for t in cell.get("metadata", {}).get("tags", []) if t in PAPERMILL_TAGS]
+            if gid is not None:
+                meta[gid] = copy.deepcopy(dict(cell.metadata["nbgrader"]))
+                tags[gid] = ptags
+            elif "parameters" in ptags:
+                untracked_params = True
+        info = {"meta": meta, "tags": tags, "untracked_params": untracked_params, "names": names,
+                "kernelspec": copy.deepcopy(dict(rel.metadata.get("kernelspec") or {})),
+                "language_info": copy.deepcopy(dict(rel.metadata.get("language_info") or {"name": "python"}))}
+        _RELEASES[ref.digest] = info
+    return info
+
+
+PAPERMILL_TAGS = ("parameters", "injected-parameters")
+
+
+def _defined_names(nb: NotebookNode) -> set[str]:
+    """Top-level names the release's code cells define (functions, classes, assignments,
+    imports): an exercise may ask for a function named like a builtin."""
+    import ast
+    out: set[str] = set()
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        src = "\n".join(ln for ln in cell.source.splitlines() if not ln.lstrip().startswith(("%", "!")))
+        try:
+            tree = ast.parse(src)
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                out.add(node.name)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                out.update((a.asname or a.name).split(".")[0] for a in node.names)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                for t in (node.targets if isinstance(node, ast.Assign) else [node.target]):
+                    out.update(n.id for n in ast.walk(t) if isinstance(n, ast.Name))
+    return out
+
+
+def _repair(nb: NotebookNode, ref: Reference, known: set[str], notes: list[str]) -> None:
+    """Repair accidents the way nbgrader's preprocessors would have wanted them repaired,
+    before they run: the release's kernel and language, the release's nbgrader metadata on
+    its cells (an answer cell edited to look like a test stays an answer), no nbgrader claim
+    on a cell the release does not have, and no papermill tag the release's cell lacks
+    (papermill deletes an ``injected-parameters`` cell before the run)."""
+    rel = _release_info(ref)
+    if rel["kernelspec"]:
+        nb.metadata["kernelspec"] = copy.deepcopy(rel["kernelspec"])
+    lang = (nb.metadata.get("language_info") or {}).get("name")
+    if lang != rel["language_info"].get("name"):
+        notes.append(f"the notebook's language {lang!r} was taken from the release instead "
+                     f"({rel['language_info'].get('name')!r})")
+    nb.metadata["language_info"] = copy.deepcopy(rel["language_info"])
+    counts: dict[str, int] = {}
+    kept_untracked_params = False
+    for cell in nb.cells:
+        md = cell.setdefault("metadata", nbformat.NotebookNode())
+        raw = md.get("nbgrader")
+        gid = raw.get("grade_id") if isinstance(raw, dict) else None
+        if raw is not None and (not isinstance(raw, dict) or gid not in known):
+            if gid is not None:
+                notes.append(f"a cell claims nbgrader id {gid!r}, which the release does not have: "
+                             "ignored (only the release's cells are graded)")
+            elif raw:
+                notes.append("a cell had nbgrader metadata without a release cell id: ignored")
+            md.pop("nbgrader", None)
+            gid = None
+        elif gid in rel["meta"]:
+            counts[gid] = counts.get(gid, 0) + 1
+            want = rel["meta"][gid]
+            flags = ("grade", "solution", "locked", "task")
+            if any(bool(raw.get(k)) != bool(want.get(k)) for k in flags):
+                kind = "test" if gid in ref.test_cells else "answer" if want.get("solution") else "locked"
+                notes.append(f"the nbgrader metadata of {kind} cell {gid!r} was edited: restored from the release")
+            pts = raw.get("points")
+            md["nbgrader"] = copy.deepcopy(want)
+            if pts is not None and "points" in want:
+                md["nbgrader"]["points_claimed"] = pts  # read (and dropped) below, for the note
+        tags = md.get("tags")
+        if isinstance(tags, list) and any(t in PAPERMILL_TAGS for t in tags):
+            allowed = set(rel["tags"].get(gid, [])) if gid is not None else set()
+            if gid is None and "parameters" in tags and rel["untracked_params"] and not kept_untracked_params:
+                allowed.add("parameters")
+                kept_untracked_params = True
+            drop = [t for t in tags if t in PAPERMILL_TAGS and t not in allowed]
+            if drop:
+                md["tags"] = [t for t in tags if t not in drop]
+                where = f"cell {gid!r}" if gid else "a cell"
+                notes.append(f"{where} carried the papermill tag{'s' if len(drop) > 1 else ''} "
+                             f"{', '.join(drop)} that the release's cell does not have: removed "
+                             "(papermill would have deleted or moved it)")
+    for gid, n in counts.items():
+        if n > 1:  # as nbgrader's DeduplicateIds: the last one keeps its id (the others none at
+            # all: nbgrader leaves them an empty dict that its OverwriteCells then trips on)
+            for cell in [c for c in nb.cells if _grade_meta(c).get("grade_id") == gid][:-1]:
+                cell.metadata.pop("nbgrader", None)
+            notes.append(f"cell {gid!r} appears {n} times (duplicated): only the last copy is graded")
+
+
 def sanitize(nb: NotebookNode, ref: Reference, student: str) -> tuple[NotebookNode, list[str]]:
-    """Restore the release's locked/test cells, points and kernelspec with nbgrader's
-    preprocessors; returns the notebook and what was restored, for the learner."""
+    """Repair accidents (:func:`_repair`), then restore the release's locked/test cells,
+    points and kernelspec with nbgrader's preprocessors; returns the notebook and what was
+    restored, for the learner."""
     from nbgrader import utils
     notes: list[str] = []
     known = set(ref.grade_cells) | _reference_cell_ids(ref)
@@ -194,16 +344,16 @@ def sanitize(nb: NotebookNode, ref: Reference, student: str) -> tuple[NotebookNo
     if ks != ref.kernel_name:
         notes.append(f"the notebook asked for kernel {ks!r}; it was run with the release's kernel "
                      f"{ref.kernel_name!r}")
+    _repair(nb, ref, known, notes)
     before: dict[str, NotebookNode] = {}
     for cell in nb.cells:
         meta = _grade_meta(cell)
         gid = meta.get("grade_id")
-        if meta and gid is not None and gid not in known:
-            notes.append(f"a cell claims nbgrader id {gid!r}, which the release does not have: "
-                         "ignored (only the release's cells are graded)")
-            cell.metadata.pop("nbgrader", None)
-        elif gid is not None and gid not in before:
+        claimed = meta.pop("points_claimed", None)
+        if gid is not None and gid not in before:
             before[gid] = copy.deepcopy(cell)
+            if claimed is not None:
+                _grade_meta(before[gid])["points"] = claimed
     db_url = ref.ensure_local().db_url
     _kept_gradebooks().reference_urls.add(db_url)
     resources = {"nbgrader": {"notebook": ref.notebook, "assignment": ref.assignment,
@@ -218,7 +368,7 @@ def sanitize(nb: NotebookNode, ref: Reference, student: str) -> tuple[NotebookNo
                 notes.append(f"cell {gid!r} was missing: restored from the release")
             continue
         om = _grade_meta(old)
-        if gid in ref.released and old.source != ref.released[gid]:
+        if gid in ref.released and old.source != ref.released[gid] and om.get("locked"):
             kind = "test cell" if gid in ref.test_cells else "locked cell"
             notes.append(f"{kind} {gid!r} was edited: restored from the release")
         if gid in ref.grade_cells and om.get("points") is not None and \
@@ -229,6 +379,20 @@ def sanitize(nb: NotebookNode, ref: Reference, student: str) -> tuple[NotebookNo
 
 
 _REF_IDS: dict[str, set[str]] = {}
+_HIDDEN: dict[str, set[str]] = {}
+
+
+def _hidden_tests(ref: Reference) -> set[str]:
+    """Test cells with hidden parts: the grader's source differs from what the learner got."""
+    hidden = _HIDDEN.get(ref.digest)
+    if hidden is None:
+        from nbgrader.api import Gradebook
+        with Gradebook(ref.ensure_local().db_url) as gb:
+            nbk = gb.find_notebook(ref.notebook, ref.assignment)
+            hidden = {c.name for c in nbk.source_cells
+                      if c.name in ref.test_cells and c.source != ref.released.get(c.name, c.source)}
+        _HIDDEN[ref.digest] = hidden
+    return hidden
 
 
 def _reference_cell_ids(ref: Reference) -> set[str]:
@@ -272,8 +436,11 @@ def sandbox_config(opts: RunOptions, *, env: dict | None = None, binds=None, hid
 
 
 def execute(nb: NotebookNode, kernel, limits: Limits, parameters: dict, *,
-            submission_bytes: bytes | None = None, notebook_name: str = "submission") -> dict:
-    """Run ``nb`` on ``kernel`` (started); returns facts and the executed notebook (``nb``)."""
+            submission_bytes: bytes | None = None, notebook_name: str = "submission",
+            ref: Reference | None = None) -> dict:
+    """Run ``nb`` on ``kernel`` (started); returns facts and the executed notebook (``nb``).
+    With ``ref``, the release's test cells run on the grader's own IPython (see
+    :mod:`grading.kernel_guard`)."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
     from .engine import ENGINE, RunContext
@@ -281,6 +448,10 @@ def execute(nb: NotebookNode, kernel, limits: Limits, parameters: dict, *,
         (kernel.work / f"{notebook_name}.ipynb").write_bytes(submission_bytes)
     ctx = RunContext(output_bytes=limits.output_bytes, kill=kernel.kill,
                      on_ready=lambda: kernel.arm(limits.total_timeout))
+    if ref is not None:
+        ctx.test_ids = set(ref.test_cells)
+        ctx.release_ids = set(ref.released) - ctx.test_ids
+        ctx.release_names = set(_release_info(ref)["names"])
     facts: dict[str, Any] = {"error": None}
     t0 = time.perf_counter()
     kernel.arm(limits.total_timeout + limits.startup_timeout)  # until the kernel answers
@@ -334,6 +505,16 @@ def _first_error(cell) -> str | None:
     return None
 
 
+def _name_bare_errors(cell, gid: str, points: float) -> None:
+    """A failing assert without a message (typical of hidden tests) says which test and how many
+    points, in the feedback and the messages, instead of a bare ``AssertionError``."""
+    for out in cell.get("outputs", []):
+        if out.get("output_type") == "error" and not str(out.get("evalue", "")).strip():
+            out["evalue"] = f"test {gid!r} ({points:g} point{'s' if points != 1 else ''}) failed"
+            tb = list(out.get("traceback") or [])
+            out["traceback"] = tb + [f"{out.get('ename', 'Error')}: {out['evalue']}"]
+
+
 def score(nb: NotebookNode, ref: Reference, ctx, stop_reason: str | None, *, void: bool = False) -> list[dict]:
     """Score every grade cell with nbgrader's ``determine_grade``, after marking the tests
     that did not really pass (see module doc).  ``void``: the run broke a limit that stops
@@ -341,6 +522,8 @@ def score(nb: NotebookNode, ref: Reference, ctx, stop_reason: str | None, *, voi
     from nbgrader import utils
     rows = []
     replies = dict(ctx.replies) if ctx is not None else {}
+    reply_errors = dict(ctx.reply_errors) if ctx is not None else {}
+    interfered = dict(ctx.interfered) if ctx is not None else {}
     if void:
         replies = {}
     for idx, cell in enumerate(nb.cells):
@@ -365,23 +548,38 @@ def score(nb: NotebookNode, ref: Reference, ctx, stop_reason: str | None, *, voi
                 status = "timeout"
                 if not has_err:
                     cell.outputs.append(_error_output("CellTimeoutError", "the test timed out"))
+            elif id(cell) in interfered:
+                status = "interfered"
+                cell.outputs.append(_error_output(INTERFERED, f"this test does not count: {interfered[id(cell)]}"))
             elif reply != "ok" and not has_err:
-                status = "hidden-error"
-                cell.outputs.append(_error_output(
-                    "LivelabGraderHiddenError", "the test raised an error that the notebook suppressed "
-                    "(for example with set_custom_exc): it does not pass"))
+                # the kernel said the test raised, and its error output is not there (it was
+                # discarded at the output limit, or never sent): the error is the kernel's
+                status = "failed"
+                ename, evalue = reply_errors.get(id(cell), ("Error", "the test raised an error"))
+                cell.outputs.append(_error_output(ename, evalue))
             elif has_err:
                 status = "failed"
         pts, max_pts = utils.determine_grade(cell)
         message = None
         if kind == "test" and (pts is None or pts < max_pts):
+            _name_bare_errors(cell, gid, max_pts)
             err = _first_error(cell)
-            message = f"test {gid!r} did not pass: {err}" if err else f"test {gid!r} gave partial credit"
+            what = f"test {gid!r} ({max_pts:g} point{'s' if max_pts != 1 else ''})"
+            if err and ":" not in err:  # an assert without a message says nothing by itself
+                err = f"{err} (an assert without a message"
+                err += ("; this test has hidden parts you cannot see)" if gid in _hidden_tests(ref) else ")")
+            message = f"{what} did not pass: {err}" if err else f"{what} gave partial credit"
         if kind == "answer" and pts is None:
             message = "needs manual grading"
         rows.append({"grade_id": gid, "kind": kind, "status": status,
                      "score": None if pts is None else float(pts), "max_score": float(max_pts),
                      "message": message})
+    seen = {r["grade_id"] for r in rows}
+    for gid, max_pts in ref.grade_cells.items():  # never full marks out of fewer points
+        if gid not in seen:
+            rows.append({"grade_id": gid, "kind": "test" if gid in ref.test_cells else "answer",
+                         "status": "not-run", "score": 0.0, "max_score": float(max_pts),
+                         "message": f"cell {gid!r} ({max_pts:g} points) was not in the executed notebook: 0"})
     return rows
 
 
@@ -396,7 +594,7 @@ def _first_error_elsewhere(nb: NotebookNode, ref: Reference) -> str | None:
         if gid in ref.test_cells or (cell.get("metadata", {}).get("livelab") or {}).get("check"):
             continue
         for out in cell.get("outputs", []):
-            if out.get("output_type") == "error" and out.get("ename") not in (NOT_RUN,):
+            if out.get("output_type") == "error" and out.get("ename") not in (NOT_RUN, INTERFERED):
                 ev = str(out.get("evalue", "")).strip().splitlines()
                 where = f"cell {gid!r}" if gid else f"code cell {n}"
                 return f"{where} raised {out.get('ename')}: {ev[0][:200] if ev else ''}".rstrip(": ")
@@ -410,8 +608,6 @@ def _stop_reason(facts: dict, kernel, ctx) -> str | None:
         return wd.split(": ", 1)[1] if ": " in wd else wd
     if "memory" in hits:
         return f"the kernel was killed at the memory limit ({kernel.config.limits.memory_mb} MB)"
-    if ctx is not None and ctx.flooded:
-        return f"the output flood was cut off at {ctx.output_bytes:,} bytes"
     if facts.get("error"):
         if "CellTimeoutError" in facts["error"]:
             return "an earlier cell ignored its timeout interrupt, so the run was stopped"
@@ -440,8 +636,8 @@ def limit_messages(facts: dict, kernel, ctx) -> tuple[list[str], list[str]]:
         msgs.append(f"the notebook went over the {lim.memory_mb} MB memory limit and was killed")
     if ctx is not None and ctx.flooded:
         hits.append("output")
-        msgs.append(f"the notebook printed more than {lim.output_bytes:,} bytes: the output was cut off "
-                    "and the cell interrupted; print less (summaries, not raw data)")
+        msgs.append(f"the notebook printed more than {lim.output_bytes:,} bytes: the output past that was "
+                    "discarded (the cells ran on); print less (summaries, not raw data)")
     if ctx is not None and ctx.timeouts:
         hits.append("cell-timeout")
         msgs.append(f"{len(ctx.timeouts)} cell(s) ran longer than {lim.cell_timeout:g} s and were interrupted")
@@ -527,7 +723,8 @@ def grade(sub: Submission, ref: Reference, opts: RunOptions | None = None, *,
     if lab is not None:
         lab.start_observing()
     try:
-        facts = execute(nb, kernel, opts.limits, params, submission_bytes=sub.data, notebook_name=sub.notebook)
+        facts = execute(nb, kernel, opts.limits, params, submission_bytes=sub.data, notebook_name=sub.notebook,
+                        ref=ref)
         timings["execute"] = facts["seconds"]
         for k in ("kernel_wait", "cells"):
             if k in facts:

@@ -57,12 +57,13 @@ def _nbgrader_env() -> dict:
     return env
 
 
-def make_course(root: Path) -> Path:
-    """An nbgrader course directory with the assignment generated; returns the release notebook."""
+def make_course(root: Path, source: nbformat.NotebookNode | None = None) -> Path:
+    """An nbgrader course directory with the assignment generated (from ``source``, default
+    :func:`source_notebook`); returns the release notebook."""
     root = Path(root)
     src = root / "source" / ASSIGNMENT
     src.mkdir(parents=True, exist_ok=True)
-    nbformat.write(source_notebook(), src / f"{NOTEBOOK}.ipynb")
+    nbformat.write(source if source is not None else source_notebook(), src / f"{NOTEBOOK}.ipynb")
     (root / "nbgrader_config.py").write_text("c = get_config()  # the course root is the working directory\n")
     subprocess.run([str(Path(sys.executable).parent / "nbgrader"), "generate_assignment", ASSIGNMENT,
                     "--force", "--log-level=ERROR"], cwd=root, check=True, env=_nbgrader_env(),

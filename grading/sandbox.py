@@ -189,6 +189,24 @@ def _interpreter_paths() -> list[str]:
 
 
 ZYGOTE = Path(__file__).with_name("zygote.py")
+GUARD = Path(__file__).with_name("kernel_guard.py")
+GUARD_STARTUP = "home/.ipython/profile_default/startup/00-livelab-grader-guard.py"
+
+
+@lru_cache(maxsize=1)
+def guard_startup() -> bytes:
+    """The IPython startup file that installs :mod:`grading.kernel_guard` in a grading kernel
+    before any notebook code: in a module of its own, with a private copy of the builtins."""
+    src = GUARD.read_text()
+    return ("def _livelab_guard():\n"
+            "    import builtins, sys, types\n"
+            "    m = types.ModuleType('_livelab_guard')\n"
+            "    m.__dict__['__builtins__'] = dict(vars(builtins))\n"
+            f"    exec(compile({src!r}, '<livelab grader guard>', 'exec'), m.__dict__)\n"
+            "    sys.modules['_livelab_guard'] = m\n"
+            "    m.install(get_ipython())\n"
+            "_livelab_guard()\n"
+            "del _livelab_guard\n").encode()
 
 
 class _ForkedProcess:
@@ -493,6 +511,9 @@ class Kernel:
         for sub in ("work", "ipc", "home", "tmp"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
+        guard = self.dir / GUARD_STARTUP  # runs before any notebook code (see kernel_guard)
+        guard.parent.mkdir(parents=True, exist_ok=True)
+        guard.write_bytes(guard_startup())
         for rel, data in config.files.items():
             target = self.dir / rel
             if rel.endswith("/"):
@@ -552,7 +573,8 @@ class Kernel:
                                   ip=str(self.dir / "ipc" / "k"))
         km.connection_file = str(self.dir / "ipc" / "kernel.json")
         km.client_class = "grading.sandbox.FastReadyClient"
-        env = _base_env(self.dir, {k: self.sub(v) for k, v in cfg.env.items()})
+        env = _base_env(self.dir, {"LIVELAB_OUTPUT_BYTES": str(cfg.limits.output_bytes),
+                                   **{k: self.sub(v) for k, v in cfg.env.items()}})
         self.via = "exec"
         if cfg.fork_server and fork_server_usable(list(km.kernel_spec.argv)):
             km.kernel_id = str(uuid.uuid4())

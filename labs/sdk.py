@@ -44,6 +44,16 @@ class CommandRefused(RuntimeError):
     """The device refused a command; the message is its one-line reason."""
 
 
+class InfrastructureError(RuntimeError):
+    """The lab itself (a device, a planted fixture, the broker), not the learner's work, failed.
+
+    Raised by set-up code a module runs for the learner (e.g. ``courses.incidents.plant``).
+    The grader recognises it in a locked cell and grades the submission again, and if it
+    keeps failing records ``infrastructure-error`` - never a score - so a busy or broken grading
+    machine is never a learner's 0.
+    """
+
+
 @dataclass
 class Connection:
     host: str
@@ -127,6 +137,8 @@ class Lab:
         mqtt.wait_until(lambda: len(self.states) >= len(conn.devices), 2.0)
         if module:
             self._record(("module-opened", opened_at), ("lab-connected", time.time()))
+            from labs.checking import install_test_marks
+            install_test_marks(module)  # a visible test that passes prints its ✓ line
 
     def _record(self, *kinds_times: tuple[str, float]) -> None:
         """Announce learning events on ``livelab/<ns>/learner/events`` (one message each, QoS 1).
@@ -452,6 +464,22 @@ class Lab:
             self._reply_events.pop(cid, None)
             self._replies.pop(cid, None)
         return AuditView(device, recs)
+
+    # ---- signal: checks and submissions (the grading service judges, not this kernel) ------
+    def check(self, module: str | None = None, *, timeout: float = 60.0):
+        """Ask the grading service to run this module's checks - the code that grades - on what
+        the lab saw in your namespace since you opened the module; returns a report with each
+        item passed or failed and what to do.  The service, not this kernel, records the
+        check-passed/check-failed events."""
+        from labs.checking import check
+        return check(self, module, timeout=timeout)
+
+    def submit(self, notebook=None, module: str | None = None, *, timeout: float = 600.0):
+        """Send the saved notebook (default: this one) to the grading service, which grades it in
+        a fresh namespace exactly as ``livelab grade`` does; returns the score and the path of the
+        feedback page (written next to the notebook).  Attempts are unlimited; each is kept."""
+        from labs.checking import submit
+        return submit(self, notebook, module, timeout=timeout)
 
     # ---- widgets -----------------------------------------------------------------------
     def panel(self):

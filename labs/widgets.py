@@ -339,6 +339,15 @@ class LabPanel(W.VBox):
         self.message.add_class("livelab-message")
         self.chart = W.HTML()
         self.chart.add_class("livelab-chart")
+        # Check: asks the grading service to judge the module's checks on this namespace
+        self.check_button = W.Button(description="Check", icon="check", tooltip=(
+            "run this module's checks (the ones that grade) on what the lab saw so far"),
+            disabled=not getattr(lab, "module", None))
+        self.check_button.add_class("livelab-check-button")
+        self.check_result = W.HTML()
+        self.check_result.add_class("livelab-check-result")
+        self.check_button.on_click(lambda _b: self.run_check())
+        self.last_check = None
         for dev in self._devices():
             self._ensure_device(dev)
             for scope in SCOPES:
@@ -351,7 +360,8 @@ class LabPanel(W.VBox):
         self.children = [self.header, h("Devices"), self.status,
                          h("Consent (click to grant or revoke; shows what each device reports)"),
                          self.consent_box, self.message,
-                         h("Live telemetry"), self.chart]
+                         h("Live telemetry"), self.chart,
+                         W.HBox([self.check_button]), self.check_result]
         self.layout.padding = "4px 8px 8px 8px"
 
         # Listen first, then read what was buffered, so no window falls in between
@@ -368,6 +378,29 @@ class LabPanel(W.VBox):
         self._render()
         self._thread = threading.Thread(target=self._render_loop, name="livelab-panel-render", daemon=True)
         self._thread.start()
+
+    # ---- checks ----------------------------------------------------------------------------
+    def run_check(self, *, wait: bool = False):
+        """What the Check button does: ``lab.check()`` off the kernel's main thread (the reply
+        comes over MQTT), then the report in ``check_result``.  ``wait``: return the report."""
+        self.check_button.disabled = True
+        self.check_result.value = '<div class="livelab-msg">checking…</div>'
+
+        def go():
+            try:
+                rep = self.lab.check()
+                self.last_check = rep
+                self.check_result.value = rep._repr_html_()
+            except Exception as exc:  # noqa: BLE001 - shown, never raised from a button
+                self.check_result.value = f'<div class="livelab-msg error">check failed: {_esc(exc)}</div>'
+            finally:
+                self.check_button.disabled = False
+        th = threading.Thread(target=go, name="livelab-check", daemon=True)
+        th.start()
+        if wait:
+            th.join()
+            return self.last_check
+        return None
 
     # ---- data ------------------------------------------------------------------------------
     def _devices(self) -> list[str]:

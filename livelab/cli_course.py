@@ -125,7 +125,9 @@ def cmd_release(args) -> int:
               title=f"released {c.id} {args.version} → {catalog.release_dir(c, args.version)}")
     for mod in m["modules"]:
         g = mod["gate"]
-        t.add_row(escape(mod["id"]), str(mod["minutes"]), f"{mod['points']:g}",
+        pts = mod.get("total_points", mod["points"])
+        t.add_row(escape(mod["id"]), str(mod["minutes"]),
+                  f"{pts:g} ({mod['points']:g} tests + {mod.get('check_points', 0):g} checks)",
                   f"passed in {g['reference_seconds']:.1f} s", f"{g['learner']} ({', '.join(g['learner_failed_tests'])})")
     console.print(t)
     return EXIT_OK

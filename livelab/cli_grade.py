@@ -20,7 +20,10 @@ def register(sub) -> None:
     s.add_argument("course", help="nbgrader course directory, directory with course.toml, or a course id")
     s.add_argument("module", help="module (nbgrader assignment) id")
     s.add_argument("path", help="a notebook, a submitted/ tree, or the course directory holding it")
-    s.add_argument("--student", help="learner id for a single notebook (default: its file name)")
+    s.add_argument("--student", help="the learner of a single notebook that records none (not in "
+                                     "submitted/<student>/ nor in a learner's home; default: the single-user "
+                                     "lab's owner); with a submitted/ tree, grade only that student. A "
+                                     "--student that contradicts the notebook's own learner is refused")
     s.add_argument("--out", help="where autograded/, feedback/ and results go (default: the course "
                                  "directory of the submissions, else <path>/../graded)")
     s.add_argument("--gradebook", help="gradebook database URL or SQLite file (default: gradebook.db "
@@ -38,8 +41,10 @@ def register(sub) -> None:
     s.add_argument("--events", help="events store (URL or lab home) for check events")
     s.add_argument("--state", help="grader state directory: private release references "
                                    "(default: $LIVELAB_HOME/grading)")
-    s.add_argument("--version", dest="release", help="the course release to grade against (default: the "
-                                                    "course's current version)")
+    s.add_argument("--version", dest="release", help="the course release to grade against, whatever "
+                                                    "course.toml says (default: the course's current "
+                                                    "version, or its newest release while course.toml "
+                                                    "names a version not released yet)")
     s.add_argument("--team", help="team of every learner graded (for per-team time-to-signal)")
     s.add_argument("--teams", metavar="FILE", help="learners' teams: a CSV file with columns student,team "
                                                    "(a header row is optional) or a JSON object "
@@ -47,6 +52,8 @@ def register(sub) -> None:
     s.add_argument("--seed", type=int_range(0, 2**63 - 1, what="--seed"), default=0)
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-service", action="store_true", help="grade in this process even when the grading "
+                                                              "service ('livelab grader serve') runs")
     s.set_defaults(fn=cmd_grade)
 
 
@@ -85,6 +92,41 @@ def read_teams(path: str) -> dict[str, str]:
     return out
 
 
+def _command_seconds() -> float:
+    """Wall time of the whole command, from the process's start (interpreter start-up and
+    imports included), not only of the grading inside it."""
+    import time
+    try:
+        import psutil
+        return max(0.0, time.time() - psutil.Process().create_time())
+    except Exception:  # noqa: BLE001 - psutil missing or /proc unreadable
+        return time.perf_counter()
+
+
+def _via_service(args, teams, team, *, progress: bool) -> dict | None:
+    """The summary from the running grading service, or None when none runs (or --home's lab
+    has none)."""
+    from pathlib import Path
+    from livelab.cli_grader import use_service
+    from livelab.common import home_of
+    home = home_of(args)
+    ab = lambda p: str(Path(p).expanduser().resolve()) if p else None  # noqa: E731 - the service's cwd differs
+    course = args.course if not Path(args.course).expanduser().exists() else ab(args.course)
+    config = {"course": course, "module": args.module, "path": ab(args.path), "out": ab(args.out),
+              "gradebook": args.gradebook if args.gradebook and "://" in args.gradebook else ab(args.gradebook),
+              "student": args.student, "use_cache": not args.no_cache, "events": args.events,
+              "lab_home": str(home), "seed": args.seed, "state": ab(args.state), "version": args.release,
+              "teams": teams, "team": team,
+              "checks": [c.strip() for c in args.checks.split(",") if c.strip()] if args.checks else None,
+              "limits": {"cell_timeout": args.cell_timeout, "total_timeout": args.timeout,
+                         "memory_mb": args.memory_mb, "max_processes": args.max_processes,
+                         "output_bytes": args.output_bytes}}
+    summary = use_service(home, config, progress=progress)
+    if summary is not None:
+        summary["via_service"] = True
+    return summary
+
+
 def cmd_grade(args) -> int:
     if args.workers < 1:
         return _usage("--workers must be at least 1")
@@ -100,24 +142,31 @@ def cmd_grade(args) -> int:
         except ValueError as exc:
             return _usage(str(exc))
     team = (args.team or "").strip() or None
-    if not args.scheduler:  # local workers: their fork server preloads while the driver starts
-        from grading import forkserver
-        forkserver.start()
-    from grading.batch import BatchConfig, GradeUsageError, grade_many
-    from grading.limits import Limits
-    limits = Limits(cell_timeout=args.cell_timeout, total_timeout=args.timeout, memory_mb=args.memory_mb,
-                    max_processes=args.max_processes, output_bytes=args.output_bytes)
-    cfg = BatchConfig(course=args.course, module=args.module, path=args.path, out=args.out,
-                      gradebook=args.gradebook, student=args.student, scheduler=args.scheduler,
-                      workers=args.workers, limits=limits, use_cache=not args.no_cache,
-                      progress=not args.no_progress and not args.json and sys.stderr.isatty(),
-                      events=args.events, lab_home=getattr(args, "home", None),
-                      checks=[c.strip() for c in args.checks.split(",") if c.strip()] if args.checks else None,
-                      seed=args.seed, state=args.state, version=args.release, teams=teams, team=team)
-    try:
-        summary = grade_many(cfg)
-    except GradeUsageError as exc:
-        return _usage(str(exc))
+    tty = sys.stderr.isatty()
+    show = not args.no_progress and not args.json
+    summary = None
+    if not args.scheduler and not args.no_service:  # a warm grading service does it in a fraction
+        summary = _via_service(args, teams, team, progress=show)
+    if summary is None:
+        if not args.scheduler:  # local workers: their fork server preloads while the driver starts
+            from grading import forkserver
+            forkserver.start()
+        from grading.batch import BatchConfig, GradeUsageError, grade_many
+        from grading.limits import Limits
+        limits = Limits(cell_timeout=args.cell_timeout, total_timeout=args.timeout, memory_mb=args.memory_mb,
+                        max_processes=args.max_processes, output_bytes=args.output_bytes)
+        cfg = BatchConfig(course=args.course, module=args.module, path=args.path, out=args.out,
+                          gradebook=args.gradebook, student=args.student, scheduler=args.scheduler,
+                          workers=args.workers, limits=limits, use_cache=not args.no_cache,
+                          progress=show and tty, progress_lines=show and not tty,
+                          events=args.events, lab_home=getattr(args, "home", None),
+                          checks=[c.strip() for c in args.checks.split(",") if c.strip()] if args.checks else None,
+                          seed=args.seed, state=args.state, version=args.release, teams=teams, team=team)
+        try:
+            summary = grade_many(cfg)
+        except GradeUsageError as exc:
+            return _usage(str(exc))
+    summary["command_seconds"] = _command_seconds()
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))
         return EXIT_OK
@@ -129,12 +178,16 @@ def cmd_grade(args) -> int:
     for col in ("student", "notebook", "score", "status", "notes"):
         t.add_column(col)
     for r in summary["results"]:
-        t.add_row(r["student"], r["notebook"], f"{r['score']:g} / {r['max_score']:g}", r["status"],
-                  "; ".join(r["messages"][:3])[:160])
+        score = f"{r['score']:g} / {r['max_score']:g}" if r.get("score") is not None else "-"
+        t.add_row(r["student"], r["notebook"], score, r["status"], "; ".join(r["messages"][:3])[:160])
     con.print(t)
     for s in summary["skipped"]:
         con.print(f"skipped: {s}")
-    con.print(f"{summary['graded']} graded, {summary['cached']} unchanged (cached), "
-              f"{summary['wall_seconds']:.1f} s; gradebook {summary['gradebook']}; feedback in "
-              f"{summary['out']}/feedback")
+    infra = sum(r["status"] == "infrastructure-error" for r in summary["results"])
+    con.print(f"{summary['graded']} graded, {summary['cached']} unchanged (cached)"
+              + (f", {infra} not graded (infrastructure error: the grading machine failed, not the work)"
+                 if infra else "")
+              + f", {summary['command_seconds']:.1f} s"
+              + (" (grading service)" if summary.get("via_service") else "")
+              + f"; gradebook {summary['gradebook']}; feedback in {summary['out']}/feedback")
     return EXIT_OK

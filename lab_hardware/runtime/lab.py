@@ -397,6 +397,23 @@ def _wait_namespace(home: Path, ns: str, devices: list[str], *, present: bool, t
             mqtt.stop(c)
 
 
+def set_service(home: str | os.PathLike | None, name: str, spec: dict[str, Any] | None) -> None:
+    """Add, replace (``spec``) or remove (None) a lab service in the running lab's config and
+    ask the supervisor to reload: it starts, restarts or stops it (see the supervisor's doc)."""
+    home = _home.resolve(home)
+    pid = _running_supervisor(home)
+    with _ConfigLock(home):
+        cfg = _home.read_json(home / "config.json")
+        svcs = [s for s in cfg.get("services") or [] if s.get("name") != name]
+        if spec is not None:
+            if not isinstance(spec.get("argv"), list) or not all(isinstance(a, str) for a in spec["argv"]):
+                raise LabError(f"service {name!r}: argv must be a list of strings")
+            svcs.append({**spec, "name": name})
+        cfg["services"] = svcs
+        _home.write_json(home / "config.json", cfg, mode=0o600)
+    os.kill(pid, signal.SIGHUP)
+
+
 def add_namespace(home: str | os.PathLike | None = None, namespace: str = "", *, devices: int = 3,
                   models: list[str] | None = None, profile: str | None = None,
                   timeout: float = 60.0, learner: str | None = None) -> dict[str, Any]:

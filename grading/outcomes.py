@@ -1,0 +1,166 @@
+"""Grading outcomes: ``graded`` or ``infrastructure-error``, and events that count.
+
+Why this module exists: a grader that scores a learner 0 because its own machine was busy
+cannot be trusted.  Every failure the grading machine causes - a namespace, kernel or planted
+fixture that did not come up, a check that crashed, a worker lost - is
+
+* **detected** (:func:`classify` reads a result: a locked cell that raised the lab's
+  :class:`labs.sdk.InfrastructureError` family, a kernel that never answered, a crashed
+  check; an exception raised while setting up a run),
+* **retried**, bounded (:func:`with_retries`, :data:`ATTEMPTS` runs in all), each time in a
+  fresh namespace and kernel,
+* and if it still fails, **recorded** as :data:`INFRA`: no score (``score`` is ``None``),
+  nothing cached, no gradebook row, no ``check-failed`` event, and a message telling the
+  learner plainly that it is not their work (:func:`infra_result`).
+
+Events that count (``check-passed``/``check-failed``/``module-completed``...) are written
+only by lab-side processes (the grading service, ``livelab grade``).  They are signed with
+the lab's events key (``secrets/events.key``, mode 0600, never in a learner's view), so an
+event a learner's kernel forges into the store - any learner name, any kind - is not
+counted: :func:`counted` keeps only events whose signature verifies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets as _secrets
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+GRADED = "graded"
+INFRA = "infrastructure-error"
+#: Runs of one submission before it is recorded as an infrastructure error.
+ATTEMPTS = 3
+#: Exceptions of the lab (not of the learner's code) when a locked cell raises them.
+INFRA_ENAMES = frozenset({"InfrastructureError", "IncidentError", "LabConnectionError"})
+#: What the learner reads when the grading machine failed.
+NOT_YOUR_WORK = ("not graded: the grading machine failed ({why}). This is not about your work and "
+                 "nothing was recorded against you: submit again (or ask your instructor to re-run the grading).")
+KEY_FILE = "events.key"
+
+
+# ---- detecting -----------------------------------------------------------------------------
+def _locked(cell) -> bool:
+    meta = (cell.get("metadata") or {}).get("nbgrader") or {}
+    return bool(meta.get("locked")) and not meta.get("solution")
+
+
+def classify(result: Mapping[str, Any]) -> str | None:
+    """Why ``result`` is the grading machine's failure, or None when it is a real grade."""
+    if result.get("status") == INFRA:
+        return result.get("infrastructure") or "infrastructure error"
+    timings = result.get("timings") or {}
+    if result.get("status") == "graded" and "execute" in timings and "kernel_wait" not in timings:
+        return "the notebook's kernel did not come up"
+    for row in result.get("checks") or []:
+        for it in row.get("items") or []:
+            if it.get("name") == "check-ran" and not it.get("ok"):
+                return f"the {row.get('name')} check crashed: {str(it.get('message'))[:160]}"
+    text = result.get("executed")
+    if not text:
+        return None
+    try:
+        nb = json.loads(text)
+    except ValueError:
+        return None
+    for i, cell in enumerate(nb.get("cells", [])):
+        if cell.get("cell_type") != "code" or not _locked(cell):
+            continue
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error" and out.get("ename") in INFRA_ENAMES:
+                gid = ((cell.get("metadata") or {}).get("nbgrader") or {}).get("grade_id") or f"cell {i + 1}"
+                ev = str(out.get("evalue", "")).strip().splitlines()
+                return f"the module's set-up cell {gid!r} failed: {out.get('ename')}: {ev[0][:160] if ev else ''}"
+    return None
+
+
+def infra_result(sub, ref, why: str, *, attempts: int = ATTEMPTS, tries: list[str] | None = None) -> dict:
+    """The result of a submission the grading machine could not grade: no score."""
+    return {"schema": "livelab.grade/v1", "status": INFRA, "student": sub.student, "assignment": sub.assignment,
+            "notebook": sub.notebook, "score": None, "max_score": ref.max_score, "cells": [], "checks": [],
+            "messages": [NOT_YOUR_WORK.format(why=why)], "infrastructure": why, "infra_tries": tries or [why],
+            "attempts_run": attempts, "limits_hit": [], "isolation": {}, "submission_sha256": sub.sha256,
+            "reference": ref.digest, "executed": None, "feedback_html": None, "timings": {},
+            "graded_at": time.time()}
+
+
+def with_retries(run: Callable[[], dict], sub, ref, attempts: int = ATTEMPTS) -> dict:
+    """Run ``run`` (one grading of ``sub``) until it is a real grade, at most ``attempts``
+    times; every failure of the machine (an exception, or :func:`classify`) is retried."""
+    tries: list[str] = []
+    for n in range(1, attempts + 1):
+        try:
+            res = run()
+        except Exception as exc:  # noqa: BLE001 - set-up failed (namespace, kernel, observer)
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            tries.append(f"{type(exc).__name__}: {first}".rstrip(": "))
+            continue
+        why = classify(res)
+        if why is None:
+            if tries:
+                res.setdefault("infra_retries", tries)
+            return res
+        tries.append(why)
+    return infra_result(sub, ref, tries[-1] if tries else "unknown", attempts=attempts, tries=tries)
+
+
+# ---- events that count ---------------------------------------------------------------------
+def events_key(home: str | os.PathLike, *, create: bool = True) -> bytes | None:
+    """The lab's events key (``secrets/events.key``), created on first use by a lab process."""
+    p = Path(home) / "secrets" / KEY_FILE
+    try:
+        return bytes.fromhex(p.read_text().strip())
+    except (OSError, ValueError):
+        if not create:
+            return None
+    p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = p.with_name(f".{KEY_FILE}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(_secrets.token_hex(32) + "\n")
+    try:
+        os.link(tmp, p)  # first writer wins; a concurrent one reads the winner's key
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return bytes.fromhex(p.read_text().strip())
+
+
+def _statement(ev: Mapping[str, Any]) -> bytes:
+    fields = [ev.get(k) or "" for k in ("learner", "team", "course", "version", "module", "kind", "check",
+                                        "source", "key")]
+    return json.dumps([*fields, round(float(ev.get("time") or 0.0), 6)], separators=(",", ":")).encode()
+
+
+def sign(events: Iterable[dict], key: bytes) -> list[dict]:
+    """Each event with ``detail.sig``: HMAC-SHA256 over what it says (who, what, when)."""
+    out = []
+    for ev in events:
+        ev = dict(ev)
+        detail = dict(ev.get("detail") or {})
+        detail["sig"] = hmac.new(key, _statement(ev), hashlib.sha256).hexdigest()
+        ev["detail"] = detail
+        out.append(ev)
+    return out
+
+
+def verifies(ev: Any, key: bytes) -> bool:
+    """Whether ``ev`` (an Event or a mapping) was signed with ``key`` and not altered since."""
+    d = ev.as_dict() if hasattr(ev, "as_dict") else dict(ev)
+    sig = (d.get("detail") or {}).get("sig")
+    if not isinstance(sig, str):
+        return False
+    return hmac.compare_digest(sig, hmac.new(key, _statement(d), hashlib.sha256).hexdigest())
+
+
+def counted(events: Iterable[Any], home: str | os.PathLike) -> list[Any]:
+    """The events that count: signed by this lab's events key (see the module doc)."""
+    key = events_key(home, create=False)
+    if key is None:
+        return []
+    return [e for e in events if verifies(e, key)]

@@ -1,0 +1,90 @@
+"""Grading outcomes: the grading machine's failures are never a learner's score, and messages
+name the test that failed.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell
+
+from grading import samples
+
+
+def _course(root: Path, nb: nbformat.NotebookNode, students: dict[str, nbformat.NotebookNode]) -> Path:
+    src = root / "source" / samples.ASSIGNMENT
+    src.mkdir(parents=True)
+    nbformat.write(nb, src / f"{samples.NOTEBOOK}.ipynb")
+    for name, sub in students.items():
+        d = root / "submitted" / name / samples.ASSIGNMENT
+        d.mkdir(parents=True)
+        nbformat.write(sub, d / f"{samples.NOTEBOOK}.ipynb")
+    return root
+
+
+def test_a_set_up_that_never_comes_up_is_an_infrastructure_error(tmp_path):
+    """A locked set-up cell raising the lab's InfrastructureError (a planted fixture that did not
+    come up) is retried, then recorded as infrastructure-error: no score, no gradebook row,
+    nothing cached, no check-failed event, and the learner is told it is not their work."""
+    from grading.batch import BatchConfig, Driver
+    nb = samples.source_notebook()
+    nb.cells.insert(2, new_code_cell(
+        "from labs.sdk import InfrastructureError\n"
+        "raise InfrastructureError('the planted incident did not come up')",
+        metadata=samples._meta("setup", locked=True)))
+    root = _course(tmp_path / "course", nb, {"ann": nb})
+    d = Driver(BatchConfig(course=str(root), module=samples.ASSIGNMENT, path=str(root), workers=1,
+                           state=str(tmp_path / "state"), events=str(tmp_path / "no-store"), progress=False))
+    summary = d.run()
+    (r,) = summary["results"]
+    assert r["status"] == "infrastructure-error" and r["score"] is None
+    assert "not about your work" in r["messages"][0] and "planted incident did not come up" in r["messages"][0]
+    kept = json.loads(next((d.work / "results" / "ann").glob("*.json")).read_text())
+    assert len(kept["infra_tries"]) == 3  # bounded retries, each in a fresh kernel
+    assert "ann" not in (d.work / "cache.json").read_text()
+    db = sqlite3.connect(root / "gradebook.db")
+    assert db.execute("select count(*) from submitted_assignment").fetchone()[0] == 0
+    ev = d.work / "events.jsonl"
+    assert not ev.exists() or "check-failed" not in ev.read_text()
+    assert not (root / "feedback" / "ann").exists()
+
+
+def test_a_hidden_test_without_a_message_is_named_with_its_points(tmp_path):
+    from grading import runner
+    from grading.reference import build
+    nb = samples.source_notebook()
+    for c in nb.cells:
+        if c.metadata.get("nbgrader", {}).get("grade_id") == "test_hidden":
+            c.source = ("assert square(-2) == 4, 'square(-2) should be 4'\n### BEGIN HIDDEN TESTS\n"
+                        "assert square(12) == 144\n### END HIDDEN TESTS")
+    src = tmp_path / "source" / samples.ASSIGNMENT / f"{samples.NOTEBOOK}.ipynb"
+    src.parent.mkdir(parents=True)
+    nbformat.write(nb, src)
+    ref = build(src, samples.ASSIGNMENT, tmp_path / "state")
+    wrong = samples.submission(nb, "return x * x if x < 10 else 0")  # passes -2 and 3, not 12
+    sub = runner.Submission("ann", samples.ASSIGNMENT, samples.NOTEBOOK, nbformat.writes(wrong).encode())
+    res = runner.grade(sub, ref)
+    row = next(c for c in res["cells"] if c["grade_id"] == "test_hidden")
+    assert row["score"] == 0
+    assert row["message"] == "test 'test_hidden' did not pass: AssertionError: test 'test_hidden' (3 points) failed"
+    assert "test 'test_hidden' (3 points) failed" in (res["feedback_html"] or "")
+    assert not any(m.rstrip().endswith("AssertionError") for m in res["messages"])
+
+
+def test_livelab_grade_without_a_terminal_prints_progress_lines(tmp_path, capsys):
+    from livelab.cli import main
+    root = tmp_path / "course"
+    release = samples.make_course(root)
+    samples.write_submission(root, "ann", samples.submission(release, samples.CORRECT))
+    samples.write_submission(root, "ben", samples.submission(release, samples.WRONG))
+    rc = main(["--home", str(tmp_path / "no-lab"), "grade", str(root), samples.ASSIGNMENT, str(root),
+               "--state", str(tmp_path / "state"), "--events", str(tmp_path / "no-store"), "--workers", "1"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("[")]
+    assert len(lines) == 2 and lines[-1].startswith("[2/2") and ("ann: 5/5" in err and "ben: 0/5" in err)
+    assert "already in use" not in err
+    assert "2 graded, 0 unchanged (cached), " in " ".join(out.split())

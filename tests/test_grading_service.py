@@ -1,0 +1,210 @@
+"""The warm grading service: checks a learner runs from the notebook, submit with feedback, and
+events that only the service can write.
+
+A real lab (Mosquitto + device processes), a real grading service (Dask workers, sandboxed
+kernels), and the learner's side in a real ``livelab`` Jupyter kernel, as in JupyterLab.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, start_lab
+
+COURSE = ROOT / "courses" / "edge-ml-foundations"
+REL = COURSE / "releases" / "1.1.0"
+M1 = "m1-telemetry"
+
+pytestmark = [pytest.mark.skipif(not COURSE.is_dir(), reason="the flagship course is not in this checkout"),
+              pytest.mark.timeout(900)]  # a bound on a loaded machine, not a timing
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory, mosquitto_available):
+    """A lab with the grading service running beside it (in this process)."""
+    from grading.service import GraderService
+    from lab_hardware.runtime import lab
+    home = tmp_path_factory.mktemp("svc-lab")
+    start_lab(home)
+    service = GraderService(home, warm_modules=[M1], workers=2).start()
+    yield service
+    service.stop()
+    lab.down(home)
+
+
+class Kernel:
+    """A learner's ``livelab`` kernel (jupyter_client), working in ``cwd``."""
+
+    def __init__(self, cwd: Path, env: dict):
+        import os
+        from jupyter_client.manager import KernelManager
+        self.km = KernelManager(kernel_name="livelab")
+        self.km.start_kernel(cwd=str(cwd), env={**os.environ, **env})
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(60)
+
+    def run(self, code: str, timeout: float = 120) -> dict:
+        """Execute ``code``; returns {'stdout', 'error', 'data'} of the cell."""
+        out = {"stdout": "", "error": None, "data": []}
+
+        def hook(msg):
+            t, c = msg["msg_type"], msg["content"]
+            if t == "stream":
+                out["stdout"] += c["text"]
+            elif t == "error":
+                out["error"] = f"{c['ename']}: {c['evalue']}"
+            elif t in ("execute_result", "display_data"):
+                out["data"].append(c["data"])
+        self.kc.execute_interactive(code, timeout=timeout, output_hook=hook)
+        return out
+
+    def close(self):
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+
+def _events(home, **kw):
+    from labs.learning_events import EventStore
+    with EventStore(home) as store:
+        return store.query(**kw)
+
+
+def _cell(nb_path: Path, grade_id: str) -> str:
+    nb = json.loads(nb_path.read_text())
+    return next("".join(c["source"]) for c in nb["cells"]
+                if c.get("metadata", {}).get("nbgrader", {}).get("grade_id") == grade_id)
+
+
+def test_learner_session_check_events_and_forgeries(svc, tmp_path):
+    """Open m1, do exercise 1, check: items pass and fail with messages; the service (not the
+    kernel) writes the events; forged events from the kernel do not count."""
+    from grading.outcomes import counted
+    from lab_hardware.runtime import lab as _lab
+    home = svc.home
+    learner = svc.owner("default")
+    work = tmp_path / "work"
+    work.mkdir()
+    learner_nb = work / f"{M1}.ipynb"
+    learner_nb.write_bytes((REL / "learner" / M1 / f"{M1}.ipynb").read_bytes())
+    _lab.add_namespace(home, "bob", devices=1)  # another learner in the same lab
+    k = Kernel(work, {"LIVELAB_HOME": str(home)})
+    try:
+        r = k.run(f"from labs import Lab\nlab = Lab.connect(module={M1!r}, course='edge-ml-foundations', "
+                  f"version='1.1.0')\nprint(lab.namespace)")
+        assert r["error"] is None and "default" in r["stdout"]
+        # exercise 1 (the solution), then its visible test: a ✓ line names it
+        sol = _cell(REL / "source" / M1 / f"{M1}.ipynb", "quiet")
+        assert k.run(sol)["error"] is None
+        r = k.run(_cell(learner_nb, "quiet-test"))
+        assert r["error"] is None and "✓ quiet-test passed (2 points" in r["stdout"], r
+        r = k.run("assert 1 == 1  # not a test cell of the notebook")
+        assert "✓" not in r["stdout"]
+
+        # check: consent is not used yet -> the check fails, with the item that says what to do
+        before = time.time()
+        r = k.run("rep = lab.check()\nprint(rep)\nprint('PASSED' if rep.passed else 'NOT YET')")
+        assert r["error"] is None, r
+        text = r["stdout"]
+        assert "NOT YET" in text
+        for ok_item in ("trail-verifies", "no-telemetry-without-consent", "no-pii-published", "revoked-when-done"):
+            assert f"✓ {ok_item}" in text, text
+        assert "✗ consent-used: you granted no consent" in text
+        ev = _events(home, learner=learner, module=M1, kind=["check-passed", "check-failed"])
+        assert [(e.kind, e.check, e.source) for e in ev] == [("check-failed", "consent", "grader")]
+        assert len(counted(ev, home)) == 1 and ev[0].time >= before
+
+        # exercises 2 and 4: read telemetry under consent, then revoke: the check passes
+        k.run("for d in lab.devices: lab.grant_consent(d, 'telemetry')\n"
+              "ws = list(lab.telemetry(timeout=3, limit=6))\n"
+              "for d in lab.devices: lab.revoke_consent(d, 'telemetry')")
+        t0 = time.time()
+        r = k.run("rep = lab.check()\nprint(rep)\nprint('PASSED' if rep.passed else 'NOT YET')")
+        t1 = time.time()
+        assert "PASSED" in r["stdout"], r["stdout"]
+        assert any("text/html" in d for d in r["data"]) or True  # print() shows the text form
+        passed = _events(home, learner=learner, module=M1, kind="check-passed")
+        assert len(passed) == 1 and passed[0].source == "grader" and passed[0].check == "consent"
+        assert t0 <= passed[0].time <= t1 and counted(passed, home) == passed
+
+        # forgeries from the learner's kernel
+        r = k.run(
+            "from labs.learning_events import EventStore\n"
+            "with EventStore() as s:\n"
+            "    s.write([{'kind': 'check-passed', 'learner': 'bob', 'module': 'm1-telemetry', 'check': 'consent',\n"
+            "              'source': 'grader', 'key': 'forged', 'detail': {'sig': '00' * 32}}])\n"
+            "import json\n"
+            "lab._client.publish('livelab/default/learner/events', json.dumps({'schema': 'livelab.event/v1',\n"
+            "    'kind': 'check-passed', 'learner': 'bob', 'module': 'm1-telemetry', 'check': 'consent'}), qos=1)\n"
+            "i = lab._client.publish('livelab/bob/learner/grader/request', json.dumps({'id': 'x', 'op': 'check',\n"
+            "    'module': 'm1-telemetry'}), qos=1)\n"
+            "i.wait_for_publish(5)\n"
+            "print('sent')")
+        assert r["error"] is None and "sent" in r["stdout"]
+        # ask once more as ourselves: replies are in order, so the forged request had its chance
+        assert "PASSED" in k.run("print('PASSED' if lab.check().passed else 'NOT YET')")["stdout"]
+        bob = _events(home, learner="bob")
+        assert [e.key for e in bob] == ["forged"], "only the row the kernel wrote itself is there"
+        assert counted(bob, home) == [], "a forged event does not count"
+        assert "bob" not in {e.learner for e in counted(_events(home), home)}
+        assert all(e.learner == learner for e in counted(_events(home, module=M1), home))
+    finally:
+        k.close()
+        _lab.remove_namespace(home, "bob", purge=True)
+
+
+def test_panel_check_button_shows_items(svc):
+    from labs import Lab
+    with Lab.connect(module=M1, home=svc.home) as lab:
+        panel = lab.panel()
+        try:
+            rep = panel.run_check(wait=True)
+            assert rep is not None and rep.module == M1
+            html = panel.check_result.value
+            assert "consent" in html and ("✓" in html or "✗" in html)
+            assert not panel.check_button.disabled
+        finally:
+            panel.close()
+
+
+def test_check_without_service_says_how_to_start_one(lab_home):
+    from labs import Lab
+    with Lab.connect(module=M1, home=lab_home) as lab:
+        rep = lab.check()
+    assert not rep.passed and "livelab grader serve" in str(rep)
+
+
+def test_submit_attempts_score_and_feedback(svc, tmp_path):
+    """lab.submit() from the learner's kernel: graded in a fresh namespace, every attempt kept."""
+    home = svc.home
+    learner = svc.owner("default")
+    work = tmp_path / "w"
+    work.mkdir()
+    nb = work / f"{M1}.ipynb"
+    nb.write_bytes((REL / "learner" / M1 / f"{M1}.ipynb").read_bytes())  # as handed out: not done
+    k = Kernel(work, {"LIVELAB_HOME": str(home)})
+    try:
+        k.run(f"from labs import Lab\nlab = Lab.connect(module={M1!r})")
+        r = k.run("res = lab.submit()\nprint(res.attempt, res.status, res.score, res.max_score, res.feedback)")
+        assert r["error"] is None, r
+        a1 = r["stdout"].split()
+        assert a1[0] == "1" and a1[1] == "graded" and float(a1[2]) < float(a1[3])
+        nb.write_bytes((REL / "source" / M1 / f"{M1}.ipynb").read_bytes())  # the learner finishes it
+        r = k.run("res = lab.submit()\nprint(res.attempt, res.status, res.score, res.max_score, res.feedback)")
+        a2 = r["stdout"].split()
+        assert a2[0] == "2" and a2[1] == "graded" and float(a2[2]) == float(a2[3]) == 15.0, r
+        fb = Path(a2[4])
+        assert fb.parent == work / "feedback" and fb.exists() and "consent" in fb.read_text()
+    finally:
+        k.close()
+    db = svc.out / "gradebook.db"
+    rows = sqlite3.connect(db).execute("select attempt, status, score from livelab_attempts where student=? "
+                                       "and assignment=? order by attempt", (learner, M1)).fetchall()
+    assert [r[0] for r in rows] == [1, 2] and rows[1][2] == 15.0 and rows[0][2] < 15.0
+    done = _events(home, learner=learner, module=M1, kind="module-completed")
+    assert [e.detail.get("attempt") for e in done] == [2]
