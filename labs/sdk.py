@@ -28,6 +28,10 @@ from lab_hardware.runtime.broker import BrokerAddress
 
 log = logging.getLogger("livelab.sdk")
 
+#: This kernel session: the idempotency key of its announced learning events (re-running
+#: ``Lab.connect`` in one kernel records a module opening once).
+_SESSION = uuid.uuid4().hex
+
 #: Windows kept for telemetry readers (about 3 hours of a 3-device lab).
 MAX_BUFFERED = 100_000
 
@@ -86,7 +90,7 @@ def _find(home=None, namespace=None, broker_url=None, username=None, password=No
     return Connection(d["broker"]["host"], d["broker"]["port"], d["namespace"],
                       username or d["learner"]["username"], password or d["learner"]["password"],
                       list(d["devices"]), list(d.get("intents") or []), d.get("defect_intent"), str(h),
-                      d.get("learner_name"))
+                      d.get("learner_name") or d.get("owner"))
 
 
 class Lab:
@@ -132,27 +136,27 @@ class Lab:
             raise LabConnectionError(str(exc)) from None
         mqtt.wait_until(lambda: len(self.states) >= len(conn.devices), 2.0)
         if module:
-            event = {"schema": "livelab.event/v1", "kind": "module-opened", "module": module,
-                     "learner": self.learner, "time": time.time()}
-            if course:
-                event["course"] = course
-            if version:
-                event["version"] = version
-            if self.team:
-                event["team"] = self.team
-            self._client.publish(topics.namespace_prefix(self.namespace) + "/learner/events",
-                                 topics.encode(event), qos=1)
             self._record(("module-opened", opened_at), ("lab-connected", time.time()))
             from labs.checking import install_test_marks
             install_test_marks(module)  # a visible test that passes prints its ✓ line
 
     def _record(self, *kinds_times: tuple[str, float]) -> None:
-        """Learning events for time-to-signal (labs/learning_events.py): idempotent per kernel
-        session, and a missing or broken events store never fails the notebook."""
-        from labs import learning_events as _events  # SQLAlchemy: imported only when a module is opened
-        _events.record(self.conn.home, *[{"kind": k, "time": t, "learner": self.learner, "module": self.module,
-                                          "course": self.course, "version": self.version,
-                                          "team": self.team or None, "detail": {"namespace": self.namespace}} for k, t in kinds_times])
+        """Announce learning events on ``livelab/<ns>/learner/events`` (one message each, QoS 1).
+
+        The kernel does not write the events store: the lab's trusted recorder
+        (``labs/recorder.py``) stores each announcement under the namespace's registered
+        learner, with its own clock.  Idempotent per kernel session (``session``)."""
+        topic = topics.namespace_prefix(self.namespace) + "/learner/events"
+        for kind, t in kinds_times:
+            event = {"schema": "livelab.event/v1", "kind": kind, "module": self.module,
+                     "learner": self.learner, "time": t, "session": _SESSION}
+            for k in ("course", "version", "team"):
+                if getattr(self, k):
+                    event[k] = getattr(self, k)
+            try:
+                self._client.publish(topic, topics.encode(event), qos=1)
+            except (ValueError, RuntimeError) as exc:  # never fails the learner's notebook
+                log.warning("could not announce %s: %s", kind, exc)
 
     @classmethod
     def connect(cls, module: str | None = None, *, home=None, namespace: str | None = None,

@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from livelab import cli_bundle, cli_course, cli_grade, cli_grader, cli_replay, cli_report, cli_rollout
+from livelab import cli_bundle, cli_course, cli_grade, cli_grader, cli_hub, cli_learners, cli_replay, cli_report, cli_rollout
 from livelab.common import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Parser, UsageError, console, err
 from livelab.common import check_home, float_range, int_range
 from livelab.common import home_of as _home
@@ -26,7 +26,7 @@ __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAIL", "EXIT_USAGE", "UsageE
 # ---- lab ---------------------------------------------------------------------------------
 def cmd_up(args) -> int:
     from lab_hardware.runtime import lab
-    from labs import scenarios
+    from labs import recorder, scenarios
     home = _home(args)
     try:
         sc = scenarios.load(args.scenario)
@@ -47,7 +47,7 @@ def cmd_up(args) -> int:
     with console.status(f"starting lab in {home} ..."):
         desc = lab.up(home, scenario=materialized, devices=args.devices, profile=args.profile,
                       namespace=args.namespace, broker_url=args.broker_url, port=args.port,
-                      device_options=opts, timeout=args.timeout)
+                      device_options=opts, timeout=args.timeout, services=[recorder.service()])
     b = desc["broker"]
     verb = "reusing the lab already running" if desc.get("reused") else f"lab up in {time.perf_counter() - t0:.1f} s"
     console.print(f"{verb}: broker {b['host']}:{b['port']}{' (external)' if b['external'] else ''}, "
@@ -208,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli_grade.register(sub)
     cli_grader.register(sub)
     cli_course.register(sub)
+    cli_learners.register(sub)
+    cli_hub.register(sub)
     return p
 
 

@@ -117,6 +117,11 @@ def keyid_arg(text: str) -> str:
 
 def check_home(path: Path) -> Path:
     """The state directory must be a directory (or not exist yet, under a directory)."""
+    try:
+        path.exists()
+    except PermissionError:  # a team lab's state directory is the lab's alone (0700)
+        raise UsageError(f"state directory {path} is not accessible to you (permission denied): it belongs "
+                         "to the lab's owner (use sudo), or choose another with --home or LIVELAB_HOME") from None
     if path.exists() and not path.is_dir():
         raise UsageError(f"state directory {path} is not writable: it is not a directory; "
                          "choose another with --home or LIVELAB_HOME")

@@ -41,6 +41,25 @@ if have flock && touch "$LOCK" 2>/dev/null && [ -w "$LOCK" ]; then
   flock -n 9 || { echo "setup: waiting for another setup run in $ROOT to finish..." >&2; flock 9; }
 fi
 
+# A team lab runs learners' servers and kernels from this venv as other Unix users, so as root
+# prefer a Python they can reach: one under a closed directory (pyenv in /root) is not.
+closed_to_others() {  # closed_to_others PATH: some directory on the way is not o+x
+  local d; d=$(dirname "$(readlink -f "$1")")
+  while [ "$d" != "/" ]; do
+    local perm; perm=$(stat -c %A "$d")
+    case "${perm:9:1}" in x|t) ;; *) return 0 ;; esac
+    d=$(dirname "$d")
+  done
+  return 1
+}
+if is_root && [ -z "${PYTHON:-}" ] && have "$PY" && closed_to_others "$(command -v "$PY")"; then
+  for cand in /usr/bin/python3 /usr/bin/python3.13 /usr/bin/python3.12 /usr/bin/python3.11; do
+    if [ -x "$cand" ] && "$cand" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      PY="$cand"; break
+    fi
+  done
+fi
+
 # ---- Python and the venv -------------------------------------------------------------------
 # An existing .venv is never deleted here (it may hold someone's work): a broken one is reported.
 if [ ! -e "$VPY" ] && [ ! -L "$VPY" ]; then
@@ -113,10 +132,34 @@ if [ ! -x /usr/bin/chromium ]; then
   fi
 fi
 
+# ---- configurable-http-proxy (JupyterHub's proxy, for 'livelab hub up') ---------------------
+# From npm into the project (.venv/node), no global install.  Without node/npm the rest of the
+# platform works; 'livelab hub up' then says how to install them.
+CHP="$VENV/node/node_modules/.bin/configurable-http-proxy"
+if [ ! -x "$CHP" ]; then
+  if ! have npm && is_root && have apt-get; then
+    say "installing nodejs and npm (apt-get; for JupyterHub's proxy)..."
+    apt_install nodejs npm || true
+  fi
+  if have npm; then
+    say "installing configurable-http-proxy into .venv/node (npm)..."
+    mkdir -p "$VENV/node"
+    npm install --prefix "$VENV/node" --no-audit --no-fund --loglevel=error configurable-http-proxy@5 \
+      >>"$SYS_LOG" 2>&1 9>&- || echo "setup: warning: npm install configurable-http-proxy failed (see .venv/setup.log): 'livelab hub' will not start" >&2
+  else
+    echo "setup: warning: npm is missing, so 'livelab hub up' will not start: run 'sudo apt-get install nodejs npm' and 'make setup' again" >&2
+  fi
+fi
+
 # ---- the livelab kernelspec ----------------------------------------------------------------
 SPEC="$VENV/share/jupyter/kernels/livelab/kernel.json"
 if [ "$PIP_RAN" = 1 ] || [ ! -f "$SPEC" ] || ! grep -qF "\"$VPY\"" "$SPEC" \
    || [ kernels/livelab/kernel.json -nt "$SPEC" ] || [ kernels/install.py -nt "$SPEC" ]; then
   say "installing the livelab kernelspec..."
   "$VPY" -m kernels install --sys-prefix >/dev/null || die 1 "installing the livelab kernelspec failed (see above)"
+fi
+
+# ---- where livelab is ----------------------------------------------------------------------
+if [ "$PIP_RAN" = 1 ] && [ "$(command -v livelab 2>/dev/null)" != "$VENV/bin/livelab" ]; then
+  say "ready: put 'livelab' on your PATH with '. .venv/bin/activate' (or run .venv/bin/livelab)"
 fi

@@ -23,6 +23,9 @@ def start_lab(home: Path, **kw):
     sc = scenarios.load(kw.pop("scenario", "voice-intents")).materialize(home / "scenario")
     opts = kw.pop("device_options", {})
     opts.setdefault("window_seconds", 0.5)
+    if "services" not in kw:  # the trusted recorder of learner events, as 'livelab up' runs it
+        from labs import recorder
+        kw["services"] = [recorder.service()]
     return lab.up(home, scenario=sc, device_options=opts, **kw)
 
 

@@ -283,12 +283,26 @@ def test_concurrent_writers_with_overlapping_batches(tmp_path):
 
 # ---- the SDK writes events -----------------------------------------------------------------------
 
+def _wait_count(store, n, timeout=20, **filters):
+    """The lab's recorder writes the SDK's announcements: wait for them (bounded)."""
+    deadline = time.monotonic() + timeout
+    while store.count(**filters) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return store.count(**filters)
+
+
 def test_sdk_writes_opening_connection_and_first_telemetry(lab_home, monkeypatch):
+    """The SDK announces; the lab's trusted recorder stores the events under the namespace's
+    owner (the lab's owner on a single-user lab), whatever name the kernel claims."""
+    from lab_hardware.home import read_json
     from labs import Lab
+    owner = read_json(lab_home / "lab.json")["owner"]
     monkeypatch.setenv("LIVELAB_TEAM", "team-a")
     with Lab.connect("m1-telemetry", home=lab_home, learner="ada", course="edge-ml", version="1.1.0") as lab:
         with EventStore(lab_home) as store:
-            got = {e.kind: e for e in store.query(learner="ada")}
+            assert _wait_count(store, 2, learner=owner, module="m1-telemetry") == 2
+            assert store.count(learner="ada") == 0
+            got = {e.kind: e for e in store.query(learner=owner, module="m1-telemetry")}
             assert set(got) == {"module-opened", "lab-connected"}
             o = got["module-opened"]
             assert (o.module, o.course, o.version, o.team, o.source) == ("m1-telemetry", "edge-ml", "1.1.0",
@@ -296,21 +310,19 @@ def test_sdk_writes_opening_connection_and_first_telemetry(lab_home, monkeypatch
             assert o.time <= got["lab-connected"].time <= time.time()
             lab.grant_consent("dev-0")
             lab.next_window("dev-0", timeout=10)
-            deadline = time.monotonic() + 5
-            while not store.count(learner="ada", kind="telemetry-first-seen") and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert store.count(learner="ada", kind="telemetry-first-seen") == 1
+            assert _wait_count(store, 1, learner=owner, kind="telemetry-first-seen") == 1
             lab.revoke_consent("dev-0")
     # The same kernel session opening the module again records nothing new (idempotent)...
-    with Lab.connect("m1-telemetry", home=lab_home, learner="ada", course="edge-ml", version="1.1.0"):
-        pass
-    with EventStore(lab_home) as store:
-        assert store.count(learner="ada") == 3
+    with Lab.connect("m1-telemetry", home=lab_home, learner="ada", course="edge-ml", version="1.1.0") as lab:
+        lab._record(("telemetry-first-seen", time.time()))  # a redelivered announcement, too
     # An explicit team wins over $LIVELAB_TEAM (a learner opening a module outside the grader).
     with Lab.connect("m2-replay", home=lab_home, learner="cy", course="edge-ml", version="1.1.0", team="blue") as lab:
         assert lab.team == "blue"
     with EventStore(lab_home) as store:
-        assert {e.team for e in store.query(learner="cy")} == {"blue"}
+        assert _wait_count(store, 2, learner=owner, module="m2-replay") == 2
+        assert {e.team for e in store.query(learner=owner, module="m2-replay")} == {"blue"}
+        # (recorded after the repeats above, which the one recorder received first)
+        assert store.count(learner=owner, module="m1-telemetry") == 3
     # ... and a broken events store never breaks the learner's notebook.
     monkeypatch.setenv("LIVELAB_EVENTS_URL", "postgresql://127.0.0.1:1/x")
     with Lab.connect("m2-replay", home=lab_home, learner="bob") as lab:

@@ -139,7 +139,7 @@ def test_status_and_down_without_lab(tmp_path):
 def test_down_leaves_no_process(fresh_lab):
     home = fresh_lab()
     pids = lab.lab_pids(home)
-    assert len(pids) == 5  # supervisor, broker, 3 devices
+    assert len(pids) == 6  # supervisor, broker, recorder (a lab service), 3 devices
     assert all(pid_alive(p) for p in pids)
     proc = run_cli("--home", str(home), "down")
     assert proc.returncode == 0

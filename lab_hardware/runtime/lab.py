@@ -100,17 +100,21 @@ def _identities(namespaces: dict[str, list[str]], old: dict[str, str]) -> dict[s
 def up(home: str | os.PathLike | None = None, *, scenario: dict[str, Any], devices: int = 3,
        profile: str = "none", namespace: str = "default", broker_url: str | None = None,
        port: int | None = None, device_options: dict[str, Any] | None = None,
-       timeout: float = 30.0) -> dict[str, Any]:
+       timeout: float = 30.0, services: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Start a lab (or reuse the running one with the same shape) and return its descriptor.
 
     ``scenario`` is a materialized scenario (see ``labs.scenarios``): file paths
     and parameters the devices read, so this layer never imports scenario code.
+    ``services`` are lab-side processes the supervisor runs beside the devices (see
+    ``lab_hardware.runtime.supervisor``: ``{"name", "argv", "ready_file"?}``), e.g. the
+    trusted recorder of learner events; named by command line, so this layer imports none.
     """
     home = _home.resolve(home)
     topics.check_name("namespace", namespace)
     if not 1 <= devices <= 64:
         raise LabError(f"--devices must be between 1 and 64, not {devices}")
     prof = profiles.load(profile)
+    svcs = _check_services(services or [])
     _check_writable(home)
     wanted = {"devices": devices, "profile": profile, "scenario": scenario.get("name"),
               "namespace": namespace, "broker_url": broker_url}
@@ -153,7 +157,9 @@ def up(home: str | os.PathLike | None = None, *, scenario: dict[str, Any], devic
     _home.write_json(sdir / "control.json", control, mode=0o600)
     cfg = {"shape": wanted, "broker": broker_cfg, "namespaces": ns_cfg, "scenario": scenario,
            "profiles": {profile: prof.as_dict()}, "device_options": device_options or {},
-           "ready_timeout": timeout}
+           "ready_timeout": timeout, "owner": owner, "services": svcs}
+    if owner:  # the learner of the lab's own namespace, for the lab's trusted event writers
+        ns_cfg[namespace]["learner"] = owner
     _home.write_json(home / "config.json", cfg, mode=0o600)
     (home / _home.DESCRIPTOR).unlink(missing_ok=True)
     (home / "run").mkdir(exist_ok=True)
@@ -189,10 +195,25 @@ def up(home: str | os.PathLike | None = None, *, scenario: dict[str, Any], devic
         "scenario": scenario.get("name"), "intents": scenario.get("intents"),
         "defect_intent": scenario.get("defect_intent"),
         "profile": profile, "supervisor_pid": proc.pid, "started": time.time(),
-        **({"learner_name": owner} if owner else {}),
+        **({"owner": owner, "learner_name": owner} if owner else {}),
     }
     _home.write_json(home / _home.DESCRIPTOR, desc, mode=0o644)
     return desc
+
+
+def _check_services(services: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Refuse a malformed service list with one line (the supervisor trusts config.json)."""
+    out, seen = [], set()
+    for svc in services:
+        if not isinstance(svc, dict) or not isinstance(svc.get("argv"), list) or not svc["argv"] \
+                or not all(isinstance(a, str) for a in svc["argv"]):
+            raise LabError(f"a lab service needs a non-empty 'argv' list of strings, not {svc!r}")
+        name = topics.check_name("service", svc.get("name", ""))
+        if name in seen:
+            raise LabError(f"two lab services are named {name!r}")
+        seen.add(name)
+        out.append({k: svc[k] for k in ("name", "argv", "ready_file", "env") if k in svc})
+    return out
 
 
 def _probe_external(addr: _broker.BrokerAddress) -> None:
@@ -395,7 +416,7 @@ def set_service(home: str | os.PathLike | None, name: str, spec: dict[str, Any] 
 
 def add_namespace(home: str | os.PathLike | None = None, namespace: str = "", *, devices: int = 3,
                   models: list[str] | None = None, profile: str | None = None,
-                  timeout: float = 60.0) -> dict[str, Any]:
+                  timeout: float = 60.0, learner: str | None = None) -> dict[str, Any]:
     """Add a namespace with its own devices and learner identity to the running lab.
 
     Why in a running lab: a grading job (or a team member) needs topics, credentials and
@@ -405,9 +426,16 @@ def add_namespace(home: str | os.PathLike | None = None, namespace: str = "", *,
     reload (SIGHUP: the broker re-reads passwords and ACL, the new devices start), and this
     returns once every new device is online.  Returns the namespace's descriptor (as
     ``lab.json`` would hold it, learner credentials included).
+
+    ``learner`` makes it a registered learner's namespace (``labs.learners``): the broker
+    username is then the learner's own name (one identity from login to audit chain), and
+    the lab's trusted writers take that name as the ``learner`` of the namespace's events.
+    Without it (grading jobs) the username stays ``learner.<namespace>``.
     """
     home = _home.resolve(home)
     topics.check_name("namespace", namespace)
+    if learner is not None:
+        topics.check_name("learner", learner)
     if not 1 <= devices <= 64:
         raise LabError(f"devices must be between 1 and 64, not {devices}")
     pid = _running_supervisor(home)
@@ -427,11 +455,16 @@ def add_namespace(home: str | os.PathLike | None = None, namespace: str = "", *,
         unknown = [m for m in chosen if m not in sc["models"]]
         if unknown:
             raise LabError(f"unknown model {unknown[0]!r}; the scenario has {', '.join(sc['models'])}")
-        cfg["namespaces"][namespace] = {"devices": [
-            {"name": n, "profile": prof_name, "model": chosen[i % len(chosen)]} for i, n in enumerate(names)]}
         sdir = _home.secrets_dir(home)
         ids = _home.read_json(sdir / "identities.json")
-        learner_user = _broker.learner_user(namespace)
+        learner_user = learner or _broker.learner_user(namespace)
+        if learner_user in ids:
+            raise LabError(f"broker identity {learner_user!r} already exists in the lab in {home}")
+        cfg["namespaces"][namespace] = {"devices": [
+            {"name": n, "profile": prof_name, "model": chosen[i % len(chosen)]} for i, n in enumerate(names)]}
+        if learner is not None:
+            cfg["namespaces"][namespace].update({"learner": learner, "learner_user": learner_user,
+                                                 "learners": {learner_user: learner}})
         for user in [learner_user] + [_broker.device_user(namespace, n) for n in names]:
             ids[user] = secrets.token_urlsafe(18)
         _home.write_json(sdir / "identities.json", ids, mode=0o600)
@@ -443,8 +476,13 @@ def add_namespace(home: str | os.PathLike | None = None, namespace: str = "", *,
         remove_namespace(home, namespace, timeout=timeout)
         raise
     desc = descriptor(home)
-    return {**desc, "namespace": namespace, "devices": names,
-            "learner": {"username": learner_user, "password": ids[learner_user]}, "started": time.time()}
+    out = {**desc, "namespace": namespace, "devices": names,
+           "learner": {"username": learner_user, "password": ids[learner_user]}, "started": time.time()}
+    out.pop("owner", None)
+    out.pop("learner_name", None)
+    if learner is not None:
+        out["learner_name"] = learner
+    return out
 
 
 def remove_namespace(home: str | os.PathLike | None = None, namespace: str = "", *,
@@ -468,7 +506,8 @@ def remove_namespace(home: str | os.PathLike | None = None, namespace: str = "",
         names = [d["name"] for d in spec["devices"]]
         sdir = _home.secrets_dir(home)
         ids = _home.read_json(sdir / "identities.json")
-        for user in [_broker.learner_user(namespace)] + [_broker.device_user(namespace, n) for n in names]:
+        learner_user = spec.get("learner_user") or _broker.learner_user(namespace)
+        for user in [learner_user] + [_broker.device_user(namespace, n) for n in names]:
             ids.pop(user, None)
         _home.write_json(home / "config.json", cfg, mode=0o600)
         _home.write_json(sdir / "identities.json", ids, mode=0o600)

@@ -11,7 +11,8 @@ Besides the broker and the devices it runs the lab's *services*: lab-side proces
 recorder of learner events, the grading service...).  They are started, restarted and stopped
 like devices, by command line only, so this layer never imports the code above it.  In
 ``argv``, ``{python}`` is this interpreter and ``{home}`` the state directory; a service with a
-``ready_file`` (relative to the state directory) counts as ready when it has written that file.
+``ready_file`` (relative to the state directory) counts as ready when it has written that file,
+and the lab is ready only when every such service is.
 """
 
 from __future__ import annotations
@@ -94,8 +95,10 @@ class Supervisor:
         return {ns: [d["name"] for d in spec["devices"]] for ns, spec in self.cfg["namespaces"].items()}
 
     def _write_broker_files(self) -> None:
+        users = {ns: [spec["learner_user"]] for ns, spec in self.cfg["namespaces"].items()
+                 if spec.get("learner_user")}
         _broker.write_config(self.home / "broker", self.cfg["broker"]["port"], self.secrets,
-                             self._namespaces())
+                             self._namespaces(), users)
 
     def _start_broker(self) -> subprocess.Popen:
         return _broker.start(self.home / "broker", self.cfg["broker"]["port"], self.logs / "broker.log")
@@ -191,6 +194,16 @@ class Supervisor:
                     continue
                 self._service_specs[name] = spec
                 log.info("started %s pid %s", self.services[name].name, self.services[name].pid)
+
+    def _services_not_ready(self) -> list[str]:
+        out = []
+        for name, child in self.services.items():
+            rf = self._service_specs[name].get("ready_file")
+            if not rf:
+                continue
+            if not ((self.home / rf).exists() and child.poll() is None):
+                out.append(name)
+        return out
 
     # ---- run state ---------------------------------------------------------------------
     def write_run(self, ready: bool) -> None:
@@ -290,9 +303,16 @@ class Supervisor:
         self._sync_services()
         self._sync_devices()
         self.write_run(False)
-        missing = self._wait_devices_online(float(self.cfg.get("ready_timeout", 20)))
+        timeout = float(self.cfg.get("ready_timeout", 20))
+        deadline = time.monotonic() + timeout
+        missing = self._wait_devices_online(timeout)
         if missing:
             raise RuntimeError(f"devices did not come online: {', '.join(missing)} (see logs/)")
+        while self._services_not_ready() and not self.stopping.is_set():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"lab services not ready: {', '.join(self._services_not_ready())} "
+                                   "(see logs/service-*.log)")
+            time.sleep(0.02)
         self.write_run(True)
         log.info("lab ready")
 
