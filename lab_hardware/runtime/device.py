@@ -53,7 +53,7 @@ from lab_hardware import digest as _digest
 from lab_hardware import features, mqtt, topics
 from lab_hardware.audit import AuditChain
 from lab_hardware.consent import SCOPES, ConsentError, ConsentState
-from lab_hardware.modelops.scrub import scrub
+from lab_hardware.modelops.scrub import scrub, warm_up as scrub_warm_up
 from lab_hardware.modelops.slots import ALL_SIGNERS, InstallError, Slots
 from lab_hardware.runtime.link import Link
 from lab_hardware.runtime.outbox import Outbox
@@ -146,6 +146,10 @@ def apply_profile_limits(profile: Profile) -> None:
 
 class Device:
     def __init__(self, config: dict[str, Any], *, clock=time.time):
+        # The scrubber (Presidio's analyzers, the name model) takes a few seconds of CPU to import
+        # and build: done before the device connects, so it comes online able to decide and the
+        # first decisions are not charged for it (a latency spike would fail the health check).
+        scrub_warm_up()
         self.cfg = config
         self.clock = clock
         self.ns = topics.check_name("namespace", config["namespace"])
