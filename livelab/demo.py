@@ -153,7 +153,7 @@ def _course_team_report(home: Path, console: Console) -> int:
             rel = dst / "releases" / version
             for module in MODULES:
                 sub = home / "submissions" / version / kind
-                for learner, team, v in TEAM:
+                for learner, _team, v in TEAM:
                     if v != version:
                         continue
                     nb = sub / "submitted" / learner / module / f"{module}.ipynb"

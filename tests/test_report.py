@@ -16,7 +16,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -383,7 +382,6 @@ def plots_for(page, selection: str) -> None:
 
 @pytest.mark.browser
 def test_voila_report_numbers_match_the_events(tmp_path, chromium):
-    t_start = time.monotonic()
     home = tmp_path / "home"
     result = seed(home)
     # cull_idle=2: the kernel of a closed page goes within seconds (a connected one never does).
@@ -405,7 +403,7 @@ def test_voila_report_numbers_match_the_events(tmp_path, chromium):
         for ver in ("1.0.0", "1.1.0"):
             page.select_option(".tts-filter-version select", label=ver)
             want = shown(result.summary(version=ver))
-            wait_for(lambda: page_numbers(page) == want, 10, f"the numbers of version {ver}")
+            wait_for(lambda want=want: page_numbers(page) == want, 10, f"the numbers of version {ver}")
             versions[ver] = float(page_numbers(page)["median"][0])
             plots_for(page, f"version {ver}")   # the plots and tables follow the filter too
             legend = page.locator(".tts-plot-funnel table.tts-funnel-table tbody tr").all_inner_texts()
@@ -433,7 +431,6 @@ def test_voila_report_numbers_match_the_events(tmp_path, chromium):
         serve.stop(proc)
     gone, alive = psutil.wait_procs(list(kernels.values()), timeout=5)
     assert not alive and proc.returncode is not None, "the report left processes behind"
-    assert time.monotonic() - t_start < 60
 
 
 @pytest.mark.browser
