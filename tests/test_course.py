@@ -301,11 +301,11 @@ def test_jupyterlab_lists_the_kernel_and_opens_a_fetched_module(tmp_path):
                                  f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
                                  "--ServerApp.open_browser=False"] + (["--allow-root"] if os.geteuid() == 0 else []),
                                 cwd=root, env=env, stdout=logs[-1], stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    proc, port = start_on_port_zero(start, tmp_path / "jupyterlab.log", timeout=60)
+    proc, port = start_on_port_zero(start, tmp_path / "jupyterlab.log", timeout=240)  # up to 132 s seen at load 70
     log = logs[-1]
     kernels: list = []
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while True:
             assert proc.poll() is None, (tmp_path / "jupyterlab.log").read_text()[-3000:]
             try:
@@ -313,7 +313,7 @@ def test_jupyterlab_lists_the_kernel_and_opens_a_fetched_module(tmp_path):
                     break
             except (urllib.error.URLError, ConnectionError, OSError):
                 pass
-            assert time.monotonic() < deadline, "jupyter lab did not answer within 60 s"
+            assert time.monotonic() < deadline, "jupyter lab did not answer within 120 s"
             time.sleep(0.2)
         _, specs = _api(port, token, "/api/kernelspecs")
         assert "livelab" in specs["kernelspecs"]

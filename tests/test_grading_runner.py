@@ -135,9 +135,9 @@ def course(tmp_path_factory):
 def probe(tmp_path_factory):
     """The hidden-tests probe, graded in a batch of its own with roomy limits.
 
-    Its walk reads thousands of files; in the main batch it shared the CPU with the
-    busy-looping and fork-bombing submissions under a 3 s cell limit and, on a loaded
-    machine, was interrupted before it printed.  What it checks is confinement, not
+    Its walk reads every file it can see; in the main batch it shared the CPU with the
+    busy-looping and fork-bombing submissions under a 3 s cell and 12 s total limit and,
+    on a loaded machine, was stopped before it printed (its output was missing).  What it checks is confinement, not
     speed, so it gets time (still bounded) and the main batch keeps its tight limits.
     """
     root = tmp_path_factory.mktemp("probe-course")

@@ -385,7 +385,8 @@ def test_voila_report_numbers_match_the_events(tmp_path, chromium):
     home = tmp_path / "home"
     result = seed(home)
     # cull_idle=2: the kernel of a closed page goes within seconds (a connected one never does).
-    proc, url = serve.serve(home, env=jupyter_env(tmp_path), log=tmp_path / "voila.log", cull_idle=2)
+    proc, url = serve.serve(home, env=jupyter_env(tmp_path), log=tmp_path / "voila.log", cull_idle=2,
+                            timeout=240)  # a bound, not a wait: Jupyter servers took 2 min to start at load 70
     kernels: dict[int, psutil.Process] = {}
     try:
         page = chromium.new_page(viewport={"width": 1300, "height": 2300})

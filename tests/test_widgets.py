@@ -32,6 +32,9 @@ from tests.net_helpers import start_on_port_zero
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
+#: Bound on a Jupyter/Voila server coming up (it returns as soon as it listens): a JupyterLab
+#: start took 132 s at a load average of 70 on this 2-core machine.
+SERVER_START_S = 240
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
@@ -146,7 +149,7 @@ def start_server(argv: list[str], *, cwd: Path, env: dict[str, str], log: Path) 
             started[-1].stop()
         started.append(Server(argv, cwd=cwd, env=env, log=log))
         return started[-1].proc
-    _, port = start_on_port_zero(start, log, timeout=60)
+    _, port = start_on_port_zero(start, log, timeout=SERVER_START_S)
     return started[-1], port
 
 
@@ -295,7 +298,7 @@ def test_voila_serves_a_working_panel(lab_home, sdk, chromium, tmp_path):
                                 cwd=tmp_path, env=server_env(tmp_path, lab_home), log=tmp_path / "voila.log")
     try:
         # Any answer from a static route means it listens (GET / would start a kernel).
-        wait_http(f"http://127.0.0.1:{port}/voila/static/", server.proc, server.log, 30)
+        wait_http(f"http://127.0.0.1:{port}/voila/static/", server.proc, server.log, SERVER_START_S)
         page = chromium.new_page(viewport={"width": 1000, "height": 1400})
         page.goto(f"http://127.0.0.1:{port}/", timeout=60_000)
         page.wait_for_selector(".livelab-panel", timeout=60_000)
@@ -334,7 +337,7 @@ def test_jupyterlab_runs_the_panel(lab_home, sdk, chromium, tmp_path):
                                 + (["--allow-root"] if os.geteuid() == 0 else []),
                                 cwd=root, env=server_env(tmp_path, lab_home), log=tmp_path / "jupyterlab.log")
     try:
-        wait_http(f"http://127.0.0.1:{port}/api/status?token={token}", server.proc, server.log, 60)
+        wait_http(f"http://127.0.0.1:{port}/api/status?token={token}", server.proc, server.log, SERVER_START_S)
         page = chromium.new_page(viewport={"width": 1280, "height": 1350})
         page.goto(f"http://127.0.0.1:{port}/lab/tree/panel.ipynb?token={token}", timeout=60_000)
         page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
