@@ -80,6 +80,11 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ requirements.lock -
     log_tail "$PIP_LOG"
     die 1 "pip install failed (full log: .venv/pip.log)"
   fi
+  # A dependency added to pyproject.toml but not to the lock is missing now: say so.
+  if ! "$VPY" -m pip check --disable-pip-version-check >>"$PIP_LOG" 2>&1; then
+    log_tail "$PIP_LOG" 5
+    die 1 "requirements.lock does not satisfy pyproject.toml: run 'make lock', then 'make setup' again"
+  fi
   touch "$STAMP"
   PIP_RAN=1
 fi
