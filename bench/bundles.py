@@ -23,9 +23,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from common import console, median, save, table
+from common import median, save, table
 
-from lab_hardware.modelops import adapter as _adapter
 from lab_hardware.modelops import bundle as _bundle
 from lab_hardware import features, profiles
 from lab_hardware.modelops import keys

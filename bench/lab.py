@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import ROOT, console, median, save, table
+from common import console, median, save, table
 
 from lab_hardware.runtime import broker as _broker
 from lab_hardware.runtime import lab

@@ -188,7 +188,7 @@ def enter(nonce: str, release_names=()) -> str:
         if cur is not mod:
             undo.append((_sys.modules.__setitem__, _sys.modules.__delitem__, name, cur))
             _sys.modules[name] = mod
-    for name, (mod, saved) in _state["modules"].items():
+    for name, (mod, saved) in _state["modules"].items():  # noqa: B007
         d = vars(mod)
         _swap_namespace(None, d.__setitem__, d.__delitem__, d, saved, undo, additions=False)
     for obj, saved in snap["objects"]:
@@ -254,7 +254,7 @@ def leave(nonce: str) -> str:
     if learner is None:
         return f"{nonce}:ok"
     bad = _intact()
-    for ns_set, ns_del, k, v in reversed(undo):
+    for ns_set, ns_del, k, v in reversed(undo):  # noqa: B007
         try:
             ns_set(k, v)
         except Exception:  # noqa: BLE001 - a read-only attribute: leave the grader's

@@ -92,7 +92,7 @@ def with_retries(run: Callable[[], dict], sub, ref, attempts: int = ATTEMPTS) ->
     """Run ``run`` (one grading of ``sub``) until it is a real grade, at most ``attempts``
     times; every failure of the machine (an exception, or :func:`classify`) is retried."""
     tries: list[str] = []
-    for n in range(1, attempts + 1):
+    for _attempt in range(1, attempts + 1):
         try:
             res = run()
         except Exception as exc:  # noqa: BLE001 - set-up failed (namespace, kernel, observer)

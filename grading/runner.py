@@ -526,7 +526,7 @@ def score(nb: NotebookNode, ref: Reference, ctx, stop_reason: str | None, *, voi
     interfered = dict(ctx.interfered) if ctx is not None else {}
     if void:
         replies = {}
-    for idx, cell in enumerate(nb.cells):
+    for cell in nb.cells:
         if not utils.is_grade(cell):
             continue
         gid = cell.metadata.nbgrader["grade_id"]
@@ -754,7 +754,6 @@ def grade(sub: Submission, ref: Reference, opts: RunOptions | None = None, *,
         check_rows = run_checks(checks, lab, artifacts)
         timings["checks"] = time.perf_counter() - tc
         add_check_cells(executed, check_rows)
-        from nbgrader import utils
         for row in check_rows:
             rows.append({"grade_id": row["grade_id"], "check": row["name"], "time": row["time"], "kind": "check",
                          "status": "ok" if row["passed"] else "failed",

@@ -14,7 +14,6 @@ batch, so inference runs in large batches while windows stay small.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 

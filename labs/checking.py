@@ -18,11 +18,9 @@ import html
 import json
 import os
 import threading
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 REQUEST_SCHEMA = "livelab.grader-request/v1"
 #: Seconds to wait for the service to acknowledge a request (it answers in milliseconds).

@@ -161,7 +161,7 @@ def cmd_diff(args) -> int:
                   checks, f"{ch['points'][0]:g} → {ch['points'][1]:g}" if ch["points"] else "",
                   escape("\n".join(cells)))
     console.print(t)
-    for v, entry in d["changelog"].items():
+    for entry in d["changelog"].values():
         _print(entry)
     return EXIT_OK
 

@@ -215,7 +215,7 @@ def _team_rounds(home: Path, dst: Path, console: Console) -> int:
             rel = dst / "releases" / version
             for module in MODULES:
                 sub = home / "submissions" / version / kind
-                for learner, team, v in TEAM:
+                for learner, _team, v in TEAM:
                     if v != version:
                         continue
                     nb = sub / "submitted" / learner / module / f"{module}.ipynb"

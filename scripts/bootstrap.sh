@@ -89,11 +89,20 @@ elif ! "$VPY" -c '' >/dev/null 2>&1; then
 fi
 
 # ---- the package (editable) and its dependencies -------------------------------------------
-if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
+# Dependencies come from requirements.lock (every package pinned, with hashes: the same set on
+# every machine, whatever PyPI's newest is that day); the package itself goes in editable
+# without resolving anything.  `make lock` updates the lock after a pyproject.toml change.
+if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ requirements.lock -nt "$STAMP" ]; then
   say "installing Python packages (first run takes a few minutes; log: .venv/pip.log)..."
-  if ! "$VPY" -m pip install --disable-pip-version-check -e '.[dev]' >"$PIP_LOG" 2>&1; then
+  if ! "$VPY" -m pip install --disable-pip-version-check --require-hashes -r requirements.lock >"$PIP_LOG" 2>&1 \
+     || ! "$VPY" -m pip install --disable-pip-version-check --no-deps --no-build-isolation -e . >>"$PIP_LOG" 2>&1; then
     log_tail "$PIP_LOG"
     die 1 "pip install failed (full log: .venv/pip.log)"
+  fi
+  # A dependency added to pyproject.toml but not to the lock is missing now: say so.
+  if ! "$VPY" -m pip check --disable-pip-version-check >>"$PIP_LOG" 2>&1; then
+    log_tail "$PIP_LOG" 5
+    die 1 "requirements.lock does not satisfy pyproject.toml: run 'make lock', then 'make setup' again"
   fi
   touch "$STAMP"
   PIP_RAN=1

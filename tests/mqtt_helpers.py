@@ -4,12 +4,30 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
+from typing import Any, Callable
 
 import paho.mqtt.client as mqtt_
 
 from lab_hardware.runtime import lab
 from lab_hardware import mqtt, topics
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``pred`` until it is truthy (returned), or fail after ``timeout`` s naming ``what``.
+
+    The tests wait on the condition they need, never on a fixed time: under load a
+    condition takes longer, and a bounded wait still ends the test if it never comes.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
 
 
 class Observer:

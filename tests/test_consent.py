@@ -7,7 +7,7 @@ import re
 import time
 
 from labs import Lab, streams
-from tests.mqtt_helpers import Observer
+from tests.mqtt_helpers import Observer, wait_for
 
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+")
 PHONE = re.compile(r"\(?\d{3}\)?[ -]\d{3}[ -]\d{4}")
@@ -23,8 +23,8 @@ def test_consent_gate_and_revocation(fresh_lab):
 
             sdk.grant_consent("dev-0")
             sdk.next_window("dev-0", timeout=3)
-            time.sleep(1.0)
-            assert obs.of("telemetry", "dev-0")
+            wait_for(lambda: obs.of("telemetry", "dev-0"), 10, "the observer to see dev-0's telemetry")
+            time.sleep(1.0)  # (a second of windows in which the others must stay silent)
             assert obs.of("telemetry", "dev-1") == [] and obs.of("telemetry", "dev-2") == []
 
             # consent-first: no window mixes decisions from before the grant
@@ -66,7 +66,7 @@ def test_no_raw_input_or_pii_leaves_a_device(fresh_lab):
                 sdk.grant_consent(d)
             for d in sdk.devices:
                 sdk.grant_consent(d, "replay-capture")
-            time.sleep(2.0)
+            wait_for(lambda: len(obs.of("telemetry")) >= 6, 30, "six telemetry windows")
             sdk.audit_chain("dev-1")
         texts = [r["text"] for r in streams.voice_intents(20261125, 2000)]
         blob = "\n".join(json.dumps(d) if isinstance(d, dict) else repr(d) for _, d in obs.raw())

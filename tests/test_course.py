@@ -23,6 +23,7 @@ import pytest
 from courses import catalog, notebooks, release
 from courses.catalog import CourseError
 from livelab.cli import main
+from tests.net_helpers import start_on_port_zero
 
 ROOT = Path(__file__).resolve().parents[1]
 COURSE_ID = "edge-ml-foundations"
@@ -268,13 +269,6 @@ def test_a_modified_release_is_refused(tmp_path):
 
 
 # ---- JupyterLab opens a fetched module ---------------------------------------------------
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _api(port: int, token: str, path: str, method: str = "GET", body: dict | None = None):
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
                                  data=json.dumps(body).encode() if body is not None else None,
@@ -288,7 +282,7 @@ def test_jupyterlab_lists_the_kernel_and_opens_a_fetched_module(tmp_path):
     import psutil
     root = tmp_path / "root"
     res = catalog.fetch(catalog.load(COURSE_ID), None, root / "course")
-    port, token = _free_port(), secrets.token_hex(16)
+    token = secrets.token_hex(16)
     env = dict(os.environ)
     env.update({"PATH": str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),
                 "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"),
@@ -296,15 +290,22 @@ def test_jupyterlab_lists_the_kernel_and_opens_a_fetched_module(tmp_path):
                 "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "lab-settings"),
                 "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "lab-workspaces"),
                 "LIVELAB_HOME": str(tmp_path / "no-lab")})
-    log = open(tmp_path / "jupyterlab.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1",
-                             f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-                             f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
-                             "--ServerApp.open_browser=False"] + (["--allow-root"] if os.geteuid() == 0 else []),
-                            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    logs: list = []
+
+    def start() -> subprocess.Popen:  # port 0: the server takes a port nobody holds (no race)
+        if logs:
+            logs[-1].close()
+        logs.append(open(tmp_path / "jupyterlab.log", "wb"))
+        return subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1",
+                                 "--ServerApp.port=0", "--ServerApp.port_retries=0",
+                                 f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
+                                 "--ServerApp.open_browser=False"] + (["--allow-root"] if os.geteuid() == 0 else []),
+                                cwd=root, env=env, stdout=logs[-1], stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc, port = start_on_port_zero(start, tmp_path / "jupyterlab.log", timeout=240)  # up to 132 s seen at load 70
+    log = logs[-1]
     kernels: list = []
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while True:
             assert proc.poll() is None, (tmp_path / "jupyterlab.log").read_text()[-3000:]
             try:
@@ -312,7 +313,7 @@ def test_jupyterlab_lists_the_kernel_and_opens_a_fetched_module(tmp_path):
                     break
             except (urllib.error.URLError, ConnectionError, OSError):
                 pass
-            assert time.monotonic() < deadline, "jupyter lab did not answer within 60 s"
+            assert time.monotonic() < deadline, "jupyter lab did not answer within 120 s"
             time.sleep(0.2)
         _, specs = _api(port, token, "/api/kernelspecs")
         assert "livelab" in specs["kernelspecs"]

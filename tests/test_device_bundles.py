@@ -212,7 +212,6 @@ def test_rollout_cli_canary_back_and_shadow_forward(blab):
     import subprocess
     import sys
     home, sdk, b = blab
-    digest = _bundle.read(b["fixed2"]).digest
     # fixed2 was revoked above; use a fresh version for this rollout
     tmp = b["fixed2"].parent
     rb = _make(tmp, home, "intents", "5.0.0", call_bias=-3.0)

@@ -8,7 +8,7 @@ import pytest
 
 from lab_hardware import topics
 from lab_hardware.runtime.device import COMMAND_LIMIT
-from labs import CommandRefused, Lab
+from labs import CommandRefused
 from tests.mqtt_helpers import Observer, publish_raw
 
 

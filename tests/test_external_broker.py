@@ -46,9 +46,9 @@ def test_lab_on_external_broker(tmp_path):
 
 def test_unreachable_external_broker_one_line(tmp_path):
     from tests.test_lab import one_line_error, run_cli
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens here once closed
-    proc = run_cli("--home", str(tmp_path / "h"), "up", "--broker-url", f"mqtt://127.0.0.1:{port}")
+    with socket.socket() as s:  # bound, never listening: connections are refused, and no other
+        s.bind(("127.0.0.1", 0))  # process can take the port while the test runs
+        port = s.getsockname()[1]
+        proc = run_cli("--home", str(tmp_path / "h"), "up", "--broker-url", f"mqtt://127.0.0.1:{port}")
     assert proc.returncode == 2
     assert "cannot reach MQTT broker" in one_line_error(proc)

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from lab_hardware import mqtt, topics
+from lab_hardware import topics
 from lab_hardware.modelops import adapter as _adapter
 from lab_hardware.modelops import bundle as _bundle
 from lab_hardware.modelops import keys
-from lab_hardware.runtime import broker, lab
+from lab_hardware.runtime import lab
 from labs import CommandRefused, Lab, scenarios
 from tests.conftest import start_lab
 from tests.mqtt_helpers import Observer, publish_raw
@@ -72,7 +72,6 @@ def _with_model(src: Path, home: Path, model: bytes, version: str, out: Path) ->
 
 def _nan_model() -> bytes:
     """A valid ONNX intent model that loads fine and answers NaN probabilities."""
-    import onnx
     from onnx import TensorProto, helper
     from lab_hardware import features
     k = len(SC.intents)

@@ -12,7 +12,6 @@ import time
 
 import pytest
 
-from lab_hardware import home as _home
 from lab_hardware.runtime import lab
 from lab_hardware.home import pid_alive
 from tests.conftest import start_lab

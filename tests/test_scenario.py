@@ -108,6 +108,47 @@ def test_rebuilt_models_are_byte_identical_to_committed(scenario, build_module, 
         assert built[name].read_bytes() == committed.read_bytes(), f"{name}.onnx differs from a rebuild"
 
 
+# Rebuilt in fresh processes, each with another OpenBLAS kernel and thread count (and one
+# with numpy's AVX2/AVX-512 loops switched off): the bytes must not depend on the CPU.
+_REBUILD = """
+import hashlib, importlib.util, json, sys, tempfile
+from pathlib import Path
+from threadpoolctl import threadpool_info
+spec = importlib.util.spec_from_file_location("bm", sys.argv[1])
+bm = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bm)
+with tempfile.TemporaryDirectory() as out:
+    paths = bm.build(Path(out))
+    digests = {name: hashlib.sha256(p.read_bytes()).hexdigest() for name, p in paths.items()}
+blas = [i for i in threadpool_info() if i["internal_api"] == "openblas"]
+print(json.dumps({"digests": digests, "blas": blas}))
+"""
+_NO_NUMPY_SIMD = "AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL AVX512_SPR AVX2 FMA3"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "coretype, threads, numpy_off",
+    # (Each of the first three gave other bytes with sklearn's lbfgs on this SkylakeX machine.)
+    [("Haswell", 2, ""), ("Sandybridge", 1, ""), ("Nehalem", 2, ""), ("SkylakeX", 1, _NO_NUMPY_SIMD)],
+)
+def test_model_build_does_not_depend_on_blas_kernel_or_threads(scenario, coretype, threads, numpy_off):
+    committed = {name: hashlib.sha256(p.read_bytes()).hexdigest() for name, p in scenario.models.items()}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENBLAS_CORETYPE": coretype,
+           "OPENBLAS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    if numpy_off:
+        env["NPY_DISABLE_CPU_FEATURES"] = numpy_off
+    out = subprocess.run([sys.executable, "-c", _REBUILD, str(SCENARIO_DIR / "build_models.py")],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    # The environment really switched the kernel and threads (else this proves nothing).
+    assert result["blas"], "numpy's OpenBLAS not found by threadpoolctl"
+    assert all(i["architecture"].lower() == coretype.lower() for i in result["blas"]), result["blas"]
+    assert all(i["num_threads"] == threads for i in result["blas"]), result["blas"]
+    assert result["digests"] == committed
+
+
 def test_model_interface_and_provenance(scenario, build_module):
     for name, path in scenario.models.items():
         m = onnx.load(str(path))

@@ -147,7 +147,7 @@ def consent(ctx: CheckContext) -> list[Item]:
     if ctx.observed:
         disk = {(d, r["hash"]) for d in ctx.devices for r in trail(chains[d])}
         wire = set()
-        for m, a in ctx.of("audit"):
+        for _topic, a in ctx.of("audit"):
             d = a.get("device")
             for r in a.get("records", []):
                 if r.get("kind") == "consent":

@@ -52,7 +52,7 @@ import numpy as np
 from lab_hardware import digest as _digest
 from lab_hardware import features, mqtt, topics
 from lab_hardware.audit import AuditChain
-from lab_hardware.consent import SCOPES, ConsentError, ConsentState
+from lab_hardware.consent import ConsentError, ConsentState
 from lab_hardware.modelops.scrub import scrub, warm_up as scrub_warm_up
 from lab_hardware.modelops.slots import ALL_SIGNERS, InstallError, Slots
 from lab_hardware.runtime.link import Link

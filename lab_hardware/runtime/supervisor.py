@@ -26,7 +26,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from lab_hardware.runtime import broker as _broker
 from lab_hardware import home as _home
@@ -238,7 +237,8 @@ class Supervisor:
         try:
             for ns in self.cfg["namespaces"]:
                 mqtt.subscribe_wait(c, topics.namespace_prefix(ns) + "/devices/+/state")
-            pending = lambda: [k for k, ch in self.devices.items() if online.get(k) != ch.pid]
+            def pending() -> list[str]:
+                return [k for k, ch in self.devices.items() if online.get(k) != ch.pid]
             mqtt.wait_until(lambda: not pending() or self.stopping.is_set(), timeout, 0.02)
             return pending()
         finally:
