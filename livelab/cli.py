@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from livelab import cli_bundle, cli_course, cli_grade, cli_replay, cli_report, cli_rollout
+from livelab import cli_bundle, cli_course, cli_grade, cli_lab, cli_replay, cli_report, cli_rollout
 from livelab.common import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Parser, UsageError, console, err
 from livelab.common import check_home, float_range, int_range
 from livelab.common import home_of as _home
@@ -207,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_report.register(sub)
     cli_grade.register(sub)
     cli_course.register(sub)
+    cli_lab.register(sub)
     return p
 
 

@@ -115,7 +115,7 @@ def consent(ctx: CheckContext) -> list[Item]:
         late = []
         for d in ctx.devices:
             ivs = intervals(chains[d], "telemetry")
-            for _m, w in ctx.of("telemetry", d):
+            for w in ctx.distinct("telemetry", d):  # a window is (device, seq): redeliveries count once
                 used["telemetry"] += 1
                 if not _inside(float(w.get("start", 0)), float(w.get("end", 0)), ivs):
                     late.append(f"{d} window {w.get('seq')}")
@@ -127,7 +127,7 @@ def consent(ctx: CheckContext) -> list[Item]:
     for d in ctx.devices:
         ivs = intervals(chains[d], "replay-capture")
         by_hash = {iv[2]["hash"]: iv for iv in ivs}
-        caps = [w for _m, w in ctx.of("capture", d)] if ctx.observed else []
+        caps = ctx.distinct("capture", d) if ctx.observed else []
         for c in caps:
             used["replay-capture"] += 1
             ref = c.get("consent") or {}

@@ -44,24 +44,46 @@ def _model_for(ctx: CheckContext, digest: str) -> Path | None:
     return None
 
 
+def _score(items: list[Item]) -> float:
+    if any(i.required and not i.ok for i in items):
+        return -1.0
+    total = sum(i.weight for i in items) or 1.0
+    return sum(i.weight for i in items if i.ok) / total
+
+
 @register("replay", points=5)
 def replay_check(ctx: CheckContext) -> list[Item]:
-    """A real, consented, deterministic replay that reproduces the candidate's false positives."""
+    """A real, consented, deterministic replay that reproduces the candidate's false positives.
+
+    Every ``.lreplay`` the notebook left is judged and the best one counts: never the newest by
+    copy time or the first by name (a learner who kept an early attempt beside the final
+    replay is judged on the final one, and a stale copy cannot stand in for it)."""
     from lab_hardware.modelops import replay
     files = ctx.files(".lreplay")
     if not files:
         return [Item("replay-file", False, "no .lreplay file in your working directory: build one with "
                      "replay.build(HOME, lab.namespace, device, Path('work') / 'dev-1.lreplay')", weight=9, required=True)]
-    rp, errors = None, []
-    for f in sorted(files, key=lambda p: p.stat().st_mtime, reverse=True):
+    parsed, errors = [], []
+    for f in files:
         try:
-            rp = replay.read(f)
-            break
+            parsed.append(replay.read(f))
         except ValueError as exc:
             errors.append(f"{f.name}: {str(exc).splitlines()[0]}")
-    if rp is None:
+    if not parsed:
         return [Item("replay-file", False, "; ".join(errors[:2]) + ": rebuild it with replay.build", weight=9,
                      required=True)]
+    best: list[Item] | None = None
+    for rp in parsed:
+        items = _judge_replay(ctx, rp)
+        if best is None or _score(items) > _score(best):
+            best = items
+    if len(parsed) > 1:
+        best[0].detail["judged"] = sorted(p.path.name for p in parsed)
+    return best
+
+
+def _judge_replay(ctx: CheckContext, rp) -> list[Item]:
+    from lab_hardware.modelops import replay
     m = rp.manifest
     items = [Item("replay-file", m.get("namespace") == ctx.namespace and m.get("device") in ctx.devices,
                   f"{rp.path.name} was built in namespace {m.get('namespace')!r} for {m.get('device')!r}, not from "
