@@ -168,6 +168,20 @@ def _grading_checks(module: catalog.Module, context: dict) -> dict[str, Any] | s
     return out
 
 
+def _seed_untidy(home: Path, m: catalog.Module, problems: list[str]) -> None:
+    """Start the module the way the grader does: what its ``untidy`` table says someone left
+    (grading/untidy.py), so a reference that only works in a tidy lab is not released."""
+    if not m.untidy:
+        return
+    from grading.untidy import seed_namespace
+    from lab_hardware import home as _home
+    try:
+        desc = _home.read_json(Path(home) / _home.DESCRIPTOR)
+        seed_namespace(home, desc["namespace"], list(desc["devices"]), [dict(e) for e in m.untidy], module=m.id)
+    except Exception as exc:  # noqa: BLE001 - a lab that cannot be set up fails the gate, with why
+        problems.append(f"{m.id}: could not set up its untidy start: {notebooks._first_line(exc)}")
+
+
 def _start_lab(scenario: str, home: Path) -> None:
     from lab_hardware.runtime import lab as _lab
     from labs import scenarios
@@ -214,6 +228,7 @@ def run_gate(course: Course, sources: dict[str, Path], learners: dict[str, Path]
                     continue
                 progress(f"{m.id}: running the reference solution")
                 since = time.time()
+                _seed_untidy(home, m, problems)
                 ex = notebooks.execute(sources[m.id], workdir / "runs" / m.id / "reference.ipynb",
                                        parameters=params, cwd=workdir / "work" / m.id / "reference",
                                        cell_timeout=cell_timeout)
@@ -235,6 +250,7 @@ def run_gate(course: Course, sources: dict[str, Path], learners: dict[str, Path]
                     continue
                 progress(f"{m.id}: running the learner version as is")
                 since = time.time()
+                _seed_untidy(home, m, problems)
                 ex = notebooks.execute(learners[m.id], workdir / "runs" / m.id / "learner.ipynb",
                                        parameters={**params, "LEARNER": GATE_LEARNER + "-learner"},
                                        cwd=workdir / "work" / m.id / "learner", allow_errors=True,

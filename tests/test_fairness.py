@@ -95,19 +95,36 @@ def flab(tmp_path_factory, mosquitto_available):
     lab.down(home)
 
 
-def grade_module(flab, module: str, tmp_path: Path) -> dict[str, dict]:
+#: What a result says when the grader's machine, not the answer, failed it: an infrastructure
+#: outcome, or a device health verdict caused by host load (a latency SLO missed by a correct fix).
+LOAD = ("infrastructure", "is the machine overloaded", "p99 latency")
+
+
+def _batch(flab, module: str, tree: Path, out: Path) -> dict[str, dict]:
     from grading import batch
     from grading.limits import Limits
-    subs = answers(module)
-    for student, cells in subs.items():
-        d = tmp_path / "submitted" / student.replace("_", "-") / module
+    summary = batch.grade_many(batch.BatchConfig(
+        course=str(flab["course"]), module=module, path=str(tree), lab_home=str(flab["home"]), out=str(out),
+        state=str(flab["state"]), events=str(out / "events"), use_cache=False, progress=False,
+        limits=Limits(cell_timeout=90, total_timeout=400)))
+    return {r["student"]: r for r in summary["results"]}
+
+
+def grade_module(flab, module: str, tmp_path: Path) -> dict[str, dict]:
+    """Every answer of the module in one batch call; a correct answer that the machine's load
+    failed (see LOAD) is graded once more, in a second batch call, as CI reruns load failures."""
+    for student, cells in answers(module).items():
+        d = tmp_path / "submitted" / student / module
         d.mkdir(parents=True)
         (d / f"{module}.ipynb").write_bytes(submission(module, cells))
-    summary = batch.grade_many(batch.BatchConfig(
-        course=str(flab["course"]), module=module, path=str(tmp_path / "submitted"), lab_home=str(flab["home"]),
-        state=str(flab["state"]), events=str(tmp_path / "events"), use_cache=False, progress=False,
-        limits=Limits(cell_timeout=90, total_timeout=400)))
-    return {r["student"].replace("-", "_"): r for r in summary["results"]}
+    results = _batch(flab, module, tmp_path / "submitted", tmp_path / "graded")
+    again = [s for s, r in results.items() if s.startswith("ok_") and r["score"] < r["max_score"]
+             and any(w in " ".join([str(r.get("status"))] + r.get("messages", [])) for w in LOAD)]
+    if again:
+        for s in again:
+            shutil.copytree(tmp_path / "submitted" / s, tmp_path / "again" / s)
+        results.update(_batch(flab, module, tmp_path / "again", tmp_path / "graded-again"))
+    return results
 
 
 def verdicts(results: dict[str, dict]) -> list[str]:
