@@ -306,8 +306,8 @@ def input_problems(course: Course, version: str) -> list[str]:
     except CourseError as exc:
         problems.append(str(exc))
     for m in course.modules:
-        problems += notebooks.validate_source(m.notebook, m.id)
-        problems += _hint_problems(m)
+        nb_problems = notebooks.validate_source(m.notebook, m.id)
+        problems += nb_problems or _hint_problems(m)  # hints name cells: only of a valid notebook
     return problems
 
 

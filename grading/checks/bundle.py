@@ -81,7 +81,8 @@ def bundle_check(ctx: CheckContext) -> list[Item]:
             verified[dg] = _verify_any(copies, trusted)
         except ValueError as exc:
             bad.append(f"{dg[:12]}: {str(exc).splitlines()[0]}")
-    items = [Item("signed-bundle", not bad, "; ".join(bad[:2]), weight=2,
+    items = [Item("signed-bundle", not bad, "; ".join(bad[:2]) + ": sign each bundle with a key you trusted "
+                  "(keys.trust) and keep its file in work/", weight=2,
                   detail={"bundles": sorted(d[:12] for d in digests)})]
 
     incomplete = []
@@ -92,8 +93,9 @@ def bundle_check(ctx: CheckContext) -> list[Item]:
             incomplete.append(f"{dg[:12]} declares intents {m['io']['intents']}")
         if not m["provenance"].get("builder") or not m["privacy"].get("telemetry_fields"):
             incomplete.append(f"{dg[:12]} has an empty provenance builder or privacy declaration")
-    items.append(Item("manifest-complete", bool(verified) and not incomplete, "; ".join(incomplete[:2]) or
-                      "no verified bundle to read a manifest from", weight=1))
+    items.append(Item("manifest-complete", bool(verified) and not incomplete, ("; ".join(incomplete[:2]) or
+                      "no verified bundle to read a manifest from") + ": build it with bundle.build from a "
+                      "scenario model (it fills the manifest)", weight=1))
 
     health = {(d, r["data"].get("bundle")): r["data"].get("ok") for d, rs in recs.items()
               for r in rs if r["kind"] == "health"}

@@ -121,9 +121,10 @@ def _judge_replay(ctx: CheckContext, rp) -> list[Item]:
     defect = sc.get("defect_intent") or "call"
     models = {k: Path(v) for k, v in sc.get("models", {}).items()}
     if model is None:
-        items.append(Item("deterministic", False, f"the model that decided ({rp.bundle[:12]}) is not in this lab",
-                          weight=2))
-        items.append(Item("reproduces-false-positives", False, "cannot replay without its model", weight=2))
+        items.append(Item("deterministic", False, f"the model that decided ({rp.bundle[:12]}) is not in this lab: "
+                          "capture from a device running a scenario model or one of your bundles", weight=2))
+        items.append(Item("reproduces-false-positives", False, "cannot replay without its model: capture from a "
+                          "device running the candidate", weight=2))
         return items
     other = next((p for k, p in models.items() if p != model and k == "baseline"),
                  next((p for p in models.values() if p != model), model))
@@ -134,7 +135,8 @@ def _judge_replay(ctx: CheckContext, rp) -> list[Item]:
     digests_ok = first["digest_matches"] == len(rp)
     items.append(Item("deterministic", same and digests_ok and first["network_isolated"] is not False,
                       ("two sandboxed runs gave different bytes" if not same else
-                       f"{len(rp) - first['digest_matches']} recomputed signal digests do not match the device's"),
+                       f"{len(rp) - first['digest_matches']} recomputed signal digests do not match the device's")
+                      + ": build the replay with replay.build from your own captures, unedited",
                       weight=2, detail={"output_sha256": first["output_sha256"], "isolated": first["network_isolated"]}))
     fp_a, fp_b = d["a"]["defect_false_positives"], d["b"]["defect_false_positives"]
     items.append(Item("reproduces-false-positives", fp_a > 0 and fp_a > fp_b,
