@@ -379,11 +379,17 @@ def diff(course: Course, v1: str, v2: str) -> dict[str, Any]:
             "tests_changed": [g for g in cb if g in ca and cb[g]["kind"] == "test"
                               and (cb[g]["source"] != ca[g]["source"] or cb[g]["points"] != ca[g]["points"])],
             "learner_notebook_changed": x["learner"]["sha256"] != y["learner"]["sha256"],
+            # how the grader starts the lab, and the hints learners can open
+            "untidy": [x.get("untidy") or [], y.get("untidy") or []]
+            if (x.get("untidy") or []) != (y.get("untidy") or []) else None,
+            "hints_changed": sorted(set(x.get("hints") or {}) ^ set(y.get("hints") or {})
+                                    | {k for k in set(x.get("hints") or {}) & set(y.get("hints") or {})
+                                       if x["hints"][k] != y["hints"][k]}),
         }
         change["changed"] = bool(change["title"] or change["minutes"] or change["checks_added"]
                                  or change["checks_removed"] or change["objectives_changed"] or change["points"]
                                  or change["cells_added"] or change["cells_removed"] or change["cells_changed"]
-                                 or change["cells_moved"])
+                                 or change["cells_moved"] or change["untidy"] or change["hints_changed"])
         out["modules"][mid] = change
     out["changelog"] = {v: e for v, e in changelog(course).items()
                         if _between(v, v1, v2)}

@@ -377,7 +377,9 @@ class LabPanel(W.VBox):
     def watch(self, intent: str | None) -> None:
         """Highlight ``intent`` in the chart (stacked at the bottom, its own line); None: none."""
         if intent is not None and self.lab.intents and intent not in self.lab.intents:
-            raise ValueError(f"unknown intent {intent!r}; this lab has {', '.join(self.lab.intents)}")
+            # a notebook cell calls this with the learner's answer: say so, never break the cell
+            self._say(f"no intent {intent!r} in this lab ({', '.join(self.lab.intents)}): watching none", error=True)
+            intent = None
         with self._lock:
             self.defect = intent
             for per in self._windows.values():

@@ -181,6 +181,11 @@ def cmd_diff(args) -> int:
                            ("cells_moved", "moved")):
             if ch[key]:
                 cells.append(f"{label}: {', '.join(ch[key])}")
+        if ch.get("untidy"):
+            cells.append("untidy start: " + (", ".join(f"{e['grant']} on {e['devices']}" for e in ch["untidy"][1])
+                                             or "none"))
+        if ch.get("hints_changed"):
+            cells.append(f"hints: {', '.join(ch['hints_changed'])}")
         checks = " ".join([f"+{x}" for x in ch["checks_added"]] + [f"-{x}" for x in ch["checks_removed"]])
         t.add_row(escape(mid), "yes" if ch["changed"] else "-",
                   f"{ch['minutes'][0]} → {ch['minutes'][1]}" if ch["minutes"] else "",

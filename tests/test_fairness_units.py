@@ -212,9 +212,17 @@ def test_lab_reset_returns_the_namespace_to_its_scenario(lab_home, capsys):
         lab.grant_consent("dev-1", "replay-capture")
         lab.command("dev-1", "capture", decisions=100_000)  # left open
         lab.set_model("dev-0", "candidate")
-        lab.revoke("ab" * 32, reason="test")
+        from lab_hardware import topics
+        from lab_hardware.runtime import lab as _lab
+        ctl = _lab.control_client(lab_home)  # a revocation list the control plane left behind
+        ctl.publish(topics.control(lab.namespace, "revocations"), topics.encode(
+            {"schema": topics.SCHEMA_REVOCATIONS, "revoked": [{"digest": "ab" * 32, "reason": "test"}]}),
+            qos=1, retain=True).wait_for_publish(5)
+        from lab_hardware import mqtt
+        mqtt.stop(ctl)
         deadline = time.monotonic() + 10
-        while not (lab.states["dev-1"].get("capturing") and lab.states["dev-0"]["model"] == "candidate"):
+        while not (lab.states["dev-1"].get("capturing") and lab.states["dev-0"]["model"] == "candidate"
+                   and lab.revocations):
             assert time.monotonic() < deadline
             time.sleep(0.05)
         rc, out, err = cli(capsys, "--home", str(lab_home), "lab", "reset", "--json")

@@ -216,10 +216,10 @@ DONE = True
     sub = runner.Submission("idle", "fixture", "fixture", submission(body))
     spec = [{"grant": "telemetry", "devices": "some"}, {"grant": "replay-capture", "devices": ["dev-1"]}]
     r = isolation.grade_in_lab(sub, glab["ref"], glab["opts"],
-                               {"home": str(glab["home"]), "module": "fixture", "checks": ["consent"],
+                               {"home": str(glab["home"]), "module": "fixture-untidy", "checks": ["consent"],
                                 "module_meta": {"untidy": spec}})
     from grading import untidy
-    want = untidy.plan(spec, ["dev-0", "dev-1", "dev-2"], module="fixture")
+    want = untidy.plan(spec, ["dev-0", "dev-1", "dev-2"], module="fixture-untidy")
     assert sorted((u["device"], u["scope"]) for u in r["lab"]["untidy"]) == sorted(want)
     import ast
     nb = nbformat.reads(r["executed"], as_version=4)
