@@ -22,6 +22,10 @@ from courses import catalog, release
 from livelab.cli import main
 from tests.test_course import COURSE_ID, MODULES, copy_course, tree
 
+#: The whole gate (nbgrader, a lab, eight notebook runs) happens in the first test's set-up: its
+#: budget is the gate's, not one test's (the suite's default is 300 s).
+pytestmark = pytest.mark.timeout(1500)
+
 #: A module's reference solution must run well inside its learner's attention span (and CI's).
 MAX_MODULE_SECONDS = 40
 #: The version the gate releases from a private copy: the course's current one (unreleased there).
