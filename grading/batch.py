@@ -70,7 +70,7 @@ def resolve_course(course: str, module: str, version: str | None = None) -> Cour
     p = p.resolve()
     src = p / "source" / module
     kind = "livelab" if (p / "course.toml").exists() else "nbgrader"
-    version, manifest, meta = None, None, {}
+    manifest, meta = None, {}
     if kind == "livelab":
         try:
             import tomllib
