@@ -215,9 +215,12 @@ DONE = True
 ### END SOLUTION"""
     sub = runner.Submission("idle", "fixture", "fixture", submission(body))
     spec = [{"grant": "telemetry", "devices": "some"}, {"grant": "replay-capture", "devices": ["dev-1"]}]
-    r = isolation.grade_in_lab(sub, glab["ref"], glab["opts"],
-                               {"home": str(glab["home"]), "module": "fixture-untidy", "checks": ["consent"],
-                                "module_meta": {"untidy": spec}})
+    try:
+        r = isolation.grade_in_lab(sub, glab["ref"], glab["opts"],
+                                   {"home": str(glab["home"]), "module": "fixture-untidy", "checks": ["consent"],
+                                    "module_meta": {"untidy": spec}})
+    finally:
+        isolation.shutdown_worker_labs()  # this module's pool keeps a slot open: close it
     from grading import untidy
     want = untidy.plan(spec, ["dev-0", "dev-1", "dev-2"], module="fixture-untidy")
     assert sorted((u["device"], u["scope"]) for u in r["lab"]["untidy"]) == sorted(want)
@@ -250,6 +253,7 @@ def _tree(tmp: Path, module: str, who: dict[str, Path]) -> Path:
     return tmp / "submitted"
 
 
+@pytest.mark.timeout(900)  # five lab-module submissions through Dask: a budget for all of them
 @pytest.mark.skipif(not COURSE.is_dir(), reason="the flagship course is not in this checkout")
 def test_course_modules_graded_through_the_cli(glab, tmp_path, capsys):
     from livelab.cli import main
