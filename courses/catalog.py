@@ -51,7 +51,7 @@ _ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _TOP = {"id": (str, True), "title": (str, True), "version": (str, True), "description": (str, False),
         "modules": (list, True)}
 _MODULE = {"id": (str, True), "title": (str, True), "minutes": (int, True), "objectives": (list, True),
-           "scenario": (str, True), "checks": (list, True)}
+           "scenario": (str, True), "checks": (list, True), "untidy": (list, False), "hints": (dict, False)}
 
 
 class CourseError(ValueError):
@@ -67,6 +67,10 @@ class Module:
     scenario: str
     checks: tuple[str, ...]
     root: Path                     # the course folder
+    #: how the grader starts the namespace (``grading/untidy.py``): what someone left behind
+    untidy: tuple = ()
+    #: exercise (solution cell grade_id) -> progressive hints (``lab.hint(name)``)
+    hints: tuple = ()
 
     @property
     def notebook(self) -> Path:
@@ -74,8 +78,13 @@ class Module:
         return self.root / "source" / self.id / f"{self.id}.ipynb"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "title": self.title, "minutes": self.minutes,
-                "objectives": list(self.objectives), "scenario": self.scenario, "checks": list(self.checks)}
+        d = {"id": self.id, "title": self.title, "minutes": self.minutes,
+             "objectives": list(self.objectives), "scenario": self.scenario, "checks": list(self.checks)}
+        if self.untidy:
+            d["untidy"] = [dict(e) for e in self.untidy]
+        if self.hints:
+            d["hints"] = {k: list(v) for k, v in self.hints}
+        return d
 
 
 @dataclass(frozen=True)
@@ -105,7 +114,7 @@ class Course:
 
 # ---- course.toml -------------------------------------------------------------------------
 def _type_name(t: type) -> str:
-    return {"str": "a string", "int": "an integer", "list": "an array"}[t.__name__]
+    return {"str": "a string", "int": "an integer", "list": "an array", "dict": "a table"}[t.__name__]
 
 
 def _check_table(where: str, table: dict, schema: dict) -> None:
@@ -179,9 +188,24 @@ def parse(raw: dict, path: Path) -> Course:
             raise CourseError(f"{mwhere}: unknown check {unknown[0]!r}; known: {', '.join(KNOWN_CHECKS)}")
         if len(set(checks)) != len(checks):
             raise CourseError(f"{mwhere}: checks must not repeat a check")
+        problems = untidy_problems(m.get("untidy"), f"{mwhere}: untidy")
+        if problems:
+            raise CourseError(problems[0])
+        hints = m.get("hints") or {}
+        bad = [k for k, v in hints.items() if not (isinstance(v, list) and v and all(isinstance(x, str) and x.strip()
+                                                                                      for x in v))]
+        if bad:
+            raise CourseError(f"{mwhere}: hints.{bad[0]} must be a non-empty array of hint texts (first to last)")
         modules.append(Module(m["id"], m["title"], m["minutes"], tuple(m["objectives"]), m["scenario"],
-                              tuple(checks), path.parent))
+                              tuple(checks), path.parent, tuple(m.get("untidy") or ()),
+                              tuple((k, tuple(v)) for k, v in hints.items())))
     return Course(cid, raw["title"], raw["version"], raw.get("description", ""), tuple(modules), path.parent)
+
+
+def untidy_problems(spec: Any, where: str) -> list[str]:
+    """Problems with a module's ``untidy`` table (the grader's seeded start, grading/untidy.py)."""
+    from grading.untidy import validate
+    return validate(spec, where)
 
 
 def default_root() -> Path:
@@ -355,11 +379,17 @@ def diff(course: Course, v1: str, v2: str) -> dict[str, Any]:
             "tests_changed": [g for g in cb if g in ca and cb[g]["kind"] == "test"
                               and (cb[g]["source"] != ca[g]["source"] or cb[g]["points"] != ca[g]["points"])],
             "learner_notebook_changed": x["learner"]["sha256"] != y["learner"]["sha256"],
+            # how the grader starts the lab, and the hints learners can open
+            "untidy": [x.get("untidy") or [], y.get("untidy") or []]
+            if (x.get("untidy") or []) != (y.get("untidy") or []) else None,
+            "hints_changed": sorted(set(x.get("hints") or {}) ^ set(y.get("hints") or {})
+                                    | {k for k in set(x.get("hints") or {}) & set(y.get("hints") or {})
+                                       if x["hints"][k] != y["hints"][k]}),
         }
         change["changed"] = bool(change["title"] or change["minutes"] or change["checks_added"]
                                  or change["checks_removed"] or change["objectives_changed"] or change["points"]
                                  or change["cells_added"] or change["cells_removed"] or change["cells_changed"]
-                                 or change["cells_moved"])
+                                 or change["cells_moved"] or change["untidy"] or change["hints_changed"])
         out["modules"][mid] = change
     out["changelog"] = {v: e for v, e in changelog(course).items()
                         if _between(v, v1, v2)}
@@ -427,7 +457,8 @@ def fetch(course: Course, version: str | None = None, dest: Path | None = None) 
         t.chmod(0o644)
     info = {"course": course.id, "title": manifest["title"], "version": version,
             "modules": [{"id": m["id"], "title": m["title"], "minutes": m["minutes"],
-                         "notebook": f"{m['id']}/{m['id']}.ipynb"} for m in manifest["modules"]]}
+                         "notebook": f"{m['id']}/{m['id']}.ipynb",
+                         **({"hints": m["hints"]} if m.get("hints") else {})} for m in manifest["modules"]]}
     (dest / ".livelab-course.json").write_text(json.dumps(info, indent=2) + "\n")
     return {"workspace": str(dest), "version": version,
             "notebooks": [str(t) for _, t in plan], "kernel": kernel_installed()}

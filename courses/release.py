@@ -168,6 +168,20 @@ def _grading_checks(module: catalog.Module, context: dict) -> dict[str, Any] | s
     return out
 
 
+def _seed_untidy(home: Path, m: catalog.Module, problems: list[str]) -> None:
+    """Start the module the way the grader does: what its ``untidy`` table says someone left
+    (grading/untidy.py), so a reference that only works in a tidy lab is not released."""
+    if not m.untidy:
+        return
+    from grading.untidy import seed_namespace
+    from lab_hardware import home as _home
+    try:
+        desc = _home.read_json(Path(home) / _home.DESCRIPTOR)
+        seed_namespace(home, desc["namespace"], list(desc["devices"]), [dict(e) for e in m.untidy], module=m.id)
+    except Exception as exc:  # noqa: BLE001 - a lab that cannot be set up fails the gate, with why
+        problems.append(f"{m.id}: could not set up its untidy start: {notebooks._first_line(exc)}")
+
+
 def _start_lab(scenario: str, home: Path) -> None:
     from lab_hardware.runtime import lab as _lab
     from labs import scenarios
@@ -228,6 +242,7 @@ def _run_gate(course: Course, sources: dict[str, Path], learners: dict[str, Path
                     continue
                 progress(f"{m.id}: running the reference solution")
                 since = time.time()
+                _seed_untidy(home, m, problems)
                 ex = notebooks.execute(sources[m.id], workdir / "runs" / m.id / "reference.ipynb",
                                        parameters=params, cwd=workdir / "work" / m.id / "reference",
                                        cell_timeout=cell_timeout)
@@ -249,6 +264,7 @@ def _run_gate(course: Course, sources: dict[str, Path], learners: dict[str, Path
                     continue
                 progress(f"{m.id}: running the learner version as is")
                 since = time.time()
+                _seed_untidy(home, m, problems)
                 ex = notebooks.execute(learners[m.id], workdir / "runs" / m.id / "learner.ipynb",
                                        parameters={**params, "LEARNER": GATE_LEARNER + "-learner"},
                                        cwd=workdir / "work" / m.id / "learner", allow_errors=True,
@@ -278,29 +294,141 @@ def _run_gate(course: Course, sources: dict[str, Path], learners: dict[str, Path
 
 
 # ---- release -----------------------------------------------------------------------------
-def check_inputs(course: Course, version: str) -> str:
-    """Everything checked before running anything; returns the CHANGELOG entry."""
-    catalog.check_version(version, course.id)
+def input_problems(course: Course, version: str) -> list[str]:
+    """Every problem with releasing ``version`` that needs no lab and no nbgrader, at once."""
+    problems: list[str] = []
+    try:
+        catalog.check_version(version, course.id)
+    except CourseError as exc:
+        return [str(exc)]
     toml = course.root / catalog.COURSE_FILE
     if version != course.version:
-        raise ReleaseError(f"{toml} says version = \"{course.version}\": set it to \"{version}\" before "
-                           f"releasing {version}")
+        problems.append(f"{toml} says version = \"{course.version}\": set it to \"{version}\" before "
+                        f"releasing {version}")
     final = catalog.release_dir(course, version)
     if final.exists():
-        raise ReleaseError(f"{course.id} {version} is already released ({final}): releases are immutable, "
-                           "bump the version in course.toml and CHANGELOG.md")
-    from lab_hardware.modelops.bundle import compare_versions
-    newer = [v for v in catalog.releases(course) if compare_versions(v, version) >= 0]
-    if newer:
-        raise ReleaseError(f"{course.id} {newer[-1]} is already released: a new release must be newer "
-                           f"than {newer[-1]}")
-    entry = catalog.changelog_entry(course, version)
-    problems: list[str] = []
+        problems.append(f"{course.id} {version} is already released ({final}): releases are immutable, "
+                        "bump the version in course.toml and CHANGELOG.md")
+    else:
+        from lab_hardware.modelops.bundle import compare_versions
+        newer = [v for v in catalog.releases(course) if compare_versions(v, version) >= 0]
+        if newer:
+            problems.append(f"{course.id} {newer[-1]} is already released: a new release must be newer "
+                            f"than {newer[-1]}")
+    try:
+        catalog.changelog_entry(course, version)
+    except CourseError as exc:
+        problems.append(str(exc))
     for m in course.modules:
-        problems += notebooks.validate_source(m.notebook, m.id)
+        nb_problems = notebooks.validate_source(m.notebook, m.id)
+        problems += nb_problems or _hint_problems(m)  # hints name cells: only of a valid notebook
+    return problems
+
+
+def _hint_problems(m: catalog.Module) -> list[str]:
+    """Hints must name the module's exercises (its answer cells' grade ids)."""
+    if not m.hints:
+        return []
+    nb, _ = notebooks.read(m.notebook)
+    if nb is None:
+        return []
+    exercises = [c.metadata.get("nbgrader", {}).get("grade_id") for c in nb.cells
+                 if c.metadata.get("nbgrader", {}).get("solution") and not c.metadata.get("nbgrader", {}).get("grade")]
+    unknown = [k for k, _ in m.hints if k not in exercises]
+    return [f"{m.id}: hints.{k} names no exercise of the module (exercises: {', '.join(e for e in exercises if e)})"
+            for k in unknown]
+
+
+def check_inputs(course: Course, version: str) -> str:
+    """Everything checked before running anything (every problem at once, as one
+    :class:`ReleaseError`); returns the CHANGELOG entry."""
+    problems = input_problems(course, version)
     if problems:
         raise ReleaseError(problems)
-    return entry
+    return catalog.changelog_entry(course, version)
+
+
+def check(course: str | Path | Course, *, root: Path | None = None, version: str | None = None) -> dict[str, Any]:
+    """``livelab course check``: what the release would refuse before its gate, in seconds and
+    without a lab - course.toml, the CHANGELOG entry, the version, every source notebook's
+    nbgrader rules, the hints, and nbgrader's own ``generate_assignment`` with the learner
+    version's checks - every problem listed at once.
+
+    Returns ``{"course", "version", "problems": [...], "modules": [ids], "seconds"}``.
+    A version that is released already is not a problem here when the sources are what was
+    released (nothing to release); it is when they changed (bump the version).
+    """
+    t0 = time.perf_counter()
+    try:
+        c = course if isinstance(course, Course) else catalog.load(course, root=root)
+    except CourseError as exc:
+        return {"course": str(course), "version": version, "problems": [str(exc)], "modules": [],
+                "seconds": round(time.perf_counter() - t0, 2)}
+    version = version or c.version
+    problems = input_problems(c, version)
+    released = catalog.release_dir(c, version).exists()
+    if released:
+        problems = [p for p in problems if "already released" not in p]
+        changed = _changed_since_release(c, version)
+        if changed:
+            problems.append(f"{c.id} {version} is released and the sources changed since ({', '.join(changed)}): "
+                            "bump the version in course.toml and add a CHANGELOG.md entry")
+    tmp = Path(tempfile.mkdtemp(prefix=f"livelab-check-{c.id}-"))
+    try:
+        _, _, nb_problems = learner_versions(c, version, tmp / "nbgrader")
+        problems += [p for p in nb_problems if p not in problems]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"course": c.id, "version": version, "problems": problems, "modules": [m.id for m in c.modules],
+            "released": released, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _changed_since_release(c: Course, version: str) -> list[str]:
+    """Modules whose source differs from the released (stamped) source of ``version``."""
+    out = []
+    rel = catalog.release_dir(c, version)
+    for m in c.modules:
+        path = rel / "source" / m.id / f"{m.id}.ipynb"
+        if not path.exists():
+            out.append(m.id)
+            continue
+        nb = nbformat.read(str(m.notebook), as_version=4)
+        notebooks.stamp(nb, course=c.id, version=version, module=m.id)
+        old = nbformat.read(str(path), as_version=4)
+        if [(x.cell_type, x.source) for x in nb.cells] != [(x.cell_type, x.source) for x in old.cells]:
+            out.append(m.id)
+    return out
+
+
+def preview(course: str | Path | Course, module: str, out: Path | None = None, *,
+            root: Path | None = None) -> Path:
+    """``livelab course preview``: the learner version of ``module`` (nbgrader's own
+    ``generate_assignment``: solutions and hidden tests stripped) rendered to one HTML file
+    with nbconvert, to read a module as a learner will before releasing it.  No lab needed."""
+    from nbconvert import HTMLExporter
+    c = course if isinstance(course, Course) else catalog.load(course, root=root)
+    m = c.module(module)
+    problems = notebooks.validate_source(m.notebook, m.id)
+    if problems:
+        raise ReleaseError(problems)
+    out = Path(out) if out is not None else Path.cwd() / f"{c.id}-{m.id}-preview.html"
+    tmp = Path(tempfile.mkdtemp(prefix=f"livelab-preview-{c.id}-"))
+    try:
+        nbroot = tmp / "nbgrader"
+        nb = nbformat.read(str(m.notebook), as_version=4)
+        notebooks.stamp(nb, course=c.id, version=c.version, module=m.id)
+        src = nbroot / "source" / m.id / f"{m.id}.ipynb"
+        src.parent.mkdir(parents=True)
+        nbformat.write(nb, str(src))
+        learner, reason = generate_assignment(nbroot, m.id)
+        if learner is None:
+            raise ReleaseError(f"{m.id}: {reason}")
+        body, _ = HTMLExporter(template_name="lab").from_notebook_node(nbformat.read(str(learner), as_version=4))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(body)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def _tool_versions() -> dict[str, str]:
@@ -390,18 +518,19 @@ def release(course: str | Path | Course, version: str, *, root: Path | None = No
             shutil.rmtree(stage, ignore_errors=True)
 
 
-def points_of(module: catalog.Module, tests: list[dict]) -> dict[str, float]:
+def points_of(module: catalog.Module, tests: list[dict]) -> dict:
     """A module's points as ``livelab grade`` scores them: its tests' (``points``, kept as it
-    was in earlier manifests), its lab checks' (``check_points``) and both (``total_points``)."""
+    was in earlier manifests), each lab check's (``check_points``: name -> points) and both
+    (``total_points``)."""
     tp = float(sum(t["points"] for t in tests))
-    cp = 0.0
+    cp: dict[str, float] = {}
     if module.checks:
         from grading.checks.base import load_checks
         try:
-            cp = float(sum(spec.points for spec in load_checks(module.checks)))
+            cp = {spec.name: float(spec.points) for spec in load_checks(module.checks)}
         except KeyError:  # an unknown check is reported by the release's input rules
-            cp = 0.0
-    return {"points": tp, "check_points": cp, "total_points": tp + cp}
+            cp = {}
+    return {"points": tp, "check_points": cp, "total_points": tp + sum(cp.values())}
 
 
 def gate_summary(gate: list[ModuleGate]) -> list[dict]:

@@ -129,6 +129,7 @@ class LabSlot:
         # would read as a phone number to the PII check
         self.namespace = "g-" + "".join(chr(97 + int(c, 16)) for c in uuid.uuid4().hex[:12])
         self.desc: dict | None = None
+        self.untidy: list[dict] = []
         self.observer: Observer | None = None
         self.kernel: Kernel | None = None
         self.artifacts = Path(os.environ.get("TMPDIR", "/tmp")) / f"livelab-lab-{self.namespace}"
@@ -149,6 +150,9 @@ class LabSlot:
         replay.captures_dir(self.home, self.namespace).mkdir(parents=True, exist_ok=True)
         self.timings["observer"] = time.perf_counter() - t
         t = time.perf_counter()
+        self.untidy = self.seed_untidy()
+        self.timings["untidy"] = time.perf_counter() - t
+        t = time.perf_counter()
         cfg = SandboxConfig(limits=config.limits, kernel_name=config.kernel_name,
                             hide=[*config.hide, *self.hidden()], binds=self.binds(), network=True,
                             isolate=config.isolate, env={**config.env, **self.env()},
@@ -156,6 +160,12 @@ class LabSlot:
         self.kernel = Kernel(cfg).start()
         self.timings["kernel_start"] = time.perf_counter() - t
         return self
+
+    def seed_untidy(self) -> list[dict]:
+        """The module's seeded untidy start (``grading/untidy.py``), with the observer on."""
+        from .untidy import seed_namespace
+        return seed_namespace(self.home, self.namespace, list(self.desc["devices"]),
+                              self.module_meta.get("untidy"), seed=self.seed, module=self.module)
 
     def learner_home(self) -> str:
         return "{kernel}/lab"
@@ -242,6 +252,7 @@ class LabSlot:
                 "opened_at": _first_opening(msgs, self.namespace),
                 "observed": {k: {"messages": v[0], "bytes": v[1]} for k, v in sorted(by_kind.items())},
                 "capture_store_errors": (self.observer.capture_errors[:5] if self.observer else []),
+                "untidy": self.untidy,
                 "setup_seconds": {k: round(v, 3) for k, v in self.timings.items()}}
 
     def evidence(self) -> dict:

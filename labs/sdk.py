@@ -122,6 +122,7 @@ class Lab:
         self.duplicates = 0
         self.revocations: list[dict] = []   # the control plane's retained list (read-only here)
         self._revoked_here: list[dict] = []
+        self._hints_shown: dict[str, int] = {}
         self._telemetry_recorder: threading.Thread | None = None
         self._client = mqtt.client(f"learner.{conn.namespace}-{uuid.uuid4().hex[:8]}",
                                    username=conn.username, password=conn.password)
@@ -485,11 +486,37 @@ class Lab:
         from labs.checking import submit
         return submit(self, notebook, module, timeout=timeout)
 
+    # ---- hints -------------------------------------------------------------------------
+    def hint(self, exercise: str) -> str:
+        """The next hint for ``exercise`` (its name in the heading, e.g. ``"quiet"``), printed
+        and returned: the first call shows the first hint, each further call one more.
+
+        Hints are read from the ``hints`` table of this module in the course release the
+        notebook belongs to (``course.toml``), so they version with the course."""
+        hints = _hints(self.course, self.version, self.module)
+        if not hints:
+            text = (f"no hints for module {self.module or '?'} of {self.course or '?'} {self.version or ''}".rstrip()
+                    + ": ask your course's channel")
+        elif exercise not in hints:
+            text = f"no exercise {exercise!r} in this module; exercises with hints: {', '.join(hints)}"
+        else:
+            seen = self._hints_shown.get(exercise, 0)
+            steps = hints[exercise]
+            n = min(seen, len(steps) - 1)
+            self._hints_shown[exercise] = seen + 1
+            more = " (that was the last hint)" if n == len(steps) - 1 else " (call again for the next)"
+            text = f"hint {n + 1}/{len(steps)} for {exercise!r}{more}: {steps[n]}"
+        print(text)
+        return text
+
     # ---- widgets -----------------------------------------------------------------------
-    def panel(self):
-        """An ipywidgets panel: status, consent toggles and a live telemetry chart."""
+    def panel(self, *, watch: str | None = None):
+        """An ipywidgets panel: status, consent toggles and a live telemetry chart.
+
+        ``watch`` names an intent to highlight; by default none is (``panel.watch(intent)``
+        later), so the panel never gives away what an exercise asks the learner to find."""
         from labs.widgets import LabPanel
-        return LabPanel(self)
+        return LabPanel(self, watch=watch)
 
     def close(self) -> None:
         mqtt.stop(self._client)
@@ -501,6 +528,50 @@ class Lab:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _course_roots() -> list["Path"]:
+    from pathlib import Path
+    roots = [Path(os.environ["LIVELAB_COURSES_DIR"])] if os.environ.get("LIVELAB_COURSES_DIR") else []
+    return roots + [Path(__file__).resolve().parents[1] / "courses", Path.cwd()]
+
+
+def _hints(course: str | None, version: str | None, module: str | None) -> dict[str, list[str]]:
+    """``exercise -> hints`` of ``module`` in the release ``version`` of ``course`` (else the
+    course's source when it is at that version, else a ``course.toml`` in the working directory,
+    as ``livelab course fetch`` leaves it).  Empty when none is found: hints are optional."""
+    import json
+    import tomllib
+    from pathlib import Path
+    if not course or not module:
+        return {}
+    for ws in (Path.cwd(), Path.cwd().parent):  # a workspace from 'livelab course fetch'
+        try:
+            info = json.loads((ws / ".livelab-course.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if info.get("course") == course and (not version or info.get("version") == version):
+            for m in info.get("modules") or []:
+                if isinstance(m, dict) and m.get("id") == module and isinstance(m.get("hints"), dict):
+                    return {k: [str(x) for x in v] for k, v in m["hints"].items() if isinstance(v, list) and v}
+    candidates = []
+    for root in _course_roots():
+        if version:
+            candidates.append(root / course / "releases" / version / "course.toml")
+        candidates.append(root / course / "course.toml")
+        candidates.append(root / "course.toml")
+    for path in candidates:
+        try:
+            raw = tomllib.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if raw.get("id") != course or (version and raw.get("version") != version):
+            continue
+        for m in raw.get("modules") or []:
+            if isinstance(m, dict) and m.get("id") == module and isinstance(m.get("hints"), dict):
+                return {k: [str(x) for x in v] for k, v in m["hints"].items() if isinstance(v, list) and v}
+        return {}
+    return {}
 
 
 @dataclass

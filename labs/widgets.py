@@ -302,13 +302,15 @@ class LabPanel(W.VBox):
     """Live status, consent toggles and telemetry chart for one :class:`labs.Lab`."""
 
     def __init__(self, lab, *, windows: int = CHART_WINDOWS, max_fps: float = MAX_FPS,
-                 command_timeout: float = 5.0, **kwargs):
+                 command_timeout: float = 5.0, watch: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.lab = lab
         self.command_timeout = command_timeout
         self.slots = int(windows)
         self.min_interval = 1.0 / max_fps if max_fps > 0 else 0.0
-        self.defect = getattr(lab.conn, "defect_intent", None)
+        # The intent the panel highlights: none unless asked (``watch=`` or :meth:`watch`), so a
+        # module can open the panel before the exercise that asks the learner to find it.
+        self.defect = watch
         self._lock = threading.RLock()
         self._states: dict[str, dict] = {d: s for d, s in dict(lab.states).items()}
         self._windows: dict[str, dict[int, dict]] = {}
@@ -322,12 +324,7 @@ class LabPanel(W.VBox):
 
         self.add_class("livelab-panel")
         conn = lab.conn
-        self.header = W.HTML(
-            CSS + f'<div style="font-size:15px;font-weight:600;margin-bottom:2px">livelab · namespace '
-            f'<code>{_esc(conn.namespace)}</code></div>'
-            f'<div style="font-size:12px;color:#666">broker {_esc(conn.host)}:{conn.port}'
-            + (f' · the scenario’s defect intent is <b>“{_esc(self.defect)}”</b>' if self.defect else "")
-            + "</div>")
+        self.header = W.HTML(self._header())
         self.header.add_class("livelab-header")
         self.status = W.HTML()
         self.status.add_class("livelab-status")
@@ -401,6 +398,28 @@ class LabPanel(W.VBox):
             th.join()
             return self.last_check
         return None
+
+    def _header(self) -> str:
+        conn = self.lab.conn
+        return (CSS + f'<div style="font-size:15px;font-weight:600;margin-bottom:2px">livelab · namespace '
+                f'<code>{_esc(conn.namespace)}</code></div>'
+                f'<div style="font-size:12px;color:#666">broker {_esc(conn.host)}:{conn.port}'
+                + (f' · watching intent <b>“{_esc(self.defect)}”</b>' if self.defect else "")
+                + "</div>")
+
+    def watch(self, intent: str | None) -> None:
+        """Highlight ``intent`` in the chart (stacked at the bottom, its own line); None: none."""
+        if intent is not None and self.lab.intents and intent not in self.lab.intents:
+            # a notebook cell calls this with the learner's answer: say so, never break the cell
+            self._say(f"no intent {intent!r} in this lab ({', '.join(self.lab.intents)}): watching none", error=True)
+            intent = None
+        with self._lock:
+            self.defect = intent
+            for per in self._windows.values():
+                for rec in per.values():
+                    rec["defect"] = rec["counts"].get(intent, 0) if intent else 0
+        self.header.value = self._header()
+        self._dirty.set()
 
     # ---- data ------------------------------------------------------------------------------
     def _devices(self) -> list[str]:

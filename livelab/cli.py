@@ -14,7 +14,7 @@ import time
 from rich.markup import escape
 from rich.table import Table
 
-from livelab import cli_bundle, cli_course, cli_grade, cli_grader, cli_hub, cli_learners, cli_replay, cli_report, cli_rollout
+from livelab import cli_bundle, cli_course, cli_grade, cli_grader, cli_hub, cli_lab, cli_learners, cli_replay, cli_report, cli_rollout
 from livelab.common import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Parser, UsageError, console, err
 from livelab.common import check_home, float_range, int_range
 from livelab.common import home_of as _home
@@ -209,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_course.register(sub)
     cli_learners.register(sub)
     cli_hub.register(sub)
+    cli_lab.register(sub)
     return p
 
 

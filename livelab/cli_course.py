@@ -121,15 +121,43 @@ def cmd_release(args) -> int:
     if args.json:
         print(json.dumps(m, indent=2))
         return EXIT_OK
-    t = Table("module", "minutes", "points", "reference run", "learner version as is",
+    t = Table("module", "minutes", "points (tests + checks)", "reference run", "learner version as is",
               title=f"released {c.id} {args.version} → {catalog.release_dir(c, args.version)}")
     for mod in m["modules"]:
         g = mod["gate"]
-        pts = mod.get("total_points", mod["points"])
+        checks = mod.get("check_points", 0)
+        cpts = float(sum(checks.values())) if isinstance(checks, dict) else float(checks or 0)
+        pts = mod.get("total_points", mod["points"] + cpts)
         t.add_row(escape(mod["id"]), str(mod["minutes"]),
-                  f"{pts:g} ({mod['points']:g} tests + {mod.get('check_points', 0):g} checks)",
+                  f"{pts:g} ({mod['points']:g} tests + {cpts:g} checks)",
                   f"passed in {g['reference_seconds']:.1f} s", f"{g['learner']} ({', '.join(g['learner_failed_tests'])})")
     console.print(t)
+    return EXIT_OK
+
+
+def cmd_check(args) -> int:
+    from courses import release
+    res = release.check(args.course, root=_root(args), version=args.version)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        for line in res["problems"]:
+            err.print(f"livelab: {line}", markup=False, soft_wrap=True, highlight=False)
+        n = len(res["problems"])
+        _print(f"{res['course']} {res['version'] or ''}: {n} problem{'s' if n != 1 else ''} in "
+               f"{len(res['modules'])} module(s), {res['seconds']:.1f} s" + ("" if n else " - ready for the gate"))
+    return EXIT_USAGE if res["problems"] else EXIT_OK
+
+
+def cmd_preview(args) -> int:
+    from courses import catalog, release
+    c = _load(args)
+    try:
+        out = release.preview(c, args.module, Path(args.out) if args.out else None)
+    except catalog.CourseError as exc:
+        _problems(exc, "error: ")
+        return EXIT_USAGE
+    _print(f"{c.id} {args.module}, learner version: {out}")
     return EXIT_OK
 
 
@@ -155,6 +183,11 @@ def cmd_diff(args) -> int:
                            ("cells_moved", "moved")):
             if ch[key]:
                 cells.append(f"{label}: {', '.join(ch[key])}")
+        if ch.get("untidy"):
+            cells.append("untidy start: " + (", ".join(f"{e['grant']} on {e['devices']}" for e in ch["untidy"][1])
+                                             or "none"))
+        if ch.get("hints_changed"):
+            cells.append(f"hints: {', '.join(ch['hints_changed'])}")
         checks = " ".join([f"+{x}" for x in ch["checks_added"]] + [f"-{x}" for x in ch["checks_removed"]])
         t.add_row(escape(mid), "yes" if ch["changed"] else "-",
                   f"{ch['minutes'][0]} → {ch['minutes'][1]}" if ch["minutes"] else "",
@@ -188,7 +221,7 @@ def cmd_fetch(args) -> int:
 
 def register(sub) -> None:
     """Add ``livelab course ...`` to the top-level subparsers."""
-    p = sub.add_parser("course", help="versioned courses: list, show, release, diff, fetch",
+    p = sub.add_parser("course", help="versioned courses: list, show, check, preview, release, diff, fetch",
                        description="Courses are folders under courses/ (course.toml, CHANGELOG.md, nbgrader "
                                    "source notebooks). A release is immutable and gated on a live lab: every "
                                    "reference solution must pass, every learner version must fail as is. "
@@ -218,6 +251,23 @@ def register(sub) -> None:
     s.add_argument("--keep", metavar="DIR", help="copy the gate's executed notebooks here")
     s.add_argument("--json", action="store_true", help="print the release manifest")
     s.set_defaults(fn=cmd_release)
+
+    s = cs.add_parser("check", help="the release's input rules and nbgrader's validation, no lab, every problem",
+                      description="Checks course.toml, the CHANGELOG entry, the version, every source notebook's "
+                                  "nbgrader rules and hints, and builds the learner versions with nbgrader, listing "
+                                  "every problem at once (exit 2 when there is any). Needs no lab.")
+    s.add_argument("course", help="course id or folder")
+    s.add_argument("--version", help="the version to check for (default: course.toml's)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(fn=cmd_check)
+
+    s = cs.add_parser("preview", help="render a module's learner version to HTML",
+                      description="Builds the module's learner version with nbgrader (solutions and hidden tests "
+                                  "stripped) and renders it to one HTML file. Needs no lab.")
+    s.add_argument("course", help="course id or folder")
+    s.add_argument("--module", required=True, help="module id, e.g. m1-telemetry")
+    s.add_argument("--out", metavar="FILE", help="HTML file to write (default: ./<course>-<module>-preview.html)")
+    s.set_defaults(fn=cmd_preview)
 
     s = cs.add_parser("diff", help="what changed between two releases (modules, minutes, checks, cells)")
     s.add_argument("course", help="course id")

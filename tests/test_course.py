@@ -29,6 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 COURSE_ID = "edge-ml-foundations"
 SHIPPED = ROOT / "courses" / COURSE_ID
 MODULES = ["m1-telemetry", "m2-replay", "m3-bundles", "m4-observability"]
+#: The course's current version (1.2.0: fairer grading, a clearer text) and its releases so far.
+VERSION = "1.2.0"
+RELEASES = catalog.releases(catalog.load(SHIPPED))
+LATEST = RELEASES[-1]
 
 
 @pytest.fixture(autouse=True)
@@ -61,7 +65,7 @@ def cli(capsys, *argv) -> tuple[int, str, str]:
 def test_shipped_course_is_valid():
     c = catalog.load(COURSE_ID)
     assert [m.id for m in c.modules] == MODULES
-    assert c.version == "1.1.0"
+    assert c.version == VERSION
     assert all(catalog.MINUTES[0] <= m.minutes <= catalog.MINUTES[1] for m in c.modules)
     assert {ch for m in c.modules for ch in m.checks} == set(catalog.KNOWN_CHECKS)
     for m in c.modules:
@@ -76,9 +80,10 @@ def test_shipped_course_is_valid():
 
 def test_shipped_releases_verify_and_document_the_change():
     c = catalog.load(COURSE_ID)
-    assert catalog.releases(c) == ["1.0.0", "1.1.0"]
+    assert RELEASES[:2] == ["1.0.0", "1.1.0"] and set(RELEASES) <= {"1.0.0", "1.1.0", VERSION}
     log = catalog.changelog(c)
-    for v in ("1.0.0", "1.1.0"):
+    assert VERSION in log and "untidy" in log[VERSION], "the next release says what changed and why"
+    for v in RELEASES:
         m = catalog.read_release(c, v)  # every file against its checksum
         assert m["version"] == v and m["changelog"] == log[v]
         assert [x["id"] for x in m["modules"]] == MODULES
@@ -101,11 +106,29 @@ def test_shipped_releases_verify_and_document_the_change():
     assert "1.1.0" in d["changelog"] and "panel" in d["changelog"]["1.1.0"]
 
 
+def test_release_1_2_0_passed_its_gate_and_shows_in_diff(capsys):
+    """1.2.0: fairer tests and a clearer text in every module, the same points (scores compare)."""
+    c = catalog.load(COURSE_ID)
+    if VERSION not in catalog.releases(c):
+        pytest.skip(f"{VERSION} is not released yet: livelab course release {COURSE_ID} {VERSION}")
+    rel = catalog.read_release(c, VERSION)
+    assert all(mod["gate"]["reference"] == "passed" for mod in rel["modules"])
+    assert all(all(ch["passed"] for ch in mod["gate"]["checks"].values()) for mod in rel["modules"])
+    assert rel["modules"][0]["untidy"] and rel["modules"][0]["hints"]["quiet"]
+    d = catalog.diff(c, "1.1.0", VERSION)
+    assert all(d["modules"][x]["changed"] for x in MODULES)
+    assert not any(d["modules"][x]["points"] for x in MODULES), "points unchanged"
+    m1 = d["modules"]["m1-telemetry"]
+    assert "watch" in m1["cells_added"] and "quiet-test" in m1["tests_changed"] and m1["untidy"]
+    rc, out, _ = cli(capsys, "course", "diff", COURSE_ID, "1.1.0", VERSION)
+    assert rc == 0 and "m1-telemetry" in out and "untidy start:" in out and "panel" in out
+
+
 def test_cli_list_show_diff(capsys):
     rc, out, _ = cli(capsys, "course", "list", "--json")
     assert rc == 0
     row = next(r for r in json.loads(out) if r["id"] == COURSE_ID)
-    assert row["releases"] == ["1.0.0", "1.1.0"] and row["modules"] == 4 and row["minutes"] == 100
+    assert row["releases"] == RELEASES and row["modules"] == 4 and row["minutes"] == 100
     rc, out, _ = cli(capsys, "course", "show", COURSE_ID, "--version", "1.0.0", "--json")
     assert rc == 0 and json.loads(out)["modules"][0]["minutes"] == 25
     rc, out, _ = cli(capsys, "course", "diff", COURSE_ID, "1.0.0", "1.1.0")
@@ -164,7 +187,7 @@ BAD_INPUT = {
     "module over 30 minutes": (lambda c: _edit_toml(c, "minutes = 30", "minutes = 31"), "outside 15-30"),
     "unknown key": (lambda c: _edit_toml(c, 'title = "Edge', 'estimate = 3\ntitle = "Edge'), "unknown key 'estimate'"),
     "unknown module key": (lambda c: _edit_toml(c, "minutes = 30", "minutes = 30\nlevel = 2"), "unknown key 'level'"),
-    "bad version": (lambda c: _edit_toml(c, 'version = "1.1.0"', 'version = "1.1"'), "not semver"),
+    "bad version": (lambda c: _edit_toml(c, f'version = "{VERSION}"', 'version = "1.1"'), "not semver"),
     "unknown check": (lambda c: _edit_toml(c, 'checks = ["bundle"]', 'checks = ["bundles"]'), "unknown check 'bundles'"),
     "duplicate grade ids": (lambda c: _edit_nb(c, "m2-replay", lambda nb: nb["cells"][4]["metadata"]["nbgrader"].update(
         grade_id=nb["cells"][3]["metadata"]["nbgrader"]["grade_id"])), "repeats grade_id"),
@@ -181,9 +204,9 @@ BAD_INPUT = {
     "not a notebook": (lambda c: (c / "source" / "m2-replay" / "m2-replay.ipynb").write_text("{not json"),
                        "not a valid notebook"),
     "no changelog entry": (lambda c: (c / "CHANGELOG.md").write_text("# Changelog\n\n## 1.0.0\n\nFirst.\n"),
-                           "has no entry for 1.1.0"),
-    "empty changelog entry": (lambda c: (c / "CHANGELOG.md").write_text("# Changelog\n\n## 1.1.0\n\n## 1.0.0\n\nFirst.\n"),
-                              "entry for 1.1.0 is empty"),
+                           f"has no entry for {VERSION}"),
+    "empty changelog entry": (lambda c: (c / "CHANGELOG.md").write_text(f"# Changelog\n\n## {VERSION}\n\n## 1.0.0\n\nFirst.\n"),
+                              f"entry for {VERSION} is empty"),
 }
 
 
@@ -193,7 +216,7 @@ def test_bad_input_is_refused_with_one_line_and_nothing_written(tmp_path, capsys
     spoil, reason = BAD_INPUT[case]
     spoil(course)
     before = tree(course)
-    rc, out, err = cli(capsys, "course", "--courses", str(tmp_path), "release", COURSE_ID, "1.1.0")
+    rc, out, err = cli(capsys, "course", "--courses", str(tmp_path), "release", COURSE_ID, VERSION)
     assert rc == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("livelab: error: ") and reason in lines[0], err
@@ -203,14 +226,16 @@ def test_bad_input_is_refused_with_one_line_and_nothing_written(tmp_path, capsys
 
 def test_version_rules(tmp_path, capsys):
     course = copy_course(tmp_path, releases=True)
+    _edit_toml(course, f'version = "{VERSION}"', f'version = "{LATEST}"')
     before = tree(course)
-    rc, _, err = cli(capsys, "course", "--courses", str(tmp_path), "release", COURSE_ID, "1.1.0")
-    assert rc == 2 and "1.1.0 is already released" in err and "immutable" in err and err.count("\n") == 1
-    rc, _, err = cli(capsys, "course", "--courses", str(tmp_path), "release", COURSE_ID, "1.2.0")
-    assert rc == 2 and 'says version = "1.1.0"' in err and err.count("\n") == 1
-    _edit_toml(course, 'version = "1.1.0"', 'version = "1.0.1"')
+    rc, _, err = cli(capsys, "course", "--courses", str(tmp_path), "release", COURSE_ID, LATEST)
+    assert rc == 2 and f"{LATEST} is already released" in err and "immutable" in err and err.count("\n") == 1
+    # every input problem at once: the version course.toml says and the missing CHANGELOG entry
+    rc, _, err = cli(capsys, "course", "--courses", str(tmp_path), "release", COURSE_ID, "9.0.0")
+    assert rc == 2 and f'says version = "{LATEST}"' in err and "no entry for 9.0.0" in err and err.count("\n") == 2
+    _edit_toml(course, f'version = "{LATEST}"', 'version = "1.0.1"')
     rc, _, err = cli(capsys, "course", "--courses", str(tmp_path), "release", COURSE_ID, "1.0.1")
-    assert rc == 2 and "must be newer than 1.1.0" in err
+    assert rc == 2 and f"must be newer than {LATEST}" in err
     rc, _, err = cli(capsys, "course", "--courses", str(tmp_path), "release", COURSE_ID, "one")
     assert rc == 2 and "not semver" in err
     assert tree(course) == before
@@ -220,7 +245,7 @@ def test_several_notebook_problems_are_one_line_each(tmp_path, capsys):
     course = copy_course(tmp_path)
     _edit_nb(course, "m1-telemetry", lambda nb: nb["cells"][5]["metadata"].pop("nbgrader"))
     _edit_nb(course, "m3-bundles", lambda nb: nb["cells"][4]["metadata"]["nbgrader"].update(grade_id="intro"))
-    rc, _, err = cli(capsys, "course", "--courses", str(tmp_path), "release", COURSE_ID, "1.1.0")
+    rc, _, err = cli(capsys, "course", "--courses", str(tmp_path), "release", COURSE_ID, VERSION)
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 2
     assert lines[0].startswith("livelab: error: m1-telemetry") and lines[1].startswith("livelab: error: m3-bundles")

@@ -22,8 +22,12 @@ from courses import catalog, release
 from livelab.cli import main
 from tests.test_course import COURSE_ID, MODULES, copy_course, tree
 
-# How long a module's reference solution runs is printed by the gate test (a figure, not a check: a
-# loaded machine is slower, and the suite must pass under load).
+#: The whole gate (nbgrader, a lab, eight notebook runs) happens in the first test's set-up: its
+#: budget is the gate's, not one test's (the suite's default is 300 s).
+pytestmark = pytest.mark.timeout(1500)
+
+#: The version the gate releases from a private copy: the course's current one (unreleased there).
+VERSION = catalog.load(COURSE_ID).version
 
 
 def _our_stragglers() -> list[psutil.Process]:
@@ -41,14 +45,14 @@ def _our_stragglers() -> list[psutil.Process]:
 
 @pytest.fixture(scope="session")
 def gated(tmp_path_factory, mosquitto_available):
-    """The flagship course released (1.1.0) from a private copy: the whole gate, once."""
+    """The flagship course released (its current version) from a private copy: the whole gate, once."""
     tmp = tmp_path_factory.mktemp("course-release")
     course = copy_course(tmp)
     runs = tmp / "runs"
     progress: list[str] = []
     before = {p.pid for p in _our_stragglers()}
     t0 = time.perf_counter()
-    manifest = release.release(COURSE_ID, "1.1.0", root=tmp, keep=runs, progress=progress.append)
+    manifest = release.release(COURSE_ID, VERSION, root=tmp, keep=runs, progress=progress.append)
     seconds = time.perf_counter() - t0
     left = [p for p in _our_stragglers() if p.pid not in before]
     return SimpleNamespace(course=course, root=tmp, manifest=manifest, runs=runs, progress=progress,
@@ -65,6 +69,9 @@ def test_every_reference_solution_completes_against_a_live_lab(gated):
         g = mod["gate"]
         print(f"{mod['id']}: reference {g['reference_seconds']:.1f} s, learner version {g['learner_seconds']:.1f} s")
         assert g["reference"] == "passed"
+        # how long a module takes is a benchmark (bench/course.py), never a test's assertion:
+        # on a loaded machine a correct module takes longer, and that is not a failure
+        assert g["reference_seconds"] > 0
         nb = nbformat.read(str(gated.runs / mod["id"] / "reference.ipynb"), as_version=4)
         assert nb.metadata.kernelspec.name == "livelab"
         assert nb.metadata.papermill["parameters"]["LEARNER"] == release.GATE_LEARNER
@@ -84,6 +91,8 @@ def test_the_modules_really_ran_against_the_lab(gated):
         nb = nbformat.read(str(gated.runs / mid / "reference.ipynb"), as_version=4)
         cell = next(c for c in nb.cells if (c.metadata.get("nbgrader") or {}).get("grade_id") == grade_id)
         return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+    # the gate starts module 1 untidy, as its text says (someone left telemetry granted)
+    assert "'telemetry': True" in out("m1-telemetry", "connect")
     assert "'dev-0': 1" in out("m1-telemetry", "windows-test") and "defect intent: call" in out("m1-telemetry", "rates-test")
     assert "signal digests matched 300/300" in out("m2-replay", "determinism-test")
     assert "'ok': False" in out("m3-bundles", "rollback-test") and "latency" in out("m3-bundles", "rollback-test")
@@ -119,17 +128,18 @@ def test_the_grading_checks_judge_the_gate_runs(gated):
 
 def test_the_release_is_complete_and_immutable(gated):
     c = catalog.load(gated.course)
-    m = catalog.read_release(c, "1.1.0")
-    d = catalog.release_dir(c, "1.1.0")
+    m = catalog.read_release(c, VERSION)
+    d = catalog.release_dir(c, VERSION)
     assert sorted(m["files"]) == sorted(["course.toml"] + [f"{kind}/{x}/{x}.ipynb" for kind in ("learner", "source")
                                                           for x in MODULES])
     assert [x["minutes"] for x in m["modules"]] == [20, 25, 30, 25] and m["minutes"] == 100
     assert all(x["points"] == 10 for x in m["modules"])
-    assert m["tools"]["nbgrader"].startswith("0.9") and "1.1.0" in m["changelog"]
+    assert all(x["check_points"] == {n: 5.0 for n in x["checks"]} for x in m["modules"])
+    assert m["tools"]["nbgrader"].startswith("0.9") and VERSION in m["changelog"]
     assert not stat.S_IMODE((d / "manifest.json").stat().st_mode) & 0o222
     assert not [p for p in c.releases_dir.iterdir() if p.name.startswith(".")], "staging left behind"
     with pytest.raises(release.ReleaseError, match="already released"):
-        release.release(c, "1.1.0")
+        release.release(c, VERSION)
 
 
 def test_the_gate_leaves_no_process_behind(gated):

@@ -206,6 +206,34 @@ DONE = True
     assert "not in the captures the grader observed" in c["message"]
 
 
+def test_a_namespace_starts_untidy_where_the_module_says(glab):
+    """A module's ``untidy`` table: consent someone left granted before the learner's kernel
+    starts, by someone else, seen by the observer - so doing nothing is not revoking."""
+    body = """### BEGIN SOLUTION
+print("START", {d: lab.states[d]["consent"] for d in lab.devices})
+DONE = True
+### END SOLUTION"""
+    sub = runner.Submission("idle", "fixture", "fixture", submission(body))
+    spec = [{"grant": "telemetry", "devices": "some"}, {"grant": "replay-capture", "devices": ["dev-1"]}]
+    try:
+        r = isolation.grade_in_lab(sub, glab["ref"], glab["opts"],
+                                   {"home": str(glab["home"]), "module": "fixture-untidy", "checks": ["consent"],
+                                    "module_meta": {"untidy": spec}})
+    finally:
+        isolation.shutdown_worker_labs()  # this module's pool keeps a slot open: close it
+    from grading import untidy
+    want = untidy.plan(spec, ["dev-0", "dev-1", "dev-2"], module="fixture-untidy")
+    assert sorted((u["device"], u["scope"]) for u in r["lab"]["untidy"]) == sorted(want)
+    import ast
+    nb = nbformat.reads(r["executed"], as_version=4)
+    text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "stream")
+    start = ast.literal_eval(next(ln for ln in text.splitlines() if ln.startswith("START "))[6:])
+    assert {(d, sc) for d, cons in start.items() for sc, on in cons.items() if on} == set(want)
+    c = _check(r, "consent")
+    assert "revoked-when-done" in _failed(c), "what someone left granted is still granted at the end"
+    assert "consent-used" in _failed(c) and c["score"] == 0, "their grants are not the learner's"
+
+
 def test_nothing_of_a_namespace_survives_grading(glab):
     from lab_hardware.runtime import lab
     from lab_hardware.modelops import replay
@@ -225,6 +253,7 @@ def _tree(tmp: Path, module: str, who: dict[str, Path]) -> Path:
     return tmp / "submitted"
 
 
+@pytest.mark.timeout(900)  # five lab-module submissions through Dask: a budget for all of them
 @pytest.mark.skipif(not COURSE.is_dir(), reason="the flagship course is not in this checkout")
 def test_course_modules_graded_through_the_cli(glab, tmp_path, capsys):
     from livelab.cli import main
@@ -242,6 +271,7 @@ def test_course_modules_graded_through_the_cli(glab, tmp_path, capsys):
     out = {}
     for module, tree in ((m3, tree3), (m4, tree4)):
         rc = main(["--home", str(glab["home"]), "grade", "edge-ml-foundations", module, str(tree), "--json",
+                   "--version", "1.1.0",
                    "--state", str(glab["state"]), "--events", str(tmp_path / "no-store")])
         assert rc == 0
         out[module] = {r["student"]: r for r in json.loads(capsys.readouterr().out)["results"]}

@@ -225,7 +225,13 @@ def test_panel_follows_the_lab_and_toggles_change_real_consent(lab_home, sdk):
             wait_for(lambda: panel.chart.value.count('class="livelab-bar"') >= 2, 10, "bars in the chart")
             chart = panel.chart.value
             assert "<svg" in chart and "decisions / window" in chart and "user undos" in chart
-            assert f"“{sdk.conn.defect_intent}”" in chart and 'class="livelab-defect"' in chart
+            # The panel names no intent until asked (module 1 asks after exercise 3 found it).
+            defect = sdk.conn.defect_intent
+            assert f"“{defect}”" not in chart and 'class="livelab-defect"' not in chart
+            assert defect not in panel.header.value
+            panel.watch(defect)
+            wait_for(lambda: 'class="livelab-defect"' in panel.chart.value, 5, "the watched intent in the chart")
+            assert f"“{defect}”" in panel.chart.value and defect in panel.header.value
             state = sdk.states[dev]
             assert state["bundle"][:12] in panel.status.value
             assert f'data-device="{dev}"' in panel.status.value

@@ -131,6 +131,25 @@ class CheckContext:
                     out.append((m, d))
         return out
 
+    def distinct(self, kind: str, device: str | None = None) -> list[dict]:
+        """Observed payloads of ``kind`` counted once each, whatever the broker redelivered:
+        telemetry windows by ``(device, seq)``, capture parts by ``(device, capture_id, part)``,
+        anything else by its bytes.  Counts of evidence are counts of these."""
+        seen: set = set()
+        out = []
+        for m, d in self.of(kind, device):
+            if kind == "telemetry":
+                key = (d.get("device"), d.get("seq"))
+            elif kind == "capture":
+                key = (d.get("device"), d.get("capture_id"), d.get("part"))
+            else:
+                key = (m.topic, m.payload)
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append(d)
+        return out
+
     def chain(self, device: str) -> list[dict]:
         """The device's audit chain as written on disk (verified by the checks that need it)."""
         key = ("chain", device)

@@ -18,22 +18,38 @@ from pathlib import Path
 from .base import CheckContext, Item, register
 
 
-def _bundle_files(ctx: CheckContext) -> dict[str, bytes]:
-    """digest -> bytes of every bundle file the notebook left or a device stored."""
+def _bundle_files(ctx: CheckContext) -> dict[str, list[bytes]]:
+    """digest -> the distinct bytes of every bundle file with that digest that the notebook
+    left or a device stored.  A digest names the manifest, not the file: a signed and an
+    unsigned copy share it, so every copy is kept and judged (never the first by name)."""
     from lab_hardware.modelops import bundle as _bundle
     from lab_hardware import home as _home
-    out: dict[str, bytes] = {}
+    out: dict[str, list[bytes]] = {}
     roots = ([ctx.artifacts] if ctx.artifacts else []) + [_home.device_dir(ctx.home, ctx.namespace, d) for d in ctx.devices]
     for root in roots:
         if not Path(root).is_dir():
             continue
-        for p in Path(root).rglob("*.lbundle"):
+        for p in sorted(Path(root).rglob("*.lbundle")):
             try:
                 data = p.read_bytes()
-                out.setdefault(_bundle.read(data).digest, data)
+                copies = out.setdefault(_bundle.read(data).digest, [])
             except (OSError, ValueError):
                 continue
+            if data not in copies:
+                copies.append(data)
     return out
+
+
+def _verify_any(copies: list[bytes], trusted: dict):
+    """The first copy that verifies, else the ValueError of the last one tried."""
+    from lab_hardware.modelops import bundle as _bundle
+    err: ValueError | None = None
+    for data in copies:
+        try:
+            return _bundle.verify(data, trusted)
+        except ValueError as exc:
+            err = exc
+    raise err or ValueError("no copy")
 
 
 @register("bundle", points=5)
@@ -57,15 +73,16 @@ def bundle_check(ctx: CheckContext) -> list[Item]:
     trusted = _keys.trusted(ctx.home, namespace=ctx.namespace)
     bad, verified = [], {}
     for dg in sorted(digests):
-        data = files.get(dg)
-        if data is None:
+        copies = files.get(dg)
+        if not copies:
             bad.append(f"{dg[:12]}: no bundle file with this digest (keep your .lbundle files in work/)")
             continue
         try:
-            verified[dg] = _bundle.verify(data, trusted)
+            verified[dg] = _verify_any(copies, trusted)
         except ValueError as exc:
             bad.append(f"{dg[:12]}: {str(exc).splitlines()[0]}")
-    items = [Item("signed-bundle", not bad, "; ".join(bad[:2]), weight=2,
+    items = [Item("signed-bundle", not bad, "; ".join(bad[:2]) + ": sign each bundle with a key you trusted "
+                  "(keys.trust) and keep its file in work/", weight=2,
                   detail={"bundles": sorted(d[:12] for d in digests)})]
 
     incomplete = []
@@ -76,8 +93,9 @@ def bundle_check(ctx: CheckContext) -> list[Item]:
             incomplete.append(f"{dg[:12]} declares intents {m['io']['intents']}")
         if not m["provenance"].get("builder") or not m["privacy"].get("telemetry_fields"):
             incomplete.append(f"{dg[:12]} has an empty provenance builder or privacy declaration")
-    items.append(Item("manifest-complete", bool(verified) and not incomplete, "; ".join(incomplete[:2]) or
-                      "no verified bundle to read a manifest from", weight=1))
+    items.append(Item("manifest-complete", bool(verified) and not incomplete, ("; ".join(incomplete[:2]) or
+                      "no verified bundle to read a manifest from") + ": build it with bundle.build from a "
+                      "scenario model (it fills the manifest)", weight=1))
 
     health = {(d, r["data"].get("bundle")): r["data"].get("ok") for d, rs in recs.items()
               for r in rs if r["kind"] == "health"}
@@ -88,6 +106,8 @@ def bundle_check(ctx: CheckContext) -> list[Item]:
     items.append(Item("adapter-within-budget", bool(fixes) and not over,
                       f"the fix {', '.join(over) or '?'} has no adapter or one over the {_adapter.ADAPTER_BUDGET:,}-byte "
                       "budget: ship the fix as a small adapter", weight=1))
+
+    items.append(_fix_content(ctx, fixes, verified))
 
     canary_ok, why = False, "no bundle was shadowed and then installed on a canary"
     n = len(ctx.devices)
@@ -118,3 +138,36 @@ def bundle_check(ctx: CheckContext) -> list[Item]:
     items.append(Item("revoked", bool(revoked_everywhere),
                       "no bundle of yours was revoked on every device: lab.revoke(digest) the bad release", weight=1))
     return items
+
+
+def _fix_content(ctx: CheckContext, fixes: list[str], verified: dict) -> Item:
+    """The story's fix: the scenario's candidate model, unchanged, with an adapter that lowers
+    the defect intent and leaves every other intent alone (read from inside the bundle)."""
+    from lab_hardware.digest import file_digest
+    from lab_hardware.modelops import bundle as _bundle
+    sc = ctx.scenario()
+    defect = sc.get("defect_intent")
+    cand = (sc.get("models") or {}).get("candidate")
+    try:
+        want = file_digest(cand) if cand else None
+    except OSError:
+        want = None
+    why = []
+    for dg in fixes:
+        b = verified[dg]
+        model_sha = b.manifest["files"][_bundle.MODEL]["sha256"]
+        bias = dict(b.adapter.logit_bias) if b.adapter is not None else {}
+        problems = []
+        if want and model_sha != want:
+            problems.append("does not carry the candidate model")
+        if defect and not bias.get(defect, 0) < 0:
+            problems.append(f"does not lower {defect!r}")
+        others = sorted(k for k, v in bias.items() if k != defect and v != 0)
+        if defect and others:
+            problems.append(f"also biases {', '.join(others)}")
+        if not problems:
+            return Item("fix-content", True, detail={"bundle": dg[:12]})
+        why.append(f"{dg[:12]} " + " and ".join(problems))
+    return Item("fix-content", False, ("; ".join(why[:2]) or "no fix to look inside") +
+                ": the fix is the candidate model with an adapter that lowers only the defect intent",
+                weight=1, detail={"fixes": [d[:12] for d in fixes]})

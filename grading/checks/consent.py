@@ -106,7 +106,8 @@ def consent(ctx: CheckContext) -> list[Item]:
             if not v:
                 broken.append(f"{d} ({v.reason})")
     items.append(Item("trail-verifies", not broken, "the audit chain of " + ", ".join(broken) +
-                      " does not verify: the consent trail cannot be trusted", weight=2))
+                      " does not verify: the consent trail cannot be trusted - change consent only through the lab "
+                      "(lab.grant_consent / lab.revoke_consent), never a device's files, and rerun the module", weight=2))
     chains = {d: (r or []) for d, r in chains.items()}
 
     # data published only under consent
@@ -115,7 +116,7 @@ def consent(ctx: CheckContext) -> list[Item]:
         late = []
         for d in ctx.devices:
             ivs = intervals(chains[d], "telemetry")
-            for _m, w in ctx.of("telemetry", d):
+            for w in ctx.distinct("telemetry", d):  # a window is (device, seq): redeliveries count once
                 used["telemetry"] += 1
                 if not _inside(float(w.get("start", 0)), float(w.get("end", 0)), ivs):
                     late.append(f"{d} window {w.get('seq')}")
@@ -127,7 +128,7 @@ def consent(ctx: CheckContext) -> list[Item]:
     for d in ctx.devices:
         ivs = intervals(chains[d], "replay-capture")
         by_hash = {iv[2]["hash"]: iv for iv in ivs}
-        caps = [w for _m, w in ctx.of("capture", d)] if ctx.observed else []
+        caps = ctx.distinct("capture", d) if ctx.observed else []
         for c in caps:
             used["replay-capture"] += 1
             ref = c.get("consent") or {}
@@ -166,7 +167,8 @@ def consent(ctx: CheckContext) -> list[Item]:
             if states and states[-1].get("consent") != ConsentState.from_trail(chains[d]).as_dict():
                 problems.append(f"{d} reports consent {states[-1].get('consent')} but its trail says "
                                 f"{ConsentState.from_trail(chains[d]).as_dict()}")
-    items.append(Item("trail-complete", not problems, "; ".join(problems), weight=2))
+    items.append(Item("trail-complete", not problems, "; ".join(problems) + ": change consent only with "
+                      "lab.grant_consent / lab.revoke_consent and leave the devices' audit chains alone", weight=2))
 
     if ctx.observed:
         pii = pii_in_messages(ctx)

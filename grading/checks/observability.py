@@ -54,7 +54,7 @@ def observability(ctx: CheckContext) -> list[Item]:
         bad, windows = [], 0
         for d in ctx.devices:
             last = -1
-            for _m, w in sorted(ctx.of("telemetry", d), key=lambda x: x[1].get("seq", 0)):
+            for w in sorted(ctx.distinct("telemetry", d), key=lambda x: x["seq"] if isinstance(x.get("seq"), int) else -1):
                 windows += 1
                 first, lst, n = w.get("first_decision"), w.get("last_decision"), w.get("decisions")
                 ok = (isinstance(w.get("digest"), str) and HEX16.match(w["digest"]) and isinstance(first, int)

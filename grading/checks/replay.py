@@ -44,24 +44,46 @@ def _model_for(ctx: CheckContext, digest: str) -> Path | None:
     return None
 
 
+def _score(items: list[Item]) -> float:
+    if any(i.required and not i.ok for i in items):
+        return -1.0
+    total = sum(i.weight for i in items) or 1.0
+    return sum(i.weight for i in items if i.ok) / total
+
+
 @register("replay", points=5)
 def replay_check(ctx: CheckContext) -> list[Item]:
-    """A real, consented, deterministic replay that reproduces the candidate's false positives."""
+    """A real, consented, deterministic replay that reproduces the candidate's false positives.
+
+    Every ``.lreplay`` the notebook left is judged and the best one counts: never the newest by
+    copy time or the first by name (a learner who kept an early attempt beside the final
+    replay is judged on the final one, and a stale copy cannot stand in for it)."""
     from lab_hardware.modelops import replay
     files = ctx.files(".lreplay")
     if not files:
         return [Item("replay-file", False, "no .lreplay file in your working directory: build one with "
                      "replay.build(HOME, lab.namespace, device, Path('work') / 'dev-1.lreplay')", weight=9, required=True)]
-    rp, errors = None, []
-    for f in sorted(files, key=lambda p: p.stat().st_mtime, reverse=True):
+    parsed, errors = [], []
+    for f in files:
         try:
-            rp = replay.read(f)
-            break
+            parsed.append(replay.read(f))
         except ValueError as exc:
             errors.append(f"{f.name}: {str(exc).splitlines()[0]}")
-    if rp is None:
+    if not parsed:
         return [Item("replay-file", False, "; ".join(errors[:2]) + ": rebuild it with replay.build", weight=9,
                      required=True)]
+    best: list[Item] | None = None
+    for rp in parsed:
+        items = _judge_replay(ctx, rp)
+        if best is None or _score(items) > _score(best):
+            best = items
+    if len(parsed) > 1:
+        best[0].detail["judged"] = sorted(p.path.name for p in parsed)
+    return best
+
+
+def _judge_replay(ctx: CheckContext, rp) -> list[Item]:
+    from lab_hardware.modelops import replay
     m = rp.manifest
     items = [Item("replay-file", m.get("namespace") == ctx.namespace and m.get("device") in ctx.devices,
                   f"{rp.path.name} was built in namespace {m.get('namespace')!r} for {m.get('device')!r}, not from "
@@ -99,9 +121,10 @@ def replay_check(ctx: CheckContext) -> list[Item]:
     defect = sc.get("defect_intent") or "call"
     models = {k: Path(v) for k, v in sc.get("models", {}).items()}
     if model is None:
-        items.append(Item("deterministic", False, f"the model that decided ({rp.bundle[:12]}) is not in this lab",
-                          weight=2))
-        items.append(Item("reproduces-false-positives", False, "cannot replay without its model", weight=2))
+        items.append(Item("deterministic", False, f"the model that decided ({rp.bundle[:12]}) is not in this lab: "
+                          "capture from a device running a scenario model or one of your bundles", weight=2))
+        items.append(Item("reproduces-false-positives", False, "cannot replay without its model: capture from a "
+                          "device running the candidate", weight=2))
         return items
     other = next((p for k, p in models.items() if p != model and k == "baseline"),
                  next((p for p in models.values() if p != model), model))
@@ -112,7 +135,8 @@ def replay_check(ctx: CheckContext) -> list[Item]:
     digests_ok = first["digest_matches"] == len(rp)
     items.append(Item("deterministic", same and digests_ok and first["network_isolated"] is not False,
                       ("two sandboxed runs gave different bytes" if not same else
-                       f"{len(rp) - first['digest_matches']} recomputed signal digests do not match the device's"),
+                       f"{len(rp) - first['digest_matches']} recomputed signal digests do not match the device's")
+                      + ": build the replay with replay.build from your own captures, unedited",
                       weight=2, detail={"output_sha256": first["output_sha256"], "isolated": first["network_isolated"]}))
     fp_a, fp_b = d["a"]["defect_false_positives"], d["b"]["defect_false_positives"]
     items.append(Item("reproduces-false-positives", fp_a > 0 and fp_a > fp_b,
