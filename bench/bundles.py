@@ -50,8 +50,14 @@ def make_bundles(tmp: Path, home: Path, n: int, **compute) -> list[Path]:
     out = []
     for i in range(n):
         p = tmp / f"b{i}.lbundle"
-        _bundle.build(model, p, name="intents", version=f"1.{i}.0", compute={"health_decisions": 20, **compute},
-                      created="2026-11-25T12:00:00Z")
+        _bundle.build(
+            model,
+            p,
+            name="intents",
+            version=f"1.{i}.0",
+            compute={"health_decisions": 20, **compute},
+            created="2026-11-25T12:00:00Z",
+        )
         out.append(_bundle.sign(p, home / "keys" / "bench.key"))
     return out
 
@@ -71,16 +77,25 @@ def in_process(home: Path, bundles: list[Path]) -> list[float]:
 
 
 def live(home: Path, tmp: Path, runs: int) -> dict:
-    lab.up(home, scenario=SC.materialize(home / "scenario"), devices=1,
-           device_options={"window_seconds": 0.5, "rate_hz": 200})
+    lab.up(
+        home,
+        scenario=SC.materialize(home / "scenario"),
+        devices=1,
+        device_options={"window_seconds": 0.5, "rate_hz": 200},
+    )
     try:
         good = make_bundles(tmp / "good", home, runs)
         slow = []
         for i in range(runs):
             p = tmp / f"slow{i}.lbundle"
-            _bundle.build(SC.models["candidate"], p, name="slow", version=f"9.{i}.0",
-                          compute={"health_decisions": 20, "latency_budget_ms": 0.0001},
-                          created="2026-11-25T12:00:00Z")
+            _bundle.build(
+                SC.models["candidate"],
+                p,
+                name="slow",
+                version=f"9.{i}.0",
+                compute={"health_decisions": 20, "latency_budget_ms": 0.0001},
+                created="2026-11-25T12:00:00Z",
+            )
             slow.append(_bundle.sign(p, home / "keys" / "bench.key"))
         e2e, install_ms, rollback_ms = [], [], []
         with Lab.connect(home=home) as sdk:
@@ -127,20 +142,32 @@ def main() -> None:
     lv = live(live_home, tmp, runs)
     result = {
         "bundle_bytes": size,
-        "verify_install_first_decision_ms": {"runs": ip, "median": median(ip), "target": 200.0,
-                                             "ratio_to_target": median(ip) / 200.0},
+        "verify_install_first_decision_ms": {
+            "runs": ip,
+            "median": median(ip),
+            "target": 200.0,
+            "ratio_to_target": median(ip) / 200.0,
+        },
         "install_over_mqtt_ms": {"runs": lv["install_over_mqtt_ms"], "median": median(lv["install_over_mqtt_ms"])},
         "device_install_ms": {"runs": lv["device_install_ms"], "median": median(lv["device_install_ms"])},
-        "rollback_after_failed_verdict_ms": {"runs": lv["rollback_ms"], "median": median(lv["rollback_ms"]),
-                                             "max": max(lv["rollback_ms"]), "target": 100.0,
-                                             "ratio_to_target": median(lv["rollback_ms"]) / 100.0},
+        "rollback_after_failed_verdict_ms": {
+            "runs": lv["rollback_ms"],
+            "median": median(lv["rollback_ms"]),
+            "max": max(lv["rollback_ms"]),
+            "target": 100.0,
+            "ratio_to_target": median(lv["rollback_ms"]) / 100.0,
+        },
     }
-    table(f"bundles ({size:,}-byte bundle, median of {runs})", ["measure", "median ms", "target ms"], [
-        ["verify + atomic install + first decision (device code path)", median(ip), 200.0],
-        ["install on a live device (device-side, from its audit record)", median(lv["device_install_ms"]), "-"],
-        ["install over MQTT: publish -> install record received", median(lv["install_over_mqtt_ms"]), "-"],
-        ["rollback after a failed health verdict (device-timed)", median(lv["rollback_ms"]), 100.0],
-    ])
+    table(
+        f"bundles ({size:,}-byte bundle, median of {runs})",
+        ["measure", "median ms", "target ms"],
+        [
+            ["verify + atomic install + first decision (device code path)", median(ip), 200.0],
+            ["install on a live device (device-side, from its audit record)", median(lv["device_install_ms"]), "-"],
+            ["install over MQTT: publish -> install record received", median(lv["install_over_mqtt_ms"]), "-"],
+            ["rollback after a failed health verdict (device-timed)", median(lv["rollback_ms"]), 100.0],
+        ],
+    )
     save("bundles", result)
 
 

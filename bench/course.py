@@ -48,9 +48,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for run in range(args.runs):
                 for m in manifest["modules"]:
-                    ex = notebooks.execute(rel / m["source"]["path"], Path(tmp) / "runs" / f"{m['id']}-{run}.ipynb",
-                                           parameters={"LIVELAB_HOME": str(home), "LEARNER": f"bench-{run}", "SEED": run},
-                                           cwd=Path(tmp) / "work" / f"{m['id']}-{run}")
+                    ex = notebooks.execute(
+                        rel / m["source"]["path"],
+                        Path(tmp) / "runs" / f"{m['id']}-{run}.ipynb",
+                        parameters={"LIVELAB_HOME": str(home), "LEARNER": f"bench-{run}", "SEED": run},
+                        cwd=Path(tmp) / "work" / f"{m['id']}-{run}",
+                    )
                     if not ex.ok:
                         console.print(f"[red]{m['id']} run {run + 1} failed: {ex.error}[/]")
                         return 1
@@ -61,15 +64,32 @@ def main(argv: list[str] | None = None) -> int:
     rows, results = [], {}
     for m in manifest["modules"]:
         xs = times[m["id"]]
-        results[m["id"]] = {"median_s": round(median(xs), 2), "min_s": round(min(xs), 2), "max_s": round(max(xs), 2),
-                            "runs_s": [round(x, 2) for x in xs], "estimated_minutes": m["minutes"]}
+        results[m["id"]] = {
+            "median_s": round(median(xs), 2),
+            "min_s": round(min(xs), 2),
+            "max_s": round(max(xs), 2),
+            "runs_s": [round(x, 2) for x in xs],
+            "estimated_minutes": m["minutes"],
+        }
         rows.append([m["id"], median(xs), min(xs), max(xs), m["minutes"]])
     path_s = sum(median(times[m]) for m in times)
     rows.append(["whole course (sum of medians)", path_s, "", "", sum(m["minutes"] for m in manifest["modules"])])
-    table(f"{COURSE} {version}: reference solution execution (papermill + livelab kernel, live lab), "
-          f"{args.runs} runs", ["module", "median s", "min s", "max s", "learner estimate (min)"], rows)
-    save("course", {"course": COURSE, "version": version, "runs": args.runs, "lab_up_s": round(up_s, 2),
-                    "modules": results, "course_median_sum_s": round(path_s, 2)})
+    table(
+        f"{COURSE} {version}: reference solution execution (papermill + livelab kernel, live lab), {args.runs} runs",
+        ["module", "median s", "min s", "max s", "learner estimate (min)"],
+        rows,
+    )
+    save(
+        "course",
+        {
+            "course": COURSE,
+            "version": version,
+            "runs": args.runs,
+            "lab_up_s": round(up_s, 2),
+            "modules": results,
+            "course_median_sum_s": round(path_s, 2),
+        },
+    )
     return 0
 
 

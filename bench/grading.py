@@ -46,6 +46,7 @@ def uptime() -> str:
 def kernel_floor(reps: int) -> dict:
     """Start + ready + shutdown of a plain ``livelab`` kernel with jupyter_client."""
     from jupyter_client.manager import KernelManager
+
     ready, total = [], []
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -59,14 +60,19 @@ def kernel_floor(reps: int) -> dict:
         km.shutdown_kernel(now=True)
         ready.append(t1 - t0)
         total.append(time.perf_counter() - t0)
-    return {"reps": reps, "median_start_to_ready_s": median(ready), "median_start_ready_shutdown_s": median(total),
-            "all_start_ready_shutdown_s": total}
+    return {
+        "reps": reps,
+        "median_start_to_ready_s": median(ready),
+        "median_start_ready_shutdown_s": median(total),
+        "all_start_ready_shutdown_s": total,
+    }
 
 
 def sandboxed_start(reps: int) -> dict:
     """The grader's own kernel start: fork server + sandbox, to ready (for comparison)."""
     from jupyter_core.utils import run_sync
     from grading.sandbox import Kernel, SandboxConfig
+
     Kernel(SandboxConfig(network=False)).start().close()  # fork server up
     out = []
     for _ in range(reps):
@@ -86,42 +92,74 @@ def gradebook_scores(db: Path) -> dict[str, float]:
     rows = con.execute(
         "select s.student_id, sum(coalesce(g.manual_score, g.auto_score, 0)) from grade g "
         "join submitted_notebook n on g.notebook_id = n.id join submitted_assignment s on n.assignment_id = s.id "
-        "group by s.student_id").fetchall()
+        "group by s.student_id"
+    ).fetchall()
     con.close()
     return {k: float(v) for k, v in rows}
 
 
 def run_nbgrader(course: Path, n: int) -> dict:
     t0 = time.perf_counter()
-    p = subprocess.run([str(VENV_BIN / "nbgrader"), "autograde", "squares", "--log-level=ERROR"], cwd=course,
-                       env=ENV, capture_output=True, text=True)
+    p = subprocess.run(
+        [str(VENV_BIN / "nbgrader"), "autograde", "squares", "--log-level=ERROR"],
+        cwd=course,
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - t0
     if p.returncode != 0:
         raise SystemExit(f"nbgrader autograde failed: {p.stderr.strip().splitlines()[-1:]}")
-    return {"wall_s": wall, "per_submission_s": wall / n, "throughput_per_s": n / wall,
-            "scores": gradebook_scores(course / "gradebook.db")}
+    return {
+        "wall_s": wall,
+        "per_submission_s": wall / n,
+        "throughput_per_s": n / wall,
+        "scores": gradebook_scores(course / "gradebook.db"),
+    }
 
 
 def run_livelab(course: Path, n: int, workers: int, state: Path) -> dict:
     """``state``: the grader's reference cache, shared by the runs (as on a grading machine:
     the first run of a release builds its private reference, later runs reuse it)."""
     t0 = time.perf_counter()
-    p = subprocess.run([str(VENV_BIN / "livelab"), "grade", str(course), "squares", str(course / "submitted"),
-                        "--no-cache", "--json", "--workers", str(workers), "--state", str(state),
-                        "--events", str(state / "events-not-kept")], env=ENV, capture_output=True, text=True)
+    p = subprocess.run(
+        [
+            str(VENV_BIN / "livelab"),
+            "grade",
+            str(course),
+            "squares",
+            str(course / "submitted"),
+            "--no-cache",
+            "--json",
+            "--workers",
+            str(workers),
+            "--state",
+            str(state),
+            "--events",
+            str(state / "events-not-kept"),
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - t0
     if p.returncode != 0:
         raise SystemExit(f"livelab grade failed: {p.stderr.strip().splitlines()[-1:]}")
     s = json.loads(p.stdout)
     per = [x["timings"] for x in s["per_submission"]]
     steady = s["timing"].get("grade")
-    return {"wall_s": wall, "per_submission_s": wall / n, "throughput_per_s": n / wall,
-            "steady_state_throughput_per_s": n / steady if steady else None,
-            "phases_s": s["timing"], "isolation": s.get("isolation"),
-            "median_per_submission_in_worker_s": median([t.get("total", 0) for t in per]),
-            "median_phase_s": {k: median([t.get(k, 0) for t in per]) for k in sorted({k for t in per for k in t})},
-            "scores": {r["student"]: r["score"] for r in s["results"]},
-            "gradebook_scores": gradebook_scores(course / "gradebook.db")}
+    return {
+        "wall_s": wall,
+        "per_submission_s": wall / n,
+        "throughput_per_s": n / wall,
+        "steady_state_throughput_per_s": n / steady if steady else None,
+        "phases_s": s["timing"],
+        "isolation": s.get("isolation"),
+        "median_per_submission_in_worker_s": median([t.get("total", 0) for t in per]),
+        "median_phase_s": {k: median([t.get(k, 0) for t in per]) for k in sorted({k for t in per for k in t})},
+        "scores": {r["student"]: r["score"] for r in s["results"]},
+        "gradebook_scores": gradebook_scores(course / "gradebook.db"),
+    }
 
 
 def scaling(ns: list[int], reps: int, workers: int) -> dict:
@@ -129,6 +167,7 @@ def scaling(ns: list[int], reps: int, workers: int) -> dict:
     the main comparison): how the fixed start-up cost weighs at small N."""
     from grading import samples
     from grading.reference import build as build_reference
+
     out = {}
     for n in ns:
         tmp = Path(tempfile.mkdtemp(prefix=f"bench-grading-{n}-"))
@@ -136,22 +175,33 @@ def scaling(ns: list[int], reps: int, workers: int) -> dict:
             base = tmp / "course"
             release = samples.make_course(base)
             expected = samples.make_submissions(base, release, n)
-            build_reference(base / "source" / samples.ASSIGNMENT / f"{samples.NOTEBOOK}.ipynb",
-                            samples.ASSIGNMENT, tmp / "grader-state")
+            build_reference(
+                base / "source" / samples.ASSIGNMENT / f"{samples.NOTEBOOK}.ipynb",
+                samples.ASSIGNMENT,
+                tmp / "grader-state",
+            )
             walls = {"nbgrader": [], "livelab": []}
             for rep in range(reps):
                 for tool in ("nbgrader", "livelab"):
                     course = tmp / f"{tool}-{rep}"
                     shutil.copytree(base, course)
-                    r = run_nbgrader(course, n) if tool == "nbgrader" else \
-                        run_livelab(course, n, workers, tmp / "grader-state")
+                    r = (
+                        run_nbgrader(course, n)
+                        if tool == "nbgrader"
+                        else run_livelab(course, n, workers, tmp / "grader-state")
+                    )
                     if any(abs(r["scores"].get(s, -1) - v) > 1e-9 for s, v in expected.items()):
                         raise SystemExit(f"{tool} at N={n}: unexpected scores")
                     walls[tool].append(r["wall_s"])
                     console.print(f"N={n} {tool} run {rep + 1}: {r['wall_s']:.1f} s")
             nb, ll = median(walls["nbgrader"]), median(walls["livelab"])
-            out[str(n)] = {"nbgrader_s": nb, "livelab_s": ll, "speedup_end_to_end": nb / ll,
-                           "runs": walls, "load_1min_after": os.getloadavg()[0]}
+            out[str(n)] = {
+                "nbgrader_s": nb,
+                "livelab_s": ll,
+                "speedup_end_to_end": nb / ll,
+                "runs": walls,
+                "load_1min_after": os.getloadavg()[0],
+            }
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -162,6 +212,7 @@ def namespace_vs_broker(reps: int) -> dict:
     """Isolation cost: a namespace added to the running lab vs a lab (broker + devices) of its own."""
     from lab_hardware.runtime import lab
     from labs import scenarios
+
     sc = scenarios.load("voice-intents")
     tmp = Path(tempfile.mkdtemp(prefix="bench-ns-"))
     add, remove, up, down = [], [], [], []
@@ -188,9 +239,14 @@ def namespace_vs_broker(reps: int) -> dict:
             down.append(time.perf_counter() - t)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"reps": reps, "add_namespace_s": median(add), "remove_namespace_s": median(remove),
-            "own_lab_up_s": median(up), "own_lab_down_s": median(down),
-            "own_lab_vs_namespace": median(up) / median(add)}
+    return {
+        "reps": reps,
+        "add_namespace_s": median(add),
+        "remove_namespace_s": median(remove),
+        "own_lab_up_s": median(up),
+        "own_lab_down_s": median(down),
+        "own_lab_vs_namespace": median(up) / median(add),
+    }
 
 
 def lab_modules(per_module: int, workers: int) -> dict:
@@ -198,10 +254,12 @@ def lab_modules(per_module: int, workers: int) -> dict:
     fresh namespaces of one live lab; submissions per minute and where the time goes."""
     from lab_hardware.runtime import lab
     from labs import scenarios
+
     course = ROOT / "courses" / "edge-ml-foundations"
     if not (course / "course.toml").exists():
         return {"skipped": "the flagship course is not in this checkout"}
     import tomllib
+
     toml = tomllib.loads((course / "course.toml").read_text())
     version = toml["version"]
     rel = course / "releases" / version
@@ -220,10 +278,28 @@ def lab_modules(per_module: int, workers: int) -> dict:
                 shutil.copy(rel / kind / mid / f"{mid}.ipynb", d / f"{mid}.ipynb")
             load = os.getloadavg()[0]
             t0 = time.perf_counter()
-            p = subprocess.run([str(VENV_BIN / "livelab"), "--home", str(home), "grade", str(course), mid, str(tree),
-                                "--json", "--no-cache", "--workers", str(workers), "--state", str(tmp / "state"),
-                                "--events", str(tmp / "no-events")],
-                               env=ENV, capture_output=True, text=True)
+            p = subprocess.run(
+                [
+                    str(VENV_BIN / "livelab"),
+                    "--home",
+                    str(home),
+                    "grade",
+                    str(course),
+                    mid,
+                    str(tree),
+                    "--json",
+                    "--no-cache",
+                    "--workers",
+                    str(workers),
+                    "--state",
+                    str(tmp / "state"),
+                    "--events",
+                    str(tmp / "no-events"),
+                ],
+                env=ENV,
+                capture_output=True,
+                text=True,
+            )
             wall = time.perf_counter() - t0
             if p.returncode != 0:
                 out["modules"][mid] = {"error": (p.stderr.strip().splitlines() or ["?"])[-1]}
@@ -231,16 +307,24 @@ def lab_modules(per_module: int, workers: int) -> dict:
             s = json.loads(p.stdout)
             per = [x["timings"] for x in s["per_submission"]]
             out["modules"][mid] = {
-                "checks": m.get("checks"), "wall_s": wall, "load_1min_before": load,
+                "checks": m.get("checks"),
+                "wall_s": wall,
+                "load_1min_before": load,
                 "submissions_per_min": per_module / wall * 60,
-                "steady_submissions_per_min": per_module / s["timing"]["grade"] * 60 if s["timing"].get("grade") else None,
+                "steady_submissions_per_min": per_module / s["timing"]["grade"] * 60
+                if s["timing"].get("grade")
+                else None,
                 "scores": {r["student"]: f"{r['score']:g}/{r['max_score']:g}" for r in s["results"]},
                 "phases_s": {k: v for k, v in s["timing"].items() if k != "cpu_seconds"},
-                "median_per_submission_s": {k: median([t.get(k, 0) for t in per])
-                                            for k in ("lab_wait", "sanitize", "execute", "checks", "feedback", "total")},
+                "median_per_submission_s": {
+                    k: median([t.get(k, 0) for t in per])
+                    for k in ("lab_wait", "sanitize", "execute", "checks", "feedback", "total")
+                },
             }
-            console.print(f"{mid}: {per_module} submissions in {wall:.1f} s "
-                          f"({out['modules'][mid]['submissions_per_min']:.1f}/min)")
+            console.print(
+                f"{mid}: {per_module} submissions in {wall:.1f} s "
+                f"({out['modules'][mid]['submissions_per_min']:.1f}/min)"
+            )
     finally:
         lab.down(home)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -254,6 +338,7 @@ def p95(xs: list[float]) -> float:
     if not xs:
         return float("nan")
     import math
+
     return xs[max(0, math.ceil(0.95 * len(xs)) - 1)]
 
 
@@ -261,18 +346,37 @@ def run_livelab_service(home: Path, course: Path, n: int) -> dict:
     """``livelab grade`` (CLI, whole command) with the grading service running: it grades on the
     service's warm workers."""
     t0 = time.perf_counter()
-    p = subprocess.run([str(VENV_BIN / "livelab"), "--home", str(home), "grade", str(course), "squares",
-                        str(course / "submitted"), "--no-cache", "--json"], env=ENV, capture_output=True, text=True)
+    p = subprocess.run(
+        [
+            str(VENV_BIN / "livelab"),
+            "--home",
+            str(home),
+            "grade",
+            str(course),
+            "squares",
+            str(course / "submitted"),
+            "--no-cache",
+            "--json",
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - t0
     if p.returncode != 0:
         raise SystemExit(f"livelab grade (service) failed: {p.stderr.strip().splitlines()[-3:]}")
     s = json.loads(p.stdout)
     if not s.get("via_service"):
         raise SystemExit("livelab grade did not use the grading service")
-    return {"wall_s": wall, "per_submission_s": wall / n, "throughput_per_s": n / wall,
-            "command_seconds_reported": s.get("command_seconds"), "phases_s": s["timing"],
-            "scores": {r["student"]: r["score"] for r in s["results"]},
-            "gradebook_scores": gradebook_scores(course / "gradebook.db")}
+    return {
+        "wall_s": wall,
+        "per_submission_s": wall / n,
+        "throughput_per_s": n / wall,
+        "command_seconds_reported": s.get("command_seconds"),
+        "phases_s": s["timing"],
+        "scores": {r["student"]: r["score"] for r in s["results"]},
+        "gradebook_scores": gradebook_scores(course / "gradebook.db"),
+    }
 
 
 def service_bench(ns: list[int], learners: int, rounds: int) -> dict:
@@ -285,6 +389,7 @@ def service_bench(ns: list[int], learners: int, rounds: int) -> dict:
     from labs import scenarios
     from labs.checking import check, submit
     from labs.sdk import Connection, Lab
+
     tmp = Path(tempfile.mkdtemp(prefix="bench-service-"))
     home = tmp / "lab"
     out: dict = {"learners": learners}
@@ -295,9 +400,22 @@ def service_bench(ns: list[int], learners: int, rounds: int) -> dict:
         base = tmp / "course"
         release = samples.make_course(base)
         t = time.perf_counter()
-        p = subprocess.run([str(VENV_BIN / "livelab"), "--home", str(home), "grader", "serve",
-                            "--course", "edge-ml-foundations", "--course", str(base)], env=ENV,
-                           capture_output=True, text=True)
+        p = subprocess.run(
+            [
+                str(VENV_BIN / "livelab"),
+                "--home",
+                str(home),
+                "grader",
+                "serve",
+                "--course",
+                "edge-ml-foundations",
+                "--course",
+                str(base),
+            ],
+            env=ENV,
+            capture_output=True,
+            text=True,
+        )
         if p.returncode != 0:
             raise SystemExit(f"livelab grader serve failed: {p.stdout[-300:]} {p.stderr[-300:]}")
         out["service_start_s"] = time.perf_counter() - t
@@ -318,8 +436,11 @@ def service_bench(ns: list[int], learners: int, rounds: int) -> dict:
                     raise SystemExit(f"{tool} at N={n}: unexpected scores")
                 walls[tool] = {"wall_s": r["wall_s"], "load_1min_before": load}
                 console.print(f"N={n} {tool}: {r['wall_s']:.2f} s (load {load:.1f})")
-            by_n[str(n)] = {**walls, "speedup": walls["nbgrader"]["wall_s"] / walls["livelab"]["wall_s"],
-                            "target": 10.0}
+            by_n[str(n)] = {
+                **walls,
+                "speedup": walls["nbgrader"]["wall_s"] / walls["livelab"]["wall_s"],
+                "target": 10.0,
+            }
         out["by_n"] = by_n
 
         # learners' namespaces live, each with some consented telemetry the service saw
@@ -328,9 +449,17 @@ def service_bench(ns: list[int], learners: int, rounds: int) -> dict:
         for i in range(learners):
             name = f"learner{i:02d}"
             d = lab.add_namespace(home, name, devices=1)
-            conn = Connection(d["broker"]["host"], d["broker"]["port"], name, d["learner"]["username"],
-                              d["learner"]["password"], list(d["devices"]), list(d.get("intents") or []),
-                              d.get("defect_intent"), home=str(home))
+            conn = Connection(
+                d["broker"]["host"],
+                d["broker"]["port"],
+                name,
+                d["learner"]["username"],
+                d["learner"]["password"],
+                list(d["devices"]),
+                list(d.get("intents") or []),
+                d.get("defect_intent"),
+                home=str(home),
+            )
             lb = Lab(conn, module="m1-telemetry", learner=name)
             labs_.append(lb)
             lb.grant_consent("dev-0")
@@ -352,12 +481,22 @@ def service_bench(ns: list[int], learners: int, rounds: int) -> dict:
                     raise SystemExit(f"tests-only submit failed: {res}")
         out["check_s"] = {"n": len(checks), "median": median(checks), "p95": p95(checks), "target_p95": 0.3}
         out["tests_only_submit_s"] = {"n": len(subs), "median": median(subs), "p95": p95(subs), "target_p95": 1.5}
-        console.print(f"lab.check() p95 {out['check_s']['p95']:.3f} s; tests-only submit p95 "
-                      f"{out['tests_only_submit_s']['p95']:.3f} s ({learners} learner namespaces live)")
+        console.print(
+            f"lab.check() p95 {out['check_s']['p95']:.3f} s; tests-only submit p95 "
+            f"{out['tests_only_submit_s']['p95']:.3f} s ({learners} learner namespaces live)"
+        )
 
         # a lab module: submit -> feedback vs the notebook's own run time (its cells, in its kernel)
-        m1 = ROOT / "courses" / "edge-ml-foundations" / "releases" / "1.1.0" / "source" / "m1-telemetry" / \
-            "m1-telemetry.ipynb"
+        m1 = (
+            ROOT
+            / "courses"
+            / "edge-ml-foundations"
+            / "releases"
+            / "1.1.0"
+            / "source"
+            / "m1-telemetry"
+            / "m1-telemetry.ipynb"
+        )
         lab_runs = []
         with Lab.connect(module="m1-telemetry", home=home) as me:
             for _ in range(2):
@@ -367,18 +506,28 @@ def service_bench(ns: list[int], learners: int, rounds: int) -> dict:
                 if res.status != "graded" or res.score != res.max_score:
                     raise SystemExit(f"lab-module submit failed: {res}")
                 tm = res.timings or {}
-                lab_runs.append({"submit_to_feedback_s": wall, "notebook_run_s": tm.get("cells"),
-                                 "overhead_s": wall - (tm.get("cells") or 0.0), "timings": tm})
-        out["lab_module_submit"] = {"module": "m1-telemetry", "runs": lab_runs,
-                                    "median_overhead_s": median([r["overhead_s"] for r in lab_runs]),
-                                    "target_overhead_s": 1.0}
-        console.print(f"m1 submit -> feedback overhead over the notebook's run: "
-                      f"{out['lab_module_submit']['median_overhead_s']:.2f} s")
+                lab_runs.append(
+                    {
+                        "submit_to_feedback_s": wall,
+                        "notebook_run_s": tm.get("cells"),
+                        "overhead_s": wall - (tm.get("cells") or 0.0),
+                        "timings": tm,
+                    }
+                )
+        out["lab_module_submit"] = {
+            "module": "m1-telemetry",
+            "runs": lab_runs,
+            "median_overhead_s": median([r["overhead_s"] for r in lab_runs]),
+            "target_overhead_s": 1.0,
+        }
+        console.print(
+            f"m1 submit -> feedback overhead over the notebook's run: "
+            f"{out['lab_module_submit']['median_overhead_s']:.2f} s"
+        )
     finally:
         for lb in labs_:
             lb.close()
-        subprocess.run([str(VENV_BIN / "livelab"), "--home", str(home), "grader", "stop"], env=ENV,
-                       capture_output=True)
+        subprocess.run([str(VENV_BIN / "livelab"), "--home", str(home), "grader", "stop"], env=ENV, capture_output=True)
         lab.down(home)
         shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -387,12 +536,16 @@ def service_bench(ns: list[int], learners: int, rounds: int) -> dict:
 def _service_table(sv: dict) -> None:
     rows = []
     for n, r in sv["by_n"].items():
-        rows += [[f"N={n}: nbgrader autograde s", r["nbgrader"]["wall_s"]],
-                 [f"N={n}: livelab grade (service) s", r["livelab"]["wall_s"]],
-                 [f"N={n}: speed-up (target 10x)", r["speedup"]]]
-    rows += [["lab.check() p95 s (target 0.3)", sv["check_s"]["p95"]],
-             ["tests-only submit -> feedback p95 s (target 1.5)", sv["tests_only_submit_s"]["p95"]],
-             ["m1 submit -> feedback beyond its run time s (target 1.0)", sv["lab_module_submit"]["median_overhead_s"]]]
+        rows += [
+            [f"N={n}: nbgrader autograde s", r["nbgrader"]["wall_s"]],
+            [f"N={n}: livelab grade (service) s", r["livelab"]["wall_s"]],
+            [f"N={n}: speed-up (target 10x)", r["speedup"]],
+        ]
+    rows += [
+        ["lab.check() p95 s (target 0.3)", sv["check_s"]["p95"]],
+        ["tests-only submit -> feedback p95 s (target 1.5)", sv["tests_only_submit_s"]["p95"]],
+        ["m1 submit -> feedback beyond its run time s (target 1.0)", sv["lab_module_submit"]["median_overhead_s"]],
+    ]
     table(f"warm grading service ({sv['learners']} learner namespaces live)", ["", "value"], rows)
 
 
@@ -405,32 +558,54 @@ def main() -> int:
     ap.add_argument("--lab", action="store_true", help="also lab modules (needs the flagship course)")
     ap.add_argument("--lab-only", action="store_true", help="only the lab part; keep the file's other figures")
     ap.add_argument("--lab-submissions", type=int, default=4, help="submissions per lab module")
-    ap.add_argument("--scaling", type=int, action="append", default=[], metavar="N",
-                    help="also compare both tools at N submissions (repeatable; e.g. --scaling 20)")
-    ap.add_argument("--scaling-only", action="store_true",
-                    help="only the --scaling comparisons; keep the file's other figures")
-    ap.add_argument("--service", action="store_true",
-                    help="only the warm grading service figures (keep the file's other figures)")
-    ap.add_argument("--service-n", type=int, action="append", default=[], metavar="N",
-                    help="batch sizes for the service comparison (default 20 and 60)")
+    ap.add_argument(
+        "--scaling",
+        type=int,
+        action="append",
+        default=[],
+        metavar="N",
+        help="also compare both tools at N submissions (repeatable; e.g. --scaling 20)",
+    )
+    ap.add_argument(
+        "--scaling-only", action="store_true", help="only the --scaling comparisons; keep the file's other figures"
+    )
+    ap.add_argument(
+        "--service", action="store_true", help="only the warm grading service figures (keep the file's other figures)"
+    )
+    ap.add_argument(
+        "--service-n",
+        type=int,
+        action="append",
+        default=[],
+        metavar="N",
+        help="batch sizes for the service comparison (default 20 and 60)",
+    )
     ap.add_argument("--learners", type=int, default=10, help="learner namespaces live for the latency figures")
     ap.add_argument("--rounds", type=int, default=2, help="check/submit rounds over the learners")
     args = ap.parse_args()
     if args.service:
-        prev = json.loads((ROOT / "bench" / "results" / "grading.json").read_text()) \
-            if (ROOT / "bench" / "results" / "grading.json").exists() else {}
+        prev = (
+            json.loads((ROOT / "bench" / "results" / "grading.json").read_text())
+            if (ROOT / "bench" / "results" / "grading.json").exists()
+            else {}
+        )
         prev = {k: v for k, v in prev.items() if k not in ("benchmark", "when", "machine")}
         load_before = uptime()
         console.print(f"load before: {load_before}")
-        prev["service"] = {"uptime_before": load_before,
-                           **service_bench(args.service_n or [20, 60], args.learners, args.rounds),
-                           "uptime_after": uptime()}
+        prev["service"] = {
+            "uptime_before": load_before,
+            **service_bench(args.service_n or [20, 60], args.learners, args.rounds),
+            "uptime_after": uptime(),
+        }
         _service_table(prev["service"])
         save("grading", prev)
         return 0
     if args.scaling_only:
-        prev = json.loads((ROOT / "bench" / "results" / "grading.json").read_text()) \
-            if (ROOT / "bench" / "results" / "grading.json").exists() else {}
+        prev = (
+            json.loads((ROOT / "bench" / "results" / "grading.json").read_text())
+            if (ROOT / "bench" / "results" / "grading.json").exists()
+            else {}
+        )
         prev = {k: v for k, v in prev.items() if k not in ("benchmark", "when", "machine")}
         prev["by_n"] = {**prev.get("by_n", {}), **scaling(args.scaling or [20], args.reps, args.workers)}
         save("grading", prev)
@@ -438,11 +613,17 @@ def main() -> int:
     if args.lab_only:
         load_before = uptime()
         console.print(f"load before: {load_before}")
-        prev = json.loads((ROOT / "bench" / "results" / "grading.json").read_text()) \
-            if (ROOT / "bench" / "results" / "grading.json").exists() else {}
+        prev = (
+            json.loads((ROOT / "bench" / "results" / "grading.json").read_text())
+            if (ROOT / "bench" / "results" / "grading.json").exists()
+            else {}
+        )
         prev = {k: v for k, v in prev.items() if k not in ("benchmark", "when", "machine")}
-        prev["lab"] = {"uptime_before": load_before, "isolation_cost": namespace_vs_broker(3),
-                       **lab_modules(args.lab_submissions, args.workers)}
+        prev["lab"] = {
+            "uptime_before": load_before,
+            "isolation_cost": namespace_vs_broker(3),
+            **lab_modules(args.lab_submissions, args.workers),
+        }
         prev["lab"]["uptime_after"] = uptime()
         _lab_table(prev["lab"])
         save("grading", prev)
@@ -450,6 +631,7 @@ def main() -> int:
     if args.n < 20:
         ap.error("--n must be at least 20")
     from grading import samples
+
     load_before = uptime()
     console.print(f"load before: {load_before}")
     tmp = Path(tempfile.mkdtemp(prefix="bench-grading-"))
@@ -465,9 +647,11 @@ def main() -> int:
         # before 'nbgrader autograde' runs: build it here, untimed in the comparison, and
         # report what it costs.
         from grading.reference import build as build_reference
+
         t = time.perf_counter()
-        build_reference(base / "source" / samples.ASSIGNMENT / f"{samples.NOTEBOOK}.ipynb", samples.ASSIGNMENT,
-                        tmp / "grader-state")
+        build_reference(
+            base / "source" / samples.ASSIGNMENT / f"{samples.NOTEBOOK}.ipynb", samples.ASSIGNMENT, tmp / "grader-state"
+        )
         reference_build_s = time.perf_counter() - t
         runs = {"nbgrader": [], "livelab": []}
         for rep in range(args.reps):
@@ -475,8 +659,11 @@ def main() -> int:
                 course = tmp / f"{tool}-{rep}"
                 shutil.copytree(base, course)
                 load = os.getloadavg()[0]
-                r = run_nbgrader(course, args.n) if tool == "nbgrader" else \
-                    run_livelab(course, args.n, args.workers, tmp / "grader-state")
+                r = (
+                    run_nbgrader(course, args.n)
+                    if tool == "nbgrader"
+                    else run_livelab(course, args.n, args.workers, tmp / "grader-state")
+                )
                 r["reference_cached"] = tool == "livelab"
                 r["load_1min_before"] = load
                 ok = all(abs(r["scores"].get(s, -1) - v) < 1e-9 for s, v in expected.items())
@@ -489,24 +676,32 @@ def main() -> int:
                 r.pop("scores", None)
                 r.pop("gradebook_scores", None)
                 runs[tool].append(r)
-                console.print(f"{tool} run {rep + 1}: {r['wall_s']:.1f} s for {args.n} submissions "
-                              f"(load {load:.2f})")
+                console.print(f"{tool} run {rep + 1}: {r['wall_s']:.1f} s for {args.n} submissions (load {load:.2f})")
         load_after = uptime()
         nb = median([r["throughput_per_s"] for r in runs["nbgrader"]])
         ll = median([r["throughput_per_s"] for r in runs["livelab"]])
         ll_steady = median([r["steady_state_throughput_per_s"] for r in runs["livelab"]])
         ll_per = median([r["median_per_submission_in_worker_s"] for r in runs["livelab"]])
         result = {
-            "n_submissions": args.n, "workers": args.workers, "reps": args.reps,
-            "uptime_before": load_before, "uptime_after": load_after,
-            "kernel_floor": floor, "sandboxed_kernel_start": sandboxed,
+            "n_submissions": args.n,
+            "workers": args.workers,
+            "reps": args.reps,
+            "uptime_before": load_before,
+            "uptime_after": load_after,
+            "kernel_floor": floor,
+            "sandboxed_kernel_start": sandboxed,
             "livelab_reference_build_s": reference_build_s,
-            "nbgrader": runs["nbgrader"], "livelab": runs["livelab"],
+            "nbgrader": runs["nbgrader"],
+            "livelab": runs["livelab"],
             "summary": {
-                "nbgrader_throughput_per_s": nb, "nbgrader_s_per_submission": 1 / nb,
-                "livelab_throughput_per_s": ll, "livelab_s_per_submission": 1 / ll,
+                "nbgrader_throughput_per_s": nb,
+                "nbgrader_s_per_submission": 1 / nb,
+                "livelab_throughput_per_s": ll,
+                "livelab_s_per_submission": 1 / ll,
                 "livelab_steady_state_throughput_per_s": ll_steady,
-                "speedup_end_to_end": ll / nb, "speedup_steady_state": ll_steady / nb, "target_speedup": 5.0,
+                "speedup_end_to_end": ll / nb,
+                "speedup_steady_state": ll_steady / nb,
+                "target_speedup": 5.0,
                 "kernel_floor_s": floor["median_start_ready_shutdown_s"],
                 "livelab_median_s_per_submission_in_a_worker": ll_per,
                 "livelab_per_submission_vs_floor": ll_per / floor["median_start_ready_shutdown_s"],
@@ -514,26 +709,37 @@ def main() -> int:
             },
         }
         s = result["summary"]
-        table(f"grading {args.n} submissions (tests-only), {args.workers} workers", ["", "value"], [
-            ["nbgrader autograde s/submission", s["nbgrader_s_per_submission"]],
-            ["livelab grade s/submission (end to end)", s["livelab_s_per_submission"]],
-            ["livelab grade submissions/s (steady state)", s["livelab_steady_state_throughput_per_s"]],
-            ["speed-up end to end (target 5x)", s["speedup_end_to_end"]],
-            ["speed-up steady state", s["speedup_steady_state"]],
-            ["kernel floor s (jupyter_client start+ready+shutdown)", s["kernel_floor_s"]],
-            ["livelab s per submission in a worker", ll_per],
-            ["  ... / floor", s["livelab_per_submission_vs_floor"]],
-            ["sandboxed fork-server kernel start to ready s", sandboxed["median_start_to_ready_s"]],
-        ])
+        table(
+            f"grading {args.n} submissions (tests-only), {args.workers} workers",
+            ["", "value"],
+            [
+                ["nbgrader autograde s/submission", s["nbgrader_s_per_submission"]],
+                ["livelab grade s/submission (end to end)", s["livelab_s_per_submission"]],
+                ["livelab grade submissions/s (steady state)", s["livelab_steady_state_throughput_per_s"]],
+                ["speed-up end to end (target 5x)", s["speedup_end_to_end"]],
+                ["speed-up steady state", s["speedup_steady_state"]],
+                ["kernel floor s (jupyter_client start+ready+shutdown)", s["kernel_floor_s"]],
+                ["livelab s per submission in a worker", ll_per],
+                ["  ... / floor", s["livelab_per_submission_vs_floor"]],
+                ["sandboxed fork-server kernel start to ready s", sandboxed["median_start_to_ready_s"]],
+            ],
+        )
         console.print(f"load after: {load_after}")
-        result["by_n"] = {str(args.n): {"nbgrader_s": median([r["wall_s"] for r in runs["nbgrader"]]),
-                                        "livelab_s": median([r["wall_s"] for r in runs["livelab"]]),
-                                        "speedup_end_to_end": ll / nb}}
+        result["by_n"] = {
+            str(args.n): {
+                "nbgrader_s": median([r["wall_s"] for r in runs["nbgrader"]]),
+                "livelab_s": median([r["wall_s"] for r in runs["livelab"]]),
+                "speedup_end_to_end": ll / nb,
+            }
+        }
         if args.scaling:
             result["by_n"].update(scaling(args.scaling, args.reps, args.workers))
         if args.lab:
-            result["lab"] = {"uptime_before": uptime(), "isolation_cost": namespace_vs_broker(3),
-                             **lab_modules(args.lab_submissions, args.workers)}
+            result["lab"] = {
+                "uptime_before": uptime(),
+                "isolation_cost": namespace_vs_broker(3),
+                **lab_modules(args.lab_submissions, args.workers),
+            }
             result["lab"]["uptime_after"] = uptime()
             _lab_table(result["lab"])
         save("grading", result)
@@ -544,21 +750,30 @@ def main() -> int:
 
 def _lab_table(lab: dict) -> None:
     iso = lab["isolation_cost"]
-    table("isolation: namespace in the running lab vs a lab of its own", ["", "seconds"], [
-        ["lab.add_namespace (3 devices)", iso["add_namespace_s"]],
-        ["lab.remove_namespace", iso["remove_namespace_s"]],
-        ["lab.up: own broker + 3 devices", iso["own_lab_up_s"]],
-        ["lab.down", iso["own_lab_down_s"]]])
+    table(
+        "isolation: namespace in the running lab vs a lab of its own",
+        ["", "seconds"],
+        [
+            ["lab.add_namespace (3 devices)", iso["add_namespace_s"]],
+            ["lab.remove_namespace", iso["remove_namespace_s"]],
+            ["lab.up: own broker + 3 devices", iso["own_lab_up_s"]],
+            ["lab.down", iso["own_lab_down_s"]],
+        ],
+    )
     rows = []
     for mid, r in lab.get("modules", {}).items():
         if "error" in r:
             rows.append([mid, "error", r["error"][:60], "", ""])
             continue
         med = r["median_per_submission_s"]
-        rows.append([mid, r["submissions_per_min"], r["steady_submissions_per_min"] or 0.0, med["execute"],
-                     med["checks"]])
-    table("lab modules (reference + learner versions)", ["module", "subs/min", "steady subs/min",
-                                                         "execute s (median)", "checks s (median)"], rows)
+        rows.append(
+            [mid, r["submissions_per_min"], r["steady_submissions_per_min"] or 0.0, med["execute"], med["checks"]]
+        )
+    table(
+        "lab modules (reference + learner versions)",
+        ["module", "subs/min", "steady subs/min", "execute s (median)", "checks s (median)"],
+        rows,
+    )
 
 
 if __name__ == "__main__":

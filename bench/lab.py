@@ -53,7 +53,7 @@ class Counter:
         self.received += 1
         p = m.payload
         i = p.index(b'"seq":') + 6
-        seq = int(p[i:p.index(b",", i)])
+        seq = int(p[i : p.index(b",", i)])
         dev = m.topic.rsplit("/", 2)[-2]
         self.seen.setdefault(dev, set()).add(seq)
 
@@ -63,13 +63,17 @@ class Counter:
 
 def throughput_run(seconds: float, devices: int, per_window: int) -> dict:
     home = Path(tempfile.mkdtemp(prefix="bench-lab-"))
-    _up(home, devices=devices, device_options={"window_seconds": 3600, "window_max_decisions": per_window,
-                                                "rate_hz": 0, "batch_max": 64})
+    _up(
+        home,
+        devices=devices,
+        device_options={"window_seconds": 3600, "window_max_decisions": per_window, "rate_hz": 0, "batch_max": 64},
+    )
     try:
         d = lab.descriptor(home)
         cred = lab.control_credentials(home)
-        sub = Counter("127.0.0.1", d["broker"]["port"], cred["username"], cred["password"],
-                      "livelab/default/devices/+/telemetry")
+        sub = Counter(
+            "127.0.0.1", d["broker"]["port"], cred["username"], cred["password"], "livelab/default/devices/+/telemetry"
+        )
         with Lab.connect(home=home) as sdk:
             for dev in sdk.devices:
                 sdk.grant_consent(dev)
@@ -84,8 +88,7 @@ def throughput_run(seconds: float, devices: int, per_window: int) -> dict:
             states = {dev: dict(sdk.states[dev]) for dev in sdk.devices}
         deadline = time.monotonic() + 30
         sent = {dev: st["sent_seq"] for dev, st in states.items()}
-        while time.monotonic() < deadline and any(
-                len(sub.seen.get(dev, ())) < s + 1 for dev, s in sent.items()):
+        while time.monotonic() < deadline and any(len(sub.seen.get(dev, ())) < s + 1 for dev, s in sent.items()):
             time.sleep(0.1)
         lost = sum(len(set(range(s + 1)) - sub.seen.get(dev, set())) for dev, s in sent.items())
         total_sent = sum(s + 1 for s in sent.values())
@@ -100,14 +103,23 @@ def raw_paho_run(limits: bool, n: int) -> dict:
     """One paho publisher blasting n QoS 1 messages through Mosquitto to one subscriber."""
     d = Path(tempfile.mkdtemp(prefix="bench-raw-"))
     port = _broker.free_port()
-    conf = [f"listener {port} 127.0.0.1", "allow_anonymous true", "persistence false",
-            f"user {os.environ.get('USER') or 'root'}", "log_dest none"]
+    conf = [
+        f"listener {port} 127.0.0.1",
+        "allow_anonymous true",
+        "persistence false",
+        f"user {os.environ.get('USER') or 'root'}",
+        "log_dest none",
+    ]
     if limits:
-        conf += [f"max_queued_messages {_broker.MAX_QUEUED_MESSAGES}", "max_queued_bytes 0",
-                 f"max_inflight_messages {_broker.MAX_INFLIGHT_MESSAGES}"]
+        conf += [
+            f"max_queued_messages {_broker.MAX_QUEUED_MESSAGES}",
+            "max_queued_bytes 0",
+            f"max_inflight_messages {_broker.MAX_INFLIGHT_MESSAGES}",
+        ]
     (d / "m.conf").write_text("\n".join(conf) + "\n")
-    proc = subprocess.Popen([_broker.find_mosquitto(), "-c", str(d / "m.conf")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [_broker.find_mosquitto(), "-c", str(d / "m.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         _broker.wait_listening("127.0.0.1", port, 5)
         got = set()
@@ -128,8 +140,13 @@ def raw_paho_run(limits: bool, n: int) -> dict:
         t_all = time.perf_counter() - t0
         mqtt.stop(pub)
         mqtt.stop(sub)
-        return {"published": n, "received": len(got), "lost": n - len(got),
-                "msg_per_s": len(got) / t_all, "publish_s": t_pub}
+        return {
+            "published": n,
+            "received": len(got),
+            "lost": n - len(got),
+            "msg_per_s": len(got) / t_all,
+            "publish_s": t_pub,
+        }
     finally:
         proc.terminate()
         proc.wait()
@@ -138,10 +155,19 @@ def raw_paho_run(limits: bool, n: int) -> dict:
 def latency(profile_name: str, n: int) -> dict:
     """Per-decision wall time through the device's own decide + window path, one at a time."""
     from lab_hardware.runtime.device import Device
+
     home = Path(tempfile.mkdtemp(prefix="bench-lat-"))
-    cfg = {"namespace": "default", "device": "dev-0", "index": 0, "state_dir": str(home / "d"),
-           "broker": {"host": "127.0.0.1", "port": 1}, "profile": profiles.load(profile_name).as_dict(),
-           "scenario": SCENARIO.materialize(home / "sc"), "model": "candidate", "rate_hz": 1}
+    cfg = {
+        "namespace": "default",
+        "device": "dev-0",
+        "index": 0,
+        "state_dir": str(home / "d"),
+        "broker": {"host": "127.0.0.1", "port": 1},
+        "profile": profiles.load(profile_name).as_dict(),
+        "scenario": SCENARIO.materialize(home / "sc"),
+        "model": "candidate",
+        "rate_hz": 1,
+    }
     dev = Device(cfg)
     samples = []
     for _ in range(n + 50):
@@ -151,8 +177,7 @@ def latency(profile_name: str, n: int) -> dict:
         samples.append((time.perf_counter() - t0) * 1000)
     samples = sorted(samples[50:])
     dev.outbox.close()
-    return {"n": n, "p50_ms": samples[int(0.50 * n)], "p99_ms": samples[int(0.99 * n) - 1],
-            "max_ms": samples[-1]}
+    return {"n": n, "p50_ms": samples[int(0.50 * n)], "p99_ms": samples[int(0.99 * n) - 1], "max_ms": samples[-1]}
 
 
 def up_to_first_window(runs: int) -> list[float]:
@@ -161,8 +186,9 @@ def up_to_first_window(runs: int) -> list[float]:
     for _ in range(runs):
         home = Path(tempfile.mkdtemp(prefix="bench-up-"))
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "livelab", "--home", str(home), "up"],
-                              capture_output=True, text=True, env=env)
+        proc = subprocess.run(
+            [sys.executable, "-m", "livelab", "--home", str(home), "up"], capture_output=True, text=True, env=env
+        )
         if proc.returncode:
             raise SystemExit(proc.stderr)
         try:
@@ -187,49 +213,87 @@ def main() -> None:
     tp4 = [throughput_run(seconds, devices=3, per_window=4) for _ in range(max(2, runs // 2))]
     for k, rs in ((1, tp), (4, tp4)):
         for r in rs:
-            console.print(f"  {k} decision(s)/window: {r['msg_per_s']:,.0f} msg/s  sent {r['sent']:,}  "
-                          f"lost {r['lost']}  dups {r['duplicates']}")
-    raw = {"default_limits": [raw_paho_run(False, 50_000) for _ in range(min(runs, 3))],
-           "lab_limits": [raw_paho_run(True, 50_000) for _ in range(min(runs, 3))]}
-    table("raw paho QoS 1 publisher -> Mosquitto -> subscriber (50,000 messages)",
-          ["broker limits", "median received", "median lost", "median msg/s"],
-          [[k, median([r["received"] for r in v]), median([r["lost"] for r in v]),
-            median([r["msg_per_s"] for r in v])] for k, v in raw.items()])
+            console.print(
+                f"  {k} decision(s)/window: {r['msg_per_s']:,.0f} msg/s  sent {r['sent']:,}  "
+                f"lost {r['lost']}  dups {r['duplicates']}"
+            )
+    raw = {
+        "default_limits": [raw_paho_run(False, 50_000) for _ in range(min(runs, 3))],
+        "lab_limits": [raw_paho_run(True, 50_000) for _ in range(min(runs, 3))],
+    }
+    table(
+        "raw paho QoS 1 publisher -> Mosquitto -> subscriber (50,000 messages)",
+        ["broker limits", "median received", "median lost", "median msg/s"],
+        [
+            [k, median([r["received"] for r in v]), median([r["lost"] for r in v]), median([r["msg_per_s"] for r in v])]
+            for k, v in raw.items()
+        ],
+    )
 
     console.rule("2. decision latency")
-    lat = {p: [latency(p, 2000 if p == "none" else 500) for _ in range(3 if not args.quick else 1)]
-           for p in ("none", "rpi4")}
+    lat = {
+        p: [latency(p, 2000 if p == "none" else 500) for _ in range(3 if not args.quick else 1)]
+        for p in ("none", "rpi4")
+    }
 
     console.rule("3. livelab up -> first telemetry window")
     ttf = up_to_first_window(runs)
 
     tmed = median([r["msg_per_s"] for r in tp])
     result = {
-        "throughput": {"runs": tp, "median_msg_per_s": tmed, "target_msg_per_s": 10_000,
-                       "ratio_to_target": tmed / 10_000, "total_lost": sum(r["lost"] for r in tp + tp4),
-                       "devices": 3, "decisions_per_window": 1, "seconds_per_run": seconds,
-                       "with_4_decisions_per_window": {"runs": tp4,
-                                                       "median_msg_per_s": median([r["msg_per_s"] for r in tp4])}},
+        "throughput": {
+            "runs": tp,
+            "median_msg_per_s": tmed,
+            "target_msg_per_s": 10_000,
+            "ratio_to_target": tmed / 10_000,
+            "total_lost": sum(r["lost"] for r in tp + tp4),
+            "devices": 3,
+            "decisions_per_window": 1,
+            "seconds_per_run": seconds,
+            "with_4_decisions_per_window": {"runs": tp4, "median_msg_per_s": median([r["msg_per_s"] for r in tp4])},
+        },
         "raw_paho_broker_limits": raw,
-        "decision_latency": {p: {"runs": v, "median_p50_ms": median([r["p50_ms"] for r in v]),
-                                 "median_p99_ms": median([r["p99_ms"] for r in v])} for p, v in lat.items()},
+        "decision_latency": {
+            p: {
+                "runs": v,
+                "median_p50_ms": median([r["p50_ms"] for r in v]),
+                "median_p99_ms": median([r["p99_ms"] for r in v]),
+            }
+            for p, v in lat.items()
+        },
         "decision_latency_target_p99_ms_profile_none": 5.0,
-        "up_to_first_window": {"runs_s": ttf, "median_s": median(ttf), "target_s": 2.0,
-                               "ratio_to_target": median(ttf) / 2.0,
-                               "window_seconds": SCENARIO.window_seconds},
+        "up_to_first_window": {
+            "runs_s": ttf,
+            "median_s": median(ttf),
+            "target_s": 2.0,
+            "ratio_to_target": median(ttf) / 2.0,
+            "window_seconds": SCENARIO.window_seconds,
+        },
     }
-    table("live lab", ["measure", "median", "target", "ratio"], [
-        ["telemetry msg/s, 3 devices, 1 decision/window", tmed, 10_000.0, tmed / 10_000],
-        ["telemetry msg/s, 3 devices, 4 decisions/window",
-         result["throughput"]["with_4_decisions_per_window"]["median_msg_per_s"], "-", "-"],
-        ["windows lost (all runs)", result["throughput"]["total_lost"], 0, "-"],
-        ["decision p99 ms, profile none", result["decision_latency"]["none"]["median_p99_ms"], 5.0,
-         result["decision_latency"]["none"]["median_p99_ms"] / 5.0],
-        ["decision p50 ms, profile none", result["decision_latency"]["none"]["median_p50_ms"], "-", "-"],
-        ["decision p99 ms, profile rpi4", result["decision_latency"]["rpi4"]["median_p99_ms"], "-", "-"],
-        ["decision p50 ms, profile rpi4", result["decision_latency"]["rpi4"]["median_p50_ms"], "-", "-"],
-        ["up -> first window, s", median(ttf), 2.0, median(ttf) / 2.0],
-    ])
+    table(
+        "live lab",
+        ["measure", "median", "target", "ratio"],
+        [
+            ["telemetry msg/s, 3 devices, 1 decision/window", tmed, 10_000.0, tmed / 10_000],
+            [
+                "telemetry msg/s, 3 devices, 4 decisions/window",
+                result["throughput"]["with_4_decisions_per_window"]["median_msg_per_s"],
+                "-",
+                "-",
+            ],
+            ["windows lost (all runs)", result["throughput"]["total_lost"], 0, "-"],
+            [
+                "decision p99 ms, profile none",
+                result["decision_latency"]["none"]["median_p99_ms"],
+                5.0,
+                result["decision_latency"]["none"]["median_p99_ms"] / 5.0,
+            ],
+            ["decision p50 ms, profile none", result["decision_latency"]["none"]["median_p50_ms"], "-", "-"],
+            ["decision p99 ms, profile rpi4", result["decision_latency"]["rpi4"]["median_p99_ms"], "-", "-"],
+            ["decision p50 ms, profile rpi4", result["decision_latency"]["rpi4"]["median_p50_ms"], "-", "-"],
+            ["up -> first window, s", median(ttf), 2.0, median(ttf) / 2.0],
+        ],
+    )
     save("lab", result)
 
 

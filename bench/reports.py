@@ -93,14 +93,29 @@ def compute_runs(n_events: int, runs: int) -> dict:
     result.slowest_checks()
     summaries_s = time.perf_counter() - t0
     s = result.summary()
-    return {"events": len(table_), "groups": len(result), "learners": s["learners"], "generate_s": gen_s,
-            "core_runs_s": core, "core_median_s": median(core), "end_to_end_runs_s": e2e,
-            "end_to_end_median_s": median(e2e), "summaries_s": summaries_s,
-            "median_tts_s": s["median"], "p90_tts_s": s["p90"], "never_passed": s["never_passed"],
-            "skewed": s["skewed"], "target_s": 2.0, "drill_down_runs_s": drill,
-            "drill_down_median_s": median(drill), "drill_down_modules": len(rows),
-            "select_runs_s": sel, "select_median_s": median(sel),
-            "ratio_to_target": median(core) / 2.0, "end_to_end_ratio_to_target": median(e2e) / 2.0}
+    return {
+        "events": len(table_),
+        "groups": len(result),
+        "learners": s["learners"],
+        "generate_s": gen_s,
+        "core_runs_s": core,
+        "core_median_s": median(core),
+        "end_to_end_runs_s": e2e,
+        "end_to_end_median_s": median(e2e),
+        "summaries_s": summaries_s,
+        "median_tts_s": s["median"],
+        "p90_tts_s": s["p90"],
+        "never_passed": s["never_passed"],
+        "skewed": s["skewed"],
+        "target_s": 2.0,
+        "drill_down_runs_s": drill,
+        "drill_down_median_s": median(drill),
+        "drill_down_modules": len(rows),
+        "select_runs_s": sel,
+        "select_median_s": median(sel),
+        "ratio_to_target": median(core) / 2.0,
+        "end_to_end_ratio_to_target": median(e2e) / 2.0,
+    }
 
 
 def store_run(n_events: int) -> dict:
@@ -118,19 +133,23 @@ def store_run(n_events: int) -> dict:
         result = tts.compute(tts.EventTable.from_store(store)).select(include_system=True)
         read_compute_s = time.perf_counter() - t0
     assert inserted == n_events and again == 0 and result.events == n_events
-    return {"events": n_events, "write_s": write_s, "write_events_per_s": n_events / write_s,
-            "idempotent_rewrite_s": rewrite_s, "read_and_compute_s": read_compute_s}
+    return {
+        "events": n_events,
+        "write_s": write_s,
+        "write_events_per_s": n_events / write_s,
+        "idempotent_rewrite_s": rewrite_s,
+        "read_and_compute_s": read_compute_s,
+    }
 
 
 def first_widget_runs(runs: int, n_events: int) -> dict:
     from playwright.sync_api import sync_playwright
+
     home = Path(tempfile.mkdtemp(prefix="bench-report-"))
     with EventStore(home) as store:
-        store.write(synthetic.events(synthetic.generate(n_events, seed=9, spec=synthetic.Spec(teams=5)),
-                                     system=True))
+        store.write(synthetic.events(synthetic.generate(n_events, seed=9, spec=synthetic.Spec(teams=5)), system=True))
     # the benchmark's population is a system identity: served with system identities included
-    proc, url = serve.serve(home, env={"JUPYTER_RUNTIME_DIR": str(home / "jupyter-runtime"),
-                                       ENV_INCLUDE_SYSTEM: "1"})
+    proc, url = serve.serve(home, env={"JUPYTER_RUNTIME_DIR": str(home / "jupyter-runtime"), ENV_INCLUDE_SYSTEM: "1"})
     times, drills = [], []
     try:
         with sync_playwright() as pw:
@@ -154,16 +173,28 @@ def first_widget_runs(runs: int, n_events: int) -> dict:
                 browser.close()
     finally:
         serve.stop(proc)
-    return {"runs_s": times, "median_s": median(times), "target_s": 5.0, "ratio_to_target": median(times) / 5.0,
-            "events": n_events, "cold_first_run_s": times[0], "drill_down_runs_s": drills,
-            "drill_down_median_s": median(drills)}
+    return {
+        "runs_s": times,
+        "median_s": median(times),
+        "target_s": 5.0,
+        "ratio_to_target": median(times) / 5.0,
+        "events": n_events,
+        "cold_first_run_s": times[0],
+        "drill_down_runs_s": drills,
+        "drill_down_median_s": median(drills),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer runs (smoke test)")
-    ap.add_argument("--max-wait", type=float, default=300.0, metavar="S",
-                    help="seconds to wait for a quiet machine before each part (default 300)")
+    ap.add_argument(
+        "--max-wait",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="seconds to wait for a quiet machine before each part (default 300)",
+    )
     args = ap.parse_args()
     if args.max_wait < 0:
         ap.error("--max-wait must be >= 0")
@@ -182,26 +213,49 @@ def main() -> None:
     console.print(f"  runs {[round(t, 2) for t in fw['runs_s']]}")
     load_after = os.getloadavg()[0]
 
-    result = {"compute": comp, "store": store, "first_widget": fw,
-              "load_1min": {"before_compute": load_before, "before_browser": load_before_browser,
-                            "after": load_after},
-              "spec": {"courses": list(SPEC.courses), "versions": list(SPEC.versions), "teams": SPEC.teams,
-                       "modules": list(synthetic.MODULES)}}
-    table("time-to-signal reports", ["measure", "median", "target", "ratio"], [
-        [f"TTS over {comp['events']:,} events, columnar (s)", comp["core_median_s"], 2.0, comp["ratio_to_target"]],
-        [f"TTS over {comp['events']:,} events from string columns (s)", comp["end_to_end_median_s"], 2.0,
-         comp["end_to_end_ratio_to_target"]],
-        ["  every summary of a report page over them (s)", comp["summaries_s"], "-", "-"],
-        [f"  one learner's drill-down over them ({comp['drill_down_modules']} modules) (s)",
-         comp["drill_down_median_s"], "-", "-"],
-        ["  the report's selection (system out, a date range) over them (s)", comp["select_median_s"], "-", "-"],
-        [f"  SQLite store: write {store['events']:,} events, one batch (s)", store["write_s"], "-", "-"],
-        [f"  SQLite store: read {store['events']:,} + compute (s)", store["read_and_compute_s"], "-", "-"],
-        [f"Voila report: first widget visible ({fw['events']:,} events) (s)", fw["median_s"], 5.0,
-         fw["ratio_to_target"]],
-        ["Voila report: choose a learner -> their table shown (s)", fw["drill_down_median_s"], "-", "-"],
-        ["1-minute load average before / after", f"{load_before:.2f} / {load_after:.2f}", "-", "-"],
-    ])
+    result = {
+        "compute": comp,
+        "store": store,
+        "first_widget": fw,
+        "load_1min": {"before_compute": load_before, "before_browser": load_before_browser, "after": load_after},
+        "spec": {
+            "courses": list(SPEC.courses),
+            "versions": list(SPEC.versions),
+            "teams": SPEC.teams,
+            "modules": list(synthetic.MODULES),
+        },
+    }
+    table(
+        "time-to-signal reports",
+        ["measure", "median", "target", "ratio"],
+        [
+            [f"TTS over {comp['events']:,} events, columnar (s)", comp["core_median_s"], 2.0, comp["ratio_to_target"]],
+            [
+                f"TTS over {comp['events']:,} events from string columns (s)",
+                comp["end_to_end_median_s"],
+                2.0,
+                comp["end_to_end_ratio_to_target"],
+            ],
+            ["  every summary of a report page over them (s)", comp["summaries_s"], "-", "-"],
+            [
+                f"  one learner's drill-down over them ({comp['drill_down_modules']} modules) (s)",
+                comp["drill_down_median_s"],
+                "-",
+                "-",
+            ],
+            ["  the report's selection (system out, a date range) over them (s)", comp["select_median_s"], "-", "-"],
+            [f"  SQLite store: write {store['events']:,} events, one batch (s)", store["write_s"], "-", "-"],
+            [f"  SQLite store: read {store['events']:,} + compute (s)", store["read_and_compute_s"], "-", "-"],
+            [
+                f"Voila report: first widget visible ({fw['events']:,} events) (s)",
+                fw["median_s"],
+                5.0,
+                fw["ratio_to_target"],
+            ],
+            ["Voila report: choose a learner -> their table shown (s)", fw["drill_down_median_s"], "-", "-"],
+            ["1-minute load average before / after", f"{load_before:.2f} / {load_after:.2f}", "-", "-"],
+        ],
+    )
     save("reports", result)
 
 

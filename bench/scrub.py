@@ -47,8 +47,10 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def startup_seconds() -> float:
-    code = ("import time; t = time.perf_counter(); from lab_hardware.modelops import scrub; scrub.warm_up(); "
-            "print(time.perf_counter() - t)")
+    code = (
+        "import time; t = time.perf_counter(); from lab_hardware.modelops import scrub; scrub.warm_up(); "
+        "print(time.perf_counter() - t)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -64,13 +66,21 @@ def main() -> int:
     scrub.warm_up()
     workloads = {
         "stream": [r["text"] for r in SC.stream(args.n)],
-        "eval": [json.loads(line)["text"] for line in
-                 (ROOT / "tests" / "scrub_eval.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()],
+        "eval": [
+            json.loads(line)["text"]
+            for line in (ROOT / "tests" / "scrub_eval.jsonl").read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ],
     }
     slow = {name: profiles.load(name).inference_slowdown for name in ("none", "rpi4")}
     budget_us = 1e6 / SC.rate_hz
-    result: dict = {"workloads": {k: len(v) for k, v in workloads.items()}, "runs": args.runs,
-                    "slowdown": slow, "rate_hz": SC.rate_hz, "budget_us_per_utterance": budget_us}
+    result: dict = {
+        "workloads": {k: len(v) for k, v in workloads.items()},
+        "runs": args.runs,
+        "slowdown": slow,
+        "rate_hz": SC.rate_hz,
+        "budget_us_per_utterance": budget_us,
+    }
     rows = []
     for wl, texts in workloads.items():
         for impl, fn in (("presidio", scrub.scrub), ("old rules", scrub_rules.scrub)):
@@ -80,25 +90,55 @@ def main() -> int:
                 meds.append(median(xs))
                 p99s.append(pct(xs, 0.99))
                 means.append(sum(xs) / len(xs))
-            fig = {"median_us": median(meds), "p99_us": median(p99s), "mean_us": median(means),
-                   "runs_median_us": meds, "runs_p99_us": p99s}
+            fig = {
+                "median_us": median(meds),
+                "p99_us": median(p99s),
+                "mean_us": median(means),
+                "runs_median_us": meds,
+                "runs_p99_us": p99s,
+            }
             for prof, f in slow.items():
-                fig[prof] = {"median_us": fig["median_us"] * f, "p99_us": fig["p99_us"] * f,
-                             "mean_us": fig["mean_us"] * f,
-                             "share_of_budget_p99": fig["p99_us"] * f / budget_us}
+                fig[prof] = {
+                    "median_us": fig["median_us"] * f,
+                    "p99_us": fig["p99_us"] * f,
+                    "mean_us": fig["mean_us"] * f,
+                    "share_of_budget_p99": fig["p99_us"] * f / budget_us,
+                }
             result.setdefault(wl, {})[impl] = fig
             console.print(f"  {wl:<7} {impl:<10} median {fig['median_us']:8.1f} us  p99 {fig['p99_us']:8.1f} us")
         new, old = result[wl]["presidio"], result[wl]["old rules"]
         result[wl]["ratio_vs_old"] = {k: new[k] / old[k] for k in ("median_us", "p99_us", "mean_us")}
         for prof in slow:
-            rows.append([wl, prof, new[prof]["median_us"], new[prof]["p99_us"], old[prof]["median_us"],
-                         old[prof]["p99_us"], new["median_us"] / old["median_us"], new["p99_us"] / old["p99_us"],
-                         f"{new[prof]['share_of_budget_p99']:.1%}"])
+            rows.append(
+                [
+                    wl,
+                    prof,
+                    new[prof]["median_us"],
+                    new[prof]["p99_us"],
+                    old[prof]["median_us"],
+                    old[prof]["p99_us"],
+                    new["median_us"] / old["median_us"],
+                    new["p99_us"] / old["p99_us"],
+                    f"{new[prof]['share_of_budget_p99']:.1%}",
+                ]
+            )
     starts = [startup_seconds() for _ in range(min(args.runs, 3))]
     result["startup_s"] = {"runs": starts, "median": median(starts)}
-    table(f"scrub cost per utterance, us (budget {budget_us:,.0f} us at {SC.rate_hz:g} Hz per device)",
-          ["workload", "profile", "median", "p99", "old median", "old p99", "x old (median)", "x old (p99)",
-           "p99 / budget"], rows)
+    table(
+        f"scrub cost per utterance, us (budget {budget_us:,.0f} us at {SC.rate_hz:g} Hz per device)",
+        [
+            "workload",
+            "profile",
+            "median",
+            "p99",
+            "old median",
+            "old p99",
+            "x old (median)",
+            "x old (p99)",
+            "p99 / budget",
+        ],
+        rows,
+    )
     console.print(f"start-up (import + analyzers + model), median of {len(starts)}: {median(starts):.2f} s")
     save("scrub", result)
     return 0

@@ -76,7 +76,7 @@ def _round(labs_: list[Lab], hold_s: float) -> dict:
             t0 = time.perf_counter()
             try:
                 lab_.grant_consent(dev, timeout=30)
-                w = lab_.next_window(dev, timeout=30)
+                lab_.next_window(dev, timeout=30)
                 firsts[dev] = time.perf_counter() - t0
             except (TimeoutError, RuntimeError) as exc:
                 with lock:
@@ -100,7 +100,7 @@ def _round(labs_: list[Lab], hold_s: float) -> dict:
     lost = 0
     windows = 0
     for i, lab_ in enumerate(labs_):
-        got = lab_.windows()[marks[i]:]
+        got = lab_.windows()[marks[i] :]
         for dev in lab_.devices:
             seqs = sorted({w["seq"] for w in got if w["device"] == dev})
             windows += len(seqs)
@@ -117,22 +117,31 @@ def _round(labs_: list[Lab], hold_s: float) -> dict:
             last = lab_.states.get(dev, {}).get("telemetry_seq")
             if isinstance(last, int) and last > seqs[-1]:
                 lost += last - seqs[-1]
-    return {"max_latency_s": max(lat) if lat else float("nan"),
-            "median_latency_s": median(lat), "windows": windows, "lost": lost, "errors": errors[:5]}
+    return {
+        "max_latency_s": max(lat) if lat else float("nan"),
+        "median_latency_s": median(lat),
+        "windows": windows,
+        "lost": lost,
+        "errors": errors[:5],
+    }
 
 
 def _kernel_memory(desc_dir: Path) -> float:
     """RSS (MiB) of one real learner kernel (the livelab kernelspec) after ``Lab.connect``."""
     from jupyter_client import KernelManager
+
     km = KernelManager(kernel_name="livelab")
     km.start_kernel(env={**os.environ, "LIVELAB_HOME": str(desc_dir)})
     kc = km.client()
     kc.start_channels()
     try:
         kc.wait_for_ready(timeout=180)
-        reply = kc.execute_interactive("from labs import Lab\nlab = Lab.connect(module='m1-telemetry')\n"
-                                       "lab.grant_consent('dev-0'); lab.next_window('dev-0', timeout=30)\n"
-                                       "_ = lab.revoke_consent('dev-0')", timeout=120)
+        reply = kc.execute_interactive(
+            "from labs import Lab\nlab = Lab.connect(module='m1-telemetry')\n"
+            "lab.grant_consent('dev-0'); lab.next_window('dev-0', timeout=30)\n"
+            "_ = lab.revoke_consent('dev-0')",
+            timeout=120,
+        )
         assert reply["content"]["status"] == "ok", reply["content"]
         return _rss(km.provisioner.process.pid)
     finally:
@@ -172,21 +181,43 @@ def main() -> int:
             cpu1 = psutil.cpu_times()
             busy = 1 - (cpu1.idle - cpu0.idle) / max(1e-9, sum(cpu1) - sum(cpu0))
             run = json.loads((home / "run" / "supervisor.json").read_text())
-            dev_pss = [sum(_pss(d["pid"]) for k, d in run["devices"].items() if k.startswith(f"{lab_.namespace}/"))
-                       for lab_ in labs_]
-            res = {"learners": n, "devices": 3 * n, "rounds": rs,
-                   "max_latency_s": median([r["max_latency_s"] for r in rs]),
-                   "median_latency_s": median([r["median_latency_s"] for r in rs]),
-                   "lost": sum(r["lost"] for r in rs), "windows": sum(r["windows"] for r in rs),
-                   "cpu_busy": busy, "load_avg_1m": load0,
-                   "device_pss_mib_per_learner": median(dev_pss),
-                   "broker_rss_mib": _rss(broker_pid), "add_learner_s": median(t_add) if t_add else None}
+            dev_pss = [
+                sum(_pss(d["pid"]) for k, d in run["devices"].items() if k.startswith(f"{lab_.namespace}/"))
+                for lab_ in labs_
+            ]
+            res = {
+                "learners": n,
+                "devices": 3 * n,
+                "rounds": rs,
+                "max_latency_s": median([r["max_latency_s"] for r in rs]),
+                "median_latency_s": median([r["median_latency_s"] for r in rs]),
+                "lost": sum(r["lost"] for r in rs),
+                "windows": sum(r["windows"] for r in rs),
+                "cpu_busy": busy,
+                "load_avg_1m": load0,
+                "device_pss_mib_per_learner": median(dev_pss),
+                "broker_rss_mib": _rss(broker_pid),
+                "add_learner_s": median(t_add) if t_add else None,
+            }
             res["ok"] = res["lost"] == 0 and res["max_latency_s"] <= BOUND_S and not any(r["errors"] for r in rs)
             results.append(res)
-            rows.append([n, 3 * n, res["max_latency_s"], res["median_latency_s"], res["windows"], res["lost"],
-                         f"{busy:.0%}", res["device_pss_mib_per_learner"], "yes" if res["ok"] else "NO"])
-            console.print(f"N={n}: worst first window {res['max_latency_s']:.2f} s, lost {res['lost']}, "
-                          f"CPU {busy:.0%}, load {load0:.1f}")
+            rows.append(
+                [
+                    n,
+                    3 * n,
+                    res["max_latency_s"],
+                    res["median_latency_s"],
+                    res["windows"],
+                    res["lost"],
+                    f"{busy:.0%}",
+                    res["device_pss_mib_per_learner"],
+                    "yes" if res["ok"] else "NO",
+                ]
+            )
+            console.print(
+                f"N={n}: worst first window {res['max_latency_s']:.2f} s, lost {res['lost']}, "
+                f"CPU {busy:.0%}, load {load0:.1f}"
+            )
             if not res["ok"]:
                 break
         kernel_mib = _kernel_memory(Path(learners.get(home, "learner-00")["descriptor"]).parent)
@@ -195,35 +226,55 @@ def main() -> int:
             lab_.close()
         lab.down(home)
         subprocess.run(["rm", "-rf", str(tmp)])
-    table("learners on one lab (3 devices each; module 1: first window within 2 s of consent, nothing lost)",
-          ["learners", "devices", "worst 1st window s", "median 1st window s",
-           "windows", "lost", "CPU busy", "devices MiB/learner", "ok"], rows)
+    table(
+        "learners on one lab (3 devices each; module 1: first window within 2 s of consent, nothing lost)",
+        [
+            "learners",
+            "devices",
+            "worst 1st window s",
+            "median 1st window s",
+            "windows",
+            "lost",
+            "CPU busy",
+            "devices MiB/learner",
+            "ok",
+        ],
+        rows,
+    )
     passing = [r["learners"] for r in results if r["ok"]]
     best = max(passing) if passing else 0
     base = results[0]
-    per_learner_broker = ((results[-1]["broker_rss_mib"] - broker0) / results[-1]["learners"]
-                          if results else float("nan"))
+    per_learner_broker = (
+        (results[-1]["broker_rss_mib"] - broker0) / results[-1]["learners"] if results else float("nan")
+    )
     summary = {
         "learners_per_machine": best,
         "first_failure": next((r["learners"] for r in results if not r["ok"]), None),
         "baseline": "N=1 (one learner, as a single-user lab)",
-        "worst_latency_ratio_vs_baseline_at_best": (next(r for r in results if r["learners"] == best)["max_latency_s"]
-                                                    / base["max_latency_s"]) if best else None,
+        "worst_latency_ratio_vs_baseline_at_best": (
+            next(r for r in results if r["learners"] == best)["max_latency_s"] / base["max_latency_s"]
+        )
+        if best
+        else None,
         "memory_mib_per_learner": {
             "devices_pss": median([r["device_pss_mib_per_learner"] for r in results]),
             "broker_growth": per_learner_broker,
             "kernel_rss": kernel_mib,
         },
         "grows_with_learners": "CPU (each device extracts features and runs onnxruntime at the scenario's "
-                               "50 utterances/s), device processes (3 per learner) and their memory, broker "
-                               "connections and routed messages; the broker's own memory barely moves",
+        "50 utterances/s), device processes (3 per learner) and their memory, broker "
+        "connections and routed messages; the broker's own memory barely moves",
     }
-    console.print(f"learners per machine at which module 1 holds: {best} "
-                  f"(first failure at {summary['first_failure']}); memory per learner: "
-                  f"{summary['memory_mib_per_learner']['devices_pss']:.0f} MiB of devices + "
-                  f"{kernel_mib:.0f} MiB kernel")
-    save("team", {"bound_s": BOUND_S, "rounds": rounds, "hold_s": args.hold, "steps": results, **summary,
-                  "quick": args.quick})
+    console.print(
+        f"learners per machine at which module 1 holds: {best} "
+        f"(first failure at {summary['first_failure']}); memory per learner: "
+        f"{summary['memory_mib_per_learner']['devices_pss']:.0f} MiB of devices + "
+        f"{kernel_mib:.0f} MiB kernel"
+    )
+    save(
+        "team",
+        {"bound_s": BOUND_S, "rounds": rounds, "hold_s": args.hold, "steps": results, **summary, "quick": args.quick},
+    )
     return 0
 
 

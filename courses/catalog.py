@@ -48,10 +48,23 @@ MINUTES = (15, 30)
 KNOWN_CHECKS = ("consent", "replay", "bundle", "observability")
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_TOP = {"id": (str, True), "title": (str, True), "version": (str, True), "description": (str, False),
-        "modules": (list, True)}
-_MODULE = {"id": (str, True), "title": (str, True), "minutes": (int, True), "objectives": (list, True),
-           "scenario": (str, True), "checks": (list, True), "untidy": (list, False), "hints": (dict, False)}
+_TOP = {
+    "id": (str, True),
+    "title": (str, True),
+    "version": (str, True),
+    "description": (str, False),
+    "modules": (list, True),
+}
+_MODULE = {
+    "id": (str, True),
+    "title": (str, True),
+    "minutes": (int, True),
+    "objectives": (list, True),
+    "scenario": (str, True),
+    "checks": (list, True),
+    "untidy": (list, False),
+    "hints": (dict, False),
+}
 
 
 class CourseError(ValueError):
@@ -66,7 +79,7 @@ class Module:
     objectives: tuple[str, ...]
     scenario: str
     checks: tuple[str, ...]
-    root: Path                     # the course folder
+    root: Path  # the course folder
     #: how the grader starts the namespace (``grading/untidy.py``): what someone left behind
     untidy: tuple = ()
     #: exercise (solution cell grade_id) -> progressive hints (``lab.hint(name)``)
@@ -78,8 +91,14 @@ class Module:
         return self.root / "source" / self.id / f"{self.id}.ipynb"
 
     def as_dict(self) -> dict[str, Any]:
-        d = {"id": self.id, "title": self.title, "minutes": self.minutes,
-             "objectives": list(self.objectives), "scenario": self.scenario, "checks": list(self.checks)}
+        d = {
+            "id": self.id,
+            "title": self.title,
+            "minutes": self.minutes,
+            "objectives": list(self.objectives),
+            "scenario": self.scenario,
+            "checks": list(self.checks),
+        }
         if self.untidy:
             d["untidy"] = [dict(e) for e in self.untidy]
         if self.hints:
@@ -108,8 +127,9 @@ class Course:
         for m in self.modules:
             if m.id == module_id:
                 return m
-        raise CourseError(f"course {self.id} has no module {module_id!r}; modules: "
-                          f"{', '.join(m.id for m in self.modules)}")
+        raise CourseError(
+            f"course {self.id} has no module {module_id!r}; modules: {', '.join(m.id for m in self.modules)}"
+        )
 
 
 # ---- course.toml -------------------------------------------------------------------------
@@ -142,6 +162,7 @@ def check_version(version: Any, where: str) -> str:
 
 def _scenarios() -> list[str]:
     from labs import scenarios
+
     return scenarios.names()
 
 
@@ -173,13 +194,16 @@ def parse(raw: dict, path: Path) -> Course:
         seen.add(m["id"])
         lo, hi = MINUTES
         if not lo <= m["minutes"] <= hi:
-            raise CourseError(f"{mwhere}: minutes = {m['minutes']} is outside {lo}-{hi}: a module is a "
-                              f"{lo}-{hi} minute micro-module (split it or fold it into another)")
+            raise CourseError(
+                f"{mwhere}: minutes = {m['minutes']} is outside {lo}-{hi}: a module is a "
+                f"{lo}-{hi} minute micro-module (split it or fold it into another)"
+            )
         if not m["objectives"] or not all(isinstance(o, str) and o.strip() for o in m["objectives"]):
             raise CourseError(f"{mwhere}: objectives must be a non-empty array of strings")
         if m["scenario"] not in known_scenarios:
-            raise CourseError(f"{mwhere}: unknown scenario {m['scenario']!r}; available: "
-                              f"{', '.join(known_scenarios) or 'none'}")
+            raise CourseError(
+                f"{mwhere}: unknown scenario {m['scenario']!r}; available: {', '.join(known_scenarios) or 'none'}"
+            )
         checks = m["checks"]
         if not checks or not all(isinstance(c, str) for c in checks):
             raise CourseError(f"{mwhere}: checks must be a non-empty array of check names")
@@ -192,19 +216,33 @@ def parse(raw: dict, path: Path) -> Course:
         if problems:
             raise CourseError(problems[0])
         hints = m.get("hints") or {}
-        bad = [k for k, v in hints.items() if not (isinstance(v, list) and v and all(isinstance(x, str) and x.strip()
-                                                                                      for x in v))]
+        bad = [
+            k
+            for k, v in hints.items()
+            if not (isinstance(v, list) and v and all(isinstance(x, str) and x.strip() for x in v))
+        ]
         if bad:
             raise CourseError(f"{mwhere}: hints.{bad[0]} must be a non-empty array of hint texts (first to last)")
-        modules.append(Module(m["id"], m["title"], m["minutes"], tuple(m["objectives"]), m["scenario"],
-                              tuple(checks), path.parent, tuple(m.get("untidy") or ()),
-                              tuple((k, tuple(v)) for k, v in hints.items())))
+        modules.append(
+            Module(
+                m["id"],
+                m["title"],
+                m["minutes"],
+                tuple(m["objectives"]),
+                m["scenario"],
+                tuple(checks),
+                path.parent,
+                tuple(m.get("untidy") or ()),
+                tuple((k, tuple(v)) for k, v in hints.items()),
+            )
+        )
     return Course(cid, raw["title"], raw["version"], raw.get("description", ""), tuple(modules), path.parent)
 
 
 def untidy_problems(spec: Any, where: str) -> list[str]:
     """Problems with a module's ``untidy`` table (the grader's seeded start, grading/untidy.py)."""
     from grading.untidy import validate
+
     return validate(spec, where)
 
 
@@ -282,8 +320,9 @@ def changelog_entry(course: Course, version: str) -> str:
     entry = changelog(course).get(version)
     path = course.root / CHANGELOG
     if entry is None:
-        raise CourseError(f"{path} has no entry for {version}: add a '## {version}' section saying what "
-                          "changed before releasing it")
+        raise CourseError(
+            f"{path} has no entry for {version}: add a '## {version}' section saying what changed before releasing it"
+        )
     if len(entry.splitlines()) < 2 or not "".join(entry.splitlines()[1:]).strip():
         raise CourseError(f"{path}: the entry for {version} is empty: say what changed")
     return entry
@@ -333,8 +372,10 @@ def read_release(course: Course, version: str, *, verify: bool = True) -> dict[s
             if not f.is_file():
                 raise CourseError(f"release {course.id} {version} is damaged: {rel} is missing")
             if sha256_file(f) != digest:
-                raise CourseError(f"release {course.id} {version} was modified after release: {rel} does "
-                                  "not match its checksum (releases are immutable: restore it from git)")
+                raise CourseError(
+                    f"release {course.id} {version} was modified after release: {rel} does "
+                    "not match its checksum (releases are immutable: restore it from git)"
+                )
     return manifest
 
 
@@ -346,8 +387,15 @@ def _cells(nb_path: Path) -> dict[str, dict]:
         meta = c.get("metadata", {}).get("nbgrader") or {}
         gid = meta.get("grade_id") or f"cell-{i}"
         src = c["source"] if isinstance(c["source"], str) else "".join(c["source"])
-        kind = ("test" if meta.get("grade") and not meta.get("solution") else
-                "solution" if meta.get("solution") else "read-only" if meta.get("locked") else "other")
+        kind = (
+            "test"
+            if meta.get("grade") and not meta.get("solution")
+            else "solution"
+            if meta.get("solution")
+            else "read-only"
+            if meta.get("locked")
+            else "other"
+        )
         out[gid] = {"source": src, "points": meta.get("points"), "kind": kind, "position": i}
     return out
 
@@ -357,10 +405,15 @@ def diff(course: Course, v1: str, v2: str) -> dict[str, Any]:
     a, b = read_release(course, v1), read_release(course, v2)
     ma = {m["id"]: m for m in a["modules"]}
     mb = {m["id"]: m for m in b["modules"]}
-    out: dict[str, Any] = {"course": course.id, "from": v1, "to": v2,
-                           "added": [m for m in mb if m not in ma], "removed": [m for m in ma if m not in mb],
-                           "order_changed": [m for m in ma if m in mb] != [m for m in mb if m in ma],
-                           "modules": {}}
+    out: dict[str, Any] = {
+        "course": course.id,
+        "from": v1,
+        "to": v2,
+        "added": [m for m in mb if m not in ma],
+        "removed": [m for m in ma if m not in mb],
+        "order_changed": [m for m in ma if m in mb] != [m for m in mb if m in ma],
+        "modules": {},
+    }
     for mid in [m for m in mb if m in ma]:
         x, y = ma[mid], mb[mid]
         ca = _cells(release_dir(course, v1) / x["source"]["path"])
@@ -374,25 +427,43 @@ def diff(course: Course, v1: str, v2: str) -> dict[str, Any]:
             "points": [x["points"], y["points"]] if x["points"] != y["points"] else None,
             "cells_added": [g for g in cb if g not in ca],
             "cells_removed": [g for g in ca if g not in cb],
-            "cells_changed": [g for g in cb if g in ca and _strip_version(cb[g]["source"]) != _strip_version(ca[g]["source"])],
+            "cells_changed": [
+                g for g in cb if g in ca and _strip_version(cb[g]["source"]) != _strip_version(ca[g]["source"])
+            ],
             "cells_moved": _moved(ca, cb),
-            "tests_changed": [g for g in cb if g in ca and cb[g]["kind"] == "test"
-                              and (cb[g]["source"] != ca[g]["source"] or cb[g]["points"] != ca[g]["points"])],
+            "tests_changed": [
+                g
+                for g in cb
+                if g in ca
+                and cb[g]["kind"] == "test"
+                and (cb[g]["source"] != ca[g]["source"] or cb[g]["points"] != ca[g]["points"])
+            ],
             "learner_notebook_changed": x["learner"]["sha256"] != y["learner"]["sha256"],
             # how the grader starts the lab, and the hints learners can open
             "untidy": [x.get("untidy") or [], y.get("untidy") or []]
-            if (x.get("untidy") or []) != (y.get("untidy") or []) else None,
-            "hints_changed": sorted(set(x.get("hints") or {}) ^ set(y.get("hints") or {})
-                                    | {k for k in set(x.get("hints") or {}) & set(y.get("hints") or {})
-                                       if x["hints"][k] != y["hints"][k]}),
+            if (x.get("untidy") or []) != (y.get("untidy") or [])
+            else None,
+            "hints_changed": sorted(
+                set(x.get("hints") or {}) ^ set(y.get("hints") or {})
+                | {k for k in set(x.get("hints") or {}) & set(y.get("hints") or {}) if x["hints"][k] != y["hints"][k]}
+            ),
         }
-        change["changed"] = bool(change["title"] or change["minutes"] or change["checks_added"]
-                                 or change["checks_removed"] or change["objectives_changed"] or change["points"]
-                                 or change["cells_added"] or change["cells_removed"] or change["cells_changed"]
-                                 or change["cells_moved"] or change["untidy"] or change["hints_changed"])
+        change["changed"] = bool(
+            change["title"]
+            or change["minutes"]
+            or change["checks_added"]
+            or change["checks_removed"]
+            or change["objectives_changed"]
+            or change["points"]
+            or change["cells_added"]
+            or change["cells_removed"]
+            or change["cells_changed"]
+            or change["cells_moved"]
+            or change["untidy"]
+            or change["hints_changed"]
+        )
         out["modules"][mid] = change
-    out["changelog"] = {v: e for v, e in changelog(course).items()
-                        if _between(v, v1, v2)}
+    out["changelog"] = {v: e for v, e in changelog(course).items() if _between(v, v1, v2)}
     return out
 
 
@@ -439,8 +510,9 @@ def fetch(course: Course, version: str | None = None, dest: Path | None = None) 
     """
     rels = releases(course)
     if not rels:
-        raise CourseError(f"{course.id} has no release yet: release one with 'livelab course release "
-                          f"{course.id} {course.version}'")
+        raise CourseError(
+            f"{course.id} has no release yet: release one with 'livelab course release {course.id} {course.version}'"
+        )
     version = version or rels[-1]
     manifest = read_release(course, version)
     dest = Path(dest) if dest is not None else Path.cwd() / f"{course.id}-{version}"
@@ -455,13 +527,28 @@ def fetch(course: Course, version: str | None = None, dest: Path | None = None) 
         t.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(s, t)
         t.chmod(0o644)
-    info = {"course": course.id, "title": manifest["title"], "version": version,
-            "modules": [{"id": m["id"], "title": m["title"], "minutes": m["minutes"],
-                         "notebook": f"{m['id']}/{m['id']}.ipynb",
-                         **({"hints": m["hints"]} if m.get("hints") else {})} for m in manifest["modules"]]}
+    info = {
+        "course": course.id,
+        "title": manifest["title"],
+        "version": version,
+        "modules": [
+            {
+                "id": m["id"],
+                "title": m["title"],
+                "minutes": m["minutes"],
+                "notebook": f"{m['id']}/{m['id']}.ipynb",
+                **({"hints": m["hints"]} if m.get("hints") else {}),
+            }
+            for m in manifest["modules"]
+        ],
+    }
     (dest / ".livelab-course.json").write_text(json.dumps(info, indent=2) + "\n")
-    return {"workspace": str(dest), "version": version,
-            "notebooks": [str(t) for _, t in plan], "kernel": kernel_installed()}
+    return {
+        "workspace": str(dest),
+        "version": version,
+        "notebooks": [str(t) for _, t in plan],
+        "kernel": kernel_installed(),
+    }
 
 
 def kernel_installed(name: str = "livelab") -> bool:

@@ -69,12 +69,14 @@ class Incident:
     _bundle8: str = field(repr=False)
 
     def __repr__(self) -> str:
-        return (f"Incident(a release reached one device at {time.strftime('%H:%M:%S', time.localtime(self.planted_at))}; "
-                "which device and what it broke is for you to find)")
+        return (
+            f"Incident(a release reached one device at {time.strftime('%H:%M:%S', time.localtime(self.planted_at))}; "
+            "which device and what it broke is for you to find)"
+        )
 
     def check_location(self, device: str, intent: str) -> bool:
         """Whether ``device`` and ``intent`` are the ones the planted bundle broke."""
-        return (_h(self._salt, str(device)) == self._device and _h(self._salt, str(intent)) == self._intent)
+        return _h(self._salt, str(device)) == self._device and _h(self._salt, str(intent)) == self._intent
 
     def check_cause(self, text: str) -> bool:
         """Whether ``text`` names the device, the boosted intent and the bundle (>= 8 hex digits)."""
@@ -118,8 +120,11 @@ def _signing_key(home: Path) -> Path:
 
 def _next_major(state: dict) -> str:
     active = state.get("active") or {}
-    majors = [_bundle.parse_version(v)[0] for v in (active.get("version") if active.get("kind") == "bundle" else None,
-                                                    state.get("version_floor")) if v]
+    majors = [
+        _bundle.parse_version(v)[0]
+        for v in (active.get("version") if active.get("kind") == "bundle" else None, state.get("version_floor"))
+        if v
+    ]
     # above the highest version the device ever ran: devices refuse anything older (monotonic)
     return f"{max(majors) + 1}.0.0" if majors else "2.0.0"
 
@@ -132,7 +137,10 @@ def _clear_earlier(ops: Lab) -> None:
         if active.get("kind") == "bundle" and active.get("name") == BUNDLE_NAME:
             ops.rollback(dev, reason="incident scenario reset")
             deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and ((ops.states.get(dev) or {}).get("active") or {}).get("name") == BUNDLE_NAME:
+            while (
+                time.monotonic() < deadline
+                and ((ops.states.get(dev) or {}).get("active") or {}).get("name") == BUNDLE_NAME
+            ):
                 time.sleep(0.05)
 
 
@@ -176,9 +184,15 @@ def plant(lab: Lab, *, seed: int = 0, boost: float = BOOST, timeout: float = 20.
         with tempfile.TemporaryDirectory(prefix="livelab-incident-") as tmp:
             adapter = Path(tmp) / "adapter.json"
             adapter.write_bytes(_adapter.make(intents, {intent: float(boost)}))
-            path = _bundle.build(sc.models[base], Path(tmp) / "release.lbundle", name=BUNDLE_NAME,
-                                 version=version, adapter=adapter, compute={"health_decisions": 50},
-                                 provenance={"builder": "release pipeline (nightly)"})
+            path = _bundle.build(
+                sc.models[base],
+                Path(tmp) / "release.lbundle",
+                name=BUNDLE_NAME,
+                version=version,
+                adapter=adapter,
+                compute={"health_decisions": 50},
+                provenance={"builder": "release pipeline (nightly)"},
+            )
             _bundle.sign(path, key)
             digest = _bundle.read(path).digest
             why = ""
@@ -188,13 +202,21 @@ def plant(lab: Lab, *, seed: int = 0, boost: float = BOOST, timeout: float = 20.
                 if not why:
                     break
             else:
-                raise IncidentError(f"the module's planted incident did not come up on {device} "
-                                    f"({PLANT_ATTEMPTS} tries: {why}); this is the lab's fault, not yours")
+                raise IncidentError(
+                    f"the module's planted incident did not come up on {device} "
+                    f"({PLANT_ATTEMPTS} tries: {why}); this is the lab's fault, not yours"
+                )
     finally:
         ops.close()
     salt = secrets.token_hex(16)
-    return Incident(planted_at=time.time(), version=version, _salt=salt, _device=_h(salt, device),
-                    _intent=_h(salt, intent), _bundle8=_h(salt, digest[:8]))
+    return Incident(
+        planted_at=time.time(),
+        version=version,
+        _salt=salt,
+        _device=_h(salt, device),
+        _intent=_h(salt, intent),
+        _bundle8=_h(salt, digest[:8]),
+    )
 
 
 def _wait_healthy(ops: Lab, device: str, digest: str, timeout: float) -> str:
@@ -249,8 +271,7 @@ class Meter:
         lab.capture = metered_capture
 
     def report(self) -> dict:
-        return {"audit_fetches": list(self.audit_fetches), "audit_bytes": self.audit_bytes,
-                "captures": self.captures}
+        return {"audit_fetches": list(self.audit_fetches), "audit_bytes": self.audit_bytes, "captures": self.captures}
 
 
 def trace_bytes(trace) -> int:

@@ -109,8 +109,10 @@ def validate_source(path: Path, module_id: str) -> list[str]:
         src = _src(cell)
         meta = cell.metadata.get("nbgrader")
         if not isinstance(meta, dict):
-            bad(f"{where} has no nbgrader metadata: mark it read-only, an answer or a test "
-                "(nbgrader's Create Assignment toolbar) - the grader restores locked cells by grade id")
+            bad(
+                f"{where} has no nbgrader metadata: mark it read-only, an answer or a test "
+                "(nbgrader's Create Assignment toolbar) - the grader restores locked cells by grade id"
+            )
             continue
         missing = [k for k in _META_KEYS if k not in meta]
         if missing:
@@ -160,8 +162,10 @@ def validate_source(path: Path, module_id: str) -> list[str]:
         if cell.cell_type == "code" and locked and not solution and connect_re.search(src):
             connect = True
     if len(params) != 1:
-        bad(f"needs exactly one code cell tagged 'parameters' (has {len(params)}): papermill injects the "
-            "lab connection and learner identity after it")
+        bad(
+            f"needs exactly one code cell tagged 'parameters' (has {len(params)}): papermill injects the "
+            "lab connection and learner identity after it"
+        )
     else:
         i, cell, locked = params[0]
         if cell.cell_type != "code":
@@ -173,8 +177,10 @@ def validate_source(path: Path, module_id: str) -> list[str]:
         if not locked:
             bad(f"cell {i}: the 'parameters' cell must be read-only (locked)")
     if not connect:
-        bad(f"no read-only cell calls Lab.connect(module=\"{module_id}\"): the module must record that "
-            "the learner opened it")
+        bad(
+            f'no read-only cell calls Lab.connect(module="{module_id}"): the module must record that '
+            "the learner opened it"
+        )
     if tests == 0:
         bad("has no autograded test cell")
     if hidden == 0:
@@ -191,8 +197,8 @@ def stamp(nb, *, course: str, version: str, module: str):
     for cell in nb.cells:
         if "parameters" in (cell.metadata.get("tags") or []):
             src = _src(cell)
-            src = re.sub(r'(?m)^COURSE_VERSION = .*$', f"COURSE_VERSION = {json.dumps(version)}", src)
-            src = re.sub(r'(?m)^COURSE = .*$', f"COURSE = {json.dumps(course)}", src)
+            src = re.sub(r"(?m)^COURSE_VERSION = .*$", f"COURSE_VERSION = {json.dumps(version)}", src)
+            src = re.sub(r"(?m)^COURSE = .*$", f"COURSE = {json.dumps(course)}", src)
             cell.source = src
     nb.metadata["livelab"] = {"course": course, "version": version, "module": module}
     return nb
@@ -200,11 +206,17 @@ def stamp(nb, *, course: str, version: str, module: str):
 
 def tests_of(nb) -> list[dict]:
     """The autograded test cells: grade id, points and whether it holds hidden tests."""
-    return [{"grade_id": c.metadata["nbgrader"]["grade_id"], "points": c.metadata["nbgrader"].get("points", 0),
-             "hidden": _BEGIN_HIDDEN in _src(c)}
-            for c in nb.cells
-            if c.cell_type == "code" and (c.metadata.get("nbgrader") or {}).get("grade")
-            and not c.metadata["nbgrader"].get("solution")]
+    return [
+        {
+            "grade_id": c.metadata["nbgrader"]["grade_id"],
+            "points": c.metadata["nbgrader"].get("points", 0),
+            "hidden": _BEGIN_HIDDEN in _src(c),
+        }
+        for c in nb.cells
+        if c.cell_type == "code"
+        and (c.metadata.get("nbgrader") or {}).get("grade")
+        and not c.metadata["nbgrader"].get("solution")
+    ]
 
 
 def check_learner(path: Path, source_tests: list[dict], module_id: str) -> list[str]:
@@ -216,8 +228,10 @@ def check_learner(path: Path, source_tests: list[dict], module_id: str) -> list[
     for c in nb.cells:
         src = _src(c)
         if _BEGIN_SOL in src or _BEGIN_HIDDEN in src:
-            out.append(f"{module_id}: learner version still contains a solution or hidden tests "
-                       f"(cell {(c.metadata.get('nbgrader') or {}).get('grade_id')})")
+            out.append(
+                f"{module_id}: learner version still contains a solution or hidden tests "
+                f"(cell {(c.metadata.get('nbgrader') or {}).get('grade_id')})"
+            )
     have = {t["grade_id"] for t in tests_of(nb)}
     lost = [t["grade_id"] for t in source_tests if t["grade_id"] not in have]
     if lost:
@@ -231,7 +245,7 @@ class Execution:
 
     ok: bool
     seconds: float
-    error: str = ""                                 # one line: where and what, when not ok
+    error: str = ""  # one line: where and what, when not ok
     tests: list[str] = field(default_factory=list)  # grade ids of test cells
     failed_tests: list[str] = field(default_factory=list)
     output: str = ""
@@ -248,8 +262,17 @@ def _cell_error(cell) -> str | None:
     return None
 
 
-def execute(path: Path, out: Path, *, parameters: dict, cwd: Path, kernel: str = KERNEL,
-            allow_errors: bool = False, cell_timeout: float = 120.0, start_timeout: float = 60.0) -> Execution:
+def execute(
+    path: Path,
+    out: Path,
+    *,
+    parameters: dict,
+    cwd: Path,
+    kernel: str = KERNEL,
+    allow_errors: bool = False,
+    cell_timeout: float = 120.0,
+    start_timeout: float = 60.0,
+) -> Execution:
     """Run a notebook with papermill and the given kernel; report errors per test cell.
 
     ``allow_errors=False`` (a reference solution): the first error ends the run and is
@@ -264,11 +287,20 @@ def execute(path: Path, out: Path, *, parameters: dict, cwd: Path, kernel: str =
     t0 = time.perf_counter()
     error = ""
     try:
-        pm.execute_notebook(str(path), str(out), parameters=parameters, kernel_name=kernel, cwd=str(cwd),
-                            progress_bar=False, log_output=False, execution_timeout=cell_timeout,
-                            start_timeout=start_timeout, allow_errors=allow_errors,
-                            # ipykernel's start-up warnings on stderr are no failure signal
-                            extra_arguments=["--IPKernelApp.log_level=ERROR"])
+        pm.execute_notebook(
+            str(path),
+            str(out),
+            parameters=parameters,
+            kernel_name=kernel,
+            cwd=str(cwd),
+            progress_bar=False,
+            log_output=False,
+            execution_timeout=cell_timeout,
+            start_timeout=start_timeout,
+            allow_errors=allow_errors,
+            # ipykernel's start-up warnings on stderr are no failure signal
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+        )
     except PapermillExecutionError as exc:
         error = f"{exc.ename}: {_first_line(exc.evalue)}"[:300]
     except Exception as exc:  # kernel died, timed out, could not start

@@ -49,6 +49,7 @@ def _name_gate_learner(home, name: str | None) -> None:
     """Devices record the broker-proven commands of the lab's learner identity under this name
     (audit ``by``), so the gate's runs are the gate's (None: back to the lab's owner)."""
     from lab_hardware.runtime import lab as _lab
+
     try:
         desc = _lab.descriptor(home)
         name = name or desc.get("learner_name")
@@ -175,6 +176,7 @@ def _seed_untidy(home: Path, m: catalog.Module, problems: list[str]) -> None:
         return
     from grading.untidy import seed_namespace
     from lab_hardware import home as _home
+
     try:
         desc = _home.read_json(Path(home) / _home.DESCRIPTOR)
         seed_namespace(home, desc["namespace"], list(desc["devices"]), [dict(e) for e in m.untidy], module=m.id)
@@ -185,13 +187,21 @@ def _seed_untidy(home: Path, m: catalog.Module, problems: list[str]) -> None:
 def _start_lab(scenario: str, home: Path) -> None:
     from lab_hardware.runtime import lab as _lab
     from labs import scenarios
+
     sc = scenarios.load(scenario).materialize(home / "scenario")
     _lab.up(home, scenario=sc, devices=3)
 
 
-def run_gate(course: Course, sources: dict[str, Path], learners: dict[str, Path], workdir: Path, *,
-             lab_home: Path | None = None, progress: Callable[[str], None] = _quiet,
-             cell_timeout: float = 120.0) -> tuple[list[ModuleGate], list[str]]:
+def run_gate(
+    course: Course,
+    sources: dict[str, Path],
+    learners: dict[str, Path],
+    workdir: Path,
+    *,
+    lab_home: Path | None = None,
+    progress: Callable[[str], None] = _quiet,
+    cell_timeout: float = 120.0,
+) -> tuple[list[ModuleGate], list[str]]:
     """Execute every reference solution, then every learner version, against a live lab.
 
     With ``lab_home`` the gate uses that running lab; otherwise it starts one lab per
@@ -204,13 +214,21 @@ def run_gate(course: Course, sources: dict[str, Path], learners: dict[str, Path]
     from labs.learning_events import system_identity
 
     with system_identity():
-        return _run_gate(course, sources, learners, workdir, lab_home=lab_home, progress=progress,
-                         cell_timeout=cell_timeout)
+        return _run_gate(
+            course, sources, learners, workdir, lab_home=lab_home, progress=progress, cell_timeout=cell_timeout
+        )
 
 
-def _run_gate(course: Course, sources: dict[str, Path], learners: dict[str, Path], workdir: Path, *,
-              lab_home: Path | None, progress: Callable[[str], None],
-              cell_timeout: float) -> tuple[list[ModuleGate], list[str]]:
+def _run_gate(
+    course: Course,
+    sources: dict[str, Path],
+    learners: dict[str, Path],
+    workdir: Path,
+    *,
+    lab_home: Path | None,
+    progress: Callable[[str], None],
+    cell_timeout: float,
+) -> tuple[list[ModuleGate], list[str]]:
     from lab_hardware.runtime import lab as _lab
 
     if not catalog.kernel_installed(notebooks.KERNEL):
@@ -243,17 +261,30 @@ def _run_gate(course: Course, sources: dict[str, Path], learners: dict[str, Path
                 progress(f"{m.id}: running the reference solution")
                 since = time.time()
                 _seed_untidy(home, m, problems)
-                ex = notebooks.execute(sources[m.id], workdir / "runs" / m.id / "reference.ipynb",
-                                       parameters=params, cwd=workdir / "work" / m.id / "reference",
-                                       cell_timeout=cell_timeout)
+                ex = notebooks.execute(
+                    sources[m.id],
+                    workdir / "runs" / m.id / "reference.ipynb",
+                    parameters=params,
+                    cwd=workdir / "work" / m.id / "reference",
+                    cell_timeout=cell_timeout,
+                )
                 r = results[m.id]
                 r.reference_ok, r.reference_seconds, r.reference_error = ex.ok, round(ex.seconds, 2), ex.error
                 if not ex.ok:
                     problems.append(f"{m.id}: the reference solution fails: {ex.error}")
                     continue
-                r.checks = _grading_checks(m, {"module": m.id, "home": str(home), "namespace": None,
-                                               "learner": GATE_LEARNER, "notebook": ex.output, "since": since,
-                                               "artifacts": str(workdir / "work" / m.id / "reference")})
+                r.checks = _grading_checks(
+                    m,
+                    {
+                        "module": m.id,
+                        "home": str(home),
+                        "namespace": None,
+                        "learner": GATE_LEARNER,
+                        "notebook": ex.output,
+                        "since": since,
+                        "artifacts": str(workdir / "work" / m.id / "reference"),
+                    },
+                )
                 if isinstance(r.checks, dict):
                     for name, c in r.checks.items():
                         if not c["passed"]:
@@ -265,26 +296,44 @@ def _run_gate(course: Course, sources: dict[str, Path], learners: dict[str, Path
                 progress(f"{m.id}: running the learner version as is")
                 since = time.time()
                 _seed_untidy(home, m, problems)
-                ex = notebooks.execute(learners[m.id], workdir / "runs" / m.id / "learner.ipynb",
-                                       parameters={**params, "LEARNER": GATE_LEARNER + "-learner"},
-                                       cwd=workdir / "work" / m.id / "learner", allow_errors=True,
-                                       cell_timeout=cell_timeout)
+                ex = notebooks.execute(
+                    learners[m.id],
+                    workdir / "runs" / m.id / "learner.ipynb",
+                    parameters={**params, "LEARNER": GATE_LEARNER + "-learner"},
+                    cwd=workdir / "work" / m.id / "learner",
+                    allow_errors=True,
+                    cell_timeout=cell_timeout,
+                )
                 r = results[m.id]
                 r.learner_seconds = round(ex.seconds, 2)
                 r.learner_tests, r.learner_failed_tests = ex.tests, ex.failed_tests
-                r.learner_checks = _grading_checks(m, {"module": m.id, "home": str(home), "namespace": None,
-                                                       "learner": GATE_LEARNER + "-learner", "notebook": ex.output,
-                                                       "since": since,
-                                                       "artifacts": str(workdir / "work" / m.id / "learner")})
-                if isinstance(r.learner_checks, dict) and r.learner_checks and \
-                        all(c["passed"] for c in r.learner_checks.values()):
-                    problems.append(f"{m.id}: the learner version passes all its checks "
-                                    f"({', '.join(r.learner_checks)}) as is")
+                r.learner_checks = _grading_checks(
+                    m,
+                    {
+                        "module": m.id,
+                        "home": str(home),
+                        "namespace": None,
+                        "learner": GATE_LEARNER + "-learner",
+                        "notebook": ex.output,
+                        "since": since,
+                        "artifacts": str(workdir / "work" / m.id / "learner"),
+                    },
+                )
+                if (
+                    isinstance(r.learner_checks, dict)
+                    and r.learner_checks
+                    and all(c["passed"] for c in r.learner_checks.values())
+                ):
+                    problems.append(
+                        f"{m.id}: the learner version passes all its checks ({', '.join(r.learner_checks)}) as is"
+                    )
                 if not ex.tests:
                     problems.append(f"{m.id}: the learner version has no test cells to fail")
                 elif not ex.failed_tests:
-                    problems.append(f"{m.id}: the learner version passes all {len(ex.tests)} of its tests as is: "
-                                    "a learner would get full marks without doing anything")
+                    problems.append(
+                        f"{m.id}: the learner version passes all {len(ex.tests)} of its tests as is: "
+                        "a learner would get full marks without doing anything"
+                    )
         finally:
             if own:
                 _lab.down(home)
@@ -303,18 +352,21 @@ def input_problems(course: Course, version: str) -> list[str]:
         return [str(exc)]
     toml = course.root / catalog.COURSE_FILE
     if version != course.version:
-        problems.append(f"{toml} says version = \"{course.version}\": set it to \"{version}\" before "
-                        f"releasing {version}")
+        problems.append(f'{toml} says version = "{course.version}": set it to "{version}" before releasing {version}')
     final = catalog.release_dir(course, version)
     if final.exists():
-        problems.append(f"{course.id} {version} is already released ({final}): releases are immutable, "
-                        "bump the version in course.toml and CHANGELOG.md")
+        problems.append(
+            f"{course.id} {version} is already released ({final}): releases are immutable, "
+            "bump the version in course.toml and CHANGELOG.md"
+        )
     else:
         from lab_hardware.modelops.bundle import compare_versions
+
         newer = [v for v in catalog.releases(course) if compare_versions(v, version) >= 0]
         if newer:
-            problems.append(f"{course.id} {newer[-1]} is already released: a new release must be newer "
-                            f"than {newer[-1]}")
+            problems.append(
+                f"{course.id} {newer[-1]} is already released: a new release must be newer than {newer[-1]}"
+            )
     try:
         catalog.changelog_entry(course, version)
     except CourseError as exc:
@@ -332,11 +384,16 @@ def _hint_problems(m: catalog.Module) -> list[str]:
     nb, _ = notebooks.read(m.notebook)
     if nb is None:
         return []
-    exercises = [c.metadata.get("nbgrader", {}).get("grade_id") for c in nb.cells
-                 if c.metadata.get("nbgrader", {}).get("solution") and not c.metadata.get("nbgrader", {}).get("grade")]
+    exercises = [
+        c.metadata.get("nbgrader", {}).get("grade_id")
+        for c in nb.cells
+        if c.metadata.get("nbgrader", {}).get("solution") and not c.metadata.get("nbgrader", {}).get("grade")
+    ]
     unknown = [k for k, _ in m.hints if k not in exercises]
-    return [f"{m.id}: hints.{k} names no exercise of the module (exercises: {', '.join(e for e in exercises if e)})"
-            for k in unknown]
+    return [
+        f"{m.id}: hints.{k} names no exercise of the module (exercises: {', '.join(e for e in exercises if e)})"
+        for k in unknown
+    ]
 
 
 def check_inputs(course: Course, version: str) -> str:
@@ -362,8 +419,13 @@ def check(course: str | Path | Course, *, root: Path | None = None, version: str
     try:
         c = course if isinstance(course, Course) else catalog.load(course, root=root)
     except CourseError as exc:
-        return {"course": str(course), "version": version, "problems": [str(exc)], "modules": [],
-                "seconds": round(time.perf_counter() - t0, 2)}
+        return {
+            "course": str(course),
+            "version": version,
+            "problems": [str(exc)],
+            "modules": [],
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
     version = version or c.version
     problems = input_problems(c, version)
     released = catalog.release_dir(c, version).exists()
@@ -371,16 +433,24 @@ def check(course: str | Path | Course, *, root: Path | None = None, version: str
         problems = [p for p in problems if "already released" not in p]
         changed = _changed_since_release(c, version)
         if changed:
-            problems.append(f"{c.id} {version} is released and the sources changed since ({', '.join(changed)}): "
-                            "bump the version in course.toml and add a CHANGELOG.md entry")
+            problems.append(
+                f"{c.id} {version} is released and the sources changed since ({', '.join(changed)}): "
+                "bump the version in course.toml and add a CHANGELOG.md entry"
+            )
     tmp = Path(tempfile.mkdtemp(prefix=f"livelab-check-{c.id}-"))
     try:
         _, _, nb_problems = learner_versions(c, version, tmp / "nbgrader")
         problems += [p for p in nb_problems if p not in problems]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"course": c.id, "version": version, "problems": problems, "modules": [m.id for m in c.modules],
-            "released": released, "seconds": round(time.perf_counter() - t0, 2)}
+    return {
+        "course": c.id,
+        "version": version,
+        "problems": problems,
+        "modules": [m.id for m in c.modules],
+        "released": released,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
 
 
 def _changed_since_release(c: Course, version: str) -> list[str]:
@@ -400,12 +470,12 @@ def _changed_since_release(c: Course, version: str) -> list[str]:
     return out
 
 
-def preview(course: str | Path | Course, module: str, out: Path | None = None, *,
-            root: Path | None = None) -> Path:
+def preview(course: str | Path | Course, module: str, out: Path | None = None, *, root: Path | None = None) -> Path:
     """``livelab course preview``: the learner version of ``module`` (nbgrader's own
     ``generate_assignment``: solutions and hidden tests stripped) rendered to one HTML file
     with nbconvert, to read a module as a learner will before releasing it.  No lab needed."""
     from nbconvert import HTMLExporter
+
     c = course if isinstance(course, Course) else catalog.load(course, root=root)
     m = c.module(module)
     problems = notebooks.validate_source(m.notebook, m.id)
@@ -433,6 +503,7 @@ def preview(course: str | Path | Course, module: str, out: Path | None = None, *
 
 def _tool_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
+
     out = {"python": sys.version.split()[0]}
     for pkg in ("nbgrader", "papermill", "livelab"):
         try:
@@ -442,9 +513,15 @@ def _tool_versions() -> dict[str, str]:
     return out
 
 
-def release(course: str | Path | Course, version: str, *, root: Path | None = None,
-            lab_home: Path | None = None, progress: Callable[[str], None] = _quiet,
-            keep: Path | None = None) -> dict[str, Any]:
+def release(
+    course: str | Path | Course,
+    version: str,
+    *,
+    root: Path | None = None,
+    lab_home: Path | None = None,
+    progress: Callable[[str], None] = _quiet,
+    keep: Path | None = None,
+) -> dict[str, Any]:
     """Release ``version`` of a course (id under ``root``, or a path); returns the manifest.
 
     Raises :class:`ReleaseError` for bad input and :class:`GateFailed` when the gate fails;
@@ -487,21 +564,40 @@ def release(course: str | Path | Course, version: str, *, root: Path | None = No
             put(learners[m.id], lrn_rel)
             tests = notebooks.tests_of(nbformat.read(str(sources[m.id]), as_version=4))
             g = gates[m.id]
-            modules.append({**m.as_dict(),
-                            "source": {"path": src_rel, "sha256": files[src_rel]},
-                            "learner": {"path": lrn_rel, "sha256": files[lrn_rel]},
-                            "tests": tests, **points_of(m, tests),
-                            "gate": {"reference": "passed", "reference_seconds": g.reference_seconds,
-                                     "learner": f"fails {len(g.learner_failed_tests)} of {len(g.learner_tests)} tests",
-                                     "learner_failed_tests": g.learner_failed_tests,
-                                     "learner_seconds": g.learner_seconds, "checks": g.checks,
-                                     "learner_checks": g.learner_checks}})
+            modules.append(
+                {
+                    **m.as_dict(),
+                    "source": {"path": src_rel, "sha256": files[src_rel]},
+                    "learner": {"path": lrn_rel, "sha256": files[lrn_rel]},
+                    "tests": tests,
+                    **points_of(m, tests),
+                    "gate": {
+                        "reference": "passed",
+                        "reference_seconds": g.reference_seconds,
+                        "learner": f"fails {len(g.learner_failed_tests)} of {len(g.learner_tests)} tests",
+                        "learner_failed_tests": g.learner_failed_tests,
+                        "learner_seconds": g.learner_seconds,
+                        "checks": g.checks,
+                        "learner_checks": g.learner_checks,
+                    },
+                }
+            )
         manifest = {
-            "schema": catalog.SCHEMA_RELEASE, "course": c.id, "title": c.title, "description": c.description,
-            "version": version, "released": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "changelog": entry, "minutes": c.minutes, "modules": modules, "tools": _tool_versions(),
-            "gate": {"lab": "started with lab_hardware.runtime.lab.up (3 devices)" if lab_home is None else "existing lab",
-                     "learner": GATE_LEARNER, "seconds": round(time.perf_counter() - t0, 1)},
+            "schema": catalog.SCHEMA_RELEASE,
+            "course": c.id,
+            "title": c.title,
+            "description": c.description,
+            "version": version,
+            "released": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "changelog": entry,
+            "minutes": c.minutes,
+            "modules": modules,
+            "tools": _tool_versions(),
+            "gate": {
+                "lab": "started with lab_hardware.runtime.lab.up (3 devices)" if lab_home is None else "existing lab",
+                "learner": GATE_LEARNER,
+                "seconds": round(time.perf_counter() - t0, 1),
+            },
             "files": files,
         }
         (stage / catalog.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
@@ -526,6 +622,7 @@ def points_of(module: catalog.Module, tests: list[dict]) -> dict:
     cp: dict[str, float] = {}
     if module.checks:
         from grading.checks.base import load_checks
+
         try:
             cp = {spec.name: float(spec.points) for spec in load_checks(module.checks)}
         except KeyError:  # an unknown check is reported by the release's input rules

@@ -52,10 +52,10 @@ class GradeUsageError(ValueError):
 # ---- what to grade against ---------------------------------------------------------------
 @dataclass
 class CourseTarget:
-    kind: str                   # "nbgrader" or "livelab"
-    root: Path                  # course directory
+    kind: str  # "nbgrader" or "livelab"
+    root: Path  # course directory
     module: str
-    sources: list[Path]         # the module's source notebooks (one reference each)
+    sources: list[Path]  # the module's source notebooks (one reference each)
     course_id: str
     version: str | None = None
     manifest: bytes | None = None
@@ -69,18 +69,23 @@ def resolve_course(course: str, module: str, version: str | None = None) -> Cour
         if cand.is_dir():
             p = cand
         else:
-            raise GradeUsageError(f"course {course!r} not found: give an nbgrader course directory, "
-                                  f"a directory with course.toml, or a course id under {REPO / 'courses'}")
+            raise GradeUsageError(
+                f"course {course!r} not found: give an nbgrader course directory, "
+                f"a directory with course.toml, or a course id under {REPO / 'courses'}"
+            )
     p = p.resolve()
     src = p / "source" / module
     kind = "livelab" if (p / "course.toml").exists() else "nbgrader"
     manifest, meta = None, {}
     if kind == "nbgrader" and version:
-        raise GradeUsageError(f"{p} is an nbgrader course without releases: --version applies to a "
-                              "livelab course (a directory with course.toml)")
+        raise GradeUsageError(
+            f"{p} is an nbgrader course without releases: --version applies to a "
+            "livelab course (a directory with course.toml)"
+        )
     if kind == "livelab":
         try:
             import tomllib
+
             toml = tomllib.loads((p / "course.toml").read_text())
         except (OSError, ValueError) as exc:
             raise GradeUsageError(f"{p / 'course.toml'} cannot be read: {exc}") from None
@@ -95,11 +100,13 @@ def resolve_course(course: str, module: str, version: str | None = None) -> Cour
                 meta = m
         rel = p / "releases" / version if version else None
         if rel is not None and not rel.is_dir() and (p / "releases").is_dir():
-            raise GradeUsageError(f"{p.name} has no release {version}: released versions are "
-                                  f"{', '.join(released) or 'none'}")
+            raise GradeUsageError(
+                f"{p.name} has no release {version}: released versions are {', '.join(released) or 'none'}"
+            )
         if rel and rel.is_dir():
             try:
                 import tomllib
+
                 toml = tomllib.loads((rel / "course.toml").read_text()) if (rel / "course.toml").exists() else toml
             except (OSError, ValueError):
                 pass
@@ -138,8 +145,7 @@ def _released_versions(course_dir: Path) -> list[str]:
     rels = course_dir / "releases"
     if not rels.is_dir():
         return []
-    return sorted((d.name for d in rels.iterdir() if d.is_dir() and (d / "manifest.json").exists()),
-                  key=_version_key)
+    return sorted((d.name for d in rels.iterdir() if d.is_dir() and (d / "manifest.json").exists()), key=_version_key)
 
 
 # ---- what to grade -----------------------------------------------------------------------
@@ -149,8 +155,9 @@ def _course_content_dirs() -> list[str]:
     root = REPO / "courses"
     if not root.is_dir():
         return []
-    return sorted(str(d) for d in root.iterdir()
-                  if d.is_dir() and not (d / "__init__.py").exists() and d.name != "__pycache__")
+    return sorted(
+        str(d) for d in root.iterdir() if d.is_dir() and not (d / "__init__.py").exists() and d.name != "__pycache__"
+    )
 
 
 def recorded_learner(path: Path, module: str, home: str | os.PathLike | None = None) -> tuple[str | None, str]:
@@ -166,6 +173,7 @@ def recorded_learner(path: Path, module: str, home: str | os.PathLike | None = N
         learner_for_path = None
     if learner_for_path is not None:
         from lab_hardware.home import resolve
+
         try:
             who = learner_for_path(resolve(home), path)
         except Exception:  # noqa: BLE001 - no registry in this lab home
@@ -178,6 +186,7 @@ def recorded_learner(path: Path, module: str, home: str | os.PathLike | None = N
 def lab_owner(home: str | os.PathLike | None = None) -> str | None:
     """The single-user lab's owner (``owner`` in ``lab.json``), when no learner is registered."""
     from lab_hardware.home import DESCRIPTOR, resolve
+
     h = resolve(home)
     try:
         owner = json.loads((h / DESCRIPTOR).read_text()).get("owner")
@@ -185,6 +194,7 @@ def lab_owner(home: str | os.PathLike | None = None) -> str | None:
         return None
     try:
         from labs.learners import list_learners
+
         if list_learners(h):
             return None  # a team lab: each learner has a home, the owner is not the learner
     except ImportError:
@@ -197,14 +207,16 @@ def lab_owner(home: str | os.PathLike | None = None) -> str | None:
 def check_student(name: str) -> str:
     """``--student``: a learner name (lab_hardware.topics.check_name), one line if not."""
     from lab_hardware.topics import TopicError, check_name
+
     try:
         return check_name("learner", name)
     except TopicError as exc:
         raise GradeUsageError(f"--student: {exc}") from None
 
 
-def find_submissions(path: str, module: str, notebooks: list[str], *, student: str | None = None,
-                     home: str | os.PathLike | None = None) -> tuple[list[Submission], list[str], Path | None]:
+def find_submissions(
+    path: str, module: str, notebooks: list[str], *, student: str | None = None, home: str | os.PathLike | None = None
+) -> tuple[list[Submission], list[str], Path | None]:
     """(submissions, skipped notes, nbgrader course dir holding them or None).
 
     The learner of a submission is its recorded identity (:func:`recorded_learner`); a
@@ -223,8 +235,10 @@ def find_submissions(path: str, module: str, notebooks: list[str], *, student: s
             raise GradeUsageError(f"--student {student} contradicts the notebook's own learner: {how}")
         who = recorded or student or lab_owner(home)
         if not who:
-            raise GradeUsageError(f"{p.name} records no learner (not in submitted/<student>/{module}/ nor in a "
-                                  "learner's home): pass --student NAME")
+            raise GradeUsageError(
+                f"{p.name} records no learner (not in submitted/<student>/{module}/ nor in a "
+                "learner's home): pass --student NAME"
+            )
         name = p.stem if p.stem in notebooks else notebooks[0]
         return [_load(p, who, module, name)], [], None
     root = p / "submitted" if (p / "submitted").is_dir() else p
@@ -234,8 +248,9 @@ def find_submissions(path: str, module: str, notebooks: list[str], *, student: s
     if student is not None:  # the tree names its students: --student picks one of them
         dirs = [d for d in dirs if d.name == student]
         if not dirs:
-            raise GradeUsageError(f"--student {student}: no such student under {root} "
-                                  f"(expected {root}/{student}/{module}/*.ipynb)")
+            raise GradeUsageError(
+                f"--student {student}: no such student under {root} (expected {root}/{student}/{module}/*.ipynb)"
+            )
     for sdir in dirs:
         adir = sdir / module
         if not adir.is_dir():
@@ -249,8 +264,7 @@ def find_submissions(path: str, module: str, notebooks: list[str], *, student: s
                 continue
             subs.append(_load(f, sdir.name, module, f.stem))
     if not subs and not skipped:
-        raise GradeUsageError(f"no submissions of {module!r} under {root} "
-                              f"(expected {root}/<student>/{module}/*.ipynb)")
+        raise GradeUsageError(f"no submissions of {module!r} under {root} (expected {root}/<student>/{module}/*.ipynb)")
     return subs, skipped, course_dir
 
 
@@ -259,8 +273,9 @@ def _load(path: Path, student: str, module: str, notebook: str) -> Submission:
     tfile = path.parent / "timestamp.txt"
     if tfile.exists():
         ts = tfile.read_text().strip() or None
-    return Submission(student=student, assignment=module, notebook=notebook, data=path.read_bytes(),
-                      path=str(path), timestamp=ts)
+    return Submission(
+        student=student, assignment=module, notebook=notebook, data=path.read_bytes(), path=str(path), timestamp=ts
+    )
 
 
 def cache_key(sub: Submission, ref: Reference, extra: str = "") -> str:
@@ -282,17 +297,20 @@ def _warm(opts: RunOptions, refs: list[Reference], lab: bool = False) -> dict:
     their kernels with their namespace: see grading.isolation.)"""
     t0 = time.perf_counter()
     from . import runner
+
     if not lab:
         runner.kernel_pool().prestart(runner.tests_config(opts))
     import nbformat
     import papermill  # noqa: F401
     from . import engine, feedback  # noqa: F401
     from .reference import release_notebook
+
     for ref in refs:
         nb = nbformat.read(release_notebook(ref.ensure_local()), as_version=4)
         nb, _ = runner.sanitize(nb, ref, "warm-up")
-        feedback.render(nb, {"score": 0.0, "max_score": ref.max_score, "notebook": ref.notebook,
-                             "cells": [], "messages": []})
+        feedback.render(
+            nb, {"score": 0.0, "max_score": ref.max_score, "notebook": ref.notebook, "cells": [], "messages": []}
+        )
     return {"pid": os.getpid(), "seconds": time.perf_counter() - t0}
 
 
@@ -300,6 +318,7 @@ def _cpu_worker() -> dict:
     """CPU seconds of this worker process and of its kernels (reaped by the fork server)."""
     import psutil
     from . import sandbox
+
     for th in list(sandbox._CLOSERS):
         th.join(5)
     me = psutil.Process().cpu_times()
@@ -317,6 +336,7 @@ def _cpu_worker() -> dict:
 def _shutdown_worker() -> None:
     """Close this worker's kernels and fork server before the cluster goes away."""
     from . import runner, sandbox
+
     if runner._POOL is not None:
         runner._POOL.close()
     if sandbox.ForkServer._instance is not None:
@@ -324,6 +344,7 @@ def _shutdown_worker() -> None:
         sandbox.ForkServer._instance = None
     try:
         from .isolation import shutdown_worker_labs
+
         shutdown_worker_labs()
     except ImportError:
         pass
@@ -335,9 +356,11 @@ def _task(sub: Submission, ref: Reference, opts: RunOptions, lab: dict | None = 
     if it persists (grading.outcomes)."""
     from . import runner
     from .outcomes import with_retries
+
     if lab is None:
         return with_retries(lambda: runner.grade(sub, ref, opts), sub, ref)
     from .isolation import grade_in_lab
+
     return with_retries(lambda: grade_in_lab(sub, ref, opts, lab), sub, ref)
 
 
@@ -356,20 +379,20 @@ class BatchConfig:
     use_cache: bool = True
     progress: bool = True
     isolate: bool = True
-    events: str | None = None          # events store (URL or lab home); None: default
-    lab_home: str | None = None        # a running lab for lab modules
-    checks: list[str] | None = None    # check names; None: the module's from course.toml
+    events: str | None = None  # events store (URL or lab home); None: default
+    lab_home: str | None = None  # a running lab for lab modules
+    checks: list[str] | None = None  # check names; None: the module's from course.toml
     seed: int = 0
     teams: dict[str, str] | None = None  # learner -> team, written on their events
-    team: str | None = None            # the team of learners that ``teams`` does not name
-    state: str | None = None           # grader state (private references); None: $LIVELAB_HOME/grading
-    version: str | None = None         # a livelab course's release to grade against (default: current)
-    attempt: int | None = None         # the learner's attempt number (lab.submit()), kept on events and results
-    progress_lines: bool = False       # no terminal: one plain progress line per submission on stderr
-    hide: list[str] | None = None      # paths kernels may not see, instead of the run's own (the service
-                                       # gives the same list every run, so its prestarted kernels fit)
-    prepared: bool = False             # the gradebook already has the assignment (the service's later runs)
-    progress_sink: Any = None          # with progress_lines: a callable taking each line (the service's socket)
+    team: str | None = None  # the team of learners that ``teams`` does not name
+    state: str | None = None  # grader state (private references); None: $LIVELAB_HOME/grading
+    version: str | None = None  # a livelab course's release to grade against (default: current)
+    attempt: int | None = None  # the learner's attempt number (lab.submit()), kept on events and results
+    progress_lines: bool = False  # no terminal: one plain progress line per submission on stderr
+    hide: list[str] | None = None  # paths kernels may not see, instead of the run's own (the service
+    # gives the same list every run, so its prestarted kernels fit)
+    prepared: bool = False  # the gradebook already has the assignment (the service's later runs)
+    progress_sink: Any = None  # with progress_lines: a callable taking each line (the service's socket)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -410,8 +433,9 @@ class Driver:
         self.cfg = cfg
         self.target = resolve_course(cfg.course, cfg.module, cfg.version)
         names = [s.stem for s in self.target.sources]
-        self.subs, self.skipped, self.sub_course = find_submissions(cfg.path, cfg.module, names, student=cfg.student,
-                                                                    home=cfg.lab_home)
+        self.subs, self.skipped, self.sub_course = find_submissions(
+            cfg.path, cfg.module, names, student=cfg.student, home=cfg.lab_home
+        )
         if cfg.out:
             self.out = Path(cfg.out).expanduser().resolve()
         elif self.sub_course is not None:
@@ -424,10 +448,17 @@ class Driver:
             self.state = Path(cfg.state).expanduser().resolve()
         else:  # content-addressed references: one build per release, shared by every run
             from lab_hardware.home import resolve
+
             self.state = resolve(None) / "grading"
-        self.db_url = cfg.gradebook if cfg.gradebook and "://" in cfg.gradebook else (
-            f"sqlite:///{Path(cfg.gradebook).resolve()}" if cfg.gradebook else
-            f"sqlite:///{(self.sub_course or self.out) / 'gradebook.db'}")
+        self.db_url = (
+            cfg.gradebook
+            if cfg.gradebook and "://" in cfg.gradebook
+            else (
+                f"sqlite:///{Path(cfg.gradebook).resolve()}"
+                if cfg.gradebook
+                else f"sqlite:///{(self.sub_course or self.out) / 'gradebook.db'}"
+            )
+        )
         self.refs: dict[str, Reference] = {}
         for src in self.target.sources:
             try:
@@ -442,11 +473,10 @@ class Driver:
         p = Path(cfg.path).expanduser().resolve()
         hide.add(str(p if p.is_dir() else p.parent))
         if self.db_url.startswith("sqlite:///"):
-            hide.add(str(Path(self.db_url[len("sqlite:///"):]).parent))
+            hide.add(str(Path(self.db_url[len("sqlite:///") :]).parent))
         if cfg.hide is not None:
             hide = set(cfg.hide)
-        self.opts = RunOptions(limits=cfg.limits, hide=sorted(hide), isolate=cfg.isolate, seed=cfg.seed,
-                               network=False)
+        self.opts = RunOptions(limits=cfg.limits, hide=sorted(hide), isolate=cfg.isolate, seed=cfg.seed, network=False)
         self.cache_path = self.work / "cache.json"
         self.cache = self._load_cache() if cfg.use_cache else {}
         self.events_key = self._events_key()
@@ -455,6 +485,7 @@ class Driver:
         """The lab's events key, when grading for a lab: the events it writes then count."""
         from lab_hardware.home import resolve
         from .outcomes import events_key
+
         home = resolve(self.cfg.lab_home)
         if not (home / "config.json").exists():
             return None
@@ -477,19 +508,28 @@ class Driver:
         if not self.check_names:
             return None
         from .checks.base import load_checks
+
         try:
             specs = load_checks(self.check_names)
         except KeyError as exc:
             raise GradeUsageError(str(exc).strip("'\"")) from None
         from lab_hardware.runtime import lab as _lab
         from lab_hardware.home import resolve
+
         home = resolve(self.cfg.lab_home)
         if not _lab.is_running(home):
-            raise GradeUsageError(f"module {self.cfg.module!r} is graded against a live lab, and none is running "
-                                  f"in {home}: start one with 'livelab up' (or pass --home)")
-        return {"home": str(home), "module": self.cfg.module, "checks": self.check_names,
-                "check_points": {s.name: s.points for s in specs}, "seed": self.cfg.seed,
-                "module_meta": dict(self.target.module_meta)}
+            raise GradeUsageError(
+                f"module {self.cfg.module!r} is graded against a live lab, and none is running "
+                f"in {home}: start one with 'livelab up' (or pass --home)"
+            )
+        return {
+            "home": str(home),
+            "module": self.cfg.module,
+            "checks": self.check_names,
+            "check_points": {s.name: s.points for s in specs},
+            "seed": self.cfg.seed,
+            "module_meta": dict(self.target.module_meta),
+        }
 
     def _load_cache(self) -> dict:
         try:
@@ -513,9 +553,11 @@ class Driver:
     # ---- writing ------------------------------------------------------------------------
     def _prepare_gradebook(self) -> None:
         from .gradebook import ensure_assignment
+
         checks = []
         if self.lab:
             from .checks.base import check_grade_id
+
             checks = [{"grade_id": check_grade_id(n), "points": p} for n, p in self.lab["check_points"].items()]
         for ref in self.refs.values():
             ensure_assignment(self.db_url, ref, checks)
@@ -523,6 +565,7 @@ class Driver:
     def _store(self, sub: Submission, res: dict) -> dict:
         from . import events
         from .outcomes import INFRA
+
         a, s, n = path_id(res["assignment"]), path_id(res["student"]), path_id(res["notebook"])
         if self.cfg.attempt is not None:
             res["attempt"] = self.cfg.attempt
@@ -544,47 +587,66 @@ class Driver:
             res["gradebook"] = self.db_url
         except Exception as exc:  # noqa: BLE001 - the result is kept; say why the gradebook is not
             res.setdefault("messages", []).append(f"gradebook not updated: {str(exc).splitlines()[0]}")
-        evs = events.events_for(res, course=self.target.course_id, version=self.target.version,
-                                team=self.team_of(res.get("student", "")))
+        evs = events.events_for(
+            res, course=self.target.course_id, version=self.target.version, team=self.team_of(res.get("student", ""))
+        )
         if self.cfg.attempt is not None:
             for e in evs:
                 e["detail"] = {**(e.get("detail") or {}), "attempt": self.cfg.attempt}
                 e["key"] = f"{e.get('key', '')}:attempt-{self.cfg.attempt}"
         if self.events_key is not None:
             from .outcomes import sign
+
             evs = sign(evs, self.events_key)
         res["events"] = self.recorder.record(evs)
         for name, b64 in (res.get("evidence") or {}).items():
             import base64
+
             p = self.work / "evidence" / s / n / name
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_bytes(base64.b64decode(b64))
         slim = {k: v for k, v in res.items() if k not in ("executed", "feedback_html", "evidence")}
         _write_json(self._result_path(res), slim)
-        self.cache[self._key(sub)] = {"student": res["student"], "notebook": res["notebook"],
-                                      "score": res["score"], "max_score": res["max_score"],
-                                      "result": str(self._result_path(res).relative_to(self.work))}
+        self.cache[self._key(sub)] = {
+            "student": res["student"],
+            "notebook": res["notebook"],
+            "score": res["score"],
+            "max_score": res["max_score"],
+            "result": str(self._result_path(res).relative_to(self.work)),
+        }
         return slim
 
     # ---- running ------------------------------------------------------------------------
     def _client(self):
         from dask.distributed import Client, LocalCluster
+
         if self.cfg.scheduler:
             try:
                 return Client(self.cfg.scheduler, timeout="10s"), None
             except (OSError, TimeoutError) as exc:
-                raise GradeUsageError(f"cannot reach the Dask scheduler at {self.cfg.scheduler}: "
-                                      f"{str(exc).splitlines()[0]}") from None
+                raise GradeUsageError(
+                    f"cannot reach the Dask scheduler at {self.cfg.scheduler}: {str(exc).splitlines()[0]}"
+                ) from None
         from distributed.security import Security
+
         # TLS with throw-away certificates: lab kernels share the loopback network, and an
         # unauthenticated scheduler would run whatever a submission sent it.
         sec = Security.temporary()
         from . import forkserver
+
         with forkserver.configured():
-            cluster = LocalCluster(n_workers=self.cfg.workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=None,
-                                   scheduler_kwargs=NO_DASHBOARD, silence_logs=logging.ERROR, security=sec,
-                                   host="127.0.0.1", protocol="tls://", env=dict(os.environ))
+            cluster = LocalCluster(
+                n_workers=self.cfg.workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                scheduler_kwargs=NO_DASHBOARD,
+                silence_logs=logging.ERROR,
+                security=sec,
+                host="127.0.0.1",
+                protocol="tls://",
+                env=dict(os.environ),
+            )
         return Client(cluster, security=sec), cluster
 
     def run(self, client=None) -> dict:
@@ -614,14 +676,32 @@ class Driver:
         all_results = results + cached
         wall = time.perf_counter() - t0
         return {
-            "course": self.target.course_id, "module": self.cfg.module, "version": self.target.version,
-            "graded": len(results), "cached": len(cached), "skipped": self.skipped,
-            "submissions": len(self.subs), "wall_seconds": wall, "timing": timing,
-            "gradebook": self.db_url, "out": str(self.out),
-            "results": sorted(({"student": r["student"], "notebook": r["notebook"], "status": r["status"],
-                                "score": r["score"], "max_score": r["max_score"],
-                                "messages": r.get("messages", []), "limits_hit": r.get("limits_hit", [])}
-                               for r in all_results), key=lambda r: (r["student"], r["notebook"])),
+            "course": self.target.course_id,
+            "module": self.cfg.module,
+            "version": self.target.version,
+            "graded": len(results),
+            "cached": len(cached),
+            "skipped": self.skipped,
+            "submissions": len(self.subs),
+            "wall_seconds": wall,
+            "timing": timing,
+            "gradebook": self.db_url,
+            "out": str(self.out),
+            "results": sorted(
+                (
+                    {
+                        "student": r["student"],
+                        "notebook": r["notebook"],
+                        "status": r["status"],
+                        "score": r["score"],
+                        "max_score": r["max_score"],
+                        "messages": r.get("messages", []),
+                        "limits_hit": r.get("limits_hit", []),
+                    }
+                    for r in all_results
+                ),
+                key=lambda r: (r["student"], r["notebook"]),
+            ),
             "per_submission": [{"student": r["student"], "timings": r.get("timings", {})} for r in results],
             "isolation": next((r.get("isolation") for r in results if r.get("isolation")), {}),
         }
@@ -629,6 +709,7 @@ class Driver:
     def _grade(self, todo: list[Submission], timing: dict, starter: "_Starter") -> list[dict]:
         from dask.distributed import as_completed
         from .gradebook import Writer
+
         t = time.perf_counter()
         starter.join()
         timing["wait_for_workers"] = time.perf_counter() - t
@@ -639,17 +720,28 @@ class Driver:
         out: list[dict] = []
         self.writer = Writer(self.db_url)
         from .events import Recorder
+
         self.recorder = Recorder(self.cfg.events, self.work / "events.jsonl")
         try:
             t = time.perf_counter()
             futs = {}
             for sub in todo:
-                fut = client.submit(_task, sub, self.refs[sub.notebook], self.opts, self.lab, pure=False,
-                                    retries=1,  # a worker lost mid-submission: once more elsewhere
-                                    key=f"grade-{_safe(sub.student)}-{_safe(sub.notebook)}-{os.urandom(4).hex()}")
+                fut = client.submit(
+                    _task,
+                    sub,
+                    self.refs[sub.notebook],
+                    self.opts,
+                    self.lab,
+                    pure=False,
+                    retries=1,  # a worker lost mid-submission: once more elsewhere
+                    key=f"grade-{_safe(sub.student)}-{_safe(sub.notebook)}-{os.urandom(4).hex()}",
+                )
                 futs[fut] = sub
-            progress = _progress(len(todo)) if self.cfg.progress else (
-                _lines(len(todo), self.cfg.progress_sink) if self.cfg.progress_lines else None)
+            progress = (
+                _progress(len(todo))
+                if self.cfg.progress
+                else (_lines(len(todo), self.cfg.progress_sink) if self.cfg.progress_lines else None)
+            )
             try:
                 for fut in as_completed(futs):
                     sub = futs[fut]
@@ -657,14 +749,23 @@ class Driver:
                         res = fut.result()
                     except Exception as exc:  # noqa: BLE001 - workers lost: the machine's failure, not a 0
                         from .outcomes import infra_result
-                        res = infra_result(sub, self.refs[sub.notebook],
-                                           f"the grading worker was lost ({exc.__class__.__name__}: "
-                                           f"{str(exc).splitlines()[0][:160] if str(exc) else ''})")
+
+                        res = infra_result(
+                            sub,
+                            self.refs[sub.notebook],
+                            f"the grading worker was lost ({exc.__class__.__name__}: "
+                            f"{str(exc).splitlines()[0][:160] if str(exc) else ''})",
+                        )
                     out.append(self._store(sub, res))
                     if progress:
-                        progress.advance(f"{res['student']}: " + (
-                            f"{res['score']:g}/{res['max_score']:g}" if res.get("score") is not None
-                            else res.get("status", "?")))
+                        progress.advance(
+                            f"{res['student']}: "
+                            + (
+                                f"{res['score']:g}/{res['max_score']:g}"
+                                if res.get("score") is not None
+                                else res.get("status", "?")
+                            )
+                        )
             finally:
                 if progress:
                     progress.close()
@@ -676,6 +777,7 @@ class Driver:
             parts = timing["close_parts"] = {}
             try:
                 import psutil
+
                 me = psutil.Process().cpu_times()
                 cpu = {"driver": me.user + me.system, "workers": 0.0, "kernels": 0.0, "fork_servers": 0.0}
                 for w in client.run(_cpu_worker).values():
@@ -702,6 +804,7 @@ class Driver:
                 cluster.close(timeout=10)
                 parts["cluster_close"] = time.perf_counter() - t1
                 from . import forkserver
+
                 t1 = time.perf_counter()
                 forkserver.stop()
                 parts["forkserver_stop"] = time.perf_counter() - t1
@@ -738,8 +841,16 @@ class _progress:
     def __init__(self, total: int):
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-        self.p = Progress(TextColumn("grading"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          TextColumn("{task.description}"), console=Console(stderr=True), transient=False)
+
+        self.p = Progress(
+            TextColumn("grading"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            console=Console(stderr=True),
+            transient=False,
+        )
         self.p.start()
         self.task = self.p.add_task("", total=total)
 
@@ -756,6 +867,7 @@ class _lines:
 
     def __init__(self, total: int, sink=None):
         import sys
+
         self.total, self.done, self.t0 = total, 0, time.perf_counter()
         self.sink = sink or (lambda line: print(line, file=sys.stderr, flush=True))
         self.sink(f"grading {total} submission(s)")

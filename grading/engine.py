@@ -44,23 +44,23 @@ class RunContext:
 
     output_bytes: int
     kill: Callable[[], None]
-    nb: NotebookNode | None = None              # the notebook being executed (outputs so far)
-    replies: dict[int, str] = field(default_factory=dict)   # id(cell) -> reply status
+    nb: NotebookNode | None = None  # the notebook being executed (outputs so far)
+    replies: dict[int, str] = field(default_factory=dict)  # id(cell) -> reply status
     output_total: int = 0
     flooded: bool = False
     flood_cell: int | None = None
     interrupted_at: float | None = None
-    timeouts: list[int] = field(default_factory=list)       # id(cell) of interrupted cells
-    marks: dict[str, float] = field(default_factory=dict)    # monotonic times: ready, cells_done
-    on_ready: Callable[[], None] | None = None              # the kernel answered: start the total clock
+    timeouts: list[int] = field(default_factory=list)  # id(cell) of interrupted cells
+    marks: dict[str, float] = field(default_factory=dict)  # monotonic times: ready, cells_done
+    on_ready: Callable[[], None] | None = None  # the kernel answered: start the total clock
     lock: threading.Lock = field(default_factory=threading.Lock)
     reply_errors: dict[int, tuple[str, str]] = field(default_factory=dict)  # id(cell) -> (ename, evalue)
     #: grade ids of the release's test cells and of its other locked code cells; None: no guard
     test_ids: set[str] | None = None
     release_ids: set[str] = field(default_factory=set)
-    release_names: set[str] = field(default_factory=set)    # names the release's cells define
+    release_names: set[str] = field(default_factory=set)  # names the release's cells define
     interfered: dict[int, str] = field(default_factory=dict)  # id(cell) -> why the test does not count
-    discarded: int = 0                                        # outputs discarded past the bound
+    discarded: int = 0  # outputs discarded past the bound
 
     def role(self, cell) -> str:
         """``test``, ``release`` (the release's own locked code, papermill's parameters) or
@@ -116,8 +116,14 @@ class GradingNotebookClient(PapermillNotebookClient):
         nonce = os.urandom(8).hex()
         expr = f"__import__('sys').modules['_livelab_guard'].{call}({', '.join(map(repr, (nonce, *args)))})"
         try:
-            msg_id = self.kc.execute("", silent=True, store_history=False, user_expressions={"r": expr},
-                                     allow_stdin=False, stop_on_error=False)
+            msg_id = self.kc.execute(
+                "",
+                silent=True,
+                store_history=False,
+                user_expressions={"r": expr},
+                allow_stdin=False,
+                stop_on_error=False,
+            )
             reply = await self.async_wait_for_reply(msg_id)
         except Exception as exc:  # noqa: BLE001 - a dead kernel: the cell's own run says so
             return f"no answer ({exc.__class__.__name__})"
@@ -127,7 +133,7 @@ class GradingNotebookClient(PapermillNotebookClient):
         text = str((r.get("data") or {}).get("text/plain", ""))
         if r.get("status") != "ok" or not text.strip("'\"").startswith(f"{nonce}:"):
             return "no answer from the grader's guard (the notebook removed or broke it)"
-        return text.strip("'\"")[len(nonce) + 1:]
+        return text.strip("'\"")[len(nonce) + 1 :]
 
     guard = run_sync(_async_guard)
 
@@ -148,8 +154,9 @@ class GradingNotebookClient(PapermillNotebookClient):
             if role == "test" and id(cell) not in ctx.interfered:
                 answer = self.guard("leave")
                 if answer.startswith("tampered:"):
-                    ctx.interfered[id(cell)] = (f"the notebook changed the grader's {answer.split(':', 1)[1]} "
-                                                "while the test ran")
+                    ctx.interfered[id(cell)] = (
+                        f"the notebook changed the grader's {answer.split(':', 1)[1]} while the test ran"
+                    )
                 elif answer != "ok":
                     ctx.interfered[id(cell)] = f"the grader could not check its own IPython after it: {answer}"
 
@@ -172,25 +179,48 @@ class GradingNotebookClient(PapermillNotebookClient):
                 ctx.flood_cell = cell_index
                 if out in outs:
                     outs.remove(out)
-                outs.append(new_output("stream", name="stdout", text=(
-                    f"\n[livelab grader: output stopped here: the notebook produced more than "
-                    f"{ctx.output_bytes:,} bytes of output; the rest was discarded and the cell ran on]\n")))
+                outs.append(
+                    new_output(
+                        "stream",
+                        name="stdout",
+                        text=(
+                            f"\n[livelab grader: output stopped here: the notebook produced more than "
+                            f"{ctx.output_bytes:,} bytes of output; the rest was discarded and the cell ran on]\n"
+                        ),
+                    )
+                )
                 return None
         return out
 
 
 class GradingEngine(NBClientEngine):
     @classmethod
-    def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None,
-                                 stderr_file=None, start_timeout=60, execution_timeout=None,
-                                 run_context: RunContext | None = None, **kwargs: Any):
+    def execute_managed_notebook(
+        cls,
+        nb_man,
+        kernel_name,
+        log_output=False,
+        stdout_file=None,
+        stderr_file=None,
+        start_timeout=60,
+        execution_timeout=None,
+        run_context: RunContext | None = None,
+        **kwargs: Any,
+    ):
         kwargs.pop("input_path", None)
         kwargs.pop("timeout", None)
         kwargs.pop("startup_timeout", None)
         client = GradingNotebookClient(
-            nb_man, run_context=run_context, timeout=execution_timeout, startup_timeout=start_timeout,
-            kernel_name=kernel_name, log_output=log_output, stdout_file=stdout_file,
-            stderr_file=stderr_file, **kwargs)
+            nb_man,
+            run_context=run_context,
+            timeout=execution_timeout,
+            startup_timeout=start_timeout,
+            kernel_name=kernel_name,
+            log_output=log_output,
+            stdout_file=stdout_file,
+            stderr_file=stderr_file,
+            **kwargs,
+        )
         return client.execute()
 
 

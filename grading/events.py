@@ -20,8 +20,7 @@ from pathlib import Path
 SCHEMA = "livelab.event/v1"
 
 
-def events_for(result: dict, *, course: str | None = None, version: str | None = None,
-               team: str = "") -> list[dict]:
+def events_for(result: dict, *, course: str | None = None, version: str | None = None, team: str = "") -> list[dict]:
     """One check-passed/check-failed event per graded item (tests and lab checks), and
     module-completed when everything passed."""
     now = min(result.get("graded_at") or time.time(), time.time())
@@ -29,9 +28,17 @@ def events_for(result: dict, *, course: str | None = None, version: str | None =
     # A grader run by a system identity (the release gate, the demo's bots, a benchmark: see
     # labs.learning_events.system_identity) marks its events so that reports can leave them out.
     system = os.environ.get("LIVELAB_SYSTEM", "").strip().lower() in ("1", "true", "yes")
-    base = {"schema": SCHEMA, "source": "grader", "module": result["assignment"],
-            "learner": result["student"], "course": course or "", "version": version or "",
-            "team": team, "key": key, "system": system}
+    base = {
+        "schema": SCHEMA,
+        "source": "grader",
+        "module": result["assignment"],
+        "learner": result["student"],
+        "course": course or "",
+        "version": version or "",
+        "team": team,
+        "key": key,
+        "system": system,
+    }
     out = []
     opened = (result.get("lab") or {}).get("opened_at")
     if opened:  # the notebook's own event store lives in its sandbox; the lab saw it open
@@ -40,14 +47,31 @@ def events_for(result: dict, *, course: str | None = None, version: str | None =
         if row.get("score") is None:  # manually graded answers are not signals yet
             continue
         passed = row["score"] >= row["max_score"]
-        out.append({**base, "kind": "check-passed" if passed else "check-failed",
-                    "time": row.get("time", now), "check": row.get("check") or row["grade_id"],
-                    "detail": {"check_kind": row["kind"], "score": row["score"], "points": row["max_score"],
-                               "message": row.get("message"), "submission": result.get("submission_sha256"),
-                               "notebook": result.get("notebook")}})
+        out.append(
+            {
+                **base,
+                "kind": "check-passed" if passed else "check-failed",
+                "time": row.get("time", now),
+                "check": row.get("check") or row["grade_id"],
+                "detail": {
+                    "check_kind": row["kind"],
+                    "score": row["score"],
+                    "points": row["max_score"],
+                    "message": row.get("message"),
+                    "submission": result.get("submission_sha256"),
+                    "notebook": result.get("notebook"),
+                },
+            }
+        )
     if result.get("status") == "graded" and result["max_score"] > 0 and result["score"] >= result["max_score"]:
-        out.append({**base, "kind": "module-completed", "time": now,
-                    "detail": {"score": result["score"], "points": result["max_score"]}})
+        out.append(
+            {
+                **base,
+                "kind": "module-completed",
+                "time": now,
+                "detail": {"score": result["score"], "points": result["max_score"]},
+            }
+        )
     return out
 
 
@@ -64,6 +88,7 @@ class Recorder:
         if self._store is None and self.error is None:
             try:
                 from labs.learning_events import EventStore  # lazily: see the module doc
+
                 self._store = EventStore(self.target)
             except Exception as exc:  # noqa: BLE001 - any reason: fall back to the file
                 self.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -29,13 +29,18 @@ def _exporter():
             from nbconvert.exporters import HTMLExporter
             from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
             from traitlets.config import Config
+
             base = os.path.dirname(nbgrader.__file__)
             c = Config()
             c.HTMLExporter.template_name = "feedback"
             c.HTMLExporter.extra_template_basedirs = [
-                os.path.join(base, "server_extensions", "formgrader", "templates")]
-            c.HTMLExporter.extra_template_paths = [os.path.join(
-                base, "server_extensions", "formgrader", "static", "node_modules", "bootstrap", "dist", "css")]
+                os.path.join(base, "server_extensions", "formgrader", "templates")
+            ]
+            c.HTMLExporter.extra_template_paths = [
+                os.path.join(
+                    base, "server_extensions", "formgrader", "static", "node_modules", "bootstrap", "dist", "css"
+                )
+            ]
             ex = HTMLExporter(config=c)
             ex.register_preprocessor(CSSHTMLHeaderPreprocessor(config=c), enabled=True)
             _EXPORTER = ex
@@ -48,8 +53,10 @@ def _summary_cell(result: dict) -> nbformat.NotebookNode:
         if c.get("score") is None:
             continue
         mark = "passed" if c["score"] >= c["max_score"] else ("partial" if c["score"] > 0 else "failed")
-        lines.append(f"- **{html.escape(c['grade_id'])}** ({c['kind']}): {c['score']:g} / {c['max_score']:g} {mark}"
-                     + (f" — {html.escape(c['message'])}" if c.get("message") else ""))
+        lines.append(
+            f"- **{html.escape(c['grade_id'])}** ({c['kind']}): {c['score']:g} / {c['max_score']:g} {mark}"
+            + (f" — {html.escape(c['message'])}" if c.get("message") else "")
+        )
     if result.get("messages"):
         lines += ["", "### Notes from the grader", ""]
         lines += [f"- {html.escape(m)}" for m in result["messages"]]
@@ -67,7 +74,13 @@ def render(nb: nbformat.NotebookNode, result: dict) -> str:
             meta["score"] = c["score"] if c and c["score"] is not None else 0.0
             meta["points"] = c["max_score"] if c else float(meta.get("points", 0) or 0)
     nb.cells.insert(0, _summary_cell(result))
-    resources = {"nbgrader": {"notebook": result.get("notebook", "notebook"), "score": result["score"],
-                              "max_score": result["max_score"], "late_penalty": 0}}
+    resources = {
+        "nbgrader": {
+            "notebook": result.get("notebook", "notebook"),
+            "score": result["score"],
+            "max_score": result["max_score"],
+            "late_penalty": 0,
+        }
+    }
     body, _ = _exporter().from_notebook_node(nb, resources=resources)
     return body

@@ -34,6 +34,7 @@ def _context():
 def start() -> None:
     """Start the fork server now (it preloads in the background); no-op if it runs."""
     from multiprocessing import forkserver
+
     _context()
     forkserver.ensure_running()
 
@@ -44,6 +45,7 @@ class configured:
     def __enter__(self):
         import dask
         from distributed import utils as dutils
+
         _context()
         dutils._forkserver_preload_set = True  # keep our preload list, not Dask's
         self._cfg = dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
@@ -64,6 +66,7 @@ def stop() -> None:
     import os
     import signal
     from multiprocessing import forkserver
+
     fs = forkserver._forkserver
     pid = getattr(fs, "_forkserver_pid", None)
     if pid:

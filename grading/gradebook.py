@@ -25,12 +25,14 @@ def url_for(path: str | Path) -> str:
     return s if "://" in s else f"sqlite:///{Path(s).resolve()}"
 
 
-def ensure_assignment(db_url: str, ref: Reference, checks: list[dict] | None = None,
-                      course_id: str = "default_course") -> None:
+def ensure_assignment(
+    db_url: str, ref: Reference, checks: list[dict] | None = None, course_id: str = "default_course"
+) -> None:
     """Mirror the release's assignment, notebook and cells (and the lab checks as grade
     cells) into the target gradebook, as ``generate_assignment`` would have."""
     _ensure_alembic_on_path()
     from nbgrader.api import Gradebook
+
     with Gradebook(ref.ensure_local().db_url) as src:
         snb = src.find_notebook(ref.notebook, ref.assignment)
         grade = [(c.name, c.max_score, c.cell_type) for c in snb.grade_cells]
@@ -48,19 +50,28 @@ def ensure_assignment(db_url: str, ref: Reference, checks: list[dict] | None = N
         for name, max_score, ctype in task:
             gb.update_or_create_task_cell(name, ref.notebook, ref.assignment, max_score=max_score, cell_type=ctype)
         for name, ctype, locked, text, checksum in source:
-            gb.update_or_create_source_cell(name, ref.notebook, ref.assignment, cell_type=ctype,
-                                            locked=locked, source=text, checksum=checksum)
+            gb.update_or_create_source_cell(
+                name, ref.notebook, ref.assignment, cell_type=ctype, locked=locked, source=text, checksum=checksum
+            )
         for chk in checks or []:
-            gb.update_or_create_grade_cell(chk["grade_id"], ref.notebook, ref.assignment,
-                                           max_score=float(chk["points"]), cell_type="code")
-            gb.update_or_create_source_cell(chk["grade_id"], ref.notebook, ref.assignment, cell_type="code",
-                                            locked=True, source=chk.get("source", f"# livelab check {chk['grade_id']}"),
-                                            checksum=None)
+            gb.update_or_create_grade_cell(
+                chk["grade_id"], ref.notebook, ref.assignment, max_score=float(chk["points"]), cell_type="code"
+            )
+            gb.update_or_create_source_cell(
+                chk["grade_id"],
+                ref.notebook,
+                ref.assignment,
+                cell_type="code",
+                locked=True,
+                source=chk.get("source", f"# livelab check {chk['grade_id']}"),
+                checksum=None,
+            )
 
 
 def _ensure_grade_rows(gb, assignment: str, notebook: str, student: str) -> None:
     """A submission created before a grade cell existed lacks its Grade row: add it."""
     from nbgrader.api import Grade
+
     snb = gb.find_submission_notebook(notebook, assignment, student)
     have = {g.cell_id for g in snb.grades}
     for cell in snb.notebook.grade_cells:
@@ -73,6 +84,7 @@ def _reset_absent(gb, nb, assignment: str, notebook: str, student: str) -> None:
     """A regrade replaces every grade of the previous attempt: a grade cell that is not in
     this attempt's executed notebook (it did not run) keeps no old score."""
     from nbgrader import utils
+
     present = {c.metadata["nbgrader"]["grade_id"] for c in nb.cells if utils.is_grade(c)}
     snb = gb.find_submission_notebook(notebook, assignment, student)
     for g in snb.grades:
@@ -90,6 +102,7 @@ class Writer:
     def __init__(self, db_url: str, course_id: str = "default_course"):
         _ensure_alembic_on_path()
         from nbgrader.api import Gradebook
+
         self.db_url = db_url
         self.gb = Gradebook(db_url, course_id=course_id)
         self._pp = None
@@ -98,6 +111,7 @@ class Writer:
         if self._pp is None:
             from nbgrader.preprocessors import SaveAutoGrades
             from nbgrader.preprocessors.base import NbGraderPreprocessor
+
             gb = self.gb
 
             class SaveInto(SaveAutoGrades):
@@ -117,6 +131,7 @@ class Writer:
 
     def save(self, result: dict) -> None:
         import warnings
+
         with warnings.catch_warnings():
             # nbgrader's add_submission builds related rows before adding them to the session;
             # SQLAlchemy warns about it, harmlessly, once per new submission
@@ -156,8 +171,17 @@ class Writer:
                 gb.db.commit()
                 return
             nb = nbformat.reads(result["executed"], as_version=4)
-            self._saver().preprocess(nb, {"nbgrader": {"notebook": notebook, "assignment": assignment,
-                                                       "student": student, "db_url": self.db_url}})
+            self._saver().preprocess(
+                nb,
+                {
+                    "nbgrader": {
+                        "notebook": notebook,
+                        "assignment": assignment,
+                        "student": student,
+                        "db_url": self.db_url,
+                    }
+                },
+            )
             _reset_absent(gb, nb, assignment, notebook, student)
         except Exception:
             gb.db.rollback()
@@ -178,6 +202,7 @@ def save(db_url: str, result: dict, course_id: str = "default_course") -> None:
     _ensure_alembic_on_path()
     from nbgrader.api import Gradebook
     from nbgrader.preprocessors import SaveAutoGrades
+
     assignment, notebook, student = result["assignment"], result["notebook"], result["student"]
     with Gradebook(db_url, course_id=course_id) as gb:
         gb.update_or_create_student(student)
@@ -193,8 +218,9 @@ def save(db_url: str, result: dict, course_id: str = "default_course") -> None:
     nb = nbformat.reads(result["executed"], as_version=4)
     pp = SaveAutoGrades()
     pp.log.setLevel(logging.ERROR)
-    pp.preprocess(nb, {"nbgrader": {"notebook": notebook, "assignment": assignment, "student": student,
-                                    "db_url": db_url}})
+    pp.preprocess(
+        nb, {"nbgrader": {"notebook": notebook, "assignment": assignment, "student": student, "db_url": db_url}}
+    )
     with Gradebook(db_url, course_id=course_id) as gb:
         _reset_absent(gb, nb, assignment, notebook, student)
 
@@ -202,6 +228,7 @@ def save(db_url: str, result: dict, course_id: str = "default_course") -> None:
 def scores(db_url: str, assignment: str, course_id: str = "default_course") -> dict[str, float]:
     """student -> total score of ``assignment`` as the gradebook has it (what export shows)."""
     from nbgrader.api import Gradebook
+
     out = {}
     with Gradebook(db_url, course_id=course_id) as gb:
         for sub in gb.assignment_submissions(assignment):

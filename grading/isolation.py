@@ -71,6 +71,7 @@ class Observer:
     def __init__(self, home: Path, namespace: str, *, store_captures: bool = True):
         from lab_hardware.runtime import lab as _lab
         from lab_hardware import mqtt, topics
+
         self.home, self.namespace = Path(home), namespace
         self.messages: list[Message] = []
         self.store_captures = store_captures
@@ -91,6 +92,7 @@ class Observer:
             self.messages.append(m)
         if self.store_captures and msg.topic.endswith("/capture"):
             from lab_hardware.modelops import replay
+
             try:
                 replay.store_capture(self.home, json.loads(msg.payload))
             except Exception as exc:  # noqa: BLE001 - a refused capture is evidence, not a crash
@@ -102,6 +104,7 @@ class Observer:
 
     def close(self, drain: float = 0.3) -> None:
         from lab_hardware import mqtt
+
         if self._closed:
             return
         time.sleep(drain)  # messages in flight when the kernel died
@@ -110,16 +113,19 @@ class Observer:
 
     def dump(self) -> bytes:
         """The capture as gzipped JSON lines (payloads base64), kept with the result."""
-        lines = [json.dumps({"t": m.time, "topic": m.topic, "retain": m.retain,
-                             "payload": base64.b64encode(m.payload).decode()}) for m in self.snapshot()]
+        lines = [
+            json.dumps(
+                {"t": m.time, "topic": m.topic, "retain": m.retain, "payload": base64.b64encode(m.payload).decode()}
+            )
+            for m in self.snapshot()
+        ]
         return gzip.compress(("\n".join(lines) + "\n").encode(), compresslevel=6)
 
 
 class LabSlot:
     """One submission's lab: namespace, observer, learner view, kernel (see module doc)."""
 
-    def __init__(self, home: Path, module: str, *, seed: int = 0, devices: int = 3,
-                 module_meta: dict | None = None):
+    def __init__(self, home: Path, module: str, *, seed: int = 0, devices: int = 3, module_meta: dict | None = None):
         self.home = Path(home)
         self.module = module
         self.seed = seed
@@ -141,6 +147,7 @@ class LabSlot:
     def open(self, config: SandboxConfig) -> "LabSlot":
         from lab_hardware.runtime import lab as _lab
         from lab_hardware.modelops import replay
+
         t = time.perf_counter()
         self.created = time.time()
         self.desc = _lab.add_namespace(self.home, self.namespace, devices=self.ndevices)
@@ -153,10 +160,17 @@ class LabSlot:
         self.untidy = self.seed_untidy()
         self.timings["untidy"] = time.perf_counter() - t
         t = time.perf_counter()
-        cfg = SandboxConfig(limits=config.limits, kernel_name=config.kernel_name,
-                            hide=[*config.hide, *self.hidden()], binds=self.binds(), network=True,
-                            isolate=config.isolate, env={**config.env, **self.env()},
-                            fork_server=config.fork_server, files=self.files())
+        cfg = SandboxConfig(
+            limits=config.limits,
+            kernel_name=config.kernel_name,
+            hide=[*config.hide, *self.hidden()],
+            binds=self.binds(),
+            network=True,
+            isolate=config.isolate,
+            env={**config.env, **self.env()},
+            fork_server=config.fork_server,
+            files=self.files(),
+        )
         self.kernel = Kernel(cfg).start()
         self.timings["kernel_start"] = time.perf_counter() - t
         return self
@@ -164,8 +178,15 @@ class LabSlot:
     def seed_untidy(self) -> list[dict]:
         """The module's seeded untidy start (``grading/untidy.py``), with the observer on."""
         from .untidy import seed_namespace
-        return seed_namespace(self.home, self.namespace, list(self.desc["devices"]),
-                              self.module_meta.get("untidy"), seed=self.seed, module=self.module)
+
+        return seed_namespace(
+            self.home,
+            self.namespace,
+            list(self.desc["devices"]),
+            self.module_meta.get("untidy"),
+            seed=self.seed,
+            module=self.module,
+        )
 
     def learner_home(self) -> str:
         return "{kernel}/lab"
@@ -177,13 +198,17 @@ class LabSlot:
 
     def binds(self) -> list[tuple[str, str]]:
         from lab_hardware.modelops import replay
+
         lh = self.learner_home()
         from lab_hardware.modelops import keys
+
         trust = keys.namespace_home(self.home, self.namespace) / "trust"  # this namespace's own store
         trust.mkdir(parents=True, exist_ok=True)
-        return [(str(self.home / "scenario"), f"{lh}/scenario"),
-                (str(replay.captures_dir(self.home, self.namespace)), f"{lh}/replays/captures/{self.namespace}"),
-                (str(trust), f"{lh}/trust")]
+        return [
+            (str(self.home / "scenario"), f"{lh}/scenario"),
+            (str(replay.captures_dir(self.home, self.namespace)), f"{lh}/replays/captures/{self.namespace}"),
+            (str(trust), f"{lh}/trust"),
+        ]
 
     def hidden(self) -> list[str]:
         return [str(self.home)]
@@ -192,8 +217,14 @@ class LabSlot:
         return {"LIVELAB_HOME": self.learner_home(), "LIVELAB_DEFAULT_HOME": self.learner_home()}
 
     def parameters(self) -> dict:
-        return {"LIVELAB_HOME": self.learner_home_path(), "NAMESPACE": self.namespace, "LEARNER": self.student,
-                "SEED": self.seed, "learner_id": self.student, "seed": self.seed}
+        return {
+            "LIVELAB_HOME": self.learner_home_path(),
+            "NAMESPACE": self.namespace,
+            "LEARNER": self.student,
+            "SEED": self.seed,
+            "learner_id": self.student,
+            "seed": self.seed,
+        }
 
     def learner_home_path(self) -> str:
         return str(self.kernel.dir / "lab") if self.kernel else ""
@@ -202,6 +233,7 @@ class LabSlot:
         """The devices record the broker-proven commands of ``learner.<ns>`` under the
         student's name (audit ``by``); a name that is not a valid one keeps the username."""
         from lab_hardware.runtime import lab as _lab
+
         if self.student and self.desc is not None:
             try:
                 _lab.name_learner(self.home, self.namespace, self.student)
@@ -234,10 +266,18 @@ class LabSlot:
         return {"files": files, "bytes": total}
 
     def context(self, artifacts=None) -> CheckContext:
-        return CheckContext(home=self.home, namespace=self.namespace, devices=list(self.desc["devices"]),
-                            learner=self.student, module=self.module, started=self.created, ended=time.time(),
-                            messages=self.observer.snapshot() if self.observer else None,
-                            artifacts=self.artifacts, module_meta=self.module_meta)
+        return CheckContext(
+            home=self.home,
+            namespace=self.namespace,
+            devices=list(self.desc["devices"]),
+            learner=self.student,
+            module=self.module,
+            started=self.created,
+            ended=time.time(),
+            messages=self.observer.snapshot() if self.observer else None,
+            artifacts=self.artifacts,
+            module_meta=self.module_meta,
+        )
 
     def summary(self) -> dict:
         msgs = self.observer.snapshot() if self.observer else []
@@ -248,16 +288,20 @@ class LabSlot:
             by_kind.setdefault(kind, [0, 0])
             by_kind[kind][0] += 1
             by_kind[kind][1] += m.size
-        return {"namespace": self.namespace, "devices": list(self.desc["devices"]) if self.desc else [],
-                "opened_at": _first_opening(msgs, self.namespace),
-                "observed": {k: {"messages": v[0], "bytes": v[1]} for k, v in sorted(by_kind.items())},
-                "capture_store_errors": (self.observer.capture_errors[:5] if self.observer else []),
-                "untidy": self.untidy,
-                "setup_seconds": {k: round(v, 3) for k, v in self.timings.items()}}
+        return {
+            "namespace": self.namespace,
+            "devices": list(self.desc["devices"]) if self.desc else [],
+            "opened_at": _first_opening(msgs, self.namespace),
+            "observed": {k: {"messages": v[0], "bytes": v[1]} for k, v in sorted(by_kind.items())},
+            "capture_store_errors": (self.observer.capture_errors[:5] if self.observer else []),
+            "untidy": self.untidy,
+            "setup_seconds": {k: round(v, 3) for k, v in self.timings.items()},
+        }
 
     def evidence(self) -> dict:
         """Observer log and audit chains (base64 gzip) to keep next to the result."""
         from lab_hardware import home as _home
+
         out = {}
         if self.observer is not None:
             out["observer.jsonl.gz"] = base64.b64encode(self.observer.dump()).decode()
@@ -270,6 +314,7 @@ class LabSlot:
     def close(self) -> None:
         from lab_hardware.runtime import lab as _lab
         from lab_hardware.modelops import replay
+
         if self.kernel is not None:
             self.kernel.close()
         if self.observer is not None:
@@ -286,8 +331,16 @@ class LabSlot:
 class LabPool:
     """Keeps the next slot (namespace + observer + kernel) opening while one is graded."""
 
-    def __init__(self, home: Path, module: str, config: SandboxConfig, *, seed: int = 0,
-                 module_meta: dict | None = None, prefetch: bool = True):
+    def __init__(
+        self,
+        home: Path,
+        module: str,
+        config: SandboxConfig,
+        *,
+        seed: int = 0,
+        module_meta: dict | None = None,
+        prefetch: bool = True,
+    ):
         self.home, self.module, self.config, self.seed = Path(home), module, config, seed
         self.module_meta = module_meta or {}
         self.prefetch = prefetch
@@ -342,15 +395,23 @@ def grade_in_lab(sub, ref, opts, labcfg: dict, *, pool: LabPool | None = None) -
     """Grade one lab-module submission in a fresh namespace of the running lab."""
     from . import runner
     from .checks.base import load_checks
+
     if pool is None:
-        key = json.dumps([labcfg["home"], labcfg["module"], labcfg.get("seed", 0), opts.limits.as_dict(),
-                          sorted(opts.hide)])
+        key = json.dumps(
+            [labcfg["home"], labcfg["module"], labcfg.get("seed", 0), opts.limits.as_dict(), sorted(opts.hide)]
+        )
         with _POOLS_LOCK:
             pool = _POOLS.get(key)
             if pool is None:
                 import atexit
-                pool = _POOLS[key] = LabPool(Path(labcfg["home"]), labcfg["module"], runner.sandbox_config(opts),
-                                             seed=labcfg.get("seed", 0), module_meta=labcfg.get("module_meta"))
+
+                pool = _POOLS[key] = LabPool(
+                    Path(labcfg["home"]),
+                    labcfg["module"],
+                    runner.sandbox_config(opts),
+                    seed=labcfg.get("seed", 0),
+                    module_meta=labcfg.get("module_meta"),
+                )
                 atexit.register(pool.close)
     t0 = time.perf_counter()
     slot = pool.take()

@@ -41,13 +41,15 @@ def _shell():
 
 
 def _cell_file(name) -> bool:
-    return isinstance(name, str) and (name.startswith("<ipython-input") or "/ipykernel_" in name
-                                      or name.startswith("<cell"))
+    return isinstance(name, str) and (
+        name.startswith("<ipython-input") or "/ipykernel_" in name or name.startswith("<cell")
+    )
 
 
 def _from_notebook(v) -> bool:
     """Was ``v`` made by notebook code (so it may not replace the grader's)?"""
     import functools
+
     for _ in range(8):
         if isinstance(v, _types.MethodType):
             v = v.__func__
@@ -72,9 +74,20 @@ def _from_notebook(v) -> bool:
 def _guarded_objects(shell) -> list:
     """Objects whose attributes decide how a cell runs: their instance dicts and classes."""
     objs = [shell, getattr(shell, "kernel", None)]
-    for name in ("compile", "displayhook", "display_pub", "display_trap", "builtin_trap", "events",
-                 "input_transformer_manager", "display_formatter", "InteractiveTB", "SyntaxTB",
-                 "payload_manager", "extension_manager"):
+    for name in (
+        "compile",
+        "displayhook",
+        "display_pub",
+        "display_trap",
+        "builtin_trap",
+        "events",
+        "input_transformer_manager",
+        "display_formatter",
+        "InteractiveTB",
+        "SyntaxTB",
+        "payload_manager",
+        "extension_manager",
+    ):
         objs.append(getattr(shell, name, None))
     return [o for o in objs if o is not None]
 
@@ -96,9 +109,15 @@ def _lists(obj) -> dict:
 
 
 def _sys_hooks() -> dict:
-    return {"displayhook": _sys.displayhook, "excepthook": _sys.excepthook,
-            "breakpointhook": _sys.breakpointhook, "stdout": _sys.stdout, "stderr": _sys.stderr,
-            "trace": _sys.gettrace(), "profile": _sys.getprofile()}
+    return {
+        "displayhook": _sys.displayhook,
+        "excepthook": _sys.excepthook,
+        "breakpointhook": _sys.breakpointhook,
+        "stdout": _sys.stdout,
+        "stderr": _sys.stderr,
+        "trace": _sys.gettrace(),
+        "profile": _sys.getprofile(),
+    }
 
 
 def _set_sys_hooks(h: dict) -> None:
@@ -173,9 +192,12 @@ def enter(nonce: str, release_names=()) -> str:
     checkpoint()
     shell, snap = _shell(), _state["snap"]
     learner = {
-        "builtins": dict(vars(_b)), "sys": _sys_hooks(), "ast": shell.ast_transformers,
+        "builtins": dict(vars(_b)),
+        "sys": _sys_hooks(),
+        "ast": shell.ast_transformers,
         "post": getattr(shell, "input_transformers_post", None),
-        "manager": shell.input_transformer_manager, "events": shell.events,
+        "manager": shell.input_transformer_manager,
+        "events": shell.events,
         "custom_exceptions": shell.custom_exceptions,
         "ns_builtins": shell.user_ns.get("__builtins__", _MISSING),
     }
@@ -195,8 +217,15 @@ def enter(nonce: str, release_names=()) -> str:
         d = vars(obj)
         _swap_namespace(None, d.__setitem__, d.__delitem__, d, saved, undo, additions=True)
     for cls, saved in snap["classes"]:
-        _swap_namespace(None, (lambda k, v, c=cls: setattr(c, k, v)), (lambda k, c=cls: delattr(c, k)),
-                        dict(vars(cls)), saved, undo, additions=True)
+        _swap_namespace(
+            None,
+            (lambda k, v, c=cls: setattr(c, k, v)),
+            (lambda k, c=cls: delattr(c, k)),
+            dict(vars(cls)),
+            saved,
+            undo,
+            additions=True,
+        )
     ns = shell.user_ns
     keep = set(release_names)
     for k in [k for k in list(ns) if k in snap["builtins"] and k not in keep and not k.startswith("_")]:
@@ -230,16 +259,21 @@ def _intact() -> list[str]:
     if list(getattr(shell, "input_transformers_post", [])) != snap["post"]:
         bad.append("input transformers")
     if shell.input_transformer_manager is not snap["manager"] or any(
-            list(v) != snap["manager_lists"].get(k, []) for k, v in _lists(snap["manager"]).items()):
+        list(v) != snap["manager_lists"].get(k, []) for k, v in _lists(snap["manager"]).items()
+    ):
         bad.append("input transformers")
     if shell.events is not snap["events"] or any(
-            [c for c in v if _from_notebook(c)] for v in shell.events.callbacks.values()):
+        [c for c in v if _from_notebook(c)] for v in shell.events.callbacks.values()
+    ):
         bad.append("event hooks")
     if shell.custom_exceptions != snap["custom_exceptions"]:
         bad.append("custom exception handlers")
     b = vars(_b)
-    if any(b.get(k, _MISSING) is not v for k, v in snap["builtins"].items()
-           if k not in ("_", "__IPYTHON__", "get_ipython", "exit", "quit", "display")):
+    if any(
+        b.get(k, _MISSING) is not v
+        for k, v in snap["builtins"].items()
+        if k not in ("_", "__IPYTHON__", "get_ipython", "exit", "quit", "display")
+    ):
         bad.append("builtins")
     for obj, saved in snap["objects"]:
         if any(_from_notebook(v) and saved.get(k, _MISSING) is not v for k, v in list(vars(obj).items())):
@@ -295,6 +329,7 @@ def _limit_streams(limit: int) -> None:
             if state["n"] > limit + 4096:
                 return n
             return _write(text)
+
         try:
             stream.write = capped
         except Exception:  # noqa: BLE001 - a stream that refuses: the grader still discards
@@ -304,6 +339,7 @@ def _limit_streams(limit: int) -> None:
 def install(shell) -> None:
     _state["shell"] = shell
     import os
+
     try:
         limit = int(os.environ.get("LIVELAB_OUTPUT_BYTES", "0"))
     except ValueError:

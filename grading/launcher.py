@@ -61,9 +61,16 @@ def _check(rc, what):
 
 
 def _mount(src, target, fstype, flags, data=None):
-    _check(_libc.mount(src.encode() if src else None, target.encode(),
-                       fstype.encode() if fstype else None, ctypes.c_ulong(flags),
-                       data.encode() if data else None), f"mount {target}")
+    _check(
+        _libc.mount(
+            src.encode() if src else None,
+            target.encode(),
+            fstype.encode() if fstype else None,
+            ctypes.c_ulong(flags),
+            data.encode() if data else None,
+        ),
+        f"mount {target}",
+    )
 
 
 def _drop_caps():
@@ -79,8 +86,7 @@ def _drop_caps():
         _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
 
     class Data(ctypes.Structure):
-        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                    ("inheritable", ctypes.c_uint32)]
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
     hdr = Header(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
     data = (Data * 2)()
@@ -140,12 +146,12 @@ def _write_status(spec, status):
 def _shim(child, parent):
     """The waiting parent of a PID namespace: mirror the kernel's exit status; if our own
     parent goes away (the grader died), take the kernel and its namespace down with us."""
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
-                signal.SIGUSR2):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
         # jupyter_client signals the whole process group, which the kernel is part of: it
         # gets the signal itself; forwarding would deliver it twice.
         signal.signal(sig, signal.SIG_IGN)
     import time
+
     while True:
         try:
             pid, st = os.waitpid(child, os.WNOHANG)
@@ -181,8 +187,7 @@ def confine(spec):
 
     flags = 0
     wanted = spec.get("namespaces", [])
-    for name, flag in (("mount", CLONE_NEWNS), ("pid", CLONE_NEWPID), ("net", CLONE_NEWNET),
-                       ("ipc", CLONE_NEWIPC)):
+    for name, flag in (("mount", CLONE_NEWNS), ("pid", CLONE_NEWPID), ("net", CLONE_NEWNET), ("ipc", CLONE_NEWIPC)):
         if name in wanted:
             flags |= flag
     have = []
@@ -221,7 +226,7 @@ def main(argv):
     sep = argv.index("--")
     with open(argv[1]) as fh:
         spec = json.load(fh)
-    cmd = argv[sep + 1:]
+    cmd = argv[sep + 1 :]
     try:
         confine(spec)
     except OSError as exc:

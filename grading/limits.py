@@ -23,15 +23,15 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 class Limits:
     """What one submission may use.  Times in seconds, sizes in MB or bytes as named."""
 
-    cell_timeout: float = 30.0        # per cell (papermill/nbclient); interrupted, then the next cell runs
-    total_timeout: float = 300.0      # whole run; the watchdog kills the kernel's process group
-    startup_timeout: float = 60.0     # kernel start
-    memory_mb: int = 1024             # RLIMIT_DATA, and the memory cgroup (+ slack)
-    max_processes: int = 64           # pids cgroup, else the watchdog's bound on descendants
-    output_bytes: int = 1_000_000     # all outputs of the notebook together; a flood is cut off
-    file_size_mb: int = 64            # RLIMIT_FSIZE: no single file larger (disk floods)
-    open_files: int = 1024            # RLIMIT_NOFILE
-    tmp_mb: int = 64                  # the kernel's private /tmp (tmpfs)
+    cell_timeout: float = 30.0  # per cell (papermill/nbclient); interrupted, then the next cell runs
+    total_timeout: float = 300.0  # whole run; the watchdog kills the kernel's process group
+    startup_timeout: float = 60.0  # kernel start
+    memory_mb: int = 1024  # RLIMIT_DATA, and the memory cgroup (+ slack)
+    max_processes: int = 64  # pids cgroup, else the watchdog's bound on descendants
+    output_bytes: int = 1_000_000  # all outputs of the notebook together; a flood is cut off
+    file_size_mb: int = 64  # RLIMIT_FSIZE: no single file larger (disk floods)
+    open_files: int = 1024  # RLIMIT_NOFILE
+    tmp_mb: int = 64  # the kernel's private /tmp (tmpfs)
 
     def with_(self, **kw) -> "Limits":
         return replace(self, **kw)
@@ -41,10 +41,14 @@ class Limits:
 
     def rlimits(self) -> dict[str, int]:
         mb = 1024 * 1024
-        return {"RLIMIT_DATA": self.memory_mb * mb, "RLIMIT_FSIZE": self.file_size_mb * mb,
-                "RLIMIT_NOFILE": self.open_files, "RLIMIT_CORE": 0,
-                # counts per uid and is ignored for root, but bounds a non-root grader
-                "RLIMIT_NPROC": max(self.max_processes * 4, 256)}
+        return {
+            "RLIMIT_DATA": self.memory_mb * mb,
+            "RLIMIT_FSIZE": self.file_size_mb * mb,
+            "RLIMIT_NOFILE": self.open_files,
+            "RLIMIT_CORE": 0,
+            # counts per uid and is ignored for root, but bounds a non-root grader
+            "RLIMIT_NPROC": max(self.max_processes * 4, 256),
+        }
 
 
 def _own_cgroup_paths() -> dict[str, str]:
@@ -79,7 +83,9 @@ def detect() -> dict:
         for root in (CGROUP_ROOT, CGROUP_ROOT / "unified"):
             base = root / own[""].lstrip("/")
             if (base / "cgroup.subtree_control").exists() and _writable_dir(base):
-                ctrls = (base / "cgroup.controllers").read_text().split() if (base / "cgroup.controllers").exists() else []
+                ctrls = (
+                    (base / "cgroup.controllers").read_text().split() if (base / "cgroup.controllers").exists() else []
+                )
                 if "pids" in ctrls:
                     return {"mode": "v2", "bases": {"": str(base)}}
     return {"mode": None, "bases": {}}
@@ -117,8 +123,7 @@ class KernelCgroup:
                 self.dirs.append(d)
             except OSError as exc:
                 self.errors.append(f"v2: {exc.strerror}")
-        self.active = bool(self.dirs) and any(
-            (d / "pids.max").exists() for d in self.dirs)
+        self.active = bool(self.dirs) and any((d / "pids.max").exists() for d in self.dirs)
 
     @property
     def procs_files(self) -> list[str]:

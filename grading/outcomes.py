@@ -38,8 +38,10 @@ ATTEMPTS = 3
 #: Exceptions of the lab (not of the learner's code) when a locked cell raises them.
 INFRA_ENAMES = frozenset({"InfrastructureError", "IncidentError", "LabConnectionError"})
 #: What the learner reads when the grading machine failed.
-NOT_YOUR_WORK = ("not graded: the grading machine failed ({why}). This is not about your work and "
-                 "nothing was recorded against you: submit again (or ask your instructor to re-run the grading).")
+NOT_YOUR_WORK = (
+    "not graded: the grading machine failed ({why}). This is not about your work and "
+    "nothing was recorded against you: submit again (or ask your instructor to re-run the grading)."
+)
 KEY_FILE = "events.key"
 
 
@@ -80,12 +82,29 @@ def classify(result: Mapping[str, Any]) -> str | None:
 
 def infra_result(sub, ref, why: str, *, attempts: int = ATTEMPTS, tries: list[str] | None = None) -> dict:
     """The result of a submission the grading machine could not grade: no score."""
-    return {"schema": "livelab.grade/v1", "status": INFRA, "student": sub.student, "assignment": sub.assignment,
-            "notebook": sub.notebook, "score": None, "max_score": ref.max_score, "cells": [], "checks": [],
-            "messages": [NOT_YOUR_WORK.format(why=why)], "infrastructure": why, "infra_tries": tries or [why],
-            "attempts_run": attempts, "limits_hit": [], "isolation": {}, "submission_sha256": sub.sha256,
-            "reference": ref.digest, "executed": None, "feedback_html": None, "timings": {},
-            "graded_at": time.time()}
+    return {
+        "schema": "livelab.grade/v1",
+        "status": INFRA,
+        "student": sub.student,
+        "assignment": sub.assignment,
+        "notebook": sub.notebook,
+        "score": None,
+        "max_score": ref.max_score,
+        "cells": [],
+        "checks": [],
+        "messages": [NOT_YOUR_WORK.format(why=why)],
+        "infrastructure": why,
+        "infra_tries": tries or [why],
+        "attempts_run": attempts,
+        "limits_hit": [],
+        "isolation": {},
+        "submission_sha256": sub.sha256,
+        "reference": ref.digest,
+        "executed": None,
+        "feedback_html": None,
+        "timings": {},
+        "graded_at": time.time(),
+    }
 
 
 def with_retries(run: Callable[[], dict], sub, ref, attempts: int = ATTEMPTS) -> dict:
@@ -132,8 +151,9 @@ def events_key(home: str | os.PathLike, *, create: bool = True) -> bytes | None:
 
 
 def _statement(ev: Mapping[str, Any]) -> bytes:
-    fields = [ev.get(k) or "" for k in ("learner", "team", "course", "version", "module", "kind", "check",
-                                        "source", "key")]
+    fields = [
+        ev.get(k) or "" for k in ("learner", "team", "course", "version", "module", "kind", "check", "source", "key")
+    ]
     return json.dumps([*fields, round(float(ev.get("time") or 0.0), 6)], separators=(",", ":")).encode()
 
 

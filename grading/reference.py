@@ -38,14 +38,14 @@ class ReferenceError(ValueError):
 @dataclass
 class Reference:
     assignment: str
-    notebook: str                     # notebook name without .ipynb
-    root: str                         # private nbgrader course dir
+    notebook: str  # notebook name without .ipynb
+    root: str  # private nbgrader course dir
     digest: str
     kernel_name: str
-    grade_cells: dict[str, float]     # grade_id -> max points (autograded tests and manual answers)
-    test_cells: list[str]             # grade cells that are autograded code tests
+    grade_cells: dict[str, float]  # grade_id -> max points (autograded tests and manual answers)
+    test_cells: list[str]  # grade cells that are autograded code tests
     released: dict[str, str] = field(default_factory=dict)  # locked cell id -> source the learner got
-    gradebook_b64: str = ""           # the gradebook's bytes, for workers on other machines
+    gradebook_b64: str = ""  # the gradebook's bytes, for workers on other machines
     source_path: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -81,6 +81,7 @@ def _ensure_alembic_on_path() -> None:
 
 def digest_of(source: bytes, manifest: bytes | None = None) -> str:
     from importlib.metadata import version  # not 'import nbgrader': that costs ~1 s
+
     h = hashlib.sha256()
     for part in (FORMAT.encode(), version("nbgrader").encode(), source, manifest or b""):
         h.update(len(part).to_bytes(8, "little"))
@@ -121,6 +122,7 @@ def build(source: Path, assignment: str, state_dir: Path, *, manifest: bytes | N
         from nbgrader.apps.api import NbGraderAPI
         from nbgrader.coursedir import CourseDirectory
         from traitlets.config import Config
+
         cfg = Config()
         cfg.CourseDirectory.root = str(root)
         cfg.CourseDirectory.db_url = f"sqlite:///{root / 'gradebook.db'}"
@@ -128,9 +130,11 @@ def build(source: Path, assignment: str, state_dir: Path, *, manifest: bytes | N
         res = api.generate_assignment(assignment, force=True, create=True)
         if not res.get("success"):
             err = (res.get("error") or res.get("log") or "").strip().splitlines()
-            raise ReferenceError(f"nbgrader generate_assignment refused {source}: "
-                                 f"{err[-1] if err else 'unknown error'}")
+            raise ReferenceError(
+                f"nbgrader generate_assignment refused {source}: {err[-1] if err else 'unknown error'}"
+            )
         from nbgrader import utils
+
         grade_cells: dict[str, float] = {}
         tests: list[str] = []
         for cell in nb.cells:
@@ -141,13 +145,23 @@ def build(source: Path, assignment: str, state_dir: Path, *, manifest: bytes | N
                     tests.append(gid)
         ks = nb.metadata.get("kernelspec", {}) or {}
         rel = nbformat.read(root / "release" / assignment / f"{name}.ipynb", as_version=4)
-        released = {c.metadata.nbgrader["grade_id"]: c.source for c in rel.cells
-                    if utils.is_locked(c) and c.metadata.get("nbgrader", {}).get("grade_id")}
-        ref = Reference(released=released,
-            assignment=assignment, notebook=name, root=str(root), digest=digest,
-            kernel_name=ks.get("name") or "livelab", grade_cells=grade_cells, test_cells=tests,
+        released = {
+            c.metadata.nbgrader["grade_id"]: c.source
+            for c in rel.cells
+            if utils.is_locked(c) and c.metadata.get("nbgrader", {}).get("grade_id")
+        }
+        ref = Reference(
+            released=released,
+            assignment=assignment,
+            notebook=name,
+            root=str(root),
+            digest=digest,
+            kernel_name=ks.get("name") or "livelab",
+            grade_cells=grade_cells,
+            test_cells=tests,
             gradebook_b64=base64.b64encode((root / "gradebook.db").read_bytes()).decode(),
-            source_path=str(source))
+            source_path=str(source),
+        )
         meta.write_text(json.dumps(ref.__dict__))
         return ref
     finally:

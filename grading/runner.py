@@ -47,8 +47,8 @@ from .sandbox import KernelPool, SandboxConfig
 log = logging.getLogger("livelab.grading")
 
 SCHEMA = "livelab.grade/v1"
-MAX_NOTEBOOK_BYTES = 20 * 1024 * 1024    # the notebook itself, once its (stale) outputs are cleared
-MAX_FILE_BYTES = 256 * 1024 * 1024       # the file as handed in, outputs included (bounds the grader's memory)
+MAX_NOTEBOOK_BYTES = 20 * 1024 * 1024  # the notebook itself, once its (stale) outputs are cleared
+MAX_FILE_BYTES = 256 * 1024 * 1024  # the file as handed in, outputs included (bounds the grader's memory)
 NOT_RUN = "LivelabGraderNotRun"
 INTERFERED = "LivelabGraderInterference"
 
@@ -76,12 +76,12 @@ class Submission:
 class RunOptions:
     limits: Limits = field(default_factory=Limits)
     kernel_name: str = "livelab"
-    hide: list[str] = field(default_factory=list)   # paths no kernel may see (course, grader state)
+    hide: list[str] = field(default_factory=list)  # paths no kernel may see (course, grader state)
     isolate: bool = True
-    network: bool = False                            # tests-only: no network at all
+    network: bool = False  # tests-only: no network at all
     seed: int = 0
     feedback: bool = True
-    parameters: dict = field(default_factory=dict)   # extra papermill parameters
+    parameters: dict = field(default_factory=dict)  # extra papermill parameters
 
 
 # ---- reading -----------------------------------------------------------------------------
@@ -100,8 +100,9 @@ def _clear_outputs(raw: dict) -> None:
 
 def read_notebook(data: bytes) -> NotebookNode:
     if len(data) > MAX_FILE_BYTES:
-        raise InvalidSubmission(f"not graded: the file is {len(data):,} bytes, more than the "
-                                f"{MAX_FILE_BYTES:,} a submission may have")
+        raise InvalidSubmission(
+            f"not graded: the file is {len(data):,} bytes, more than the {MAX_FILE_BYTES:,} a submission may have"
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -109,17 +110,22 @@ def read_notebook(data: bytes) -> NotebookNode:
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InvalidSubmission(f"not a notebook: invalid JSON ({exc.msg} at line {exc.lineno} column "
-                                f"{exc.colno}); re-download the .ipynb from JupyterLab") from None
+        raise InvalidSubmission(
+            f"not a notebook: invalid JSON ({exc.msg} at line {exc.lineno} column "
+            f"{exc.colno}); re-download the .ipynb from JupyterLab"
+        ) from None
     if not isinstance(raw, dict) or "cells" not in raw or "nbformat" not in raw:
         raise InvalidSubmission("not a notebook: JSON without 'cells' and 'nbformat' (submit the .ipynb file)")
     _clear_outputs(raw)
     text = json.dumps(raw)
     if len(text) > MAX_NOTEBOOK_BYTES:
-        raise InvalidSubmission(f"not graded: the notebook is {len(text):,} bytes without its outputs, more "
-                                f"than the {MAX_NOTEBOOK_BYTES:,} a notebook may have")
+        raise InvalidSubmission(
+            f"not graded: the notebook is {len(text):,} bytes without its outputs, more "
+            f"than the {MAX_NOTEBOOK_BYTES:,} a notebook may have"
+        )
     try:
         import warnings
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # duplicate cell ids: repaired below
             nb = nbformat.reads(text, as_version=4)
@@ -141,6 +147,7 @@ def _repair_cell_ids(nb: NotebookNode) -> None:
         cid = cell.get("id")
         if not isinstance(cid, str) or cid in seen:
             import uuid
+
             cid = uuid.uuid4().hex[:8]
             cell["id"] = cid
         seen.add(cid)
@@ -180,6 +187,7 @@ def _kept(cls):
     class KeptGradebook(cls):
         def close(self):  # kept open for the next notebook; its session holds no transaction
             self.db.rollback()
+
     return KeptGradebook
 
 
@@ -191,6 +199,7 @@ def _kept_gradebooks() -> _KeptGradebooks:
     if _GRADEBOOKS is None:
         from nbgrader import api
         from nbgrader.preprocessors import overwritecells, overwritekernelspec
+
         _GRADEBOOKS = _KeptGradebooks(api.Gradebook)
         overwritecells.Gradebook = overwritekernelspec.Gradebook = _GRADEBOOKS
     return _GRADEBOOKS
@@ -203,6 +212,7 @@ def _sanitizers():
         from nbgrader.converters.autograde import Autograde
         from nbgrader.preprocessors import OverwriteCells
         from traitlets.config import Config
+
         cfg = Config()
         cfg.OverwriteCells.add_missing_cells = True
         pps = []
@@ -228,6 +238,7 @@ def _release_info(ref: Reference) -> dict:
     info = _RELEASES.get(ref.digest)
     if info is None:
         from .reference import release_notebook
+
         rel = nbformat.read(release_notebook(ref.ensure_local()), as_version=4)
         meta, tags, untracked_params = {}, {}, False
         names = _defined_names(rel)
@@ -239,9 +250,14 @@ def _release_info(ref: Reference) -> dict:
                 tags[gid] = ptags
             elif "parameters" in ptags:
                 untracked_params = True
-        info = {"meta": meta, "tags": tags, "untracked_params": untracked_params, "names": names,
-                "kernelspec": copy.deepcopy(dict(rel.metadata.get("kernelspec") or {})),
-                "language_info": copy.deepcopy(dict(rel.metadata.get("language_info") or {"name": "python"}))}
+        info = {
+            "meta": meta,
+            "tags": tags,
+            "untracked_params": untracked_params,
+            "names": names,
+            "kernelspec": copy.deepcopy(dict(rel.metadata.get("kernelspec") or {})),
+            "language_info": copy.deepcopy(dict(rel.metadata.get("language_info") or {"name": "python"})),
+        }
         _RELEASES[ref.digest] = info
     return info
 
@@ -253,6 +269,7 @@ def _defined_names(nb: NotebookNode) -> set[str]:
     """Top-level names the release's code cells define (functions, classes, assignments,
     imports): an exercise may ask for a function named like a builtin."""
     import ast
+
     out: set[str] = set()
     for cell in nb.cells:
         if cell.cell_type != "code":
@@ -268,7 +285,7 @@ def _defined_names(nb: NotebookNode) -> set[str]:
             elif isinstance(node, (ast.Import, ast.ImportFrom)):
                 out.update((a.asname or a.name).split(".")[0] for a in node.names)
             elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
-                for t in (node.targets if isinstance(node, ast.Assign) else [node.target]):
+                for t in node.targets if isinstance(node, ast.Assign) else [node.target]:
                     out.update(n.id for n in ast.walk(t) if isinstance(n, ast.Name))
     return out
 
@@ -284,8 +301,10 @@ def _repair(nb: NotebookNode, ref: Reference, known: set[str], notes: list[str])
         nb.metadata["kernelspec"] = copy.deepcopy(rel["kernelspec"])
     lang = (nb.metadata.get("language_info") or {}).get("name")
     if lang != rel["language_info"].get("name"):
-        notes.append(f"the notebook's language {lang!r} was taken from the release instead "
-                     f"({rel['language_info'].get('name')!r})")
+        notes.append(
+            f"the notebook's language {lang!r} was taken from the release instead "
+            f"({rel['language_info'].get('name')!r})"
+        )
     nb.metadata["language_info"] = copy.deepcopy(rel["language_info"])
     counts: dict[str, int] = {}
     kept_untracked_params = False
@@ -295,8 +314,10 @@ def _repair(nb: NotebookNode, ref: Reference, known: set[str], notes: list[str])
         gid = raw.get("grade_id") if isinstance(raw, dict) else None
         if raw is not None and (not isinstance(raw, dict) or gid not in known):
             if gid is not None:
-                notes.append(f"a cell claims nbgrader id {gid!r}, which the release does not have: "
-                             "ignored (only the release's cells are graded)")
+                notes.append(
+                    f"a cell claims nbgrader id {gid!r}, which the release does not have: "
+                    "ignored (only the release's cells are graded)"
+                )
             elif raw:
                 notes.append("a cell had nbgrader metadata without a release cell id: ignored")
             md.pop("nbgrader", None)
@@ -322,9 +343,11 @@ def _repair(nb: NotebookNode, ref: Reference, known: set[str], notes: list[str])
             if drop:
                 md["tags"] = [t for t in tags if t not in drop]
                 where = f"cell {gid!r}" if gid else "a cell"
-                notes.append(f"{where} carried the papermill tag{'s' if len(drop) > 1 else ''} "
-                             f"{', '.join(drop)} that the release's cell does not have: removed "
-                             "(papermill would have deleted or moved it)")
+                notes.append(
+                    f"{where} carried the papermill tag{'s' if len(drop) > 1 else ''} "
+                    f"{', '.join(drop)} that the release's cell does not have: removed "
+                    "(papermill would have deleted or moved it)"
+                )
     for gid, n in counts.items():
         if n > 1:  # as nbgrader's DeduplicateIds: the last one keeps its id (the others none at
             # all: nbgrader leaves them an empty dict that its OverwriteCells then trips on)
@@ -338,12 +361,12 @@ def sanitize(nb: NotebookNode, ref: Reference, student: str) -> tuple[NotebookNo
     points and kernelspec with nbgrader's preprocessors; returns the notebook and what was
     restored, for the learner."""
     from nbgrader import utils
+
     notes: list[str] = []
     known = set(ref.grade_cells) | _reference_cell_ids(ref)
     ks = (nb.metadata.get("kernelspec") or {}).get("name")
     if ks != ref.kernel_name:
-        notes.append(f"the notebook asked for kernel {ks!r}; it was run with the release's kernel "
-                     f"{ref.kernel_name!r}")
+        notes.append(f"the notebook asked for kernel {ks!r}; it was run with the release's kernel {ref.kernel_name!r}")
     _repair(nb, ref, known, notes)
     before: dict[str, NotebookNode] = {}
     for cell in nb.cells:
@@ -356,8 +379,9 @@ def sanitize(nb: NotebookNode, ref: Reference, student: str) -> tuple[NotebookNo
                 _grade_meta(before[gid])["points"] = claimed
     db_url = ref.ensure_local().db_url
     _kept_gradebooks().reference_urls.add(db_url)
-    resources = {"nbgrader": {"notebook": ref.notebook, "assignment": ref.assignment,
-                              "student": student, "db_url": db_url}}
+    resources = {
+        "nbgrader": {"notebook": ref.notebook, "assignment": ref.assignment, "student": student, "db_url": db_url}
+    }
     for pp in _sanitizers():
         nb, resources = pp.preprocess(nb, resources)
     after = {(_grade_meta(c).get("grade_id")): c for c in nb.cells if _grade_meta(c).get("grade_id")}
@@ -371,10 +395,12 @@ def sanitize(nb: NotebookNode, ref: Reference, student: str) -> tuple[NotebookNo
         if gid in ref.released and old.source != ref.released[gid] and om.get("locked"):
             kind = "test cell" if gid in ref.test_cells else "locked cell"
             notes.append(f"{kind} {gid!r} was edited: restored from the release")
-        if gid in ref.grade_cells and om.get("points") is not None and \
-                float(om.get("points", 0)) != ref.grade_cells[gid]:
-            notes.append(f"points of {gid!r} were changed to {om.get('points')}: restored to "
-                         f"{ref.grade_cells[gid]:g}")
+        if (
+            gid in ref.grade_cells
+            and om.get("points") is not None
+            and float(om.get("points", 0)) != ref.grade_cells[gid]
+        ):
+            notes.append(f"points of {gid!r} were changed to {om.get('points')}: restored to {ref.grade_cells[gid]:g}")
     return nb, notes
 
 
@@ -387,10 +413,14 @@ def _hidden_tests(ref: Reference) -> set[str]:
     hidden = _HIDDEN.get(ref.digest)
     if hidden is None:
         from nbgrader.api import Gradebook
+
         with Gradebook(ref.ensure_local().db_url) as gb:
             nbk = gb.find_notebook(ref.notebook, ref.assignment)
-            hidden = {c.name for c in nbk.source_cells
-                      if c.name in ref.test_cells and c.source != ref.released.get(c.name, c.source)}
+            hidden = {
+                c.name
+                for c in nbk.source_cells
+                if c.name in ref.test_cells and c.source != ref.released.get(c.name, c.source)
+            }
         _HIDDEN[ref.digest] = hidden
     return hidden
 
@@ -400,6 +430,7 @@ def _reference_cell_ids(ref: Reference) -> set[str]:
     ids = _REF_IDS.get(ref.digest)
     if ids is None:
         from nbgrader.api import Gradebook
+
         with Gradebook(ref.ensure_local().db_url) as gb:
             nbk = gb.find_notebook(ref.notebook, ref.assignment)
             ids = {c.name for c in nbk.source_cells}
@@ -419,6 +450,7 @@ def kernel_pool() -> KernelPool:
         if _POOL is None:
             _POOL = KernelPool(size=1)
             import atexit
+
             atexit.register(_POOL.close)
         return _POOL
 
@@ -430,24 +462,39 @@ def tests_config(opts: RunOptions) -> SandboxConfig:
 
 
 def sandbox_config(opts: RunOptions, *, env: dict | None = None, binds=None, hide=None) -> SandboxConfig:
-    return SandboxConfig(limits=opts.limits, kernel_name=opts.kernel_name,
-                         hide=[*opts.hide, *(hide or [])], binds=list(binds or []),
-                         network=opts.network, isolate=opts.isolate, env=dict(env or {}))
+    return SandboxConfig(
+        limits=opts.limits,
+        kernel_name=opts.kernel_name,
+        hide=[*opts.hide, *(hide or [])],
+        binds=list(binds or []),
+        network=opts.network,
+        isolate=opts.isolate,
+        env=dict(env or {}),
+    )
 
 
-def execute(nb: NotebookNode, kernel, limits: Limits, parameters: dict, *,
-            submission_bytes: bytes | None = None, notebook_name: str = "submission",
-            ref: Reference | None = None) -> dict:
+def execute(
+    nb: NotebookNode,
+    kernel,
+    limits: Limits,
+    parameters: dict,
+    *,
+    submission_bytes: bytes | None = None,
+    notebook_name: str = "submission",
+    ref: Reference | None = None,
+) -> dict:
     """Run ``nb`` on ``kernel`` (started); returns facts and the executed notebook (``nb``).
     With ``ref``, the release's test cells run on the grader's own IPython (see
     :mod:`grading.kernel_guard`)."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
     from .engine import ENGINE, RunContext
+
     if submission_bytes is not None:  # the kernel's cwd holds the submission and nothing else
         (kernel.work / f"{notebook_name}.ipynb").write_bytes(submission_bytes)
-    ctx = RunContext(output_bytes=limits.output_bytes, kill=kernel.kill,
-                     on_ready=lambda: kernel.arm(limits.total_timeout))
+    ctx = RunContext(
+        output_bytes=limits.output_bytes, kill=kernel.kill, on_ready=lambda: kernel.arm(limits.total_timeout)
+    )
     if ref is not None:
         ctx.test_ids = set(ref.test_cells)
         ctx.release_ids = set(ref.released) - ctx.test_ids
@@ -459,13 +506,25 @@ def execute(nb: NotebookNode, kernel, limits: Limits, parameters: dict, *,
     def run():
         try:
             pm.execute_notebook(
-                nb, None, parameters=parameters or None, engine_name=ENGINE, kernel_name=kernel.config.kernel_name,
-                km=kernel.km, progress_bar=False, request_save_on_cell_execute=False,
-                start_timeout=int(limits.startup_timeout), execution_timeout=int(limits.cell_timeout),
-                allow_errors=True, interrupt_on_timeout=True, run_context=ctx,
-                error_on_timeout={"ename": "CellTimeoutError",
-                                  "evalue": f"the cell ran longer than {limits.cell_timeout:g} s and was interrupted",
-                                  "traceback": []})
+                nb,
+                None,
+                parameters=parameters or None,
+                engine_name=ENGINE,
+                kernel_name=kernel.config.kernel_name,
+                km=kernel.km,
+                progress_bar=False,
+                request_save_on_cell_execute=False,
+                start_timeout=int(limits.startup_timeout),
+                execution_timeout=int(limits.cell_timeout),
+                allow_errors=True,
+                interrupt_on_timeout=True,
+                run_context=ctx,
+                error_on_timeout={
+                    "ename": "CellTimeoutError",
+                    "evalue": f"the cell ran longer than {limits.cell_timeout:g} s and was interrupted",
+                    "traceback": [],
+                },
+            )
         except PapermillExecutionError:
             pass  # errors are in the notebook's outputs; scoring reads them
         except BaseException as exc:  # noqa: BLE001 - dead kernel, watchdog kill, anything
@@ -486,6 +545,7 @@ def execute(nb: NotebookNode, kernel, limits: Limits, parameters: dict, *,
     facts["ctx"] = ctx
     out = ctx.nb if ctx.nb is not None else nb
     from papermill.execute import remove_error_markers
+
     facts["nb"] = remove_error_markers(out)  # papermill's red banner cells are not the learner's
     return facts
 
@@ -520,6 +580,7 @@ def score(nb: NotebookNode, ref: Reference, ctx, stop_reason: str | None, *, voi
     that did not really pass (see module doc).  ``void``: the run broke a limit that stops
     it (the process bound), so no test counts, whether or not it ran before the stop."""
     from nbgrader import utils
+
     rows = []
     replies = dict(ctx.replies) if ctx is not None else {}
     reply_errors = dict(ctx.reply_errors) if ctx is not None else {}
@@ -567,19 +628,33 @@ def score(nb: NotebookNode, ref: Reference, ctx, stop_reason: str | None, *, voi
             what = f"test {gid!r} ({max_pts:g} point{'s' if max_pts != 1 else ''})"
             if err and ":" not in err:  # an assert without a message says nothing by itself
                 err = f"{err} (an assert without a message"
-                err += ("; this test has hidden parts you cannot see)" if gid in _hidden_tests(ref) else ")")
+                err += "; this test has hidden parts you cannot see)" if gid in _hidden_tests(ref) else ")"
             message = f"{what} did not pass: {err}" if err else f"{what} gave partial credit"
         if kind == "answer" and pts is None:
             message = "needs manual grading"
-        rows.append({"grade_id": gid, "kind": kind, "status": status,
-                     "score": None if pts is None else float(pts), "max_score": float(max_pts),
-                     "message": message})
+        rows.append(
+            {
+                "grade_id": gid,
+                "kind": kind,
+                "status": status,
+                "score": None if pts is None else float(pts),
+                "max_score": float(max_pts),
+                "message": message,
+            }
+        )
     seen = {r["grade_id"] for r in rows}
     for gid, max_pts in ref.grade_cells.items():  # never full marks out of fewer points
         if gid not in seen:
-            rows.append({"grade_id": gid, "kind": "test" if gid in ref.test_cells else "answer",
-                         "status": "not-run", "score": 0.0, "max_score": float(max_pts),
-                         "message": f"cell {gid!r} ({max_pts:g} points) was not in the executed notebook: 0"})
+            rows.append(
+                {
+                    "grade_id": gid,
+                    "kind": "test" if gid in ref.test_cells else "answer",
+                    "status": "not-run",
+                    "score": 0.0,
+                    "max_score": float(max_pts),
+                    "message": f"cell {gid!r} ({max_pts:g} points) was not in the executed notebook: 0",
+                }
+            )
     return rows
 
 
@@ -625,36 +700,49 @@ def limit_messages(facts: dict, kernel, ctx) -> tuple[list[str], list[str]]:
     wd = kernel.watchdog.reason if kernel.watchdog else None
     if wd and wd.startswith("total-timeout"):
         hits.append("total-timeout")
-        msgs.append(f"the notebook ran longer than the {lim.total_timeout:g} s total limit and was stopped; "
-                    "tests after that point score 0")
+        msgs.append(
+            f"the notebook ran longer than the {lim.total_timeout:g} s total limit and was stopped; "
+            "tests after that point score 0"
+        )
     if "processes" in khits:
         hits.append("processes")
-        msgs.append(f"the notebook tried to run more than {lim.max_processes} processes at once: the run "
-                    "was stopped there (start fewer processes, and wait for the ones you start)")
+        msgs.append(
+            f"the notebook tried to run more than {lim.max_processes} processes at once: the run "
+            "was stopped there (start fewer processes, and wait for the ones you start)"
+        )
     if "memory" in khits:
         hits.append("memory")
         msgs.append(f"the notebook went over the {lim.memory_mb} MB memory limit and was killed")
     if ctx is not None and ctx.flooded:
         hits.append("output")
-        msgs.append(f"the notebook printed more than {lim.output_bytes:,} bytes: the output past that was "
-                    "discarded (the cells ran on); print less (summaries, not raw data)")
+        msgs.append(
+            f"the notebook printed more than {lim.output_bytes:,} bytes: the output past that was "
+            "discarded (the cells ran on); print less (summaries, not raw data)"
+        )
     if ctx is not None and ctx.timeouts:
         hits.append("cell-timeout")
         msgs.append(f"{len(ctx.timeouts)} cell(s) ran longer than {lim.cell_timeout:g} s and were interrupted")
     nb = facts.get("nb")
-    if nb is not None and any(o.get("ename") == "MemoryError" for c in nb.cells
-                              for o in c.get("outputs", []) if o.get("output_type") == "error"):
+    if nb is not None and any(
+        o.get("ename") == "MemoryError"
+        for c in nb.cells
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    ):
         hits.append("memory")
         msgs.append(f"a cell ran out of memory (the limit is {lim.memory_mb} MB per notebook)")
     if facts.get("error") and not wd:
         if "CellTimeoutError" in facts["error"]:
             hits.append("cell-timeout")
-            msgs.append(f"a cell kept running after it was interrupted at its {lim.cell_timeout:g} s timeout; "
-                        "the run was stopped there and later tests score 0")
+            msgs.append(
+                f"a cell kept running after it was interrupted at its {lim.cell_timeout:g} s timeout; "
+                "the run was stopped there and later tests score 0"
+            )
         elif "DeadKernel" in facts["error"] or "died" in facts["error"].lower():
             hits.append("kernel-died")
-            msgs.append("the kernel died during the run (os._exit, a crash or the memory limit); "
-                        "tests that had not run score 0")
+            msgs.append(
+                "the kernel died during the run (os._exit, a crash or the memory limit); tests that had not run score 0"
+            )
         else:
             hits.append("execution-error")
             msgs.append(f"execution stopped: {facts['error']}")
@@ -665,29 +753,63 @@ def _declared(nb: NotebookNode, params: dict) -> dict:
     """The parameters the notebook's ``parameters`` cell declares (all of them without one)."""
     try:
         from papermill.inspection import _infer_parameters
+
         for cell in nb.cells:  # as papermill's load_notebook_node does
             cell.metadata.setdefault("tags", [])
         names = {p.name for p in _infer_parameters(nb)}
     except Exception:  # noqa: BLE001 - no parameters cell, or a language papermill cannot parse
         names = set()
-    return {k: v for k, v in params.items() if k in names} if names else \
-        {k: params[k] for k in ("learner_id", "seed") if k in params}
+    return (
+        {k: v for k, v in params.items() if k in names}
+        if names
+        else {k: params[k] for k in ("learner_id", "seed") if k in params}
+    )
 
 
 # ---- the one public function -------------------------------------------------------------
 def _invalid_result(sub: Submission, ref: Reference, reason: str, t0: float) -> dict:
-    cells = [{"grade_id": g, "kind": "test" if g in ref.test_cells else "answer", "status": "not-run",
-              "score": 0.0, "max_score": m, "message": None} for g, m in ref.grade_cells.items()]
-    return {"schema": SCHEMA, "status": "invalid", "student": sub.student, "assignment": sub.assignment,
-            "notebook": sub.notebook, "score": 0.0, "max_score": ref.max_score, "cells": cells,
-            "messages": [reason], "limits_hit": [], "isolation": {}, "submission_sha256": sub.sha256,
-            "reference": ref.digest, "executed": None, "feedback_html": None, "checks": [],
-            "timings": {"total": time.perf_counter() - t0}, "graded_at": time.time()}
+    cells = [
+        {
+            "grade_id": g,
+            "kind": "test" if g in ref.test_cells else "answer",
+            "status": "not-run",
+            "score": 0.0,
+            "max_score": m,
+            "message": None,
+        }
+        for g, m in ref.grade_cells.items()
+    ]
+    return {
+        "schema": SCHEMA,
+        "status": "invalid",
+        "student": sub.student,
+        "assignment": sub.assignment,
+        "notebook": sub.notebook,
+        "score": 0.0,
+        "max_score": ref.max_score,
+        "cells": cells,
+        "messages": [reason],
+        "limits_hit": [],
+        "isolation": {},
+        "submission_sha256": sub.sha256,
+        "reference": ref.digest,
+        "executed": None,
+        "feedback_html": None,
+        "checks": [],
+        "timings": {"total": time.perf_counter() - t0},
+        "graded_at": time.time(),
+    }
 
 
-def grade(sub: Submission, ref: Reference, opts: RunOptions | None = None, *,
-          pool: KernelPool | None = None, lab=None,
-          checks: list | None = None) -> dict:
+def grade(
+    sub: Submission,
+    ref: Reference,
+    opts: RunOptions | None = None,
+    *,
+    pool: KernelPool | None = None,
+    lab=None,
+    checks: list | None = None,
+) -> dict:
     """Grade one submission against ``ref``; never raises for anything the submission does.
 
     ``lab``: a :class:`grading.isolation.LabSlot` (fresh namespace + observer) for lab modules;
@@ -706,11 +828,18 @@ def grade(sub: Submission, ref: Reference, opts: RunOptions | None = None, *,
         nb, notes = sanitize(nb, ref, sub.student)
     except Exception as exc:  # noqa: BLE001 - nbgrader's validator refuses malformed metadata
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        return _invalid_result(sub, ref, f"not graded: nbgrader refused the notebook's cell metadata ({first[:200]})", t0)
+        return _invalid_result(
+            sub, ref, f"not graded: nbgrader refused the notebook's cell metadata ({first[:200]})", t0
+        )
     timings["sanitize"] = time.perf_counter() - t
 
-    params = {"learner_id": sub.student, "LEARNER": sub.student, "seed": opts.seed, "SEED": opts.seed,
-              **opts.parameters}
+    params = {
+        "learner_id": sub.student,
+        "LEARNER": sub.student,
+        "seed": opts.seed,
+        "SEED": opts.seed,
+        **opts.parameters,
+    }
     if lab is not None:
         params.update(lab.parameters())
     params = _declared(nb, params)
@@ -723,8 +852,7 @@ def grade(sub: Submission, ref: Reference, opts: RunOptions | None = None, *,
     if lab is not None:
         lab.start_observing()
     try:
-        facts = execute(nb, kernel, opts.limits, params, submission_bytes=sub.data, notebook_name=sub.notebook,
-                        ref=ref)
+        facts = execute(nb, kernel, opts.limits, params, submission_bytes=sub.data, notebook_name=sub.notebook, ref=ref)
         timings["execute"] = facts["seconds"]
         for k in ("kernel_wait", "cells"):
             if k in facts:
@@ -745,32 +873,60 @@ def grade(sub: Submission, ref: Reference, opts: RunOptions | None = None, *,
             kernel.close()  # nothing of the submission may run while its lab is judged
         else:
             from .sandbox import close_later
+
             close_later(kernel)
     check_rows: list[dict] = []
     if lab is not None and checks:
         from .checks.base import run_checks, add_check_cells
+
         lab.stop_observing()
         tc = time.perf_counter()
         check_rows = run_checks(checks, lab, artifacts)
         timings["checks"] = time.perf_counter() - tc
         add_check_cells(executed, check_rows)
         for row in check_rows:
-            rows.append({"grade_id": row["grade_id"], "check": row["name"], "time": row["time"], "kind": "check",
-                         "status": "ok" if row["passed"] else "failed",
-                         "score": float(row["score"]), "max_score": float(row["points"]),
-                         "message": None if row["passed"] else row["message"]})
+            rows.append(
+                {
+                    "grade_id": row["grade_id"],
+                    "check": row["name"],
+                    "time": row["time"],
+                    "kind": "check",
+                    "status": "ok" if row["passed"] else "failed",
+                    "score": float(row["score"]),
+                    "max_score": float(row["points"]),
+                    "message": None if row["passed"] else row["message"],
+                }
+            )
     timings["score"] = time.perf_counter() - t
     total = sum(r["score"] or 0.0 for r in rows)
     max_total = sum(r["max_score"] for r in rows)
     first_error = _first_error_elsewhere(executed, ref)
-    messages = list(dict.fromkeys(notes + msgs + ([first_error] if first_error else []) +
-                                  [r["message"] for r in rows if r.get("message") and r["kind"] != "answer"]))
+    messages = list(
+        dict.fromkeys(
+            notes
+            + msgs
+            + ([first_error] if first_error else [])
+            + [r["message"] for r in rows if r.get("message") and r["kind"] != "answer"]
+        )
+    )
     result = {
-        "schema": SCHEMA, "status": "graded", "student": sub.student, "assignment": sub.assignment,
-        "notebook": sub.notebook, "score": round(total, 6), "max_score": round(max_total, 6),
-        "cells": rows, "checks": check_rows, "messages": messages, "limits_hit": hits,
-        "isolation": isolation, "submission_sha256": sub.sha256, "reference": ref.digest,
-        "executed": nbformat.writes(executed), "feedback_html": None, "timings": timings,
+        "schema": SCHEMA,
+        "status": "graded",
+        "student": sub.student,
+        "assignment": sub.assignment,
+        "notebook": sub.notebook,
+        "score": round(total, 6),
+        "max_score": round(max_total, 6),
+        "cells": rows,
+        "checks": check_rows,
+        "messages": messages,
+        "limits_hit": hits,
+        "isolation": isolation,
+        "submission_sha256": sub.sha256,
+        "reference": ref.digest,
+        "executed": nbformat.writes(executed),
+        "feedback_html": None,
+        "timings": timings,
         "graded_at": time.time(),
     }
     if lab is not None:
@@ -778,6 +934,7 @@ def grade(sub: Submission, ref: Reference, opts: RunOptions | None = None, *,
     if opts.feedback:
         t = time.perf_counter()
         from .feedback import render
+
         try:
             result["feedback_html"] = render(executed, result)
         except Exception as exc:  # noqa: BLE001 - feedback must never lose a grade

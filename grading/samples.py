@@ -39,14 +39,20 @@ def source_notebook() -> nbformat.NotebookNode:
     nb.cells = [
         new_markdown_cell("# Squares\nWrite `square(x)`.", metadata=_meta("intro", locked=True)),
         new_code_cell("learner_id = 'learner'\nseed = 0", metadata={"tags": ["parameters"]}),
-        new_code_cell("def square(x):\n    ### BEGIN SOLUTION\n    return x * x\n    ### END SOLUTION",
-                      metadata=_meta("square", solution=True)),
-        new_code_cell("assert square(3) == 9, 'square(3) should be 9'",
-                      metadata=_meta("test_visible", grade=True, locked=True, points=2)),
-        new_code_cell("assert square(-2) == 4, 'square(-2) should be 4'\n### BEGIN HIDDEN TESTS\n"
-                      f"assert square(12) == 144, 'square(12) should be 144'  # {HIDDEN_MARKER}\n"
-                      "### END HIDDEN TESTS",
-                      metadata=_meta("test_hidden", grade=True, locked=True, points=3)),
+        new_code_cell(
+            "def square(x):\n    ### BEGIN SOLUTION\n    return x * x\n    ### END SOLUTION",
+            metadata=_meta("square", solution=True),
+        ),
+        new_code_cell(
+            "assert square(3) == 9, 'square(3) should be 9'",
+            metadata=_meta("test_visible", grade=True, locked=True, points=2),
+        ),
+        new_code_cell(
+            "assert square(-2) == 4, 'square(-2) should be 4'\n### BEGIN HIDDEN TESTS\n"
+            f"assert square(12) == 144, 'square(12) should be 144'  # {HIDDEN_MARKER}\n"
+            "### END HIDDEN TESTS",
+            metadata=_meta("test_hidden", grade=True, locked=True, points=3),
+        ),
     ]
     return nb
 
@@ -65,18 +71,28 @@ def make_course(root: Path, source: nbformat.NotebookNode | None = None) -> Path
     src.mkdir(parents=True, exist_ok=True)
     nbformat.write(source if source is not None else source_notebook(), src / f"{NOTEBOOK}.ipynb")
     (root / "nbgrader_config.py").write_text("c = get_config()  # the course root is the working directory\n")
-    subprocess.run([str(Path(sys.executable).parent / "nbgrader"), "generate_assignment", ASSIGNMENT,
-                    "--force", "--log-level=ERROR"], cwd=root, check=True, env=_nbgrader_env(),
-                   capture_output=True)
+    subprocess.run(
+        [
+            str(Path(sys.executable).parent / "nbgrader"),
+            "generate_assignment",
+            ASSIGNMENT,
+            "--force",
+            "--log-level=ERROR",
+        ],
+        cwd=root,
+        check=True,
+        env=_nbgrader_env(),
+        capture_output=True,
+    )
     return root / "release" / ASSIGNMENT / f"{NOTEBOOK}.ipynb"
 
 
-def submission(release: Path | nbformat.NotebookNode, body: str = CORRECT, *, extra: list[str] = (),
-               edit=None) -> nbformat.NotebookNode:
+def submission(
+    release: Path | nbformat.NotebookNode, body: str = CORRECT, *, extra: list[str] = (), edit=None
+) -> nbformat.NotebookNode:
     """The release with ``square`` answered by ``body`` and ``extra`` code cells after it;
     ``edit(nb)`` may change anything else."""
-    nb = copy.deepcopy(release) if isinstance(release, nbformat.NotebookNode) else \
-        nbformat.read(release, as_version=4)
+    nb = copy.deepcopy(release) if isinstance(release, nbformat.NotebookNode) else nbformat.read(release, as_version=4)
     at = 0
     for i, c in enumerate(nb.cells):
         if c.get("metadata", {}).get("nbgrader", {}).get("grade_id") == "square":

@@ -74,10 +74,19 @@ class SandboxConfig:
     files: dict[str, bytes] = field(default_factory=dict)
 
     def key(self) -> str:
-        return json.dumps([self.limits.as_dict(), self.kernel_name, sorted(self.hide),
-                           sorted(map(list, self.binds)), self.network, self.isolate,
-                           sorted(self.env.items()), self.fork_server,
-                           sorted((k, v.decode("latin-1")) for k, v in self.files.items())])
+        return json.dumps(
+            [
+                self.limits.as_dict(),
+                self.kernel_name,
+                sorted(self.hide),
+                sorted(map(list, self.binds)),
+                self.network,
+                self.isolate,
+                sorted(self.env.items()),
+                self.fork_server,
+                sorted((k, v.decode("latin-1")) for k, v in self.files.items()),
+            ]
+        )
 
 
 _ROOT_LOCK = threading.Lock()
@@ -98,6 +107,7 @@ def grading_root() -> Path:
             _ROOT = Path(tempfile.mkdtemp(prefix="llg-", dir=base))
             os.chmod(_ROOT, 0o700)
             import atexit
+
             atexit.register(_cleanup_at_exit)
             _sweep_stale_cgroups()
         return _ROOT
@@ -143,12 +153,21 @@ def cgroup_support() -> dict:
 def namespace_support(network: bool = False) -> dict:
     """Probe once whether the launcher can create namespaces and drop capabilities here."""
     with tempfile.TemporaryDirectory(prefix="llg-probe-") as tmp:
-        spec = {"namespaces": ["mount", "pid"] + (["net"] if network else []), "hide": [],
-                "expose": [], "status": f"{tmp}/status.json", "cwd": tmp, "drop_caps": True}
+        spec = {
+            "namespaces": ["mount", "pid"] + (["net"] if network else []),
+            "hide": [],
+            "expose": [],
+            "status": f"{tmp}/status.json",
+            "cwd": tmp,
+            "drop_caps": True,
+        }
         Path(tmp, "spec.json").write_text(json.dumps(spec))
         try:
-            proc = subprocess.run([sys.executable, "-I", "-S", str(LAUNCHER), f"{tmp}/spec.json", "--",
-                                   "/bin/true"], capture_output=True, timeout=20)
+            proc = subprocess.run(
+                [sys.executable, "-I", "-S", str(LAUNCHER), f"{tmp}/spec.json", "--", "/bin/true"],
+                capture_output=True,
+                timeout=20,
+            )
             st = json.loads(Path(tmp, "status.json").read_text())
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             return {"namespaces": [], "caps_dropped": False, "errors": [str(exc)]}
@@ -180,11 +199,16 @@ def _interpreter_paths() -> list[str]:
     (sources with hidden tests, releases) stay hidden: they are on every kernel's hide list,
     and the launcher hides them again inside an exposed path."""
     import importlib.util
+
     # find_spec locates a package without importing it: ``courses`` sits above ``grading``
     # in the layers, so grading names its folder but never imports it.
     pkgs = [importlib.util.find_spec(name) for name in ("labs", "lab_hardware", "courses")]
-    paths = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable)),
-             *(os.path.dirname(os.path.realpath(s.origin)) for s in pkgs if s and s.origin)}
+    paths = {
+        sys.prefix,
+        sys.base_prefix,
+        os.path.dirname(os.path.realpath(sys.executable)),
+        *(os.path.dirname(os.path.realpath(s.origin)) for s in pkgs if s and s.origin),
+    }
     return sorted(p for p in paths if p and os.path.isdir(p))
 
 
@@ -198,15 +222,17 @@ def guard_startup() -> bytes:
     """The IPython startup file that installs :mod:`grading.kernel_guard` in a grading kernel
     before any notebook code: in a module of its own, with a private copy of the builtins."""
     src = GUARD.read_text()
-    return ("def _livelab_guard():\n"
-            "    import builtins, sys, types\n"
-            "    m = types.ModuleType('_livelab_guard')\n"
-            "    m.__dict__['__builtins__'] = dict(vars(builtins))\n"
-            f"    exec(compile({src!r}, '<livelab grader guard>', 'exec'), m.__dict__)\n"
-            "    sys.modules['_livelab_guard'] = m\n"
-            "    m.install(get_ipython())\n"
-            "_livelab_guard()\n"
-            "del _livelab_guard\n").encode()
+    return (
+        "def _livelab_guard():\n"
+        "    import builtins, sys, types\n"
+        "    m = types.ModuleType('_livelab_guard')\n"
+        "    m.__dict__['__builtins__'] = dict(vars(builtins))\n"
+        f"    exec(compile({src!r}, '<livelab grader guard>', 'exec'), m.__dict__)\n"
+        "    sys.modules['_livelab_guard'] = m\n"
+        "    m.install(get_ipython())\n"
+        "_livelab_guard()\n"
+        "del _livelab_guard\n"
+    ).encode()
 
 
 class _ForkedProcess:
@@ -228,6 +254,7 @@ class _ForkedProcess:
             return self.returncode
         if self._fd is not None:
             import select
+
             r, _, _ = select.select([self._fd], [], [], 0)
             dead = bool(r)
         else:
@@ -276,10 +303,14 @@ class ForkServer:
     _instance: "ForkServer | None" = None
 
     def __init__(self):
-        self.proc = subprocess.Popen([sys.executable, "-I", str(ZYGOTE)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1",
-                                          "PYDEVD_DISABLE_FILE_VALIDATION": "1"}, close_fds=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", str(ZYGOTE)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYDEVD_DISABLE_FILE_VALIDATION": "1"},
+            close_fds=True,
+        )
         line = self.proc.stdout.readline()
         hello = json.loads(line) if line else {"ready": False, "error": "fork server exited"}
         if not hello.get("ready"):
@@ -295,6 +326,7 @@ class ForkServer:
             if cls._instance is None or cls._instance.proc.poll() is not None:
                 cls._instance = ForkServer()
                 import atexit
+
                 atexit.register(cls._instance.close)
             return cls._instance
 
@@ -323,8 +355,11 @@ class ForkServer:
 
 def fork_server_usable(argv: list[str]) -> bool:
     """The fork server runs ipykernel in this interpreter: only for such kernelspecs."""
-    return (len(argv) >= 3 and argv[1:3] == ["-m", "ipykernel_launcher"]
-            and os.path.realpath(_python_for(argv[0])) == os.path.realpath(sys.executable))
+    return (
+        len(argv) >= 3
+        and argv[1:3] == ["-m", "ipykernel_launcher"]
+        and os.path.realpath(_python_for(argv[0])) == os.path.realpath(sys.executable)
+    )
 
 
 def _provisioner_class():
@@ -337,7 +372,7 @@ def _provisioner_class():
         log_path: str = os.devnull
 
         async def launch_kernel(self, cmd, **kwargs):
-            args = cmd[cmd.index("-f"):] if "-f" in cmd else cmd[3:]
+            args = cmd[cmd.index("-f") :] if "-f" in cmd else cmd[3:]
             env = dict(kwargs.get("env") or {})
             pid = ForkServer.get().spawn(self.launch_spec, env, list(args), self.log_path)
             self.process = _ForkedProcess(pid)
@@ -363,6 +398,7 @@ class FastReadyClient(AsyncKernelClient):
 
     async def wait_for_ready(self, timeout=None):
         from queue import Empty
+
         deadline = time.monotonic() + (timeout if timeout is not None else 60.0)
         reply = None
         while True:
@@ -408,13 +444,19 @@ def _base_env(kdir: Path, extra: dict[str, str]) -> dict[str, str]:
     home = kdir / "home"
     env = {
         "PATH": os.pathsep.join([venv_bin, "/usr/local/bin", "/usr/bin", "/bin"]),
-        "HOME": str(home), "USER": "learner", "LOGNAME": "learner",
-        "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+        "HOME": str(home),
+        "USER": "learner",
+        "LOGNAME": "learner",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
         "TMPDIR": str(kdir / "tmp"),
-        "IPYTHONDIR": str(home / ".ipython"), "MPLCONFIGDIR": str(home / ".config" / "matplotlib"),
-        "JUPYTER_RUNTIME_DIR": str(kdir / "ipc"), "JUPYTER_CONFIG_DIR": str(home / ".jupyter"),
+        "IPYTHONDIR": str(home / ".ipython"),
+        "MPLCONFIGDIR": str(home / ".config" / "matplotlib"),
+        "JUPYTER_RUNTIME_DIR": str(kdir / "ipc"),
+        "JUPYTER_CONFIG_DIR": str(home / ".jupyter"),
         "JUPYTER_DATA_DIR": str(home / ".local" / "share" / "jupyter"),
-        "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONNOUSERSITE": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
         "PYDEVD_DISABLE_FILE_VALIDATION": "1",
         "LIVELAB_GRADING": "1",
     }
@@ -428,6 +470,7 @@ def default_hidden() -> list[str]:
     out = ["/tmp", "/var/tmp", "/dev/shm", str(Path.home())]
     try:
         from jupyter_core.paths import jupyter_runtime_dir
+
         out.append(jupyter_runtime_dir())
     except Exception:  # noqa: BLE001
         pass
@@ -458,6 +501,7 @@ class Watchdog(threading.Thread):
 
     def run(self) -> None:
         import psutil
+
         k = self.kernel
         lim = k.config.limits
         root_pid = k.pid
@@ -546,16 +590,22 @@ class Kernel:
         if cfg.isolate:
             ns = ["mount", "pid", "ipc"] + ([] if cfg.network else ["net"])
         hide = default_hidden() + [str(grading_root())] + list(cfg.hide)
-        expose = [[str(self.dir), str(self.dir)]] + ([[str(s), self.sub(str(t))] for s, t in cfg.binds]
-                                                     if self.mounts else [])
+        expose = [[str(self.dir), str(self.dir)]] + (
+            [[str(s), self.sub(str(t))] for s, t in cfg.binds] if self.mounts else []
+        )
         for p in _interpreter_paths():  # e.g. a pyenv Python under a hidden $HOME
             if any(_under(p, h) for h in hide):
                 expose.append([p, p])
         return {
-            "namespaces": ns, "hide": hide, "expose": expose, "cwd": str(self.work),
-            "tmpfs_size": {"/tmp": f"{lim.tmp_mb}m"}, "rlimits": lim.rlimits(),
+            "namespaces": ns,
+            "hide": hide,
+            "expose": expose,
+            "cwd": str(self.work),
+            "tmpfs_size": {"/tmp": f"{lim.tmp_mb}m"},
+            "rlimits": lim.rlimits(),
             "cgroups": self.cgroup.procs_files if self.cgroup else [],
-            "status": str(self.dir / "ipc" / "launch-status.json"), "drop_caps": cfg.isolate,
+            "status": str(self.dir / "ipc" / "launch-status.json"),
+            "drop_caps": cfg.isolate,
         }
 
     def start(self) -> "Kernel":
@@ -569,17 +619,17 @@ class Kernel:
         # launcher bind-mounts by (source, target); pass them as such
         spec_path = self.dir / "ipc" / "launch.json"
         spec_path.write_text(json.dumps(spec))
-        km = SandboxKernelManager(kernel_name=cfg.kernel_name, transport="ipc",
-                                  ip=str(self.dir / "ipc" / "k"))
+        km = SandboxKernelManager(kernel_name=cfg.kernel_name, transport="ipc", ip=str(self.dir / "ipc" / "k"))
         km.connection_file = str(self.dir / "ipc" / "kernel.json")
         km.client_class = "grading.sandbox.FastReadyClient"
-        env = _base_env(self.dir, {"LIVELAB_OUTPUT_BYTES": str(cfg.limits.output_bytes),
-                                   **{k: self.sub(v) for k, v in cfg.env.items()}})
+        env = _base_env(
+            self.dir,
+            {"LIVELAB_OUTPUT_BYTES": str(cfg.limits.output_bytes), **{k: self.sub(v) for k, v in cfg.env.items()}},
+        )
         self.via = "exec"
         if cfg.fork_server and fork_server_usable(list(km.kernel_spec.argv)):
             km.kernel_id = str(uuid.uuid4())
-            prov = _provisioner_class()(kernel_id=km.kernel_id,
-                                        kernel_spec=km.kernel_spec, parent=km)
+            prov = _provisioner_class()(kernel_id=km.kernel_id, kernel_spec=km.kernel_spec, parent=km)
             prov.launch_spec = spec
             prov.log_path = str(self.dir / "ipc" / "kernel.log")
             km.provisioner = prov
@@ -590,8 +640,7 @@ class Kernel:
         _LIVE.add(self)
         try:
             # no input-history database (and its writer thread) in a one-shot grading kernel
-            run_sync(km.start_kernel)(env=env, cwd=str(self.work),
-                                      extra_arguments=["--HistoryManager.enabled=False"])
+            run_sync(km.start_kernel)(env=env, cwd=str(self.work), extra_arguments=["--HistoryManager.enabled=False"])
         except BaseException:
             self.km = km
             self.close()
@@ -618,10 +667,15 @@ class Kernel:
         st = self.launch_status()
         cg = self.cgroup
         return {
-            "namespaces": st.get("namespaces", []), "caps_dropped": st.get("caps_dropped", False),
-            "hidden": len(st.get("hidden", [])), "cgroup": cg.mode if cg and cg.active else None,
-            "cgroup_errors": (cg.errors if cg else []), "launch_errors": st.get("errors", []),
-            "transport": "ipc", "network": self.config.network, "started_by": self.via,
+            "namespaces": st.get("namespaces", []),
+            "caps_dropped": st.get("caps_dropped", False),
+            "hidden": len(st.get("hidden", [])),
+            "cgroup": cg.mode if cg and cg.active else None,
+            "cgroup_errors": (cg.errors if cg else []),
+            "launch_errors": st.get("errors", []),
+            "transport": "ipc",
+            "network": self.config.network,
+            "started_by": self.via,
             "peak_processes": self.watchdog.peak_processes if self.watchdog else None,
         }
 
@@ -665,6 +719,7 @@ class Kernel:
     def cpu_seconds(self) -> float:
         """CPU used by the kernel's process tree so far (for the benchmark's accounting)."""
         import psutil
+
         total = 0.0
         try:
             root = psutil.Process(self.pid)

@@ -82,6 +82,7 @@ def socket_path(home: Path) -> Path:
 def running(home: str | os.PathLike | None = None) -> dict | None:
     """The running service's run file (``pid``, ``socket``, ``ready``), or None."""
     from lab_hardware import home as _home
+
     h = _home.resolve(home)
     try:
         info = _home.read_json(h / "run" / RUNFILE)
@@ -100,8 +101,8 @@ class NamespaceLogs:
         self.lock = threading.Lock()
         self.logs: dict[str, collections.deque] = {}
         self.first: dict[str, float] = {}
-        self.opened: dict[tuple[str, str], float] = {}    # (ns, module) -> lab time of its last opening
-        self.acting: dict[tuple[str, str], str] = {}      # (ns, module) -> name the kernel acts under
+        self.opened: dict[tuple[str, str], float] = {}  # (ns, module) -> lab time of its last opening
+        self.acting: dict[tuple[str, str], str] = {}  # (ns, module) -> name the kernel acts under
 
     def add(self, ns: str, msg) -> None:
         with self.lock:
@@ -135,11 +136,21 @@ class NamespaceLogs:
 
 # ---- the service ------------------------------------------------------------------------------
 class GraderService:
-    def __init__(self, home: str | os.PathLike | None = None, *, course: str | list[str] = DEFAULT_COURSE,
-                 version: str | None = None, scheduler: str | None = None, workers: int = 2,
-                 state: str | None = None, out: str | None = None, events: str | None = None,
-                 warm_modules: list[str] | None = None):
+    def __init__(
+        self,
+        home: str | os.PathLike | None = None,
+        *,
+        course: str | list[str] = DEFAULT_COURSE,
+        version: str | None = None,
+        scheduler: str | None = None,
+        workers: int = 2,
+        state: str | None = None,
+        out: str | None = None,
+        events: str | None = None,
+        warm_modules: list[str] | None = None,
+    ):
         from lab_hardware import home as _home
+
         self.home = _home.resolve(home)
         # the courses it grades (a module id names its course: the first course that has it)
         self.courses = [course] if isinstance(course, str) else list(course)
@@ -152,7 +163,7 @@ class GraderService:
         self.logs = NamespaceLogs()
         self.stopping = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="grader-request")
-        self.store_lock = threading.Lock()      # one gradebook writer at a time (SQLite)
+        self.store_lock = threading.Lock()  # one gradebook writer at a time (SQLite)
         self.attempt_lock = threading.Lock()
         self.prepared: set[tuple[str, str]] = set()
         self.client = self.cluster = None
@@ -167,10 +178,12 @@ class GraderService:
         """The learner a namespace belongs to: the registry's, or the single-user lab's owner;
         None for grading namespaces (they never ask)."""
         from lab_hardware import home as _home
+
         if ns.startswith("g-"):
             return None
         try:
             from labs import learners  # helper "team"'s registry, when present
+
             for entry in learners.list_learners(self.home):
                 if entry.get("namespace") == ns:
                     return str(entry["name"])
@@ -184,12 +197,14 @@ class GraderService:
             name = desc.get("learner_name") or desc.get("owner")
             if not name:
                 import pwd
+
                 name = pwd.getpwuid(os.getuid()).pw_name
             return str(name)
         return ns  # a learner's namespace is its name (CONTRACTS §1)
 
     def devices(self, ns: str) -> list[str]:
         from lab_hardware import home as _home
+
         cfg = _home.read_json(self.home / "config.json")
         spec = cfg["namespaces"].get(ns)
         if spec is None:
@@ -199,6 +214,7 @@ class GraderService:
     # ---- start / stop ---------------------------------------------------------------------
     def start(self) -> "GraderService":
         from .outcomes import events_key
+
         t0 = time.perf_counter()
         self.key = events_key(self.home)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -213,14 +229,26 @@ class GraderService:
 
     def _write_run(self, ready: bool) -> None:
         from lab_hardware import home as _home
-        _home.write_json(self.home / "run" / RUNFILE, {
-            "pid": os.getpid(), "ready": ready, "socket": str(socket_path(self.home)), "course": self.course,
-            "courses": self.courses, "scheduler": self.scheduler, "workers": self.workers, "started": time.time()})
+
+        _home.write_json(
+            self.home / "run" / RUNFILE,
+            {
+                "pid": os.getpid(),
+                "ready": ready,
+                "socket": str(socket_path(self.home)),
+                "course": self.course,
+                "courses": self.courses,
+                "scheduler": self.scheduler,
+                "workers": self.workers,
+                "started": time.time(),
+            },
+        )
 
     def _start_observer(self) -> None:
         from lab_hardware.runtime import lab as _lab
         from lab_hardware import mqtt
         from .checks.base import Message
+
         c = _lab.control_client(self.home, client_id=f"grader-service-{uuid.uuid4().hex[:8]}")
         logs = self.logs
 
@@ -243,6 +271,7 @@ class GraderService:
 
     def _start_cluster(self) -> None:
         from distributed import Client
+
         if self.scheduler:
             self.client = Client(self.scheduler, timeout="10s")
             return
@@ -250,13 +279,22 @@ class GraderService:
         from distributed.security import Security
         from . import forkserver
         from .batch import NO_DASHBOARD
+
         forkserver.start()
         sec = Security.temporary()
         with forkserver.configured():
-            self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                        dashboard_address=None,
-                                        scheduler_kwargs=NO_DASHBOARD, silence_logs=logging.ERROR, security=sec,
-                                        host="127.0.0.1", protocol="tls://", env=dict(os.environ))
+            self.cluster = LocalCluster(
+                n_workers=self.workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                scheduler_kwargs=NO_DASHBOARD,
+                silence_logs=logging.ERROR,
+                security=sec,
+                host="127.0.0.1",
+                protocol="tls://",
+                env=dict(os.environ),
+            )
         self.client = Client(self.cluster, security=sec)
 
     def _target(self, module: str):
@@ -264,6 +302,7 @@ class GraderService:
         t = self.targets.get(module)
         if t is None:
             from .batch import GradeUsageError, resolve_course
+
             for i, course in enumerate(self.courses):
                 try:
                     t = resolve_course(str(self._course_root(course)), module, self.version if i == 0 else None)
@@ -280,9 +319,11 @@ class GraderService:
         from .batch import _warm
         from .reference import build as build_reference
         from .runner import RunOptions
+
         modules = self.warm_modules
         if modules is None:
             import tomllib
+
             modules = []
             for course in self.courses:
                 root = self._course_root(course)
@@ -301,6 +342,7 @@ class GraderService:
 
     def _course_root(self, course: str | None = None) -> Path:
         from .batch import REPO
+
         course = course or self.course
         p = Path(course).expanduser()
         return p.resolve() if p.is_dir() else REPO / "courses" / course
@@ -320,13 +362,17 @@ class GraderService:
                     with wlock:
                         self.wfile.write((json.dumps({"progress": text}) + "\n").encode())
                         self.wfile.flush()
+
                 try:
                     req = json.loads(line)
                     if req.get("op") == "grade" and (req.get("config") or {}).get("progress_lines"):
                         req["config"]["progress_sink"] = progress
                     reply = svc.handle_local(req)
                 except Exception as exc:  # noqa: BLE001 - one line back to the CLI
-                    reply = {"ok": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+                    reply = {
+                        "ok": False,
+                        "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                    }
                 self.wfile.write((json.dumps(reply, default=str) + "\n").encode())
 
         old = os.umask(0o177)
@@ -339,6 +385,7 @@ class GraderService:
 
     def stop(self) -> None:
         from lab_hardware import mqtt
+
         self.stopping.set()
         try:
             (self.home / "run" / RUNFILE).unlink(missing_ok=True)
@@ -353,6 +400,7 @@ class GraderService:
         self.pool.shutdown(wait=False, cancel_futures=True)
         if self.client is not None:
             from .batch import _shutdown_worker
+
             try:
                 if self.cluster is not None:
                     self.client.run(_shutdown_worker)
@@ -362,11 +410,13 @@ class GraderService:
         if self.cluster is not None:
             self.cluster.close(timeout=10)
             from . import forkserver
+
             forkserver.stop()
 
     # ---- requests from learners (MQTT) --------------------------------------------------------
     def _reply(self, ns: str, payload: dict) -> None:
         from lab_hardware import topics
+
         self.mq.publish(reply_topic(ns), topics.encode({"schema": REPLY_SCHEMA, **payload}), qos=1)
 
     def _handle_mqtt(self, ns: str, raw: bytes) -> None:
@@ -389,8 +439,9 @@ class GraderService:
             if op == "check":
                 out = self.check(ns, learner, str(req.get("module") or ""))
             elif op == "submit":
-                out = self.submit(ns, learner, str(req.get("module") or ""), req.get("notebook"),
-                                  str(req.get("name") or ""))
+                out = self.submit(
+                    ns, learner, str(req.get("module") or ""), req.get("notebook"), str(req.get("name") or "")
+                )
             else:
                 raise RequestError(f"unknown request {op!r}: use check or submit")
             out = {"id": rid, "ok": True, **out}
@@ -399,8 +450,15 @@ class GraderService:
         except Exception as exc:  # noqa: BLE001 - the machine failed, not the learner
             log.exception("request %s from %s failed", req.get("op"), ns)
             from .outcomes import INFRA, NOT_YOUR_WORK
-            out = {"id": rid, "ok": False, "status": INFRA,
-                   "error": NOT_YOUR_WORK.format(why=f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}")}
+
+            out = {
+                "id": rid,
+                "ok": False,
+                "status": INFRA,
+                "error": NOT_YOUR_WORK.format(
+                    why=f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+                ),
+            }
         out["seconds"] = round(time.perf_counter() - t0, 4)
         self.stats[str(req.get("op"))].append(out["seconds"])
         self._reply(ns, out)
@@ -410,14 +468,20 @@ class GraderService:
         """Judge the module's checks on ``ns``'s evidence since the module was opened."""
         from .checks.base import CheckContext, judge, load_checks
         from .outcomes import INFRA, classify, sign
+
         try:
             target = self._target(module)
         except Exception as exc:  # noqa: BLE001 - GradeUsageError and friends
             raise RequestError(f"unknown module {module!r}: {exc}") from None
         names = [n for n in (target.module_meta.get("checks") or []) if isinstance(n, str)]
         if not names:
-            return {"module": module, "learner": learner, "checks": [], "status": "graded",
-                    "note": f"{module} has no lab checks: its tests are graded when you submit (lab.submit())"}
+            return {
+                "module": module,
+                "learner": learner,
+                "checks": [],
+                "status": "graded",
+                "note": f"{module} has no lab checks: its tests are graded when you submit (lab.submit())",
+            }
         specs = load_checks(names)
         with self.logs.lock:
             opened = self.logs.opened.get((ns, module))
@@ -428,32 +492,65 @@ class GraderService:
             # learner's own namespace; who gets the events is ``learner``, from the registry.
             acting = self.logs.acting.get((ns, module)) or learner
         started = opened if opened is not None else first
-        ctx = CheckContext(home=self.home, namespace=ns, devices=self.devices(ns), learner=acting, module=module,
-                           started=started, ended=time.time(), messages=self.logs.since(ns, started - 1.0),
-                           artifacts=None, module_meta=dict(target.module_meta))
+        ctx = CheckContext(
+            home=self.home,
+            namespace=ns,
+            devices=self.devices(ns),
+            learner=acting,
+            module=module,
+            started=started,
+            ended=time.time(),
+            messages=self.logs.since(ns, started - 1.0),
+            artifacts=None,
+            module_meta=dict(target.module_meta),
+        )
         rows = [judge(spec, ctx) for spec in specs]
         why = classify({"checks": rows})
         if why:  # a crashed check is the machine's failure: no check-failed event
-            return {"module": module, "learner": learner, "status": INFRA, "infrastructure": why,
-                    "checks": rows}
+            return {"module": module, "learner": learner, "status": INFRA, "infrastructure": why, "checks": rows}
         now = time.time()
-        evs = [{"schema": "livelab.event/v1", "source": "grader", "kind": "check-passed" if r["passed"] else "check-failed",
-                "learner": learner, "module": module, "course": target.course_id, "version": target.version or "",
-                "check": r["name"], "time": now, "key": f"check:{uuid.uuid4().hex}",
-                "detail": {"via": "lab.check", "namespace": ns, "score": r["score"], "points": r["points"],
-                           "failed_items": [i["name"] for i in r["items"] if not i["ok"]]}} for r in rows]
+        evs = [
+            {
+                "schema": "livelab.event/v1",
+                "source": "grader",
+                "kind": "check-passed" if r["passed"] else "check-failed",
+                "learner": learner,
+                "module": module,
+                "course": target.course_id,
+                "version": target.version or "",
+                "check": r["name"],
+                "time": now,
+                "key": f"check:{uuid.uuid4().hex}",
+                "detail": {
+                    "via": "lab.check",
+                    "namespace": ns,
+                    "score": r["score"],
+                    "points": r["points"],
+                    "failed_items": [i["name"] for i in r["items"] if not i["ok"]],
+                },
+            }
+            for r in rows
+        ]
         written = self._record(sign(evs, self.key))
-        return {"module": module, "learner": learner, "status": "graded", "checks": rows, "events": written,
-                "since": started}
+        return {
+            "module": module,
+            "learner": learner,
+            "status": "graded",
+            "checks": rows,
+            "events": written,
+            "since": started,
+        }
 
     def _record(self, evs: list[dict]) -> int:
         from labs.learning_events import EventStore
+
         with EventStore(self.events_url or self.home) as store:
             return store.write(evs)
 
     # ---- submit --------------------------------------------------------------------------
     def _next_attempt(self, learner: str, module: str) -> int:
         from lab_hardware import home as _home
+
         p = self.out / "attempts.json"
         with self.attempt_lock:
             try:
@@ -487,13 +584,24 @@ class GraderService:
         path = adir / f"{nbname}.ipynb"
         path.write_bytes(data)
         (adir / "timestamp.txt").write_text(time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()) + "\n")
-        summary = self.grade(dict(course=str(target.root), module=module, path=str(path),
-                                  student=learner, out=str(self.out), attempt=attempt, use_cache=False,
-                                  lab_home=str(self.home), version=target.version,
-                                  events=self.events_url or str(self.home),
-                                  stable_hide=True))
+        summary = self.grade(
+            dict(
+                course=str(target.root),
+                module=module,
+                path=str(path),
+                student=learner,
+                out=str(self.out),
+                attempt=attempt,
+                use_cache=False,
+                lab_home=str(self.home),
+                version=target.version,
+                events=self.events_url or str(self.home),
+                stable_hide=True,
+            )
+        )
         res = summary["results"][0]
         from .batch import path_id
+
         fb = self.out / "feedback" / path_id(learner) / path_id(module) / f"{path_id(nbname)}.html"
         html = None
         if res.get("status") != "infrastructure-error" and fb.exists():
@@ -501,34 +609,55 @@ class GraderService:
             shutil.copyfile(fb, kept)
             html = kept.read_text()
         self._record_attempt(summary, res, attempt, kept_feedback=str(adir / "feedback.html") if html else None)
-        return {"module": module, "learner": learner, "attempt": attempt, "status": res["status"],
-                "score": res["score"], "max_score": res["max_score"], "messages": res["messages"],
-                "feedback_html": html, "feedback_path": str(adir / "feedback.html") if html else None,
-                "grading_seconds": summary["wall_seconds"],
-                "timings": (summary.get("per_submission") or [{}])[0].get("timings", {})}
+        return {
+            "module": module,
+            "learner": learner,
+            "attempt": attempt,
+            "status": res["status"],
+            "score": res["score"],
+            "max_score": res["max_score"],
+            "messages": res["messages"],
+            "feedback_html": html,
+            "feedback_path": str(adir / "feedback.html") if html else None,
+            "grading_seconds": summary["wall_seconds"],
+            "timings": (summary.get("per_submission") or [{}])[0].get("timings", {}),
+        }
 
     def _record_attempt(self, summary: dict, res: dict, attempt: int, kept_feedback: str | None) -> None:
         """The attempt in the gradebook's ``livelab_attempts`` table (nbgrader keeps the latest)."""
         import sqlalchemy as sa
+
         md = sa.MetaData()
-        t = sa.Table("livelab_attempts", md,
-                     sa.Column("student", sa.String(200), primary_key=True),
-                     sa.Column("assignment", sa.String(200), primary_key=True),
-                     sa.Column("notebook", sa.String(200), primary_key=True),
-                     sa.Column("attempt", sa.Integer, primary_key=True),
-                     sa.Column("status", sa.String(32), nullable=False),
-                     sa.Column("score", sa.Float, nullable=True),
-                     sa.Column("max_score", sa.Float, nullable=False),
-                     sa.Column("time", sa.Float, nullable=False),
-                     sa.Column("feedback", sa.String(1000), nullable=True))
+        t = sa.Table(
+            "livelab_attempts",
+            md,
+            sa.Column("student", sa.String(200), primary_key=True),
+            sa.Column("assignment", sa.String(200), primary_key=True),
+            sa.Column("notebook", sa.String(200), primary_key=True),
+            sa.Column("attempt", sa.Integer, primary_key=True),
+            sa.Column("status", sa.String(32), nullable=False),
+            sa.Column("score", sa.Float, nullable=True),
+            sa.Column("max_score", sa.Float, nullable=False),
+            sa.Column("time", sa.Float, nullable=False),
+            sa.Column("feedback", sa.String(1000), nullable=True),
+        )
         eng = sa.create_engine(summary["gradebook"])
         try:
             with self.store_lock, eng.begin() as conn:
                 md.create_all(conn, checkfirst=True)
-                conn.execute(t.insert().values(student=res["student"], assignment=summary["module"],
-                                               notebook=res["notebook"], attempt=attempt, status=res["status"],
-                                               score=res["score"], max_score=res["max_score"], time=time.time(),
-                                               feedback=kept_feedback))
+                conn.execute(
+                    t.insert().values(
+                        student=res["student"],
+                        assignment=summary["module"],
+                        notebook=res["notebook"],
+                        attempt=attempt,
+                        status=res["status"],
+                        score=res["score"],
+                        max_score=res["max_score"],
+                        time=time.time(),
+                        feedback=kept_feedback,
+                    )
+                )
         finally:
             eng.dispose()
 
@@ -537,6 +666,7 @@ class GraderService:
         """Run ``livelab grade``'s driver on the warm workers."""
         from .batch import BatchConfig, Driver
         from .limits import Limits
+
         cfg = dict(config)
         if isinstance(cfg.get("limits"), dict):
             cfg["limits"] = Limits(**cfg["limits"])
@@ -555,6 +685,7 @@ class GraderService:
         def locked_store(sub, res):
             with self.store_lock:
                 return store(sub, res)
+
         driver._store = locked_store
         summary = driver.run(client=self.client)
         self.prepared.add(key)
@@ -565,8 +696,16 @@ class GraderService:
         prestarted kernel or lab slot fits the next one): the course content, the grader's
         state and output (every attempt of every learner), the lab's home."""
         from .batch import _course_content_dirs
-        return sorted({*(str(self._course_root(c)) for c in self.courses), str(self.state), str(self.out), str(self.home),
-                       *_course_content_dirs()})
+
+        return sorted(
+            {
+                *(str(self._course_root(c)) for c in self.courses),
+                str(self.state),
+                str(self.out),
+                str(self.home),
+                *_course_content_dirs(),
+            }
+        )
 
     def handle_local(self, req: dict) -> dict:
         """A request from the lab owner's CLI on the Unix socket."""
@@ -576,13 +715,19 @@ class GraderService:
                 return {"ok": True, "summary": self.grade(req["config"])}
             except Exception as exc:  # noqa: BLE001 - GradeUsageError: exit 2 in the CLI
                 from .batch import GradeUsageError
+
                 if isinstance(exc, GradeUsageError):
                     return {"ok": False, "usage": True, "error": str(exc)}
                 raise
         if op == "status":
-            return {"ok": True, "pid": os.getpid(), "namespaces": sorted(self.logs.logs),
-                    "stats": {k: {"n": len(v), "median": sorted(v)[len(v) // 2] if v else None}
-                              for k, v in self.stats.items()}}
+            return {
+                "ok": True,
+                "pid": os.getpid(),
+                "namespaces": sorted(self.logs.logs),
+                "stats": {
+                    k: {"n": len(v), "median": sorted(v)[len(v) // 2] if v else None} for k, v in self.stats.items()
+                },
+            }
         if op == "stop":
             self.stopping.set()
             return {"ok": True}
@@ -594,11 +739,11 @@ class RequestError(ValueError):
 
 
 # ---- the CLI's door ---------------------------------------------------------------------------------
-def call(home: str | os.PathLike | None, req: dict, *, timeout: float | None = None,
-         progress=None) -> dict:
+def call(home: str | os.PathLike | None, req: dict, *, timeout: float | None = None, progress=None) -> dict:
     """Send one request to the running service's Unix socket and return its reply
     (``progress``: called with each progress line the service streams before it)."""
     from lab_hardware import home as _home
+
     path = socket_path(_home.resolve(home))
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
@@ -619,11 +764,13 @@ def call(home: str | os.PathLike | None, req: dict, *, timeout: float | None = N
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m grading.service",
-                                description="The warm grading service (see 'livelab grader serve').")
+    p = argparse.ArgumentParser(
+        prog="python -m grading.service", description="The warm grading service (see 'livelab grader serve')."
+    )
     p.add_argument("--home")
-    p.add_argument("--course", action="append", help="a course it grades (repeat for several; default "
-                                                     f"{DEFAULT_COURSE})")
+    p.add_argument(
+        "--course", action="append", help=f"a course it grades (repeat for several; default {DEFAULT_COURSE})"
+    )
     p.add_argument("--version")
     p.add_argument("--scheduler")
     p.add_argument("--workers", type=int, default=2)
@@ -631,10 +778,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out")
     p.add_argument("--events")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    svc = GraderService(args.home, course=args.course or DEFAULT_COURSE, version=args.version, scheduler=args.scheduler,
-                        workers=args.workers, state=args.state, out=args.out, events=args.events)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    svc = GraderService(
+        args.home,
+        course=args.course or DEFAULT_COURSE,
+        version=args.version,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        state=args.state,
+        out=args.out,
+        events=args.events,
+    )
     signal.signal(signal.SIGTERM, lambda *a: svc.stopping.set())
     signal.signal(signal.SIGINT, lambda *a: svc.stopping.set())
     code = 0

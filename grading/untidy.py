@@ -36,10 +36,11 @@ class UntidyError(ValueError):
 def validate(spec: Any, where: str = "untidy") -> list[str]:
     """Problems with an ``untidy`` value (empty when it is valid)."""
     from lab_hardware.consent import SCOPES
+
     if spec is None:
         return []
     if not isinstance(spec, list):
-        return [f"{where} must be an array of tables like {{ grant = \"telemetry\", devices = \"some\" }}"]
+        return [f'{where} must be an array of tables like {{ grant = "telemetry", devices = "some" }}']
     problems = []
     for n, e in enumerate(spec, 1):
         if not isinstance(e, dict) or set(e) != {"grant", "devices"}:
@@ -49,7 +50,7 @@ def validate(spec: Any, where: str = "untidy") -> list[str]:
             problems.append(f"{where} entry {n}: grant {e['grant']!r} is not a consent scope ({', '.join(SCOPES)})")
         d = e["devices"]
         if not (d == "some" or (isinstance(d, list) and d and all(isinstance(x, str) for x in d))):
-            problems.append(f"{where} entry {n}: devices must be \"some\" or a non-empty array of device names")
+            problems.append(f'{where} entry {n}: devices must be "some" or a non-empty array of device names')
     return problems
 
 
@@ -70,14 +71,24 @@ def plan(spec: list[dict] | None, devices: list[str], *, seed: int = 0, module: 
     return out
 
 
-def seed_namespace(home: str | Path, namespace: str, devices: list[str], spec: list[dict] | None, *,
-                   seed: int = 0, module: str = "", timeout: float = 10.0) -> list[dict]:
+def seed_namespace(
+    home: str | Path,
+    namespace: str,
+    devices: list[str],
+    spec: list[dict] | None,
+    *,
+    seed: int = 0,
+    module: str = "",
+    timeout: float = 10.0,
+) -> list[dict]:
     """Apply ``spec`` to a namespace of a running lab; returns what was left granted, each as
     ``{"device", "scope", "audit_index"}``.  Waits for every device's audit record."""
     grants = plan(spec, devices, seed=seed, module=module)
     if not grants:
         return []
     from labs import reset
-    recs = reset.send(home, namespace, [(d, "consent", {"scope": s, "grant": True, "by": AUTHOR})
-                                         for d, s in grants], timeout=timeout)
+
+    recs = reset.send(
+        home, namespace, [(d, "consent", {"scope": s, "grant": True, "by": AUTHOR}) for d, s in grants], timeout=timeout
+    )
     return [{"device": d, "scope": s, "audit_index": r.get("index")} for (d, s), r in zip(grants, recs)]

@@ -24,8 +24,16 @@ import nbgrader.preprocessors  # noqa: F401,E402
 from . import batch, engine, feedback, runner  # noqa: F401,E402
 
 # the first render compiles nbconvert's and nbgrader's feedback templates: do it here, once
-feedback.render(nbformat.v4.new_notebook(cells=[
-    nbformat.v4.new_markdown_cell("warm-up"),
-    nbformat.v4.new_code_cell("1", metadata={"nbgrader": {"grade": True, "grade_id": "t", "points": 1}},
-                              outputs=[nbformat.v4.new_output("stream", name="stdout", text="1\n")])]),
-    {"score": 0.0, "max_score": 1.0, "notebook": "warm-up", "cells": [], "messages": []})
+feedback.render(
+    nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_markdown_cell("warm-up"),
+            nbformat.v4.new_code_cell(
+                "1",
+                metadata={"nbgrader": {"grade": True, "grade_id": "t", "points": 1}},
+                outputs=[nbformat.v4.new_output("stream", name="stdout", text="1\n")],
+            ),
+        ]
+    ),
+    {"score": 0.0, "max_score": 1.0, "notebook": "warm-up", "cells": [], "messages": []},
+)

@@ -27,9 +27,24 @@ import traceback
 HERE = os.path.dirname(os.path.abspath(__file__))
 #: Imported by every kernel during start-up (the debugger support) or at its first error
 #: (traceback formatting); importing them once here saves each kernel about 70 ms of CPU.
-PRELOAD = ("ipykernel.debugger", "IPython.core.debugger", "IPython.core.ultratb", "stack_data", "executing",
-           "pure_eval", "asttokens", "pygments.lexers.python", "pygments.formatters.terminal256",
-           "pydoc", "email.parser", "mimetypes", "gzip", "xml.dom.minidom", "http.client", "fractions")
+PRELOAD = (
+    "ipykernel.debugger",
+    "IPython.core.debugger",
+    "IPython.core.ultratb",
+    "stack_data",
+    "executing",
+    "pure_eval",
+    "asttokens",
+    "pygments.lexers.python",
+    "pygments.formatters.terminal256",
+    "pydoc",
+    "email.parser",
+    "mimetypes",
+    "gzip",
+    "xml.dom.minidom",
+    "http.client",
+    "fractions",
+)
 
 
 def _child(req, launcher):
@@ -52,6 +67,7 @@ def _child(req, launcher):
         launcher.confine(req["spec"])  # with a PID namespace this process becomes the shim
         sys.argv = ["ipykernel_launcher", *req["args"]]
         from ipykernel import kernelapp
+
         kernelapp.launch_new_instance(argv=req["args"])
         atexit._run_exitfuncs()
     except SystemExit as exc:
@@ -68,6 +84,7 @@ def _child(req, launcher):
 
 def _load_launcher():
     import importlib.util
+
     spec = importlib.util.spec_from_file_location("_livelab_launcher", os.path.join(HERE, "launcher.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -83,15 +100,16 @@ def main():
     import ipykernel.zmqshell  # noqa: F401
     import IPython.core.interactiveshell  # noqa: F401
     import importlib
+
     for name in PRELOAD:  # what every kernel imports at start or at its first traceback
         try:
             importlib.import_module(name)
         except Exception:  # noqa: BLE001 - optional: the kernel imports it itself if it can
             pass
     import threading
+
     if threading.active_count() != 1:
-        print(json.dumps({"ready": False, "error": "threads running after imports: cannot fork safely"}),
-              flush=True)
+        print(json.dumps({"ready": False, "error": "threads running after imports: cannot fork safely"}), flush=True)
         return 1
     preload = time.perf_counter() - t0
     children = set()

@@ -52,8 +52,9 @@ def render_spec(home: str | os.PathLike | None = None) -> dict:
     return spec
 
 
-def install(prefix_mode: str = "sys-prefix", home: str | os.PathLike | None = None,
-            prefix: str | os.PathLike | None = None) -> Path:
+def install(
+    prefix_mode: str = "sys-prefix", home: str | os.PathLike | None = None, prefix: str | os.PathLike | None = None
+) -> Path:
     """Install the kernelspec and return the directory it was installed to.
 
     ``prefix_mode``: ``"sys-prefix"`` (this environment; what ``make setup`` uses), ``"user"``
@@ -73,9 +74,13 @@ def install(prefix_mode: str = "sys-prefix", home: str | os.PathLike | None = No
         _copy_logos(src)
         (src / "kernel.json").write_text(json.dumps(spec, indent=2) + "\n")
         dest = KernelSpecManager().install_kernel_spec(
-            str(src), kernel_name=KERNEL_NAME, user=prefix_mode == "user",
-            prefix={"sys-prefix": sys.prefix, "prefix": None if prefix is None else str(prefix),
-                    "user": None}[prefix_mode])
+            str(src),
+            kernel_name=KERNEL_NAME,
+            user=prefix_mode == "user",
+            prefix={"sys-prefix": sys.prefix, "prefix": None if prefix is None else str(prefix), "user": None}[
+                prefix_mode
+            ],
+        )
     return Path(dest)
 
 
@@ -103,23 +108,37 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m kernels",
         description="Install or show the 'livelab' Jupyter kernelspec. The installed spec runs "
-                    "this interpreter (%s) and sets LIVELAB_DEFAULT_HOME, the state directory a "
-                    "kernel uses when its launcher does not set LIVELAB_HOME." % sys.executable)
+        "this interpreter (%s) and sets LIVELAB_DEFAULT_HOME, the state directory a "
+        "kernel uses when its launcher does not set LIVELAB_HOME." % sys.executable,
+    )
     sub = parser.add_subparsers(dest="command", metavar="{install,show}")
-    p = sub.add_parser("install", help="install (or replace) the livelab kernelspec",
-                       description="Install (or replace) the livelab kernelspec.")
+    p = sub.add_parser(
+        "install",
+        help="install (or replace) the livelab kernelspec",
+        description="Install (or replace) the livelab kernelspec.",
+    )
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--sys-prefix", dest="mode", action="store_const", const="sys-prefix",
-                       help=f"into this environment, {sys.prefix} (default)")
-    where.add_argument("--user", dest="mode", action="store_const", const="user",
-                       help="into the user's Jupyter data directory")
-    where.add_argument("--prefix", metavar="DIR",
-                       help="under DIR (DIR/share/jupyter/kernels/livelab)")
-    p.add_argument("--home", metavar="DIR",
-                   help="default state directory for kernels (default: $LIVELAB_HOME, else ~/.livelab "
-                        "expanded per user)")
-    sub.add_parser("show", help="print the installed spec's path and kernel.json",
-                   description="Print the path and kernel.json of the livelab spec Jupyter would use.")
+    where.add_argument(
+        "--sys-prefix",
+        dest="mode",
+        action="store_const",
+        const="sys-prefix",
+        help=f"into this environment, {sys.prefix} (default)",
+    )
+    where.add_argument(
+        "--user", dest="mode", action="store_const", const="user", help="into the user's Jupyter data directory"
+    )
+    where.add_argument("--prefix", metavar="DIR", help="under DIR (DIR/share/jupyter/kernels/livelab)")
+    p.add_argument(
+        "--home",
+        metavar="DIR",
+        help="default state directory for kernels (default: $LIVELAB_HOME, else ~/.livelab expanded per user)",
+    )
+    sub.add_parser(
+        "show",
+        help="print the installed spec's path and kernel.json",
+        description="Print the path and kernel.json of the livelab spec Jupyter would use.",
+    )
     args = parser.parse_args(argv)
 
     if args.command == "install":
@@ -127,16 +146,22 @@ def main(argv: list[str] | None = None) -> int:
         try:
             dest = install(mode, home=args.home, prefix=args.prefix)
         except OSError as exc:
-            print(f"livelab: cannot install the kernelspec ({exc.strerror or exc}): "
-                  "choose a writable location with --user or --prefix DIR", file=sys.stderr)
+            print(
+                f"livelab: cannot install the kernelspec ({exc.strerror or exc}): "
+                "choose a writable location with --user or --prefix DIR",
+                file=sys.stderr,
+            )
             return 2
         print(f"installed kernelspec {KERNEL_NAME!r} in {dest}")
         return 0
     if args.command == "show":
         found = spec_dir()
         if found is None:
-            print(f"livelab: the {KERNEL_NAME!r} kernelspec is not installed: "
-                  "run 'python -m kernels install' (or 'make setup')", file=sys.stderr)
+            print(
+                f"livelab: the {KERNEL_NAME!r} kernelspec is not installed: "
+                "run 'python -m kernels install' (or 'make setup')",
+                file=sys.stderr,
+            )
             return 1
         print(found)
         print((found / "kernel.json").read_text().rstrip())

@@ -25,10 +25,14 @@ import sys
 
 #: Old module name -> where it lives now (for released notebooks; see the module doc).
 _MOVED = {
-    **{f"lab_hardware.{m}": f"lab_hardware.modelops.{m}"
-       for m in ("adapter", "bundle", "keys", "replay", "replay_sandbox", "scrub", "slots")},
-    **{f"lab_hardware.{m}": f"lab_hardware.runtime.{m}"
-       for m in ("broker", "device", "lab", "link", "outbox", "supervisor")},
+    **{
+        f"lab_hardware.{m}": f"lab_hardware.modelops.{m}"
+        for m in ("adapter", "bundle", "keys", "replay", "replay_sandbox", "scrub", "slots")
+    },
+    **{
+        f"lab_hardware.{m}": f"lab_hardware.runtime.{m}"
+        for m in ("broker", "device", "lab", "link", "outbox", "supervisor")
+    },
     "lab_hardware.events": "labs.learning_events",
 }
 

@@ -23,9 +23,7 @@ FIELDS = ("index", "time", "kind", "data", "prev")
 
 def record_hash(record: dict[str, Any]) -> str:
     body = {k: record[k] for k in FIELDS}
-    return hashlib.sha256(
-        json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    ).hexdigest()
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -72,7 +70,7 @@ def read(path: Path) -> list[dict[str, Any]]:
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError:
-            if i == len(lines) - 1 or all(not rest.strip() for rest in lines[i + 1:]):
+            if i == len(lines) - 1 or all(not rest.strip() for rest in lines[i + 1 :]):
                 break  # torn tail write
             raise ValueError(f"{path}: line {i + 1} is not JSON") from None
     return out
@@ -104,8 +102,7 @@ class AuditChain:
     def append(self, kind: str, data: dict[str, Any]) -> dict[str, Any]:
         """Write one record durably (flush + fsync: records are rare, loss is not ok)."""
         with self._lock:
-            rec = {"index": self._next, "time": round(self._clock(), 6), "kind": kind,
-                   "data": data, "prev": self._prev}
+            rec = {"index": self._next, "time": round(self._clock(), 6), "kind": kind, "data": data, "prev": self._prev}
             rec["hash"] = record_hash(rec)
             line = json.dumps(rec, sort_keys=True, separators=(",", ":")) + "\n"
             with open(self.path, "a", encoding="utf-8") as fh:

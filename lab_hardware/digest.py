@@ -31,8 +31,10 @@ def signal_digests(features: np.ndarray, bundle_digest: str, first_seq: int) -> 
     sha = hashlib.sha256
     raw = x.tobytes()
     width = x.shape[1] * 4
-    return [sha(raw[i * width:(i + 1) * width] + tail + (first_seq + i).to_bytes(8, "little")).hexdigest()[:LENGTH]
-            for i in range(x.shape[0])]
+    return [
+        sha(raw[i * width : (i + 1) * width] + tail + (first_seq + i).to_bytes(8, "little")).hexdigest()[:LENGTH]
+        for i in range(x.shape[0])
+    ]
 
 
 def fold(window_hash: str, digest: str) -> str:

@@ -74,6 +74,7 @@ def die_with_parent() -> None:
     even by ``kill -9``, so a lab never leaves orphans behind (Linux prctl)."""
     import ctypes
     import signal
+
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:

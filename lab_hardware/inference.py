@@ -32,8 +32,7 @@ class Model:
 
     def __init__(self, path: Path | str | bytes):
         src = path if isinstance(path, bytes) else str(path)
-        self.session = ort.InferenceSession(src, sess_options=session_options(),
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(src, sess_options=session_options(), providers=["CPUExecutionProvider"])
         meta = self.session.get_modelmeta().custom_metadata_map
         self.intents: list[str] = json.loads(meta["intents"]) if "intents" in meta else []
         self.name = meta.get("name", "model")

@@ -13,9 +13,14 @@ class ConnectError(RuntimeError):
     """Could not connect or authenticate; the message says which."""
 
 
-def client(client_id: str | None = None, *, username: str | None = None,
-           password: str | None = None, clean: bool = True,
-           protocol: int = mqtt.MQTTv311) -> mqtt.Client:
+def client(
+    client_id: str | None = None,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    clean: bool = True,
+    protocol: int = mqtt.MQTTv311,
+) -> mqtt.Client:
     """A paho client (callback API v2) with livelab's defaults for QoS 1 throughput."""
     cid = client_id or f"livelab-{uuid.uuid4().hex[:12]}"
     kwargs = {"clean_session": clean} if protocol != mqtt.MQTTv5 else {}
@@ -28,8 +33,7 @@ def client(client_id: str | None = None, *, username: str | None = None,
     return c
 
 
-def connect(c: mqtt.Client, host: str, port: int, *, timeout: float = 5.0,
-            keepalive: int = 30) -> None:
+def connect(c: mqtt.Client, host: str, port: int, *, timeout: float = 5.0, keepalive: int = 30) -> None:
     """Connect and start the network thread; raise ConnectError on refusal or timeout."""
     done = threading.Event()
     result: dict = {}

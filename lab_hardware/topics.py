@@ -42,9 +42,7 @@ class TopicError(ValueError):
 
 def check_name(kind: str, name: str) -> str:
     if not isinstance(name, str) or not NAME_RE.match(name):
-        raise TopicError(
-            f"invalid {kind} name {name!r}: use 1-63 lower-case letters, digits, '-' or '_'"
-        )
+        raise TopicError(f"invalid {kind} name {name!r}: use 1-63 lower-case letters, digits, '-' or '_'")
     return name
 
 
@@ -79,8 +77,9 @@ def command(ns: str, device: str, cmd: str, sender: str | None = None) -> str:
     if sender is None:
         return base
     if not isinstance(sender, str) or not AUTHOR_RE.match(sender):
-        raise TopicError(f"invalid command sender {sender!r}: use a broker username "
-                         "(lower-case letters, digits, '.', '-', '_')")
+        raise TopicError(
+            f"invalid command sender {sender!r}: use a broker username (lower-case letters, digits, '.', '-', '_')"
+        )
     return f"{base}/{sender}"
 
 

@@ -27,11 +27,30 @@ BINS = 10
 #: Top-1 minus top-2 probability below which a decision counts as low-margin.
 LOW_MARGIN = 0.2
 #: Fields a telemetry window may contain; anything else is a privacy bug.
-ALLOWED_FIELDS = frozenset({
-    "schema", "namespace", "device", "seq", "model", "bundle", "start", "end", "decisions",
-    "first_decision", "last_decision", "counts", "confidence", "fp_proxy", "latency_ms",
-    "digest", "profile", "sent", "noise", "shadow",
-})
+ALLOWED_FIELDS = frozenset(
+    {
+        "schema",
+        "namespace",
+        "device",
+        "seq",
+        "model",
+        "bundle",
+        "start",
+        "end",
+        "decisions",
+        "first_decision",
+        "last_decision",
+        "counts",
+        "confidence",
+        "fp_proxy",
+        "latency_ms",
+        "digest",
+        "profile",
+        "sent",
+        "noise",
+        "shadow",
+    }
+)
 
 
 @dataclass
@@ -47,8 +66,15 @@ class Decisions:
     latency_ms: float
 
     @classmethod
-    def from_batch(cls, labels: np.ndarray, probs: np.ndarray, undone: np.ndarray,
-                   digests: list[str], first_seq: int, latency_ms: float) -> "Decisions":
+    def from_batch(
+        cls,
+        labels: np.ndarray,
+        probs: np.ndarray,
+        undone: np.ndarray,
+        digests: list[str],
+        first_seq: int,
+        latency_ms: float,
+    ) -> "Decisions":
         n, k = probs.shape
         conf = probs[np.arange(n), labels]
         bins = np.minimum((conf * BINS).astype(np.int64), BINS - 1)
@@ -57,8 +83,7 @@ class Decisions:
             low = (conf - top2) < LOW_MARGIN
         else:
             low = np.zeros(n, dtype=bool)
-        return cls(labels.tolist(), bins.tolist(), undone.tolist(), low.tolist(), digests,
-                   first_seq, latency_ms)
+        return cls(labels.tolist(), bins.tolist(), undone.tolist(), low.tolist(), digests, first_seq, latency_ms)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -121,8 +146,9 @@ class Window:
         self.last = d.first_seq + stop - 1
         self.n += n
 
-    def close(self, *, end: float, namespace: str, device: str, seq: int, model: str,
-              bundle: str, profile: str) -> dict[str, Any]:
+    def close(
+        self, *, end: float, namespace: str, device: str, seq: int, model: str, bundle: str, profile: str
+    ) -> dict[str, Any]:
         names = self.intents
         lat = self.latencies or [(0.0, 1)]
         hist = self.hist
@@ -140,7 +166,7 @@ class Window:
             "first_decision": self.first,
             "last_decision": self.last,
             "counts": dict(zip(names, self.counts)),
-            "confidence": {n: hist[i * BINS:(i + 1) * BINS] for i, n in enumerate(names)},
+            "confidence": {n: hist[i * BINS : (i + 1) * BINS] for i, n in enumerate(names)},
             "fp_proxy": {
                 "undo": dict(zip(names, self.undo)),
                 "low_margin": dict(zip(names, self.low_margin)),

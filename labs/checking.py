@@ -38,6 +38,7 @@ def _topic(ns: str, leaf: str) -> str:
 def ask(lab, op: str, payload: dict, *, timeout: float) -> dict:
     """One request to the grading service through ``lab``'s learner connection."""
     from lab_hardware import mqtt
+
     rid = uuid.uuid4().hex
     ack, done = threading.Event(), threading.Event()
     reply: dict = {}
@@ -63,12 +64,16 @@ def ask(lab, op: str, payload: dict, *, timeout: float) -> dict:
         if not getattr(lab, "_grader_subscribed", False):
             mqtt.subscribe_wait(client, topic, qos=1)
             lab._grader_subscribed = True
-        info = client.publish(_topic(lab.namespace, "request"),
-                              json.dumps({"schema": REQUEST_SCHEMA, "id": rid, "op": op, **payload}), qos=1)
+        info = client.publish(
+            _topic(lab.namespace, "request"),
+            json.dumps({"schema": REQUEST_SCHEMA, "id": rid, "op": op, **payload}),
+            qos=1,
+        )
         info.wait_for_publish(ACK_TIMEOUT)
         if not ack.wait(ACK_TIMEOUT):
-            raise GraderUnavailable("no grading service answered: start one with 'livelab grader serve' "
-                                    "(or ask whoever runs your lab)")
+            raise GraderUnavailable(
+                "no grading service answered: start one with 'livelab grader serve' (or ask whoever runs your lab)"
+            )
         if not done.wait(timeout):
             raise TimeoutError(f"the grading service did not answer within {timeout:.0f} s")
     finally:
@@ -77,8 +82,10 @@ def ask(lab, op: str, payload: dict, *, timeout: float) -> dict:
 
 
 # ---- what the learner sees ----------------------------------------------------------------
-_CSS = ("<style>.ll-check td{padding:2px 8px;vertical-align:top}.ll-ok{color:#1a7f37}.ll-bad{color:#cf222e}"
-        ".ll-infra{color:#9a6700}</style>")
+_CSS = (
+    "<style>.ll-check td{padding:2px 8px;vertical-align:top}.ll-ok{color:#1a7f37}.ll-bad{color:#cf222e}"
+    ".ll-infra{color:#9a6700}</style>"
+)
 
 
 @dataclass
@@ -98,8 +105,11 @@ class CheckReport:
 
     def items(self) -> list[tuple[str, str, bool, str]]:
         """(check, item, ok, message) for every item."""
-        return [(c["name"], i["name"], bool(i["ok"]), i.get("message") or "") for c in self.checks
-                for i in c.get("items", [])]
+        return [
+            (c["name"], i["name"], bool(i["ok"]), i.get("message") or "")
+            for c in self.checks
+            for i in c.get("items", [])
+        ]
 
     def __str__(self) -> str:
         if self.error:
@@ -110,9 +120,13 @@ class CheckReport:
         if self.note:
             lines.append(self.note)
         for c in self.checks:
-            lines.append(f"{'✓' if c.get('passed') else '✗'} {c['name']}: {c.get('score', 0):g} / {c.get('points', 0):g}")
+            lines.append(
+                f"{'✓' if c.get('passed') else '✗'} {c['name']}: {c.get('score', 0):g} / {c.get('points', 0):g}"
+            )
             for i in c.get("items", []):
-                lines.append(f"    {'✓' if i['ok'] else '✗'} {i['name']}" + ("" if i["ok"] else f": {i.get('message')}"))
+                lines.append(
+                    f"    {'✓' if i['ok'] else '✗'} {i['name']}" + ("" if i["ok"] else f": {i.get('message')}")
+                )
         return "\n".join(lines)
 
     __repr__ = __str__
@@ -124,14 +138,20 @@ class CheckReport:
         e = html.escape
         if self.error or self.status != "graded":
             cls = "ll-infra" if self.status != "graded" else "ll-bad"
-            return f"{_CSS}<div class='ll-check'><b>{e(self.module)}</b>: <span class='{cls}'>{e(str(self))}</span></div>"
+            return (
+                f"{_CSS}<div class='ll-check'><b>{e(self.module)}</b>: <span class='{cls}'>{e(str(self))}</span></div>"
+            )
         rows = []
         for c in self.checks:
-            rows.append(f"<tr><td class='{'ll-ok' if c.get('passed') else 'll-bad'}'>{'✓' if c.get('passed') else '✗'}</td>"
-                        f"<td><b>{e(c['name'])}</b></td><td>{c.get('score', 0):g} / {c.get('points', 0):g}</td></tr>")
+            rows.append(
+                f"<tr><td class='{'ll-ok' if c.get('passed') else 'll-bad'}'>{'✓' if c.get('passed') else '✗'}</td>"
+                f"<td><b>{e(c['name'])}</b></td><td>{c.get('score', 0):g} / {c.get('points', 0):g}</td></tr>"
+            )
             for i in c.get("items", []):
-                rows.append(f"<tr><td></td><td class='{'ll-ok' if i['ok'] else 'll-bad'}'>{'✓' if i['ok'] else '✗'} "
-                            f"{e(i['name'])}</td><td>{'' if i['ok'] else e(i.get('message') or '')}</td></tr>")
+                rows.append(
+                    f"<tr><td></td><td class='{'ll-ok' if i['ok'] else 'll-bad'}'>{'✓' if i['ok'] else '✗'} "
+                    f"{e(i['name'])}</td><td>{'' if i['ok'] else e(i.get('message') or '')}</td></tr>"
+                )
         note = f"<div>{e(self.note)}</div>" if self.note else ""
         head = "all checks pass" if self.passed else "some checks do not pass yet"
         return f"{_CSS}<div class='ll-check'><b>{e(self.module)}</b>: {head}{note}<table>{''.join(rows)}</table></div>"
@@ -139,6 +159,7 @@ class CheckReport:
     def widget(self):
         """The report as an ipywidgets HTML widget (what the panel's Check button shows)."""
         import ipywidgets as W
+
         return W.HTML(self._repr_html_())
 
 
@@ -152,10 +173,10 @@ class SubmitResult:
     score: float | None
     max_score: float | None
     messages: list[str] = field(default_factory=list)
-    feedback: str | None = None      # path of the feedback page, next to the notebook
+    feedback: str | None = None  # path of the feedback page, next to the notebook
     error: str = ""
     seconds: float = 0.0
-    timings: dict = field(default_factory=dict)   # the grader's phases (execute, cells, ...)
+    timings: dict = field(default_factory=dict)  # the grader's phases (execute, cells, ...)
 
     def __str__(self) -> str:
         if self.error:
@@ -182,8 +203,10 @@ class SubmitResult:
         if self.feedback:
             rel = os.path.relpath(self.feedback, os.getcwd()) if os.path.isabs(self.feedback) else self.feedback
             link = f"<div><a href='{e(rel)}' target='_blank'>feedback (attempt {self.attempt})</a></div>"
-        return (f"{_CSS}<div class='ll-check'><b>{e(self.module)}</b> attempt {self.attempt}: "
-                f"<b>{self.score:g} / {self.max_score:g}</b><ul>{msgs}</ul>{link}</div>")
+        return (
+            f"{_CSS}<div class='ll-check'><b>{e(self.module)}</b> attempt {self.attempt}: "
+            f"<b>{self.score:g} / {self.max_score:g}</b><ul>{msgs}</ul>{link}</div>"
+        )
 
 
 def check(lab, module: str | None = None, *, timeout: float = 60.0) -> CheckReport:
@@ -195,10 +218,19 @@ def check(lab, module: str | None = None, *, timeout: float = 60.0) -> CheckRepo
     except GraderUnavailable as exc:
         return CheckReport(mod, error=str(exc))
     if not r.get("ok"):
-        return CheckReport(mod, status=r.get("status") or "refused", error=str(r.get("error") or "refused"),
-                           seconds=float(r.get("seconds") or 0))
-    return CheckReport(mod, list(r.get("checks") or []), r.get("status") or "graded",
-                       r.get("note") or r.get("infrastructure") or "", seconds=float(r.get("seconds") or 0))
+        return CheckReport(
+            mod,
+            status=r.get("status") or "refused",
+            error=str(r.get("error") or "refused"),
+            seconds=float(r.get("seconds") or 0),
+        )
+    return CheckReport(
+        mod,
+        list(r.get("checks") or []),
+        r.get("status") or "graded",
+        r.get("note") or r.get("infrastructure") or "",
+        seconds=float(r.get("seconds") or 0),
+    )
 
 
 def notebook_path(module: str | None = None) -> Path | None:
@@ -219,19 +251,25 @@ def notebook_path(module: str | None = None) -> Path | None:
     return nbs[0] if len(nbs) == 1 else None
 
 
-def submit(lab, notebook: str | os.PathLike | None = None, module: str | None = None, *,
-           timeout: float = 600.0) -> SubmitResult:
+def submit(
+    lab, notebook: str | os.PathLike | None = None, module: str | None = None, *, timeout: float = 600.0
+) -> SubmitResult:
     mod = module or lab.module
     if not mod:
         raise ValueError("which module? connect with Lab.connect(module=...) or pass module=")
     path = Path(notebook) if notebook else notebook_path(mod)
     if path is None or not path.exists():
-        raise FileNotFoundError("cannot tell which notebook to submit: save it and pass its path, "
-                                "lab.submit('m1-telemetry.ipynb')")
+        raise FileNotFoundError(
+            "cannot tell which notebook to submit: save it and pass its path, lab.submit('m1-telemetry.ipynb')"
+        )
     data = path.read_bytes()
     try:
-        r = ask(lab, "submit", {"module": mod, "name": path.stem, "notebook": base64.b64encode(data).decode()},
-                timeout=timeout)
+        r = ask(
+            lab,
+            "submit",
+            {"module": mod, "name": path.stem, "notebook": base64.b64encode(data).decode()},
+            timeout=timeout,
+        )
     except GraderUnavailable as exc:
         return SubmitResult(mod, None, "refused", None, None, error=str(exc))
     if not r.get("ok"):
@@ -246,9 +284,17 @@ def submit(lab, notebook: str | os.PathLike | None = None, module: str | None = 
             fb = str(p)
         except OSError:
             fb = r.get("feedback_path")
-    return SubmitResult(mod, r.get("attempt"), r.get("status") or "graded", r.get("score"), r.get("max_score"),
-                        list(r.get("messages") or []), fb, seconds=float(r.get("seconds") or 0),
-                        timings=dict(r.get("timings") or {}))
+    return SubmitResult(
+        mod,
+        r.get("attempt"),
+        r.get("status") or "graded",
+        r.get("score"),
+        r.get("max_score"),
+        list(r.get("messages") or []),
+        fb,
+        seconds=float(r.get("seconds") or 0),
+        timings=dict(r.get("timings") or {}),
+    )
 
 
 # ---- the ✓ line of a visible test ------------------------------------------------------------
@@ -295,7 +341,9 @@ class PassMarks:
             src = getattr(result.info, "raw_cell", None) or ""
             hit = self.tests().get(_norm(src)) if "assert" in src else None
             if hit:
-                print(f"✓ {hit[0]} passed ({hit[1]:g} point{'s' if hit[1] != 1 else ''}; hidden tests are run when you submit)")
+                print(
+                    f"✓ {hit[0]} passed ({hit[1]:g} point{'s' if hit[1] != 1 else ''}; hidden tests are run when you submit)"
+                )
         except Exception:  # noqa: BLE001 - a display nicety must never break a cell
             pass
 

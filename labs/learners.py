@@ -146,8 +146,7 @@ def _create_account(name: str, learners_root: Path | None) -> tuple[pwd.struct_p
             raise LearnerError(f"{name!r} is a system account (uid {existing.pw_uid}): choose another learner name")
         return existing, False
     useradd = shutil.which("useradd") or "/usr/sbin/useradd"
-    argv = [useradd, "--create-home", "--user-group", "--shell", "/bin/bash",
-            "--comment", f"livelab learner {name}"]
+    argv = [useradd, "--create-home", "--user-group", "--shell", "/bin/bash", "--comment", f"livelab learner {name}"]
     if learners_root is not None:
         learners_root.mkdir(parents=True, exist_ok=True)
         argv += ["--home-dir", str(learners_root / name)]
@@ -166,8 +165,18 @@ def _delete_account(name: str) -> None:
 # ---- provisioning -----------------------------------------------------------------------
 def _descriptor(ns_desc: dict[str, Any], name: str, team: str | None) -> dict[str, Any]:
     """What the learner may know of the lab: where the broker is, its own identity and devices."""
-    keep = ("schema", "broker", "namespace", "learner", "devices", "scenario", "intents", "defect_intent",
-            "profile", "started")
+    keep = (
+        "schema",
+        "broker",
+        "namespace",
+        "learner",
+        "devices",
+        "scenario",
+        "intents",
+        "defect_intent",
+        "profile",
+        "started",
+    )
     out = {k: ns_desc[k] for k in keep if k in ns_desc}
     out.update({"learner_name": name, "team": team or ""})
     return out
@@ -191,9 +200,16 @@ def lock_down(home: Path) -> None:
             os.chmod(home / sub, 0o700)
 
 
-def add(home: str | os.PathLike | None, name: str, team: str | None = None, *,
-        account: bool = True, learners_root: str | os.PathLike | None = None,
-        devices: int = 3, timeout: float = 60.0) -> dict[str, Any]:
+def add(
+    home: str | os.PathLike | None,
+    name: str,
+    team: str | None = None,
+    *,
+    account: bool = True,
+    learners_root: str | os.PathLike | None = None,
+    devices: int = 3,
+    timeout: float = 60.0,
+) -> dict[str, Any]:
     """Register a learner on the running lab and provision it (see the module doc).
 
     ``account`` (default) creates or adopts the learner's Unix account; without root that is
@@ -211,8 +227,10 @@ def add(home: str | os.PathLike | None, name: str, team: str | None = None, *,
         except topics.TopicError as exc:
             raise LearnerError(str(exc)) from None
     if account and not is_root():
-        raise LearnerError(f"creating the Unix account of learner {name!r} needs root: run 'sudo livelab "
-                           "learners add ...' (or --no-account on a single-user machine)")
+        raise LearnerError(
+            f"creating the Unix account of learner {name!r} needs root: run 'sudo livelab "
+            "learners add ...' (or --no-account on a single-user machine)"
+        )
     _lab.descriptor(h)  # a running lab, or LabError saying how to start one
     root = Path(learners_root or os.environ.get(ENV_ROOT) or (h.parent / f"{h.name}-learners")).expanduser()
     if account and not (learners_root or os.environ.get(ENV_ROOT)):
@@ -221,8 +239,9 @@ def add(home: str | os.PathLike | None, name: str, team: str | None = None, *,
         reg = _read(h)
         old = reg["learners"].get(name)
         if old is not None and name in _active_namespaces(h):
-            raise LearnerError(f"learner {name!r} already exists in the lab in {h}: "
-                               f"'livelab learners remove {name}' first")
+            raise LearnerError(
+                f"learner {name!r} already exists in the lab in {h}: 'livelab learners remove {name}' first"
+            )
         if old is not None and team is None:
             team = old.get("team") or None
         created = False
@@ -246,10 +265,19 @@ def add(home: str | os.PathLike | None, name: str, team: str | None = None, *,
             raise
         desc_path = home_dir / ".livelab" / _home.DESCRIPTOR
         _write_descriptor(desc_path, _descriptor(ns_desc, name, team), uid, gid)
-        entry = {"name": name, "team": team or "", "namespace": name, "broker_user": name,
-                 "unix_user": name if account else None, "uid": uid, "account_created": created,
-                 "home_dir": str(home_dir), "descriptor": str(desc_path),
-                 "devices": list(ns_desc["devices"]), "added": time.time()}
+        entry = {
+            "name": name,
+            "team": team or "",
+            "namespace": name,
+            "broker_user": name,
+            "unix_user": name if account else None,
+            "uid": uid,
+            "account_created": created,
+            "home_dir": str(home_dir),
+            "descriptor": str(desc_path),
+            "devices": list(ns_desc["devices"]),
+            "added": time.time(),
+        }
         reg["learners"][name] = entry
         _write(h, reg)
     return dict(entry)
@@ -290,5 +318,15 @@ def remove(home: str | os.PathLike | None, name: str, *, timeout: float = 30.0) 
     return {**e, "removed": True}
 
 
-__all__ = ["LearnerError", "add", "ensure", "remove", "list_learners", "get", "learner_for_path",
-           "check_name", "lock_down", "REGISTRY"]
+__all__ = [
+    "LearnerError",
+    "add",
+    "ensure",
+    "remove",
+    "list_learners",
+    "get",
+    "learner_for_path",
+    "check_name",
+    "lock_down",
+    "REGISTRY",
+]

@@ -61,8 +61,7 @@ from labs import names
 log = logging.getLogger("livelab.events")
 
 #: Event kinds, in the order a learner meets them (the report's completion funnel).
-KINDS = ("module-opened", "lab-connected", "telemetry-first-seen", "check-passed", "check-failed",
-         "module-completed")
+KINDS = ("module-opened", "lab-connected", "telemetry-first-seen", "check-passed", "check-failed", "module-completed")
 #: Who wrote an event.
 SOURCES = ("sdk", "grader", "lab")
 #: Seconds an event may be ahead of the store's clock (writers on other machines).
@@ -78,10 +77,35 @@ CHUNK = 500
 #: Environment variable that marks a process (and its kernels) as a system identity.
 ENV_SYSTEM = "LIVELAB_SYSTEM"
 
-_FIELDS = ("id", "learner", "team", "course", "version", "module", "kind", "check", "time", "source",
-           "key", "detail", "system")
-_FILTERS = ("id", "learner", "team", "course", "version", "module", "kind", "check", "source", "system",
-            "since", "until")
+_FIELDS = (
+    "id",
+    "learner",
+    "team",
+    "course",
+    "version",
+    "module",
+    "kind",
+    "check",
+    "time",
+    "source",
+    "key",
+    "detail",
+    "system",
+)
+_FILTERS = (
+    "id",
+    "learner",
+    "team",
+    "course",
+    "version",
+    "module",
+    "kind",
+    "check",
+    "source",
+    "system",
+    "since",
+    "until",
+)
 #: The name fields every event is checked for (:mod:`labs.names`); team, course, version may be empty.
 _NAMES = ("learner", "module", "check", "team", "course", "version")
 
@@ -98,11 +122,13 @@ class EventStoreError(RuntimeError):
     """The events database is missing, unreachable or unusable; the message says what to do."""
 
 
-def event_id(source: str, learner: str, course: str, version: str, module: str, kind: str,
-             check: str | None, key: str) -> str:
+def event_id(
+    source: str, learner: str, course: str, version: str, module: str, kind: str, check: str | None, key: str
+) -> str:
     """The idempotency key: the same statement from the same writer gives the same id."""
-    blob = json.dumps([source, learner, course, version, module, kind, check or "", key],
-                      separators=(",", ":"), ensure_ascii=False)
+    blob = json.dumps(
+        [source, learner, course, version, module, kind, check or "", key], separators=(",", ":"), ensure_ascii=False
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -127,8 +153,13 @@ class Event:
 
     def __post_init__(self) -> None:
         if not self.id:
-            object.__setattr__(self, "id", event_id(self.source, self.learner, self.course, self.version,
-                                                    self.module, self.kind, self.check, self.key))
+            object.__setattr__(
+                self,
+                "id",
+                event_id(
+                    self.source, self.learner, self.course, self.version, self.module, self.kind, self.check, self.key
+                ),
+            )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Event":
@@ -143,8 +174,7 @@ class Event:
         for name in ("learner", "module", "kind"):
             if name not in kw:
                 raise EventError(f"event is missing the field {name!r}")
-        kw = {k: ("" if v is None and k in ("team", "course", "version", "key", "id") else v)
-              for k, v in kw.items()}
+        kw = {k: ("" if v is None and k in ("team", "course", "version", "key", "id") else v) for k, v in kw.items()}
         if kw.get("system") is None:
             kw.pop("system", None)
         detail = kw.get("detail")
@@ -191,13 +221,14 @@ def validate(ev: Event, *, now: float | None = None, max_future_skew: float = MA
         raise EventError(f"event field 'system' must be true or false, not {ev.system!r}")
     if ev.kind in ("check-passed", "check-failed") and not ev.check:
         raise EventError(f"a {ev.kind} event names its check (field 'check')")
-    if isinstance(ev.time, bool) or not isinstance(ev.time, (int, float)) or not math.isfinite(ev.time) \
-            or ev.time < 0:
+    if isinstance(ev.time, bool) or not isinstance(ev.time, (int, float)) or not math.isfinite(ev.time) or ev.time < 0:
         raise EventError(f"event time must be UTC seconds since the epoch, not {ev.time!r}")
     now = _time.time() if now is None else now
     if ev.time > now + max_future_skew:
-        raise EventError(f"event time is {ev.time - now:,.0f} s in the future (allowance "
-                         f"{max_future_skew:.0f} s): check the clock of the {ev.source} that wrote it")
+        raise EventError(
+            f"event time is {ev.time - now:,.0f} s in the future (allowance "
+            f"{max_future_skew:.0f} s): check the clock of the {ev.source} that wrote it"
+        )
     try:
         json.dumps(dict(ev.detail))
     except (TypeError, ValueError) as exc:
@@ -208,6 +239,7 @@ def validate(ev: Event, *, now: float | None = None, max_future_skew: float = MA
 
 
 # ---- where the store is ----------------------------------------------------------------------
+
 
 def resolve_url(url_or_home: str | os.PathLike | None = None, *, url: str | None = None) -> str:
     """Explicit ``url=`` (or a URL given positionally), else ``$LIVELAB_EVENTS_URL``, else
@@ -220,6 +252,7 @@ def resolve_url(url_or_home: str | os.PathLike | None = None, *, url: str | None
     if env:
         return _normalize(env)
     from lab_hardware.home import resolve
+
     return "sqlite:///" + str(resolve(url_or_home) / FILENAME)
 
 
@@ -227,7 +260,7 @@ def _normalize(url: str) -> str:
     """``postgresql://`` means psycopg 3 here (SQLAlchemy's default driver, psycopg2, is not installed)."""
     for plain in ("postgresql://", "postgres://"):
         if url.startswith(plain):
-            return "postgresql+psycopg://" + url[len(plain):]
+            return "postgresql+psycopg://" + url[len(plain) :]
     return url
 
 
@@ -246,9 +279,11 @@ def _one_line(exc: BaseException) -> str:
 
 # ---- the store ---------------------------------------------------------------------------------
 
+
 def _table(metadata: sa.MetaData) -> sa.Table:
     return sa.Table(
-        "livelab_events", metadata,
+        "livelab_events",
+        metadata,
         sa.Column("id", sa.String(64), primary_key=True),
         sa.Column("learner", sa.String(200), nullable=False),
         sa.Column("team", sa.String(200), nullable=False, default=""),
@@ -276,15 +311,23 @@ class EventStore:
     so a missing or unreachable database is reported at once, in one line.
     """
 
-    def __init__(self, url_or_home: str | os.PathLike | None = None, *, url: str | None = None,
-                 schema: str | None = None, connect_timeout: float = 5.0):
+    def __init__(
+        self,
+        url_or_home: str | os.PathLike | None = None,
+        *,
+        url: str | None = None,
+        schema: str | None = None,
+        connect_timeout: float = 5.0,
+    ):
         self.url = resolve_url(url_or_home, url=url)
         shown = display_url(self.url)
         try:
             u = sa.engine.make_url(self.url)
         except sa_exc.ArgumentError:
-            raise EventStoreError(f"events database URL {shown!r} is not a SQLAlchemy URL "
-                                  "(e.g. sqlite:////path/events.sqlite or postgresql://host/db)") from None
+            raise EventStoreError(
+                f"events database URL {shown!r} is not a SQLAlchemy URL "
+                "(e.g. sqlite:////path/events.sqlite or postgresql://host/db)"
+            ) from None
         self.dialect = u.get_backend_name()
         kw: dict[str, Any] = {}
         if self.dialect == "sqlite":
@@ -294,11 +337,14 @@ class EventStore:
             if db and db != ":memory:" and not db.startswith("file:"):
                 parent = Path(db).expanduser().parent
                 if not parent.is_dir():
-                    raise EventStoreError(f"events database directory {parent} does not exist: start a lab "
-                                          f"there ('livelab up'), pass --home, or set {ENV_URL}")
+                    raise EventStoreError(
+                        f"events database directory {parent} does not exist: start a lab "
+                        f"there ('livelab up'), pass --home, or set {ENV_URL}"
+                    )
                 if not os.access(parent, os.W_OK | os.X_OK):
-                    raise EventStoreError(f"events database directory {parent} is not writable: "
-                                          f"pass another --home or set {ENV_URL}")
+                    raise EventStoreError(
+                        f"events database directory {parent} is not writable: pass another --home or set {ENV_URL}"
+                    )
             kw["connect_args"] = {"timeout": 30.0}
         elif self.dialect == "postgresql":
             kw["connect_args"] = {"connect_timeout": max(1, int(connect_timeout))}
@@ -317,8 +363,10 @@ class EventStore:
             self._migrate()
         except sa_exc.SQLAlchemyError as exc:
             self.engine.dispose()
-            raise EventStoreError(f"events database {shown} is unreachable or unusable ({_one_line(exc)}): "
-                                  f"start it, or point {ENV_URL} / --home at a working one") from None
+            raise EventStoreError(
+                f"events database {shown} is unreachable or unusable ({_one_line(exc)}): "
+                f"start it, or point {ENV_URL} / --home at a working one"
+            ) from None
 
     def _migrate(self) -> None:
         """Bring a store created by an earlier release up to this schema, in place: add the
@@ -334,8 +382,9 @@ class EventStore:
         false = "0" if self.dialect == "sqlite" else "false"
         try:
             with self.engine.begin() as conn:
-                conn.exec_driver_sql(f"ALTER TABLE {name} ADD COLUMN {prep.quote('system')} BOOLEAN "
-                                     f"NOT NULL DEFAULT {false}")
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {name} ADD COLUMN {prep.quote('system')} BOOLEAN NOT NULL DEFAULT {false}"
+                )
             log.info("events store %s migrated: added the 'system' column", display_url(self.url))
         except sa_exc.SQLAlchemyError:
             with self.engine.connect() as conn:
@@ -344,8 +393,7 @@ class EventStore:
                 raise
 
     # ---- writing ---------------------------------------------------------------------------
-    def write(self, events: Iterable[Event | Mapping[str, Any]], *,
-              max_future_skew: float = MAX_FUTURE_SKEW) -> int:
+    def write(self, events: Iterable[Event | Mapping[str, Any]], *, max_future_skew: float = MAX_FUTURE_SKEW) -> int:
         """Insert a batch in one transaction; returns how many were new (duplicates are ignored)."""
         now = _time.time()
         rows: dict[str, dict] = {}
@@ -365,10 +413,12 @@ class EventStore:
         batch = list(rows.values())
         try:
             with self.engine.begin() as conn:
-                return sum(self._insert(conn, batch[i:i + CHUNK]) for i in range(0, len(batch), CHUNK))
+                return sum(self._insert(conn, batch[i : i + CHUNK]) for i in range(0, len(batch), CHUNK))
         except sa_exc.OperationalError as exc:
-            raise EventStoreError(f"writing to events database {display_url(self.url)} failed "
-                                  f"({_one_line(exc)}); nothing of this batch was written") from None
+            raise EventStoreError(
+                f"writing to events database {display_url(self.url)} failed "
+                f"({_one_line(exc)}); nothing of this batch was written"
+            ) from None
 
     def _insert(self, conn: sa.Connection, rows: list[dict]) -> int:
         """One INSERT ... ON CONFLICT DO NOTHING; counts the rows it really inserted."""
@@ -419,8 +469,9 @@ class EventStore:
             with self.engine.connect() as conn:
                 rows = conn.execute(stmt).all()
         except sa_exc.OperationalError as exc:
-            raise EventStoreError(f"reading events database {display_url(self.url)} failed "
-                                  f"({_one_line(exc)})") from None
+            raise EventStoreError(
+                f"reading events database {display_url(self.url)} failed ({_one_line(exc)})"
+            ) from None
         return [Event(**dict(zip(_FIELDS, r))) for r in rows]
 
     def columns(self, filters: Mapping[str, Any] | None = None, **kw: Any) -> dict[str, list]:
@@ -434,8 +485,9 @@ class EventStore:
             with self.engine.connect() as conn:
                 rows = conn.execute(stmt).all()
         except sa_exc.OperationalError as exc:
-            raise EventStoreError(f"reading events database {display_url(self.url)} failed "
-                                  f"({_one_line(exc)})") from None
+            raise EventStoreError(
+                f"reading events database {display_url(self.url)} failed ({_one_line(exc)})"
+            ) from None
         if not rows:
             return {n: [] for n in names}
         out = {n: list(col) for n, col in zip(names, zip(*rows))}
@@ -472,12 +524,17 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 # ---- for writers that must never fail because of the events store --------------------------------
 
+
 def context_from_env() -> dict[str, Any]:
     """Team, course and curriculum version of the learner, as the grader or the kernel sets them
     (``LIVELAB_TEAM``, ``LIVELAB_COURSE``, ``LIVELAB_COURSE_VERSION``), and whether this process
     is a system identity (``LIVELAB_SYSTEM``, see :func:`system_identity`)."""
-    return {"team": os.environ.get("LIVELAB_TEAM", ""), "course": os.environ.get("LIVELAB_COURSE", ""),
-            "version": os.environ.get("LIVELAB_COURSE_VERSION", ""), "system": system_from_env()}
+    return {
+        "team": os.environ.get("LIVELAB_TEAM", ""),
+        "course": os.environ.get("LIVELAB_COURSE", ""),
+        "version": os.environ.get("LIVELAB_COURSE_VERSION", ""),
+        "system": system_from_env(),
+    }
 
 
 def system_from_env() -> bool:
@@ -510,8 +567,10 @@ def record(home: str | os.PathLike | None, *events: Mapping[str, Any], url: str 
     version to :func:`context_from_env`.  Returns how many were new."""
     try:
         ctx = context_from_env()
-        batch = [{"source": "sdk", "key": f"session:{SESSION}", **ctx,
-                  **{k: v for k, v in ev.items() if v is not None}} for ev in events]
+        batch = [
+            {"source": "sdk", "key": f"session:{SESSION}", **ctx, **{k: v for k, v in ev.items() if v is not None}}
+            for ev in events
+        ]
         with EventStore(home, url=url) as store:
             return store.write(batch)
     except Exception as exc:  # noqa: BLE001 - failure-tolerant by design
@@ -520,6 +579,20 @@ def record(home: str | os.PathLike | None, *events: Mapping[str, Any], url: str 
         return 0
 
 
-__all__ = ["KINDS", "SOURCES", "MAX_FUTURE_SKEW", "ENV_SYSTEM", "Event", "EventError", "EventStore",
-           "EventStoreError", "event_id", "validate", "resolve_url", "record", "context_from_env",
-           "system_from_env", "system_identity"]
+__all__ = [
+    "KINDS",
+    "SOURCES",
+    "MAX_FUTURE_SKEW",
+    "ENV_SYSTEM",
+    "Event",
+    "EventError",
+    "EventStore",
+    "EventStoreError",
+    "event_id",
+    "validate",
+    "resolve_url",
+    "record",
+    "context_from_env",
+    "system_from_env",
+    "system_identity",
+]

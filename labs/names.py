@@ -54,8 +54,11 @@ def shown(value: Any, limit: int = 40) -> str:
     """A refused value, safe to quote in a one-line message: control characters as escapes,
     long values cut."""
     text = value if isinstance(value, str) else repr(value)
-    text = text.encode("unicode_escape").decode("ascii") if any(
-        unicodedata.category(c) == "Cc" or ord(c) in _BIDI or ord(c) in (0x2028, 0x2029) for c in text) else text
+    text = (
+        text.encode("unicode_escape").decode("ascii")
+        if any(unicodedata.category(c) == "Cc" or ord(c) in _BIDI or ord(c) in (0x2028, 0x2029) for c in text)
+        else text
+    )
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 

@@ -52,8 +52,7 @@ TOPIC = "livelab/+/learner/events"
 
 def service(name: str = "recorder") -> dict[str, Any]:
     """The supervisor service entry that runs the recorder (``lab.up(services=[...])``)."""
-    return {"name": name, "argv": ["{python}", "-m", "labs.recorder", "--home", "{home}"],
-            "ready_file": READY_FILE}
+    return {"name": name, "argv": ["{python}", "-m", "labs.recorder", "--home", "{home}"], "ready_file": READY_FILE}
 
 
 def owners(cfg: dict[str, Any]) -> dict[str, str]:
@@ -65,8 +64,9 @@ def owners(cfg: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def event_from(topic: str, payload: bytes, cfg: dict[str, Any], teams: dict[str, str],
-               now: float | None = None) -> dict[str, Any] | None:
+def event_from(
+    topic: str, payload: bytes, cfg: dict[str, Any], teams: dict[str, str], now: float | None = None
+) -> dict[str, Any] | None:
     """The event to store for one announcement, or None (with the reason logged) to drop it."""
     parts = topic.split("/")
     if len(parts) != 4 or parts[0] != topics.ROOT or parts[2:] != ["learner", "events"]:
@@ -91,9 +91,17 @@ def event_from(topic: str, payload: bytes, cfg: dict[str, Any], teams: dict[str,
     ev: dict[str, Any] = {k: str(data[k]) for k in _COPIED if isinstance(data.get(k), (str, int, float))}
     session = str(data.get("session") or "")[:64]
     team = teams.get(learner) or (data.get("team") if isinstance(data.get("team"), str) else "") or ""
-    ev.update({"kind": kind, "learner": learner, "team": team[:64], "source": "sdk",
-               "time": time.time() if now is None else now, "key": f"session:{session}",
-               "detail": {"namespace": ns, "recorded_by": "recorder"}})
+    ev.update(
+        {
+            "kind": kind,
+            "learner": learner,
+            "team": team[:64],
+            "source": "sdk",
+            "time": time.time() if now is None else now,
+            "key": f"session:{session}",
+            "detail": {"namespace": ns, "recorded_by": "recorder"},
+        }
+    )
     return ev
 
 
@@ -113,8 +121,9 @@ class Recorder:
         self.stopping = threading.Event()
         digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:12]
         cred = _home.read_json(self.home / "secrets" / "control.json")
-        self.client = mqtt.client(f"recorder.{digest}", username=cred["username"],
-                                  password=cred["password"], clean=False)
+        self.client = mqtt.client(
+            f"recorder.{digest}", username=cred["username"], password=cred["password"], clean=False
+        )
         self._queue: queue.Queue = queue.Queue()
         self._subscribed = threading.Event()
         self.client.on_message = self._on_message
@@ -145,6 +154,7 @@ class Recorder:
     def _store_open(self):
         if self._store is None:
             from labs.learning_events import EventStore
+
             self._store = EventStore(self.events_url or self.home)
         return self._store
 
@@ -197,14 +207,14 @@ class Recorder:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m labs.recorder",
-                                description="Record learners' SDK announcements as learning events "
-                                            "(a lab service; 'livelab up' runs it).")
+    p = argparse.ArgumentParser(
+        prog="python -m labs.recorder",
+        description="Record learners' SDK announcements as learning events (a lab service; 'livelab up' runs it).",
+    )
     p.add_argument("--home", required=True)
     p.add_argument("--events", help="events store URL (default: $LIVELAB_EVENTS_URL, else the lab's)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     rec = Recorder(Path(args.home), events_url=args.events)
     signal.signal(signal.SIGTERM, lambda *a: rec.stopping.set())
     signal.signal(signal.SIGINT, lambda *a: rec.stopping.set())

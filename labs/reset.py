@@ -37,6 +37,7 @@ class _Session:
 
     def __init__(self, home: Path, namespace: str):
         from lab_hardware.runtime import lab as _lab
+
         self.home, self.namespace = Path(home), namespace
         self.states: dict[str, dict] = {}
         self.replies: dict[str, dict] = {}
@@ -74,8 +75,9 @@ class _Session:
             while cid not in self.replies:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise ResetError(f"{device} did not answer '{name}' within {timeout:.0f} s: is it online "
-                                     "('livelab status')?")
+                    raise ResetError(
+                        f"{device} did not answer '{name}' within {timeout:.0f} s: is it online ('livelab status')?"
+                    )
                 self.cond.wait(left)
             rec = self.replies.pop(cid)
         if rec.get("kind") == "refused":
@@ -105,8 +107,9 @@ def _devices(home: Path, namespace: str) -> list[dict]:
         raise ResetError(f"the lab in {home} has no namespace {namespace!r}; namespaces: {have}") from None
 
 
-def send(home: str | Path, namespace: str, commands: list[tuple[str, str, dict]], *,
-         timeout: float = 10.0) -> list[dict]:
+def send(
+    home: str | Path, namespace: str, commands: list[tuple[str, str, dict]], *, timeout: float = 10.0
+) -> list[dict]:
     """Publish ``(device, command, args)`` control-plane commands in order and return the
     audit record answering each (raises :class:`ResetError` on a refusal or no answer).
     ``args`` may carry ``by`` (the author a payload names when the topic names none)."""
@@ -129,6 +132,7 @@ def reset(home: str | Path | None = None, namespace: str | None = None, *, timeo
     a device already in that state gets no command (its list is empty).
     """
     from lab_hardware.runtime import lab as _lab
+
     home = _home.resolve(home)
     if not _lab.is_running(home):
         raise ResetError(f"no lab is running in {home}: start it with 'livelab up'")
@@ -159,9 +163,12 @@ def reset(home: str | Path | None = None, namespace: str | None = None, *, timeo
                 s.command(name, "set-model", model=model, timeout=timeout)
                 acts.append(f"back on model {model}")
             done[name] = acts
-        info = s.client.publish(topics.control(namespace, "revocations"),
-                                topics.encode({"schema": topics.SCHEMA_REVOCATIONS, "revoked": []}),
-                                qos=1, retain=True)
+        info = s.client.publish(
+            topics.control(namespace, "revocations"),
+            topics.encode({"schema": topics.SCHEMA_REVOCATIONS, "revoked": []}),
+            qos=1,
+            retain=True,
+        )
         info.wait_for_publish(timeout)
     finally:
         s.close()

@@ -40,22 +40,42 @@ def start(lab: Lab, home, bundle: Path, canary: list[str], *, shadow: bool = Fal
     b = _bundle.read(Path(bundle))  # integrity first; trust is the devices' call
     unknown = [d for d in canary if d not in lab.devices]
     if not canary or unknown:
-        raise RolloutError(f"canary must name devices of this lab ({', '.join(lab.devices)})"
-                           + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+        raise RolloutError(
+            f"canary must name devices of this lab ({', '.join(lab.devices)})"
+            + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+        )
     cur = current(home)
     if cur and cur["state"] == "canary":
-        raise RolloutError(f"rollout of {cur['name']} {cur['version']} is still open: "
-                           "finish it with --forward or --back first")
-    state = {"bundle": str(Path(bundle).resolve()), "digest": b.digest, "keyid": b.keyid, "identity": b.identity,
-             "name": b.name, "version": b.version,
-             "canary": canary, "mode": "shadow" if shadow else "canary", "state": "canary",
-             "started": time.time(), "steps": [], "before": {d: lab.states.get(d, {}).get("active") for d in lab.devices}}
+        raise RolloutError(
+            f"rollout of {cur['name']} {cur['version']} is still open: finish it with --forward or --back first"
+        )
+    state = {
+        "bundle": str(Path(bundle).resolve()),
+        "digest": b.digest,
+        "keyid": b.keyid,
+        "identity": b.identity,
+        "name": b.name,
+        "version": b.version,
+        "canary": canary,
+        "mode": "shadow" if shadow else "canary",
+        "state": "canary",
+        "started": time.time(),
+        "steps": [],
+        "before": {d: lab.states.get(d, {}).get("active") for d in lab.devices},
+    }
     for d in canary:
         try:
             rec = lab.shadow(d, bundle) if shadow else lab.install(d, bundle)
-            state["steps"].append({"device": d, "action": "shadow" if shadow else "install", "ok": True,
-                                   "audit": rec["index"], "bundle": rec["data"].get("bundle"),
-                                   "keyid": rec["data"].get("keyid")})
+            state["steps"].append(
+                {
+                    "device": d,
+                    "action": "shadow" if shadow else "install",
+                    "ok": True,
+                    "audit": rec["index"],
+                    "bundle": rec["data"].get("bundle"),
+                    "keyid": rec["data"].get("keyid"),
+                }
+            )
         except CommandRefused as exc:
             state["steps"].append({"device": d, "action": "install", "ok": False, "reason": str(exc)})
     _save(home, state)
@@ -90,8 +110,9 @@ def finish(lab: Lab, home, *, forward: bool) -> dict:
                 rec = lab.rollback(d, reason=f"rollout of {state['name']} {state['version']} rolled back")
                 state["steps"].append({"device": d, "action": "rollback", "ok": True, "audit": rec["index"]})
         except CommandRefused as exc:
-            state["steps"].append({"device": d, "action": "forward" if forward else "back", "ok": False,
-                                   "reason": str(exc)})
+            state["steps"].append(
+                {"device": d, "action": "forward" if forward else "back", "ok": False, "reason": str(exc)}
+            )
     state["state"] = "forward" if forward else "back"
     state["finished"] = time.time()
     _save(home, state)
@@ -100,7 +121,13 @@ def finish(lab: Lab, home, *, forward: bool) -> dict:
 
 def status(lab: Lab, home) -> dict:
     state = current(home) or {}
-    devices = {d: {"bundle": lab.states.get(d, {}).get("bundle"), "model": lab.states.get(d, {}).get("model"),
-                   "health": lab.states.get(d, {}).get("health"), "shadow": lab.states.get(d, {}).get("shadow")}
-               for d in lab.devices}
+    devices = {
+        d: {
+            "bundle": lab.states.get(d, {}).get("bundle"),
+            "model": lab.states.get(d, {}).get("model"),
+            "health": lab.states.get(d, {}).get("health"),
+            "shadow": lab.states.get(d, {}).get("shadow"),
+        }
+        for d in lab.devices
+    }
     return {"rollout": state, "devices": devices}

@@ -127,9 +127,7 @@ def load(name: str) -> Scenario:
         raise ScenarioError(f"unknown scenario '{name}'; available: {available}")
     scenario = load_path(path)
     if scenario.name != name:
-        raise ScenarioError(
-            f"{path}: name = '{scenario.name}' does not match its folder '{name}'; rename one"
-        )
+        raise ScenarioError(f"{path}: name = '{scenario.name}' does not match its folder '{name}'; rename one")
     return scenario
 
 

@@ -16,6 +16,7 @@ import os
 import threading
 import time
 import uuid
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -73,13 +74,17 @@ def _find(home=None, namespace=None, broker_url=None, username=None, password=No
     if url:
         addr = BrokerAddress.from_url(url)
         ns = namespace or os.environ.get("LIVELAB_NAMESPACE") or "default"
-        return Connection(addr.host, addr.port, ns,
-                          username or addr.username or os.environ.get("LIVELAB_USERNAME"),
-                          password or addr.password or os.environ.get("LIVELAB_PASSWORD"),
-                          [d for d in os.environ.get("LIVELAB_DEVICES", "").split(",") if d],
-                          [i for i in os.environ.get("LIVELAB_INTENTS", "").split(",") if i],
-                          os.environ.get("LIVELAB_DEFECT_INTENT") or None,
-                          home=str(_home.resolve(home)))
+        return Connection(
+            addr.host,
+            addr.port,
+            ns,
+            username or addr.username or os.environ.get("LIVELAB_USERNAME"),
+            password or addr.password or os.environ.get("LIVELAB_PASSWORD"),
+            [d for d in os.environ.get("LIVELAB_DEVICES", "").split(",") if d],
+            [i for i in os.environ.get("LIVELAB_INTENTS", "").split(",") if i],
+            os.environ.get("LIVELAB_DEFECT_INTENT") or None,
+            home=str(_home.resolve(home)),
+        )
     h = _home.resolve(home)
     path = h / _home.DESCRIPTOR
     if not path.exists():
@@ -87,17 +92,33 @@ def _find(home=None, namespace=None, broker_url=None, username=None, password=No
     d = _home.read_json(path)
     if namespace and namespace != d["namespace"]:
         raise LabConnectionError(f"the lab in {h} serves namespace {d['namespace']!r}, not {namespace!r}")
-    return Connection(d["broker"]["host"], d["broker"]["port"], d["namespace"],
-                      username or d["learner"]["username"], password or d["learner"]["password"],
-                      list(d["devices"]), list(d.get("intents") or []), d.get("defect_intent"), str(h),
-                      d.get("learner_name") or d.get("owner"))
+    return Connection(
+        d["broker"]["host"],
+        d["broker"]["port"],
+        d["namespace"],
+        username or d["learner"]["username"],
+        password or d["learner"]["password"],
+        list(d["devices"]),
+        list(d.get("intents") or []),
+        d.get("defect_intent"),
+        str(h),
+        d.get("learner_name") or d.get("owner"),
+    )
 
 
 class Lab:
     """A connection to one namespace of a live lab."""
 
-    def __init__(self, conn: Connection, *, module: str | None = None, learner: str | None = None,
-                 course: str | None = None, version: str | None = None, team: str | None = None):
+    def __init__(
+        self,
+        conn: Connection,
+        *,
+        module: str | None = None,
+        learner: str | None = None,
+        course: str | None = None,
+        version: str | None = None,
+        team: str | None = None,
+    ):
         opened_at = time.time()
         self.conn = conn
         self.namespace = conn.namespace
@@ -106,13 +127,14 @@ class Lab:
         # that time-to-signal can be compared across curriculum versions.
         self.course = course
         self.version = version
-        self.learner = (learner or os.environ.get("LIVELAB_LEARNER") or conn.learner_name
-                        or os.environ.get("USER") or "learner")
+        self.learner = (
+            learner or os.environ.get("LIVELAB_LEARNER") or conn.learner_name or os.environ.get("USER") or "learner"
+        )
         # The learner's team, for per-team time-to-signal (``LIVELAB_TEAM`` when not given).
         self.team = team or os.environ.get("LIVELAB_TEAM") or ""
         self.states: dict[str, dict] = {}
-        self._windows: list[dict] = []   # every window received, in arrival order
-        self._windows_dropped = 0         # trimmed from the front of _windows
+        self._windows: list[dict] = []  # every window received, in arrival order
+        self._windows_dropped = 0  # trimmed from the front of _windows
         self._cond = threading.Condition()
         self._seen: dict[str, set[int]] = collections.defaultdict(set)
         self._replies: dict[str, list[dict]] = collections.defaultdict(list)
@@ -120,12 +142,13 @@ class Lab:
         self._lock = threading.Lock()
         self._listeners: list = []
         self.duplicates = 0
-        self.revocations: list[dict] = []   # the control plane's retained list (read-only here)
+        self.revocations: list[dict] = []  # the control plane's retained list (read-only here)
         self._revoked_here: list[dict] = []
         self._hints_shown: dict[str, int] = {}
         self._telemetry_recorder: threading.Thread | None = None
-        self._client = mqtt.client(f"learner.{conn.namespace}-{uuid.uuid4().hex[:8]}",
-                                   username=conn.username, password=conn.password)
+        self._client = mqtt.client(
+            f"learner.{conn.namespace}-{uuid.uuid4().hex[:8]}", username=conn.username, password=conn.password
+        )
         self._client.on_message = self._on_message
         try:
             mqtt.connect(self._client, conn.host, conn.port)
@@ -139,6 +162,7 @@ class Lab:
         if module:
             self._record(("module-opened", opened_at), ("lab-connected", time.time()))
             from labs.checking import install_test_marks
+
             install_test_marks(module)  # a visible test that passes prints its ✓ line
 
     def _record(self, *kinds_times: tuple[str, float]) -> None:
@@ -149,8 +173,14 @@ class Lab:
         learner, with its own clock.  Idempotent per kernel session (``session``)."""
         topic = topics.namespace_prefix(self.namespace) + "/learner/events"
         for kind, t in kinds_times:
-            event = {"schema": "livelab.event/v1", "kind": kind, "module": self.module,
-                     "learner": self.learner, "time": t, "session": _SESSION}
+            event = {
+                "schema": "livelab.event/v1",
+                "kind": kind,
+                "module": self.module,
+                "learner": self.learner,
+                "time": t,
+                "session": _SESSION,
+            }
             for k in ("course", "version", "team"):
                 if getattr(self, k):
                     event[k] = getattr(self, k)
@@ -160,10 +190,20 @@ class Lab:
                 log.warning("could not announce %s: %s", kind, exc)
 
     @classmethod
-    def connect(cls, module: str | None = None, *, home=None, namespace: str | None = None,
-                broker_url: str | None = None, username: str | None = None,
-                password: str | None = None, learner: str | None = None,
-                course: str | None = None, version: str | None = None, team: str | None = None) -> "Lab":
+    def connect(
+        cls,
+        module: str | None = None,
+        *,
+        home=None,
+        namespace: str | None = None,
+        broker_url: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        learner: str | None = None,
+        course: str | None = None,
+        version: str | None = None,
+        team: str | None = None,
+    ) -> "Lab":
         """Connect to the running lab (see the module doc for where it is found).
 
         ``module`` records that the learner opened that module (a ``module-opened`` event,
@@ -172,8 +212,8 @@ class Lab:
         refused first, with one line (``labs.names.NameRefused``), before any lab is looked for.
         """
         from labs import names
-        names.check_all({"module": module, "learner": learner, "course": course, "version": version,
-                         "team": team})
+
+        names.check_all({"module": module, "learner": learner, "course": course, "version": version, "team": team})
         try:
             conn = _find(home, namespace, broker_url, username, password)
         except ValueError as exc:
@@ -208,7 +248,8 @@ class Lab:
                 self._windows.append(data)
                 if self.module and self._telemetry_recorder is None:  # off paho's network thread
                     self._telemetry_recorder = threading.Thread(
-                        target=self._record, args=(("telemetry-first-seen", time.time()),), daemon=True)
+                        target=self._record, args=(("telemetry-first-seen", time.time()),), daemon=True
+                    )
                     self._telemetry_recorder.start()
                 if len(self._windows) > MAX_BUFFERED:
                     cut = len(self._windows) - MAX_BUFFERED
@@ -305,14 +346,14 @@ class Lab:
     def _bundle_b64(bundle) -> str:
         import base64
         from pathlib import Path
+
         data = bundle if isinstance(bundle, bytes) else Path(bundle).read_bytes()
         return base64.b64encode(data).decode()
 
     def install(self, device: str, bundle, *, rollback: bool = False, timeout: float = 10.0) -> dict:
         """Send a signed bundle (path or bytes); the device verifies, installs atomically and
         starts its health check.  Raises CommandRefused with the device's one-line reason."""
-        return self.command(device, "install", bundle=self._bundle_b64(bundle), rollback=rollback,
-                            timeout=timeout)
+        return self.command(device, "install", bundle=self._bundle_b64(bundle), rollback=rollback, timeout=timeout)
 
     def rollback(self, device: str, reason: str = "requested", **kw) -> dict:
         return self.command(device, "rollback", reason=reason, **kw)
@@ -336,8 +377,9 @@ class Lab:
                     out.add(slot["keyid"])
         return out
 
-    def revoke(self, bundle, reason: str = "", *, keyid: str | None = None, all_signers: bool = False,
-               timeout: float = 10.0) -> list[dict]:
+    def revoke(
+        self, bundle, reason: str = "", *, keyid: str | None = None, all_signers: bool = False, timeout: float = 10.0
+    ) -> list[dict]:
         """Revoke a bundle on every device of the namespace.
 
         ``bundle`` is a digest, a bundle file or a read bundle.  A revocation names the
@@ -348,11 +390,13 @@ class Lab:
         plane's alone); the control identity updates that retained list.  Returns the
         revocations this call made and the control list holds."""
         import re
+
         if all_signers and keyid is not None:
             raise ValueError("say keyid=... (one signer's copy) or all_signers=True, not both")
         digest = bundle
         if not isinstance(bundle, str):
             from lab_hardware.modelops import bundle as _bundle
+
             b = bundle if hasattr(bundle, "digest") and hasattr(bundle, "keyid") else _bundle.read(bundle)
             digest, keyid = b.digest, keyid or b.keyid
         if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
@@ -364,13 +408,20 @@ class Lab:
         elif keyid is None:
             signers = self._signers_of(digest)
             if len(signers) != 1:
-                raise ValueError(f"bundle {digest[:12]} ran here signed by {len(signers)} keys: name the signer "
-                                 "with keyid=... (see 'livelab bundle inspect') or say all_signers=True")
+                raise ValueError(
+                    f"bundle {digest[:12]} ran here signed by {len(signers)} keys: name the signer "
+                    "with keyid=... (see 'livelab bundle inspect') or say all_signers=True"
+                )
             keyid = signers.pop()
         if keyid is not None and not re.fullmatch(r"[0-9a-f]{16}", keyid):
             raise ValueError("a key id is 16 lower-case hex characters (see 'livelab keys list')")
-        entry = {"digest": digest, "keyid": keyid, "all_signers": bool(all_signers), "reason": reason,
-                 "time": time.time()}
+        entry = {
+            "digest": digest,
+            "keyid": keyid,
+            "all_signers": bool(all_signers),
+            "reason": reason,
+            "time": time.time(),
+        }
         if self.conn.username == "control":
             current = [r for r in self.revocations if isinstance(r, dict)]
             key = lambda r: (r.get("digest"), r.get("keyid"), bool(r.get("all_signers")))  # noqa: E731
@@ -397,8 +448,10 @@ class Lab:
         if wait:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
-                if self.states.get(device, {}).get("capturing") is False and \
-                        self.states[device].get("time", 0) > rec["time"]:
+                if (
+                    self.states.get(device, {}).get("capturing") is False
+                    and self.states[device].get("time", 0) > rec["time"]
+                ):
                     break
                 time.sleep(0.05)
             else:
@@ -406,8 +459,9 @@ class Lab:
         return cid
 
     # ---- telemetry ---------------------------------------------------------------------
-    def telemetry(self, device: str | None = None, *, timeout: float = 5.0,
-                  limit: int | None = None, buffered: bool = False) -> Iterator[dict]:
+    def telemetry(
+        self, device: str | None = None, *, timeout: float = 5.0, limit: int | None = None, buffered: bool = False
+    ) -> Iterator[dict]:
         """Decoded aggregation windows as they arrive (duplicates dropped by seq).
 
         Starts with the next window to arrive (``buffered=True``: with every window
@@ -450,8 +504,9 @@ class Lab:
         for w in self.telemetry(device, timeout=timeout, limit=1):
             return w
         who = device or "any device"
-        raise TimeoutError(f"no telemetry from {who} within {timeout:.0f} s: "
-                           "is telemetry consent granted (lab.grant_consent)?")
+        raise TimeoutError(
+            f"no telemetry from {who} within {timeout:.0f} s: is telemetry consent granted (lab.grant_consent)?"
+        )
 
     # ---- audit -------------------------------------------------------------------------
     def audit_chain(self, device: str, *, timeout: float = 5.0) -> "AuditView":
@@ -459,8 +514,11 @@ class Lab:
         self._check_device(device)
         cid = uuid.uuid4().hex
         ev = self._reply_events[cid] = threading.Event()
-        self._client.publish(self._command_topic(device, "audit"), topics.encode(
-            {"schema": topics.SCHEMA_COMMAND, "id": cid, "from": 0}), qos=1)
+        self._client.publish(
+            self._command_topic(device, "audit"),
+            topics.encode({"schema": topics.SCHEMA_COMMAND, "id": cid, "from": 0}),
+            qos=1,
+        )
         try:
             if not ev.wait(timeout):
                 raise TimeoutError(f"device {device} did not send its audit chain within {timeout:.0f} s")
@@ -477,6 +535,7 @@ class Lab:
         item passed or failed and what to do.  The service, not this kernel, records the
         check-passed/check-failed events."""
         from labs.checking import check
+
         return check(self, module, timeout=timeout)
 
     def submit(self, notebook=None, module: str | None = None, *, timeout: float = 600.0):
@@ -484,6 +543,7 @@ class Lab:
         a fresh namespace exactly as ``livelab grade`` does; returns the score and the path of the
         feedback page (written next to the notebook).  Attempts are unlimited; each is kept."""
         from labs.checking import submit
+
         return submit(self, notebook, module, timeout=timeout)
 
     # ---- hints -------------------------------------------------------------------------
@@ -495,8 +555,10 @@ class Lab:
         notebook belongs to (``course.toml``), so they version with the course."""
         hints = _hints(self.course, self.version, self.module)
         if not hints:
-            text = (f"no hints for module {self.module or '?'} of {self.course or '?'} {self.version or ''}".rstrip()
-                    + ": ask your course's channel")
+            text = (
+                f"no hints for module {self.module or '?'} of {self.course or '?'} {self.version or ''}".rstrip()
+                + ": ask your course's channel"
+            )
         elif exercise not in hints:
             text = f"no exercise {exercise!r} in this module; exercises with hints: {', '.join(hints)}"
         else:
@@ -516,6 +578,7 @@ class Lab:
         ``watch`` names an intent to highlight; by default none is (``panel.watch(intent)``
         later), so the panel never gives away what an exercise asks the learner to find."""
         from labs.widgets import LabPanel
+
         return LabPanel(self, watch=watch)
 
     def close(self) -> None:
@@ -530,8 +593,7 @@ class Lab:
         self.close()
 
 
-def _course_roots() -> list["Path"]:
-    from pathlib import Path
+def _course_roots() -> list[Path]:
     roots = [Path(os.environ["LIVELAB_COURSES_DIR"])] if os.environ.get("LIVELAB_COURSES_DIR") else []
     return roots + [Path(__file__).resolve().parents[1] / "courses", Path.cwd()]
 
@@ -543,6 +605,7 @@ def _hints(course: str | None, version: str | None, module: str | None) -> dict[
     import json
     import tomllib
     from pathlib import Path
+
     if not course or not module:
         return {}
     for ws in (Path.cwd(), Path.cwd().parent):  # a workspace from 'livelab course fetch'

@@ -46,8 +46,7 @@ MAX_MESSAGES = 3
 EMPTY_CHART = "no telemetry yet — grant telemetry consent to a device"
 
 #: Intent colours (Tableau 10 without its red, which is kept for the defect intent).
-PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#edc948", "#b07aa1", "#76b7b2",
-           "#ff9da7", "#9c755f", "#bab0ac", "#17becf"]
+PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#edc948", "#b07aa1", "#76b7b2", "#ff9da7", "#9c755f", "#bab0ac", "#17becf"]
 DEFECT_COLOR = "#e15759"
 DEFECT_LINE = "#8c1c1e"
 UNDO_LINE = "#1f1f1f"
@@ -120,21 +119,27 @@ def _window_record(w: dict, defect: str | None) -> dict:
     counts = {k: int(v) for k, v in (w.get("counts") or {}).items()}
     undo = (w.get("fp_proxy") or {}).get("undo") or {}
     return {
-        "seq": w.get("seq"), "counts": counts,
+        "seq": w.get("seq"),
+        "counts": counts,
         "decisions": int(w.get("decisions") or sum(counts.values())),
         "undo": int(sum(int(v) for v in undo.values())),
         "defect": counts.get(defect, 0) if defect else 0,
-        "model": w.get("model"), "bundle": w.get("bundle"), "end": w.get("end"),
+        "model": w.get("model"),
+        "bundle": w.get("bundle"),
+        "end": w.get("end"),
     }
 
 
 # ---- rendering (pure functions of the panel's data, so they are easy to test) --------------
 
+
 def render_status(devices: list[str], states: dict[str, dict], last: dict[str, dict]) -> str:
     """The status table: one row per device, from its latest state message."""
-    head = ("<tr><th>device</th><th>state</th><th>model</th><th>bundle</th>"
-            + "".join(f"<th>{_esc(s)}</th>" for s in SCOPES)
-            + "<th>last seq</th><th>last window</th><th>decisions</th></tr>")
+    head = (
+        "<tr><th>device</th><th>state</th><th>model</th><th>bundle</th>"
+        + "".join(f"<th>{_esc(s)}</th>" for s in SCOPES)
+        + "<th>last seq</th><th>last window</th><th>decisions</th></tr>"
+    )
     rows = []
     for dev in devices:
         st = states.get(dev) or {}
@@ -160,18 +165,26 @@ def render_status(devices: list[str], states: dict[str, dict], last: dict[str, d
         decisions = st.get("decisions")
         rows.append(
             f'<tr data-device="{_esc(dev)}"><td><b>{_esc(dev)}</b></td><td>{online}</td>'
-            f'<td>{_esc(st.get("model") or "–")}</td>'
-            f'<td>{"<code>" + _esc(bundle[:12]) + "</code>" if bundle else "–"}</td>'
+            f"<td>{_esc(st.get('model') or '–')}</td>"
+            f"<td>{'<code>' + _esc(bundle[:12]) + '</code>' if bundle else '–'}</td>"
             + "".join(cells)
             + f'<td class="num">{seq_txt}</td><td class="num">{_clock(t)}</td>'
-            f'<td class="num">{decisions if isinstance(decisions, int) else "–"}</td></tr>')
+            f'<td class="num">{decisions if isinstance(decisions, int) else "–"}</td></tr>'
+        )
     if not rows:
         rows.append('<tr><td colspan="9">no devices in this lab</td></tr>')
     return f'<table class="livelab-table">{head}{"".join(rows)}</table>'
 
 
-def render_chart(devices: list[str], windows: dict[str, list[dict]], intents: list[str],
-                 defect: str | None, consent: dict[str, bool], *, slots: int = CHART_WINDOWS) -> str:
+def render_chart(
+    devices: list[str],
+    windows: dict[str, list[dict]],
+    intents: list[str],
+    defect: str | None,
+    consent: dict[str, bool],
+    *,
+    slots: int = CHART_WINDOWS,
+) -> str:
     """Stacked decisions per intent per window, one strip per device, with the FP proxies.
 
     The defect intent is stacked at the bottom so its share reads straight off
@@ -201,19 +214,25 @@ def render_chart(devices: list[str], windows: dict[str, list[dict]], intents: li
     out.append('<text x="0" y="14" fill="#444" font-weight="600">decisions per intent</text>')
     x = 150.0
     for n in stack:
-        out.append(f'<rect x="{x:.0f}" y="4" width="12" height="12" rx="2" fill="{colors[n]}"/>'
-                   f'<text x="{x + 17:.0f}" y="14" fill="#333">{_esc(n)}</text>')
+        out.append(
+            f'<rect x="{x:.0f}" y="4" width="12" height="12" rx="2" fill="{colors[n]}"/>'
+            f'<text x="{x + 17:.0f}" y="14" fill="#333">{_esc(n)}</text>'
+        )
         x += 28 + 7.2 * len(n)
     out.append('<text x="0" y="36" fill="#444" font-weight="600">false-positive proxy</text>')
-    out.append(f'<line x1="150" y1="32" x2="176" y2="32" stroke="{UNDO_LINE}" stroke-width="2"/>'
-               f'<circle cx="163" cy="32" r="3" fill="#fff" stroke="{UNDO_LINE}" stroke-width="1.5"/>'
-               f'<text x="182" y="36" fill="#333">user undos (all intents)</text>')
+    out.append(
+        f'<line x1="150" y1="32" x2="176" y2="32" stroke="{UNDO_LINE}" stroke-width="2"/>'
+        f'<circle cx="163" cy="32" r="3" fill="#fff" stroke="{UNDO_LINE}" stroke-width="1.5"/>'
+        f'<text x="182" y="36" fill="#333">user undos (all intents)</text>'
+    )
     if defect:
-        out.append(f'<line x1="350" y1="32" x2="376" y2="32" stroke="{DEFECT_LINE}" stroke-width="2" '
-                   f'stroke-dasharray="5 3"/>'
-                   f'<path d="M363 28 L367 32 L363 36 L359 32 Z" fill="{DEFECT_LINE}"/>'
-                   f'<text x="382" y="36" fill="#333">“{_esc(defect)}” decisions (the intent to watch)</text>')
-    out.append('</g>')
+        out.append(
+            f'<line x1="350" y1="32" x2="376" y2="32" stroke="{DEFECT_LINE}" stroke-width="2" '
+            f'stroke-dasharray="5 3"/>'
+            f'<path d="M363 28 L367 32 L363 36 L359 32 Z" fill="{DEFECT_LINE}"/>'
+            f'<text x="382" y="36" fill="#333">“{_esc(defect)}” decisions (the intent to watch)</text>'
+        )
+    out.append("</g>")
     y = 54.0
 
     for dev in devices:
@@ -221,10 +240,12 @@ def render_chart(devices: list[str], windows: dict[str, list[dict]], intents: li
         granted = consent.get(dev, False)
         if not recs:
             why = "telemetry consent is off" if not granted else "waiting for the first window"
-            out.append(f'<g class="livelab-device" data-device="{_esc(dev)}">'
-                       f'<text x="0" y="{y + 14:.1f}" font-size="13" font-weight="600" fill="#333">{_esc(dev)}</text>'
-                       f'<text x="{ML:.0f}" y="{y + 14:.1f}" font-size="12" fill="#888" font-style="italic">'
-                       f'no telemetry — {why}</text></g>')
+            out.append(
+                f'<g class="livelab-device" data-device="{_esc(dev)}">'
+                f'<text x="0" y="{y + 14:.1f}" font-size="13" font-weight="600" fill="#333">{_esc(dev)}</text>'
+                f'<text x="{ML:.0f}" y="{y + 14:.1f}" font-size="12" fill="#888" font-style="italic">'
+                f"no telemetry — {why}</text></g>"
+            )
             y += 30
             continue
         tot = sum(r["decisions"] for r in recs)
@@ -232,35 +253,44 @@ def render_chart(devices: list[str], windows: dict[str, list[dict]], intents: li
         usum = sum(r["undo"] for r in recs)
         model = recs[-1].get("model") or ""
         bundle = (recs[-1].get("bundle") or "")[:12]
-        summary = (f"“{_esc(defect)}” {100 * dsum / tot:.1f}% of decisions · " if defect and tot else "") + \
-                  (f"{100 * usum / tot:.1f}% undone" if tot else "")
+        summary = (f"“{_esc(defect)}” {100 * dsum / tot:.1f}% of decisions · " if defect and tot else "") + (
+            f"{100 * usum / tot:.1f}% undone" if tot else ""
+        )
         flag = "" if granted else " · consent off (last windows received)"
         out.append(f'<g class="livelab-device" data-device="{_esc(dev)}">')
-        out.append(f'<text x="0" y="{y + 14:.1f}" font-size="13" fill="#222">'
-                   f'<tspan font-weight="600">{_esc(dev)}</tspan>'
-                   f'<tspan fill="#666"> · {_esc(model)} · {_esc(bundle)}{_esc(flag)}</tspan></text>'
-                   f'<text x="{W_ - MR:.0f}" y="{y + 14:.1f}" font-size="12" text-anchor="end" fill="#333">'
-                   f'{summary}</text>')
+        out.append(
+            f'<text x="0" y="{y + 14:.1f}" font-size="13" fill="#222">'
+            f'<tspan font-weight="600">{_esc(dev)}</tspan>'
+            f'<tspan fill="#666"> · {_esc(model)} · {_esc(bundle)}{_esc(flag)}</tspan></text>'
+            f'<text x="{W_ - MR:.0f}" y="{y + 14:.1f}" font-size="12" text-anchor="end" fill="#333">'
+            f"{summary}</text>"
+        )
         top = y + 22
         base = top + PH
         # grid + y axis
         for frac in (0, 0.5, 1):
             gy = base - frac * PH
-            out.append(f'<line x1="{ML}" y1="{gy:.1f}" x2="{W_ - MR}" y2="{gy:.1f}" '
-                       f'stroke="{"#999" if frac == 0 else "#e6e6e6"}" stroke-width="1"/>'
-                       f'<text x="{ML - 6}" y="{gy + 4:.1f}" font-size="11" text-anchor="end" fill="#666">'
-                       f'{_fmt(ymax * frac)}</text>')
+            out.append(
+                f'<line x1="{ML}" y1="{gy:.1f}" x2="{W_ - MR}" y2="{gy:.1f}" '
+                f'stroke="{"#999" if frac == 0 else "#e6e6e6"}" stroke-width="1"/>'
+                f'<text x="{ML - 6}" y="{gy + 4:.1f}" font-size="11" text-anchor="end" fill="#666">'
+                f"{_fmt(ymax * frac)}</text>"
+            )
         out.append(f'<line x1="{ML}" y1="{top:.1f}" x2="{ML}" y2="{base:.1f}" stroke="#999" stroke-width="1"/>')
-        out.append(f'<text transform="translate(14 {top + PH / 2:.1f}) rotate(-90)" font-size="11" '
-                   f'text-anchor="middle" fill="#666">decisions / window</text>')
+        out.append(
+            f'<text transform="translate(14 {top + PH / 2:.1f}) rotate(-90)" font-size="11" '
+            f'text-anchor="middle" fill="#666">decisions / window</text>'
+        )
         undo_pts, def_pts = [], []
         for i, r in enumerate(recs):
             bx = ML + i * slot + (slot - bw) / 2
             cy = base
             out.append(f'<g class="livelab-bar" data-seq="{r["seq"]}">')
             tip = ", ".join(f"{n} {r['counts'].get(n, 0)}" for n in stack)
-            out.append(f'<title>{_esc(dev)} window {r["seq"]}: {r["decisions"]} decisions ({_esc(tip)}); '
-                       f'{r["undo"]} undone</title>')
+            out.append(
+                f"<title>{_esc(dev)} window {r['seq']}: {r['decisions']} decisions ({_esc(tip)}); "
+                f"{r['undo']} undone</title>"
+            )
             for n in stack:
                 c = r["counts"].get(n, 0)
                 if c <= 0:
@@ -268,41 +298,65 @@ def render_chart(devices: list[str], windows: dict[str, list[dict]], intents: li
                 h = c / ymax * PH
                 cy -= h
                 out.append(f'<rect x="{bx:.1f}" y="{cy:.1f}" width="{bw:.1f}" height="{h:.1f}" fill="{colors[n]}"/>')
-            out.append('</g>')
+            out.append("</g>")
             cx = ML + i * slot + slot / 2
             undo_pts.append((cx, base - r["undo"] / ymax * PH))
             def_pts.append((cx, base - r["defect"] / ymax * PH))
         if defect:
-            out.append(f'<polyline class="livelab-defect" fill="none" stroke="{DEFECT_LINE}" stroke-width="2" '
-                       f'stroke-dasharray="5 3" points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in def_pts)}"/>')
-            out.extend(f'<path d="M{a:.1f} {b - 4:.1f} L{a + 4:.1f} {b:.1f} L{a:.1f} {b + 4:.1f} '
-                       f'L{a - 4:.1f} {b:.1f} Z" fill="{DEFECT_LINE}"/>' for a, b in def_pts)
-        out.append(f'<polyline class="livelab-undo" fill="none" stroke="{UNDO_LINE}" stroke-width="2" '
-                   f'points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in undo_pts)}"/>')
-        out.extend(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3" fill="#fff" stroke="{UNDO_LINE}" stroke-width="1.5"/>'
-                   for a, b in undo_pts)
+            out.append(
+                f'<polyline class="livelab-defect" fill="none" stroke="{DEFECT_LINE}" stroke-width="2" '
+                f'stroke-dasharray="5 3" points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in def_pts)}"/>'
+            )
+            out.extend(
+                f'<path d="M{a:.1f} {b - 4:.1f} L{a + 4:.1f} {b:.1f} L{a:.1f} {b + 4:.1f} '
+                f'L{a - 4:.1f} {b:.1f} Z" fill="{DEFECT_LINE}"/>'
+                for a, b in def_pts
+            )
+        out.append(
+            f'<polyline class="livelab-undo" fill="none" stroke="{UNDO_LINE}" stroke-width="2" '
+            f'points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in undo_pts)}"/>'
+        )
+        out.extend(
+            f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3" fill="#fff" stroke="{UNDO_LINE}" stroke-width="1.5"/>'
+            for a, b in undo_pts
+        )
         out.append(f'<text x="{ML}" y="{base + 14:.1f}" font-size="10.5" fill="#888">window {recs[0]["seq"]}</text>')
         if len(recs) * slot >= 100:  # under the newest bar, wherever it is while the strip fills up
             lx = min(ML + len(recs) * slot, W_ - MR)
-            out.append(f'<text x="{lx:.1f}" y="{base + 14:.1f}" font-size="10.5" text-anchor="end" fill="#888">'
-                       f'{recs[-1]["seq"]}</text>')
-        out.append('</g>')
+            out.append(
+                f'<text x="{lx:.1f}" y="{base + 14:.1f}" font-size="10.5" text-anchor="end" fill="#888">'
+                f"{recs[-1]['seq']}</text>"
+            )
+        out.append("</g>")
         y = base + 26
-    out.append(f'<text x="{ML + PW / 2:.0f}" y="{y + 4:.0f}" font-size="11.5" text-anchor="middle" fill="#555">'
-               f'aggregation windows, oldest → newest (last {slots} per device)</text>')
+    out.append(
+        f'<text x="{ML + PW / 2:.0f}" y="{y + 4:.0f}" font-size="11.5" text-anchor="middle" fill="#555">'
+        f"aggregation windows, oldest → newest (last {slots} per device)</text>"
+    )
     height = y + 12
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" class="livelab-svg" viewBox="0 0 {W_} {height:.0f}" '
-            f'width="100%" style="max-width:{W_}px;height:auto" font-family="{_esc(FONT)}" role="img" '
-            f'aria-label="live telemetry: decisions per intent per window">{"".join(out)}</svg>')
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="livelab-svg" viewBox="0 0 {W_} {height:.0f}" '
+        f'width="100%" style="max-width:{W_}px;height:auto" font-family="{_esc(FONT)}" role="img" '
+        f'aria-label="live telemetry: decisions per intent per window">{"".join(out)}</svg>'
+    )
 
 
 # ---- the widget ----------------------------------------------------------------------------
 
+
 class LabPanel(W.VBox):
     """Live status, consent toggles and telemetry chart for one :class:`labs.Lab`."""
 
-    def __init__(self, lab, *, windows: int = CHART_WINDOWS, max_fps: float = MAX_FPS,
-                 command_timeout: float = 5.0, watch: str | None = None, **kwargs):
+    def __init__(
+        self,
+        lab,
+        *,
+        windows: int = CHART_WINDOWS,
+        max_fps: float = MAX_FPS,
+        command_timeout: float = 5.0,
+        watch: str | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.lab = lab
         self.command_timeout = command_timeout
@@ -323,7 +377,6 @@ class LabPanel(W.VBox):
         self.redraws = 0
 
         self.add_class("livelab-panel")
-        conn = lab.conn
         self.header = W.HTML(self._header())
         self.header.add_class("livelab-header")
         self.status = W.HTML()
@@ -337,9 +390,12 @@ class LabPanel(W.VBox):
         self.chart = W.HTML()
         self.chart.add_class("livelab-chart")
         # Check: asks the grading service to judge the module's checks on this namespace
-        self.check_button = W.Button(description="Check", icon="check", tooltip=(
-            "run this module's checks (the ones that grade) on what the lab saw so far"),
-            disabled=not getattr(lab, "module", None))
+        self.check_button = W.Button(
+            description="Check",
+            icon="check",
+            tooltip=("run this module's checks (the ones that grade) on what the lab saw so far"),
+            disabled=not getattr(lab, "module", None),
+        )
         self.check_button.add_class("livelab-check-button")
         self.check_result = W.HTML()
         self.check_result.add_class("livelab-check-result")
@@ -354,11 +410,19 @@ class LabPanel(W.VBox):
 
         def h(text: str) -> W.HTML:
             return W.HTML(f'<div class="livelab-h">{_esc(text)}</div>')
-        self.children = [self.header, h("Devices"), self.status,
-                         h("Consent (click to grant or revoke; shows what each device reports)"),
-                         self.consent_box, self.message,
-                         h("Live telemetry"), self.chart,
-                         W.HBox([self.check_button]), self.check_result]
+
+        self.children = [
+            self.header,
+            h("Devices"),
+            self.status,
+            h("Consent (click to grant or revoke; shows what each device reports)"),
+            self.consent_box,
+            self.message,
+            h("Live telemetry"),
+            self.chart,
+            W.HBox([self.check_button]),
+            self.check_result,
+        ]
         self.layout.padding = "4px 8px 8px 8px"
 
         # Listen first, then read what was buffered, so no window falls in between
@@ -392,6 +456,7 @@ class LabPanel(W.VBox):
                 self.check_result.value = f'<div class="livelab-msg error">check failed: {_esc(exc)}</div>'
             finally:
                 self.check_button.disabled = False
+
         th = threading.Thread(target=go, name="livelab-check", daemon=True)
         th.start()
         if wait:
@@ -401,11 +466,13 @@ class LabPanel(W.VBox):
 
     def _header(self) -> str:
         conn = self.lab.conn
-        return (CSS + f'<div style="font-size:15px;font-weight:600;margin-bottom:2px">livelab · namespace '
-                f'<code>{_esc(conn.namespace)}</code></div>'
-                f'<div style="font-size:12px;color:#666">broker {_esc(conn.host)}:{conn.port}'
-                + (f' · watching intent <b>“{_esc(self.defect)}”</b>' if self.defect else "")
-                + "</div>")
+        return (
+            CSS + f'<div style="font-size:15px;font-weight:600;margin-bottom:2px">livelab · namespace '
+            f"<code>{_esc(conn.namespace)}</code></div>"
+            f'<div style="font-size:12px;color:#666">broker {_esc(conn.host)}:{conn.port}'
+            + (f" · watching intent <b>“{_esc(self.defect)}”</b>" if self.defect else "")
+            + "</div>"
+        )
 
     def watch(self, intent: str | None) -> None:
         """Highlight ``intent`` in the chart (stacked at the bottom, its own line); None: none."""
@@ -468,16 +535,15 @@ class LabPanel(W.VBox):
                 return False
             buttons = []
             for scope in SCOPES:
-                t = W.ToggleButton(value=False, description=scope,
-                                   layout=W.Layout(width="190px"),
-                                   tooltip=f"{scope} consent for {dev}")
+                t = W.ToggleButton(
+                    value=False, description=scope, layout=W.Layout(width="190px"), tooltip=f"{scope} consent for {dev}"
+                )
                 t.add_class(f"livelab-consent-{dev}-{scope}")
                 t.add_class("livelab-toggle")
                 t.observe(lambda ch, d=dev, s=scope: self._on_toggle(d, s, ch), names="value")
                 self.toggles[(dev, scope)] = t
                 buttons.append(t)
-            label = W.HTML(f'<span class="livelab-device-label">{_esc(dev)}</span>',
-                           layout=W.Layout(width="90px"))
+            label = W.HTML(f'<span class="livelab-device-label">{_esc(dev)}</span>', layout=W.Layout(width="90px"))
             row = W.HBox([label] + buttons, layout=W.Layout(align_items="center"))
             row.add_class(f"livelab-consent-{dev}")
             self._rows[dev] = row
@@ -515,8 +581,9 @@ class LabPanel(W.VBox):
         t.disabled = True
         t.button_style = "warning"
         t.description = f"{scope}: {'granting' if want else 'revoking'}…"
-        threading.Thread(target=self._change_consent, args=(dev, scope, want),
-                         name=f"livelab-consent-{dev}-{scope}", daemon=True).start()
+        threading.Thread(
+            target=self._change_consent, args=(dev, scope, want), name=f"livelab-consent-{dev}-{scope}", daemon=True
+        ).start()
 
     def _change_consent(self, dev: str, scope: str, want: bool) -> None:
         key = (dev, scope)
@@ -536,8 +603,10 @@ class LabPanel(W.VBox):
             if real == want:
                 self._say(f"{dev}: {scope} consent {'granted' if want else 'revoked'}")
             else:
-                self._say(f"{dev} acknowledged the {scope} change but still reports it "
-                          f"{'granted' if real else 'denied'}", error=True)
+                self._say(
+                    f"{dev} acknowledged the {scope} change but still reports it {'granted' if real else 'denied'}",
+                    error=True,
+                )
         except Exception as exc:  # CommandRefused, TimeoutError, a lost connection...
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             self._say(msg, error=True)
@@ -549,8 +618,10 @@ class LabPanel(W.VBox):
                 self._dirty.set()
 
     def _say(self, text: str, *, error: bool = False) -> None:
-        line = (f'<div class="{"err" if error else "ok"}">{time.strftime("%H:%M:%S")} '
-                f'{"⚠ " if error else ""}{_esc(text)}</div>')
+        line = (
+            f'<div class="{"err" if error else "ok"}">{time.strftime("%H:%M:%S")} '
+            f"{'⚠ ' if error else ''}{_esc(text)}</div>"
+        )
         with self._lock:
             self._messages = (self._messages + [line])[-MAX_MESSAGES:]
             value = f'<div class="livelab-msg">{"".join(self._messages)}</div>'

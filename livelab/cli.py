@@ -14,7 +14,18 @@ import time
 from rich.markup import escape
 from rich.table import Table
 
-from livelab import cli_bundle, cli_course, cli_grade, cli_grader, cli_hub, cli_lab, cli_learners, cli_replay, cli_report, cli_rollout
+from livelab import (
+    cli_bundle,
+    cli_course,
+    cli_grade,
+    cli_grader,
+    cli_hub,
+    cli_lab,
+    cli_learners,
+    cli_replay,
+    cli_report,
+    cli_rollout,
+)
 from livelab.common import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Parser, UsageError, console, err
 from livelab.common import check_home, float_range, int_range
 from livelab.common import home_of as _home
@@ -26,6 +37,7 @@ __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAIL", "EXIT_USAGE", "UsageE
 def cmd_up(args) -> int:
     from lab_hardware.runtime import lab
     from labs import recorder, scenarios
+
     home = _home(args)
     try:
         sc = scenarios.load(args.scenario)
@@ -41,22 +53,36 @@ def cmd_up(args) -> int:
         home.mkdir(parents=True, exist_ok=True)
         materialized = sc.materialize(home / "scenario")
     except OSError as exc:
-        raise UsageError(f"state directory {home} is not writable ({exc.strerror}): "
-                         "choose another with --home or LIVELAB_HOME") from None
+        raise UsageError(
+            f"state directory {home} is not writable ({exc.strerror}): choose another with --home or LIVELAB_HOME"
+        ) from None
     with console.status(f"starting lab in {home} ..."):
-        desc = lab.up(home, scenario=materialized, devices=args.devices, profile=args.profile,
-                      namespace=args.namespace, broker_url=args.broker_url, port=args.port,
-                      device_options=opts, timeout=args.timeout, services=[recorder.service()])
+        desc = lab.up(
+            home,
+            scenario=materialized,
+            devices=args.devices,
+            profile=args.profile,
+            namespace=args.namespace,
+            broker_url=args.broker_url,
+            port=args.port,
+            device_options=opts,
+            timeout=args.timeout,
+            services=[recorder.service()],
+        )
     b = desc["broker"]
     verb = "reusing the lab already running" if desc.get("reused") else f"lab up in {time.perf_counter() - t0:.1f} s"
-    console.print(f"{verb}: broker {b['host']}:{b['port']}{' (external)' if b['external'] else ''}, "
-                  f"namespace {desc['namespace']}, devices {', '.join(desc['devices'])}", markup=False)
+    console.print(
+        f"{verb}: broker {b['host']}:{b['port']}{' (external)' if b['external'] else ''}, "
+        f"namespace {desc['namespace']}, devices {', '.join(desc['devices'])}",
+        markup=False,
+    )
     console.print(f"descriptor: {home / 'lab.json'}  (status: livelab status; stop: livelab down)", markup=False)
     return EXIT_OK
 
 
 def cmd_down(args) -> int:
     from lab_hardware.runtime import lab
+
     res = lab.down(_home(args))
     console.print(res["message"], markup=False)
     return EXIT_OK
@@ -64,6 +90,7 @@ def cmd_down(args) -> int:
 
 def cmd_status(args) -> int:
     from lab_hardware.runtime import lab
+
     st = lab.status(_home(args))
     if args.json:
         print(json.dumps(st, indent=2, sort_keys=True))
@@ -73,11 +100,14 @@ def cmd_status(args) -> int:
         return EXIT_FAIL
     b = st["broker"]
     health = "[green]ok[/]" if b["alive"] and b["reachable"] else f"[red]down[/] {escape(str(b.get('error', '')))}"
-    console.print(f"lab {st['home']}  scenario {st['scenario']}  profile {st['profile']}  namespace {st['namespace']}",
-                  markup=False)
+    console.print(
+        f"lab {st['home']}  scenario {st['scenario']}  profile {st['profile']}  namespace {st['namespace']}",
+        markup=False,
+    )
     console.print(f"broker {b['host']}:{b['port']} pid {b['pid']} {health} restarts {b['restarts']}")
-    t = Table("device", "health", "running", "consent", "last seq", "last window", "decisions",
-              "health check", "restarts")
+    t = Table(
+        "device", "health", "running", "consent", "last seq", "last window", "decisions", "health check", "restarts"
+    )
     now = time.time()
     ok = b["reachable"]
     revoked: set[str] = set()
@@ -95,8 +125,17 @@ def cmd_status(args) -> int:
         if d.get("shadow"):
             check += f", shadow {d['shadow']['digest'][:12]}"
         revoked |= set(d.get("revoked") or [])
-        t.add_row(escape(d["name"]), "[green]online[/]" if healthy else "[red]offline[/]", escape(running),
-                  consent or "none", str(d["telemetry_seq"]), last, str(d["decisions"]), check, str(d["restarts"]))
+        t.add_row(
+            escape(d["name"]),
+            "[green]online[/]" if healthy else "[red]offline[/]",
+            escape(running),
+            consent or "none",
+            str(d["telemetry_seq"]),
+            last,
+            str(d["decisions"]),
+            check,
+            str(d["restarts"]),
+        )
     console.print(t)
     if revoked:
         console.print(f"revoked bundles: {', '.join(sorted(r[:12] for r in revoked))}", markup=False)
@@ -105,12 +144,14 @@ def cmd_status(args) -> int:
 
 def cmd_logs(args) -> int:
     from lab_hardware.runtime import lab
+
     print(lab.logs(_home(args), source=args.source, lines=args.lines))
     return EXIT_OK
 
 
 def cmd_consent(args) -> int:
     from labs import Lab
+
     with Lab.connect(home=_home(args), learner="cli") as lab:
         targets = lab.devices if args.device == "all" else [args.device]
         for dev in targets:
@@ -119,13 +160,17 @@ def cmd_consent(args) -> int:
                 rec = fn(dev, args.scope)
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
-            console.print(f"{dev}: {args.scope} consent {'granted' if args.action == 'grant' else 'revoked'}"
-                          f" (audit record {rec['index']}, {rec['hash'][:12]})", markup=False)
+            console.print(
+                f"{dev}: {args.scope} consent {'granted' if args.action == 'grant' else 'revoked'}"
+                f" (audit record {rec['index']}, {rec['hash'][:12]})",
+                markup=False,
+            )
     return EXIT_OK
 
 
 def cmd_kernel(args) -> int:
     import importlib
+
     kinstall = importlib.import_module("kernels.install")
     argv = [args.action]
     if args.action == "install" and args.home:
@@ -135,6 +180,7 @@ def cmd_kernel(args) -> int:
 
 def cmd_demo(args) -> int:
     from livelab.demo import run_demo
+
     return run_demo(_home(args) if args.home else None, console=console)
 
 
@@ -143,58 +189,87 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="livelab",
         description="Learn and ship edge ML against a real one-node live edge lab "
-                    "(Mosquitto + simulated devices running ONNX models).",
+        "(Mosquitto + simulated devices running ONNX models).",
         epilog="State lives in $LIVELAB_HOME (default ~/.livelab) or --home DIR. "
-               "Exit codes: 0 ok, 1 the thing checked failed, 2 bad usage or bad input.")
+        "Exit codes: 0 ok, 1 the thing checked failed, 2 bad usage or bad input.",
+    )
     p.add_argument("--home", help="lab state directory (default: $LIVELAB_HOME or ~/.livelab)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    s = sub.add_parser("up", help="start a lab: broker + devices (reuses a running one of the same shape)",
-                       description="Start a lab: a supervised Mosquitto on a free loopback port with "
-                                   "per-identity passwords and ACLs, and N simulated devices. Writes the "
-                                   "learner descriptor lab.json into the state directory.")
-    s.add_argument("--devices", type=int_range(1, 64, what="--devices"), default=3,
-                   help="number of devices, 1-64 (default 3)")
+    s = sub.add_parser(
+        "up",
+        help="start a lab: broker + devices (reuses a running one of the same shape)",
+        description="Start a lab: a supervised Mosquitto on a free loopback port with "
+        "per-identity passwords and ACLs, and N simulated devices. Writes the "
+        "learner descriptor lab.json into the state directory.",
+    )
+    s.add_argument(
+        "--devices", type=int_range(1, 64, what="--devices"), default=3, help="number of devices, 1-64 (default 3)"
+    )
     s.add_argument("--profile", default="none", help="hardware profile: none, rpi4 (lab_hardware/profiles)")
     s.add_argument("--scenario", default="voice-intents", help="lab scenario (default voice-intents)")
     s.add_argument("--namespace", default="default", help="namespace of the devices and learner (default 'default')")
     s.add_argument("--broker-url", help="use an external MQTT broker, e.g. mqtt://user:pass@host:1883")
     s.add_argument("--port", type=int_range(1, 65535, what="--port"), help="broker port (default: a free port)")
-    s.add_argument("--window-seconds", type=float_range(0, 86400, lo_open=True, what="--window-seconds"),
-                   help="aggregation window length in seconds (default: the scenario's)")
-    s.add_argument("--rate", type=float_range(0, 1_000_000, what="--rate"),
-                   help="utterances per second per device; 0 = as fast as possible")
-    s.add_argument("--timeout", type=float_range(0, 86400, lo_open=True, what="--timeout"), default=30.0,
-                   help="seconds to wait for the lab to be ready")
+    s.add_argument(
+        "--window-seconds",
+        type=float_range(0, 86400, lo_open=True, what="--window-seconds"),
+        help="aggregation window length in seconds (default: the scenario's)",
+    )
+    s.add_argument(
+        "--rate",
+        type=float_range(0, 1_000_000, what="--rate"),
+        help="utterances per second per device; 0 = as fast as possible",
+    )
+    s.add_argument(
+        "--timeout",
+        type=float_range(0, 86400, lo_open=True, what="--timeout"),
+        default=30.0,
+        help="seconds to wait for the lab to be ready",
+    )
     s.set_defaults(fn=cmd_up)
 
     s = sub.add_parser("down", help="stop the lab and every process it started")
     s.set_defaults(fn=cmd_down)
 
-    s = sub.add_parser("status", help="health of the broker and each device",
-                       description="Broker and device health, installed model/bundle, consent and last "
-                                   "telemetry. Exit 1 if the lab is not running or something is unhealthy.")
+    s = sub.add_parser(
+        "status",
+        help="health of the broker and each device",
+        description="Broker and device health, installed model/bundle, consent and last "
+        "telemetry. Exit 1 if the lab is not running or something is unhealthy.",
+    )
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(fn=cmd_status)
 
     s = sub.add_parser("logs", help="show the tail of the lab's logs")
     s.add_argument("source", nargs="?", help="supervisor, broker, devices or one device's log name")
-    s.add_argument("-n", "--lines", type=int_range(1, 100_000, what="--lines"), default=40,
-                   help="lines per log, 1-100000 (default 40)")
+    s.add_argument(
+        "-n",
+        "--lines",
+        type=int_range(1, 100_000, what="--lines"),
+        default=40,
+        help="lines per log, 1-100000 (default 40)",
+    )
     s.set_defaults(fn=cmd_logs)
 
-    s = sub.add_parser("consent", help="grant or revoke a device's consent for a scope",
-                       description="Consent is per device and scope, default deny; every change lands "
-                                   "in the device's audit chain (the consent trail).")
+    s = sub.add_parser(
+        "consent",
+        help="grant or revoke a device's consent for a scope",
+        description="Consent is per device and scope, default deny; every change lands "
+        "in the device's audit chain (the consent trail).",
+    )
     s.add_argument("action", choices=["grant", "revoke"])
     s.add_argument("device", help="device name (e.g. dev-0) or 'all'")
     s.add_argument("--scope", default="telemetry", choices=["telemetry", "replay-capture"])
     s.set_defaults(fn=cmd_consent)
 
-    s = sub.add_parser("kernel", help="install or show the 'livelab' Jupyter kernelspec",
-                       description="The livelab kernelspec runs notebooks in this environment and points "
-                                   "them at the lab in the state directory (LIVELAB_DEFAULT_HOME).")
+    s = sub.add_parser(
+        "kernel",
+        help="install or show the 'livelab' Jupyter kernelspec",
+        description="The livelab kernelspec runs notebooks in this environment and points "
+        "them at the lab in the state directory (LIVELAB_DEFAULT_HOME).",
+    )
     s.add_argument("action", choices=["install", "show"])
     s.set_defaults(fn=cmd_kernel)
 
@@ -218,10 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     1 for a failed check or an internal error), never a traceback (``LIVELAB_DEBUG=1``
     re-raises unexpected errors for developers)."""
     import os
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         from lab_hardware.home import resolve
+
         check_home(resolve(args.home))
     except UsageError as exc:
         err.print(f"livelab: error: {exc}", soft_wrap=True, markup=False)
@@ -230,15 +307,18 @@ def main(argv: list[str] | None = None) -> int:
 
     def _terminate(signum, frame):  # SIGTERM cleans up like Ctrl-C (labs started by demo go down)
         raise KeyboardInterrupt
+
     signal.signal(signal.SIGTERM, _terminate)
     from lab_hardware.runtime.lab import LabError
     from lab_hardware.runtime.broker import BrokerError
     from lab_hardware.profiles import ProfileError
     from lab_hardware.topics import TopicError
     from labs.sdk import CommandRefused, LabConnectionError
+
     def one_line(exc: BaseException) -> str:
         text = " ".join(str(exc).split()) or exc.__class__.__name__
         return text if len(text) <= 2000 else text[:2000] + "..."
+
     try:
         return args.fn(args)
     except (UsageError, LabError, BrokerError, ProfileError, TopicError, LabConnectionError) as exc:
@@ -258,8 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - a bug: say so in one line, no traceback
         if os.environ.get("LIVELAB_DEBUG"):
             raise
-        err.print(f"livelab: internal error ({exc.__class__.__name__}): {one_line(exc)} "
-                  "(set LIVELAB_DEBUG=1 for a traceback)", soft_wrap=True, markup=False)
+        err.print(
+            f"livelab: internal error ({exc.__class__.__name__}): {one_line(exc)} "
+            "(set LIVELAB_DEBUG=1 for a traceback)",
+            soft_wrap=True,
+            markup=False,
+        )
         return EXIT_FAIL
 
 

@@ -32,6 +32,7 @@ def _problems(exc, prefix: str) -> None:
 
 def _load(args):
     from courses import catalog
+
     try:
         return catalog.load(args.course, root=_root(args))
     except catalog.CourseError as exc:
@@ -40,15 +41,34 @@ def _load(args):
 
 def cmd_list(args) -> int:
     from courses import catalog
+
     rows = []
     for d in catalog.course_dirs(_root(args)):
         try:
             c = catalog.load(d)
-            rows.append({"id": c.id, "title": c.title, "version": c.version, "releases": catalog.releases(c),
-                         "modules": len(c.modules), "minutes": c.minutes, "error": None})
+            rows.append(
+                {
+                    "id": c.id,
+                    "title": c.title,
+                    "version": c.version,
+                    "releases": catalog.releases(c),
+                    "modules": len(c.modules),
+                    "minutes": c.minutes,
+                    "error": None,
+                }
+            )
         except catalog.CourseError as exc:
-            rows.append({"id": d.name, "title": "", "version": "", "releases": [], "modules": 0, "minutes": 0,
-                         "error": str(exc)})
+            rows.append(
+                {
+                    "id": d.name,
+                    "title": "",
+                    "version": "",
+                    "releases": [],
+                    "modules": 0,
+                    "minutes": 0,
+                    "error": str(exc),
+                }
+            )
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
@@ -60,14 +80,21 @@ def cmd_list(args) -> int:
         if r["error"]:
             t.add_row(escape(r["id"]), f"[red]invalid: {escape(r['error'])}[/]", "", "", "", "")
         else:
-            t.add_row(escape(r["id"]), escape(r["title"]), r["version"], ", ".join(r["releases"]) or "-",
-                      str(r["modules"]), str(r["minutes"]))
+            t.add_row(
+                escape(r["id"]),
+                escape(r["title"]),
+                r["version"],
+                ", ".join(r["releases"]) or "-",
+                str(r["modules"]),
+                str(r["minutes"]),
+            )
     console.print(t)
     return EXIT_OK
 
 
 def cmd_show(args) -> int:
     from courses import catalog
+
     c = _load(args)
     try:
         if args.version:
@@ -82,8 +109,19 @@ def cmd_show(args) -> int:
     except catalog.CourseError as exc:
         raise UsageError(str(exc)) from None  # printed as plain text by livelab.cli
     if args.json:
-        print(json.dumps({"course": c.id, "title": title, "version": version, "modules": modules,
-                          "releases": rels, "changelog": log}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "course": c.id,
+                    "title": title,
+                    "version": version,
+                    "modules": modules,
+                    "releases": rels,
+                    "changelog": log,
+                },
+                indent=2,
+            )
+        )
         return EXIT_OK
     _print(f"{c.id} {version} — {title} ({note})")
     t = Table("#", "module", "title", "minutes", "checks")
@@ -104,13 +142,20 @@ def cmd_show(args) -> int:
 
 def cmd_release(args) -> int:
     from courses import catalog, release
+
     c = _load(args)
 
     def progress(msg: str) -> None:
         err.print(f"[dim]release {c.id} {args.version}:[/] {escape(msg)}", soft_wrap=True, highlight=False)
+
     try:
-        m = release.release(c, args.version, lab_home=Path(args.lab_home) if args.lab_home else None,
-                            progress=progress, keep=Path(args.keep) if args.keep else None)
+        m = release.release(
+            c,
+            args.version,
+            lab_home=Path(args.lab_home) if args.lab_home else None,
+            progress=progress,
+            keep=Path(args.keep) if args.keep else None,
+        )
     except release.GateFailed as exc:
         _problems(exc, "release gate failed: ")
         err.print(f"livelab: nothing was released ({c.id} {args.version})", markup=False)
@@ -121,22 +166,33 @@ def cmd_release(args) -> int:
     if args.json:
         print(json.dumps(m, indent=2))
         return EXIT_OK
-    t = Table("module", "minutes", "points (tests + checks)", "reference run", "learner version as is",
-              title=f"released {c.id} {args.version} → {catalog.release_dir(c, args.version)}")
+    t = Table(
+        "module",
+        "minutes",
+        "points (tests + checks)",
+        "reference run",
+        "learner version as is",
+        title=f"released {c.id} {args.version} → {catalog.release_dir(c, args.version)}",
+    )
     for mod in m["modules"]:
         g = mod["gate"]
         checks = mod.get("check_points", 0)
         cpts = float(sum(checks.values())) if isinstance(checks, dict) else float(checks or 0)
         pts = mod.get("total_points", mod["points"] + cpts)
-        t.add_row(escape(mod["id"]), str(mod["minutes"]),
-                  f"{pts:g} ({mod['points']:g} tests + {cpts:g} checks)",
-                  f"passed in {g['reference_seconds']:.1f} s", f"{g['learner']} ({', '.join(g['learner_failed_tests'])})")
+        t.add_row(
+            escape(mod["id"]),
+            str(mod["minutes"]),
+            f"{pts:g} ({mod['points']:g} tests + {cpts:g} checks)",
+            f"passed in {g['reference_seconds']:.1f} s",
+            f"{g['learner']} ({', '.join(g['learner_failed_tests'])})",
+        )
     console.print(t)
     return EXIT_OK
 
 
 def cmd_check(args) -> int:
     from courses import release
+
     res = release.check(args.course, root=_root(args), version=args.version)
     if args.json:
         print(json.dumps(res, indent=2))
@@ -144,13 +200,16 @@ def cmd_check(args) -> int:
         for line in res["problems"]:
             err.print(f"livelab: {line}", markup=False, soft_wrap=True, highlight=False)
         n = len(res["problems"])
-        _print(f"{res['course']} {res['version'] or ''}: {n} problem{'s' if n != 1 else ''} in "
-               f"{len(res['modules'])} module(s), {res['seconds']:.1f} s" + ("" if n else " - ready for the gate"))
+        _print(
+            f"{res['course']} {res['version'] or ''}: {n} problem{'s' if n != 1 else ''} in "
+            f"{len(res['modules'])} module(s), {res['seconds']:.1f} s" + ("" if n else " - ready for the gate")
+        )
     return EXIT_USAGE if res["problems"] else EXIT_OK
 
 
 def cmd_preview(args) -> int:
     from courses import catalog, release
+
     c = _load(args)
     try:
         out = release.preview(c, args.module, Path(args.out) if args.out else None)
@@ -163,6 +222,7 @@ def cmd_preview(args) -> int:
 
 def cmd_diff(args) -> int:
     from courses import catalog
+
     c = _load(args)
     try:
         d = catalog.diff(c, args.v1, args.v2)
@@ -179,20 +239,29 @@ def cmd_diff(args) -> int:
     t = Table("module", "changed", "minutes", "checks", "points", "cells")
     for mid, ch in d["modules"].items():
         cells = []
-        for key, label in (("cells_added", "added"), ("cells_removed", "removed"), ("cells_changed", "changed"),
-                           ("cells_moved", "moved")):
+        for key, label in (
+            ("cells_added", "added"),
+            ("cells_removed", "removed"),
+            ("cells_changed", "changed"),
+            ("cells_moved", "moved"),
+        ):
             if ch[key]:
                 cells.append(f"{label}: {', '.join(ch[key])}")
         if ch.get("untidy"):
-            cells.append("untidy start: " + (", ".join(f"{e['grant']} on {e['devices']}" for e in ch["untidy"][1])
-                                             or "none"))
+            cells.append(
+                "untidy start: " + (", ".join(f"{e['grant']} on {e['devices']}" for e in ch["untidy"][1]) or "none")
+            )
         if ch.get("hints_changed"):
             cells.append(f"hints: {', '.join(ch['hints_changed'])}")
         checks = " ".join([f"+{x}" for x in ch["checks_added"]] + [f"-{x}" for x in ch["checks_removed"]])
-        t.add_row(escape(mid), "yes" if ch["changed"] else "-",
-                  f"{ch['minutes'][0]} → {ch['minutes'][1]}" if ch["minutes"] else "",
-                  checks, f"{ch['points'][0]:g} → {ch['points'][1]:g}" if ch["points"] else "",
-                  escape("\n".join(cells)))
+        t.add_row(
+            escape(mid),
+            "yes" if ch["changed"] else "-",
+            f"{ch['minutes'][0]} → {ch['minutes'][1]}" if ch["minutes"] else "",
+            checks,
+            f"{ch['points'][0]:g} → {ch['points'][1]:g}" if ch["points"] else "",
+            escape("\n".join(cells)),
+        )
     console.print(t)
     for entry in d["changelog"].values():
         _print(entry)
@@ -201,6 +270,7 @@ def cmd_diff(args) -> int:
 
 def cmd_fetch(args) -> int:
     from courses import catalog
+
     c = _load(args)
     try:
         res = catalog.fetch(c, args.version, Path(args.dest) if args.dest else None)
@@ -221,12 +291,19 @@ def cmd_fetch(args) -> int:
 
 def register(sub) -> None:
     """Add ``livelab course ...`` to the top-level subparsers."""
-    p = sub.add_parser("course", help="versioned courses: list, show, check, preview, release, diff, fetch",
-                       description="Courses are folders under courses/ (course.toml, CHANGELOG.md, nbgrader "
-                                   "source notebooks). A release is immutable and gated on a live lab: every "
-                                   "reference solution must pass, every learner version must fail as is. "
-                                   "Exit codes: 0 ok, 1 the release gate failed, 2 bad input.")
-    p.add_argument("--courses", metavar="DIR", help="folder holding the courses (default: $LIVELAB_COURSES_DIR, else this repository's courses/)")
+    p = sub.add_parser(
+        "course",
+        help="versioned courses: list, show, check, preview, release, diff, fetch",
+        description="Courses are folders under courses/ (course.toml, CHANGELOG.md, nbgrader "
+        "source notebooks). A release is immutable and gated on a live lab: every "
+        "reference solution must pass, every learner version must fail as is. "
+        "Exit codes: 0 ok, 1 the release gate failed, 2 bad input.",
+    )
+    p.add_argument(
+        "--courses",
+        metavar="DIR",
+        help="folder holding the courses (default: $LIVELAB_COURSES_DIR, else this repository's courses/)",
+    )
     cs = p.add_subparsers(dest="course_command", metavar="ACTION")
     cs.required = True
 
@@ -240,11 +317,14 @@ def register(sub) -> None:
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(fn=cmd_show)
 
-    s = cs.add_parser("release", help="build the learner version with nbgrader, gate it on a live lab, release",
-                      description="Builds the learner version with nbgrader generate_assignment, runs every "
-                                  "reference solution and every learner version with papermill and the livelab "
-                                  "kernel against a lab it starts, and writes courses/<course>/releases/<version>/ "
-                                  "only if the gate passes. Needs a CHANGELOG.md entry for the version.")
+    s = cs.add_parser(
+        "release",
+        help="build the learner version with nbgrader, gate it on a live lab, release",
+        description="Builds the learner version with nbgrader generate_assignment, runs every "
+        "reference solution and every learner version with papermill and the livelab "
+        "kernel against a lab it starts, and writes courses/<course>/releases/<version>/ "
+        "only if the gate passes. Needs a CHANGELOG.md entry for the version.",
+    )
     s.add_argument("course", help="course id")
     s.add_argument("version", help="the version to release (must equal course.toml's version)")
     s.add_argument("--lab-home", metavar="DIR", help="gate against this running lab instead of starting one")
@@ -252,18 +332,24 @@ def register(sub) -> None:
     s.add_argument("--json", action="store_true", help="print the release manifest")
     s.set_defaults(fn=cmd_release)
 
-    s = cs.add_parser("check", help="the release's input rules and nbgrader's validation, no lab, every problem",
-                      description="Checks course.toml, the CHANGELOG entry, the version, every source notebook's "
-                                  "nbgrader rules and hints, and builds the learner versions with nbgrader, listing "
-                                  "every problem at once (exit 2 when there is any). Needs no lab.")
+    s = cs.add_parser(
+        "check",
+        help="the release's input rules and nbgrader's validation, no lab, every problem",
+        description="Checks course.toml, the CHANGELOG entry, the version, every source notebook's "
+        "nbgrader rules and hints, and builds the learner versions with nbgrader, listing "
+        "every problem at once (exit 2 when there is any). Needs no lab.",
+    )
     s.add_argument("course", help="course id or folder")
     s.add_argument("--version", help="the version to check for (default: course.toml's)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(fn=cmd_check)
 
-    s = cs.add_parser("preview", help="render a module's learner version to HTML",
-                      description="Builds the module's learner version with nbgrader (solutions and hidden tests "
-                                  "stripped) and renders it to one HTML file. Needs no lab.")
+    s = cs.add_parser(
+        "preview",
+        help="render a module's learner version to HTML",
+        description="Builds the module's learner version with nbgrader (solutions and hidden tests "
+        "stripped) and renders it to one HTML file. Needs no lab.",
+    )
     s.add_argument("course", help="course id or folder")
     s.add_argument("--module", required=True, help="module id, e.g. m1-telemetry")
     s.add_argument("--out", metavar="FILE", help="HTML file to write (default: ./<course>-<module>-preview.html)")

@@ -10,50 +10,102 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 def register(sub) -> None:
     from livelab.common import float_range, int_range
+
     s = sub.add_parser(
-        "grade", help="grade submissions with papermill in confined kernels, fanned out with Dask",
+        "grade",
+        help="grade submissions with papermill in confined kernels, fanned out with Dask",
         description="Grade one notebook or an nbgrader submitted/ tree (submitted/<student>/<module>/*.ipynb) "
-                    "against a course's release: integrity restored with nbgrader, executed by papermill "
-                    "in a sandboxed 'livelab' kernel, scored with nbgrader, written to the gradebook, "
-                    "feedback as HTML. Lab modules are run in a fresh lab namespace each and judged by "
-                    "their checks.")
+        "against a course's release: integrity restored with nbgrader, executed by papermill "
+        "in a sandboxed 'livelab' kernel, scored with nbgrader, written to the gradebook, "
+        "feedback as HTML. Lab modules are run in a fresh lab namespace each and judged by "
+        "their checks.",
+    )
     s.add_argument("course", help="nbgrader course directory, directory with course.toml, or a course id")
     s.add_argument("module", help="module (nbgrader assignment) id")
     s.add_argument("path", help="a notebook, a submitted/ tree, or the course directory holding it")
-    s.add_argument("--student", help="the learner of a single notebook that records none (not in "
-                                     "submitted/<student>/ nor in a learner's home; default: the single-user "
-                                     "lab's owner); with a submitted/ tree, grade only that student. A "
-                                     "--student that contradicts the notebook's own learner is refused")
-    s.add_argument("--out", help="where autograded/, feedback/ and results go (default: the course "
-                                 "directory of the submissions, else <path>/../graded)")
-    s.add_argument("--gradebook", help="gradebook database URL or SQLite file (default: gradebook.db "
-                                       "of the submissions' course directory, else in --out)")
-    s.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="an existing Dask scheduler "
-                                                                    "(default: a local cluster)")
-    s.add_argument("--workers", type=int_range(1, 256, what="--workers"), default=2, help="local Dask worker processes (default 2)")
+    s.add_argument(
+        "--student",
+        help="the learner of a single notebook that records none (not in "
+        "submitted/<student>/ nor in a learner's home; default: the single-user "
+        "lab's owner); with a submitted/ tree, grade only that student. A "
+        "--student that contradicts the notebook's own learner is refused",
+    )
+    s.add_argument(
+        "--out",
+        help="where autograded/, feedback/ and results go (default: the course "
+        "directory of the submissions, else <path>/../graded)",
+    )
+    s.add_argument(
+        "--gradebook",
+        help="gradebook database URL or SQLite file (default: gradebook.db "
+        "of the submissions' course directory, else in --out)",
+    )
+    s.add_argument(
+        "--scheduler", metavar="tcp://HOST:PORT", help="an existing Dask scheduler (default: a local cluster)"
+    )
+    s.add_argument(
+        "--workers", type=int_range(1, 256, what="--workers"), default=2, help="local Dask worker processes (default 2)"
+    )
     s.add_argument("--no-cache", action="store_true", help="grade again even if nothing changed")
-    s.add_argument("--cell-timeout", type=float_range(0, 86400, lo_open=True, what="--cell-timeout"), default=30.0, help="seconds per cell (default 30)")
-    s.add_argument("--timeout", type=float_range(0, 86400, lo_open=True, what="--timeout"), default=300.0, help="seconds per notebook (default 300)")
-    s.add_argument("--memory-mb", type=int_range(16, 2**20, what="--memory-mb"), default=1024, help="memory limit per kernel (default 1024)")
-    s.add_argument("--max-processes", type=int_range(1, 100_000, what="--max-processes"), default=64, help="process limit per kernel (default 64)")
-    s.add_argument("--output-bytes", type=int_range(1, 2**40, what="--output-bytes"), default=1_000_000, help="output limit per notebook")
+    s.add_argument(
+        "--cell-timeout",
+        type=float_range(0, 86400, lo_open=True, what="--cell-timeout"),
+        default=30.0,
+        help="seconds per cell (default 30)",
+    )
+    s.add_argument(
+        "--timeout",
+        type=float_range(0, 86400, lo_open=True, what="--timeout"),
+        default=300.0,
+        help="seconds per notebook (default 300)",
+    )
+    s.add_argument(
+        "--memory-mb",
+        type=int_range(16, 2**20, what="--memory-mb"),
+        default=1024,
+        help="memory limit per kernel (default 1024)",
+    )
+    s.add_argument(
+        "--max-processes",
+        type=int_range(1, 100_000, what="--max-processes"),
+        default=64,
+        help="process limit per kernel (default 64)",
+    )
+    s.add_argument(
+        "--output-bytes",
+        type=int_range(1, 2**40, what="--output-bytes"),
+        default=1_000_000,
+        help="output limit per notebook",
+    )
     s.add_argument("--checks", help="comma-separated lab checks (default: the module's, from course.toml)")
     s.add_argument("--events", help="events store (URL or lab home) for check events")
-    s.add_argument("--state", help="grader state directory: private release references "
-                                   "(default: $LIVELAB_HOME/grading)")
-    s.add_argument("--version", dest="release", help="the course release to grade against, whatever "
-                                                    "course.toml says (default: the course's current "
-                                                    "version, or its newest release while course.toml "
-                                                    "names a version not released yet)")
+    s.add_argument(
+        "--state", help="grader state directory: private release references (default: $LIVELAB_HOME/grading)"
+    )
+    s.add_argument(
+        "--version",
+        dest="release",
+        help="the course release to grade against, whatever "
+        "course.toml says (default: the course's current "
+        "version, or its newest release while course.toml "
+        "names a version not released yet)",
+    )
     s.add_argument("--team", help="team of every learner graded (for per-team time-to-signal)")
-    s.add_argument("--teams", metavar="FILE", help="learners' teams: a CSV file with columns student,team "
-                                                   "(a header row is optional) or a JSON object "
-                                                   "{student: team}; wins over --team")
+    s.add_argument(
+        "--teams",
+        metavar="FILE",
+        help="learners' teams: a CSV file with columns student,team "
+        "(a header row is optional) or a JSON object "
+        "{student: team}; wins over --team",
+    )
     s.add_argument("--seed", type=int_range(0, 2**63 - 1, what="--seed"), default=0)
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.add_argument("--no-progress", action="store_true")
-    s.add_argument("--no-service", action="store_true", help="grade in this process even when the grading "
-                                                              "service ('livelab grader serve') runs")
+    s.add_argument(
+        "--no-service",
+        action="store_true",
+        help="grade in this process even when the grading service ('livelab grader serve') runs",
+    )
     s.set_defaults(fn=cmd_grade)
 
 
@@ -66,6 +118,7 @@ def read_teams(path: str) -> dict[str, str]:
     """``--teams FILE``: {student: team} from a JSON object or a CSV file (student,team)."""
     import csv
     from pathlib import Path
+
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -96,8 +149,10 @@ def _command_seconds() -> float:
     """Wall time of the whole command, from the process's start (interpreter start-up and
     imports included), not only of the grading inside it."""
     import time
+
     try:
         import psutil
+
         return max(0.0, time.time() - psutil.Process().create_time())
     except Exception:  # noqa: BLE001 - psutil missing or /proc unreadable
         return time.perf_counter()
@@ -109,18 +164,34 @@ def _via_service(args, teams, team, *, progress: bool) -> dict | None:
     from pathlib import Path
     from livelab.cli_grader import use_service
     from livelab.common import home_of
+
     home = home_of(args)
     ab = lambda p: str(Path(p).expanduser().resolve()) if p else None  # noqa: E731 - the service's cwd differs
     course = args.course if not Path(args.course).expanduser().exists() else ab(args.course)
-    config = {"course": course, "module": args.module, "path": ab(args.path), "out": ab(args.out),
-              "gradebook": args.gradebook if args.gradebook and "://" in args.gradebook else ab(args.gradebook),
-              "student": args.student, "use_cache": not args.no_cache, "events": args.events,
-              "lab_home": str(home), "seed": args.seed, "state": ab(args.state), "version": args.release,
-              "teams": teams, "team": team,
-              "checks": [c.strip() for c in args.checks.split(",") if c.strip()] if args.checks else None,
-              "limits": {"cell_timeout": args.cell_timeout, "total_timeout": args.timeout,
-                         "memory_mb": args.memory_mb, "max_processes": args.max_processes,
-                         "output_bytes": args.output_bytes}}
+    config = {
+        "course": course,
+        "module": args.module,
+        "path": ab(args.path),
+        "out": ab(args.out),
+        "gradebook": args.gradebook if args.gradebook and "://" in args.gradebook else ab(args.gradebook),
+        "student": args.student,
+        "use_cache": not args.no_cache,
+        "events": args.events,
+        "lab_home": str(home),
+        "seed": args.seed,
+        "state": ab(args.state),
+        "version": args.release,
+        "teams": teams,
+        "team": team,
+        "checks": [c.strip() for c in args.checks.split(",") if c.strip()] if args.checks else None,
+        "limits": {
+            "cell_timeout": args.cell_timeout,
+            "total_timeout": args.timeout,
+            "memory_mb": args.memory_mb,
+            "max_processes": args.max_processes,
+            "output_bytes": args.output_bytes,
+        },
+    }
     summary = use_service(home, config, progress=progress)
     if summary is not None:
         summary["via_service"] = True
@@ -150,18 +221,40 @@ def cmd_grade(args) -> int:
     if summary is None:
         if not args.scheduler:  # local workers: their fork server preloads while the driver starts
             from grading import forkserver
+
             forkserver.start()
         from grading.batch import BatchConfig, GradeUsageError, grade_many
         from grading.limits import Limits
-        limits = Limits(cell_timeout=args.cell_timeout, total_timeout=args.timeout, memory_mb=args.memory_mb,
-                        max_processes=args.max_processes, output_bytes=args.output_bytes)
-        cfg = BatchConfig(course=args.course, module=args.module, path=args.path, out=args.out,
-                          gradebook=args.gradebook, student=args.student, scheduler=args.scheduler,
-                          workers=args.workers, limits=limits, use_cache=not args.no_cache,
-                          progress=show and tty, progress_lines=show and not tty,
-                          events=args.events, lab_home=getattr(args, "home", None),
-                          checks=[c.strip() for c in args.checks.split(",") if c.strip()] if args.checks else None,
-                          seed=args.seed, state=args.state, version=args.release, teams=teams, team=team)
+
+        limits = Limits(
+            cell_timeout=args.cell_timeout,
+            total_timeout=args.timeout,
+            memory_mb=args.memory_mb,
+            max_processes=args.max_processes,
+            output_bytes=args.output_bytes,
+        )
+        cfg = BatchConfig(
+            course=args.course,
+            module=args.module,
+            path=args.path,
+            out=args.out,
+            gradebook=args.gradebook,
+            student=args.student,
+            scheduler=args.scheduler,
+            workers=args.workers,
+            limits=limits,
+            use_cache=not args.no_cache,
+            progress=show and tty,
+            progress_lines=show and not tty,
+            events=args.events,
+            lab_home=getattr(args, "home", None),
+            checks=[c.strip() for c in args.checks.split(",") if c.strip()] if args.checks else None,
+            seed=args.seed,
+            state=args.state,
+            version=args.release,
+            teams=teams,
+            team=team,
+        )
         try:
             summary = grade_many(cfg)
         except GradeUsageError as exc:
@@ -174,24 +267,37 @@ def cmd_grade(args) -> int:
     from rich.table import Table
     from rich.text import Text
 
-    from reports.render import printable   # names as text: no markup, no escape sequences from data
+    from reports.render import printable  # names as text: no markup, no escape sequences from data
+
     con = Console(highlight=False)
-    t = Table(title=Text(printable(f"{summary['course']} / {summary['module']}"
-                                   + (f" {summary['version']}" if summary.get("version") else ""))))
+    t = Table(
+        title=Text(
+            printable(
+                f"{summary['course']} / {summary['module']}"
+                + (f" {summary['version']}" if summary.get("version") else "")
+            )
+        )
+    )
     for col in ("student", "notebook", "score", "status", "notes"):
         t.add_column(col)
     for r in summary["results"]:
         score = f"{r['score']:g} / {r['max_score']:g}" if r.get("score") is not None else "-"
-        t.add_row(Text(printable(r["student"])), Text(printable(r["notebook"])), score, r["status"],
-                  Text(printable("; ".join(r["messages"][:3])[:160])))
+        t.add_row(
+            Text(printable(r["student"])),
+            Text(printable(r["notebook"])),
+            score,
+            r["status"],
+            Text(printable("; ".join(r["messages"][:3])[:160])),
+        )
     con.print(t)
     for s in summary["skipped"]:
         con.print(Text(printable(f"skipped: {s}")))
     infra = sum(r["status"] == "infrastructure-error" for r in summary["results"])
-    con.print(f"{summary['graded']} graded, {summary['cached']} unchanged (cached)"
-              + (f", {infra} not graded (infrastructure error: the grading machine failed, not the work)"
-                 if infra else "")
-              + f", {summary['command_seconds']:.1f} s"
-              + (" (grading service)" if summary.get("via_service") else "")
-              + f"; gradebook {summary['gradebook']}; feedback in {summary['out']}/feedback")
+    con.print(
+        f"{summary['graded']} graded, {summary['cached']} unchanged (cached)"
+        + (f", {infra} not graded (infrastructure error: the grading machine failed, not the work)" if infra else "")
+        + f", {summary['command_seconds']:.1f} s"
+        + (" (grading service)" if summary.get("via_service") else "")
+        + f"; gradebook {summary['gradebook']}; feedback in {summary['out']}/feedback"
+    )
     return EXIT_OK

@@ -16,23 +16,37 @@ SERVICE_NAME = "grader"
 
 
 def register(sub) -> None:
-    g = sub.add_parser("grader", help="the warm grading service behind lab.check(), lab.submit() and "
-                                      "livelab grade",
-                       description="A grading service kept warm beside the lab: Dask workers with their "
-                                   "imports done and kernels started ahead, the course's references built "
-                                   "once, and an observer on every learner namespace. Learners reach it "
-                                   "from their notebooks (lab.check(), lab.submit()); 'livelab grade' uses "
-                                   "it when it runs.")
+    g = sub.add_parser(
+        "grader",
+        help="the warm grading service behind lab.check(), lab.submit() and livelab grade",
+        description="A grading service kept warm beside the lab: Dask workers with their "
+        "imports done and kernels started ahead, the course's references built "
+        "once, and an observer on every learner namespace. Learners reach it "
+        "from their notebooks (lab.check(), lab.submit()); 'livelab grade' uses "
+        "it when it runs.",
+    )
     gs = g.add_subparsers(dest="grader_cmd", required=True)
     s = gs.add_parser("serve", help="start the service (supervised with the lab, or in the foreground)")
-    s.add_argument("--course", action="append", help="a course whose modules it grades (repeat for several; "
-                                                     "default edge-ml-foundations)")
+    s.add_argument(
+        "--course",
+        action="append",
+        help="a course whose modules it grades (repeat for several; default edge-ml-foundations)",
+    )
     s.add_argument("--workers", type=int, default=2, help="local Dask worker processes (default 2)")
-    s.add_argument("--scheduler", metavar="tcp://HOST:PORT",
-                   help="use an existing Dask cluster (runs in the foreground)")
-    s.add_argument("--foreground", action="store_true", help="run in this terminal instead of under the "
-                                                             "lab's supervisor (Ctrl-C stops it)")
-    s.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for it to be ready (its first start builds every module's reference)")
+    s.add_argument(
+        "--scheduler", metavar="tcp://HOST:PORT", help="use an existing Dask cluster (runs in the foreground)"
+    )
+    s.add_argument(
+        "--foreground",
+        action="store_true",
+        help="run in this terminal instead of under the lab's supervisor (Ctrl-C stops it)",
+    )
+    s.add_argument(
+        "--timeout",
+        type=float,
+        default=900.0,
+        help="seconds to wait for it to be ready (its first start builds every module's reference)",
+    )
     s.set_defaults(fn=cmd_serve)
     s = gs.add_parser("status", help="is the service running, and how fast it answers")
     s.add_argument("--json", action="store_true")
@@ -44,20 +58,24 @@ def register(sub) -> None:
 def cmd_serve(args) -> int:
     from grading import service
     from lab_hardware.runtime import lab
+
     home = _home(args)
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
     if args.scheduler and not args.scheduler.startswith(("tcp://", "tls://")):
         raise UsageError(f"--scheduler must look like tcp://HOST:PORT, not {args.scheduler!r}")
     if not lab.is_running(home):
-        raise UsageError(f"no lab running in {home}: the service grades against a live lab; start one with "
-                         "'livelab up' (or pass --home)")
+        raise UsageError(
+            f"no lab running in {home}: the service grades against a live lab; start one with "
+            "'livelab up' (or pass --home)"
+        )
     if service.running(home):
         console.print(f"the grading service already runs in {home} (pid {service.running(home)['pid']})")
         return EXIT_OK
     if args.foreground or args.scheduler:
-        svc = service.GraderService(home, course=args.course or service.DEFAULT_COURSE, scheduler=args.scheduler,
-                                    workers=args.workers)
+        svc = service.GraderService(
+            home, course=args.course or service.DEFAULT_COURSE, scheduler=args.scheduler, workers=args.workers
+        )
         signal.signal(signal.SIGTERM, lambda *a: svc.stopping.set())
         signal.signal(signal.SIGINT, lambda *a: svc.stopping.set())
         try:
@@ -75,18 +93,23 @@ def cmd_serve(args) -> int:
     with console.status("starting the grading service (workers, references, observer) ..."):
         while not service.running(home):
             if time.monotonic() - t0 > args.timeout:
-                console.print(f"the grading service did not become ready within {args.timeout:.0f} s: "
-                              f"see {home / 'logs' / 'service-grader.log'}")
+                console.print(
+                    f"the grading service did not become ready within {args.timeout:.0f} s: "
+                    f"see {home / 'logs' / 'service-grader.log'}"
+                )
                 return EXIT_FAIL
             time.sleep(0.1)
     info = service.running(home)
-    console.print(f"grading service ready in {time.monotonic() - t0:.1f} s (pid {info['pid']}), supervised "
-                  "with the lab; 'livelab grader stop' stops it")
+    console.print(
+        f"grading service ready in {time.monotonic() - t0:.1f} s (pid {info['pid']}), supervised "
+        "with the lab; 'livelab grader stop' stops it"
+    )
     return EXIT_OK
 
 
 def cmd_status(args) -> int:
     from grading import service
+
     home = _home(args)
     info = service.running(home)
     if info is None:
@@ -100,8 +123,10 @@ def cmd_status(args) -> int:
     if args.json:
         print(json.dumps(out, indent=2, sort_keys=True, default=str))
     else:
-        console.print(f"grading service pid {info['pid']}, course {info.get('course')}, watching "
-                      f"{len(st.get('namespaces', []))} namespace(s)")
+        console.print(
+            f"grading service pid {info['pid']}, course {info.get('course')}, watching "
+            f"{len(st.get('namespaces', []))} namespace(s)"
+        )
         for op, s in sorted((st.get("stats") or {}).items()):
             if s.get("median") is not None:
                 console.print(f"  {op}: {s['n']} request(s), median {s['median']:.3f} s")
@@ -111,6 +136,7 @@ def cmd_status(args) -> int:
 def cmd_stop(args) -> int:
     from grading import service
     from lab_hardware.runtime import lab
+
     home = _home(args)
     if lab.is_running(home):
         lab.set_service(home, SERVICE_NAME, None)
@@ -129,12 +155,16 @@ def cmd_stop(args) -> int:
 def use_service(home, config: dict, *, progress: bool) -> dict | None:
     """``livelab grade`` through the running service: its summary, or None when none runs."""
     from grading import service
+
     if service.running(home) is None:
         return None
     cfg = dict(config)
     cfg["progress_lines"] = progress
-    reply = service.call(home, {"op": "grade", "config": cfg},
-                         progress=(lambda line: print(line, file=sys.stderr, flush=True)) if progress else None)
+    reply = service.call(
+        home,
+        {"op": "grade", "config": cfg},
+        progress=(lambda line: print(line, file=sys.stderr, flush=True)) if progress else None,
+    )
     if not reply.get("ok"):
         if reply.get("usage"):
             raise UsageError(reply.get("error"))

@@ -45,6 +45,7 @@ def _selection(args) -> dict:
     """The page's filters from the command line, checked: names as every name is
     (``labs.names``), days as UTC dates, the range the right way round."""
     from labs import names
+
     f = {k: getattr(args, k, None) for k in ("course", "version", "module", "team", "learner")}
     try:
         names.check_all(f)
@@ -59,18 +60,22 @@ def _selection(args) -> dict:
 def _t(value) -> Text:
     """A value from the events, for a rich table: literal text, no markup, no escape sequences."""
     from reports.render import printable
+
     return Text(printable(value))
 
 
 def _guard(fn):
     """Bad input from the events layer becomes a one-line usage error (exit 2)."""
+
     def run(args):
         from labs.learning_events import EventError, EventStoreError
         from reports.static import ReportError
+
         try:
             return fn(args)
         except (EventStoreError, EventError, ReportError) as exc:
             raise UsageError(str(exc)) from None
+
     return run
 
 
@@ -78,6 +83,7 @@ def _guard(fn):
 def cmd_serve(args) -> int:
     from reports import serve
     from reports.dashboard import ENV_INCLUDE_SYSTEM
+
     home, url = _source(args)
     env = {ENV_INCLUDE_SYSTEM: "1" if args.include_system else "0"}
     proc, address = serve.serve(home, args.port, url=url, env=env)
@@ -101,11 +107,12 @@ def cmd_serve(args) -> int:
 def cmd_export(args) -> int:
     from reports import static
     from livelab.common import check_output
+
     home, url = _source(args)
     if not args.output and not args.csv:
         raise UsageError("report export needs -o FILE.html, --csv FILE.csv, or both")
     sel = _selection(args)
-    for path, what in ((args.output, "report"), (args.csv, "CSV")):   # before any work: no stray file
+    for path, what in ((args.output, "report"), (args.csv, "CSV")):  # before any work: no stray file
         if path:
             check_output(path, what)
     if args.output:
@@ -122,30 +129,52 @@ def cmd_export(args) -> int:
 def cmd_tts(args) -> int:
     from reports import static, tts
     from reports.render import describe, label
+
     home, url = _source(args)
     sel = _selection(args)
-    result, source, scope, excluded = static.selected(home, url=url, include_system=sel["include_system"],
-                                                      since=sel["since"], until=sel["until"])
+    result, source, scope, excluded = static.selected(
+        home, url=url, include_system=sel["include_system"], since=sel["since"], until=sel["until"]
+    )
     filters = {"course": args.course, "version": args.version, "module": args.module, "team": args.team}
     if args.learner:
         return _learner(result, args.learner, filters, source, scope, args.json)
     # By default, group by every dimension the filters leave open.
-    by = [b for b in args.by.split(",") if b] if args.by else \
-        [b for b in tts.FILTERS if filters[b] is None] or ["course"]
+    by = (
+        [b for b in args.by.split(",") if b]
+        if args.by
+        else [b for b in tts.FILTERS if filters[b] is None] or ["course"]
+    )
     for b in by:
         if b not in tts.FILTERS:
             raise UsageError(f"--by takes {', '.join(tts.FILTERS)} (comma-separated), not {b!r}")
     rows = result.table(by, **filters) if len(result) else []
     overall = result.summary(**filters) if len(result) else None
     if args.json:
-        print(json.dumps({"source": source, "events": result.events, "filters": filters,
-                          "skew_allowance_s": result.skew_allowance, "overall": overall, "rows": rows,
-                          "scope": scope, "include_system": sel["include_system"]},
-                         indent=2, sort_keys=True))
+        print(
+            json.dumps(
+                {
+                    "source": source,
+                    "events": result.events,
+                    "filters": filters,
+                    "skew_allowance_s": result.skew_allowance,
+                    "overall": overall,
+                    "rows": rows,
+                    "scope": scope,
+                    "include_system": sel["include_system"],
+                },
+                indent=2,
+                sort_keys=True,
+            )
+        )
         return EXIT_OK
     if not len(result):
-        console.print(_t(static.ONLY_SYSTEM.format(source=source) if excluded else
-                         f"no learning events yet in {source} ({scope})"))
+        console.print(
+            _t(
+                static.ONLY_SYSTEM.format(source=source)
+                if excluded
+                else f"no learning events yet in {source} ({scope})"
+            )
+        )
         return EXIT_OK
     if not rows:
         console.print(_t(f"no events match {describe(filters)} in {source}"))
@@ -156,13 +185,26 @@ def cmd_tts(args) -> int:
     for h in ("median min", "p90 min", "signal", "never", "skewed", "no open"):
         t.add_column(h, justify="right", no_wrap=True)
     for r in rows:
-        t.add_row(*[_t(label(r[b], b)) for b in by], _min(r["median"]), _min(r["p90"]),
-                  str(r["count"]), str(r["never_passed"]), str(r["skewed"]), str(r["no_open"]))
+        t.add_row(
+            *[_t(label(r[b], b)) for b in by],
+            _min(r["median"]),
+            _min(r["p90"]),
+            str(r["count"]),
+            str(r["never_passed"]),
+            str(r["skewed"]),
+            str(r["no_open"]),
+        )
     if overall and len(rows) > 1:
         t.add_section()
-        t.add_row(*(["all"] + [""] * (len(by) - 1)), _min(overall["median"]),
-                  _min(overall["p90"]), str(overall["count"]), str(overall["never_passed"]),
-                  str(overall["skewed"]), str(overall["no_open"]))
+        t.add_row(
+            *(["all"] + [""] * (len(by) - 1)),
+            _min(overall["median"]),
+            _min(overall["p90"]),
+            str(overall["count"]),
+            str(overall["never_passed"]),
+            str(overall["skewed"]),
+            str(overall["no_open"]),
+        )
     console.print(t)
     return EXIT_OK
 
@@ -174,42 +216,68 @@ def _min(seconds: float | None) -> str:
 def _learner(result, learner: str, filters: dict, source: str, scope: str, as_json: bool) -> int:
     """``report tts --learner L``: the drill-down -- L's modules, attempts, time to signal."""
     from reports.render import describe, label, when
+
     rows = result.drill_down(learner, **filters)
     if as_json:
-        print(json.dumps({"source": source, "learner": learner, "filters": filters, "scope": scope,
-                          "modules": rows}, indent=2, sort_keys=True))
+        print(
+            json.dumps(
+                {"source": source, "learner": learner, "filters": filters, "scope": scope, "modules": rows},
+                indent=2,
+                sort_keys=True,
+            )
+        )
         return EXIT_OK
     if not rows:
         console.print(_t(f"no modules for learner {learner} ({describe(filters)}) in {source}"))
         return EXIT_OK
     t = Table(title=_t(f"learner {learner} · {describe(filters)} · {source}"), caption=_t(scope))
-    names_ = [k for k in ("course", "version", "module", "team") if k != "course" or len({r["course"] for r in rows}) > 1]
+    names_ = [
+        k for k in ("course", "version", "module", "team") if k != "course" or len({r["course"] for r in rows}) > 1
+    ]
     for h in names_:
         t.add_column(h, no_wrap=True, overflow="ellipsis", max_width=40)
     for h in ("opened (UTC)", "TTS min", "status", "attempts", "passed", "failed"):
-        t.add_column(h, no_wrap=True, min_width=len(h) if h != "opened (UTC)" else 16,
-                     justify="left" if h in ("opened (UTC)", "status") else "right")
+        t.add_column(
+            h,
+            no_wrap=True,
+            min_width=len(h) if h != "opened (UTC)" else 16,
+            justify="left" if h in ("opened (UTC)", "status") else "right",
+        )
     for r in rows:
-        t.add_row(*[_t(label(r[k], k)) for k in names_], when(r["opened"]).removesuffix(" UTC"),
-                  _min(r["tts"]), r["status"], str(r["attempts"]), f"{r['checks_passed']}/{r['checks_seen']}",
-                  str(r["failures"]))
+        t.add_row(
+            *[_t(label(r[k], k)) for k in names_],
+            when(r["opened"]).removesuffix(" UTC"),
+            _min(r["tts"]),
+            r["status"],
+            str(r["attempts"]),
+            f"{r['checks_passed']}/{r['checks_seen']}",
+            str(r["failures"]),
+        )
     console.print(t)
     return EXIT_OK
 
 
 def register(sub) -> None:
-    p = sub.add_parser("report", help="time-to-signal reports: serve (Voila), export (static HTML), tts (table)",
-                       description="Time to signal: first passing grading check minus the first opening of "
-                                   "the module, per learner, module, course and curriculum version "
-                                   "(reports/tts.py has the full definition).")
+    p = sub.add_parser(
+        "report",
+        help="time-to-signal reports: serve (Voila), export (static HTML), tts (table)",
+        description="Time to signal: first passing grading check minus the first opening of "
+        "the module, per learner, module, course and curriculum version "
+        "(reports/tts.py has the full definition).",
+    )
     rs = p.add_subparsers(dest="report_command", metavar="ACTION")
     rs.required = True
 
     def common(s):
-        s.add_argument("--events-url", help="SQLAlchemy URL of the events store "
-                                            "(default: $LIVELAB_EVENTS_URL, else <home>/events.sqlite)")
-        s.add_argument("--include-system", action="store_true",
-                       help="include system identities (release gate runs, demo bots, benchmarks)")
+        s.add_argument(
+            "--events-url",
+            help="SQLAlchemy URL of the events store (default: $LIVELAB_EVENTS_URL, else <home>/events.sqlite)",
+        )
+        s.add_argument(
+            "--include-system",
+            action="store_true",
+            help="include system identities (release gate runs, demo bots, benchmarks)",
+        )
 
     def selection(s):
         s.add_argument("--course")
@@ -222,14 +290,18 @@ def register(sub) -> None:
 
     s = rs.add_parser("serve", help="serve the dashboard with Voila on 127.0.0.1 until Ctrl-C")
     from livelab.common import int_range
+
     s.add_argument("--port", type=int_range(1, 65535, what="--port"), help="port (default: a free one)")
     common(s)
     s.set_defaults(fn=cmd_serve)
 
     s = rs.add_parser("export", help="write the report as one static HTML file that works offline, and/or CSV")
     s.add_argument("-o", "--output", help="HTML file to write")
-    s.add_argument("--csv", metavar="FILE", help="CSV of what the page shows (the summary table; with "
-                                                 "--learner, that learner's modules), times in minutes")
+    s.add_argument(
+        "--csv",
+        metavar="FILE",
+        help="CSV of what the page shows (the summary table; with --learner, that learner's modules), times in minutes",
+    )
     common(s)
     selection(s)
     s.set_defaults(fn=cmd_export)

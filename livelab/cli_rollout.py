@@ -16,20 +16,25 @@ def _lab(args, *, control: bool = False):
     credentials the lab's owner can read (revocations are a control-plane message)."""
     from lab_hardware.home import resolve
     from labs import Lab
+
     home = resolve(args.home)
     if control:
         from lab_hardware.runtime import lab as _labmod
+
         try:
             cred = _labmod.control_credentials(home)
         except (OSError, ValueError):
-            raise UsageError(f"cannot read the control-plane credentials in {home / 'secrets'}: "
-                             "revoking for every device needs the lab owner's rights") from None
+            raise UsageError(
+                f"cannot read the control-plane credentials in {home / 'secrets'}: "
+                "revoking for every device needs the lab owner's rights"
+            ) from None
         return Lab.connect(home=home, username=cred["username"], password=cred["password"]), home
     return Lab.connect(home=home), home
 
 
 def cmd_rollout(args) -> int:
     from labs import rollout
+
     lab, home = _lab(args)
     before = len((rollout.current(home) or {}).get("steps", [])) if args.action == "finish" else 0
     try:
@@ -57,8 +62,11 @@ def cmd_rollout(args) -> int:
     else:
         r = st["rollout"]
         if r:
-            console.print(f"rollout {r['name']} {r['version']} ({r['digest'][:12]} signed by {r.get('keyid')}), "
-                          f"mode {r['mode']}, state {r['state']}, canary {', '.join(r['canary'])}", markup=False)
+            console.print(
+                f"rollout {r['name']} {r['version']} ({r['digest'][:12]} signed by {r.get('keyid')}), "
+                f"mode {r['mode']}, state {r['state']}, canary {', '.join(r['canary'])}",
+                markup=False,
+            )
             for step in r["steps"]:
                 mark = "[green]ok[/]" if step["ok"] else f"[red]refused[/] {escape(str(step.get('reason', '')))}"
                 console.print(f"  {escape(step['device'])}: {escape(step['action'])} {mark}")
@@ -67,12 +75,17 @@ def cmd_rollout(args) -> int:
         t = Table("device", "model", "bundle", "health check", "shadow")
         for d, v in st["devices"].items():
             h = v["health"]
-            t.add_row(escape(d), escape(str(v["model"])), (v["bundle"] or "-")[:12],
-                      f"{h['seen']}/{h['needed']}" if h else "-", (v["shadow"] or {}).get("digest", "-")[:12])
+            t.add_row(
+                escape(d),
+                escape(str(v["model"])),
+                (v["bundle"] or "-")[:12],
+                f"{h['seen']}/{h['needed']}" if h else "-",
+                (v["shadow"] or {}).get("digest", "-")[:12],
+            )
         console.print(t)
     # exit 1 when a step this command took was refused (status: any step of the rollout)
     steps = (st["rollout"] or {}).get("steps", [])
-    failed = [s for s in steps[before if args.action == "finish" else 0:] if not s["ok"]]
+    failed = [s for s in steps[before if args.action == "finish" else 0 :] if not s["ok"]]
     return EXIT_FAIL if failed else EXIT_OK
 
 
@@ -85,10 +98,10 @@ def cmd_revoke(args) -> int:
     if HEX64.match(target):
         digest = target
     elif not Path(target).exists():
-        raise UsageError(f"{target[:80]!r} is neither a bundle digest (64 lower-case hex characters) "
-                         "nor a bundle file")
+        raise UsageError(f"{target[:80]!r} is neither a bundle digest (64 lower-case hex characters) nor a bundle file")
     else:
         from lab_hardware.modelops import bundle as _bundle
+
         try:
             b = _bundle.read(check_input(target, "bundle"))
         except _bundle.BundleError as exc:
@@ -99,8 +112,10 @@ def cmd_revoke(args) -> int:
         if keyid is None and not args.all_signers:
             raise UsageError(f"{target} is not signed: say --all-signers to revoke its content for every signer")
     if keyid is None and not args.all_signers:
-        raise UsageError("name the signer whose copy is revoked with --keyid KEYID (see 'livelab bundle "
-                         "inspect'), or say --all-signers to revoke this content whoever signed it")
+        raise UsageError(
+            "name the signer whose copy is revoked with --keyid KEYID (see 'livelab bundle "
+            "inspect'), or say --all-signers to revoke this content whoever signed it"
+        )
     if keyid is not None and args.all_signers:
         raise UsageError("say --keyid or --all-signers, not both")
     lab, home = _lab(args, control=True)
@@ -112,18 +127,23 @@ def cmd_revoke(args) -> int:
     finally:
         lab.close()
     who = "every signer" if args.all_signers else f"key {keyid}"
-    console.print(f"revoked {digest[:12]} signed by {who} on every device of namespace {lab.namespace} "
-                  f"({len(revoked)} revocations in all)", markup=False)
+    console.print(
+        f"revoked {digest[:12]} signed by {who} on every device of namespace {lab.namespace} "
+        f"({len(revoked)} revocations in all)",
+        markup=False,
+    )
     return EXIT_OK
 
 
 def register(sub) -> None:
-    s = sub.add_parser("rollout", help="canary a bundle on some devices (optionally in shadow mode), "
-                                       "then roll forward or back",
-                       description="start: send BUNDLE to the --canary devices (installed, or beside the "
-                                   "active model with --shadow); status: where each device stands; "
-                                   "finish --forward: install everywhere; finish --back: canaries return "
-                                   "to what they ran before.")
+    s = sub.add_parser(
+        "rollout",
+        help="canary a bundle on some devices (optionally in shadow mode), then roll forward or back",
+        description="start: send BUNDLE to the --canary devices (installed, or beside the "
+        "active model with --shadow); status: where each device stands; "
+        "finish --forward: install everywhere; finish --back: canaries return "
+        "to what they ran before.",
+    )
     s.add_argument("action", choices=["start", "status", "finish"])
     s.add_argument("bundle", nargs="?", help="signed bundle (*.lbundle), for start")
     s.add_argument("--canary", help="comma-separated devices, e.g. dev-1,dev-2")
@@ -136,10 +156,13 @@ def register(sub) -> None:
 
 
 def register_revoke(bundle_sub) -> None:
-    s = bundle_sub.add_parser("revoke", help="revoke a bundle on every device at once",
-                              description="A revocation names content and signer: give the bundle FILE, or its "
-                                          "DIGEST with --keyid (that signer's copy) or --all-signers (every copy "
-                                          "of this content, whoever signed it).")
+    s = bundle_sub.add_parser(
+        "revoke",
+        help="revoke a bundle on every device at once",
+        description="A revocation names content and signer: give the bundle FILE, or its "
+        "DIGEST with --keyid (that signer's copy) or --all-signers (every copy "
+        "of this content, whoever signed it).",
+    )
     s.add_argument("target", metavar="DIGEST|BUNDLE", help="the bundle's digest (livelab bundle inspect) or file")
     s.add_argument("--keyid", type=keyid_arg, help="the signer whose copy is revoked (16 hex characters)")
     s.add_argument("--all-signers", action="store_true", help="revoke this content whoever signed it")

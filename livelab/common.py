@@ -25,6 +25,7 @@ class UsageError(Exception):
 def home_of(args) -> Path:
     """The state directory a command works on: ``--home``, else ``$LIVELAB_HOME``, else ~/.livelab."""
     from lab_hardware.home import resolve
+
     return resolve(getattr(args, "home", None))
 
 
@@ -44,8 +45,12 @@ class Parser(_argparse.ArgumentParser):
         # Python 3.11's argparse turns a lone '--' value ('--port=--') into [] without calling
         # the option's type: refuse it here like any other bad value
         for action in self._actions:
-            if action.nargs is None and action.option_strings and action.type is not None \
-                    and isinstance(getattr(ns, action.dest, None), list):
+            if (
+                action.nargs is None
+                and action.option_strings
+                and action.type is not None
+                and isinstance(getattr(ns, action.dest, None), list)
+            ):
                 self.error(f"argument {'/'.join(action.option_strings)}: expected one value")
         return ns, rest
 
@@ -59,7 +64,8 @@ def _number(kind, text: str, what: str):
         value = kind(text)
     except (TypeError, ValueError):
         raise _argparse.ArgumentTypeError(
-            f"{text[:40]!r} is not {'an integer' if kind is int else 'a number'}") from None
+            f"{text[:40]!r} is not {'an integer' if kind is int else 'a number'}"
+        ) from None
     if isinstance(value, float) and not _math.isfinite(value):
         raise _argparse.ArgumentTypeError(f"{text[:40]!r} is not a finite number")
     return value
@@ -67,30 +73,33 @@ def _number(kind, text: str, what: str):
 
 def int_range(lo: int | None = None, hi: int | None = None, *, what: str = "value"):
     """An argparse ``type`` for an integer within [lo, hi] (one-line error otherwise)."""
+
     def parse(text: str) -> int:
         v = _number(int, text, what)
         if (lo is not None and v < lo) or (hi is not None and v > hi):
             raise _argparse.ArgumentTypeError(f"must be {_bounds(lo, hi)}, not {v}")
         return v
+
     parse.__name__ = "integer"
     return parse
 
 
-def float_range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-                what: str = "value"):
+def float_range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, what: str = "value"):
     """An argparse ``type`` for a finite number in [lo, hi] (or (lo, hi] with ``lo_open``)."""
+
     def parse(text: str) -> float:
         v = _number(float, text, what)
         if (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and v > hi):
             raise _argparse.ArgumentTypeError(f"must be {_bounds(lo, hi, lo_open)}, not {text[:40]}")
         return v
+
     parse.__name__ = "number"
     return parse
 
 
 def _bounds(lo, hi, lo_open: bool = False) -> str:
     if lo is not None and hi is not None:
-        return (f"more than {lo:g} and at most {hi:g}" if lo_open else f"between {lo:g} and {hi:g}")
+        return f"more than {lo:g} and at most {hi:g}" if lo_open else f"between {lo:g} and {hi:g}"
     if lo is not None:
         return f"more than {lo:g}" if lo_open else f"at least {lo:g}"
     return f"at most {hi:g}"
@@ -103,15 +112,17 @@ KEYID = _re.compile(r"^[0-9a-f]{16}$")
 def digest_arg(text: str) -> str:
     """A bundle digest: 64 lower-case hex characters."""
     if not HEX64.match(text or ""):
-        raise _argparse.ArgumentTypeError(f"{text[:80]!r} is not a bundle digest (64 lower-case hex "
-                                          "characters, see 'livelab bundle inspect')")
+        raise _argparse.ArgumentTypeError(
+            f"{text[:80]!r} is not a bundle digest (64 lower-case hex characters, see 'livelab bundle inspect')"
+        )
     return text
 
 
 def keyid_arg(text: str) -> str:
     if not KEYID.match(text or ""):
-        raise _argparse.ArgumentTypeError(f"{text[:80]!r} is not a key id (16 lower-case hex characters, "
-                                          "see 'livelab keys list')")
+        raise _argparse.ArgumentTypeError(
+            f"{text[:80]!r} is not a key id (16 lower-case hex characters, see 'livelab keys list')"
+        )
     return text
 
 
@@ -120,15 +131,20 @@ def check_home(path: Path) -> Path:
     try:
         path.exists()
     except PermissionError:  # a team lab's state directory is the lab's alone (0700)
-        raise UsageError(f"state directory {path} is not accessible to you (permission denied): it belongs "
-                         "to the lab's owner (use sudo), or choose another with --home or LIVELAB_HOME") from None
+        raise UsageError(
+            f"state directory {path} is not accessible to you (permission denied): it belongs "
+            "to the lab's owner (use sudo), or choose another with --home or LIVELAB_HOME"
+        ) from None
     if path.exists() and not path.is_dir():
-        raise UsageError(f"state directory {path} is not writable: it is not a directory; "
-                         "choose another with --home or LIVELAB_HOME")
+        raise UsageError(
+            f"state directory {path} is not writable: it is not a directory; choose another with --home or LIVELAB_HOME"
+        )
     parent = next((p for p in path.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
-        raise UsageError(f"state directory {path} is not writable: {parent} is not a directory; "
-                         "choose another with --home or LIVELAB_HOME")
+        raise UsageError(
+            f"state directory {path} is not writable: {parent} is not a directory; "
+            "choose another with --home or LIVELAB_HOME"
+        )
     return path
 
 
@@ -144,6 +160,7 @@ def check_output(path: str | Path, what: str = "output") -> Path:
     if p.exists() and not _os.access(p, _os.W_OK):
         raise UsageError(f"cannot write {what} {p}: permission denied")
     import tempfile
+
     try:  # the real test (read-only mounts, ACLs, root): create and remove a probe file
         with tempfile.NamedTemporaryFile(dir=parent, prefix=".livelab-probe-"):
             pass

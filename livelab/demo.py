@@ -42,14 +42,21 @@ def _table(stats: dict, models: dict, defect: str, consent: dict) -> Table:
         s = stats[dev]
         rate = s["undo"] / s["decisions"] if s["decisions"] else 0.0
         style = "bold red" if rate > 0.03 else "green"
-        t.add_row(dev, models[dev], "granted" if consent.get(dev) else "[dim]revoked[/]",
-                  str(s["windows"]), str(s["decisions"]), str(s["undo"]),
-                  f"[{style}]{rate:.1%}[/]" if s["decisions"] else "-")
+        t.add_row(
+            dev,
+            models[dev],
+            "granted" if consent.get(dev) else "[dim]revoked[/]",
+            str(s["windows"]),
+            str(s["decisions"]),
+            str(s["undo"]),
+            f"[{style}]{rate:.1%}[/]" if s["decisions"] else "-",
+        )
     return t
 
 
-def run_demo(home: Path | None = None, *, console: Console | None = None, seconds: float = 5.0,
-             lab_only: bool = False) -> int:
+def run_demo(
+    home: Path | None = None, *, console: Console | None = None, seconds: float = 5.0, lab_only: bool = False
+) -> int:
     from lab_hardware.runtime import lab
     from lab_hardware.home import pid_alive
     from labs import Lab, scenarios
@@ -62,8 +69,10 @@ def run_demo(home: Path | None = None, *, console: Console | None = None, second
     with console.status("starting the lab: Mosquitto + 3 devices running ONNX models ..."):
         desc = lab.up(home, scenario=sc.materialize(home / "scenario"), devices=3)
     pids = lab.lab_pids(home)
-    console.print(f"[green]✓[/] lab up in {time.perf_counter() - t0:.1f} s: broker "
-                  f"127.0.0.1:{desc['broker']['port']}, devices {', '.join(desc['devices'])} (state in {home})")
+    console.print(
+        f"[green]✓[/] lab up in {time.perf_counter() - t0:.1f} s: broker "
+        f"127.0.0.1:{desc['broker']['port']}, devices {', '.join(desc['devices'])} (state in {home})"
+    )
     code = 0
     try:
         with Lab.connect(home=home, learner="demo") as sdk:
@@ -95,16 +104,20 @@ def run_demo(home: Path | None = None, *, console: Console | None = None, second
                         break
             console.print()
             cand = [d for d in models if models[d] == "candidate"]
-            console.print(f"candidate devices ({', '.join(cand)}) show the false-positive signal on "
-                          f"'{defect}'; the baseline does not.")
+            console.print(
+                f"candidate devices ({', '.join(cand)}) show the false-positive signal on "
+                f"'{defect}'; the baseline does not."
+            )
             time.sleep(0.6)
             revoked = next(r for r in sdk.audit_chain("dev-2").consent_trail() if not r["data"]["grant"])
             late = [w for w in sdk.windows("dev-2") if w["end"] > revoked["time"]]
             console.print(f"after revoking dev-2: [bold]{len(late)}[/] further windows from it")
             chain = sdk.audit_chain("dev-2")
             v = chain.verify()
-            console.print(f"[green]✓[/] dev-2 audit chain: {len(chain)} records, verified={v.ok}, "
-                          f"consent trail {[(r['data']['scope'], r['data']['grant']) for r in chain.consent_trail()]}")
+            console.print(
+                f"[green]✓[/] dev-2 audit chain: {len(chain)} records, verified={v.ok}, "
+                f"consent trail {[(r['data']['scope'], r['data']['grant']) for r in chain.consent_trail()]}"
+            )
             if not v.ok or before or late:
                 code = 1
         if not lab_only:
@@ -163,27 +176,41 @@ def _course_team_report(home: Path, console: Console) -> int:
     console.rule("[bold]releasing[/] edge-ml-foundations 1.1.0 (nbgrader + the release gate on this lab)")
     t0 = time.perf_counter()
     try:
-        manifest = _release.release(COURSE, "1.1.0", root=root, lab_home=home,
-                                    progress=lambda m: console.print(f"  {m}", markup=False))
+        manifest = _release.release(
+            COURSE, "1.1.0", root=root, lab_home=home, progress=lambda m: console.print(f"  {m}", markup=False)
+        )
     except _release.ReleaseError as exc:
         console.print(f"[red]release failed:[/] {escape(str(exc))}")
         return 1
-    console.print(f"[green]✓[/] released 1.1.0 in {time.perf_counter() - t0:.0f} s "
-                  f"({len(manifest.get('modules', []))} modules; gate passed)")
+    console.print(
+        f"[green]✓[/] released 1.1.0 in {time.perf_counter() - t0:.0f} s "
+        f"({len(manifest.get('modules', []))} modules; gate passed)"
+    )
 
     console.rule("[bold]a simulated team works through both versions[/] (real executions, graded by livelab grade)")
-    console.print("learners assigned to versions at random (seed "
-                  f"{ASSIGNMENT_SEED}): " + ", ".join(f"{n} ({t}) {v}" for n, t, v in TEAM), markup=False)
+    console.print(
+        "learners assigned to versions at random (seed "
+        f"{ASSIGNMENT_SEED}): " + ", ".join(f"{n} ({t}) {v}" for n, t, v in TEAM),
+        markup=False,
+    )
     os.environ["LIVELAB_EVENTS_URL"] = f"sqlite:///{home / 'events.sqlite'}"
-    with system_identity():   # bots, not people: their events are marked system
+    with system_identity():  # bots, not people: their events are marked system
         code = _team_rounds(home, dst, console)
     out = home / "time-to-signal.html"
     _static.export(home, out, include_system=True)
     result = _static.selected(home, include_system=True).result
     console.rule("[bold]time to signal[/] (simulated: the demo's bots, not people)")
-    t = Table("version", "module", "learners", "teams", "passed", "median TTS (min)", "p90 TTS (min)",
-              title="time to signal per curriculum version (both teams on both versions)",
-              caption="Simulated times: machines running reference solutions minutes apart, not people learning.")
+    t = Table(
+        "version",
+        "module",
+        "learners",
+        "teams",
+        "passed",
+        "median TTS (min)",
+        "p90 TTS (min)",
+        title="time to signal per curriculum version (both teams on both versions)",
+        caption="Simulated times: machines running reference solutions minutes apart, not people learning.",
+    )
     for version in VERSIONS:
         for module in MODULES:
             # the team's rows only (the release gate ran these modules too, as its own identity)
@@ -197,8 +224,10 @@ def _course_team_report(home: Path, console: Console) -> int:
             if not len(vals):
                 code = 1
     console.print(t)
-    console.print(f"report: [bold]{escape(str(out))}[/] (one file, works offline; system identities included, "
-                  f"marked simulated); live: livelab --home {escape(str(home))} report serve --include-system")
+    console.print(
+        f"report: [bold]{escape(str(out))}[/] (one file, works offline; system identities included, "
+        f"marked simulated); live: livelab --home {escape(str(home))} report serve --include-system"
+    )
     return code
 
 
@@ -207,9 +236,12 @@ def _team_rounds(home: Path, dst: Path, console: Console) -> int:
     import shutil
 
     from grading.batch import BatchConfig, grade_many
+
     code = 0
-    for round_name, kind in (("first attempts (the learner version as handed out)", "learner"),
-                             ("second attempts (working solutions)", "source")):
+    for round_name, kind in (
+        ("first attempts (the learner version as handed out)", "learner"),
+        ("second attempts (working solutions)", "source"),
+    ):
         console.print(f"[bold]{round_name}[/]")
         for version in ("1.0.0", "1.1.0"):
             rel = dst / "releases" / version
@@ -221,10 +253,18 @@ def _team_rounds(home: Path, dst: Path, console: Console) -> int:
                     nb = sub / "submitted" / learner / module / f"{module}.ipynb"
                     nb.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy(rel / kind / module / f"{module}.ipynb", nb)
-                summary = grade_many(BatchConfig(course=str(rel), module=module, path=str(sub),
-                                                 out=str(home / "graded" / version / kind),
-                                                 lab_home=str(home), events=str(home), progress=True,
-                                                 teams={n: t for n, t, _ in TEAM}))
+                summary = grade_many(
+                    BatchConfig(
+                        course=str(rel),
+                        module=module,
+                        path=str(sub),
+                        out=str(home / "graded" / version / kind),
+                        lab_home=str(home),
+                        events=str(home),
+                        progress=True,
+                        teams={n: t for n, t, _ in TEAM},
+                    )
+                )
                 console.print(f"  {version} {module}: {_score_line(summary)}", markup=False)
     return code
 

@@ -56,16 +56,26 @@ def find_proxy() -> str:
     """configurable-http-proxy (npm) and a node to run it, or one line saying how to install."""
     node = shutil.which("node") or shutil.which("nodejs")
     if node is None:
-        raise HubError("node is not installed (JupyterHub's proxy, configurable-http-proxy, runs on it): "
-                       "run 'sudo apt-get install nodejs npm' and then 'make setup'")
+        raise HubError(
+            "node is not installed (JupyterHub's proxy, configurable-http-proxy, runs on it): "
+            "run 'sudo apt-get install nodejs npm' and then 'make setup'"
+        )
     forced = os.environ.get("LIVELAB_CHP")
-    cands = [forced] if forced else [str(NODE_PREFIX / "node_modules" / ".bin" / "configurable-http-proxy"),
-                                     shutil.which("configurable-http-proxy") or ""]
+    cands = (
+        [forced]
+        if forced
+        else [
+            str(NODE_PREFIX / "node_modules" / ".bin" / "configurable-http-proxy"),
+            shutil.which("configurable-http-proxy") or "",
+        ]
+    )
     for c in cands:
         if c and os.path.isfile(c) and os.access(c, os.X_OK):
             return c
-    raise HubError("configurable-http-proxy is not installed: run 'make setup' (it runs 'npm install --prefix "
-                   ".venv/node configurable-http-proxy'; needs npm: 'sudo apt-get install npm')")
+    raise HubError(
+        "configurable-http-proxy is not installed: run 'make setup' (it runs 'npm install --prefix "
+        ".venv/node configurable-http-proxy'; needs npm: 'sudo apt-get install npm')"
+    )
 
 
 def _reachable_by_others(path: Path) -> Path | None:
@@ -87,9 +97,11 @@ def check_learners_can_run() -> None:
     for what in (Path(sys.executable), Path(sys.base_prefix) / "lib", Path(sys.prefix) / "lib", REPO / "labs"):
         blocked = _reachable_by_others(what)
         if blocked is not None:
-            raise HubError(f"learners cannot run this environment ({blocked} is closed to other users, on the "
-                           f"way to {what}): recreate the venv from a Python they can run, e.g. "
-                           "'rm -rf .venv && PYTHON=/usr/bin/python3 make setup'")
+            raise HubError(
+                f"learners cannot run this environment ({blocked} is closed to other users, on the "
+                f"way to {what}): recreate the venv from a Python they can run, e.g. "
+                "'rm -rf .venv && PYTHON=/usr/bin/python3 make setup'"
+            )
 
 
 def protect_content() -> list[str]:
@@ -97,6 +109,7 @@ def protect_content() -> list[str]:
     releases) to everyone but their owner: learners fetch their notebooks through the hub.
     Python packages of the checkout stay readable (kernels import them)."""
     from courses import catalog
+
     out = []
     for d in catalog.course_dirs():
         os.chmod(d, 0o700)
@@ -105,12 +118,14 @@ def protect_content() -> list[str]:
 
 
 # ---- provisioning (the spawn hook) ----------------------------------------------------------
-def provision(home: str | os.PathLike, name: str, *, team: str | None = None,
-              course: str | None = DEFAULT_COURSE) -> dict[str, Any]:
+def provision(
+    home: str | os.PathLike, name: str, *, team: str | None = None, course: str | None = DEFAULT_COURSE
+) -> dict[str, Any]:
     """What the hub does before a learner's server starts: the learner provisioned (as
     ``livelab learners add``) and the course's current release fetched into its home.
     Returns the spawn settings: environment, notebook dir and the URL the server opens on."""
     from labs import learners
+
     h = _home.resolve(home)
     e = learners.ensure(h, name, team)
     env = {"LIVELAB_HOME": str(Path(e["descriptor"]).parent), "LIVELAB_LEARNER": name}
@@ -129,6 +144,7 @@ def fetch_course(course_id: str, home_dir: Path, uid: int | None) -> Path | None
     """The learner notebooks of the course's current release in the learner's home (fetched
     once: a fetched workspace holds the learner's work and is never overwritten)."""
     from courses import catalog
+
     c = catalog.load(course_id)
     rels = catalog.releases(c)
     if not rels:
@@ -150,6 +166,7 @@ def make_pre_spawn_hook(home: str | os.PathLike, *, course: str | None = DEFAULT
     async def pre_spawn_hook(spawner) -> None:
         import asyncio
         from labs.learners import LearnerError
+
         name = spawner.user.name
         try:  # provisioning waits for the learner's devices: off the hub's event loop
             got = await asyncio.to_thread(provision, home, name, course=course)
@@ -159,13 +176,22 @@ def make_pre_spawn_hook(home: str | os.PathLike, *, course: str | None = DEFAULT
         spawner.environment.update(got["environment"])
         spawner.notebook_dir = got["notebook_dir"]
         spawner.default_url = got["default_url"]
+
     return pre_spawn_hook
 
 
 # ---- the hub process ------------------------------------------------------------------------
-def render_config(home: str | os.PathLike, *, port: int = 8000, auth: str = "pam", password: str | None = None,
-                  course: str | None = DEFAULT_COURSE, proxy: str | None = None,
-                  api_port: int | None = None, hub_port: int | None = None) -> str:
+def render_config(
+    home: str | os.PathLike,
+    *,
+    port: int = 8000,
+    auth: str = "pam",
+    password: str | None = None,
+    course: str | None = DEFAULT_COURSE,
+    proxy: str | None = None,
+    api_port: int | None = None,
+    hub_port: int | None = None,
+) -> str:
     """The ``jupyterhub_config.py`` that ``hub up`` runs (and ``hub config`` prints)."""
     h = _home.resolve(home)
     hd = hub_dir(h)
@@ -197,13 +223,17 @@ def render_config(home: str | os.PathLike, *, port: int = 8000, auth: str = "pam
     if api_port:
         lines.append(f'c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{int(api_port)}"')
     if auth == "pam":
-        lines += ['c.JupyterHub.authenticator_class = "pam"',
-                  "# Every Unix account that logs in is a learner (system accounts are refused by the hook).",
-                  "c.Authenticator.allow_all = True"]
+        lines += [
+            'c.JupyterHub.authenticator_class = "pam"',
+            "# Every Unix account that logs in is a learner (system accounts are refused by the hook).",
+            "c.Authenticator.allow_all = True",
+        ]
     else:
-        lines += ['c.JupyterHub.authenticator_class = "dummy"   # tests and demos only: one shared password',
-                  "c.Authenticator.allow_all = True",
-                  f"c.DummyAuthenticator.password = {password or ''!r}"]
+        lines += [
+            'c.JupyterHub.authenticator_class = "dummy"   # tests and demos only: one shared password',
+            "c.Authenticator.allow_all = True",
+            f"c.DummyAuthenticator.password = {password or ''!r}",
+        ]
     lines += [
         'c.JupyterHub.spawner_class = "localprocess"',
         f"c.Spawner.cmd = [{str(VENV_BIN / 'jupyterhub-singleuser')!r}]",
@@ -243,8 +273,8 @@ def status(home: str | os.PathLike | None = None) -> dict[str, Any]:
         return {"running": False, "home": str(h)}
     info = _home.read_json(hub_dir(h) / "hub.json")
     from labs import learners
-    return {**info, "running": True, "home": str(h),
-            "learners": [e["name"] for e in learners.list_learners(h)]}
+
+    return {**info, "running": True, "home": str(h), "learners": [e["name"] for e in learners.list_learners(h)]}
 
 
 def _http_ok(url: str) -> bool:
@@ -255,8 +285,15 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def up(home: str | os.PathLike | None = None, *, port: int | None = None, auth: str = "pam",
-       password: str | None = None, course: str | None = DEFAULT_COURSE, timeout: float = 90.0) -> dict[str, Any]:
+def up(
+    home: str | os.PathLike | None = None,
+    *,
+    port: int | None = None,
+    auth: str = "pam",
+    password: str | None = None,
+    course: str | None = DEFAULT_COURSE,
+    timeout: float = 90.0,
+) -> dict[str, Any]:
     """Start JupyterHub in front of the running lab and return its status (with ``url``)."""
     proxy = find_proxy()
     h = _home.resolve(home)
@@ -265,8 +302,10 @@ def up(home: str | os.PathLike | None = None, *, port: int | None = None, auth: 
     if auth == "dummy" and not password:
         raise HubError("the dummy authenticator needs --password (one shared password; tests and demos only)")
     if os.geteuid() != 0:
-        raise HubError("the hub runs each learner's server as that learner's Unix account, which needs root: "
-                       "run 'sudo livelab hub up'")
+        raise HubError(
+            "the hub runs each learner's server as that learner's Unix account, which needs root: "
+            "run 'sudo livelab hub up'"
+        )
     _lab.descriptor(h)  # a running lab, or one line saying how to start it
     running = status(h)
     if running["running"]:
@@ -281,21 +320,45 @@ def up(home: str | os.PathLike | None = None, *, port: int | None = None, auth: 
     hd.mkdir(parents=True, exist_ok=True)
     os.chmod(hd, 0o700)
     from labs import learners
+
     learners.lock_down(h)
     protect_content()
     cfg = hd / "jupyterhub_config.py"
-    cfg.write_text(render_config(h, port=port, auth=auth, password=password, course=course, proxy=proxy,
-                                 api_port=_broker.free_port(), hub_port=_broker.free_port()))
+    cfg.write_text(
+        render_config(
+            h,
+            port=port,
+            auth=auth,
+            password=password,
+            course=course,
+            proxy=proxy,
+            api_port=_broker.free_port(),
+            hub_port=_broker.free_port(),
+        )
+    )
     os.chmod(cfg, 0o600)
     log_path = hd / "hub.log"
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([str(VENV_BIN / "jupyterhub"), "-f", str(cfg)], cwd=str(hd), stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                env=env)
+        proc = subprocess.Popen(
+            [str(VENV_BIN / "jupyterhub"), "-f", str(cfg)],
+            cwd=str(hd),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+        )
     url = f"http://127.0.0.1:{port}/"
-    info = {"pid": proc.pid, "port": port, "url": url, "auth": auth, "course": course,
-            "log": str(log_path), "started": time.time()}
+    info = {
+        "pid": proc.pid,
+        "port": port,
+        "url": url,
+        "auth": auth,
+        "course": course,
+        "log": str(log_path),
+        "started": time.time(),
+    }
     _home.write_json(hd / "hub.json", info, mode=0o600)
     deadline = time.monotonic() + timeout
     while not _http_ok(url + "hub/api/"):
@@ -353,19 +416,32 @@ def down(home: str | os.PathLike | None = None, *, timeout: float = 30.0) -> dic
     return {"stopped": True, "message": f"hub on port {info['port']} stopped"}
 
 
-def config_text(home: str | os.PathLike | None = None, *, port: int = 8000, auth: str = "pam",
-                course: str | None = DEFAULT_COURSE) -> str:
+def config_text(
+    home: str | os.PathLike | None = None, *, port: int = 8000, auth: str = "pam", course: str | None = DEFAULT_COURSE
+) -> str:
     """The ``jupyterhub_config.py`` for an existing hub (``hub config``)."""
     try:
         proxy = find_proxy()
     except HubError:
         proxy = None
-    return render_config(home, port=port, auth=auth, password="CHANGE-ME" if auth == "dummy" else None,
-                         course=course, proxy=proxy)
+    return render_config(
+        home, port=port, auth=auth, password="CHANGE-ME" if auth == "dummy" else None, course=course, proxy=proxy
+    )
 
 
-__all__ = ["HubError", "up", "down", "status", "config_text", "render_config", "provision",
-           "make_pre_spawn_hook", "find_proxy", "protect_content", "check_learners_can_run"]
+__all__ = [
+    "HubError",
+    "up",
+    "down",
+    "status",
+    "config_text",
+    "render_config",
+    "provision",
+    "make_pre_spawn_hook",
+    "find_proxy",
+    "protect_content",
+    "check_learners_can_run",
+]
 
 
 if __name__ == "__main__":  # pragma: no cover - a debugging aid

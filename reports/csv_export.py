@@ -16,10 +16,34 @@ from typing import Any, Mapping, Sequence
 
 from reports.tts import TTSResult, minutes
 
-SUMMARY = ("course", "version", "module", "team", "learners_x_modules", "median_min", "p90_min", "with_signal",
-           "never_passed", "skewed", "no_opening")
-LEARNER = ("learner", "team", "course", "version", "module", "opened_utc", "tts_min", "status", "attempts",
-           "checks_passed", "checks_tried", "failed_results", "completed_utc")
+SUMMARY = (
+    "course",
+    "version",
+    "module",
+    "team",
+    "learners_x_modules",
+    "median_min",
+    "p90_min",
+    "with_signal",
+    "never_passed",
+    "skewed",
+    "no_opening",
+)
+LEARNER = (
+    "learner",
+    "team",
+    "course",
+    "version",
+    "module",
+    "opened_utc",
+    "tts_min",
+    "status",
+    "attempts",
+    "checks_passed",
+    "checks_tried",
+    "failed_results",
+    "completed_utc",
+)
 
 
 def _iso(t: float | None) -> str:
@@ -47,18 +71,52 @@ def summary_csv(result: TTSResult, filters: Mapping[str, Any] | None = None) -> 
     """The summary table (one row per course, version, module and team) of a selection."""
     f = {k: v for k, v in (filters or {}).items() if v is not None}
     rows = result.table(("course", "version", "module", "team"), **f) if len(result) else []
-    return _write(SUMMARY, [[r["course"], r["version"], r["module"], r["team"], r["groups"], minutes(r["median"], 2),
-                             minutes(r["p90"], 2), r["count"], r["never_passed"], r["skewed"], r["no_open"]]
-                            for r in rows])
+    return _write(
+        SUMMARY,
+        [
+            [
+                r["course"],
+                r["version"],
+                r["module"],
+                r["team"],
+                r["groups"],
+                minutes(r["median"], 2),
+                minutes(r["p90"], 2),
+                r["count"],
+                r["never_passed"],
+                r["skewed"],
+                r["no_open"],
+            ]
+            for r in rows
+        ],
+    )
 
 
 def learner_csv(result: TTSResult, learner: str, filters: Mapping[str, Any] | None = None) -> str:
     """One learner's modules (the drill-down) of a selection."""
     f = {k: v for k, v in (filters or {}).items() if v is not None and k != "learner"}
     rows = result.drill_down(learner, **f) if len(result) else []
-    return _write(LEARNER, [[r["learner"], r["team"], r["course"], r["version"], r["module"], _iso(r["opened"]),
-                             minutes(r["tts"], 2), r["status"], r["attempts"], r["checks_passed"], r["checks_seen"],
-                             r["failures"], _iso(r["completed"])] for r in rows])
+    return _write(
+        LEARNER,
+        [
+            [
+                r["learner"],
+                r["team"],
+                r["course"],
+                r["version"],
+                r["module"],
+                _iso(r["opened"]),
+                minutes(r["tts"], 2),
+                r["status"],
+                r["attempts"],
+                r["checks_passed"],
+                r["checks_seen"],
+                r["failures"],
+                _iso(r["completed"]),
+            ]
+            for r in rows
+        ],
+    )
 
 
 def page_csv(result: TTSResult, filters: Mapping[str, Any] | None = None) -> str:

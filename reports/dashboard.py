@@ -43,12 +43,13 @@ FILTERS = tts.FILTERS
 #: --include-system``).
 ENV_INCLUDE_SYSTEM = "LIVELAB_REPORT_INCLUDE_SYSTEM"
 CHOOSE = "(choose)"
-PANELS = (("distribution", "Distribution of time to signal", ("distribution",)),
-          ("trend", "Trend across curriculum versions (every version, other filters applied)",
-           ("trend", "trend_table")),
-          ("funnel", "Completion funnel per module", ("funnel", "funnel_table")),
-          ("estimate", "Actual minutes against the module's estimate", ("estimate", "estimate_table")),
-          ("checks", "Slowest checks: where learners get stuck", ("checks", "checks_table")))
+PANELS = (
+    ("distribution", "Distribution of time to signal", ("distribution",)),
+    ("trend", "Trend across curriculum versions (every version, other filters applied)", ("trend", "trend_table")),
+    ("funnel", "Completion funnel per module", ("funnel", "funnel_table")),
+    ("estimate", "Actual minutes against the module's estimate", ("estimate", "estimate_table")),
+    ("checks", "Slowest checks: where learners get stuck", ("checks", "checks_table")),
+)
 
 
 def source_from_env() -> str:
@@ -56,20 +57,30 @@ def source_from_env() -> str:
     if os.environ.get(ENV_URL):
         return os.environ[ENV_URL]
     from lab_hardware.home import resolve
+
     return str(resolve(None))
 
 
 def no_data_message(source: str) -> str:
-    return (f"No learning events yet in {source}. They appear when learners open modules "
-            "(Lab.connect(module=...)) and when submissions are graded (livelab grade).")
+    return (
+        f"No learning events yet in {source}. They appear when learners open modules "
+        "(Lab.connect(module=...)) and when submissions are graded (livelab grade)."
+    )
 
 
 class Dashboard:
     """Filters, numbers and plots for one set of computed time-to-signal results."""
 
-    def __init__(self, result: tts.TTSResult | None, estimates: Mapping | None = None, *,
-                 source: str = "", error: str | None = None, background: bool = True,
-                 include_system: bool | None = None):
+    def __init__(
+        self,
+        result: tts.TTSResult | None,
+        estimates: Mapping | None = None,
+        *,
+        source: str = "",
+        error: str | None = None,
+        background: bool = True,
+        include_system: bool | None = None,
+    ):
         if include_system is None:
             include_system = os.environ.get(ENV_INCLUDE_SYSTEM, "").strip().lower() in ("1", "true", "yes")
         self.full, self.estimates, self.source = result, dict(estimates or {}), source
@@ -87,27 +98,46 @@ class Dashboard:
             f"<style>{CSS}</style><h1>Time to signal</h1>"
             f'<div class="tts-source">events: {e(source)}'
             f"{'' if empty else f' · {events:,} events · {len(result):,} learner × module'}</div>"
-            f'<p class="tts-definition">{e(DEFINITION.format(skew=tts.SKEW_ALLOWANCE / 60))}</p>')
+            f'<p class="tts-definition">{e(DEFINITION.format(skew=tts.SKEW_ALLOWANCE / 60))}</p>'
+        )
         self.title.add_class("tts-title")
         self.dropdowns: dict[str, W.Dropdown] = {}
         for name in FILTERS:
-            dd = W.Dropdown(options=self._options(name, empty), value=ALL,
-                            description=name, disabled=empty, layout=W.Layout(width="260px"))
+            dd = W.Dropdown(
+                options=self._options(name, empty),
+                value=ALL,
+                description=name,
+                disabled=empty,
+                layout=W.Layout(width="260px"),
+            )
             dd.add_class("tts-filter")
             dd.add_class(f"tts-filter-{name}")
             dd.observe(self._changed, names="value")
             self.dropdowns[name] = dd
-        self.learner = W.Dropdown(options=self._options("learner", empty), value=ALL, description="learner",
-                                  disabled=empty, layout=W.Layout(width="260px"))
+        self.learner = W.Dropdown(
+            options=self._options("learner", empty),
+            value=ALL,
+            description="learner",
+            disabled=empty,
+            layout=W.Layout(width="260px"),
+        )
         self.learner.add_class("tts-filter")
         self.learner.add_class("tts-filter-learner")
         self.learner.observe(self._changed, names="value")
         self.since = W.DatePicker(description="opened from", disabled=empty, layout=W.Layout(width="260px"))
         self.until = W.DatePicker(description="to", disabled=empty, layout=W.Layout(width="220px"))
-        self.system_box = W.Checkbox(value=include_system, description="include system identities",
-                                     disabled=empty, indent=False, layout=W.Layout(width="240px"))
-        for w, cls in ((self.since, "tts-filter-since"), (self.until, "tts-filter-until"),
-                       (self.system_box, "tts-include-system")):
+        self.system_box = W.Checkbox(
+            value=include_system,
+            description="include system identities",
+            disabled=empty,
+            indent=False,
+            layout=W.Layout(width="240px"),
+        )
+        for w, cls in (
+            (self.since, "tts-filter-since"),
+            (self.until, "tts-filter-until"),
+            (self.system_box, "tts-include-system"),
+        ):
             w.add_class(cls)
             w.observe(self._rescope, names="value")
         self.scope = W.HTML()
@@ -126,15 +156,25 @@ class Dashboard:
         for name, w in self.panels.items():
             w.add_class("tts-panel")
             w.add_class(f"tts-plot-{name}")
-        grid = W.GridBox(list(self.panels.values()),
-                         layout=W.Layout(grid_template_columns="repeat(auto-fill, minmax(620px, 1fr))",
-                                         grid_gap="10px"))
+        grid = W.GridBox(
+            list(self.panels.values()),
+            layout=W.Layout(grid_template_columns="repeat(auto-fill, minmax(620px, 1fr))", grid_gap="10px"),
+        )
         self.body = W.VBox([W.HBox(list(self.numbers.values()), layout=W.Layout(flex_flow="row wrap")), grid])
-        self.widget = W.VBox([self.title, W.HBox([*self.dropdowns.values(), self.learner],
-                                                 layout=W.Layout(flex_flow="row wrap")),
-                              W.HBox([self.since, self.until, self.system_box, self.csv],
-                                     layout=W.Layout(flex_flow="row wrap", align_items="center")),
-                              self.scope, self.message, self.drill, self.body])
+        self.widget = W.VBox(
+            [
+                self.title,
+                W.HBox([*self.dropdowns.values(), self.learner], layout=W.Layout(flex_flow="row wrap")),
+                W.HBox(
+                    [self.since, self.until, self.system_box, self.csv],
+                    layout=W.Layout(flex_flow="row wrap", align_items="center"),
+                ),
+                self.scope,
+                self.message,
+                self.drill,
+                self.body,
+            ]
+        )
         self.widget.add_class("tts-report")
         if error is not None:
             self._say(error)
@@ -167,7 +207,7 @@ class Dashboard:
         try:
             with EventStore(source) as store:
                 shown = display_url(store.url)
-                result = tts.compute(tts.EventTable.from_store(store))   # system identities: see select
+                result = tts.compute(tts.EventTable.from_store(store))  # system identities: see select
         except (EventStoreError, EventError) as exc:
             return cls(None, estimates, source=source, error=f"⚠ {exc}")
         return cls(result, estimates, source=shown)
@@ -184,10 +224,12 @@ class Dashboard:
     @property
     def date_range(self) -> tuple[float | None, float | None]:
         """(since, until) in UTC seconds from the pickers; the 'to' day is included."""
+
         def ts(d: _dt.date | None, days: int = 0) -> float | None:
             if d is None:
                 return None
             return _dt.datetime(d.year, d.month, d.day, tzinfo=_dt.timezone.utc).timestamp() + days * 86400
+
         return ts(self.since.value), ts(self.until.value, 1)
 
     def select(self, **filters: str | None) -> None:
@@ -196,8 +238,9 @@ class Dashboard:
             w = self.learner if name == "learner" else self.dropdowns[name]
             w.value = ALL if value is None else value
 
-    def set_scope(self, *, since: _dt.date | None = None, until: _dt.date | None = None,
-                  include_system: bool | None = None) -> None:
+    def set_scope(
+        self, *, since: _dt.date | None = None, until: _dt.date | None = None, include_system: bool | None = None
+    ) -> None:
         """Set the date range and the system toggle as a user would."""
         self.since.value, self.until.value = since, until
         if include_system is not None:
@@ -224,8 +267,9 @@ class Dashboard:
     def _show_scope(self) -> None:
         since, until = self.date_range
         inc = bool(self.system_box.value)
-        excluded = 0 if inc or self.full is None else int((self.full.mask(since=since, until=until)
-                                                           & self.full.system).sum())
+        excluded = (
+            0 if inc or self.full is None else int((self.full.mask(since=since, until=until) & self.full.system).sum())
+        )
         html_ = f'<p class="tts-scope">{e(render.scope(since, until, inc, excluded))}</p>'
         if inc:
             html_ += f'<p class="tts-simulated">{e(render.SIMULATED)}</p>'
@@ -258,15 +302,26 @@ class Dashboard:
             for w in self.panels.values():
                 w.value = ""
             self.grid.layout.display = "none"
-            only_system = (not len(self.result) and self.full is not None and len(self.full)
-                           and not self.system_box.value and bool(self.full.system.all()))
-            self._say("Only system identities (release gate, demo bots, benchmarks) have events so far: tick "
-                      "'include system identities' to see them." if only_system else
-                      f"No events match {describe(f)}: choose another filter.")
+            only_system = (
+                not len(self.result)
+                and self.full is not None
+                and len(self.full)
+                and not self.system_box.value
+                and bool(self.full.system.all())
+            )
+            self._say(
+                "Only system identities (release gate, demo bots, benchmarks) have events so far: tick "
+                "'include system identities' to see them."
+                if only_system
+                else f"No events match {describe(f)}: choose another filter."
+            )
             self.updates += 1
             return
-        self._say("" if summary["count"] else
-                  f"No learner has passed a check yet in {describe(f)}: no time to signal to show.")
+        self._say(
+            ""
+            if summary["count"]
+            else f"No learner has passed a check yet in {describe(f)}: no time to signal to show."
+        )
         for cls, html_ in render.numbers_html(summary).items():
             self.numbers[cls].value = html_
         self.grid.layout.display = ""
@@ -292,8 +347,9 @@ class Dashboard:
                 return
             sel = e(describe(f))
             for name, title, keys in PANELS:
-                self.panels[name].value = (f'<h2 data-selection="{sel}">{e(title)}</h2>'
-                                           + "".join(parts[k] for k in keys))
+                self.panels[name].value = f'<h2 data-selection="{sel}">{e(title)}</h2>' + "".join(
+                    parts[k] for k in keys
+                )
 
     def wait(self, timeout: float = 60.0) -> None:
         """Block until the plots of the latest selection are drawn (tests, exports)."""

@@ -40,21 +40,25 @@ def note(text: str, cls: str = "tts-empty") -> str:
 def short(text: Any, limit: int = LABEL_MAX) -> str:
     """A label from data, at most ``limit`` characters."""
     s = str(text)
-    return s if len(s) <= limit else s[:limit - 1] + "…"
+    return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
 def plain_text(fn: Callable[..., str]) -> Callable[..., str]:
     """Run a plot function with math text and LaTeX off (labels are data, not formulas)."""
+
     @functools.wraps(fn)
     def run(*args: Any, **kw: Any) -> str:
         import matplotlib
+
         with matplotlib.rc_context(PLAIN_TEXT):
             return fn(*args, **kw)
+
     return run
 
 
 def _figure(height: float = HEIGHT):
     from matplotlib.figure import Figure
+
     fig = Figure(figsize=(WIDTH, height), dpi=DPI, layout="constrained")
     return fig, fig.add_subplot()
 
@@ -85,8 +89,15 @@ def distribution(series: dict[str, np.ndarray], median_s: float | None, p90_s: f
     fig, ax = _figure()
     for i, (ver, vals) in enumerate(sorted(series.items(), key=lambda kv: version_key(kv[0]))):
         counts, _ = np.histogram(np.clip(vals / 60.0, 0, edges[-1]), bins=edges)
-        ax.stairs(counts, edges, label=f"{short(ver or '(no version)')} (n={len(vals)})", color=COLORS[i % len(COLORS)],
-                  fill=len(series) == 1, alpha=0.6 if len(series) == 1 else 1.0, linewidth=1.8)
+        ax.stairs(
+            counts,
+            edges,
+            label=f"{short(ver or '(no version)')} (n={len(vals)})",
+            color=COLORS[i % len(COLORS)],
+            fill=len(series) == 1,
+            alpha=0.6 if len(series) == 1 else 1.0,
+            linewidth=1.8,
+        )
     for val, label, ls in ((median_s, "median", "-"), (p90_s, "p90", "--")):
         if val is not None:
             ax.axvline(val / 60.0, color="#333", linestyle=ls, linewidth=1)
@@ -113,8 +124,13 @@ def trend(rows: Sequence[dict[str, Any]]) -> str:
     multi_course = len({c for c, _ in lines}) > 1
     for i, ((course, module), rs) in enumerate(sorted(lines.items())):
         rs = sorted(rs, key=lambda r: version_key(r["version"]))
-        ax.plot([x[r["version"]] for r in rs], [r["median"] / 60.0 for r in rs], marker="o",
-                color=COLORS[i % len(COLORS)], label=short(f"{course}/{module}" if multi_course else module))
+        ax.plot(
+            [x[r["version"]] for r in rs],
+            [r["median"] / 60.0 for r in rs],
+            marker="o",
+            color=COLORS[i % len(COLORS)],
+            label=short(f"{course}/{module}" if multi_course else module),
+        )
     ax.set_xticks(range(len(versions)), [short(v) for v in versions])
     ax.set_xlabel("curriculum version")
     ax.set_ylabel("median time to signal (min)")

@@ -22,10 +22,13 @@ from reports import plots
 from reports.tts import FUNNEL, UNIT, TTSResult, fmt_duration, minutes, version_key
 
 ALL = "(all)"
-NUMBERS = (("tts-median", "median time to signal", "median"), ("tts-p90", "p90 time to signal", "p90"),
-           ("tts-count", "learner x module with a signal", "count"),
-           ("tts-never-passed", "opened, never passed", "never_passed"),
-           ("tts-skewed", "excluded: clock skew / no opening", "skewed"))
+NUMBERS = (
+    ("tts-median", "median time to signal", "median"),
+    ("tts-p90", "p90 time to signal", "p90"),
+    ("tts-count", "learner x module with a signal", "count"),
+    ("tts-never-passed", "opened, never passed", "never_passed"),
+    ("tts-skewed", "excluded: clock skew / no opening", "skewed"),
+)
 
 CSS = """
 .tts-report { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; color: #222; max-width: 1320px; }
@@ -51,14 +54,18 @@ table.tts-table th { background: #f3f3f3; } table.tts-table td.t, table.tts-tabl
 .tts-learner h2 { margin-top: 0.6em; }
 """
 
-DEFINITION = ("Time to signal = first passing check a learner asked for minus the first opening of the module "
-              "(per learner, module, course and curriculum version), in minutes. Re-opening does not reset the "
-              "clock; a pass up to {skew:g} min before the opening (writer clock skew) counts as 0, further "
-              "before it is excluded and counted; learners who never passed have no time to signal. "
-              "System identities (release gate, demo bots, benchmarks) are left out unless included.")
+DEFINITION = (
+    "Time to signal = first passing check a learner asked for minus the first opening of the module "
+    "(per learner, module, course and curriculum version), in minutes. Re-opening does not reset the "
+    "clock; a pass up to {skew:g} min before the opening (writer clock skew) counts as 0, further "
+    "before it is excluded and counted; learners who never passed have no time to signal. "
+    "System identities (release gate, demo bots, benchmarks) are left out unless included."
+)
 #: Said wherever system identities are included: their times are not people's.
-SIMULATED = ("Includes system identities (release gate runs, demo bots, benchmarks): their times are "
-             "simulated -- machines working through modules, not people learning.")
+SIMULATED = (
+    "Includes system identities (release gate runs, demo bots, benchmarks): their times are "
+    "simulated -- machines working through modules, not people learning."
+)
 
 
 def e(x: Any) -> str:
@@ -75,8 +82,10 @@ def printable(x: Any) -> str:
     s = str(x)
     if not any(unicodedata.category(c) == "Cc" or ord(c) in _UNSAFE for c in s):
         return s
-    return "".join(c.encode("unicode_escape").decode("ascii")
-                   if unicodedata.category(c) == "Cc" or ord(c) in _UNSAFE else c for c in s)
+    return "".join(
+        c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) == "Cc" or ord(c) in _UNSAFE else c
+        for c in s
+    )
 
 
 def day(t: float | None) -> str:
@@ -84,8 +93,13 @@ def day(t: float | None) -> str:
     return "–" if t is None else _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%d")
 
 
-def scope(since: float | None = None, until: float | None = None, include_system: bool = False,
-          excluded: int = 0, filters: Mapping[str, Any] | None = None) -> str:
+def scope(
+    since: float | None = None,
+    until: float | None = None,
+    include_system: bool = False,
+    excluded: int = 0,
+    filters: Mapping[str, Any] | None = None,
+) -> str:
     """One sentence saying what a page covers: date range, system identities, export filters."""
     if since is None and until is None:
         when = "every date"
@@ -95,9 +109,13 @@ def scope(since: float | None = None, until: float | None = None, include_system
         when = f"modules opened before {day(until)}"
     else:
         when = f"modules opened from {day(since)} to {day(until - 1)}"
-    who = ("system identities included" if include_system else
-           f"system identities left out ({excluded:,} learner × module)" if excluded else
-           "no system identities")
+    who = (
+        "system identities included"
+        if include_system
+        else f"system identities left out ({excluded:,} learner × module)"
+        if excluded
+        else "no system identities"
+    )
     sel = describe({k: v for k, v in (filters or {}).items() if v is not None})
     return f"Covers {when}; {sel if filters and sel != 'all events' else 'all learners'}; {who}."
 
@@ -119,7 +137,7 @@ def number_html(cls: str, title: str, summary: Mapping[str, Any] | None, key: st
     """Inner HTML of one number tile (``summary`` None: no data)."""
     v = None if summary is None else summary.get(key)
     if key in ("median", "p90"):
-        data = "" if v is None else f"{v:.3f}"   # seconds, for machines; shown in minutes
+        data = "" if v is None else f"{v:.3f}"  # seconds, for machines; shown in minutes
         shown = fmt_duration(v)
         attr = f'data-seconds="{data}"'
     else:
@@ -150,7 +168,7 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, s
     """``columns``: (key, header, how) with how in text|int|dur|float."""
     if not rows:
         return plots.note("Nothing to list for this selection.")
-    if len({r.get("course") for r in rows}) == 1:   # one course: the column would say nothing
+    if len({r.get("course") for r in rows}) == 1:  # one course: the column would say nothing
         columns = [c for c in columns if c[0] != "course"]
     head = "".join(f'<th class="{"t" if how == "text" else ""}">{e(header(h, how))}</th>' for _, h, how in columns)
     body = []
@@ -181,36 +199,74 @@ def when(t: float | None) -> str:
     return "–" if t is None else _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-SUMMARY_COLS = [("course", "course", "text"), ("version", "version", "text"), ("module", "module", "text"),
-                ("team", "team", "text"), ("median", "median", "dur"), ("p90", "p90", "dur"),
-                ("count", "with signal", "int"), ("never_passed", "never passed", "int"),
-                ("skewed", "skewed", "int"), ("no_open", "no opening", "int")]
-TREND_COLS = [("course", "course", "text"), ("module", "module", "text"), ("version", "version", "text"),
-              ("median", "median", "dur"), ("p90", "p90", "dur"), ("count", "with signal", "int"),
-              ("never_passed", "never passed", "int")]
-FUNNEL_COLS = [("course", "course", "text"), ("version", "version", "text"), ("module", "module", "text")] + \
-              [(s, s, "int") for s, _ in FUNNEL]
-ESTIMATE_COLS = [("course", "course", "text"), ("version", "version", "text"), ("module", "module", "text"),
-                 ("completed", "completed", "int"), ("median_minutes", "actual median (min)", "float"),
-                 ("p90_minutes", "actual p90 (min)", "float"), ("estimated_minutes", "estimated (min)", "float"),
-                 ("ratio", "actual / estimated", "float")]
-DRILL_COLS = [("course", "course", "text"), ("version", "version", "text"), ("module", "module", "text"),
-              ("team", "team", "text"), ("opened", "opened", "when"), ("tts", "time to signal", "dur"),
-              ("status", "status", "text"), ("attempts", "attempts", "int"),
-              ("checks_passed", "checks passed", "int"), ("checks_seen", "checks tried", "int"),
-              ("failures", "failed results", "int"), ("completed", "completed", "when")]
-CHECK_COLS = [("course", "course", "text"), ("version", "version", "text"), ("module", "module", "text"),
-              ("check", "check", "text"), ("median", "median to first pass", "dur"), ("p90", "p90", "dur"),
-              ("passed", "learners passed", "int"), ("fails", "failures", "int"),
-              ("learners_failed", "learners who failed", "int")]
+SUMMARY_COLS = [
+    ("course", "course", "text"),
+    ("version", "version", "text"),
+    ("module", "module", "text"),
+    ("team", "team", "text"),
+    ("median", "median", "dur"),
+    ("p90", "p90", "dur"),
+    ("count", "with signal", "int"),
+    ("never_passed", "never passed", "int"),
+    ("skewed", "skewed", "int"),
+    ("no_open", "no opening", "int"),
+]
+TREND_COLS = [
+    ("course", "course", "text"),
+    ("module", "module", "text"),
+    ("version", "version", "text"),
+    ("median", "median", "dur"),
+    ("p90", "p90", "dur"),
+    ("count", "with signal", "int"),
+    ("never_passed", "never passed", "int"),
+]
+FUNNEL_COLS = [("course", "course", "text"), ("version", "version", "text"), ("module", "module", "text")] + [
+    (s, s, "int") for s, _ in FUNNEL
+]
+ESTIMATE_COLS = [
+    ("course", "course", "text"),
+    ("version", "version", "text"),
+    ("module", "module", "text"),
+    ("completed", "completed", "int"),
+    ("median_minutes", "actual median (min)", "float"),
+    ("p90_minutes", "actual p90 (min)", "float"),
+    ("estimated_minutes", "estimated (min)", "float"),
+    ("ratio", "actual / estimated", "float"),
+]
+DRILL_COLS = [
+    ("course", "course", "text"),
+    ("version", "version", "text"),
+    ("module", "module", "text"),
+    ("team", "team", "text"),
+    ("opened", "opened", "when"),
+    ("tts", "time to signal", "dur"),
+    ("status", "status", "text"),
+    ("attempts", "attempts", "int"),
+    ("checks_passed", "checks passed", "int"),
+    ("checks_seen", "checks tried", "int"),
+    ("failures", "failed results", "int"),
+    ("completed", "completed", "when"),
+]
+CHECK_COLS = [
+    ("course", "course", "text"),
+    ("version", "version", "text"),
+    ("module", "module", "text"),
+    ("check", "check", "text"),
+    ("median", "median to first pass", "dur"),
+    ("p90", "p90", "dur"),
+    ("passed", "learners passed", "int"),
+    ("fails", "failures", "int"),
+    ("learners_failed", "learners who failed", "int"),
+]
 
 
 def _ratio_fmt(rows: list[dict]) -> list[dict]:
     return [{**r, "ratio": None if r["ratio"] is None else round(r["ratio"], 2)} for r in rows]
 
 
-def sections(result: TTSResult, estimates: Mapping, filters: Mapping[str, str | None],
-             *, checks_limit: int = 12) -> dict[str, str]:
+def sections(
+    result: TTSResult, estimates: Mapping, filters: Mapping[str, str | None], *, checks_limit: int = 12
+) -> dict[str, str]:
     """Every plot and table of the report for one selection, as HTML fragments by name."""
     f = dict(filters)
     summ = result.summary(**f)
@@ -229,8 +285,9 @@ def sections(result: TTSResult, estimates: Mapping, filters: Mapping[str, str | 
     return {
         "distribution": plots.distribution(series, summ["median"], summ["p90"]),
         "trend": plots.trend(trend_rows),
-        "trend_table": table(result.trend(**no_version), [c for c in TREND_COLS if c[0] != "module"],
-                             "tts-trend-table"),
+        "trend_table": table(
+            result.trend(**no_version), [c for c in TREND_COLS if c[0] != "module"], "tts-trend-table"
+        ),
         "funnel": plots.funnel(funnel_rows, [s for s, _ in FUNNEL]),
         "funnel_table": table(funnel_rows, FUNNEL_COLS, "tts-funnel-table"),
         "estimate": plots.estimate(est_rows),
@@ -240,8 +297,9 @@ def sections(result: TTSResult, estimates: Mapping, filters: Mapping[str, str | 
     }
 
 
-def drill_down(result: TTSResult, learner: str | None, filters: Mapping[str, Any] | None = None,
-               *, combo_attr: bool = False) -> str:
+def drill_down(
+    result: TTSResult, learner: str | None, filters: Mapping[str, Any] | None = None, *, combo_attr: bool = False
+) -> str:
     """One learner's modules as an HTML table (``tts-learner-table``), or a line asking to
     choose one.  ``combo_attr``: rows carry ``data-combo`` (course, version, module, team) for
     the static page's script to follow the filters."""
@@ -256,8 +314,10 @@ def drill_down(result: TTSResult, learner: str | None, filters: Mapping[str, Any
         sep = "\u001f"
         parts = html_.split("<tr>")
         # parts[0] ends before the header row, parts[1] is the header; body rows follow in order
-        body = [f'<tr data-combo="{e(sep.join(r[n] for n in ("course", "version", "module", "team")))}">' + p
-                for r, p in zip(rows, parts[2:])]
+        body = [
+            f'<tr data-combo="{e(sep.join(r[n] for n in ("course", "version", "module", "team")))}">' + p
+            for r, p in zip(rows, parts[2:])
+        ]
         html_ = "<tr>".join(parts[:2]) + "".join(body)
     return f"<h2>Learner {e(learner)}</h2>{html_}"
 

@@ -37,8 +37,10 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> N
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
-            raise ReportError(f"Voila exited with code {proc.returncode} before serving the report; "
-                              f"its log ({log}) ends: {' '.join(tail.split())[-400:]}")
+            raise ReportError(
+                f"Voila exited with code {proc.returncode} before serving the report; "
+                f"its log ({log}) ends: {' '.join(tail.split())[-400:]}"
+            )
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
@@ -52,9 +54,16 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> N
     raise ReportError(f"Voila did not answer {url} within {timeout:.0f} s (log: {log})")
 
 
-def serve(home: str | os.PathLike | None = None, port: int | None = None, *, url: str | None = None,
-          env: Mapping[str, str] | None = None, timeout: float = 60.0,
-          log: str | os.PathLike | None = None, cull_idle: int = 120) -> tuple[subprocess.Popen, str]:
+def serve(
+    home: str | os.PathLike | None = None,
+    port: int | None = None,
+    *,
+    url: str | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 60.0,
+    log: str | os.PathLike | None = None,
+    cull_idle: int = 120,
+) -> tuple[subprocess.Popen, str]:
     """Start Voila on the dashboard; returns (process, URL).  Stop it with :func:`stop`.
 
     The events come from ``url`` (or ``$LIVELAB_EVENTS_URL``), else ``home``'s store; the
@@ -68,6 +77,7 @@ def serve(home: str | os.PathLike | None = None, port: int | None = None, *, url
     with EventStore(home, url=url):
         pass
     from lab_hardware.home import resolve
+
     port = port or free_port()
     if not 0 < port < 65536:
         raise ReportError(f"port {port} is not a TCP port: use 1-65535 or leave it out for a free one")
@@ -84,13 +94,29 @@ def serve(home: str | os.PathLike | None = None, port: int | None = None, *, url
     child_env.setdefault("PYTHONUNBUFFERED", "1")
     log_path = Path(log) if log else Path(tempfile.mkstemp(prefix="livelab-report-voila-", suffix=".log")[1])
     fh = open(log_path, "wb")
-    argv = [sys.executable, "-m", "voila", "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1",
-            "--Voila.port_retries=0", f"--MappingKernelManager.cull_idle_timeout={int(cull_idle)}",
-            f"--MappingKernelManager.cull_interval={max(1, min(60, int(cull_idle) // 2))}",
-            "--MappingKernelManager.cull_connected=False", str(NOTEBOOK)]
+    argv = [
+        sys.executable,
+        "-m",
+        "voila",
+        "--no-browser",
+        f"--port={port}",
+        "--Voila.ip=127.0.0.1",
+        "--Voila.port_retries=0",
+        f"--MappingKernelManager.cull_idle_timeout={int(cull_idle)}",
+        f"--MappingKernelManager.cull_interval={max(1, min(60, int(cull_idle) // 2))}",
+        "--MappingKernelManager.cull_connected=False",
+        str(NOTEBOOK),
+    ]
     # A session of its own: a Ctrl-C in the terminal reaches the CLI, which stops Voila in order.
-    proc = subprocess.Popen(argv, cwd=str(NOTEBOOK.parent), env=child_env, stdout=fh,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        argv,
+        cwd=str(NOTEBOOK.parent),
+        env=child_env,
+        stdout=fh,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     fh.close()
     proc.log_path = log_path  # type: ignore[attr-defined]
     address = f"http://127.0.0.1:{port}/"
@@ -106,6 +132,7 @@ def serve(home: str | os.PathLike | None = None, port: int | None = None, *, url
 def stop(proc: subprocess.Popen, timeout: float = 20.0) -> None:
     """SIGTERM Voila (it shuts its kernels down), wait, then reap any kernel it left behind."""
     import psutil
+
     try:
         children = psutil.Process(proc.pid).children(recursive=True)
     except psutil.NoSuchProcess:

@@ -140,8 +140,12 @@ def json_for_script(obj: Any) -> str:
     """JSON safe inside ``<script type="application/json">``: ``<``, ``>`` and ``&`` as ``\\u``
     escapes (no ``</script>``, no ``<!--`` can end or bend the element) and U+2028/U+2029 escaped
     too (``ensure_ascii``), and still JSON that ``JSON.parse`` reads back to the same values."""
-    return (json.dumps(obj, ensure_ascii=True, separators=(",", ":"))
-            .replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
+    return (
+        json.dumps(obj, ensure_ascii=True, separators=(",", ":"))
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+    )
 
 
 _json_for_script = json_for_script  # the old name
@@ -158,11 +162,10 @@ def _selections(result: tts.TTSResult) -> list[tuple[str, dict[str, str | None]]
     return out
 
 
-def _combos(result: tts.TTSResult,
-            selections: list[tuple[str, dict[str, str | None]]] | None = None) -> dict[str, Any]:
+def _combos(result: tts.TTSResult, selections: list[tuple[str, dict[str, str | None]]] | None = None) -> dict[str, Any]:
     """Numbers of every filter combination that has data (``*`` = all)."""
     out = {}
-    for k, f in (_selections(result) if selections is None else selections):
+    for k, f in _selections(result) if selections is None else selections:
         s = result.summary(**f)
         out[k] = {"numbers": render.numbers_html(s), "count": s["count"], "label": describe(f)}
     return out
@@ -171,27 +174,38 @@ def _combos(result: tts.TTSResult,
 def _plotly_js() -> str:
     """plotly.js, to inline once (imported here: only an export needs it)."""
     from plotly.offline import get_plotlyjs
-    return get_plotlyjs().replace("</script", "<\\/script")   # (it has none today)
+
+    return get_plotlyjs().replace("</script", "<\\/script")  # (it has none today)
 
 
-def render_html(result: tts.TTSResult | None, estimates: Mapping | None = None, *, source: str = "",
-                generated: float | None = None, error: str | None = None, scope: str = "",
-                include_system: bool = False) -> str:
+def render_html(
+    result: tts.TTSResult | None,
+    estimates: Mapping | None = None,
+    *,
+    source: str = "",
+    generated: float | None = None,
+    error: str | None = None,
+    scope: str = "",
+    include_system: bool = False,
+) -> str:
     """The whole report page as a string (see the module doc for what it holds).  ``scope``
     says what the file covers; ``include_system``: the page says the system identities' times
     are simulated."""
-    when = _dt.datetime.fromtimestamp(generated if generated is not None else _dt.datetime.now().timestamp(),
-                                      _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = _dt.datetime.fromtimestamp(
+        generated if generated is not None else _dt.datetime.now().timestamp(), _dt.timezone.utc
+    ).strftime("%Y-%m-%d %H:%M UTC")
     empty = error is not None or result is None or len(result) == 0
-    head = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>Time to signal</title><style>{CSS}</style></head><body>"
-            f'<div class="tts-report"><h1>Time to signal</h1>'
-            f'<div class="tts-source">events: {e(source)} · generated {e(when)}'
-            f"{'' if empty else f' · {result.events:,} events · {len(result):,} learner × module'}</div>"
-            f'<p class="tts-definition">{e(DEFINITION.format(skew=tts.SKEW_ALLOWANCE / 60))}</p>'
-            + (f'<p class="tts-scope">{e(scope)}</p>' if scope else "")
-            + (f'<p class="tts-simulated">{e(render.SIMULATED)}</p>' if include_system else ""))
+    head = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>Time to signal</title><style>{CSS}</style></head><body>"
+        f'<div class="tts-report"><h1>Time to signal</h1>'
+        f'<div class="tts-source">events: {e(source)} · generated {e(when)}'
+        f"{'' if empty else f' · {result.events:,} events · {len(result):,} learner × module'}</div>"
+        f'<p class="tts-definition">{e(DEFINITION.format(skew=tts.SKEW_ALLOWANCE / 60))}</p>'
+        + (f'<p class="tts-scope">{e(scope)}</p>' if scope else "")
+        + (f'<p class="tts-simulated">{e(render.SIMULATED)}</p>' if include_system else "")
+    )
     if empty:
         msg = error if error is not None else no_data_message(source)
         return head + f'<div class="tts-message">{e(msg)}</div></div></body></html>\n'
@@ -199,54 +213,69 @@ def render_html(result: tts.TTSResult | None, estimates: Mapping | None = None, 
     selects = []
     for n in FILTERS:
         opts = "".join(f'<option value="={e(v)}">{e(label(v, n))}</option>' for v in render.options(result, n))
-        selects.append(f'<label>{n} <select id="tts-filter-{n}" class="tts-filter tts-filter-{n}">'
-                       f'<option value="*">{ALL}</option>{opts}</select></label>')
+        selects.append(
+            f'<label>{n} <select id="tts-filter-{n}" class="tts-filter tts-filter-{n}">'
+            f'<option value="*">{ALL}</option>{opts}</select></label>'
+        )
     learners = result.learners()
     opts = "".join(f'<option value="={e(v)}">{e(v)}</option>' for v in learners)
-    selects.append(f'<label>learner <select id="tts-filter-learner" class="tts-filter tts-filter-learner">'
-                   f'<option value="*">(choose)</option>{opts}</select></label>')
+    selects.append(
+        f'<label>learner <select id="tts-filter-learner" class="tts-filter tts-filter-learner">'
+        f'<option value="*">(choose)</option>{opts}</select></label>'
+    )
     summary = result.summary()
     tiles = "".join(f'<div class="tts-number {cls}">{h}</div>' for cls, h in render.numbers_html(summary).items())
     parts = render.sections(result, estimates or {}, {n: None for n in FILTERS}, checks_limit=CHECKS_LIMIT)
-    panels = "".join(_panel(name, title, parts[keys[0]], {k: parts[k] for k in keys[1:]})
-                     for name, title, keys in PANELS)
+    panels = "".join(
+        _panel(name, title, parts[keys[0]], {k: parts[k] for k in keys[1:]}) for name, title, keys in PANELS
+    )
     rows = result.table()
     body_rows = []
     for r in rows:
         combo = SEP.join(r[n] for n in FILTERS)
         cells = "".join(
-            f'<td class="t">{e(label(r[k], k))}</td>' if how == "text" else
-            (f"<td>{e(tts.fmt_duration(r[k]))}</td>" if how == "dur" else f"<td>{e(r[k])}</td>")
-            for k, _, how in render.SUMMARY_COLS)
+            f'<td class="t">{e(label(r[k], k))}</td>'
+            if how == "text"
+            else (f"<td>{e(tts.fmt_duration(r[k]))}</td>" if how == "dur" else f"<td>{e(r[k])}</td>")
+            for k, _, how in render.SUMMARY_COLS
+        )
         body_rows.append(f'<tr data-combo="{e(combo)}">{cells}</tr>')
     head_cells = "".join(f'<th class="{"t" if how == "text" else ""}">{e(h)}</th>' for _, h, how in render.SUMMARY_COLS)
-    summary_table = (f'<table class="tts-table tts-summary-table"><thead><tr>{head_cells}</tr></thead>'
-                     f'<tbody>{"".join(body_rows)}</tbody></table>')
+    summary_table = (
+        f'<table class="tts-table tts-summary-table"><thead><tr>{head_cells}</tr></thead>'
+        f"<tbody>{''.join(body_rows)}</tbody></table>"
+    )
     selections = _selections(result)
     combos = _combos(result, selections)
     plots, refs = static_plots.payload(result, estimates or {}, selections, checks_limit=CHECKS_LIMIT)
     for k, ref in refs.items():
         combos[k].update(ref)
     choose = render.drill_down(result, None)
-    data = {"combos": combos, "empty": render.numbers_html(None), "plots": plots, "chooseLearner": choose,
-            "learners": {n: render.drill_down(result, n, combo_attr=True) for n in learners},
-            "noMatch": "No events match {sel}: choose another filter.",
-            "noSignal": "No learner has passed a check yet in {sel}: no time to signal to show."}
+    data = {
+        "combos": combos,
+        "empty": render.numbers_html(None),
+        "plots": plots,
+        "chooseLearner": choose,
+        "learners": {n: render.drill_down(result, n, combo_attr=True) for n in learners},
+        "noMatch": "No events match {sel}: choose another filter.",
+        "noSignal": "No learner has passed a check yet in {sel}: no time to signal to show.",
+    }
     # Option values: '*' for all, '=' + value otherwise (so that no value can pass for 'all').
     script = SCRIPT
-    return (head.replace("</style>", PAGE_CSS + "</style>", 1)
-            + f'<div class="tts-filters">{" ".join(selects)}</div>'
-            f'<div id="tts-message" class="tts-message"></div>'
-            f'<div class="tts-numbers">{tiles}</div>'
-            f'<p class="tts-source">The numbers, the summary table, the plots and their tables follow the '
-            f'filters (the trend compares every curriculum version under the other filters). Without '
-            f'JavaScript the page shows all the data.</p>'
-            f'<div id="tts-learner" class="tts-learner">{choose}</div>'
-            f'<div class="tts-grid">{panels}</div>'
-            f"<h2>Every course, version, module and team</h2>{summary_table}"
-            f"<script>{_plotly_js()}</script>"
-            f'<script type="application/json" id="tts-data">{json_for_script(data)}</script>'
-            f"<script>{script}</script></div></body></html>\n")
+    return (
+        head.replace("</style>", PAGE_CSS + "</style>", 1) + f'<div class="tts-filters">{" ".join(selects)}</div>'
+        f'<div id="tts-message" class="tts-message"></div>'
+        f'<div class="tts-numbers">{tiles}</div>'
+        f'<p class="tts-source">The numbers, the summary table, the plots and their tables follow the '
+        f"filters (the trend compares every curriculum version under the other filters). Without "
+        f"JavaScript the page shows all the data.</p>"
+        f'<div id="tts-learner" class="tts-learner">{choose}</div>'
+        f'<div class="tts-grid">{panels}</div>'
+        f"<h2>Every course, version, module and team</h2>{summary_table}"
+        f"<script>{_plotly_js()}</script>"
+        f'<script type="application/json" id="tts-data">{json_for_script(data)}</script>'
+        f"<script>{script}</script></div></body></html>\n"
+    )
 
 
 def _panel(name: str, title: str, plot: str, tables: Mapping[str, str]) -> str:
@@ -254,10 +283,12 @@ def _panel(name: str, title: str, plot: str, tables: Mapping[str, str]) -> str:
     the Plotly figure of the selection (shown by the script, which then hides the PNG), and
     the panel's tables (swapped by the script per selection)."""
     slots = "".join(f'<div class="tts-table-slot" data-table="{e(k)}">{html}</div>' for k, html in tables.items())
-    return (f'<div class="tts-panel tts-plot-{name}"><h2>{e(title)}</h2>'
-            f'<div class="tts-fallback">{plot}</div>'
-            f'<div class="tts-live" hidden><div class="tts-graph"></div><div class="tts-empty" hidden></div></div>'
-            f"{slots}</div>")
+    return (
+        f'<div class="tts-panel tts-plot-{name}"><h2>{e(title)}</h2>'
+        f'<div class="tts-fallback">{plot}</div>'
+        f'<div class="tts-live" hidden><div class="tts-graph"></div><div class="tts-empty" hidden></div></div>'
+        f"{slots}</div>"
+    )
 
 
 def check_output(path: str | os.PathLike) -> Path:
@@ -295,13 +326,21 @@ class Selection(NamedTuple):
 
 
 #: Said instead of "no events yet" when every event came from system identities.
-ONLY_SYSTEM = ("Only system identities (release gate runs, demo bots, benchmarks) have events in {source} "
-               "for this selection: include them (--include-system, or the page's check box) to see them.")
+ONLY_SYSTEM = (
+    "Only system identities (release gate runs, demo bots, benchmarks) have events in {source} "
+    "for this selection: include them (--include-system, or the page's check box) to see them."
+)
 
 
-def selected(home: str | os.PathLike | None, *, url: str | None = None, include_system: bool = False,
-             since: float | None = None, until: float | None = None,
-             **filters: str | None) -> Selection:
+def selected(
+    home: str | os.PathLike | None,
+    *,
+    url: str | None = None,
+    include_system: bool = False,
+    since: float | None = None,
+    until: float | None = None,
+    **filters: str | None,
+) -> Selection:
     """The events of ``home`` (or ``url``) as a report shows them (see :class:`Selection`).
     System identities are left out unless ``include_system``; ``since``/``until`` (UTC seconds)
     and ``filters`` (course, version, module, team, learner) restrict the groups."""
@@ -314,14 +353,23 @@ def selected(home: str | os.PathLike | None, *, url: str | None = None, include_
     return Selection(result, source, render.scope(since, until, include_system, excluded, f), excluded)
 
 
-def export(home: str | os.PathLike | None, out_html: str | os.PathLike, *, url: str | None = None,
-           estimates: Mapping | None = None, include_system: bool = False, since: float | None = None,
-           until: float | None = None, **filters: str | None) -> Path:
+def export(
+    home: str | os.PathLike | None,
+    out_html: str | os.PathLike,
+    *,
+    url: str | None = None,
+    estimates: Mapping | None = None,
+    include_system: bool = False,
+    since: float | None = None,
+    until: float | None = None,
+    **filters: str | None,
+) -> Path:
     """Write the static report for the events of ``home`` (or ``url`` / $LIVELAB_EVENTS_URL);
     the selection as :func:`selected`."""
     out = check_output(out_html)
-    result, source, scope, excluded = selected(home, url=url, include_system=include_system, since=since,
-                                               until=until, **filters)
+    result, source, scope, excluded = selected(
+        home, url=url, include_system=include_system, since=since, until=until, **filters
+    )
     if estimates is None:
         estimates = tts.load_estimates()
     error = ONLY_SYSTEM.format(source=source) if excluded and not len(result) else None
@@ -329,12 +377,20 @@ def export(home: str | os.PathLike | None, out_html: str | os.PathLike, *, url: 
     return _write(out, page)
 
 
-def export_csv(home: str | os.PathLike | None, out_csv: str | os.PathLike, *, url: str | None = None,
-               include_system: bool = False, since: float | None = None, until: float | None = None,
-               **filters: str | None) -> Path:
+def export_csv(
+    home: str | os.PathLike | None,
+    out_csv: str | os.PathLike,
+    *,
+    url: str | None = None,
+    include_system: bool = False,
+    since: float | None = None,
+    until: float | None = None,
+    **filters: str | None,
+) -> Path:
     """Write the CSV of what the page shows for the same selection (``reports/csv_export.py``):
     the summary table, or with ``learner=`` that learner's drill-down."""
     from reports import csv_export
+
     out = check_output(out_csv)
     learner = filters.pop("learner", None)
     result = selected(home, url=url, include_system=include_system, since=since, until=until, **filters).result

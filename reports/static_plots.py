@@ -39,13 +39,18 @@ TABLE_NAMES = ("trend_table", "funnel_table", "estimate_table", "checks_table")
 BINS = 30
 #: Nothing in a figure may make the page fetch anything: no logo link, no "send to cloud",
 #: no MathJax (no ``$...$`` in any text either); cartesian traces only (no topojson, no map tiles).
-CONFIG = {"displaylogo": False, "responsive": True, "showSendToCloud": False, "typesetMath": False,
-          "showTips": False}
+CONFIG = {"displaylogo": False, "responsive": True, "showSendToCloud": False, "typesetMath": False, "showTips": False}
 #: Shared by every figure (merged under each figure's own layout by the page's script).
-BASE_LAYOUT = {"font": {"family": "system-ui, -apple-system, 'Segoe UI', sans-serif", "size": 11, "color": "#222"},
-               "colorway": COLORS, "paper_bgcolor": "#fff", "plot_bgcolor": "#fff", "autosize": True,
-               "margin": {"l": 60, "r": 20, "t": 20, "b": 50}, "hoverlabel": {"namelength": -1},
-               "legend": {"font": {"size": 10}, "bgcolor": "rgba(255,255,255,0.6)"}}
+BASE_LAYOUT = {
+    "font": {"family": "system-ui, -apple-system, 'Segoe UI', sans-serif", "size": 11, "color": "#222"},
+    "colorway": COLORS,
+    "paper_bgcolor": "#fff",
+    "plot_bgcolor": "#fff",
+    "autosize": True,
+    "margin": {"l": 60, "r": 20, "t": 20, "b": 50},
+    "hoverlabel": {"namelength": -1},
+    "legend": {"font": {"size": 10}, "bgcolor": "rgba(255,255,255,0.6)"},
+}
 PX = DPI  # figure height: inches (plots.py) x DPI -> CSS pixels
 
 NO_DISTRIBUTION = "No time-to-signal to plot for this selection."
@@ -65,8 +70,16 @@ def _r(x: float | None, nd: int = 3) -> float | None:
 
 
 def _axis(title: str, **kw: Any) -> dict[str, Any]:
-    return {"title": {"text": title}, "showgrid": False, "zeroline": False, "linecolor": "#444",
-            "showline": True, "ticks": "outside", "automargin": True, **kw}
+    return {
+        "title": {"text": title},
+        "showgrid": False,
+        "zeroline": False,
+        "linecolor": "#444",
+        "showline": True,
+        "ticks": "outside",
+        "automargin": True,
+        **kw,
+    }
 
 
 def _value_axis(title: str, **kw: Any) -> dict[str, Any]:
@@ -81,6 +94,7 @@ def _categories(rows: Sequence[Mapping[str, Any]], fmt) -> list[str]:
 
 
 # ---- the common bins of the distribution ------------------------------------------------------
+
 
 def edges(result: TTSResult) -> np.ndarray | None:
     """Bin edges (minutes) for every selection's histogram: the matplotlib plot's rule applied
@@ -100,8 +114,10 @@ def histogram(values_s: np.ndarray, bin_edges: np.ndarray) -> list[int]:
 
 # ---- one figure per panel, for one selection ------------------------------------------------------
 
-def distribution(series: Mapping[str, np.ndarray], median_s: float | None, p90_s: float | None,
-                 bin_edges: np.ndarray | None) -> dict[str, Any]:
+
+def distribution(
+    series: Mapping[str, np.ndarray], median_s: float | None, p90_s: float | None, bin_edges: np.ndarray | None
+) -> dict[str, Any]:
     """Histogram of TTS minutes, one bar series per curriculum version (``series``: version ->
     seconds), with the selection's median and p90 marked."""
     series = {k: v for k, v in series.items() if len(v)}
@@ -111,24 +127,59 @@ def distribution(series: Mapping[str, np.ndarray], median_s: float | None, p90_s
     single = len(series) == 1
     traces = []
     for i, (ver, vals) in enumerate(sorted(series.items(), key=lambda kv: version_key(kv[0]))):
-        traces.append({"type": "bar", "name": f"{txt(ver or '(no version)')} (n={len(vals)})",
-                       "x0": round(width / 2, 6), "dx": round(width, 6), "width": round(width, 6),
-                       "y": histogram(vals, bin_edges), "marker": {"color": COLORS[i % len(COLORS)]},
-                       "opacity": 0.75 if single else 0.55,
-                       "hovertemplate": "%{fullData.name}<br>bin around %{x:.1f} min: %{y}<extra></extra>"})
+        traces.append(
+            {
+                "type": "bar",
+                "name": f"{txt(ver or '(no version)')} (n={len(vals)})",
+                "x0": round(width / 2, 6),
+                "dx": round(width, 6),
+                "width": round(width, 6),
+                "y": histogram(vals, bin_edges),
+                "marker": {"color": COLORS[i % len(COLORS)]},
+                "opacity": 0.75 if single else 0.55,
+                "hovertemplate": "%{fullData.name}<br>bin around %{x:.1f} min: %{y}<extra></extra>",
+            }
+        )
     shapes, notes = [], []
     for val, text, dash in ((median_s, "median", "solid"), (p90_s, "p90", "dash")):
         if val is not None:
             x = _r(val / 60.0)
-            shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": x, "x1": x, "y0": 0, "y1": 1,
-                           "line": {"color": "#333", "width": 1, "dash": dash}})
-            notes.append({"x": x, "y": 1, "xref": "x", "yref": "paper", "text": text, "showarrow": False,
-                          "xanchor": "left", "yanchor": "top", "font": {"size": 10}})
-    layout = {"height": int(HEIGHT * PX), "barmode": "overlay", "bargap": 0, "shapes": shapes, "annotations": notes,
-              "showlegend": True, "legend": {"x": 1, "xanchor": "right", "y": 1, "font": {"size": 10}},
-              "xaxis": _axis("time to signal (minutes; the last bin holds the slowest 1%)",
-                             range=[0, _r(bin_edges[-1])]),
-              "yaxis": _value_axis("learners x modules", rangemode="tozero")}
+            shapes.append(
+                {
+                    "type": "line",
+                    "xref": "x",
+                    "yref": "paper",
+                    "x0": x,
+                    "x1": x,
+                    "y0": 0,
+                    "y1": 1,
+                    "line": {"color": "#333", "width": 1, "dash": dash},
+                }
+            )
+            notes.append(
+                {
+                    "x": x,
+                    "y": 1,
+                    "xref": "x",
+                    "yref": "paper",
+                    "text": text,
+                    "showarrow": False,
+                    "xanchor": "left",
+                    "yanchor": "top",
+                    "font": {"size": 10},
+                }
+            )
+    layout = {
+        "height": int(HEIGHT * PX),
+        "barmode": "overlay",
+        "bargap": 0,
+        "shapes": shapes,
+        "annotations": notes,
+        "showlegend": True,
+        "legend": {"x": 1, "xanchor": "right", "y": 1, "font": {"size": 10}},
+        "xaxis": _axis("time to signal (minutes; the last bin holds the slowest 1%)", range=[0, _r(bin_edges[-1])]),
+        "yaxis": _value_axis("learners x modules", rangemode="tozero"),
+    }
     return {"data": traces, "layout": layout}
 
 
@@ -145,15 +196,25 @@ def trend(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     traces = []
     for i, ((course, module), rs) in enumerate(sorted(lines.items())):
         rs = sorted(rs, key=lambda r: version_key(r["version"]))
-        traces.append({"type": "scatter", "mode": "lines+markers",
-                       "name": txt(f"{course}/{module}" if multi_course else module),
-                       "x": [txt(r["version"]) for r in rs], "y": [_r(r["median"] / 60.0) for r in rs],
-                       "customdata": [r["count"] for r in rs], "line": {"color": COLORS[i % len(COLORS)]},
-                       "hovertemplate": "%{fullData.name} %{x}: median %{y:.1f} min "
-                                        "(%{customdata} with a signal)<extra></extra>"})
-    layout = {"height": int(HEIGHT * PX), "showlegend": True,
-              "xaxis": _axis("curriculum version", type="category", categoryorder="array", categoryarray=versions),
-              "yaxis": _value_axis("median time to signal (min)", rangemode="tozero")}
+        traces.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": txt(f"{course}/{module}" if multi_course else module),
+                "x": [txt(r["version"]) for r in rs],
+                "y": [_r(r["median"] / 60.0) for r in rs],
+                "customdata": [r["count"] for r in rs],
+                "line": {"color": COLORS[i % len(COLORS)]},
+                "hovertemplate": "%{fullData.name} %{x}: median %{y:.1f} min "
+                "(%{customdata} with a signal)<extra></extra>",
+            }
+        )
+    layout = {
+        "height": int(HEIGHT * PX),
+        "showlegend": True,
+        "xaxis": _axis("curriculum version", type="category", categoryorder="array", categoryarray=versions),
+        "yaxis": _value_axis("median time to signal (min)", rangemode="tozero"),
+    }
     return {"data": traces, "layout": layout}
 
 
@@ -163,17 +224,36 @@ def funnel(rows: Sequence[Mapping[str, Any]], stages: Sequence[str]) -> dict[str
     if not rows:
         return {"note": NO_FUNNEL}
     labels = _categories(rows, lambda r: f"{r['module']} {r['version']}")
-    traces = [{"type": "bar", "orientation": "h", "name": st, "y": labels,
-               "x": [round(100.0 * r[st] / r[stages[0]], 2) for r in rows], "customdata": [r[st] for r in rows],
-               "marker": {"color": COLORS[j % len(COLORS)]},
-               "hovertemplate": "%{y}, " + st + ": %{customdata} learners (%{x:.0f}%)<extra></extra>"}
-              for j, st in enumerate(stages)]
-    layout = {"height": int(max(HEIGHT, 1.2 + 0.35 * len(rows)) * PX) + 40, "barmode": "group",
-              "bargap": 0.2, "bargroupgap": 0, "showlegend": True,
-              "legend": {"orientation": "h", "x": 0.5, "xanchor": "center", "y": -0.18, "yanchor": "top",
-                         "font": {"size": 10}},
-              "xaxis": _value_axis("% of learners who opened the module", range=[0, 100]),
-              "yaxis": _axis("", type="category", autorange="reversed")}
+    traces = [
+        {
+            "type": "bar",
+            "orientation": "h",
+            "name": st,
+            "y": labels,
+            "x": [round(100.0 * r[st] / r[stages[0]], 2) for r in rows],
+            "customdata": [r[st] for r in rows],
+            "marker": {"color": COLORS[j % len(COLORS)]},
+            "hovertemplate": "%{y}, " + st + ": %{customdata} learners (%{x:.0f}%)<extra></extra>",
+        }
+        for j, st in enumerate(stages)
+    ]
+    layout = {
+        "height": int(max(HEIGHT, 1.2 + 0.35 * len(rows)) * PX) + 40,
+        "barmode": "group",
+        "bargap": 0.2,
+        "bargroupgap": 0,
+        "showlegend": True,
+        "legend": {
+            "orientation": "h",
+            "x": 0.5,
+            "xanchor": "center",
+            "y": -0.18,
+            "yanchor": "top",
+            "font": {"size": 10},
+        },
+        "xaxis": _value_axis("% of learners who opened the module", range=[0, 100]),
+        "yaxis": _axis("", type="category", autorange="reversed"),
+    }
     return {"data": traces, "layout": layout}
 
 
@@ -183,16 +263,33 @@ def estimate(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     if not any(r["median_minutes"] is not None for r in rows):
         return {"note": NO_ESTIMATE}
     labels = _categories(rows, lambda r: f"{r['module']} {r['version']}")
-    traces = [{"type": "bar", "name": "actual (median)", "x": labels,
-               "y": [_r(r["median_minutes"]) for r in rows], "customdata": [r["completed"] for r in rows],
-               "marker": {"color": COLORS[0]},
-               "hovertemplate": "%{x}: median %{y:.1f} min (%{customdata} completed)<extra></extra>"},
-              {"type": "bar", "name": "estimated", "x": labels, "y": [_r(r["estimated_minutes"]) for r in rows],
-               "marker": {"color": "#bbb"}, "hovertemplate": "%{x}: estimated %{y:.0f} min<extra></extra>"}]
-    layout = {"height": int(HEIGHT * PX) + 40, "barmode": "group", "showlegend": True,
-              "legend": {"x": 1, "xanchor": "right", "y": 1, "font": {"size": 10}},
-              "xaxis": _axis("", type="category", tickangle=-25, tickfont={"size": 9}),
-              "yaxis": _value_axis("minutes", rangemode="tozero")}
+    traces = [
+        {
+            "type": "bar",
+            "name": "actual (median)",
+            "x": labels,
+            "y": [_r(r["median_minutes"]) for r in rows],
+            "customdata": [r["completed"] for r in rows],
+            "marker": {"color": COLORS[0]},
+            "hovertemplate": "%{x}: median %{y:.1f} min (%{customdata} completed)<extra></extra>",
+        },
+        {
+            "type": "bar",
+            "name": "estimated",
+            "x": labels,
+            "y": [_r(r["estimated_minutes"]) for r in rows],
+            "marker": {"color": "#bbb"},
+            "hovertemplate": "%{x}: estimated %{y:.0f} min<extra></extra>",
+        },
+    ]
+    layout = {
+        "height": int(HEIGHT * PX) + 40,
+        "barmode": "group",
+        "showlegend": True,
+        "legend": {"x": 1, "xanchor": "right", "y": 1, "font": {"size": 10}},
+        "xaxis": _axis("", type="category", tickangle=-25, tickfont={"size": 9}),
+        "yaxis": _value_axis("minutes", rangemode="tozero"),
+    }
     return {"data": traces, "layout": layout}
 
 
@@ -202,25 +299,48 @@ def checks(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         return {"note": NO_CHECKS}
     med = [(r["median"] or 0) / 60.0 for r in rows]
     labels = _categories(rows, lambda r: f"{r['module']} {r['version']}: {r['check']}")
-    text = [f"{'never passed' if r['median'] is None else f'{m:.1f} min'}, {r['fails']} fails"
-            for r, m in zip(rows, med)]
-    traces = [{"type": "bar", "orientation": "h", "y": labels, "x": [round(m, 3) for m in med], "text": text,
-               "textposition": "outside", "cliponaxis": False, "textfont": {"size": 9},
-               "marker": {"color": [COLORS[2] if r["median"] is None else COLORS[0] for r in rows]},
-               "customdata": [r["passed"] for r in rows],
-               "hovertemplate": "%{y}<br>%{text}; %{customdata} learners passed<extra></extra>"}]
-    layout = {"height": int(max(HEIGHT, 0.6 + 0.3 * len(rows)) * PX), "showlegend": False, "bargap": 0.25,
-              "xaxis": _value_axis("median minutes from opening to the check's first pass",
-                                   range=[0, round(max(med + [1.0]) * 1.35, 3)]),
-              "yaxis": _axis("", type="category", autorange="reversed", tickfont={"size": 9})}
+    text = [
+        f"{'never passed' if r['median'] is None else f'{m:.1f} min'}, {r['fails']} fails" for r, m in zip(rows, med)
+    ]
+    traces = [
+        {
+            "type": "bar",
+            "orientation": "h",
+            "y": labels,
+            "x": [round(m, 3) for m in med],
+            "text": text,
+            "textposition": "outside",
+            "cliponaxis": False,
+            "textfont": {"size": 9},
+            "marker": {"color": [COLORS[2] if r["median"] is None else COLORS[0] for r in rows]},
+            "customdata": [r["passed"] for r in rows],
+            "hovertemplate": "%{y}<br>%{text}; %{customdata} learners passed<extra></extra>",
+        }
+    ]
+    layout = {
+        "height": int(max(HEIGHT, 0.6 + 0.3 * len(rows)) * PX),
+        "showlegend": False,
+        "bargap": 0.25,
+        "xaxis": _value_axis(
+            "median minutes from opening to the check's first pass", range=[0, round(max(med + [1.0]) * 1.35, 3)]
+        ),
+        "yaxis": _axis("", type="category", autorange="reversed", tickfont={"size": 9}),
+    }
     return {"data": traces, "layout": layout}
 
 
 # ---- every selection ----------------------------------------------------------------------------
 
-def selection(result: TTSResult, estimates: Mapping, filters: Mapping[str, str | None],
-              bin_edges: np.ndarray | None, *, checks_limit: int = 12,
-              trend_cache: dict | None = None) -> tuple[dict[str, dict], dict[str, str]]:
+
+def selection(
+    result: TTSResult,
+    estimates: Mapping,
+    filters: Mapping[str, str | None],
+    bin_edges: np.ndarray | None,
+    *,
+    checks_limit: int = 12,
+    trend_cache: dict | None = None,
+) -> tuple[dict[str, dict], dict[str, str]]:
     """Figures and panel tables of one selection, from the library calls ``render.sections``
     makes (same filters: the trend applies every filter but the version)."""
     f = dict(filters)
@@ -237,19 +357,27 @@ def selection(result: TTSResult, estimates: Mapping, filters: Mapping[str, str |
         trend_fig, trend_table = trend_cache[tkey]
     else:
         trend_fig = trend(result.trend(by_module=True, **no_version))
-        trend_table = render.table(result.trend(**no_version), [c for c in TREND_COLS if c[0] != "module"],
-                                   "tts-trend-table")
+        trend_table = render.table(
+            result.trend(**no_version), [c for c in TREND_COLS if c[0] != "module"], "tts-trend-table"
+        )
         if trend_cache is not None:
             trend_cache[tkey] = (trend_fig, trend_table)
     funnel_rows = result.funnel(**f)
     est_rows = render._ratio_fmt(result.minutes_vs_estimate(estimates, **f))
     check_rows = result.slowest_checks(checks_limit, **f)
-    figures = {"distribution": distribution(series, summ["median"], summ["p90"], bin_edges),
-               "trend": trend_fig, "funnel": funnel(funnel_rows, [s for s, _ in FUNNEL]),
-               "estimate": estimate(est_rows), "checks": checks(check_rows)}
-    tables = {"trend_table": trend_table, "funnel_table": render.table(funnel_rows, FUNNEL_COLS, "tts-funnel-table"),
-              "estimate_table": render.table(est_rows, ESTIMATE_COLS, "tts-estimate-table"),
-              "checks_table": render.table(check_rows, CHECK_COLS, "tts-checks-table")}
+    figures = {
+        "distribution": distribution(series, summ["median"], summ["p90"], bin_edges),
+        "trend": trend_fig,
+        "funnel": funnel(funnel_rows, [s for s, _ in FUNNEL]),
+        "estimate": estimate(est_rows),
+        "checks": checks(check_rows),
+    }
+    tables = {
+        "trend_table": trend_table,
+        "funnel_table": render.table(funnel_rows, FUNNEL_COLS, "tts-funnel-table"),
+        "estimate_table": render.table(est_rows, ESTIMATE_COLS, "tts-estimate-table"),
+        "checks_table": render.table(check_rows, CHECK_COLS, "tts-checks-table"),
+    }
     return figures, tables
 
 
@@ -268,8 +396,13 @@ class _Unique:
         return self._seen[k]
 
 
-def payload(result: TTSResult, estimates: Mapping, selections: Iterable[tuple[str, Mapping[str, str | None]]],
-            *, checks_limit: int = 12) -> tuple[dict[str, Any], dict[str, dict[str, list[int]]]]:
+def payload(
+    result: TTSResult,
+    estimates: Mapping,
+    selections: Iterable[tuple[str, Mapping[str, str | None]]],
+    *,
+    checks_limit: int = 12,
+) -> tuple[dict[str, Any], dict[str, dict[str, list[int]]]]:
     """The figures and tables of every selection (``(key, filters)`` pairs), deduplicated.
 
     Returns ``(shared, refs)``: ``shared`` holds the config, the base layout, the panel and table
@@ -282,11 +415,18 @@ def payload(result: TTSResult, estimates: Mapping, selections: Iterable[tuple[st
     refs: dict[str, dict[str, list[int]]] = {}
     cache: dict = {}
     for key, filters in selections:
-        figures, tables = selection(result, estimates, filters, bin_edges, checks_limit=checks_limit,
-                                    trend_cache=cache)
-        refs[key] = {"p": [figs[n].add(figures[n]) for n in PANEL_NAMES],
-                     "t": [tabs.add(tables[n]) for n in TABLE_NAMES]}
-    shared = {"config": CONFIG, "layout": BASE_LAYOUT, "panels": list(PANEL_NAMES), "tableNames": list(TABLE_NAMES),
-              "figures": {n: figs[n].items for n in PANEL_NAMES}, "tables": tabs.items,
-              "edges": None if bin_edges is None else [round(float(x), 6) for x in bin_edges]}
+        figures, tables = selection(result, estimates, filters, bin_edges, checks_limit=checks_limit, trend_cache=cache)
+        refs[key] = {
+            "p": [figs[n].add(figures[n]) for n in PANEL_NAMES],
+            "t": [tabs.add(tables[n]) for n in TABLE_NAMES],
+        }
+    shared = {
+        "config": CONFIG,
+        "layout": BASE_LAYOUT,
+        "panels": list(PANEL_NAMES),
+        "tableNames": list(TABLE_NAMES),
+        "figures": {n: figs[n].items for n in PANEL_NAMES},
+        "tables": tabs.items,
+        "edges": None if bin_edges is None else [round(float(x), 6) for x in bin_edges],
+    }
     return shared, refs

@@ -79,21 +79,22 @@ def _generate(seed: int, spec: Spec, n_events: int | None) -> EventTable:
     L, T = spec.learners, spec.teams
     team_of = rng.integers(0, T, L)
     # Sessions: every learner x course x version x module.
-    lc, cc, vc, mc = np.meshgrid(np.arange(L), np.arange(len(spec.courses)), np.arange(len(spec.versions)),
-                                 np.arange(len(mods)), indexing="ij")
+    lc, cc, vc, mc = np.meshgrid(
+        np.arange(L), np.arange(len(spec.courses)), np.arange(len(spec.versions)), np.arange(len(mods)), indexing="ij"
+    )
     lc, cc, vc, mc = (a.reshape(-1) for a in (lc, cc, vc, mc))
     S = len(lc)
-    med = np.array([MODULES[m][1] for m in mods])[mc] * 60.0 * spec.speedup ** vc
+    med = np.array([MODULES[m][1] for m in mods])[mc] * 60.0 * spec.speedup**vc
     # learners start each version a month apart, modules a day apart, at a random hour
     start = BASE_TIME + vc * 30 * 86400 + mc * 86400 + lc % 97 * 600 + rng.uniform(0, 3600, S)
     tts = med * rng.lognormal(0.0, 0.6, S)
     passes = rng.random(S) >= spec.p_never_pass
     n_checks = np.array([len(MODULES[m][0]) for m in mods])
-    skew = rng.normal(0.0, 3.0, S)                       # grader clock vs SDK clock
+    skew = rng.normal(0.0, 3.0, S)  # grader clock vs SDK clock
     far = rng.random(S) < spec.p_far_skew
-    skew[far] = -rng.uniform(600, 3600, far.sum())       # far beyond the allowance
+    skew[far] = -rng.uniform(600, 3600, far.sum())  # far beyond the allowance
 
-    parts: list[tuple[np.ndarray, ...]] = []             # (session, kind, check, time)
+    parts: list[tuple[np.ndarray, ...]] = []  # (session, kind, check, time)
 
     def add(sess, kind, check, t):
         parts.append((sess, np.full(len(sess), K[kind], np.int8), check, t))
@@ -113,12 +114,10 @@ def _generate(seed: int, spec: Spec, n_events: int | None) -> EventTable:
     # half the failures are on the module's hardest check (its last), the rest anywhere
     hard = rng.random(len(fs)) < 0.5
     fcheck = np.where(hard, n_checks[mc[fs]] - 1, rng.integers(0, 1 << 30, len(fs)) % n_checks[mc[fs]])
-    add(fs, "check-failed", fcheck,
-        start[fs] + rng.uniform(0, 1, len(fs)) * horizon[fs] + skew[fs])
+    add(fs, "check-failed", fcheck, start[fs] + rng.uniform(0, 1, len(fs)) * horizon[fs] + skew[fs])
     # passes: every check of the module, the first at start + tts, the rest later
     ps = np.repeat(allS[passes], n_checks[mc[passes]])
-    order = np.arange(len(ps)) - np.repeat(np.cumsum(n_checks[mc[passes]]) - n_checks[mc[passes]],
-                                           n_checks[mc[passes]])
+    order = np.arange(len(ps)) - np.repeat(np.cumsum(n_checks[mc[passes]]) - n_checks[mc[passes]], n_checks[mc[passes]])
     gaps = np.where(order == 0, 0.0, rng.exponential(120.0, len(ps)) * (order + 1))
     pt = start[ps] + tts[ps] + skew[ps] + _cumsum_by(gaps, order == 0)
     # most learners pass the checks in the module's order; a quarter start elsewhere
@@ -143,12 +142,22 @@ def _generate(seed: int, spec: Spec, n_events: int | None) -> EventTable:
     lut = np.array([[cidx[c] for c in MODULES[m][0]] + [0] * (4 - len(MODULES[m][0])) for m in mods])
     check_code = np.where(chk >= 0, lut[mc[sess], np.maximum(chk, 0)], 0)
     width = len(str(L))
-    cats = {"learner": [f"learner-{i:0{width}d}" for i in range(L)],
-            "team": [f"team-{chr(97 + i)}" if T <= 26 else f"team-{i:03d}" for i in range(T)],
-            "course": list(spec.courses), "version": list(spec.versions), "module": mods,
-            "check": check_names}
-    codes = {"learner": lc[sess], "team": team_of[lc[sess]], "course": cc[sess], "version": vc[sess],
-             "module": mc[sess], "check": check_code}
+    cats = {
+        "learner": [f"learner-{i:0{width}d}" for i in range(L)],
+        "team": [f"team-{chr(97 + i)}" if T <= 26 else f"team-{i:03d}" for i in range(T)],
+        "course": list(spec.courses),
+        "version": list(spec.versions),
+        "module": mods,
+        "check": check_names,
+    }
+    codes = {
+        "learner": lc[sess],
+        "team": team_of[lc[sess]],
+        "course": cc[sess],
+        "version": vc[sess],
+        "module": mc[sess],
+        "check": check_code,
+    }
     # categories sorted as EventTable expects (they already are, except versions: keep semver order
     # by construction -- sorted() of these strings agrees for single-digit parts)
     return EventTable.from_codes(codes, cats, kind, t, now=BASE_TIME + 10 * 365 * 86400)
@@ -176,7 +185,16 @@ def events(table: EventTable, *, source_of=None, system: bool = False) -> Iterat
     for i in range(len(table)):
         kind = cols["kind"][i]
         src = "grader" if kind in ("check-passed", "check-failed", "module-completed") else "sdk"
-        yield Event(learner=cols["learner"][i], team=cols["team"][i], course=cols["course"][i],
-                    version=cols["version"][i], module=cols["module"][i], kind=kind,
-                    check=cols["check"][i] or None, time=cols["time"][i], source=src, key=f"synthetic-{i}",
-                    system=system)
+        yield Event(
+            learner=cols["learner"][i],
+            team=cols["team"][i],
+            course=cols["course"][i],
+            version=cols["version"][i],
+            module=cols["module"][i],
+            kind=kind,
+            check=cols["check"][i] or None,
+            time=cols["time"][i],
+            source=src,
+            key=f"synthetic-{i}",
+            system=system,
+        )

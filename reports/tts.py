@@ -73,9 +73,13 @@ RANGE = ("since", "until")
 STATUS = ("ok", "never-passed", "skewed", "no-open")
 OK, NEVER_PASSED, SKEWED, NO_OPEN = range(4)
 K = {k: i for i, k in enumerate(KINDS)}
-FUNNEL = (("opened", "opened"), ("lab connected", "lab-connected"),
-          ("telemetry first seen", "telemetry-first-seen"), ("any check passed", "check-passed"),
-          ("completed", "module-completed"))
+FUNNEL = (
+    ("opened", "opened"),
+    ("lab connected", "lab-connected"),
+    ("telemetry first seen", "telemetry-first-seen"),
+    ("any check passed", "check-passed"),
+    ("completed", "module-completed"),
+)
 
 
 def version_key(v: str) -> tuple:
@@ -108,6 +112,7 @@ def _factorize(values: Sequence) -> tuple[np.ndarray, list[str]]:
 
 # ---- events, columnar ---------------------------------------------------------------------------
 
+
 @dataclass
 class EventTable:
     """Events as numpy columns: integer codes into category lists, kinds as codes into KINDS."""
@@ -123,8 +128,9 @@ class EventTable:
         return len(self.time)
 
     @classmethod
-    def from_columns(cls, cols: Mapping[str, Sequence], *, now: float | None = None,
-                     max_future_skew: float = MAX_FUTURE_SKEW) -> "EventTable":
+    def from_columns(
+        cls, cols: Mapping[str, Sequence], *, now: float | None = None, max_future_skew: float = MAX_FUTURE_SKEW
+    ) -> "EventTable":
         """From columns of strings (``learner``, ``team``, ``course``, ``version``, ``module``,
         ``check``, ``kind``) and ``time``; refuses unknown kinds and events from the future."""
         n = len(cols["time"])
@@ -138,9 +144,11 @@ class EventTable:
         kcodes, kcats = _factorize(cols["kind"])
         unknown = [k for k in kcats if k not in K]
         if unknown:
-            raise EventError(f"unknown event kind {unknown[0]!r}"
-                             f"{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}: "
-                             f"use one of {', '.join(KINDS)}")
+            raise EventError(
+                f"unknown event kind {unknown[0]!r}"
+                f"{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}: "
+                f"use one of {', '.join(KINDS)}"
+            )
         lut = np.array([K[k] for k in kcats], dtype=np.int8)
         kind = lut[kcodes] if n else np.zeros(0, dtype=np.int8)
         t = np.asarray(cols["time"], dtype=np.float64)
@@ -149,9 +157,17 @@ class EventTable:
         return cls.from_codes(codes, cats, kind, t, now=now, max_future_skew=max_future_skew, system=system)
 
     @classmethod
-    def from_codes(cls, codes: Mapping[str, np.ndarray], cats: Mapping[str, list[str]], kind: np.ndarray,
-                   time: np.ndarray, *, now: float | None = None,
-                   max_future_skew: float = MAX_FUTURE_SKEW, system: np.ndarray | None = None) -> "EventTable":
+    def from_codes(
+        cls,
+        codes: Mapping[str, np.ndarray],
+        cats: Mapping[str, list[str]],
+        kind: np.ndarray,
+        time: np.ndarray,
+        *,
+        now: float | None = None,
+        max_future_skew: float = MAX_FUTURE_SKEW,
+        system: np.ndarray | None = None,
+    ) -> "EventTable":
         """From integer codes (what a generator or a columnar store produces): no string work."""
         time = np.asarray(time, dtype=np.float64)
         kind = np.asarray(kind)
@@ -163,14 +179,15 @@ class EventTable:
             now = _time.time() if now is None else now
             late = time > now + max_future_skew
             if late.any():
-                raise EventError(f"{int(late.sum())} event(s) are from the future (up to "
-                                 f"{float(time.max() - now):,.0f} s ahead, allowance {max_future_skew:.0f} s): "
-                                 "check the writers' clocks")
+                raise EventError(
+                    f"{int(late.sum())} event(s) are from the future (up to "
+                    f"{float(time.max() - now):,.0f} s ahead, allowance {max_future_skew:.0f} s): "
+                    "check the writers' clocks"
+                )
         sysarr = np.zeros(len(time), dtype=bool) if system is None else np.asarray(system, dtype=bool)
         if len(sysarr) != len(time):
             raise EventError("the system column has a different length from the events")
-        return cls({c: np.asarray(codes[c]) for c in COLUMNS}, {c: list(cats[c]) for c in COLUMNS}, kind, time,
-                   sysarr)
+        return cls({c: np.asarray(codes[c]) for c in COLUMNS}, {c: list(cats[c]) for c in COLUMNS}, kind, time, sysarr)
 
     @classmethod
     def from_events(cls, events: Iterable[Event | Mapping[str, Any]], **kw: Any) -> "EventTable":
@@ -184,6 +201,7 @@ class EventTable:
 
 
 # ---- the computation -----------------------------------------------------------------------------
+
 
 def _first(groups: int, g: np.ndarray, t: np.ndarray, mask: np.ndarray) -> np.ndarray:
     out = np.full(groups, np.inf)
@@ -216,7 +234,7 @@ def compute(table: EventTable, *, skew_allowance: float = SKEW_ALLOWANCE) -> "TT
     grp["team"] = gteam
 
     system = table.system
-    if system is not None and system.any():   # bincount, not logical_or.at: ~10x faster on 1M events
+    if system is not None and system.any():  # bincount, not logical_or.at: ~10x faster on 1M events
         gsystem = np.bincount(g, weights=system, minlength=G) > 0
     else:
         gsystem = np.zeros(G, dtype=bool)
@@ -262,10 +280,24 @@ def compute(table: EventTable, *, skew_allowance: float = SKEW_ALLOWANCE) -> "TT
     prel = np.where(prel >= -skew_allowance, np.maximum(prel, 0.0), np.nan)
     pfails = np.bincount(pinv[~ok_ev], minlength=len(upairs)) if len(upairs) else np.zeros(0, np.int64)
     ppasses = np.bincount(pinv[ok_ev], minlength=len(upairs)) if len(upairs) else np.zeros(0, np.int64)
-    return TTSResult(cats=table.cats, group=grp, firsts=firsts, tts=tts, status=status, actual=actual,
-                     pair_group=pg, pair_check=pc, pair_first_pass=prel, pair_passed=~np.isnan(pfirst),
-                     pair_fails=pfails, skew_allowance=skew_allowance, events=len(table),
-                     system=gsystem, n_events=n_events, pair_passes=ppasses)
+    return TTSResult(
+        cats=table.cats,
+        group=grp,
+        firsts=firsts,
+        tts=tts,
+        status=status,
+        actual=actual,
+        pair_group=pg,
+        pair_check=pc,
+        pair_first_pass=prel,
+        pair_passed=~np.isnan(pfirst),
+        pair_fails=pfails,
+        skew_allowance=skew_allowance,
+        events=len(table),
+        system=gsystem,
+        n_events=n_events,
+        pair_passes=ppasses,
+    )
 
 
 def _split(cols: Sequence[np.ndarray], sizes: Sequence[int]) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -381,13 +413,24 @@ class TTSResult:
         new[idx] = np.arange(len(idx))
         pm = m[self.pair_group] if len(self.pair_group) else np.zeros(0, dtype=bool)
         n_events = self.n_events[idx]
-        return TTSResult(cats=self.cats, group={k: v[idx] for k, v in self.group.items()},
-                         firsts={k: v[idx] for k, v in self.firsts.items()}, tts=self.tts[idx],
-                         status=self.status[idx], actual=self.actual[idx], pair_group=new[self.pair_group[pm]],
-                         pair_check=self.pair_check[pm], pair_first_pass=self.pair_first_pass[pm],
-                         pair_passed=self.pair_passed[pm], pair_fails=self.pair_fails[pm],
-                         skew_allowance=self.skew_allowance, events=int(n_events.sum()), system=self.system[idx],
-                         n_events=n_events, pair_passes=self.pair_passes[pm])
+        return TTSResult(
+            cats=self.cats,
+            group={k: v[idx] for k, v in self.group.items()},
+            firsts={k: v[idx] for k, v in self.firsts.items()},
+            tts=self.tts[idx],
+            status=self.status[idx],
+            actual=self.actual[idx],
+            pair_group=new[self.pair_group[pm]],
+            pair_check=self.pair_check[pm],
+            pair_first_pass=self.pair_first_pass[pm],
+            pair_passed=self.pair_passed[pm],
+            pair_fails=self.pair_fails[pm],
+            skew_allowance=self.skew_allowance,
+            events=int(n_events.sum()),
+            system=self.system[idx],
+            n_events=n_events,
+            pair_passes=self.pair_passes[pm],
+        )
 
     def system_groups(self) -> int:
         """How many learner x module groups come from system identities."""
@@ -404,10 +447,15 @@ class TTSResult:
         m = self.mask(**filters)
         st = self.status[m]
         vals = self.tts[m][st == OK]
-        return {"groups": int(m.sum()), "learners": int(len(np.unique(self.group["learner"][m]))),
-                "count": int(len(vals)), **_stats(vals),
-                "never_passed": int((st == NEVER_PASSED).sum()), "skewed": int((st == SKEWED).sum()),
-                "no_open": int((st == NO_OPEN).sum())}
+        return {
+            "groups": int(m.sum()),
+            "learners": int(len(np.unique(self.group["learner"][m]))),
+            "count": int(len(vals)),
+            **_stats(vals),
+            "never_passed": int((st == NEVER_PASSED).sum()),
+            "skewed": int((st == SKEWED).sum()),
+            "no_open": int((st == NO_OPEN).sum()),
+        }
 
     def _by(self, by: Sequence[str], m: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         """Split the groups selected by ``m`` along the dimensions ``by``: (key rows, one array
@@ -420,8 +468,9 @@ class TTSResult:
     def _sorted(self, rows: list[dict], by: Sequence[str]) -> list[dict]:
         return sorted(rows, key=lambda r: tuple(version_key(r[b]) if b == "version" else (r[b],) for b in by))
 
-    def table(self, by: Sequence[str] = ("course", "version", "module", "team"),
-              **filters: str | None) -> list[dict[str, Any]]:
+    def table(
+        self, by: Sequence[str] = ("course", "version", "module", "team"), **filters: str | None
+    ) -> list[dict[str, Any]]:
         """One summary row per combination of ``by`` present in the (filtered) events."""
         m = self.mask(**filters)
         keys, parts = self._by(by, m)
@@ -430,9 +479,17 @@ class TTSResult:
         for k, sel in zip(keys, parts):
             s = st[sel]
             vals = tt[sel][s == OK]
-            rows.append({**self._label(by, k), "groups": int(len(sel)), "count": int(len(vals)),
-                         **_stats(vals), "never_passed": int((s == NEVER_PASSED).sum()),
-                         "skewed": int((s == SKEWED).sum()), "no_open": int((s == NO_OPEN).sum())})
+            rows.append(
+                {
+                    **self._label(by, k),
+                    "groups": int(len(sel)),
+                    "count": int(len(vals)),
+                    **_stats(vals),
+                    "never_passed": int((s == NEVER_PASSED).sum()),
+                    "skewed": int((s == SKEWED).sum()),
+                    "no_open": int((s == NO_OPEN).sum()),
+                }
+            )
         return self._sorted(rows, by)
 
     def distribution(self, bins: int | Sequence[float] = 20, **filters: str | None) -> tuple[np.ndarray, np.ndarray]:
@@ -457,12 +514,15 @@ class TTSResult:
         reached = {label: ~np.isnan(self.firsts[kind][m]) for label, kind in FUNNEL}
         rows = []
         for k, sel in zip(keys, parts):
-            rows.append({**self._label(by, k),
-                         **{label: int(len(np.unique(learners[sel][r[sel]]))) for label, r in reached.items()}})
+            rows.append(
+                {
+                    **self._label(by, k),
+                    **{label: int(len(np.unique(learners[sel][r[sel]]))) for label, r in reached.items()},
+                }
+            )
         return self._sorted(rows, by)
 
-    def minutes_vs_estimate(self, estimates: Mapping | None = None,
-                            **filters: str | None) -> list[dict[str, Any]]:
+    def minutes_vs_estimate(self, estimates: Mapping | None = None, **filters: str | None) -> list[dict[str, Any]]:
         """Actual minutes (opening -> module completed) per module against its estimate."""
         m = self.mask(**filters)
         by = ("course", "version", "module")
@@ -475,9 +535,16 @@ class TTSResult:
             vals = vals[~np.isnan(vals)] / 60.0
             est = estimate_for(estimates or {}, lab["course"], lab["version"], lab["module"])
             med = _q(vals, 50)
-            rows.append({**lab, "completed": int(len(vals)), "median_minutes": med, "p90_minutes": _q(vals, 90),
-                         "estimated_minutes": est,
-                         "ratio": (med / est) if (med is not None and est) else None})
+            rows.append(
+                {
+                    **lab,
+                    "completed": int(len(vals)),
+                    "median_minutes": med,
+                    "p90_minutes": _q(vals, 90),
+                    "estimated_minutes": est,
+                    "ratio": (med / est) if (med is not None and est) else None,
+                }
+            )
         return self._sorted(rows, by)
 
     def slowest_checks(self, limit: int | None = 10, **filters: str | None) -> list[dict[str, Any]]:
@@ -491,18 +558,37 @@ class TTSResult:
             return []
         pg, pc = self.pair_group[pm], self.pair_check[pm]
         rel, fails = self.pair_first_pass[pm], self.pair_fails[pm]
-        keys, parts = _split([self.group["course"][pg], self.group["version"][pg], self.group["module"][pg], pc],
-                             [len(self.cats[b]) for b in ("course", "version", "module", "check")])
+        keys, parts = _split(
+            [self.group["course"][pg], self.group["version"][pg], self.group["module"][pg], pc],
+            [len(self.cats[b]) for b in ("course", "version", "module", "check")],
+        )
         rows = []
         for k, sel in zip(keys, parts):
             r = rel[sel]
             r = r[~np.isnan(r)]
-            rows.append({"course": self.cats["course"][k[0]], "version": self.cats["version"][k[1]],
-                         "module": self.cats["module"][k[2]], "check": self.cats["check"][k[3]],
-                         "passed": int(len(r)), "median": _q(r, 50), "p90": _q(r, 90),
-                         "fails": int(fails[sel].sum()), "learners_failed": int((fails[sel] > 0).sum())})
-        rows.sort(key=lambda x: (-(math.inf if x["median"] is None else x["median"]), -x["fails"],
-                                 x["course"], version_key(x["version"]), x["module"], x["check"]))
+            rows.append(
+                {
+                    "course": self.cats["course"][k[0]],
+                    "version": self.cats["version"][k[1]],
+                    "module": self.cats["module"][k[2]],
+                    "check": self.cats["check"][k[3]],
+                    "passed": int(len(r)),
+                    "median": _q(r, 50),
+                    "p90": _q(r, 90),
+                    "fails": int(fails[sel].sum()),
+                    "learners_failed": int((fails[sel] > 0).sum()),
+                }
+            )
+        rows.sort(
+            key=lambda x: (
+                -(math.inf if x["median"] is None else x["median"]),
+                -x["fails"],
+                x["course"],
+                version_key(x["version"]),
+                x["module"],
+                x["check"],
+            )
+        )
         return rows[:limit] if limit else rows
 
     def rows(self, **filters: str | None) -> list[dict[str, Any]]:
@@ -510,10 +596,18 @@ class TTSResult:
         m = np.nonzero(self.mask(**filters))[0]
         out = []
         for i in m:
-            out.append({**{b: self.cats[b][int(self.group[b][i])] for b in ("learner", "team", "course", "version", "module")},
-                        "status": STATUS[int(self.status[i])],
-                        "tts": None if math.isnan(self.tts[i]) else float(self.tts[i]),
-                        "opened": _f(self.firsts["opened"][i]), "first_pass": _f(self.firsts["check-passed"][i])})
+            out.append(
+                {
+                    **{
+                        b: self.cats[b][int(self.group[b][i])]
+                        for b in ("learner", "team", "course", "version", "module")
+                    },
+                    "status": STATUS[int(self.status[i])],
+                    "tts": None if math.isnan(self.tts[i]) else float(self.tts[i]),
+                    "opened": _f(self.firsts["opened"][i]),
+                    "first_pass": _f(self.firsts["check-passed"][i]),
+                }
+            )
         return out
 
     def learners(self, **filters: Any) -> list[str]:
@@ -539,8 +633,9 @@ class TTSResult:
         passed = np.zeros(len(idx), np.int64)
         fails = np.zeros(len(idx), np.int64)
         pm = m[self.pair_group] if len(self.pair_group) else np.zeros(0, dtype=bool)
-        for gi, ok, nf, npass in zip(self.pair_group[pm], self.pair_passed[pm], self.pair_fails[pm],
-                                     self.pair_passes[pm]):
+        for gi, ok, nf, npass in zip(
+            self.pair_group[pm], self.pair_passed[pm], self.pair_fails[pm], self.pair_passes[pm]
+        ):
             j = pos[int(gi)]
             attempts[j] = max(attempts[j], int(nf) + int(npass))
             seen[j] += 1
@@ -548,13 +643,24 @@ class TTSResult:
             fails[j] += int(nf)
         out = []
         for j, i in enumerate(idx):
-            out.append({**{b: self.cats[b][int(self.group[b][i])]
-                           for b in ("learner", "team", "course", "version", "module")},
-                        "status": STATUS[int(self.status[i])], "tts": _f(self.tts[i]),
-                        "opened": _f(self.firsts["opened"][i]), "first_pass": _f(self.firsts["check-passed"][i]),
-                        "completed": _f(self.firsts["module-completed"][i]), "attempts": int(attempts[j]),
-                        "checks_passed": int(passed[j]), "checks_seen": int(seen[j]), "failures": int(fails[j]),
-                        "system": bool(self.system[i])})
+            out.append(
+                {
+                    **{
+                        b: self.cats[b][int(self.group[b][i])]
+                        for b in ("learner", "team", "course", "version", "module")
+                    },
+                    "status": STATUS[int(self.status[i])],
+                    "tts": _f(self.tts[i]),
+                    "opened": _f(self.firsts["opened"][i]),
+                    "first_pass": _f(self.firsts["check-passed"][i]),
+                    "completed": _f(self.firsts["module-completed"][i]),
+                    "attempts": int(attempts[j]),
+                    "checks_passed": int(passed[j]),
+                    "checks_seen": int(seen[j]),
+                    "failures": int(fails[j]),
+                    "system": bool(self.system[i]),
+                }
+            )
         return self._sorted(out, ("course", "version", "module"))
 
 
@@ -590,12 +696,14 @@ def fmt_duration(seconds: float | None) -> str:
 
 # ---- estimated minutes per module ---------------------------------------------------------------------
 
+
 def courses_dir() -> Path:
     """``$LIVELAB_COURSES_DIR``, else the ``courses/`` package of this checkout."""
     env = os.environ.get("LIVELAB_COURSES_DIR")
     if env:
         return Path(env)
     import courses
+
     return Path(courses.__file__).resolve().parent
 
 
@@ -615,8 +723,11 @@ def load_estimates(root: str | os.PathLike | None = None) -> dict:
             data = tomllib.loads(toml.read_text())
         except (OSError, tomllib.TOMLDecodeError):
             continue
-        course = str(data.get("id") or (data.get("course") or {}).get("id")
-                     or (toml.parents[2].name if release else toml.parent.name))
+        course = str(
+            data.get("id")
+            or (data.get("course") or {}).get("id")
+            or (toml.parents[2].name if release else toml.parent.name)
+        )
         version = release or data.get("version") or (data.get("course") or {}).get("version")
         mods = data.get("modules") or (data.get("course") or {}).get("modules") or []
         if isinstance(mods, Mapping):
@@ -643,8 +754,7 @@ def estimate_for(estimates: Mapping, course: str, version: str, module: str) -> 
     return None
 
 
-def load(source: str | os.PathLike | EventStore | None = None, *, url: str | None = None,
-         **filters: Any) -> TTSResult:
+def load(source: str | os.PathLike | EventStore | None = None, *, url: str | None = None, **filters: Any) -> TTSResult:
     """Compute TTS for a lab home, an events URL or an open store (every event, system identities
     included: a report then :meth:`TTSResult.select`s what it shows)."""
     if isinstance(source, EventStore):

@@ -32,22 +32,45 @@ print(json.dumps(results))
 
 def learner_env(user: str) -> dict[str, str]:
     pw = pwd.getpwnam(user)
-    return {"HOME": pw.pw_dir, "USER": user, "PATH": f"{Path(PY).parent}:/usr/bin:/bin",
-            "LIVELAB_HOME": f"{pw.pw_dir}/.livelab"}
+    return {
+        "HOME": pw.pw_dir,
+        "USER": user,
+        "PATH": f"{Path(PY).parent}:/usr/bin:/bin",
+        "LIVELAB_HOME": f"{pw.pw_dir}/.livelab",
+    }
 
 
 def as_user(user: str, code: str, *args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
     """Run Python ``code`` as a learner's Unix account (its uid and gid, no other group, its HOME)."""
     pw = pwd.getpwnam(user)
-    return subprocess.run([PY, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
-                          env=learner_env(user), user=pw.pw_uid, group=pw.pw_gid, extra_groups=[], cwd="/", **kw)
+    return subprocess.run(
+        [PY, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=learner_env(user),
+        user=pw.pw_uid,
+        group=pw.pw_gid,
+        extra_groups=[],
+        cwd="/",
+        **kw,
+    )
 
 
 def popen_as(user: str, code: str, *args: str) -> subprocess.Popen:
     pw = pwd.getpwnam(user)
-    return subprocess.Popen([PY, "-c", code, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=learner_env(user), user=pw.pw_uid,
-                            group=pw.pw_gid, extra_groups=[], cwd="/")
+    return subprocess.Popen(
+        [PY, "-c", code, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=learner_env(user),
+        user=pw.pw_uid,
+        group=pw.pw_gid,
+        extra_groups=[],
+        cwd="/",
+    )
 
 
 def secret_targets(home: Path, other: dict, root: Path) -> dict[str, Path]:
@@ -57,6 +80,7 @@ def secret_targets(home: Path, other: dict, root: Path) -> dict[str, Path]:
     from grading import reference
     from lab_hardware.modelops import keys
     from labs.learning_events import EventStore
+
     course = root / "courses" / "edge-ml-foundations"
     rel_src = course / "releases" / "1.1.0" / "source" / "m1-telemetry" / "m1-telemetry.ipynb"
     ref = reference.build(rel_src, "m1-telemetry", home / "grading")
@@ -121,6 +145,7 @@ def remove_accounts(*names: str) -> None:
     """Remove test accounts; a process a failed test left running as one is stopped first (by
     pid), since userdel refuses an account in use."""
     import psutil
+
     for name in names:
         try:
             uid = pwd.getpwnam(name).pw_uid

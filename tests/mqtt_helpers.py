@@ -37,8 +37,7 @@ class Observer:
         desc = lab.descriptor(home)
         cred = lab.control_credentials(home)
         cid = f"observer-{uuid.uuid4().hex[:8]}"
-        self.client = mqtt.client(cid, username=cred["username"], password=cred["password"],
-                                  clean=not persistent)
+        self.client = mqtt.client(cid, username=cred["username"], password=cred["password"], clean=not persistent)
         self.messages: list[tuple[str, dict | bytes]] = []
         self.lock = threading.Lock()
         self.topic = topic
@@ -80,12 +79,12 @@ def publish_raw(home, topic: str, payload: bytes, *, username=None, password=Non
         username, password = cred["username"], cred["password"]
     done = threading.Event()
     out = {}
-    c = mqtt.client(username=username, password=password,
-                    protocol=mqtt_.MQTTv5 if v5 else mqtt_.MQTTv311)
+    c = mqtt.client(username=username, password=password, protocol=mqtt_.MQTTv5 if v5 else mqtt_.MQTTv311)
 
     def on_publish(cl, ud, mid, rc, props):
         out["rc"] = rc
         done.set()
+
     c.on_publish = on_publish
     mqtt.connect(c, desc["broker"]["host"], desc["broker"]["port"])
     c.publish(topic, payload, qos=1)

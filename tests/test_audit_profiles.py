@@ -12,8 +12,7 @@ from lab_hardware import audit, consent, profiles, topics
 def _chain(tmp_path, n=5):
     ch = audit.AuditChain(tmp_path / "audit.jsonl", clock=iter(range(100, 200)).__next__)
     for i in range(n):
-        ch.append("consent" if i % 2 == 0 else "command",
-                  {"scope": "telemetry", "grant": i % 4 == 0, "id": f"c{i}"})
+        ch.append("consent" if i % 2 == 0 else "command", {"scope": "telemetry", "grant": i % 4 == 0, "id": f"c{i}"})
     return ch
 
 
@@ -25,13 +24,16 @@ def test_chain_verifies_and_reloads(tmp_path):
     assert rec["index"] == 5 and rec["prev"] == ch.records()[-1]["hash"]
 
 
-@pytest.mark.parametrize("tamper, reason", [
-    (lambda rs: rs[2]["data"].update(grant=True), "altered"),
-    (lambda rs: rs.pop(1), "index"),
-    (lambda rs: rs.insert(4, dict(rs[3])), "index"),
-    (lambda rs: rs[3].update(prev="f" * 64), "link"),
-    (lambda rs: rs[0].pop("hash"), "missing"),
-])
+@pytest.mark.parametrize(
+    "tamper, reason",
+    [
+        (lambda rs: rs[2]["data"].update(grant=True), "altered"),
+        (lambda rs: rs.pop(1), "index"),
+        (lambda rs: rs.insert(4, dict(rs[3])), "index"),
+        (lambda rs: rs[3].update(prev="f" * 64), "link"),
+        (lambda rs: rs[0].pop("hash"), "missing"),
+    ],
+)
 def test_tampering_is_detected(tmp_path, tamper, reason):
     records = _chain(tmp_path).records()
     records = [json.loads(json.dumps(r)) for r in records]
@@ -81,15 +83,27 @@ def test_profiles_load():
         profiles.load("cray")
 
 
-@pytest.mark.parametrize("text, reason", [
-    ('name="x"\ndescription="d"\ncores=1\nmemory_mb=1\ninference_slowdown=1.0\nturbo=true\n'
-     '[link]\nlatency_ms=0\njitter_ms=0\nloss=0\nbandwidth_kbps=0\n', "unknown key 'turbo'"),
-    ('name="x"\ndescription="d"\ncores="four"\nmemory_mb=1\ninference_slowdown=1.0\n'
-     '[link]\nlatency_ms=0\njitter_ms=0\nloss=0\nbandwidth_kbps=0\n', "wrong type"),
-    ('name="x"\ndescription="d"\ncores=1\nmemory_mb=1\ninference_slowdown=1.0\n'
-     '[link]\nlatency_ms=0\njitter_ms=0\nloss=1.5\nbandwidth_kbps=0\n', "loss"),
-    ('name = [', "cannot read"),
-])
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        (
+            'name="x"\ndescription="d"\ncores=1\nmemory_mb=1\ninference_slowdown=1.0\nturbo=true\n'
+            "[link]\nlatency_ms=0\njitter_ms=0\nloss=0\nbandwidth_kbps=0\n",
+            "unknown key 'turbo'",
+        ),
+        (
+            'name="x"\ndescription="d"\ncores="four"\nmemory_mb=1\ninference_slowdown=1.0\n'
+            "[link]\nlatency_ms=0\njitter_ms=0\nloss=0\nbandwidth_kbps=0\n",
+            "wrong type",
+        ),
+        (
+            'name="x"\ndescription="d"\ncores=1\nmemory_mb=1\ninference_slowdown=1.0\n'
+            "[link]\nlatency_ms=0\njitter_ms=0\nloss=1.5\nbandwidth_kbps=0\n",
+            "loss",
+        ),
+        ("name = [", "cannot read"),
+    ],
+)
 def test_bad_profile_refused(tmp_path, text, reason):
     p = tmp_path / "bad.toml"
     p.write_text(text)
@@ -101,7 +115,11 @@ def test_bad_profile_refused(tmp_path, text, reason):
 def test_topic_layout():
     assert topics.telemetry("ns", "dev-0") == "livelab/ns/devices/dev-0/telemetry"
     assert topics.parse("livelab/ns/devices/dev-0/cmd/consent") == {
-        "namespace": "ns", "device": "dev-0", "kind": "cmd", "command": "consent"}
+        "namespace": "ns",
+        "device": "dev-0",
+        "kind": "cmd",
+        "command": "consent",
+    }
     assert topics.parse("livelab/ns/control/x") is None
     for bad in ("a/b", "+", "#", "UPPER", "", "x" * 70):
         with pytest.raises(topics.TopicError):
@@ -113,6 +131,7 @@ def test_topic_layout():
 def test_rpi4_device_is_capped_and_shaped(fresh_lab):
     from lab_hardware.runtime import lab
     from labs import Lab
+
     home = fresh_lab(profile="rpi4", devices=1, device_options={"window_seconds": 0.3})
     pid = lab.status(home)["devices"][0]["pid"]
     limits = open(f"/proc/{pid}/limits").read()

@@ -42,8 +42,14 @@ def test_learner_cannot_publish_fake_telemetry(lab_home):
     obs = Observer(lab_home)
     try:
         ids = _ids(lab_home)
-        rc = publish_raw(lab_home, topics.telemetry("default", "dev-0"), b'{"schema":"fake"}',
-                         username="learner.default", password=ids["learner.default"], v5=True)
+        rc = publish_raw(
+            lab_home,
+            topics.telemetry("default", "dev-0"),
+            b'{"schema":"fake"}',
+            username="learner.default",
+            password=ids["learner.default"],
+            v5=True,
+        )
         assert rc is not None and rc.value == 0x87  # Not authorized
         time.sleep(0.5)
         assert not [d for d in obs.of("telemetry", "dev-0") if d.get("schema") == "fake"]
@@ -56,11 +62,18 @@ def test_device_cannot_publish_as_another_device(lab_home):
     try:
         ids = _ids(lab_home)
         user = broker.device_user("default", "dev-0")
-        rc = publish_raw(lab_home, topics.telemetry("default", "dev-1"), b'{"schema":"spoof"}',
-                         username=user, password=ids[user], v5=True)
+        rc = publish_raw(
+            lab_home,
+            topics.telemetry("default", "dev-1"),
+            b'{"schema":"spoof"}',
+            username=user,
+            password=ids[user],
+            v5=True,
+        )
         assert rc.value == 0x87
-        rc = publish_raw(lab_home, topics.command("default", "dev-1", "consent"), b'{}',
-                         username=user, password=ids[user], v5=True)
+        rc = publish_raw(
+            lab_home, topics.command("default", "dev-1", "consent"), b"{}", username=user, password=ids[user], v5=True
+        )
         assert rc.value == 0x87  # devices never issue commands
         time.sleep(0.5)
         assert not [d for d in obs.of("telemetry", "dev-1") if d.get("schema") == "spoof"]
@@ -101,8 +114,14 @@ def test_learner_confined_to_its_namespace(lab_home):
         publish_raw(lab_home, "livelab/other-ns/devices/dev-0/telemetry", b'{"secret":1}')
         time.sleep(0.5)
         assert not [t for t in got if t.startswith("livelab/other-ns/")]
-        rc = publish_raw(lab_home, "livelab/other-ns/devices/dev-0/cmd/consent", b'{}',
-                         username="learner.default", password=ids["learner.default"], v5=True)
+        rc = publish_raw(
+            lab_home,
+            "livelab/other-ns/devices/dev-0/cmd/consent",
+            b"{}",
+            username="learner.default",
+            password=ids["learner.default"],
+            v5=True,
+        )
         assert rc.value == 0x87
     finally:
         mqtt.stop(c)

@@ -52,6 +52,7 @@ def x():
     """Feature vectors of the scenario's first 1500 utterances (what devices decide on)."""
     from lab_hardware import features
     from labs import scenarios
+
     recs = scenarios.load("voice-intents").stream(1500)
     return features.extract_batch([r["text"] for r in recs])
 
@@ -108,8 +109,13 @@ def _flip(data: bytes, at: int, new: int | None = None) -> bytes:
 
 def _sign_manifest(home: Path, manifest: dict, key="alice") -> bytes:
     priv = keys.load_private(home / "keys" / f"{key}.key")
-    return _canon({"schema": "livelab.signature/v1", "keyid": keys.keyid_of(priv.public_key()),
-                   "signature": priv.sign(_canon(manifest)).hex()})
+    return _canon(
+        {
+            "schema": "livelab.signature/v1",
+            "keyid": keys.keyid_of(priv.public_key()),
+            "signature": priv.sign(_canon(manifest)).hex(),
+        }
+    )
 
 
 # ---- keys --------------------------------------------------------------------------------
@@ -120,8 +126,7 @@ def test_keys_files_modes_and_trust_store(tmp_path):
     assert stat.S_IMODE((tmp_path / "keys").stat().st_mode) == 0o700
     assert key.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
     doc = json.loads(pub.read_text())
-    assert doc == {"schema": "livelab.pubkey/v1", "name": "ci-signer", "keyid": rec["keyid"],
-                   "public": rec["public"]}
+    assert doc == {"schema": "livelab.pubkey/v1", "name": "ci-signer", "keyid": rec["keyid"], "public": rec["public"]}
     assert rec["keyid"] == hashlib.sha256(bytes.fromhex(rec["public"])).hexdigest()[:16]
     keyid, public = keys.load_public(pub)
     assert keyid == rec["keyid"]
@@ -153,8 +158,10 @@ def test_keys_refuse_malformed_files_in_one_line(tmp_path):
     bad = tmp_path / "bad.pub"
     cases = {
         "not JSON": (b"not json", "invalid JSON"),
-        "keyid lie": (_canon({**json.loads(Path(rec["pub"]).read_text()), "keyid": other["keyid"]}),
-                      "does not match its public key"),
+        "keyid lie": (
+            _canon({**json.loads(Path(rec["pub"]).read_text()), "keyid": other["keyid"]}),
+            "does not match its public key",
+        ),
         "unknown key": (_canon({**json.loads(Path(rec["pub"]).read_text()), "x": 1}), "unknown key 'x'"),
         "short hex": (_canon({**json.loads(Path(rec["pub"]).read_text()), "public": "ab"}), "64 lower-case hex"),
     }
@@ -177,8 +184,7 @@ def test_keys_refuse_malformed_files_in_one_line(tmp_path):
 # ---- adapter -----------------------------------------------------------------------------
 def test_adapter_validates_strictly():
     good = adapter.make(INTENTS, {"call": -2})
-    assert json.loads(good) == {"schema": "livelab.adapter/v1", "intents": INTENTS,
-                                "logit_bias": {"call": -2.0}}
+    assert json.loads(good) == {"schema": "livelab.adapter/v1", "intents": INTENTS, "logit_bias": {"call": -2.0}}
     a = adapter.load(good, INTENTS)
     assert a.logit_bias == {"call": -2.0} and not a.neutral
     base = json.loads(good)
@@ -241,10 +247,16 @@ def test_build_sign_verify_round_trip_and_decide(tmp_path, home, trusted, x):
     m = b.manifest
     assert m["schema"] == "livelab.bundle/v1"
     assert (m["name"], m["version"], m["created"]) == ("candidate", "1.0.0", CREATED)
-    assert m["files"]["model.onnx"] == {"sha256": hashlib.sha256(MODEL.read_bytes()).hexdigest(),
-                                        "size": MODEL.stat().st_size}
-    assert m["io"]["input"] == {"name": "features", "shape": [None, 512], "dtype": "float32",
-                                "features": "livelab.features.hashed-words/v1"}
+    assert m["files"]["model.onnx"] == {
+        "sha256": hashlib.sha256(MODEL.read_bytes()).hexdigest(),
+        "size": MODEL.stat().st_size,
+    }
+    assert m["io"]["input"] == {
+        "name": "features",
+        "shape": [None, 512],
+        "dtype": "float32",
+        "features": "livelab.features.hashed-words/v1",
+    }
     assert m["io"]["intents"] == INTENTS
     assert m["compute"]["latency_budget_ms"] == 50 and m["compute"]["health_decisions"] == 50
     assert m["privacy"]["raw_inputs_leave_device"] is False
@@ -260,17 +272,27 @@ def test_build_sign_verify_round_trip_and_decide(tmp_path, home, trusted, x):
 
     fix = tmp_path / "fix.json"
     fix.write_bytes(adapter.make(INTENTS, {"call": -4.0}))
-    fixed = bundle.verify(bundle.sign(_build(tmp_path, "fix.lbundle", version="1.0.1", adapter=fix,
-                                             provenance={"parent_bundle": b.digest}),
-                                      home / "keys" / "alice.key"), trusted, installed_version="1.0.0")
+    fixed = bundle.verify(
+        bundle.sign(
+            _build(tmp_path, "fix.lbundle", version="1.0.1", adapter=fix, provenance={"parent_bundle": b.digest}),
+            home / "keys" / "alice.key",
+        ),
+        trusted,
+        installed_version="1.0.0",
+    )
     fixed_labels, _ = fixed.decide(x)
     call = INTENTS.index("call")
     assert 0 < (fixed_labels == call).sum() < (raw_labels == call).sum()
     assert fixed.manifest["provenance"]["parent_bundle"] == b.digest
 
     info = bundle.inspect(path)
-    assert (info["name"], info["version"], info["digest"], info["keyid"], info["signed"]) == \
-        ("candidate", "1.0.0", b.digest, alice, True)
+    assert (info["name"], info["version"], info["digest"], info["keyid"], info["signed"]) == (
+        "candidate",
+        "1.0.0",
+        b.digest,
+        alice,
+        True,
+    )
     assert info["size"] == path.stat().st_size and info["model_size"] == MODEL.stat().st_size
     assert set(info) >= {"compute", "privacy", "provenance", "revocation", "adapter_size"}
 
@@ -315,12 +337,15 @@ def test_sign_replaces_signature_and_writes_out(tmp_path, home, trusted):
 
 
 # ---- refusals: tampering, trust, revocation, versions, profiles --------------------------
-@pytest.mark.parametrize("where, match", [
-    ("model", "model.onnx does not match its manifest hash"),
-    ("manifest", "signature does not verify"),
-    ("signature", "signature does not verify"),
-    ("header", "truncated or corrupt bundle"),
-])
+@pytest.mark.parametrize(
+    "where, match",
+    [
+        ("model", "model.onnx does not match its manifest hash"),
+        ("manifest", "signature does not verify"),
+        ("signature", "signature does not verify"),
+        ("header", "truncated or corrupt bundle"),
+    ],
+)
 def test_one_flipped_byte_is_refused(tmp_path, home, trusted, where, match):
     data = _signed(tmp_path, home).read_bytes()
     offs = _offsets(data)
@@ -351,8 +376,22 @@ def test_unknown_signer_and_revoked_digest(tmp_path, home, trusted):
 
 
 def test_semver_precedence():
-    order = ["1.0.0-alpha", "1.0.0-alpha.1", "1.0.0-alpha.beta", "1.0.0-beta", "1.0.0-beta.2",
-             "1.0.0-beta.11", "1.0.0-rc.1", "1.0.0", "1.0.1", "1.9.0", "1.10.0", "2.0.0", "2.1.0", "2.1.1"]
+    order = [
+        "1.0.0-alpha",
+        "1.0.0-alpha.1",
+        "1.0.0-alpha.beta",
+        "1.0.0-beta",
+        "1.0.0-beta.2",
+        "1.0.0-beta.11",
+        "1.0.0-rc.1",
+        "1.0.0",
+        "1.0.1",
+        "1.9.0",
+        "1.10.0",
+        "2.0.0",
+        "2.1.0",
+        "2.1.1",
+    ]
     for lo, hi in zip(order, order[1:]):
         assert bundle.compare_versions(lo, hi) == -1 and bundle.compare_versions(hi, lo) == 1, (lo, hi)
     assert bundle.compare_versions("1.0.0+build.1", "1.0.0+build.2") == 0
@@ -364,16 +403,28 @@ def test_semver_precedence():
 def test_downgrade_refused_unless_explicit_rollback(tmp_path, home, trusted):
     data = _signed(tmp_path, home, version="1.0.0").read_bytes()
     digest = bundle.read(data).digest
-    _refused("version 1.0.0 is a downgrade from installed 1.2.0", bundle.verify, data, trusted,
-             installed_version="1.2.0")
-    _refused("version 1.0.0 is not newer than installed 1.0.0", bundle.verify, data, trusted,
-             installed_version="1.0.0")
-    _refused("is not newer than installed 1.0.0+other-build", bundle.verify, data, trusted,
-             installed_version="1.0.0+other-build")  # build metadata does not count
+    _refused(
+        "version 1.0.0 is a downgrade from installed 1.2.0", bundle.verify, data, trusted, installed_version="1.2.0"
+    )
+    _refused("version 1.0.0 is not newer than installed 1.0.0", bundle.verify, data, trusted, installed_version="1.0.0")
+    _refused(
+        "is not newer than installed 1.0.0+other-build",
+        bundle.verify,
+        data,
+        trusted,
+        installed_version="1.0.0+other-build",
+    )  # build metadata does not count
     assert bundle.verify(data, trusted, installed_version="1.2.0", rollback_to={digest}).digest == digest
     assert bundle.verify(data, trusted, installed_version="1.0.0-rc.1").version == "1.0.0"
-    _refused(f"bundle {digest[:12]} is revoked", bundle.verify, data, trusted, installed_version="1.2.0",
-             rollback_to={digest}, revoked={digest})  # a rollback target can still be revoked
+    _refused(
+        f"bundle {digest[:12]} is revoked",
+        bundle.verify,
+        data,
+        trusted,
+        installed_version="1.2.0",
+        rollback_to={digest},
+        revoked={digest},
+    )  # a rollback target can still be revoked
     _refused("installed version", bundle.verify, data, trusted, installed_version="latest")
 
 
@@ -396,6 +447,7 @@ def _set(path: str, value):
         for p in parents:
             m = m[p]
         m[last] = value
+
     return mutate
 
 
@@ -405,46 +457,54 @@ def _del(path: str):
         for p in parents:
             m = m[p]
         del m[last]
+
     return mutate
 
 
-@pytest.mark.parametrize("mutate, match", [
-    (b'{"name": "candidate", ', "manifest.json is not valid JSON"),
-    (b"\xff" * 10, "manifest.json is not valid JSON"),
-    (b'{"schema":"livelab.bundle/v1","schema":"livelab.bundle/v1"}', "duplicate key"),
-    (b"[]", "manifest: the manifest must be a JSON object"),
-    (_set("foo", 1), "manifest: unknown key 'foo'"),
-    (_set("compute.gpu", 1), "manifest: unknown key 'compute.gpu'"),
-    (_del("provenance"), "manifest: missing key 'provenance'"),
-    (_del("privacy.retention_days"), "manifest: missing key 'privacy.retention_days'"),
-    (_set("schema", "livelab.bundle/v2"), "manifest: schema must be"),
-    (_set("name", "Not A Name"), "manifest: name"),
-    (_set("compute.min_cores", "4"), "manifest: compute.min_cores must be an integer"),
-    (_set("compute.health_decisions", True), "manifest: compute.health_decisions must be an integer"),
-    (_set("compute.max_error_rate", 1.5), "manifest: compute.max_error_rate must be a finite number"),
-    (_set("compute.latency_budget_ms", 1e999), "manifest.json is not valid JSON (Infinity is not valid JSON)"),
-    ((b'"latency_budget_ms":50.0', b'"latency_budget_ms":1e999'),
-     "manifest: compute.latency_budget_ms must be a finite number > 0"),
-    ((b'"min_cores":1', b'"min_cores":-1'), "manifest: compute.min_cores must be an integer >= 0"),
-    (_set("version", "1.0"), "manifest: version '1.0' is not semver 2.0.0"),
-    (_set("version", 1), "is not semver 2.0.0"),
-    (_set("created", "2026-11-25T12:00:00+02:00"), "manifest: created must be an ISO-8601 UTC time"),
-    (_set("created", "2026-02-30T12:00:00Z"), "manifest: created is not a valid date"),
-    (_set("privacy.raw_inputs_leave_device", True), "raw_inputs_leave_device must be false"),
-    (_set("privacy.raw_inputs_leave_device", 0), "raw_inputs_leave_device must be a boolean"),
-    (_set("privacy.telemetry_fields", ["counts", "text"]), "has 'text', which telemetry may not contain"),
-    (_set("revocation.topic", "livelab/+/control/revocations"), "manifest: revocation.topic"),
-    (_set("provenance.parent_bundle", "abc"), "manifest: provenance.parent_bundle"),
-    (_set("io.input.shape", [None, 256]), "manifest: io.input.shape"),
-    (_set("io.intents", []), "manifest: io.intents"),
-    (lambda m: m["files"].update({"extra.bin": {"sha256": "0" * 64, "size": 1}}),
-     "manifest: unknown key 'files.extra.bin'"),
-    (lambda m: m["files"].pop("model.onnx"), "manifest: missing key 'files.model.onnx'"),
-    (lambda m: m["files"]["model.onnx"].update(size=1), "bytes, its manifest says 1"),
-    (lambda m: m["files"]["model.onnx"].update(sha256="0" * 64), "model.onnx does not match its manifest hash"),
-    (lambda m: m["files"]["model.onnx"].update(sha256="0" * 63), "manifest: files.model.onnx.sha256"),
-    ("pretty", "manifest.json is not in canonical form"),
-])
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (b'{"name": "candidate", ', "manifest.json is not valid JSON"),
+        (b"\xff" * 10, "manifest.json is not valid JSON"),
+        (b'{"schema":"livelab.bundle/v1","schema":"livelab.bundle/v1"}', "duplicate key"),
+        (b"[]", "manifest: the manifest must be a JSON object"),
+        (_set("foo", 1), "manifest: unknown key 'foo'"),
+        (_set("compute.gpu", 1), "manifest: unknown key 'compute.gpu'"),
+        (_del("provenance"), "manifest: missing key 'provenance'"),
+        (_del("privacy.retention_days"), "manifest: missing key 'privacy.retention_days'"),
+        (_set("schema", "livelab.bundle/v2"), "manifest: schema must be"),
+        (_set("name", "Not A Name"), "manifest: name"),
+        (_set("compute.min_cores", "4"), "manifest: compute.min_cores must be an integer"),
+        (_set("compute.health_decisions", True), "manifest: compute.health_decisions must be an integer"),
+        (_set("compute.max_error_rate", 1.5), "manifest: compute.max_error_rate must be a finite number"),
+        (_set("compute.latency_budget_ms", 1e999), "manifest.json is not valid JSON (Infinity is not valid JSON)"),
+        (
+            (b'"latency_budget_ms":50.0', b'"latency_budget_ms":1e999'),
+            "manifest: compute.latency_budget_ms must be a finite number > 0",
+        ),
+        ((b'"min_cores":1', b'"min_cores":-1'), "manifest: compute.min_cores must be an integer >= 0"),
+        (_set("version", "1.0"), "manifest: version '1.0' is not semver 2.0.0"),
+        (_set("version", 1), "is not semver 2.0.0"),
+        (_set("created", "2026-11-25T12:00:00+02:00"), "manifest: created must be an ISO-8601 UTC time"),
+        (_set("created", "2026-02-30T12:00:00Z"), "manifest: created is not a valid date"),
+        (_set("privacy.raw_inputs_leave_device", True), "raw_inputs_leave_device must be false"),
+        (_set("privacy.raw_inputs_leave_device", 0), "raw_inputs_leave_device must be a boolean"),
+        (_set("privacy.telemetry_fields", ["counts", "text"]), "has 'text', which telemetry may not contain"),
+        (_set("revocation.topic", "livelab/+/control/revocations"), "manifest: revocation.topic"),
+        (_set("provenance.parent_bundle", "abc"), "manifest: provenance.parent_bundle"),
+        (_set("io.input.shape", [None, 256]), "manifest: io.input.shape"),
+        (_set("io.intents", []), "manifest: io.intents"),
+        (
+            lambda m: m["files"].update({"extra.bin": {"sha256": "0" * 64, "size": 1}}),
+            "manifest: unknown key 'files.extra.bin'",
+        ),
+        (lambda m: m["files"].pop("model.onnx"), "manifest: missing key 'files.model.onnx'"),
+        (lambda m: m["files"]["model.onnx"].update(size=1), "bytes, its manifest says 1"),
+        (lambda m: m["files"]["model.onnx"].update(sha256="0" * 64), "model.onnx does not match its manifest hash"),
+        (lambda m: m["files"]["model.onnx"].update(sha256="0" * 63), "manifest: files.model.onnx.sha256"),
+        ("pretty", "manifest.json is not in canonical form"),
+    ],
+)
 def test_malformed_manifest_is_refused(tmp_path, home, trusted, mutate, match):
     b = bundle.read(_build(tmp_path))
     entries = [("model.onnx", b.model, {})]
@@ -470,34 +530,47 @@ def test_malformed_manifest_is_refused(tmp_path, home, trusted, mutate, match):
 def test_oversize_adapter_refused_at_build_and_at_verify(tmp_path, home, trusted):
     big = tmp_path / "big.json"
     big.write_bytes(adapter.make(INTENTS, {}) + b" " * 1_200_000)
-    _refused(f"adapter.json is {big.stat().st_size:,} bytes, over the 1,000,000-byte budget",
-             _build, tmp_path, adapter=big)
+    _refused(
+        f"adapter.json is {big.stat().st_size:,} bytes, over the 1,000,000-byte budget", _build, tmp_path, adapter=big
+    )
     # crafted by hand: a signed manifest that lists a 1,200,000-byte adapter
     payload = adapter.make(INTENTS, {})
     payload += b" " * (1_200_000 - len(payload))
     m = json.loads(json.dumps(bundle.read(_build(tmp_path)).manifest))
     m["files"]["adapter.json"] = {"sha256": hashlib.sha256(payload).hexdigest(), "size": len(payload)}
-    data = _tar([("adapter.json", payload, {}), ("manifest.json", _canon(m), {}),
-                 ("model.onnx", MODEL.read_bytes(), {}), ("signature.json", _sign_manifest(home, m), {})])
+    data = _tar(
+        [
+            ("adapter.json", payload, {}),
+            ("manifest.json", _canon(m), {}),
+            ("model.onnx", MODEL.read_bytes(), {}),
+            ("signature.json", _sign_manifest(home, m), {}),
+        ]
+    )
     _refused("adapter.json is 1,200,000 bytes, over the 1,000,000-byte budget", bundle.verify, data, trusted)
 
 
-@pytest.mark.parametrize("entry, match", [
-    (("../x", b"hi", {}), "archive member '../x' escapes the bundle"),
-    (("a/../../x", b"hi", {}), "escapes the bundle"),
-    (("/etc/passwd", b"root", {}), "absolute path '/etc/passwd' in bundle"),
-    (("model.onnx", None, {"type": tarfile.SYMTYPE, "linkname": "/etc/passwd"}), "is a symbolic link"),
-    (("model.onnx", None, {"type": tarfile.LNKTYPE, "linkname": "manifest.json"}), "is a hard link"),
-    (("model.onnx", None, {"type": tarfile.CHRTYPE, "devmajor": 1, "devminor": 3}), "is a character device"),
-    (("model.onnx", None, {"type": tarfile.DIRTYPE}), "is a directory"),
-    (("manifest.json", b"{}", {}), "duplicate archive member 'manifest.json'"),
-    (("notes.txt", b"hello", {}), "unexpected archive member 'notes.txt'"),
-    (("manifest.json/", None, {"type": tarfile.DIRTYPE}), "is a directory"),
-])
+@pytest.mark.parametrize(
+    "entry, match",
+    [
+        (("../x", b"hi", {}), "archive member '../x' escapes the bundle"),
+        (("a/../../x", b"hi", {}), "escapes the bundle"),
+        (("/etc/passwd", b"root", {}), "absolute path '/etc/passwd' in bundle"),
+        (("model.onnx", None, {"type": tarfile.SYMTYPE, "linkname": "/etc/passwd"}), "is a symbolic link"),
+        (("model.onnx", None, {"type": tarfile.LNKTYPE, "linkname": "manifest.json"}), "is a hard link"),
+        (("model.onnx", None, {"type": tarfile.CHRTYPE, "devmajor": 1, "devminor": 3}), "is a character device"),
+        (("model.onnx", None, {"type": tarfile.DIRTYPE}), "is a directory"),
+        (("manifest.json", b"{}", {}), "duplicate archive member 'manifest.json'"),
+        (("notes.txt", b"hello", {}), "unexpected archive member 'notes.txt'"),
+        (("manifest.json/", None, {"type": tarfile.DIRTYPE}), "is a directory"),
+    ],
+)
 def test_hostile_archive_members_are_refused(tmp_path, trusted, entry, match):
     b = bundle.read(_build(tmp_path))
-    data = _tar([("manifest.json", b.canonical, {}), entry, ("model.onnx", b.model, {})]
-                if entry[0] != "model.onnx" else [("manifest.json", b.canonical, {}), entry])
+    data = _tar(
+        [("manifest.json", b.canonical, {}), entry, ("model.onnx", b.model, {})]
+        if entry[0] != "model.onnx"
+        else [("manifest.json", b.canonical, {}), entry]
+    )
     _refused(match, bundle.read, data)
     _refused(match, bundle.verify, data, trusted)
 
@@ -524,16 +597,19 @@ def test_truncated_bundles_are_refused_at_every_cut(tmp_path, home, trusted):
     for cut in cuts:
         _refused("truncated or corrupt bundle", bundle.verify, data[:cut], trusted)
     # cutting only zero padding after the end-of-archive marker loses nothing
-    assert bundle.verify(data[:end + 1024], trusted)
+    assert bundle.verify(data[: end + 1024], trusted)
 
 
-@pytest.mark.parametrize("junk", [
-    b"",
-    b"hello, I am not a bundle",
-    bytes(np.random.default_rng(7).integers(0, 256, 4096, dtype=np.uint8)),
-    b"{}" + b" " * 1022,
-    "gzip",
-])
+@pytest.mark.parametrize(
+    "junk",
+    [
+        b"",
+        b"hello, I am not a bundle",
+        bytes(np.random.default_rng(7).integers(0, 256, 4096, dtype=np.uint8)),
+        b"{}" + b" " * 1022,
+        "gzip",
+    ],
+)
 def test_not_a_tar_is_refused(tmp_path, junk):
     data = gzip.compress(_build(tmp_path).read_bytes(), mtime=0) if junk == "gzip" else junk
     if junk == "gzip":
@@ -551,12 +627,14 @@ def test_build_refuses_bad_input(tmp_path):
     _refused("manifest: unknown key 'compute.gpus'", _build, tmp_path, compute={"gpus": 1})
     _refused("raw_inputs_leave_device must be false", _build, tmp_path, privacy={"raw_inputs_leave_device": True})
     _refused("manifest: created must be an ISO-8601 UTC time", _build, tmp_path, created="yesterday")
-    _refused("cannot read model", bundle.build, tmp_path / "nope.onnx", tmp_path / "o.lbundle",
-             name="x", version="1.0.0")
+    _refused(
+        "cannot read model", bundle.build, tmp_path / "nope.onnx", tmp_path / "o.lbundle", name="x", version="1.0.0"
+    )
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not onnx")
-    _refused("model.onnx: onnxruntime cannot load it", bundle.build, junk, tmp_path / "o.lbundle",
-             name="x", version="1.0.0")
+    _refused(
+        "model.onnx: onnxruntime cannot load it", bundle.build, junk, tmp_path / "o.lbundle", name="x", version="1.0.0"
+    )
     wrong = tmp_path / "wrong.json"
     wrong.write_bytes(adapter.make(["a", "b"], {}))
     _refused("adapter.json: intents (a, b) do not match", _build, tmp_path, adapter=wrong)
@@ -565,8 +643,13 @@ def test_build_refuses_bad_input(tmp_path):
 
 # ---- CLI ---------------------------------------------------------------------------------
 def _cli(home: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    res = subprocess.run([sys.executable, "-m", "livelab", "--home", str(home), *args], cwd=cwd,
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "livelab", "--home", str(home), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "Traceback" not in res.stderr + res.stdout, res.stderr
     return res
 
@@ -583,8 +666,23 @@ def test_cli_keys_and_bundle_happy_path_and_failures(tmp_path):
     assert r.returncode == 0 and json.loads(r.stdout)[0]["keyid"] == keyid
 
     out = tmp_path / "c.lbundle"
-    r = ok("bundle", "build", str(MODEL), "-o", str(out), "--name", "candidate", "--version", "1.1.0",
-           "--min-memory-mb", "512", "--latency-budget-ms", "40", "--created", CREATED)
+    r = ok(
+        "bundle",
+        "build",
+        str(MODEL),
+        "-o",
+        str(out),
+        "--name",
+        "candidate",
+        "--version",
+        "1.1.0",
+        "--min-memory-mb",
+        "512",
+        "--latency-budget-ms",
+        "40",
+        "--created",
+        CREATED,
+    )
     assert r.returncode == 0, r.stderr
     assert ok("bundle", "sign", str(out), "--key", "author").returncode == 0
     r = ok("bundle", "verify", str(out), "--profile", "rpi4", "--installed-version", "1.0.0")
@@ -612,7 +710,8 @@ def test_cli_keys_and_bundle_happy_path_and_failures(tmp_path):
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1
     r = ok("bundle", "build", str(MODEL), "-o", str(out), "--name", "candidate", "--version", "one")
     assert r.returncode == 2 and r.stderr.splitlines() == [
-        "livelab: error: manifest: version 'one' is not semver 2.0.0 (e.g. 1.2.0 or 1.2.0-rc.1)"]
+        "livelab: error: manifest: version 'one' is not semver 2.0.0 (e.g. 1.2.0 or 1.2.0-rc.1)"
+    ]
     assert ok("keys", "untrust", keyid).returncode == 0
     r = ok("bundle", "verify", str(out))
     assert r.returncode == 1 and r.stderr.strip() == f"livelab: verify failed: signed by unknown key {keyid}"

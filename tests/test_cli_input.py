@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def livelab(*args: str, home: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     argv = [sys.executable, "-m", "livelab"] + (["--home", str(home)] if home is not None else []) + list(args)
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=ROOT,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, **(env or {})}
+    )
 
 
 def one_line_usage(p: subprocess.CompletedProcess, *needles: str) -> None:
@@ -28,39 +29,85 @@ def one_line_usage(p: subprocess.CompletedProcess, *needles: str) -> None:
         assert n in err, (n, err)
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["up", "--port", "70000"], "--port"),
-    (["up", "--port", "0"], "--port"),
-    (["up", "--rate", "-5"], "--rate"),
-    (["up", "--window-seconds", "-1"], "--window-seconds"),
-    (["up", "--window-seconds", "0"], "--window-seconds"),
-    (["up", "--window-seconds", "inf"], "finite"),
-    (["up", "--window-seconds", "nan"], "finite"),
-    (["up", "--devices", "0"], "--devices"),
-    (["up", "--timeout", "-3"], "--timeout"),
-    (["logs", "-n", "-5"], "--lines"),
-    (["logs", "-n", "lots"], "not an integer"),
-    (["replay", "run", "x.lreplay", "--bundle", "m.onnx", "--threads", "0"], "--threads"),
-    (["bundle", "build", "m.onnx", "-o", "b.lbundle", "--name", "n", "--version", "1.0.0",
-      "--max-error-rate", "2"], "--max-error-rate"),
-    (["bundle", "build", "m.onnx", "-o", "b.lbundle", "--name", "n", "--version", "1.0.0",
-      "--health-decisions", "-1"], "--health-decisions"),
-    (["bundle", "build", "m.onnx", "-o", "b.lbundle", "--name", "n", "--version", "1.0.0",
-      "--latency-budget-ms", "nan"], "finite"),
-    (["bundle", "revoke", "not-hex-at-all"], "digest"),
-    (["bundle", "revoke", "Z" * 64], "digest"),
-    (["bundle", "revoke", "a" * 64, "--keyid", "xyz"], "key id"),
-    (["bundle", "verify", "b.lbundle", "--revoked", "abc"], "DIGEST"),
-    (["keys", "untrust", "not-a-keyid"], "key id"),
-    (["report", "serve", "--port", "99999"], "--port"),
-    (["grade", "c", "m", "p", "--workers", "0"], "--workers"),
-    (["nosuch-command"], "invalid choice"),
-    (["up", "--devices"], "expected one argument"),
-    (["replay", "run"], "required"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["up", "--port", "70000"], "--port"),
+        (["up", "--port", "0"], "--port"),
+        (["up", "--rate", "-5"], "--rate"),
+        (["up", "--window-seconds", "-1"], "--window-seconds"),
+        (["up", "--window-seconds", "0"], "--window-seconds"),
+        (["up", "--window-seconds", "inf"], "finite"),
+        (["up", "--window-seconds", "nan"], "finite"),
+        (["up", "--devices", "0"], "--devices"),
+        (["up", "--timeout", "-3"], "--timeout"),
+        (["logs", "-n", "-5"], "--lines"),
+        (["logs", "-n", "lots"], "not an integer"),
+        (["replay", "run", "x.lreplay", "--bundle", "m.onnx", "--threads", "0"], "--threads"),
+        (
+            [
+                "bundle",
+                "build",
+                "m.onnx",
+                "-o",
+                "b.lbundle",
+                "--name",
+                "n",
+                "--version",
+                "1.0.0",
+                "--max-error-rate",
+                "2",
+            ],
+            "--max-error-rate",
+        ),
+        (
+            [
+                "bundle",
+                "build",
+                "m.onnx",
+                "-o",
+                "b.lbundle",
+                "--name",
+                "n",
+                "--version",
+                "1.0.0",
+                "--health-decisions",
+                "-1",
+            ],
+            "--health-decisions",
+        ),
+        (
+            [
+                "bundle",
+                "build",
+                "m.onnx",
+                "-o",
+                "b.lbundle",
+                "--name",
+                "n",
+                "--version",
+                "1.0.0",
+                "--latency-budget-ms",
+                "nan",
+            ],
+            "finite",
+        ),
+        (["bundle", "revoke", "not-hex-at-all"], "digest"),
+        (["bundle", "revoke", "Z" * 64], "digest"),
+        (["bundle", "revoke", "a" * 64, "--keyid", "xyz"], "key id"),
+        (["bundle", "verify", "b.lbundle", "--revoked", "abc"], "DIGEST"),
+        (["keys", "untrust", "not-a-keyid"], "key id"),
+        (["report", "serve", "--port", "99999"], "--port"),
+        (["grade", "c", "m", "p", "--workers", "0"], "--workers"),
+        (["nosuch-command"], "invalid choice"),
+        (["up", "--devices"], "expected one argument"),
+        (["replay", "run"], "required"),
+    ],
+)
 def test_nonsense_options_are_refused_in_one_line(tmp_path, capsys, args, needle):
     # in-process (the same main() as the console script; subprocess cases are below)
     from livelab.cli import main
+
     try:
         code = main(["--home", str(tmp_path / "home"), *args])
     except SystemExit as exc:
@@ -89,8 +136,9 @@ def test_export_to_a_directory_or_unwritable_path_leaves_nothing(tmp_path):
     d.mkdir()
     one_line_usage(livelab("report", "export", "-o", str(d), home=tmp_path / "home"), "is a directory")
     assert list(d.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
-    one_line_usage(livelab("report", "export", "-o", str(tmp_path / "nodir" / "r.html"), home=tmp_path / "home"),
-                   "does not exist")
+    one_line_usage(
+        livelab("report", "export", "-o", str(tmp_path / "nodir" / "r.html"), home=tmp_path / "home"), "does not exist"
+    )
     ro = "/proc/livelab-report.html"  # a read-only place even for root
     one_line_usage(livelab("report", "export", "-o", ro, home=tmp_path / "home"), "cannot write")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
@@ -101,12 +149,14 @@ def test_outputs_checked_before_work(tmp_path):
     d.mkdir()
     model = tmp_path / "m.onnx"
     model.write_bytes(b"x")
-    one_line_usage(livelab("bundle", "build", str(model), "-o", str(d), "--name", "n", "--version", "1.0.0"),
-                   "is a directory")
-    one_line_usage(livelab("replay", "build", "--device", "dev-0", "-o", str(d), home=tmp_path / "h"),
-                   "is a directory")
-    one_line_usage(livelab("replay", "build", "--device", "Dev[/]", "-o", str(tmp_path / "r"), home=tmp_path / "h"),
-                   "invalid device name")
+    one_line_usage(
+        livelab("bundle", "build", str(model), "-o", str(d), "--name", "n", "--version", "1.0.0"), "is a directory"
+    )
+    one_line_usage(livelab("replay", "build", "--device", "dev-0", "-o", str(d), home=tmp_path / "h"), "is a directory")
+    one_line_usage(
+        livelab("replay", "build", "--device", "Dev[/]", "-o", str(tmp_path / "r"), home=tmp_path / "h"),
+        "invalid device name",
+    )
     assert list(d.iterdir()) == []
 
 

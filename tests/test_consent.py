@@ -28,23 +28,30 @@ def test_consent_gate_and_revocation(fresh_lab):
             assert obs.of("telemetry", "dev-1") == [] and obs.of("telemetry", "dev-2") == []
 
             # consent-first: no window mixes decisions from before the grant
-            grant_time = next(r for m in obs.of("audit", "dev-0") for r in m["records"]
-                              if r["kind"] == "consent")["time"]
+            grant_time = next(r for m in obs.of("audit", "dev-0") for r in m["records"] if r["kind"] == "consent")[
+                "time"
+            ]
             assert all(w["start"] >= grant_time for w in obs.of("telemetry", "dev-0"))
 
             rec = sdk.revoke_consent("dev-0")
             assert rec["data"]["grant"] is False
+
             # Revocation takes effect before the next window: after the device has recorded
             # the revocation, the observer sees no further telemetry from it.
             def revoked_at():
-                return [i for i, (t, d) in enumerate(obs.raw()) if t.endswith("dev-0/audit") and any(
-                    r["kind"] == "consent" and r["data"]["grant"] is False for r in d["records"])]
+                return [
+                    i
+                    for i, (t, d) in enumerate(obs.raw())
+                    if t.endswith("dev-0/audit")
+                    and any(r["kind"] == "consent" and r["data"]["grant"] is False for r in d["records"])
+                ]
+
             deadline = time.monotonic() + 5
             while not revoked_at() and time.monotonic() < deadline:
                 time.sleep(0.02)
             cut = revoked_at()[0]
             time.sleep(1.5)
-            after = [d for t, d in obs.raw()[cut + 1:] if t.endswith("dev-0/telemetry")]
+            after = [d for t, d in obs.raw()[cut + 1 :] if t.endswith("dev-0/telemetry")]
             assert after == []
             assert sdk.states["dev-0"]["consent"]["telemetry"] is False
 
@@ -52,7 +59,9 @@ def test_consent_gate_and_revocation(fresh_lab):
             assert chain.verify()
             trail = chain.consent_trail()
             assert [(r["data"]["scope"], r["data"]["grant"]) for r in trail] == [
-                ("telemetry", True), ("telemetry", False)]
+                ("telemetry", True),
+                ("telemetry", False),
+            ]
     finally:
         obs.close()
 
@@ -79,6 +88,7 @@ def test_no_raw_input_or_pii_leaves_a_device(fresh_lab):
         long_texts = [t for t in texts if len(t) > 25]
         assert not [t for t in long_texts[:500] if t in blob]
         from lab_hardware.window import ALLOWED_FIELDS
+
         for w in obs.of("telemetry"):
             assert set(w) <= ALLOWED_FIELDS
     finally:

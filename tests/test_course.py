@@ -188,25 +188,60 @@ BAD_INPUT = {
     "unknown key": (lambda c: _edit_toml(c, 'title = "Edge', 'estimate = 3\ntitle = "Edge'), "unknown key 'estimate'"),
     "unknown module key": (lambda c: _edit_toml(c, "minutes = 30", "minutes = 30\nlevel = 2"), "unknown key 'level'"),
     "bad version": (lambda c: _edit_toml(c, f'version = "{VERSION}"', 'version = "1.1"'), "not semver"),
-    "unknown check": (lambda c: _edit_toml(c, 'checks = ["bundle"]', 'checks = ["bundles"]'), "unknown check 'bundles'"),
-    "duplicate grade ids": (lambda c: _edit_nb(c, "m2-replay", lambda nb: nb["cells"][4]["metadata"]["nbgrader"].update(
-        grade_id=nb["cells"][3]["metadata"]["nbgrader"]["grade_id"])), "repeats grade_id"),
-    "cell without nbgrader metadata": (lambda c: _edit_nb(c, "m3-bundles", lambda nb: nb["cells"][5]["metadata"].pop("nbgrader")),
-                                       "has no nbgrader metadata"),
-    "metadata without schema_version": (lambda c: _edit_nb(c, "m4-observability", lambda nb: nb["cells"][6]["metadata"]["nbgrader"].pop("schema_version")),
-                                        "lacks schema_version"),
-    "test cell without points": (lambda c: _edit_nb(c, "m1-telemetry", lambda nb: next(
-        x for x in nb["cells"] if x["metadata"]["nbgrader"].get("grade"))["metadata"]["nbgrader"].pop("points")), "no points"),
-    "no parameters cell": (lambda c: _edit_nb(c, "m1-telemetry", lambda nb: nb["cells"][1]["metadata"].pop("tags")),
-                           "tagged 'parameters'"),
-    "wrong kernel": (lambda c: _edit_nb(c, "m2-replay", lambda nb: nb["metadata"]["kernelspec"].update(name="python3")),
-                     "kernelspec is 'python3'"),
-    "not a notebook": (lambda c: (c / "source" / "m2-replay" / "m2-replay.ipynb").write_text("{not json"),
-                       "not a valid notebook"),
-    "no changelog entry": (lambda c: (c / "CHANGELOG.md").write_text("# Changelog\n\n## 1.0.0\n\nFirst.\n"),
-                           f"has no entry for {VERSION}"),
-    "empty changelog entry": (lambda c: (c / "CHANGELOG.md").write_text(f"# Changelog\n\n## {VERSION}\n\n## 1.0.0\n\nFirst.\n"),
-                              f"entry for {VERSION} is empty"),
+    "unknown check": (
+        lambda c: _edit_toml(c, 'checks = ["bundle"]', 'checks = ["bundles"]'),
+        "unknown check 'bundles'",
+    ),
+    "duplicate grade ids": (
+        lambda c: _edit_nb(
+            c,
+            "m2-replay",
+            lambda nb: nb["cells"][4]["metadata"]["nbgrader"].update(
+                grade_id=nb["cells"][3]["metadata"]["nbgrader"]["grade_id"]
+            ),
+        ),
+        "repeats grade_id",
+    ),
+    "cell without nbgrader metadata": (
+        lambda c: _edit_nb(c, "m3-bundles", lambda nb: nb["cells"][5]["metadata"].pop("nbgrader")),
+        "has no nbgrader metadata",
+    ),
+    "metadata without schema_version": (
+        lambda c: _edit_nb(
+            c, "m4-observability", lambda nb: nb["cells"][6]["metadata"]["nbgrader"].pop("schema_version")
+        ),
+        "lacks schema_version",
+    ),
+    "test cell without points": (
+        lambda c: _edit_nb(
+            c,
+            "m1-telemetry",
+            lambda nb: next(x for x in nb["cells"] if x["metadata"]["nbgrader"].get("grade"))["metadata"][
+                "nbgrader"
+            ].pop("points"),
+        ),
+        "no points",
+    ),
+    "no parameters cell": (
+        lambda c: _edit_nb(c, "m1-telemetry", lambda nb: nb["cells"][1]["metadata"].pop("tags")),
+        "tagged 'parameters'",
+    ),
+    "wrong kernel": (
+        lambda c: _edit_nb(c, "m2-replay", lambda nb: nb["metadata"]["kernelspec"].update(name="python3")),
+        "kernelspec is 'python3'",
+    ),
+    "not a notebook": (
+        lambda c: (c / "source" / "m2-replay" / "m2-replay.ipynb").write_text("{not json"),
+        "not a valid notebook",
+    ),
+    "no changelog entry": (
+        lambda c: (c / "CHANGELOG.md").write_text("# Changelog\n\n## 1.0.0\n\nFirst.\n"),
+        f"has no entry for {VERSION}",
+    ),
+    "empty changelog entry": (
+        lambda c: (c / "CHANGELOG.md").write_text(f"# Changelog\n\n## {VERSION}\n\n## 1.0.0\n\nFirst.\n"),
+        f"entry for {VERSION} is empty",
+    ),
 }
 
 
@@ -268,7 +303,9 @@ def test_course_toml_types_and_ids(tmp_path):
 
 # ---- fetch -------------------------------------------------------------------------------
 def test_fetch_places_learner_notebooks_and_never_overwrites(tmp_path, capsys):
-    rc, out, _ = cli(capsys, "course", "fetch", COURSE_ID, "--version", "1.0.0", "--dest", str(tmp_path / "ws"), "--json")
+    rc, out, _ = cli(
+        capsys, "course", "fetch", COURSE_ID, "--version", "1.0.0", "--dest", str(tmp_path / "ws"), "--json"
+    )
     assert rc == 0
     res = json.loads(out)
     assert res["version"] == "1.0.0" and res["kernel"] is True
@@ -295,9 +332,12 @@ def test_a_modified_release_is_refused(tmp_path):
 
 # ---- JupyterLab opens a fetched module ---------------------------------------------------
 def _api(port: int, token: str, path: str, method: str = "GET", body: dict | None = None):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Authorization": f"token {token}", "Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=30) as r:
         data = r.read()
         return r.status, (json.loads(data) if data else None)
@@ -305,27 +345,49 @@ def _api(port: int, token: str, path: str, method: str = "GET", body: dict | Non
 
 def test_jupyterlab_lists_the_kernel_and_opens_a_fetched_module(tmp_path):
     import psutil
+
     root = tmp_path / "root"
     res = catalog.fetch(catalog.load(COURSE_ID), None, root / "course")
     token = secrets.token_hex(16)
     env = dict(os.environ)
-    env.update({"PATH": str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),
-                "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"),
-                "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"),
-                "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "lab-settings"),
-                "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "lab-workspaces"),
-                "LIVELAB_HOME": str(tmp_path / "no-lab")})
+    env.update(
+        {
+            "PATH": str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),
+            "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"),
+            "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"),
+            "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "lab-settings"),
+            "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "lab-workspaces"),
+            "LIVELAB_HOME": str(tmp_path / "no-lab"),
+        }
+    )
     logs: list = []
 
     def start() -> subprocess.Popen:  # port 0: the server takes a port nobody holds (no race)
         if logs:
             logs[-1].close()
         logs.append(open(tmp_path / "jupyterlab.log", "wb"))
-        return subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1",
-                                 "--ServerApp.port=0", "--ServerApp.port_retries=0",
-                                 f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
-                                 "--ServerApp.open_browser=False"] + (["--allow-root"] if os.geteuid() == 0 else []),
-                                cwd=root, env=env, stdout=logs[-1], stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jupyter",
+                "lab",
+                "--no-browser",
+                "--ServerApp.ip=127.0.0.1",
+                "--ServerApp.port=0",
+                "--ServerApp.port_retries=0",
+                f"--ServerApp.token={token}",
+                f"--ServerApp.root_dir={root}",
+                "--ServerApp.open_browser=False",
+            ]
+            + (["--allow-root"] if os.geteuid() == 0 else []),
+            cwd=root,
+            env=env,
+            stdout=logs[-1],
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
     proc, port = start_on_port_zero(start, tmp_path / "jupyterlab.log", timeout=240)  # up to 132 s seen at load 70
     log = logs[-1]
     kernels: list = []
@@ -346,10 +408,15 @@ def test_jupyterlab_lists_the_kernel_and_opens_a_fetched_module(tmp_path):
         status, model = _api(port, token, f"/api/contents/{rel}")
         assert status == 200 and model["type"] == "notebook"
         assert model["content"]["metadata"]["kernelspec"]["name"] == "livelab"
-        assert any("Lab.connect(module=\"m1-telemetry\"" in "".join(c["source"]) for c in model["content"]["cells"])
+        assert any('Lab.connect(module="m1-telemetry"' in "".join(c["source"]) for c in model["content"]["cells"])
         # Opening it starts the notebook's own kernel.
-        status, session = _api(port, token, "/api/sessions", "POST",
-                               {"path": rel, "type": "notebook", "name": "", "kernel": {"name": "livelab"}})
+        status, session = _api(
+            port,
+            token,
+            "/api/sessions",
+            "POST",
+            {"path": rel, "type": "notebook", "name": "", "kernel": {"name": "livelab"}},
+        )
         assert status == 201 and session["kernel"]["name"] == "livelab"
         kernels = psutil.Process(proc.pid).children(recursive=True)
         assert kernels, "no kernel process started"

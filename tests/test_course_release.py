@@ -36,7 +36,9 @@ def _our_stragglers() -> list[psutil.Process]:
     for p in psutil.Process().children(recursive=True):
         try:
             cmd = " ".join(p.cmdline())
-            if p.status() != psutil.STATUS_ZOMBIE and ("ipykernel" in cmd or "lab_hardware" in cmd or "mosquitto" in cmd):
+            if p.status() != psutil.STATUS_ZOMBIE and (
+                "ipykernel" in cmd or "lab_hardware" in cmd or "mosquitto" in cmd
+            ):
                 out.append(p)
         except psutil.NoSuchProcess:
             pass
@@ -55,8 +57,9 @@ def gated(tmp_path_factory, mosquitto_available):
     manifest = release.release(COURSE_ID, VERSION, root=tmp, keep=runs, progress=progress.append)
     seconds = time.perf_counter() - t0
     left = [p for p in _our_stragglers() if p.pid not in before]
-    return SimpleNamespace(course=course, root=tmp, manifest=manifest, runs=runs, progress=progress,
-                           seconds=seconds, left=left)
+    return SimpleNamespace(
+        course=course, root=tmp, manifest=manifest, runs=runs, progress=progress, seconds=seconds, left=left
+    )
 
 
 def _errors(cell) -> list[dict]:
@@ -87,17 +90,23 @@ def test_every_reference_solution_completes_against_a_live_lab(gated):
 
 def test_the_modules_really_ran_against_the_lab(gated):
     """Outputs come from the live lab, not canned: windows counted, a sandbox replay, a rollback."""
+
     def out(mid: str, grade_id: str) -> str:
         nb = nbformat.read(str(gated.runs / mid / "reference.ipynb"), as_version=4)
         cell = next(c for c in nb.cells if (c.metadata.get("nbgrader") or {}).get("grade_id") == grade_id)
         return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+
     # the gate starts module 1 untidy, as its text says (someone left telemetry granted)
     assert "'telemetry': True" in out("m1-telemetry", "connect")
-    assert "'dev-0': 1" in out("m1-telemetry", "windows-test") and "defect intent: call" in out("m1-telemetry", "rates-test")
+    assert "'dev-0': 1" in out("m1-telemetry", "windows-test") and "defect intent: call" in out(
+        "m1-telemetry", "rates-test"
+    )
     assert "signal digests matched 300/300" in out("m2-replay", "determinism-test")
     assert "'ok': False" in out("m3-bundles", "rollback-test") and "latency" in out("m3-bundles", "rollback-test")
     assert "revoked" in out("m3-bundles", "revoke-test")
-    assert "over-predicts" in out("m4-observability", "cause-test") and "'captures': 0" in out("m4-observability", "cause-test")
+    assert "over-predicts" in out("m4-observability", "cause-test") and "'captures': 0" in out(
+        "m4-observability", "cause-test"
+    )
 
 
 def test_every_learner_version_fails_its_tests_as_is(gated):
@@ -107,8 +116,11 @@ def test_every_learner_version_fails_its_tests_as_is(gated):
         nb = nbformat.read(str(gated.runs / mod["id"] / "learner.ipynb"), as_version=4)
         stubs = [c for c in nb.cells if (c.metadata.get("nbgrader") or {}).get("solution")]
         assert stubs and all(e["ename"] == "NotImplementedError" for c in stubs for e in _errors(c))
-        failed = [c.metadata.nbgrader.grade_id for c in nb.cells
-                  if (c.metadata.get("nbgrader") or {}).get("grade") and _errors(c)]
+        failed = [
+            c.metadata.nbgrader.grade_id
+            for c in nb.cells
+            if (c.metadata.get("nbgrader") or {}).get("grade") and _errors(c)
+        ]
         assert failed == g["learner_failed_tests"]
         assert "BEGIN HIDDEN TESTS" not in json.dumps(nb)
 
@@ -130,8 +142,9 @@ def test_the_release_is_complete_and_immutable(gated):
     c = catalog.load(gated.course)
     m = catalog.read_release(c, VERSION)
     d = catalog.release_dir(c, VERSION)
-    assert sorted(m["files"]) == sorted(["course.toml"] + [f"{kind}/{x}/{x}.ipynb" for kind in ("learner", "source")
-                                                          for x in MODULES])
+    assert sorted(m["files"]) == sorted(
+        ["course.toml"] + [f"{kind}/{x}/{x}.ipynb" for kind in ("learner", "source") for x in MODULES]
+    )
     assert [x["minutes"] for x in m["modules"]] == [20, 25, 30, 25] and m["minutes"] == 100
     assert all(x["points"] == 10 for x in m["modules"])
     assert all(x["check_points"] == {n: 5.0 for n in x["checks"]} for x in m["modules"])
@@ -151,8 +164,14 @@ def test_the_gate_leaves_no_process_behind(gated):
 def _cell(kind: str, gid: str, src: str, points: int | None = None, tags=None):
     c = nbformat.v4.new_markdown_cell(src) if kind == "md" else nbformat.v4.new_code_cell(src)
     c.id = gid
-    c.metadata["nbgrader"] = {"grade": kind == "test", "grade_id": gid, "locked": kind != "solution",
-                              "schema_version": 3, "solution": kind == "solution", "task": False}
+    c.metadata["nbgrader"] = {
+        "grade": kind == "test",
+        "grade_id": gid,
+        "locked": kind != "solution",
+        "schema_version": 3,
+        "solution": kind == "solution",
+        "task": False,
+    }
     if points is not None:
         c.metadata["nbgrader"]["points"] = points
     if tags:
@@ -165,8 +184,14 @@ def _tiny_module(root: Path, mid: str, test: str) -> None:
     nb.metadata["kernelspec"] = {"name": "livelab", "display_name": "livelab (Python 3)", "language": "python"}
     nb.cells = [
         _cell("md", "intro", f"# {mid}"),
-        _cell("ro", "parameters", "LIVELAB_HOME = None\nNAMESPACE = None\nLEARNER = None\nSEED = 0", tags=["parameters"]),
-        _cell("ro", "connect", f'from labs import Lab\nlab = Lab.connect(module="{mid}", home=LIVELAB_HOME, learner=LEARNER)'),
+        _cell(
+            "ro", "parameters", "LIVELAB_HOME = None\nNAMESPACE = None\nLEARNER = None\nSEED = 0", tags=["parameters"]
+        ),
+        _cell(
+            "ro",
+            "connect",
+            f'from labs import Lab\nlab = Lab.connect(module="{mid}", home=LIVELAB_HOME, learner=LEARNER)',
+        ),
         _cell("solution", "answer", "### BEGIN SOLUTION\nanswer = len(lab.devices)\n### END SOLUTION"),
         _cell("test", "answer-test", test, points=1),
     ]
@@ -178,7 +203,7 @@ def _tiny_module(root: Path, mid: str, test: str) -> None:
 def test_a_failed_gate_releases_nothing_and_says_why(tmp_path, capsys, mosquitto_available):
     root = tmp_path / "tiny"
     (root / "CHANGELOG.md").parent.mkdir(parents=True)
-    (root / "course.toml").write_text('''id = "tiny"
+    (root / "course.toml").write_text("""id = "tiny"
 title = "A course whose gate fails"
 version = "1.0.0"
 
@@ -197,12 +222,17 @@ minutes = 15
 scenario = "voice-intents"
 checks = ["consent"]
 objectives = ["none"]
-''')
+""")
     (root / "CHANGELOG.md").write_text("# Changelog\n\n## 1.0.0\n\nFirst.\n")
-    _tiny_module(root, "wrong-reference", "assert answer == 3\n### BEGIN HIDDEN TESTS\nassert answer == 4, "
-                                          "'the hidden test disagrees'\n### END HIDDEN TESTS")
-    _tiny_module(root, "free-points", "assert len(lab.devices) == 3\n### BEGIN HIDDEN TESTS\nassert True\n"
-                                      "### END HIDDEN TESTS")
+    _tiny_module(
+        root,
+        "wrong-reference",
+        "assert answer == 3\n### BEGIN HIDDEN TESTS\nassert answer == 4, "
+        "'the hidden test disagrees'\n### END HIDDEN TESTS",
+    )
+    _tiny_module(
+        root, "free-points", "assert len(lab.devices) == 3\n### BEGIN HIDDEN TESTS\nassert True\n### END HIDDEN TESTS"
+    )
     before = tree(root)
     rc = main(["course", "--courses", str(tmp_path), "release", "tiny", "1.0.0"])
     out, err = capsys.readouterr()

@@ -19,15 +19,23 @@ SC = scenarios.load("voice-intents")
 CREATED = "2026-11-25T12:00:00Z"
 
 
-def _make(tmp: Path, home: Path, name: str, version: str, *, model="candidate", call_bias=None,
-          compute=None, key="author") -> Path:
+def _make(
+    tmp: Path, home: Path, name: str, version: str, *, model="candidate", call_bias=None, compute=None, key="author"
+) -> Path:
     adapter = None
     if call_bias is not None:
         adapter = tmp / f"{name}-{version}.adapter.json"
         adapter.write_bytes(_adapter.make(list(SC.intents), {"call": call_bias}))
     out = tmp / f"{name}-{version}.lbundle"
-    _bundle.build(SC.models[model], out, name=name, version=version, adapter=adapter,
-                  compute={"health_decisions": 20, **(compute or {})}, created=CREATED)
+    _bundle.build(
+        SC.models[model],
+        out,
+        name=name,
+        version=version,
+        adapter=adapter,
+        compute={"health_decisions": 20, **(compute or {})},
+        created=CREATED,
+    )
     return _bundle.sign(out, home / "keys" / f"{key}.key")
 
 
@@ -98,13 +106,16 @@ def test_failed_health_check_rolls_back_automatically(blab):
     assert sdk.audit_chain("dev-2").verify()
 
 
-@pytest.mark.parametrize("case, reason", [
-    ("stranger", "unknown key"),
-    ("tampered", "signature"),
-    ("flipped-model", "model.onnx"),
-    ("truncated", "truncated"),
-    ("garbage", "not"),
-])
+@pytest.mark.parametrize(
+    "case, reason",
+    [
+        ("stranger", "unknown key"),
+        ("tampered", "signature"),
+        ("flipped-model", "model.onnx"),
+        ("truncated", "truncated"),
+        ("garbage", "not"),
+    ],
+)
 def test_bad_bundles_refused_device_keeps_serving(blab, tmp_path, case, reason):
     home, sdk, b = blab
     before = sdk.states["dev-0"]["bundle"]
@@ -113,7 +124,7 @@ def test_bad_bundles_refused_device_keeps_serving(blab, tmp_path, case, reason):
         data = data.replace(b'"1.2.0"', b'"9.2.0"')
     elif case == "flipped-model":
         i = data.index(_bundle.read(data).model[100:140]) + 10
-        data = data[:i] + bytes([data[i] ^ 1]) + data[i + 1:]
+        data = data[:i] + bytes([data[i] ^ 1]) + data[i + 1 :]
     elif case == "truncated":
         data = data[: len(data) // 2]
     elif case == "garbage":
@@ -199,9 +210,12 @@ def test_capture_needs_consent_and_lands_scrubbed(blab):
     sdk.grant_consent("dev-0", "replay-capture")
     cid = sdk.capture("dev-0", 120)
     from lab_hardware.modelops import replay
-    assert _wait(lambda: any(c.get("capture_id") == cid and c.get("records", 0) >= 120
-                             for c in replay.list_captures(home)), 10)
+
+    assert _wait(
+        lambda: any(c.get("capture_id") == cid and c.get("records", 0) >= 120 for c in replay.list_captures(home)), 10
+    )
     import re
+
     text = "\n".join(p.read_text() for p in (home / "replays").rglob("*.jsonl"))
     assert not re.search(r"[\w.+-]+@[\w-]+\.\w+", text)
     assert "<" in text  # placeholders where PII was
@@ -211,6 +225,7 @@ def test_rollout_cli_canary_back_and_shadow_forward(blab):
     import json
     import subprocess
     import sys
+
     home, sdk, b = blab
     # fixed2 was revoked above; use a fresh version for this rollout
     tmp = b["fixed2"].parent
@@ -218,8 +233,13 @@ def test_rollout_cli_canary_back_and_shadow_forward(blab):
     rdig = _bundle.read(rb).digest
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "livelab", "--home", str(home), "rollout", *args],
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "livelab", "--home", str(home), "rollout", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
     p = cli("start", str(rb), "--canary", "dev-1", "--json")
     assert p.returncode == 0, p.stderr
     assert _wait(lambda: sdk.states["dev-1"]["bundle"] == rdig)
@@ -246,6 +266,7 @@ def test_a_namespace_trust_store_stays_in_its_namespace(tmp_path, mosquitto_avai
     """A key trusted in one namespace's own store (what a graded submission can write) verifies
     bundles on that namespace's devices only; the namespace's removal takes it away."""
     from lab_hardware import home as _home
+
     home = tmp_path / "lab"
     start_lab(home, devices=1)
     try:

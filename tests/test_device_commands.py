@@ -25,10 +25,12 @@ def _wait_refused(obs: Observer, device: str, n_before: int, timeout=5.0) -> dic
 BAD = [
     ("consent", b"{not json", "not valid JSON"),
     ("consent", b"[1, 2]", "must be a JSON object"),
-    ("consent", b'{"schema": "livelab.command/v1", "id": "x1", "scope": "telemetry", "grant": "yes"}',
-     "true or false"),
-    ("consent", b'{"schema": "livelab.command/v1", "id": "x2", "scope": "everything", "grant": true}',
-     "unknown consent scope"),
+    ("consent", b'{"schema": "livelab.command/v1", "id": "x1", "scope": "telemetry", "grant": "yes"}', "true or false"),
+    (
+        "consent",
+        b'{"schema": "livelab.command/v1", "id": "x2", "scope": "everything", "grant": true}',
+        "unknown consent scope",
+    ),
     ("consent", b'{"schema": "other/v9", "id": "x3"}', "unknown command schema"),
     ("consent", b'{"schema": "livelab.command/v1", "id": 5}', "'id' must be a string"),
     ("selfdestruct", b'{"schema": "livelab.command/v1", "id": "x4"}', "unknown command"),
@@ -82,6 +84,7 @@ def test_command_flood_does_not_stop_device(lab_home, lab_sdk):
     # 200 malformed commands in a burst through one connection
     from lab_hardware.runtime import lab
     from lab_hardware import mqtt
+
     cred = lab.control_credentials(lab_home)
     d = lab.descriptor(lab_home)
     c = mqtt.client(username=cred["username"], password=cred["password"])

@@ -20,8 +20,17 @@ from pathlib import Path
 
 import pytest
 
-from labs.learning_events import (KINDS, MAX_FUTURE_SKEW, Event, EventError, EventStore, EventStoreError,
-                                 event_id, record, resolve_url)
+from labs.learning_events import (
+    KINDS,
+    MAX_FUTURE_SKEW,
+    Event,
+    EventError,
+    EventStore,
+    EventStoreError,
+    event_id,
+    record,
+    resolve_url,
+)
 
 PG_BASE = "postgresql://postgres@127.0.0.1:5432/test"
 T0 = 1_700_000_000.0
@@ -36,8 +45,10 @@ def _no_env_store(monkeypatch):
 
 def pg_engine():
     import sqlalchemy as sa
-    return sa.create_engine(PG_BASE.replace("postgresql://", "postgresql+psycopg://"),
-                            connect_args={"connect_timeout": 3})
+
+    return sa.create_engine(
+        PG_BASE.replace("postgresql://", "postgresql+psycopg://"), connect_args={"connect_timeout": 3}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +57,13 @@ def pg_schema():
     dropped afterwards; skipped with the reason if the server is absent."""
     try:
         import psycopg
+
         psycopg.connect(host="127.0.0.1", port=5432, dbname="test", user="postgres", connect_timeout=3).close()
     except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 (database 'test', user postgres) is not available: "
-                    f"{' '.join(str(exc).split())[:120]}")
+        pytest.skip(
+            f"PostgreSQL at 127.0.0.1:5432 (database 'test', user postgres) is not available: "
+            f"{' '.join(str(exc).split())[:120]}"
+        )
     name = f"livelab_test_{uuid.uuid4().hex[:10]}"
     eng = pg_engine()
     with eng.begin() as c:
@@ -82,21 +96,32 @@ def _drop(eng, schema):
 
 
 def ev(i: int = 0, **kw) -> Event:
-    base = dict(learner=f"l{i % 7}", module="m1", kind="check-passed", check=f"c{i % 3}", key=f"run-{i}",
-                time=T0 + i, source="grader", course="edge-ml", version="1.0.0", team="t")
+    base = dict(
+        learner=f"l{i % 7}",
+        module="m1",
+        kind="check-passed",
+        check=f"c{i % 3}",
+        key=f"run-{i}",
+        time=T0 + i,
+        source="grader",
+        course="edge-ml",
+        version="1.0.0",
+        team="t",
+    )
     base.update(kw)
     return Event(**base)
 
 
 # ---- idempotency, queries ----------------------------------------------------------------------
 
+
 def test_write_is_idempotent_and_queryable(store_args):
     url, schema = store_args
     with EventStore(url, schema=schema) as store:
         batch = [ev(i) for i in range(1200)]  # more than one INSERT chunk
         assert store.write(batch) == 1200
-        assert store.write(batch) == 0                      # re-grading does not double-count
-        assert store.write(batch[:5] + [ev(5000)]) == 1     # only the new one
+        assert store.write(batch) == 0  # re-grading does not double-count
+        assert store.write(batch[:5] + [ev(5000)]) == 1  # only the new one
         # A batch naming the same event twice writes it once.
         assert store.write([ev(6000), ev(6000)]) == 1
         assert store.count() == 1202
@@ -116,13 +141,14 @@ def test_write_is_idempotent_and_queryable(store_args):
 def test_event_id_is_the_idempotency_key():
     a = ev(1)
     assert a.id == event_id("grader", "l1", "edge-ml", "1.0.0", "m1", "check-passed", "c1", "run-1")
-    assert ev(1).id == a.id and ev(1, time=T0 + 99).id == a.id   # same statement, same run: one event
-    assert ev(1, key="run-2").id != a.id                            # a new grading run is a new event
+    assert ev(1).id == a.id and ev(1, time=T0 + 99).id == a.id  # same statement, same run: one event
+    assert ev(1, key="run-2").id != a.id  # a new grading run is a new event
     assert ev(1, version="1.1.0").id != a.id and ev(1, source="sdk").id != a.id
     assert Event.from_dict(a.as_dict()) == a
 
 
 # ---- bad input ---------------------------------------------------------------------------------------
+
 
 def test_bad_events_refuse_the_whole_batch_with_one_line(tmp_path):
     with EventStore(tmp_path) as store:
@@ -146,26 +172,53 @@ def test_bad_events_refuse_the_whole_batch_with_one_line(tmp_path):
             assert "\n" not in str(info.value) and str(info.value).startswith("event 1:")
         assert store.count() == 1  # nothing of any refused batch was written
         # Within the skew allowance the future is fine (writers' clocks differ a little).
-        assert store.write([dict(learner="a", module="m", kind="module-opened",
-                                 time=time.time() + MAX_FUTURE_SKEW / 2)]) == 1
+        assert (
+            store.write([dict(learner="a", module="m", kind="module-opened", time=time.time() + MAX_FUTURE_SKEW / 2)])
+            == 1
+        )
         assert store.write([]) == 0
         # A writer's own fields (the grader's score, submission...) are kept in detail, not refused.
-        assert store.write([dict(learner="g", module="m", kind="check-failed", check="consent", source="grader",
-                                 schema="livelab.event/v1", score=0.5, submission="ab12", detail={"run": 3})]) == 1
+        assert (
+            store.write(
+                [
+                    dict(
+                        learner="g",
+                        module="m",
+                        kind="check-failed",
+                        check="consent",
+                        source="grader",
+                        schema="livelab.event/v1",
+                        score=0.5,
+                        submission="ab12",
+                        detail={"run": 3},
+                    )
+                ]
+            )
+            == 1
+        )
         (got,) = store.query(learner="g")
         assert got.detail == {"score": 0.5, "submission": "ab12", "run": 3}
-        assert set(KINDS) == {"module-opened", "lab-connected", "telemetry-first-seen", "check-passed",
-                              "check-failed", "module-completed"}
+        assert set(KINDS) == {
+            "module-opened",
+            "lab-connected",
+            "telemetry-first-seen",
+            "check-passed",
+            "check-failed",
+            "module-completed",
+        }
 
 
-@pytest.mark.parametrize("where,msg", [
-    ("postgresql://127.0.0.1:1/x", "unreachable"),
-    ("{tmp}/no/such/dir", "does not exist"),
-    ("sqlite:///{tmp}/no/such/dir/events.sqlite", "does not exist"),
-    ("{file}/sub", "does not exist"),               # a home under a regular file
-    ("mysql://127.0.0.1/x", "cannot use events database"),
-    ("nosuchdb://x/y", "cannot use events database"),
-])
+@pytest.mark.parametrize(
+    "where,msg",
+    [
+        ("postgresql://127.0.0.1:1/x", "unreachable"),
+        ("{tmp}/no/such/dir", "does not exist"),
+        ("sqlite:///{tmp}/no/such/dir/events.sqlite", "does not exist"),
+        ("{file}/sub", "does not exist"),  # a home under a regular file
+        ("mysql://127.0.0.1/x", "cannot use events database"),
+        ("nosuchdb://x/y", "cannot use events database"),
+    ],
+)
 def test_missing_or_unreachable_database_is_one_line(tmp_path, where, msg):
     f = tmp_path / "a-file"
     f.write_text("x")
@@ -181,8 +234,8 @@ def test_where_the_store_is(tmp_path, monkeypatch):
     assert resolve_url(tmp_path) == f"sqlite:///{tmp_path}/events.sqlite"
     assert resolve_url(url="postgresql://h/db") == "postgresql+psycopg://h/db"
     monkeypatch.setenv("LIVELAB_EVENTS_URL", "sqlite:////elsewhere/e.sqlite")
-    assert resolve_url(tmp_path) == "sqlite:////elsewhere/e.sqlite"          # the setting wins over a home
-    assert resolve_url(tmp_path, url="sqlite:///x") == "sqlite:///x"         # an explicit URL wins over both
+    assert resolve_url(tmp_path) == "sqlite:////elsewhere/e.sqlite"  # the setting wins over a home
+    assert resolve_url(tmp_path, url="sqlite:///x") == "sqlite:///x"  # an explicit URL wins over both
     monkeypatch.delenv("LIVELAB_EVENTS_URL")
     monkeypatch.setenv("LIVELAB_HOME", str(tmp_path / "h"))
     assert resolve_url() == f"sqlite:///{tmp_path}/h/events.sqlite"
@@ -193,7 +246,7 @@ def test_record_never_raises(tmp_path, caplog):
     assert "not recorded" in caplog.text
     assert record(tmp_path, {"kind": "bogus", "learner": "a", "module": "m"}) == 0
     e = {"kind": "module-opened", "learner": "a", "module": "m", "time": T0}
-    assert record(tmp_path, e) == 1 and record(tmp_path, e) == 0      # same session: idempotent
+    assert record(tmp_path, e) == 1 and record(tmp_path, e) == 0  # same session: idempotent
     with EventStore(tmp_path) as s:
         (got,) = s.query()
     assert got.source == "sdk" and got.key.startswith("session:")
@@ -225,8 +278,13 @@ WRITER = textwrap.dedent("""
 def run_writer(tmp_path, url, schema, n, hook=""):
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
-    return subprocess.Popen([sys.executable, str(script), url, schema or "", str(n), hook],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
+    return subprocess.Popen(
+        [sys.executable, str(script), url, schema or "", str(n), hook],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[1],
+    )
 
 
 def test_writer_killed_mid_batch_leaves_nothing_and_rerun_completes_once(tmp_path, store_args):
@@ -242,7 +300,7 @@ def test_writer_killed_mid_batch_leaves_nothing_and_rerun_completes_once(tmp_pat
         p = run_writer(tmp_path, url, schema, n, "kill-me")
         line = p.stdout.readline()
         assert line.startswith("mid-batch"), p.stderr.read()
-        assert int(line.split()[1]) == 1000 - 700       # rows of this batch inserted so far, uncommitted
+        assert int(line.split()[1]) == 1000 - 700  # rows of this batch inserted so far, uncommitted
         os.kill(p.pid, signal.SIGKILL)
         p.wait(10)
         assert p.returncode == -signal.SIGKILL
@@ -283,6 +341,7 @@ def test_concurrent_writers_with_overlapping_batches(tmp_path):
 
 # ---- the SDK writes events -----------------------------------------------------------------------
 
+
 def _wait_count(store, n, timeout=20, **filters):
     """The lab's recorder writes the SDK's announcements: wait for them (bounded)."""
     deadline = time.monotonic() + timeout
@@ -296,6 +355,7 @@ def test_sdk_writes_opening_connection_and_first_telemetry(lab_home, monkeypatch
     owner (the lab's owner on a single-user lab), whatever name the kernel claims."""
     from lab_hardware.home import read_json
     from labs import Lab
+
     owner = read_json(lab_home / "lab.json")["owner"]
     monkeypatch.setenv("LIVELAB_TEAM", "team-a")
     with Lab.connect("m1-telemetry", home=lab_home, learner="ada", course="edge-ml", version="1.1.0") as lab:
@@ -305,8 +365,13 @@ def test_sdk_writes_opening_connection_and_first_telemetry(lab_home, monkeypatch
             got = {e.kind: e for e in store.query(learner=owner, module="m1-telemetry")}
             assert set(got) == {"module-opened", "lab-connected"}
             o = got["module-opened"]
-            assert (o.module, o.course, o.version, o.team, o.source) == ("m1-telemetry", "edge-ml", "1.1.0",
-                                                                        "team-a", "sdk")
+            assert (o.module, o.course, o.version, o.team, o.source) == (
+                "m1-telemetry",
+                "edge-ml",
+                "1.1.0",
+                "team-a",
+                "sdk",
+            )
             assert o.time <= got["lab-connected"].time <= time.time()
             lab.grant_consent("dev-0")
             lab.next_window("dev-0", timeout=10)
@@ -331,15 +396,23 @@ def test_sdk_writes_opening_connection_and_first_telemetry(lab_home, monkeypatch
 
 # ---- hostile names (issue 13, point 5) -------------------------------------------------------------
 
-HOSTILE_OK = ("</script><!--", "$\\frac{1}{0}$", "[/]", "[link=https://example.invalid]x[/link]", "a & <b>",
-              "Zoë-Ŝ 李")
-HOSTILE_REFUSED = (("nul\x00byte", "U+0000"), ("two\nlines", "U+000A"), ("\x1b[31mred", "U+001B"),
-                   ("tab\there", "U+0009"), ("line\u2028sep", "U+2028"), ("bidi\u202eevil", "U+202E"),
-                   ("x" * 129, "129 characters"), ("   ", "empty"), (" padded", "whitespace"))
+HOSTILE_OK = ("</script><!--", "$\\frac{1}{0}$", "[/]", "[link=https://example.invalid]x[/link]", "a & <b>", "Zoë-Ŝ 李")
+HOSTILE_REFUSED = (
+    ("nul\x00byte", "U+0000"),
+    ("two\nlines", "U+000A"),
+    ("\x1b[31mred", "U+001B"),
+    ("tab\there", "U+0009"),
+    ("line\u2028sep", "U+2028"),
+    ("bidi\u202eevil", "U+202E"),
+    ("x" * 129, "129 characters"),
+    ("   ", "empty"),
+    (" padded", "whitespace"),
+)
 
 
 def test_names_library_refuses_with_one_line():
     from labs import names
+
     for good in HOSTILE_OK:
         assert names.check("learner", good) == good
     for bad, why in HOSTILE_REFUSED:
@@ -350,7 +423,7 @@ def test_names_library_refuses_with_one_line():
         assert len(msg) < 200
     with pytest.raises(names.NameRefused, match="must be a string"):
         names.check("module", 7)
-    names.check_all({"learner": "ana", "team": "", "course": None})   # absent team/course: fine
+    names.check_all({"learner": "ana", "team": "", "course": None})  # absent team/course: fine
 
 
 @pytest.mark.parametrize("field", ["learner", "team", "module", "check", "course", "version"])
@@ -358,12 +431,12 @@ def test_the_store_refuses_hostile_names_and_keeps_odd_but_printable_ones(tmp_pa
     with EventStore(tmp_path) as store:
         for bad, why in HOSTILE_REFUSED:
             if field in ("team", "course", "version") and why == "empty":
-                continue   # these may be absent
+                continue  # these may be absent
             with pytest.raises(EventError, match=re.escape(why)) as info:
                 store.write([ev(1), ev(2, **{field: bad})])
             assert "\n" not in str(info.value) and "\x00" not in str(info.value)
             assert str(info.value).startswith(f"event 1: {field} name" if why != "empty" else "event 1: ")
-        assert store.count() == 0   # nothing of a refused batch, no NUL byte stored
+        assert store.count() == 0  # nothing of a refused batch, no NUL byte stored
         for i, good in enumerate(HOSTILE_OK):
             assert store.write([ev(i, **{field: good})]) == 1
         assert {getattr(e, field) for e in store.query()} == set(HOSTILE_OK)
@@ -371,8 +444,14 @@ def test_the_store_refuses_hostile_names_and_keeps_odd_but_printable_ones(tmp_pa
 
 def test_sdk_refuses_a_hostile_name_before_looking_for_a_lab(tmp_path):
     from labs import Lab, names
-    for kw in ({"module": "m1\n"}, {"module": "m1", "learner": "a\x00"}, {"module": "m1", "team": "\x1b[2J"},
-               {"module": "m1", "course": "c" * 500}, {"module": "m1", "version": "1.0\u2028"}):
+
+    for kw in (
+        {"module": "m1\n"},
+        {"module": "m1", "learner": "a\x00"},
+        {"module": "m1", "team": "\x1b[2J"},
+        {"module": "m1", "course": "c" * 500},
+        {"module": "m1", "version": "1.0\u2028"},
+    ):
         with pytest.raises(names.NameRefused) as info:
             Lab.connect(home=tmp_path / "no-lab-here", **kw)
         assert "\n" not in str(info.value)
@@ -380,17 +459,30 @@ def test_sdk_refuses_a_hostile_name_before_looking_for_a_lab(tmp_path):
 
 # ---- system identities (issue 10, point 4) -----------------------------------------------------------
 
+
 def test_system_field_defaults_to_false_and_is_queryable(store_args):
     from labs.learning_events import system_identity
+
     url, schema = store_args
     with EventStore(url, schema=schema) as store:
-        assert store.write([ev(1), ev(2, learner="release-gate", system=True),
-                            {**ev(3).as_dict(), "learner": "bot", "system": True}]) == 3
+        assert (
+            store.write(
+                [
+                    ev(1),
+                    ev(2, learner="release-gate", system=True),
+                    {**ev(3).as_dict(), "learner": "bot", "system": True},
+                ]
+            )
+            == 3
+        )
         got = {e.learner: e.system for e in store.query()}
         assert got == {"l1": False, "release-gate": True, "bot": True}
         assert store.count(system=False) == 1 and store.count(system=True) == 2
-        assert store.columns()["system"] == [False, True, True] or \
-            sorted(store.columns()["system"]) == [False, True, True]
+        assert store.columns()["system"] == [False, True, True] or sorted(store.columns()["system"]) == [
+            False,
+            True,
+            True,
+        ]
         with pytest.raises(EventError, match="system"):
             store.write([{**ev(4).as_dict(), "system": "yes"}])
     # A process that runs as a system identity marks what record() writes.
@@ -413,15 +505,32 @@ def test_a_store_from_before_the_system_field_is_migrated_and_stays_readable(tmp
     # The table as the previous release created it (no 'system' column), with one event in it.
     db = tmp_path / "events.sqlite"
     con = sqlite3.connect(db)
-    con.execute('CREATE TABLE livelab_events (id VARCHAR(64) NOT NULL PRIMARY KEY, learner VARCHAR(200) NOT NULL, '
-                'team VARCHAR(200) NOT NULL, course VARCHAR(200) NOT NULL, version VARCHAR(64) NOT NULL, '
-                'module VARCHAR(200) NOT NULL, kind VARCHAR(32) NOT NULL, "check" VARCHAR(200), '
-                'time FLOAT NOT NULL, source VARCHAR(16) NOT NULL, "key" VARCHAR(400) NOT NULL, '
-                'detail JSON NOT NULL, written_at FLOAT NOT NULL)')
+    con.execute(
+        "CREATE TABLE livelab_events (id VARCHAR(64) NOT NULL PRIMARY KEY, learner VARCHAR(200) NOT NULL, "
+        "team VARCHAR(200) NOT NULL, course VARCHAR(200) NOT NULL, version VARCHAR(64) NOT NULL, "
+        'module VARCHAR(200) NOT NULL, kind VARCHAR(32) NOT NULL, "check" VARCHAR(200), '
+        'time FLOAT NOT NULL, source VARCHAR(16) NOT NULL, "key" VARCHAR(400) NOT NULL, '
+        "detail JSON NOT NULL, written_at FLOAT NOT NULL)"
+    )
     old = ev(1)
-    con.execute("INSERT INTO livelab_events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (old.id, old.learner, old.team, old.course, old.version, old.module, old.kind, old.check,
-                 old.time, old.source, old.key, "{}", T0))
+    con.execute(
+        "INSERT INTO livelab_events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            old.id,
+            old.learner,
+            old.team,
+            old.course,
+            old.version,
+            old.module,
+            old.kind,
+            old.check,
+            old.time,
+            old.source,
+            old.key,
+            "{}",
+            T0,
+        ),
+    )
     con.commit()
     con.close()
     with EventStore(tmp_path) as store:
@@ -429,7 +538,7 @@ def test_a_store_from_before_the_system_field_is_migrated_and_stays_readable(tmp
         assert got.id == old.id and got.system is False
         assert store.write([ev(2, learner="bot", system=True)]) == 1
         assert store.count(system=True) == 1 and store.count(system=False) == 1
-    with EventStore(tmp_path) as store:   # opening again: nothing to migrate, nothing lost
+    with EventStore(tmp_path) as store:  # opening again: nothing to migrate, nothing lost
         assert store.count() == 2
     cols = [r[1] for r in sqlite3.connect(db).execute("PRAGMA table_info(livelab_events)")]
     assert cols.count("system") == 1
@@ -439,16 +548,25 @@ def test_system_identities_mark_the_grader_and_the_release_gate(monkeypatch):
     from courses import release
     from grading import events as grading_events
     from labs.learning_events import system_identity
-    result = {"assignment": "m1", "student": "ana", "cells": [{"score": 1, "max_score": 1, "grade_id": "t1",
-                                                               "kind": "test"}],
-              "status": "graded", "score": 1, "max_score": 1, "graded_at": T0}
+
+    result = {
+        "assignment": "m1",
+        "student": "ana",
+        "cells": [{"score": 1, "max_score": 1, "grade_id": "t1", "kind": "test"}],
+        "status": "graded",
+        "score": 1,
+        "max_score": 1,
+        "graded_at": T0,
+    }
     assert {e["system"] for e in grading_events.events_for(result)} == {False}
     with system_identity():
         evs = grading_events.events_for(result)
     assert {e["system"] for e in evs} == {True} and all(Event.from_dict(e).system for e in evs)
     # The release gate runs as a system identity (its notebooks' kernels inherit the marking).
     seen = []
-    monkeypatch.setattr(release, "_run_gate", lambda *a, **kw: seen.append(os.environ.get("LIVELAB_SYSTEM")) or ([], []))
+    monkeypatch.setattr(
+        release, "_run_gate", lambda *a, **kw: seen.append(os.environ.get("LIVELAB_SYSTEM")) or ([], [])
+    )
     assert release.run_gate(None, {}, {}, Path("."), progress=lambda m: None) == ([], [])
     assert seen == ["1"] and "LIVELAB_SYSTEM" not in os.environ
 

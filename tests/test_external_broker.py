@@ -46,6 +46,7 @@ def test_lab_on_external_broker(tmp_path):
 
 def test_unreachable_external_broker_one_line(tmp_path):
     from tests.test_lab import one_line_error, run_cli
+
     with socket.socket() as s:  # bound, never listening: connections are refused, and no other
         s.bind(("127.0.0.1", 0))  # process can take the port while the test runs
         port = s.getsockname()[1]

@@ -40,8 +40,9 @@ def parse_answer(path: Path) -> tuple[dict[str, str], str | None, str]:
     m = re.search(r"^# base: (\S+)$", text, re.M)
     if m:
         base = m.group(1)
-    why = "\n".join(ln[2:] for ln in text.split("# %%", 1)[0].splitlines() if ln.startswith("# ")
-                    and not ln.startswith("# base:"))
+    why = "\n".join(
+        ln[2:] for ln in text.split("# %%", 1)[0].splitlines() if ln.startswith("# ") and not ln.startswith("# base:")
+    )
     cells = {}
     for part in text.split("\n# %% ")[1:]:
         name, _, body = part.partition("\n")
@@ -84,6 +85,7 @@ def submission(module: str, cells: dict[str, str]) -> bytes:
 def flab(tmp_path_factory, mosquitto_available):
     from grading import isolation
     from lab_hardware.runtime import lab
+
     home = tmp_path_factory.mktemp("fairlab")
     start_lab(home)
     course = tmp_path_factory.mktemp("faircourse") / COURSE.name
@@ -103,10 +105,21 @@ LOAD = ("infrastructure", "is the machine overloaded", "p99 latency")
 def _batch(flab, module: str, tree: Path, out: Path) -> dict[str, dict]:
     from grading import batch
     from grading.limits import Limits
-    summary = batch.grade_many(batch.BatchConfig(
-        course=str(flab["course"]), module=module, path=str(tree), lab_home=str(flab["home"]), out=str(out),
-        state=str(flab["state"]), events=str(out / "events"), use_cache=False, progress=False,
-        limits=Limits(cell_timeout=90, total_timeout=400)))
+
+    summary = batch.grade_many(
+        batch.BatchConfig(
+            course=str(flab["course"]),
+            module=module,
+            path=str(tree),
+            lab_home=str(flab["home"]),
+            out=str(out),
+            state=str(flab["state"]),
+            events=str(out / "events"),
+            use_cache=False,
+            progress=False,
+            limits=Limits(cell_timeout=90, total_timeout=400),
+        )
+    )
     return {r["student"]: r for r in summary["results"]}
 
 
@@ -118,8 +131,13 @@ def grade_module(flab, module: str, tmp_path: Path) -> dict[str, dict]:
         d.mkdir(parents=True)
         (d / f"{module}.ipynb").write_bytes(submission(module, cells))
     results = _batch(flab, module, tmp_path / "submitted", tmp_path / "graded")
-    again = [s for s, r in results.items() if s.startswith("ok_") and r["score"] < r["max_score"]
-             and any(w in " ".join([str(r.get("status"))] + r.get("messages", [])) for w in LOAD)]
+    again = [
+        s
+        for s, r in results.items()
+        if s.startswith("ok_")
+        and r["score"] < r["max_score"]
+        and any(w in " ".join([str(r.get("status"))] + r.get("messages", [])) for w in LOAD)
+    ]
     if again:
         for s in again:
             shutil.copytree(tmp_path / "submitted" / s, tmp_path / "again" / s)

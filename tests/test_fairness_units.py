@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import nbformat
 import pytest
 
-from courses import catalog, release
+from courses import catalog
 from grading import untidy
 from grading.checks.base import CheckContext, Message
 from labs import sdk
@@ -46,12 +46,16 @@ def _msg(topic: str, payload: dict, t: float = 0.0) -> Message:
 def test_redelivered_windows_and_capture_parts_count_once():
     tel = "livelab/ns/devices/dev-1/telemetry"
     cap = "livelab/ns/devices/dev-1/capture"
-    msgs = [_msg(tel, {"device": "dev-1", "seq": 1}), _msg(tel, {"device": "dev-1", "seq": 1}, 1.0),
-            _msg(tel, {"device": "dev-1", "seq": 2}),
-            _msg(cap, {"device": "dev-1", "capture_id": "c", "part": 0}),
-            _msg(cap, {"device": "dev-1", "capture_id": "c", "part": 0}, 2.0)]
-    ctx = CheckContext(home=Path("."), namespace="ns", devices=["dev-1"], learner="a", module="m", started=0,
-                       ended=1, messages=msgs)
+    msgs = [
+        _msg(tel, {"device": "dev-1", "seq": 1}),
+        _msg(tel, {"device": "dev-1", "seq": 1}, 1.0),
+        _msg(tel, {"device": "dev-1", "seq": 2}),
+        _msg(cap, {"device": "dev-1", "capture_id": "c", "part": 0}),
+        _msg(cap, {"device": "dev-1", "capture_id": "c", "part": 0}, 2.0),
+    ]
+    ctx = CheckContext(
+        home=Path("."), namespace="ns", devices=["dev-1"], learner="a", module="m", started=0, ended=1, messages=msgs
+    )
     assert len(ctx.of("telemetry")) == 3 and [w["seq"] for w in ctx.distinct("telemetry")] == [1, 2]
     assert len(ctx.distinct("capture", "dev-1")) == 1
 
@@ -65,7 +69,9 @@ def test_untidy_plan_is_seeded_and_validated():
     assert 1 <= len(a) < len(devs) and {s for _, s in a} == {"telemetry"}
     starts = {tuple(untidy.plan(spec, devs, seed=s, module="m1")) for s in range(20)}
     assert len(starts) > 1, "different seeds start differently"
-    assert untidy.plan([{"grant": "replay-capture", "devices": ["dev-1", "dev-9"]}], devs) == [("dev-1", "replay-capture")]
+    assert untidy.plan([{"grant": "replay-capture", "devices": ["dev-1", "dev-9"]}], devs) == [
+        ("dev-1", "replay-capture")
+    ]
     assert untidy.plan(None, devs) == []
     problems = untidy.validate([{"grant": "audio", "devices": "all"}, {"grant": "telemetry"}])
     assert len(problems) == 3 and "not a consent scope" in problems[0] and "exactly the keys" in problems[2]
@@ -106,8 +112,9 @@ def test_hints_are_progressive_and_come_from_the_course(capsys):
     # every exercise of every module has a hint
     for m in catalog.load(COURSE_ID).modules:
         nb = nbformat.read(str(m.notebook), as_version=4)
-        exercises = {c.metadata["nbgrader"]["grade_id"] for c in nb.cells
-                     if c.metadata.get("nbgrader", {}).get("solution")}
+        exercises = {
+            c.metadata["nbgrader"]["grade_id"] for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution")
+        }
         assert exercises == set(dict(m.hints)), m.id
 
 
@@ -152,7 +159,7 @@ def test_module_1_names_the_defect_intent_only_after_exercise_3(where):
     watch = [i for i, c in enumerate(nb.cells) if "panel.watch(" in c.source]
     assert watch and min(watch) > rates_test, "the panel watches the intent only after exercise 3 found it"
     # the texts before exercise 3 (beyond the users' complaint) do not name it either
-    before = " ".join(c.source for c in nb.cells[ids.index("panel-intro"):ids.index("rates-md")])
+    before = " ".join(c.source for c in nb.cells[ids.index("panel-intro") : ids.index("rates-md")])
     assert f"`{defect}`" not in before and "most higher" not in " ".join(c.source for c in nb.cells)
 
 
@@ -173,7 +180,7 @@ def test_course_check_lists_every_problem_at_once_without_a_lab(tmp_path, capsys
     toml = dst / "course.toml"
     version = catalog.load(dst).version
     (dst / "CHANGELOG.md").write_text("# Changelog\n\n## 0.0.1\n\nold.\n")
-    toml.write_text(toml.read_text().replace("quiet = [", "nosuchexercise = [\"x\"]\nquiet = [", 1))
+    toml.write_text(toml.read_text().replace("quiet = [", 'nosuchexercise = ["x"]\nquiet = [', 1))
     p = dst / "source" / "m3-bundles" / "m3-bundles.ipynb"
     nb = json.loads(p.read_text())
     nb["cells"][4]["metadata"]["nbgrader"]["grade_id"] = "intro"  # a duplicate grade id
@@ -207,6 +214,7 @@ def test_course_preview_renders_the_learner_version(tmp_path, capsys):
 # ---- lab reset ---------------------------------------------------------------------------
 def test_lab_reset_returns_the_namespace_to_its_scenario(lab_home, capsys):
     from labs import Lab, reset
+
     with Lab.connect(home=lab_home, learner="tester") as lab:
         lab.grant_consent("dev-0", "telemetry")
         lab.grant_consent("dev-1", "replay-capture")
@@ -214,27 +222,38 @@ def test_lab_reset_returns_the_namespace_to_its_scenario(lab_home, capsys):
         lab.set_model("dev-0", "candidate")
         from lab_hardware import topics
         from lab_hardware.runtime import lab as _lab
+
         ctl = _lab.control_client(lab_home)  # a revocation list the control plane left behind
-        ctl.publish(topics.control(lab.namespace, "revocations"), topics.encode(
-            {"schema": topics.SCHEMA_REVOCATIONS, "revoked": [{"digest": "ab" * 32, "reason": "test"}]}),
-            qos=1, retain=True).wait_for_publish(5)
+        ctl.publish(
+            topics.control(lab.namespace, "revocations"),
+            topics.encode({"schema": topics.SCHEMA_REVOCATIONS, "revoked": [{"digest": "ab" * 32, "reason": "test"}]}),
+            qos=1,
+            retain=True,
+        ).wait_for_publish(5)
         from lab_hardware import mqtt
+
         mqtt.stop(ctl)
         deadline = time.monotonic() + 10
-        while not (lab.states["dev-1"].get("capturing") and lab.states["dev-0"]["model"] == "candidate"
-                   and lab.revocations):
+        while not (
+            lab.states["dev-1"].get("capturing") and lab.states["dev-0"]["model"] == "candidate" and lab.revocations
+        ):
             assert time.monotonic() < deadline
             time.sleep(0.05)
         rc, out, err = cli(capsys, "--home", str(lab_home), "lab", "reset", "--json")
         assert rc == 0, err
         res = json.loads(out)
-        assert "closed the open capture" in res["devices"]["dev-1"] and "revoked replay-capture" in res["devices"]["dev-1"]
+        assert (
+            "closed the open capture" in res["devices"]["dev-1"] and "revoked replay-capture" in res["devices"]["dev-1"]
+        )
         assert "back on model baseline" in res["devices"]["dev-0"] and "revoked telemetry" in res["devices"]["dev-0"]
         deadline = time.monotonic() + 10
         while True:
             st = {d: lab.states[d] for d in lab.devices}
-            ok = (all(not any(s["consent"].values()) and not s["capturing"] for s in st.values())
-                  and st["dev-0"]["model"] == "baseline" and lab.revocations == [])
+            ok = (
+                all(not any(s["consent"].values()) and not s["capturing"] for s in st.values())
+                and st["dev-0"]["model"] == "baseline"
+                and lab.revocations == []
+            )
             if ok:
                 break
             assert time.monotonic() < deadline, st

@@ -36,10 +36,14 @@ def fixture_source(module: str) -> nbformat.NotebookNode:
     nb = new_notebook()
     nb.metadata.kernelspec = {"name": "livelab", "display_name": "livelab (Python 3)", "language": "python"}
     nb.cells = [
-        new_code_cell("LIVELAB_HOME = None\nNAMESPACE = None\nLEARNER = None\nSEED = 0", metadata={"tags": ["parameters"]}),
-        new_code_cell("import json, time\nfrom pathlib import Path\nfrom labs import Lab\nfrom lab_hardware.modelops import replay\n"
-                      f"lab = Lab.connect(module={module!r}, home=LIVELAB_HOME, namespace=NAMESPACE, learner=LEARNER)\n"
-                      "HOME = Path(lab.conn.home)\nWORK = Path('work')\nWORK.mkdir(exist_ok=True)"),
+        new_code_cell(
+            "LIVELAB_HOME = None\nNAMESPACE = None\nLEARNER = None\nSEED = 0", metadata={"tags": ["parameters"]}
+        ),
+        new_code_cell(
+            "import json, time\nfrom pathlib import Path\nfrom labs import Lab\nfrom lab_hardware.modelops import replay\n"
+            f"lab = Lab.connect(module={module!r}, home=LIVELAB_HOME, namespace=NAMESPACE, learner=LEARNER)\n"
+            "HOME = Path(lab.conn.home)\nWORK = Path('work')\nWORK.mkdir(exist_ok=True)"
+        ),
         new_code_cell("### BEGIN SOLUTION\nDONE = True\n### END SOLUTION", metadata=_meta("work", solution=True)),
         new_code_cell("assert DONE", metadata=_meta("done", grade=True, locked=True, points=1)),
     ]
@@ -55,6 +59,7 @@ def submission(body: str) -> bytes:
 @pytest.fixture(scope="module")
 def glab(tmp_path_factory, mosquitto_available):
     from lab_hardware.runtime import lab
+
     home = tmp_path_factory.mktemp("glab")
     start_lab(home, device_options={"window_seconds": 0.3})
     state = tmp_path_factory.mktemp("gstate")
@@ -65,6 +70,7 @@ def glab(tmp_path_factory, mosquitto_available):
     yield {"home": home, "ref": ref, "opts": opts, "state": state}
     isolation.shutdown_worker_labs()
     from grading import sandbox
+
     if sandbox.ForkServer._instance is not None:  # this process's kernel fork server
         sandbox.ForkServer._instance.close()
         sandbox.ForkServer._instance = None
@@ -74,8 +80,9 @@ def glab(tmp_path_factory, mosquitto_available):
 
 def grade(glab, student: str, body: str, checks: list[str]) -> dict:
     sub = runner.Submission(student, "fixture", "fixture", submission(body))
-    return isolation.grade_in_lab(sub, glab["ref"], glab["opts"],
-                                  {"home": str(glab["home"]), "module": "fixture", "checks": checks})
+    return isolation.grade_in_lab(
+        sub, glab["ref"], glab["opts"], {"home": str(glab["home"]), "module": "fixture", "checks": checks}
+    )
 
 
 def _check(r, name):
@@ -111,13 +118,16 @@ def test_doing_nothing_earns_no_consent_points(glab):
 
 
 def test_pii_published_then_erased_is_caught_by_the_observer(glab):
-    body = GOOD_CONSENT + """
+    body = (
+        GOOD_CONSENT
+        + """
 topic = f"livelab/{lab.namespace}/learner/notes"
 lab._client.publish(topic, json.dumps({"note": "call Grace Okafor at grace.okafor@example.com"}), qos=1, retain=True).wait_for_publish(5)
 time.sleep(0.3)
 lab._client.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)   # erase the retained copy
 Path("notes.txt").unlink(missing_ok=True)
 DONE = True"""
+    )
     r = grade(glab, "eve", body, ["consent"])
     c = _check(r, "consent")
     assert "no-pii-published" in _failed(c) and 0 < c["score"] < 5
@@ -130,6 +140,7 @@ def test_other_namespaces_are_out_of_reach(glab):
     """A submission cannot command, read or write another namespace: the broker's ACL refuses,
     checked by an independent observer on the victim namespace and its audit chains."""
     from lab_hardware import audit, home as _home
+
     home = glab["home"]
     victim = Observer(home, "livelab/default/#")
     chains = {d: len(audit.read(_home.device_dir(home, "default", d) / "audit.jsonl")) for d in ("dev-0", "dev-1")}
@@ -152,8 +163,11 @@ DONE = True
     try:
         r = grade(glab, "mallory", body, ["consent"])
         time.sleep(0.5)
-        seen = [t for t, _ in victim.raw() if "/cmd/" in t or "/learner/" in t or "/control/" in t
-                or t.endswith("/dev-1/telemetry")]
+        seen = [
+            t
+            for t, _ in victim.raw()
+            if "/cmd/" in t or "/learner/" in t or "/control/" in t or t.endswith("/dev-1/telemetry")
+        ]
     finally:
         victim.close()
     assert not seen, seen
@@ -190,7 +204,9 @@ def test_replay_from_consented_captures_passes(glab):
 
 
 def test_forged_replay_fails_provenance(glab):
-    body = CAPTURE.replace("DONE = True\n### END", """import hashlib
+    body = CAPTURE.replace(
+        "DONE = True\n### END",
+        """import hashlib
 lines = REPLAY.read_bytes().split(b"\\n")
 man = json.loads(lines[0]); recs = [json.loads(l) for l in lines[1:] if l]
 recs[0]["text"] = "call <name> now"            # an input the device never saw
@@ -199,7 +215,8 @@ man["records_sha256"] = hashlib.sha256(body).hexdigest()
 REPLAY.write_bytes(json.dumps(man, sort_keys=True, separators=(",", ":")).encode() + b"\\n" + body)
 replay.read(REPLAY)                            # it still parses and verifies its own hashes
 DONE = True
-### END""")
+### END""",
+    )
     r = grade(glab, "fred", body, ["replay"])
     c = _check(r, "replay")
     assert "provenance" in _failed(c) and not c["passed"]
@@ -216,17 +233,29 @@ DONE = True
     sub = runner.Submission("idle", "fixture", "fixture", submission(body))
     spec = [{"grant": "telemetry", "devices": "some"}, {"grant": "replay-capture", "devices": ["dev-1"]}]
     try:
-        r = isolation.grade_in_lab(sub, glab["ref"], glab["opts"],
-                                   {"home": str(glab["home"]), "module": "fixture-untidy", "checks": ["consent"],
-                                    "module_meta": {"untidy": spec}})
+        r = isolation.grade_in_lab(
+            sub,
+            glab["ref"],
+            glab["opts"],
+            {
+                "home": str(glab["home"]),
+                "module": "fixture-untidy",
+                "checks": ["consent"],
+                "module_meta": {"untidy": spec},
+            },
+        )
     finally:
         isolation.shutdown_worker_labs()  # this module's pool keeps a slot open: close it
     from grading import untidy
+
     want = untidy.plan(spec, ["dev-0", "dev-1", "dev-2"], module="fixture-untidy")
     assert sorted((u["device"], u["scope"]) for u in r["lab"]["untidy"]) == sorted(want)
     import ast
+
     nb = nbformat.reads(r["executed"], as_version=4)
-    text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "stream")
+    text = "".join(
+        o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "stream"
+    )
     start = ast.literal_eval(next(ln for ln in text.splitlines() if ln.startswith("START "))[6:])
     assert {(d, sc) for d, cons in start.items() for sc, on in cons.items() if on} == set(want)
     c = _check(r, "consent")
@@ -237,6 +266,7 @@ DONE = True
 def test_nothing_of_a_namespace_survives_grading(glab):
     from lab_hardware.runtime import lab
     from lab_hardware.modelops import replay
+
     cfg = lab._home.read_json(glab["home"] / "config.json")
     graded = [n for n in cfg["namespaces"] if n.startswith("g-")]
     assert len(graded) <= 1  # at most the slot prepared for the next submission
@@ -257,22 +287,46 @@ def _tree(tmp: Path, module: str, who: dict[str, Path]) -> Path:
 @pytest.mark.skipif(not COURSE.is_dir(), reason="the flagship course is not in this checkout")
 def test_course_modules_graded_through_the_cli(glab, tmp_path, capsys):
     from livelab.cli import main
+
     rel = COURSE / "releases" / "1.1.0"
     m3, m4 = "m3-bundles", "m4-observability"
     ref4 = nbformat.read(rel / "source" / m4 / f"{m4}.ipynb", 4)
     for cell in ref4.cells:  # a learner who names the wrong cause
         if cell.metadata.get("nbgrader", {}).get("grade_id") == "cause":
-            cell.source = cell.source.replace("CAUSE = (f\"{SUSPECT_DEVICE}", "CAUSE = (f\"dev-9")
-    tree3 = _tree(tmp_path / "c3", m3, {"solver": rel / "source" / m3 / f"{m3}.ipynb",
-                                         "starter": rel / "learner" / m3 / f"{m3}.ipynb"})
-    tree4 = _tree(tmp_path / "c4", m4, {"solver": rel / "source" / m4 / f"{m4}.ipynb",
-                                         "wrongcause": nbformat.writes(ref4).encode(),
-                                         "starter": rel / "learner" / m4 / f"{m4}.ipynb"})
+            cell.source = cell.source.replace('CAUSE = (f"{SUSPECT_DEVICE}', 'CAUSE = (f"dev-9')
+    tree3 = _tree(
+        tmp_path / "c3",
+        m3,
+        {"solver": rel / "source" / m3 / f"{m3}.ipynb", "starter": rel / "learner" / m3 / f"{m3}.ipynb"},
+    )
+    tree4 = _tree(
+        tmp_path / "c4",
+        m4,
+        {
+            "solver": rel / "source" / m4 / f"{m4}.ipynb",
+            "wrongcause": nbformat.writes(ref4).encode(),
+            "starter": rel / "learner" / m4 / f"{m4}.ipynb",
+        },
+    )
     out = {}
     for module, tree in ((m3, tree3), (m4, tree4)):
-        rc = main(["--home", str(glab["home"]), "grade", "edge-ml-foundations", module, str(tree), "--json",
-                   "--version", "1.1.0",
-                   "--state", str(glab["state"]), "--events", str(tmp_path / "no-store")])
+        rc = main(
+            [
+                "--home",
+                str(glab["home"]),
+                "grade",
+                "edge-ml-foundations",
+                module,
+                str(tree),
+                "--json",
+                "--version",
+                "1.1.0",
+                "--state",
+                str(glab["state"]),
+                "--events",
+                str(tmp_path / "no-store"),
+            ]
+        )
         assert rc == 0
         out[module] = {r["student"]: r for r in json.loads(capsys.readouterr().out)["results"]}
     assert out[m3]["solver"]["score"] == out[m3]["solver"]["max_score"] == 15
@@ -286,10 +340,14 @@ def test_course_modules_graded_through_the_cli(glab, tmp_path, capsys):
     assert idle["score"] < 2 and any("bandwidth: no debugging session to judge" in m for m in idle["messages"]), idle
     db = tmp_path / "c3" / "gradebook.db"
     import sqlite3
-    rows = dict(sqlite3.connect(db).execute(
-        "select c.name, g.auto_score from grade g join base_cell c on g.cell_id = c.id "
-        "join submitted_notebook n on g.notebook_id = n.id join submitted_assignment s on n.assignment_id = s.id "
-        "where s.student_id = 'solver'"))
+
+    rows = dict(
+        sqlite3.connect(db).execute(
+            "select c.name, g.auto_score from grade g join base_cell c on g.cell_id = c.id "
+            "join submitted_notebook n on g.notebook_id = n.id join submitted_assignment s on n.assignment_id = s.id "
+            "where s.student_id = 'solver'"
+        )
+    )
     assert rows["livelab-check-bundle"] == 5
-    ev = (tmp_path / "c4" / "livelab-grading" / m4 / "evidence" / "solver" / m4)
+    ev = tmp_path / "c4" / "livelab-grading" / m4 / "evidence" / "solver" / m4
     assert (ev / "observer.jsonl.gz").stat().st_size > 0 and list(ev.glob("audit-dev-*.jsonl.gz"))

@@ -53,14 +53,24 @@ def test_driver_grades_against_the_release_given(preparing, tmp_path):
     nb = tmp_path / "sub" / "submitted" / "ana" / MODULE / f"{MODULE}.ipynb"
     nb.parent.mkdir(parents=True)
     shutil.copy(preparing / "releases" / "1.0.0" / "learner" / MODULE / f"{MODULE}.ipynb", nb)
-    d = Driver(BatchConfig(course=str(preparing), module=MODULE, path=str(tmp_path / "sub"), checks=[],
-                           version="1.0.0", state=str(tmp_path / "state"), progress=False))
+    d = Driver(
+        BatchConfig(
+            course=str(preparing),
+            module=MODULE,
+            path=str(tmp_path / "sub"),
+            checks=[],
+            version="1.0.0",
+            state=str(tmp_path / "state"),
+            progress=False,
+        )
+    )
     assert d.target.version == "1.0.0"
     assert Path(d.refs[MODULE].source_path).parent.parent.parent.name == "1.0.0"
 
 
 def test_cli_version_of_no_release_is_one_line_exit_2(tmp_path, capsys):
     from livelab.cli import main
+
     rc = main(["grade", str(COURSE), MODULE, str(tmp_path), "--version", "0.0.1"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.count("\n") == 0 and "no release 0.0.1" in err, err
@@ -120,18 +130,22 @@ def test_learner_home_is_the_learner_when_the_registry_exists(release, tmp_path)
     if not hasattr(learners, "learner_for_path"):
         pytest.skip("labs.learners.learner_for_path not there yet")
     from grading.batch import recorded_learner
+
     assert recorded_learner(tmp_path / "x.ipynb", samples.ASSIGNMENT, tmp_path)[0] is None
 
 
 def test_cli_refusals_are_one_line_exit_2(release, tmp_path, capsys, monkeypatch):
     from livelab.cli import main
+
     monkeypatch.setenv("LIVELAB_HOME", str(tmp_path / "no-lab"))
     root = release[0]
     lone = _nb(tmp_path / "bob.ipynb", release)
     sub = _nb(tmp_path / "submitted" / "ana" / samples.ASSIGNMENT / f"{samples.NOTEBOOK}.ipynb", release)
-    for argv, fragment in (([str(lone)], "pass --student"),
-                           ([str(sub), "--student", "bob"], "contradicts"),
-                           ([str(lone), "--student", "Bob Smith"], "invalid learner name")):
+    for argv, fragment in (
+        ([str(lone)], "pass --student"),
+        ([str(sub), "--student", "bob"], "contradicts"),
+        ([str(lone), "--student", "Bob Smith"], "invalid learner name"),
+    ):
         rc = main(["grade", str(root), samples.ASSIGNMENT, *argv, "--state", str(tmp_path / "state")])
         err = capsys.readouterr().err.strip()
         assert rc == 2 and err.count("\n") == 0 and fragment in err, (argv, err)
@@ -141,6 +155,7 @@ def test_cli_refusals_are_one_line_exit_2(release, tmp_path, capsys, monkeypatch
 def test_release_points_include_the_checks():
     from courses import catalog, notebooks, release
     from grading.checks.base import load_checks
+
     c = catalog.load("edge-ml-foundations")
     for m in c.modules:
         nb = nbformat.read(str(c.root / "source" / m.id / f"{m.id}.ipynb"), as_version=4)

@@ -38,7 +38,11 @@ class Hog:
         self.procs: list[subprocess.Popen] = []
 
     def __enter__(self) -> "Hog":
-        code = "while 1: pass" if self.cpu is None else f"import os\nos.sched_setaffinity(0, {{{self.cpu}}})\nwhile 1: pass"
+        code = (
+            "while 1: pass"
+            if self.cpu is None
+            else f"import os\nos.sched_setaffinity(0, {{{self.cpu}}})\nwhile 1: pass"
+        )
         for _ in range(self.n):
             self.procs.append(subprocess.Popen([sys.executable, "-c", code]))
         return self
@@ -69,14 +73,20 @@ def test_health_check_judges_the_bundle_not_the_host_load(tmp_path, mosquitto_av
     from lab_hardware.modelops import keys
     from lab_hardware.runtime import lab
     from labs import Lab, scenarios
+
     home = tmp_path / "lab"
     start_lab(home, devices=1, device_options={"rate_hz": 0, "batch_max": 64})
     try:
         keys.new_key(home, "author")
         keys.trust(home, home / "keys" / "author.pub")
         sc = scenarios.load("voice-intents")
-        path = _bundle.build(sc.models["candidate"], tmp_path / "fix.lbundle", name="intents", version="1.1.0",
-                             compute={"health_decisions": 2000, "latency_budget_ms": 15.0})
+        path = _bundle.build(
+            sc.models["candidate"],
+            tmp_path / "fix.lbundle",
+            name="intents",
+            version="1.1.0",
+            compute={"health_decisions": 2000, "latency_budget_ms": 15.0},
+        )
         _bundle.sign(path, home / "keys" / "author.key")
         digest = _bundle.read(path).digest
         cpu = min(os.sched_getaffinity(0))
@@ -88,8 +98,12 @@ def test_health_check_judges_the_bundle_not_the_host_load(tmp_path, mosquitto_av
             sdk.install("dev-0", path, timeout=60)
 
             def verdicts():
-                return [r["data"] for r in sdk.audit_chain("dev-0", timeout=60).records
-                        if r["kind"] == "health" and r["data"]["bundle"] == digest]
+                return [
+                    r["data"]
+                    for r in sdk.audit_chain("dev-0", timeout=60).records
+                    if r["kind"] == "health" and r["data"]["bundle"] == digest
+                ]
+
             assert _wait(lambda: bool(verdicts()), 240)
             recs = sdk.audit_chain("dev-0", timeout=60).records
         verdict = [r for r in recs if r["kind"] == "health"][-1]["data"]
@@ -103,6 +117,7 @@ def test_health_check_judges_the_bundle_not_the_host_load(tmp_path, mosquitto_av
 @pytest.fixture(scope="module")
 def graded_lab(tmp_path_factory, mosquitto_available):
     from lab_hardware.runtime import lab
+
     home = tmp_path_factory.mktemp("load-lab")
     start_lab(home)
     yield home
@@ -112,14 +127,27 @@ def graded_lab(tmp_path_factory, mosquitto_available):
 def _grade_all(home: Path, tmp: Path, tag: str, state: Path) -> dict[str, dict]:
     """Every module's reference solution, graded as 'livelab grade' does; {module: result}."""
     from grading.batch import BatchConfig, grade_many
+
     out = {}
     for m in MODULES:
         sub = tmp / tag / m / f"{m}.ipynb"
         sub.parent.mkdir(parents=True, exist_ok=True)
         sub.write_bytes((REL / "source" / m / f"{m}.ipynb").read_bytes())
-        s = grade_many(BatchConfig(course="edge-ml-foundations", module=m, path=str(sub), student="ref",
-                                   out=str(tmp / tag / "out" / m), lab_home=str(home), use_cache=False,
-                                   progress=False, events=str(tmp / "no-store"), state=str(state), workers=1))
+        s = grade_many(
+            BatchConfig(
+                course="edge-ml-foundations",
+                module=m,
+                path=str(sub),
+                student="ref",
+                out=str(tmp / tag / "out" / m),
+                lab_home=str(home),
+                use_cache=False,
+                progress=False,
+                events=str(tmp / "no-store"),
+                state=str(state),
+                workers=1,
+            )
+        )
         out[m] = s["results"][0]
     return out
 
@@ -148,15 +176,26 @@ def test_a_worker_killed_mid_submission_is_not_a_lower_score(tmp_path):
     worker, full marks - or infrastructure-error - never a lower score, never cached as one."""
     from grading import samples
     from grading.batch import BatchConfig, Driver
+
     root = tmp_path / "course"
     release = samples.make_course(root)
     slow = samples.submission(release, samples.CORRECT, extra=["import time\ntime.sleep(1.5)"])
     for s in ("ann", "ben", "cid"):
         samples.write_submission(root, s, slow)
-    d = Driver(BatchConfig(course=str(root), module="squares", path=str(root), state=str(tmp_path / "state"),
-                           events=str(tmp_path / "no-store"), workers=2, progress=False))
+    d = Driver(
+        BatchConfig(
+            course=str(root),
+            module="squares",
+            path=str(root),
+            state=str(tmp_path / "state"),
+            events=str(tmp_path / "no-store"),
+            workers=2,
+            progress=False,
+        )
+    )
     import socket
     import warnings
+
     held = socket.socket()  # another cluster's dashboard port: no "Port 8787 is already in use"
     try:
         held.bind(("127.0.0.1", 8787))
@@ -174,12 +213,14 @@ def test_a_worker_killed_mid_submission_is_not_a_lower_score(tmp_path):
         def killer():
             def busy():
                 return {w: ks for w, ks in client.processing().items() if ks}
+
             if not _wait(lambda: bool(busy()), 60):
                 return
             addr = sorted(busy())[0]
             pid = client.run(os.getpid, workers=[addr])[addr]
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
+
         th = threading.Thread(target=killer, daemon=True)
         th.start()
         summary = d.run(client=client)
@@ -195,6 +236,7 @@ def test_a_worker_killed_mid_submission_is_not_a_lower_score(tmp_path):
     finally:
         from grading import forkserver
         from grading.batch import _shutdown_worker
+
         try:
             client.run(_shutdown_worker)
         except Exception:  # noqa: BLE001

@@ -30,14 +30,28 @@ def test_a_set_up_that_never_comes_up_is_an_infrastructure_error(tmp_path):
     come up) is retried, then recorded as infrastructure-error: no score, no gradebook row,
     nothing cached, no check-failed event, and the learner is told it is not their work."""
     from grading.batch import BatchConfig, Driver
+
     nb = samples.source_notebook()
-    nb.cells.insert(2, new_code_cell(
-        "from labs.sdk import InfrastructureError\n"
-        "raise InfrastructureError('the planted incident did not come up')",
-        metadata=samples._meta("setup", locked=True)))
+    nb.cells.insert(
+        2,
+        new_code_cell(
+            "from labs.sdk import InfrastructureError\n"
+            "raise InfrastructureError('the planted incident did not come up')",
+            metadata=samples._meta("setup", locked=True),
+        ),
+    )
     root = _course(tmp_path / "course", nb, {"ann": nb})
-    d = Driver(BatchConfig(course=str(root), module=samples.ASSIGNMENT, path=str(root), workers=1,
-                           state=str(tmp_path / "state"), events=str(tmp_path / "no-store"), progress=False))
+    d = Driver(
+        BatchConfig(
+            course=str(root),
+            module=samples.ASSIGNMENT,
+            path=str(root),
+            workers=1,
+            state=str(tmp_path / "state"),
+            events=str(tmp_path / "no-store"),
+            progress=False,
+        )
+    )
     summary = d.run()
     (r,) = summary["results"]
     assert r["status"] == "infrastructure-error" and r["score"] is None
@@ -55,11 +69,14 @@ def test_a_set_up_that_never_comes_up_is_an_infrastructure_error(tmp_path):
 def test_a_hidden_test_without_a_message_is_named_with_its_points(tmp_path):
     from grading import runner
     from grading.reference import build
+
     nb = samples.source_notebook()
     for c in nb.cells:
         if c.metadata.get("nbgrader", {}).get("grade_id") == "test_hidden":
-            c.source = ("assert square(-2) == 4, 'square(-2) should be 4'\n### BEGIN HIDDEN TESTS\n"
-                        "assert square(12) == 144\n### END HIDDEN TESTS")
+            c.source = (
+                "assert square(-2) == 4, 'square(-2) should be 4'\n### BEGIN HIDDEN TESTS\n"
+                "assert square(12) == 144\n### END HIDDEN TESTS"
+            )
     src = tmp_path / "source" / samples.ASSIGNMENT / f"{samples.NOTEBOOK}.ipynb"
     src.parent.mkdir(parents=True)
     nbformat.write(nb, src)
@@ -76,12 +93,27 @@ def test_a_hidden_test_without_a_message_is_named_with_its_points(tmp_path):
 
 def test_livelab_grade_without_a_terminal_prints_progress_lines(tmp_path, capsys):
     from livelab.cli import main
+
     root = tmp_path / "course"
     release = samples.make_course(root)
     samples.write_submission(root, "ann", samples.submission(release, samples.CORRECT))
     samples.write_submission(root, "ben", samples.submission(release, samples.WRONG))
-    rc = main(["--home", str(tmp_path / "no-lab"), "grade", str(root), samples.ASSIGNMENT, str(root),
-               "--state", str(tmp_path / "state"), "--events", str(tmp_path / "no-store"), "--workers", "1"])
+    rc = main(
+        [
+            "--home",
+            str(tmp_path / "no-lab"),
+            "grade",
+            str(root),
+            samples.ASSIGNMENT,
+            str(root),
+            "--state",
+            str(tmp_path / "state"),
+            "--events",
+            str(tmp_path / "no-store"),
+            "--workers",
+            "1",
+        ]
+    )
     out, err = capsys.readouterr()
     assert rc == 0, err
     lines = [ln for ln in err.splitlines() if ln.startswith("[")]

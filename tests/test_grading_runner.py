@@ -41,24 +41,36 @@ def _read_hidden_probe(rel, root: Path):
     # the course, the grader's private reference (".state"), results, the repository's course
     # content, shared temp space and the kernel's own directory (a walk of $HOME would read the
     # whole Python installation that stays visible there)
-    paths = [str(root), str(root / "source"), str(root / ".state"), str(root / "livelab-grading"), "/tmp",
-             str(Path(__file__).resolve().parents[1] / "courses"), "."]
-    return samples.submission(rel, samples.CORRECT, extra=[
-        f"import os\nfound = []\nmarker = {samples.HIDDEN_MARKER[:7]!r} + {samples.HIDDEN_MARKER[7:]!r}\n"
-        f"for top in {paths!r}:\n"
-        "    for d, _, files in os.walk(top):\n"
-        "        for f in files:\n"
-        "            p = os.path.join(d, f)\n"
-        "            try:\n"
-        "                if os.path.getsize(p) < 5_000_000 and marker.encode() in open(p, 'rb').read():\n"
-        "                    found.append(p)\n"
-        "            except OSError:\n"
-        "                pass\n"
-        "print('FOUND', found if found else 'nothing')\n"
-        "import importlib.util\n"
-        f"content = {str(Path(__file__).resolve().parents[1] / 'courses' / 'edge-ml-foundations')!r}\n"
-        "print('COURSES-PACKAGE', importlib.util.find_spec('courses.incidents') is not None)\n"
-        "print('COURSE-CONTENT', sorted(os.listdir(content)) if os.path.isdir(content) else 'absent')"])
+    paths = [
+        str(root),
+        str(root / "source"),
+        str(root / ".state"),
+        str(root / "livelab-grading"),
+        "/tmp",
+        str(Path(__file__).resolve().parents[1] / "courses"),
+        ".",
+    ]
+    return samples.submission(
+        rel,
+        samples.CORRECT,
+        extra=[
+            f"import os\nfound = []\nmarker = {samples.HIDDEN_MARKER[:7]!r} + {samples.HIDDEN_MARKER[7:]!r}\n"
+            f"for top in {paths!r}:\n"
+            "    for d, _, files in os.walk(top):\n"
+            "        for f in files:\n"
+            "            p = os.path.join(d, f)\n"
+            "            try:\n"
+            "                if os.path.getsize(p) < 5_000_000 and marker.encode() in open(p, 'rb').read():\n"
+            "                    found.append(p)\n"
+            "            except OSError:\n"
+            "                pass\n"
+            "print('FOUND', found if found else 'nothing')\n"
+            "import importlib.util\n"
+            f"content = {str(Path(__file__).resolve().parents[1] / 'courses' / 'edge-ml-foundations')!r}\n"
+            "print('COURSES-PACKAGE', importlib.util.find_spec('courses.incidents') is not None)\n"
+            "print('COURSE-CONTENT', sorted(os.listdir(content)) if os.path.isdir(content) else 'absent')"
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -77,29 +89,52 @@ def course(tmp_path_factory):
 
     def wrong_kernel(nb):
         nb.metadata.kernelspec = {"name": "python2", "display_name": "evil", "language": "python"}
+
     w(c, "wrongkernel", samples.submission(rel, samples.CORRECT, edit=wrong_kernel))
     w(c, "dies", samples.submission(rel, samples.CORRECT, extra=["import os\nos._exit(3)"]))
     w(c, "loop", samples.submission(rel, samples.CORRECT, extra=["while True:\n    pass"]))
-    w(c, "stubborn", samples.submission(rel, samples.CORRECT, extra=[
-        "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass"]))
+    w(
+        c,
+        "stubborn",
+        samples.submission(
+            rel,
+            samples.CORRECT,
+            extra=["import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass"],
+        ),
+    )
     w(c, "slow", samples.submission(rel, samples.CORRECT, extra=["import time\ntime.sleep(2.5)"] * 8))
-    w(c, "flood", samples.submission(rel, samples.CORRECT, extra=[
-        "for i in range(10**7):\n    print('x' * 1000)"]))
-    w(c, "memhog", samples.submission(rel, samples.CORRECT, extra=[
-        "blocks = []\nwhile True:\n    blocks.append(bytearray(32 * 2**20))"]))
-    w(c, "forkbomb", samples.submission(rel, samples.CORRECT, extra=[
-        "import os, time\nkids = 0\nfor i in range(300):\n    try:\n        pid = os.fork()\n"
-        "    except OSError:\n        break\n    if pid == 0:\n        time.sleep(60)\n        os._exit(0)\n"
-        "    kids += 1\nprint('forked', kids)"]))
+    w(c, "flood", samples.submission(rel, samples.CORRECT, extra=["for i in range(10**7):\n    print('x' * 1000)"]))
+    w(
+        c,
+        "memhog",
+        samples.submission(
+            rel, samples.CORRECT, extra=["blocks = []\nwhile True:\n    blocks.append(bytearray(32 * 2**20))"]
+        ),
+    )
+    w(
+        c,
+        "forkbomb",
+        samples.submission(
+            rel,
+            samples.CORRECT,
+            extra=[
+                "import os, time\nkids = 0\nfor i in range(300):\n    try:\n        pid = os.fork()\n"
+                "    except OSError:\n        break\n    if pid == 0:\n        time.sleep(60)\n        os._exit(0)\n"
+                "    kids += 1\nprint('forked', kids)"
+            ],
+        ),
+    )
 
     def edit_tests(nb):
         for cell in nb.cells:
             if cell.metadata.get("nbgrader", {}).get("grade"):
                 cell.source = "pass  # tests? what tests"
+
     w(c, "edittests", samples.submission(rel, samples.WRONG, edit=edit_tests))
 
     def delete_tests(nb):
         nb.cells = [x for x in nb.cells if not x.metadata.get("nbgrader", {}).get("grade")]
+
     w(c, "deletetests", samples.submission(rel, samples.WRONG, edit=delete_tests))
 
     def fake(nb):
@@ -107,27 +142,52 @@ def course(tmp_path_factory):
             g = cell.metadata.get("nbgrader", {})
             if g.get("grade"):
                 g["points"] = 100
-                cell.outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": "100"},
-                                                       execution_count=1)]
-        nb.cells.append(nbformat.v4.new_code_cell("print('PASS')\n100", metadata={"nbgrader": {
-            "grade": True, "grade_id": "bonus", "points": 100, "locked": True, "solution": False,
-            "schema_version": 3}}))
-    w(c, "fakescore", samples.submission(rel, samples.WRONG, extra=["print('PASS: all tests passed')"],
-                                         edit=fake))
-    w(c, "hideerrors", samples.submission(rel, samples.WRONG, extra=[
-        "get_ipython().set_custom_exc((BaseException,), lambda *a, **k: None)"]))
-    w(c, "writegradebook", samples.submission(rel, samples.WRONG, extra=[
-        "import sqlite3, os\n"
-        f"p = {str(gb)!r}\n"
-        "print('exists', os.path.exists(p))\n"
-        "try:\n"
-        "    db = sqlite3.connect(p)\n"
-        "    db.execute('update grade set auto_score = 100')\n"
-        "    db.commit()\n"
-        "    print('wrote gradebook')\n"
-        "except Exception as e:\n"
-        "    print('no gradebook:', e)\n"
-        "print('env', sorted(k for k in os.environ if 'GRADE' in k or 'NBGRADER' in k))"]))
+                cell.outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": "100"}, execution_count=1)]
+        nb.cells.append(
+            nbformat.v4.new_code_cell(
+                "print('PASS')\n100",
+                metadata={
+                    "nbgrader": {
+                        "grade": True,
+                        "grade_id": "bonus",
+                        "points": 100,
+                        "locked": True,
+                        "solution": False,
+                        "schema_version": 3,
+                    }
+                },
+            )
+        )
+
+    w(c, "fakescore", samples.submission(rel, samples.WRONG, extra=["print('PASS: all tests passed')"], edit=fake))
+    w(
+        c,
+        "hideerrors",
+        samples.submission(
+            rel, samples.WRONG, extra=["get_ipython().set_custom_exc((BaseException,), lambda *a, **k: None)"]
+        ),
+    )
+    w(
+        c,
+        "writegradebook",
+        samples.submission(
+            rel,
+            samples.WRONG,
+            extra=[
+                "import sqlite3, os\n"
+                f"p = {str(gb)!r}\n"
+                "print('exists', os.path.exists(p))\n"
+                "try:\n"
+                "    db = sqlite3.connect(p)\n"
+                "    db.execute('update grade set auto_score = 100')\n"
+                "    db.commit()\n"
+                "    print('wrote gradebook')\n"
+                "except Exception as e:\n"
+                "    print('no gradebook:', e)\n"
+                "print('env', sorted(k for k in os.environ if 'GRADE' in k or 'NBGRADER' in k))"
+            ],
+        ),
+    )
     return {"root": root, "release": rel, "gradebook": gb}
 
 
@@ -144,25 +204,49 @@ def probe(tmp_path_factory):
     rel = nbformat.read(samples.make_course(root), as_version=4)
     samples.write_submission(root, "readhidden", _read_hidden_probe(rel, root))
     limits = Limits(cell_timeout=120, total_timeout=300, memory_mb=400, max_processes=40, output_bytes=200_000)
-    summary = grade_many(BatchConfig(course=str(root), module=samples.ASSIGNMENT, path=str(root / "submitted"),
-                                     limits=limits, progress=False, events=str(root / "no-store"),
-                                     state=str(root / ".state")))
-    result = json.loads((root / "livelab-grading" / samples.ASSIGNMENT / "results"
-                         / f"readhidden__{samples.NOTEBOOK}.json").read_text())
+    summary = grade_many(
+        BatchConfig(
+            course=str(root),
+            module=samples.ASSIGNMENT,
+            path=str(root / "submitted"),
+            limits=limits,
+            progress=False,
+            events=str(root / "no-store"),
+            state=str(root / ".state"),
+        )
+    )
+    result = json.loads(
+        (root / "livelab-grading" / samples.ASSIGNMENT / "results" / f"readhidden__{samples.NOTEBOOK}.json").read_text()
+    )
     return {"summary": summary, "by": {r["student"]: r for r in summary["results"]}, "full": {"readhidden": result}}
 
 
 @pytest.fixture(scope="module")
 def batch(course):
     t0 = time.perf_counter()
-    summary = grade_many(BatchConfig(course=str(course["root"]), module=samples.ASSIGNMENT,
-                                     path=str(course["root"] / "submitted"), limits=LIMITS, progress=False,
-                                     events=str(course["root"] / "no-store"), state=str(course["root"] / ".state")))
+    summary = grade_many(
+        BatchConfig(
+            course=str(course["root"]),
+            module=samples.ASSIGNMENT,
+            path=str(course["root"] / "submitted"),
+            limits=LIMITS,
+            progress=False,
+            events=str(course["root"] / "no-store"),
+            state=str(course["root"] / ".state"),
+        )
+    )
     summary["_seconds"] = time.perf_counter() - t0
     by = {r["student"]: r for r in summary["results"]}
     full = {}
     for s in by:
-        p = course["root"] / "livelab-grading" / samples.ASSIGNMENT / "results" / path_id(s) / f"{samples.NOTEBOOK}.json"
+        p = (
+            course["root"]
+            / "livelab-grading"
+            / samples.ASSIGNMENT
+            / "results"
+            / path_id(s)
+            / f"{samples.NOTEBOOK}.json"
+        )
         full[s] = json.loads(p.read_text())
     return {"summary": summary, "by": by, "full": full}
 
@@ -180,11 +264,14 @@ def test_batch_grades_everything_and_goes_on(batch):
         assert r["max_score"] == 5, r
 
 
-@pytest.mark.parametrize("student,fragment", [
-    ("notjson", "not a notebook: invalid JSON"),
-    ("notnotebook", "not a notebook: JSON without 'cells'"),
-    ("binary", "not a notebook: the file is not UTF-8"),
-])
+@pytest.mark.parametrize(
+    "student,fragment",
+    [
+        ("notjson", "not a notebook: invalid JSON"),
+        ("notnotebook", "not a notebook: JSON without 'cells'"),
+        ("binary", "not a notebook: the file is not UTF-8"),
+    ],
+)
 def test_not_a_notebook(batch, student, fragment):
     r = batch["by"][student]
     assert r["status"] == "invalid" and r["score"] == 0
@@ -276,7 +363,9 @@ def test_hidden_tests_are_not_readable_from_the_kernel(probe):
     batch = probe
     r = batch["by"]["readhidden"]
     assert r["score"] == 5
-    nb = nbformat.read(batch["summary"]["out"] + f"/autograded/readhidden/{samples.ASSIGNMENT}/{samples.NOTEBOOK}.ipynb", 4)
+    nb = nbformat.read(
+        batch["summary"]["out"] + f"/autograded/readhidden/{samples.ASSIGNMENT}/{samples.NOTEBOOK}.ipynb", 4
+    )
     printed = [o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if "FOUND" in o.get("text", "")]
     assert len(printed) == 1 and printed[0].startswith("FOUND nothing\n"), printed
     # the course tooling stays importable (modules use courses.incidents), its content does not
@@ -287,21 +376,31 @@ def test_hidden_tests_are_not_readable_from_the_kernel(probe):
 
 
 def test_gradebook_is_out_of_reach_and_holds_the_grades(batch, course):
-    nb = nbformat.read(batch["summary"]["out"] + f"/autograded/writegradebook/{samples.ASSIGNMENT}/{samples.NOTEBOOK}.ipynb", 4)
+    nb = nbformat.read(
+        batch["summary"]["out"] + f"/autograded/writegradebook/{samples.ASSIGNMENT}/{samples.NOTEBOOK}.ipynb", 4
+    )
     text = json.dumps([o for c in nb.cells for o in c.get("outputs", [])])
     assert "exists False" in text and "wrote gradebook" not in text or "no gradebook" in text
     db = sqlite3.connect(course["gradebook"])
-    rows = dict(db.execute(
-        "select s.student_id, sum(g.auto_score) from grade g join submitted_notebook n on g.notebook_id = n.id "
-        "join submitted_assignment s on n.assignment_id = s.id group by s.student_id"))
+    rows = dict(
+        db.execute(
+            "select s.student_id, sum(g.auto_score) from grade g join submitted_notebook n on g.notebook_id = n.id "
+            "join submitted_assignment s on n.assignment_id = s.id group by s.student_id"
+        )
+    )
     assert rows["writegradebook"] == 0 and rows["good"] == 5 and rows["half"] == 2
     assert all(v <= 5 for v in rows.values())
 
 
 def test_nbgrader_export_shows_the_grades(batch, course):
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
-    subprocess.run([str(VENV_BIN / "nbgrader"), "export", "--log-level=ERROR"], cwd=course["root"],
-                   check=True, env=env, capture_output=True)
+    subprocess.run(
+        [str(VENV_BIN / "nbgrader"), "export", "--log-level=ERROR"],
+        cwd=course["root"],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     with open(course["root"] / "grades.csv") as fh:
         rows = {r["student_id"]: r for r in csv.DictReader(fh)}
     assert float(rows["good"]["score"]) == 5 and float(rows["half"]["score"]) == 2
@@ -325,8 +424,14 @@ def test_no_process_or_cgroup_left_behind(batch):
             return False
 
     def mine():
-        return [p for p in psutil.process_iter(["cmdline"]) if p.pid not in own and ours(p)
-                and any("grading/zygote.py" in a or "grading/launcher.py" in a for a in (p.info["cmdline"] or []))]
+        return [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if p.pid not in own
+            and ours(p)
+            and any("grading/zygote.py" in a or "grading/launcher.py" in a for a in (p.info["cmdline"] or []))
+        ]
+
     deadline = time.monotonic() + 10  # fork servers exit on their own once their worker is gone
     while mine() and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -335,8 +440,13 @@ def test_no_process_or_cgroup_left_behind(batch):
     from grading.limits import detect
 
     def busy():
-        return [str(d) for base in detect()["bases"].values() for d in Path(base).glob(f"livelab-{TAG}-*")
-                if d.exists() and (d / "cgroup.procs").read_text().strip()]
+        return [
+            str(d)
+            for base in detect()["bases"].values()
+            for d in Path(base).glob(f"livelab-{TAG}-*")
+            if d.exists() and (d / "cgroup.procs").read_text().strip()
+        ]
+
     while busy() and time.monotonic() < deadline + 10:  # the kernels of a stopping fork server
         time.sleep(0.2)
     assert not busy(), busy()
@@ -344,13 +454,23 @@ def test_no_process_or_cgroup_left_behind(batch):
 
 def test_rerun_skips_unchanged_and_regrades_changed_on_an_existing_cluster(batch, course):
     from dask.distributed import LocalCluster
+
     samples.write_submission(course["root"], "half", samples.submission(course["release"], samples.CORRECT))
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
-                      host="127.0.0.1") as cluster:
-        s = grade_many(BatchConfig(course=str(course["root"]), module=samples.ASSIGNMENT,
-                                   path=str(course["root"] / "submitted"), limits=LIMITS, progress=False,
-                                   scheduler=cluster.scheduler_address, events=str(course["root"] / "no-store"),
-                                   state=str(course["root"] / ".state")))
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1"
+    ) as cluster:
+        s = grade_many(
+            BatchConfig(
+                course=str(course["root"]),
+                module=samples.ASSIGNMENT,
+                path=str(course["root"] / "submitted"),
+                limits=LIMITS,
+                progress=False,
+                scheduler=cluster.scheduler_address,
+                events=str(course["root"] / "no-store"),
+                state=str(course["root"] / ".state"),
+            )
+        )
     assert s["graded"] == 1 and s["cached"] == 17, (s["graded"], s["cached"], s["submissions"], s["skipped"])
     assert {r["student"]: r["score"] for r in s["results"]}["half"] == 5
 
@@ -358,37 +478,66 @@ def test_rerun_skips_unchanged_and_regrades_changed_on_an_existing_cluster(batch
 def test_leaks_between_submissions_are_impossible(course, tmp_path):
     """Sequential submissions on one worker: fresh kernel, private /tmp, nothing carried over."""
     from grading import reference, runner
-    ref = reference.build(course["root"] / "source" / samples.ASSIGNMENT / f"{samples.NOTEBOOK}.ipynb",
-                          samples.ASSIGNMENT, tmp_path / "state")
+
+    ref = reference.build(
+        course["root"] / "source" / samples.ASSIGNMENT / f"{samples.NOTEBOOK}.ipynb",
+        samples.ASSIGNMENT,
+        tmp_path / "state",
+    )
     opts = runner.RunOptions(limits=LIMITS, hide=[str(course["root"]), str(tmp_path)])
-    leaker = samples.submission(course["release"], samples.CORRECT, extra=[
-        "import os, builtins\nopen('/tmp/leak-7731', 'w').write('secret')\nopen('leak-7731', 'w').write('x')\n"
-        "builtins.LEAK = 'secret'\nos.environ['LEAK'] = 'secret'"])
-    snoop = samples.submission(course["release"], samples.CORRECT, extra=[
-        "import os, builtins\nprint('SNOOP', os.path.exists('/tmp/leak-7731'), os.listdir('.'), "
-        "hasattr(builtins, 'LEAK'), os.environ.get('LEAK'))"])
-    r1 = runner.grade(runner.Submission("leaker", samples.ASSIGNMENT, samples.NOTEBOOK,
-                                        nbformat.writes(leaker).encode()), ref, opts)
-    r2 = runner.grade(runner.Submission("snoop", samples.ASSIGNMENT, samples.NOTEBOOK,
-                                        nbformat.writes(snoop).encode()), ref, opts)
+    leaker = samples.submission(
+        course["release"],
+        samples.CORRECT,
+        extra=[
+            "import os, builtins\nopen('/tmp/leak-7731', 'w').write('secret')\nopen('leak-7731', 'w').write('x')\n"
+            "builtins.LEAK = 'secret'\nos.environ['LEAK'] = 'secret'"
+        ],
+    )
+    snoop = samples.submission(
+        course["release"],
+        samples.CORRECT,
+        extra=[
+            "import os, builtins\nprint('SNOOP', os.path.exists('/tmp/leak-7731'), os.listdir('.'), "
+            "hasattr(builtins, 'LEAK'), os.environ.get('LEAK'))"
+        ],
+    )
+    r1 = runner.grade(
+        runner.Submission("leaker", samples.ASSIGNMENT, samples.NOTEBOOK, nbformat.writes(leaker).encode()), ref, opts
+    )
+    r2 = runner.grade(
+        runner.Submission("snoop", samples.ASSIGNMENT, samples.NOTEBOOK, nbformat.writes(snoop).encode()), ref, opts
+    )
     assert r1["score"] == r2["score"] == 5
     assert f"SNOOP False ['{samples.NOTEBOOK}.ipynb'] False None" in r2["executed"]
 
 
 def test_watchdog_bounds_processes_without_cgroups(course, tmp_path, monkeypatch):
     from grading import reference, runner, sandbox
+
     monkeypatch.setattr(sandbox, "cgroup_support", lambda: {"mode": None, "bases": {}})
-    ref = reference.build(course["root"] / "source" / samples.ASSIGNMENT / f"{samples.NOTEBOOK}.ipynb",
-                          samples.ASSIGNMENT, tmp_path / "state")
+    ref = reference.build(
+        course["root"] / "source" / samples.ASSIGNMENT / f"{samples.NOTEBOOK}.ipynb",
+        samples.ASSIGNMENT,
+        tmp_path / "state",
+    )
     lim = LIMITS.with_(max_processes=20)
     opts = runner.RunOptions(limits=lim, hide=[str(course["root"]), str(tmp_path)])
-    bomb = samples.submission(course["release"], samples.CORRECT, extra=[
-        "import os, time\nfor i in range(200):\n    if os.fork() == 0:\n        time.sleep(60)\n        os._exit(0)\n"
-        "    time.sleep(0.01)"])
+    bomb = samples.submission(
+        course["release"],
+        samples.CORRECT,
+        extra=[
+            "import os, time\nfor i in range(200):\n    if os.fork() == 0:\n        time.sleep(60)\n        os._exit(0)\n"
+            "    time.sleep(0.01)"
+        ],
+    )
     pool = sandbox.KernelPool()
     try:
-        r = runner.grade(runner.Submission("bomb", samples.ASSIGNMENT, samples.NOTEBOOK,
-                                           nbformat.writes(bomb).encode()), ref, opts, pool=pool)
+        r = runner.grade(
+            runner.Submission("bomb", samples.ASSIGNMENT, samples.NOTEBOOK, nbformat.writes(bomb).encode()),
+            ref,
+            opts,
+            pool=pool,
+        )
     finally:
         pool.close()
     assert "processes" in r["limits_hit"] and r["score"] == 0
@@ -397,6 +546,7 @@ def test_watchdog_bounds_processes_without_cgroups(course, tmp_path, monkeypatch
 
 def test_cli_bad_usage_is_one_line_and_exit_2(tmp_path, capsys, course):
     from livelab.cli import main
+
     assert main(["grade", str(tmp_path / "nope"), "squares", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "not found" in err
@@ -410,6 +560,7 @@ def test_cli_teams_land_on_the_grading_events(tmp_path, course):
     time-to-signal report can filter by team."""
     from labs.learning_events import EventStore
     from livelab.cli import main
+
     sub = course["root"] / "submitted"
     students = sorted(p.name for p in sub.iterdir())[:2]
     one = tmp_path / "submitted"
@@ -418,26 +569,48 @@ def test_cli_teams_land_on_the_grading_events(tmp_path, course):
     teams = tmp_path / "teams.csv"
     teams.write_text(f"student,team\n{students[0]},red\n")
     store = f"sqlite:///{tmp_path / 'events.db'}"
-    rc = main(["grade", str(course["root"]), samples.ASSIGNMENT, str(one), "--teams", str(teams), "--team", "blue",
-               "--events", store, "--state", str(course["root"] / ".state"), "--out", str(tmp_path / "out"),
-               "--no-progress"])
+    rc = main(
+        [
+            "grade",
+            str(course["root"]),
+            samples.ASSIGNMENT,
+            str(one),
+            "--teams",
+            str(teams),
+            "--team",
+            "blue",
+            "--events",
+            store,
+            "--state",
+            str(course["root"] / ".state"),
+            "--out",
+            str(tmp_path / "out"),
+            "--no-progress",
+        ]
+    )
     assert rc in (0, 1)
     with EventStore(url=store) as st:
         got = {(e.learner, e.team) for e in st.query(source="grader")}
     assert got == {(students[0], "red"), (students[1], "blue")}, got
 
 
-@pytest.mark.parametrize("content, fragment", [
-    ("student,team\nana\n", "line 2: expected 'student,team'"),
-    ("{not json", "not valid JSON"),
-    ('{"ana": 3}', "must be a team name"),
-    ("", "names no student"),
-])
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ("student,team\nana\n", "line 2: expected 'student,team'"),
+        ("{not json", "not valid JSON"),
+        ('{"ana": 3}', "must be a team name"),
+        ("", "names no student"),
+    ],
+)
 def test_cli_bad_teams_file_is_one_line_and_exit_2(tmp_path, capsys, course, content, fragment):
     from livelab.cli import main
+
     f = tmp_path / "teams"
     f.write_text(content)
-    assert main(["grade", str(course["root"]), samples.ASSIGNMENT, str(course["root"] / "submitted"),
-                 "--teams", str(f)]) == 2
+    assert (
+        main(["grade", str(course["root"]), samples.ASSIGNMENT, str(course["root"] / "submitted"), "--teams", str(f)])
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and fragment in err, err

@@ -20,8 +20,10 @@ COURSE = ROOT / "courses" / "edge-ml-foundations"
 REL = COURSE / "releases" / "1.1.0"
 M1 = "m1-telemetry"
 
-pytestmark = [pytest.mark.skipif(not COURSE.is_dir(), reason="the flagship course is not in this checkout"),
-              pytest.mark.timeout(900)]  # a bound on a loaded machine, not a timing
+pytestmark = [
+    pytest.mark.skipif(not COURSE.is_dir(), reason="the flagship course is not in this checkout"),
+    pytest.mark.timeout(900),
+]  # a bound on a loaded machine, not a timing
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +31,7 @@ def svc(tmp_path_factory, mosquitto_available):
     """A lab with the grading service running beside it (in this process)."""
     from grading.service import GraderService
     from lab_hardware.runtime import lab
+
     home = tmp_path_factory.mktemp("svc-lab")
     start_lab(home)
     service = GraderService(home, warm_modules=[M1], workers=2).start()
@@ -43,6 +46,7 @@ class Kernel:
     def __init__(self, cwd: Path, env: dict):
         import os
         from jupyter_client.manager import KernelManager
+
         self.km = KernelManager(kernel_name="livelab")
         self.km.start_kernel(cwd=str(cwd), env={**os.environ, **env})
         self.kc = self.km.client()
@@ -61,6 +65,7 @@ class Kernel:
                 out["error"] = f"{c['ename']}: {c['evalue']}"
             elif t in ("execute_result", "display_data"):
                 out["data"].append(c["data"])
+
         self.kc.execute_interactive(code, timeout=timeout, output_hook=hook)
         return out
 
@@ -71,14 +76,18 @@ class Kernel:
 
 def _events(home, **kw):
     from labs.learning_events import EventStore
+
     with EventStore(home) as store:
         return store.query(**kw)
 
 
 def _cell(nb_path: Path, grade_id: str) -> str:
     nb = json.loads(nb_path.read_text())
-    return next("".join(c["source"]) for c in nb["cells"]
-                if c.get("metadata", {}).get("nbgrader", {}).get("grade_id") == grade_id)
+    return next(
+        "".join(c["source"])
+        for c in nb["cells"]
+        if c.get("metadata", {}).get("nbgrader", {}).get("grade_id") == grade_id
+    )
 
 
 def test_learner_session_check_events_and_forgeries(svc, tmp_path):
@@ -86,6 +95,7 @@ def test_learner_session_check_events_and_forgeries(svc, tmp_path):
     kernel) writes the events; forged events from the kernel do not count."""
     from grading.outcomes import counted
     from lab_hardware.runtime import lab as _lab
+
     home = svc.home
     learner = svc.owner("default")
     work = tmp_path / "work"
@@ -95,8 +105,10 @@ def test_learner_session_check_events_and_forgeries(svc, tmp_path):
     _lab.add_namespace(home, "bob", devices=1)  # another learner in the same lab
     k = Kernel(work, {"LIVELAB_HOME": str(home)})
     try:
-        r = k.run(f"from labs import Lab\nlab = Lab.connect(module={M1!r}, course='edge-ml-foundations', "
-                  f"version='1.1.0')\nprint(lab.namespace)")
+        r = k.run(
+            f"from labs import Lab\nlab = Lab.connect(module={M1!r}, course='edge-ml-foundations', "
+            f"version='1.1.0')\nprint(lab.namespace)"
+        )
         assert r["error"] is None and "default" in r["stdout"]
         # exercise 1 (the solution), then its visible test: a ✓ line names it
         sol = _cell(REL / "source" / M1 / f"{M1}.ipynb", "quiet")
@@ -120,9 +132,11 @@ def test_learner_session_check_events_and_forgeries(svc, tmp_path):
         assert len(counted(ev, home)) == 1 and ev[0].time >= before
 
         # exercises 2 and 4: read telemetry under consent, then revoke: the check passes
-        k.run("for d in lab.devices: lab.grant_consent(d, 'telemetry')\n"
-              "ws = list(lab.telemetry(timeout=3, limit=6))\n"
-              "for d in lab.devices: lab.revoke_consent(d, 'telemetry')")
+        k.run(
+            "for d in lab.devices: lab.grant_consent(d, 'telemetry')\n"
+            "ws = list(lab.telemetry(timeout=3, limit=6))\n"
+            "for d in lab.devices: lab.revoke_consent(d, 'telemetry')"
+        )
         t0 = time.time()
         r = k.run("rep = lab.check()\nprint(rep)\nprint('PASSED' if rep.passed else 'NOT YET')")
         t1 = time.time()
@@ -144,7 +158,8 @@ def test_learner_session_check_events_and_forgeries(svc, tmp_path):
             "i = lab._client.publish('livelab/bob/learner/grader/request', json.dumps({'id': 'x', 'op': 'check',\n"
             "    'module': 'm1-telemetry'}), qos=1)\n"
             "i.wait_for_publish(5)\n"
-            "print('sent')")
+            "print('sent')"
+        )
         assert r["error"] is None and "sent" in r["stdout"]
         # ask once more as ourselves: replies are in order, so the forged request had its chance
         assert "PASSED" in k.run("print('PASSED' if lab.check().passed else 'NOT YET')")["stdout"]
@@ -160,6 +175,7 @@ def test_learner_session_check_events_and_forgeries(svc, tmp_path):
 
 def test_panel_check_button_shows_items(svc):
     from labs import Lab
+
     with Lab.connect(module=M1, home=svc.home) as lab:
         panel = lab.panel()
         try:
@@ -174,6 +190,7 @@ def test_panel_check_button_shows_items(svc):
 
 def test_check_without_service_says_how_to_start_one(lab_home):
     from labs import Lab
+
     with Lab.connect(module=M1, home=lab_home) as lab:
         rep = lab.check()
     assert not rep.passed and "livelab grader serve" in str(rep)
@@ -203,8 +220,14 @@ def test_submit_attempts_score_and_feedback(svc, tmp_path):
     finally:
         k.close()
     db = svc.out / "gradebook.db"
-    rows = sqlite3.connect(db).execute("select attempt, status, score from livelab_attempts where student=? "
-                                       "and assignment=? order by attempt", (learner, M1)).fetchall()
+    rows = (
+        sqlite3.connect(db)
+        .execute(
+            "select attempt, status, score from livelab_attempts where student=? and assignment=? order by attempt",
+            (learner, M1),
+        )
+        .fetchall()
+    )
     assert [r[0] for r in rows] == [1, 2] and rows[1][2] == 15.0 and rows[0][2] < 15.0
     done = _events(home, learner=learner, module=M1, kind="module-completed")
     assert [e.detail.get("attempt") for e in done] == [2]

@@ -42,14 +42,29 @@ def _wait(pred, timeout: float = 15.0) -> bool:
     return pred()
 
 
-def _make(tmp: Path, home: Path, name: str, version: str, *, key: str = "author", call_bias: float = -3.0,
-          compute: dict | None = None, tag: str = "") -> Path:
+def _make(
+    tmp: Path,
+    home: Path,
+    name: str,
+    version: str,
+    *,
+    key: str = "author",
+    call_bias: float = -3.0,
+    compute: dict | None = None,
+    tag: str = "",
+) -> Path:
     adapter = tmp / f"{name}-{version}{tag}.adapter.json"
     adapter.write_bytes(_adapter.make(list(SC.intents), {"call": call_bias}))
     out = tmp / f"{name}-{version}{tag}.lbundle"
-    _bundle.build(SC.models["candidate"], out, name=name, version=version, adapter=adapter,
-                  compute={"health_decisions": 20, "latency_budget_ms": 10_000.0, **(compute or {})},
-                  created=CREATED)
+    _bundle.build(
+        SC.models["candidate"],
+        out,
+        name=name,
+        version=version,
+        adapter=adapter,
+        compute={"health_decisions": 20, "latency_budget_ms": 10_000.0, **(compute or {})},
+        created=CREATED,
+    )
     return _bundle.sign(out, home / "keys" / f"{key}.key")
 
 
@@ -74,14 +89,17 @@ def _nan_model() -> bytes:
     """A valid ONNX intent model that loads fine and answers NaN probabilities."""
     from onnx import TensorProto, helper
     from lab_hardware import features
+
     k = len(SC.intents)
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, features.DIM])
     probs = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, k])
     label = helper.make_tensor_value_info("label", TensorProto.INT64, [None])
     w = helper.make_tensor("w", TensorProto.FLOAT, [features.DIM, k], [0.0] * (features.DIM * k))
-    nodes = [helper.make_node("MatMul", ["input", "w"], ["z"]),
-             helper.make_node("Div", ["z", "z"], ["probabilities"]),   # 0/0 = NaN
-             helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0)]
+    nodes = [
+        helper.make_node("MatMul", ["input", "w"], ["z"]),
+        helper.make_node("Div", ["z", "z"], ["probabilities"]),  # 0/0 = NaN
+        helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0),
+    ]
     g = helper.make_graph(nodes, "nan", [x], [probs, label], initializer=[w])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
@@ -150,8 +168,14 @@ def test_learner_cannot_publish_the_retained_revocation_list(hlab):
     try:
         ids = _ids(home)
         junk = topics.encode({"schema": topics.SCHEMA_REVOCATIONS, "revoked": [{"digest": "junk"}]})
-        rc = publish_raw(home, topics.control("default", "revocations"), junk,
-                         username="learner.default", password=ids["learner.default"], v5=True)
+        rc = publish_raw(
+            home,
+            topics.control("default", "revocations"),
+            junk,
+            username="learner.default",
+            password=ids["learner.default"],
+            v5=True,
+        )
         assert rc is not None and rc.value == 0x87  # not authorised
         # a control publish after it arrives; the learner's junk never does
         publish_raw(home, topics.control("default", "probe"), b"{}")
@@ -173,8 +197,7 @@ def test_learner_may_not_send_two_level_or_someone_elses_commands(hlab):
     ok = b'{"schema":"livelab.command/v1","id":"acl-1"}'
     assert publish_raw(home, topics.command("default", "dev-0", "ping"), ok, **me).value == 0x87
     assert publish_raw(home, topics.command("default", "dev-0", "ping", sender="control"), ok, **me).value == 0x87
-    assert publish_raw(home, topics.command("default", "dev-0", "ping", sender="learner.default"), ok,
-                       **me).value == 0
+    assert publish_raw(home, topics.command("default", "dev-0", "ping", sender="learner.default"), ok, **me).value == 0
 
 
 def test_audit_by_comes_from_the_topic_not_the_payload(hlab):
@@ -183,8 +206,14 @@ def test_audit_by_comes_from_the_topic_not_the_payload(hlab):
     obs = Observer(home, "livelab/default/devices/dev-0/audit")
     try:
         payload = topics.encode({"schema": topics.SCHEMA_COMMAND, "id": "spoof-1", "by": "control"})
-        rc = publish_raw(home, topics.command("default", "dev-0", "ping", sender="learner.default"), payload,
-                         username="learner.default", password=ids["learner.default"], v5=True)
+        rc = publish_raw(
+            home,
+            topics.command("default", "dev-0", "ping", sender="learner.default"),
+            payload,
+            username="learner.default",
+            password=ids["learner.default"],
+            v5=True,
+        )
         assert rc.value == 0
         assert _wait(lambda: [r for r in _records(obs, "dev-0", "command") if r["data"]["id"] == "spoof-1"])
         rec = [r for r in _records(obs, "dev-0", "command") if r["data"]["id"] == "spoof-1"][-1]
@@ -194,11 +223,15 @@ def test_audit_by_comes_from_the_topic_not_the_payload(hlab):
         # the SDK's own commands are authored by its broker identity too
         assert sdk.command("dev-0", "ping")["data"]["by"] == owner
         # the control plane's two-level form is authored by 'control'
-        publish_raw(home, topics.command("default", "dev-0", "ping"),
-                    topics.encode({"schema": topics.SCHEMA_COMMAND, "id": "ctl-1", "by": "mallory"}))
+        publish_raw(
+            home,
+            topics.command("default", "dev-0", "ping"),
+            topics.encode({"schema": topics.SCHEMA_COMMAND, "id": "ctl-1", "by": "mallory"}),
+        )
         assert _wait(lambda: [r for r in _records(obs, "dev-0", "command") if r["data"]["id"] == "ctl-1"])
-        assert [r for r in _records(obs, "dev-0", "command") if r["data"]["id"] == "ctl-1"][-1]["data"]["by"] \
-            == "control"
+        assert [r for r in _records(obs, "dev-0", "command") if r["data"]["id"] == "ctl-1"][-1]["data"][
+            "by"
+        ] == "control"
     finally:
         obs.close()
 
@@ -207,8 +240,14 @@ def test_learner_names_come_from_the_control_plane_only(hlab):
     home, sdk, tmp = hlab
     ids = _ids(home)
     names = topics.encode({"schema": topics.SCHEMA_LEARNERS, "names": {"learner.default": "mallory"}})
-    rc = publish_raw(home, topics.control("default", "learners"), names,
-                     username="learner.default", password=ids["learner.default"], v5=True)
+    rc = publish_raw(
+        home,
+        topics.control("default", "learners"),
+        names,
+        username="learner.default",
+        password=ids["learner.default"],
+        v5=True,
+    )
     assert rc.value == 0x87  # a learner cannot rename itself
     assert sdk.command("dev-0", "ping")["data"]["by"] == lab.descriptor(home)["learner_name"]
     lab.name_learner(home, "default", "alice")  # what the grader does for a pooled namespace
@@ -317,15 +356,15 @@ def test_version_floor_survives_rollbacks(hlab):
     v05 = _make(tmp, home, "floor", "5.0.0")
     sdk.install(dev, v1)
     sdk.install(dev, v2)
-    rb = sdk.rollback(dev)                      # back to 10.0.0
+    rb = sdk.rollback(dev)  # back to 10.0.0
     assert rb["data"]["to"]["version"] == "10.0.0"
     with pytest.raises(CommandRefused, match="downgrade|not newer"):
-        sdk.install(dev, v15)                   # 15.0.0 < 20.0.0, the highest this device ran
-    sdk.rollback(dev)                           # back to the scenario model
+        sdk.install(dev, v15)  # 15.0.0 < 20.0.0, the highest this device ran
+    sdk.rollback(dev)  # back to the scenario model
     with pytest.raises(CommandRefused, match="downgrade|not newer"):
-        sdk.install(dev, v05)                   # a plain model active must not reset protection
+        sdk.install(dev, v05)  # a plain model active must not reset protection
     with pytest.raises(CommandRefused, match="never ran"):
-        sdk.install(dev, v05, rollback=True)    # a rollback target is a bundle this device ran
+        sdk.install(dev, v05, rollback=True)  # a rollback target is a bundle this device ran
     assert sdk.install(dev, v1, rollback=True)["data"]["version"] == "10.0.0"  # it did run 10.0.0
     # a copy of 10.0.0 signed by another trusted key did not run here: no rollback to it
     v1b = _resign(v1, home, "second", tmp / "floor-10.0.0-second.lbundle")
@@ -341,14 +380,20 @@ def test_rollout_back_after_a_refused_canary_keeps_the_good_bundle(hlab):
     rec = sdk.install("dev-2", good)
     assert rec["kind"] == "install"
     gd = _bundle.read(good).digest
-    assert _wait(lambda: sdk.states["dev-2"]["bundle"] == gd and sdk.states["dev-2"]["health"] is None), \
-        [(r["kind"], r["data"]) for r in sdk.audit_chain("dev-2").records[-4:]]
+    assert _wait(lambda: sdk.states["dev-2"]["bundle"] == gd and sdk.states["dev-2"]["health"] is None), [
+        (r["kind"], r["data"]) for r in sdk.audit_chain("dev-2").records[-4:]
+    ]
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "livelab", "--home", str(home), "rollout", *args],
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "livelab", "--home", str(home), "rollout", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
     p = cli("start", str(bad), "--canary", "dev-2", "--json")
-    assert p.returncode == 1, p.stdout + p.stderr      # the canary refused it
+    assert p.returncode == 1, p.stdout + p.stderr  # the canary refused it
     p = cli("finish", "--back", "--json")
     assert p.returncode == 0, p.stderr
     assert sdk.states["dev-2"]["bundle"] == gd
@@ -363,8 +408,13 @@ def test_cli_revoke_publishes_the_control_list_naming_the_signer(hlab):
     sdk.install("dev-0", b)
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "livelab", "--home", str(home), "bundle", "revoke", *args],
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "livelab", "--home", str(home), "bundle", "revoke", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
     p = cli(info.digest)  # a bare digest: which signer?
     assert p.returncode == 2 and "--keyid" in p.stderr and "\n" not in p.stderr.strip()
     p = cli(str(b), "--reason", "bad [release]")  # the file names content and signer
@@ -373,5 +423,6 @@ def test_cli_revoke_publishes_the_control_list_naming_the_signer(hlab):
     assert {"digest": info.digest, "keyid": info.keyid} in sdk.states["dev-0"]["revocations"]
     rec = [r for r in sdk.audit_chain("dev-0").records if r["kind"] == "revocation"][-1]["data"]
     assert rec["by"] == "control" and rec["active_revoked"] is True
-    assert _wait(lambda: any(r.get("digest") == info.digest and r.get("keyid") == info.keyid
-                             for r in sdk.revocations))  # learners read the retained list
+    assert _wait(
+        lambda: any(r.get("digest") == info.digest and r.get("keyid") == info.keyid for r in sdk.revocations)
+    )  # learners read the retained list

@@ -25,20 +25,30 @@ import pytest
 from conftest import ROOT, start_lab
 from learner_helpers import PY, SPY, is_root, popen_as, probe_as, remove_accounts, secret_targets, uid_of
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(1500),
-              pytest.mark.skipif(not is_root(), reason="the hub spawns servers as learners' accounts (root)")]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.timeout(1500),
+    pytest.mark.skipif(not is_root(), reason="the hub spawns servers as learners' accounts (root)"),
+]
 
 SPAWN_TIMEOUT = 300_000  # ms: login -> provisioning (useradd, 3 devices) -> server up, on a loaded machine
 
 
 def livelab(*args, home, env=None, timeout=300):
-    return subprocess.run([PY, "-m", "livelab", "--home", str(home), *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [PY, "-m", "livelab", "--home", str(home), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory, mosquitto_available):
     from lab_hardware.runtime import lab
+
     home = tmp_path_factory.mktemp("hublab")
     start_lab(home)
     root = Path(tempfile.mkdtemp(prefix="livelab-hub-learners-"))
@@ -47,8 +57,9 @@ def hub(tmp_path_factory, mosquitto_available):
     tag = secrets.token_hex(3)
     names = (f"llh{tag}a", f"llh{tag}b")
     try:
-        r = livelab("hub", "up", "--auth", "dummy", "--password", password, home=home,
-                    env={"LIVELAB_LEARNERS_DIR": str(root)})
+        r = livelab(
+            "hub", "up", "--auth", "dummy", "--password", password, home=home, env={"LIVELAB_LEARNERS_DIR": str(root)}
+        )
         assert r.returncode == 0, r.stdout + r.stderr
         st = livelab("hub", "status", "--json", home=home)
         assert st.returncode == 0, st.stderr
@@ -59,8 +70,13 @@ def hub(tmp_path_factory, mosquitto_available):
         d = livelab("hub", "down", home=home)
         assert d.returncode == 0, d.stderr
         lab.down(home)
-        left = subprocess.run(["ps", "-o", "pid=,user=,args=", "-U", ",".join(names)], capture_output=True,
-                              text=True).stdout if all(_exists(n) for n in names) else ""
+        left = (
+            subprocess.run(
+                ["ps", "-o", "pid=,user=,args=", "-U", ",".join(names)], capture_output=True, text=True
+            ).stdout
+            if all(_exists(n) for n in names)
+            else ""
+        )
         remove_accounts(*names)
         subprocess.run(["rm", "-rf", str(root)])
         assert not left.strip(), f"learners' processes outlived 'hub down':\n{left}"
@@ -68,6 +84,7 @@ def hub(tmp_path_factory, mosquitto_available):
 
 def _exists(name: str) -> bool:
     import pwd
+
     try:
         pwd.getpwnam(name)
         return True
@@ -102,21 +119,27 @@ def _connect(pg, url: str, user: str, control: Path) -> tuple[str, dict]:
     pg.keyboard.press("Escape")
     pg.keyboard.press("Shift+Enter")  # parameters
     pg.keyboard.press("Shift+Enter")  # connect
-    pg.wait_for_function("""() => { const c = document.querySelectorAll('.jp-Notebook .jp-Cell')[2];
+    pg.wait_for_function(
+        """() => { const c = document.querySelectorAll('.jp-Notebook .jp-Cell')[2];
         const o = c && c.querySelector('.jp-OutputArea');
-        return o && (/dev-2: model/.test(o.innerText) || /Error/.test(o.innerText)); }""", timeout=180_000)
+        return o && (/dev-2: model/.test(o.innerText) || /Error/.test(o.innerText)); }""",
+        timeout=180_000,
+    )
     connect_out = pg.locator(".jp-Notebook .jp-Cell").nth(2).locator(".jp-OutputArea").inner_text()
     # one more line in a new cell: who the kernel is and which namespaces its devices report
     pg.keyboard.press("Escape")
     pg.keyboard.press("b")
     pg.keyboard.press("Enter")
-    pg.keyboard.type('import json, os; print("WHO" + json.dumps({"ns": lab.namespace, "learner": lab.learner, '
-                     '"uid": os.getuid(), "devices": sorted(lab.devices), '
-                     '"state_ns": sorted({s.get("namespace") for s in lab.states.values()}), '
-                     f'"control_readable": os.access({str(control)!r}, os.R_OK)}}) + "END")')
+    pg.keyboard.type(
+        'import json, os; print("WHO" + json.dumps({"ns": lab.namespace, "learner": lab.learner, '
+        '"uid": os.getuid(), "devices": sorted(lab.devices), '
+        '"state_ns": sorted({s.get("namespace") for s in lab.states.values()}), '
+        f'"control_readable": os.access({str(control)!r}, os.R_OK)}}) + "END")'
+    )
     pg.keyboard.press("Shift+Enter")
-    pg.wait_for_function("() => /WHO\\{.*\\}END/.test(document.querySelector('.jp-Notebook').innerText)",
-                         timeout=120_000)
+    pg.wait_for_function(
+        "() => /WHO\\{.*\\}END/.test(document.querySelector('.jp-Notebook').innerText)", timeout=120_000
+    )
     text = pg.locator(".jp-Notebook").inner_text()
     who = json.loads(re.findall(r"WHO(\{.*?\})END", text)[-1])  # the output, not the source line
     formgrader = pg.request.get(url + f"user/{user}/formgrader")
@@ -129,6 +152,7 @@ def test_two_learners_through_the_hub(hub):
     from labs import learners
     from labs.learning_events import EventStore
     from reports import tts
+
     url, password, (a, b) = hub["url"], hub["password"], hub["names"]
     home = hub["home"]
     with sync_playwright() as p:
@@ -155,6 +179,7 @@ def test_two_learners_through_the_hub(hub):
     try:
         assert spy.stdout.readline().strip() == "READY", spy.stderr.read() if spy.poll() is not None else ""
         from labs import Lab
+
         with Lab.connect(home=Path(eb["descriptor"]).parent) as lab_b:
             lab_b.grant_consent("dev-0")
             deadline = time.monotonic() + 60

@@ -109,14 +109,17 @@ def test_state_directory_unwritable(tmp_path):
     assert "not writable" in one_line_error(proc)
 
 
-@pytest.mark.parametrize("args, expect", [
-    (["up", "--scenario", "nope"], "unknown scenario"),
-    (["up", "--profile", "nope"], "unknown hardware profile"),
-    (["up", "--devices", "0"], "--devices"),
-    (["up", "--namespace", "Bad/NS"], "invalid namespace"),
-    (["up", "--broker-url", "http://x"], "mqtt://"),
-    (["consent", "grant", "dev-0"], "no running lab"),
-])
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["up", "--scenario", "nope"], "unknown scenario"),
+        (["up", "--profile", "nope"], "unknown hardware profile"),
+        (["up", "--devices", "0"], "--devices"),
+        (["up", "--namespace", "Bad/NS"], "invalid namespace"),
+        (["up", "--broker-url", "http://x"], "mqtt://"),
+        (["consent", "grant", "dev-0"], "no running lab"),
+    ],
+)
 def test_bad_usage_one_line(tmp_path, args, expect):
     proc = run_cli("--home", str(tmp_path / "h"), *args)
     assert proc.returncode == 2
@@ -162,6 +165,7 @@ def test_down_after_supervisor_killed(fresh_lab):
 
 def test_device_crash_is_restarted_with_consent_kept(fresh_lab):
     from labs import Lab
+
     home = fresh_lab()
     with Lab.connect(home=home) as sdk:
         sdk.grant_consent("dev-1")

@@ -18,8 +18,14 @@ PACKAGES = ("livelab", "reports", "courses", "grading", "labs", "lab_hardware", 
 
 
 def _lint(cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(LINT), "--no-cache"], cwd=cwd, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(cwd), "PATH": "/usr/bin:/bin"}, timeout=120)
+    return subprocess.run(
+        [str(LINT), "--no-cache"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(cwd), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
 
 
 def test_imports_follow_the_layers():
@@ -30,8 +36,11 @@ def test_imports_follow_the_layers():
 
 def test_a_lower_layer_importing_a_higher_one_is_refused(tmp_path):
     for pkg in PACKAGES:
-        shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns(
-            "__pycache__", "*.ipynb", "*.onnx", "releases", "source", "*.lreplay"))
+        shutil.copytree(
+            ROOT / pkg,
+            tmp_path / pkg,
+            ignore=shutil.ignore_patterns("__pycache__", "*.ipynb", "*.onnx", "releases", "source", "*.lreplay"),
+        )
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     topics = tmp_path / "lab_hardware" / "topics.py"
     topics.write_text(topics.read_text() + "\nfrom lab_hardware.runtime import lab as _up  # noqa\n")

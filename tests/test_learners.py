@@ -24,11 +24,17 @@ from learner_helpers import PY, as_user, probe_as, remove_accounts, secret_targe
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="learner accounts are created with useradd (root)")
 
 
-
 def livelab(*args: str, home: Path, user: str | None = None, env: dict | None = None, timeout: float = 180):
     kw = {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []} if user else {}
-    return subprocess.run([PY, "-m", "livelab", "--home", str(home), *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})}, cwd="/", **kw)
+    return subprocess.run(
+        [PY, "-m", "livelab", "--home", str(home), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd="/",
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +42,7 @@ def team(tmp_path_factory, mosquitto_available):
     """A running lab with the recorder, and two learners with Unix accounts (removed after)."""
     from lab_hardware.runtime import lab
     from labs import learners
+
     home = tmp_path_factory.mktemp("teamlab")
     start_lab(home)
     # Learners' homes need a parent every account can enter (pytest's tmp dirs are root-only).
@@ -63,6 +70,7 @@ def _accounts_with_prefix(prefix: str) -> list[str]:
 def test_add_provisions_namespace_account_and_private_home(team):
     from lab_hardware.home import read_json
     from lab_hardware.runtime import lab
+
     home, a = team["home"], team["a"]
     e = team["a_entry"]
     pw = pwd.getpwnam(a)
@@ -92,6 +100,7 @@ def test_add_provisions_namespace_account_and_private_home(team):
 
 def test_list_json_and_learner_for_path(team):
     from labs import learners
+
     r = livelab("learners", "list", "--json", home=team["home"])
     assert r.returncode == 0, r.stderr
     rows = {e["name"]: e for e in json.loads(r.stdout)}
@@ -110,8 +119,25 @@ def test_add_twice_is_one_clear_line(team):
     assert "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("name", ["../evil", "a;rm -rf /", "Eve", "a b", "x/+/#", "control", "device-1",
-                                  "root", "", "_dash", "learner.x", "a" * 64, "ok\nroot", "eve\n"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../evil",
+        "a;rm -rf /",
+        "Eve",
+        "a b",
+        "x/+/#",
+        "control",
+        "device-1",
+        "root",
+        "",
+        "_dash",
+        "learner.x",
+        "a" * 64,
+        "ok\nroot",
+        "eve\n",
+    ],
+)
 def test_hostile_names_are_refused_with_one_line(team, name):
     before = {p.pw_name for p in pwd.getpwall()}
     cfg_before = json.loads((team["home"] / "config.json").read_text())["namespaces"].keys()
@@ -129,8 +155,9 @@ def test_hostile_team_is_refused(team):
 
 
 def test_without_root_adding_a_learner_account_is_refused(team, tmp_path):
-    r = livelab("learners", "add", "lltnoroot", home=Path(tempfile.gettempdir()) / "livelab-no-lab-here",
-                user=team["a"])
+    r = livelab(
+        "learners", "add", "lltnoroot", home=Path(tempfile.gettempdir()) / "livelab-no-lab-here", user=team["a"]
+    )
     assert r.returncode == 2
     assert "needs root" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     # and the lab's own (0700) state directory is refused in one line too, not with a traceback
@@ -143,6 +170,7 @@ def test_learner_process_cannot_read_any_secret(team):
     """Run as learner A's Unix account: every secret of the lab, the course's hidden content,
     the grader's references and B's home are unreadable; A's own descriptor is readable."""
     from livelab import hub
+
     home, a = team["home"], team["a"]
     hub.protect_content()  # what 'learners add' (CLI) and 'hub up' do
     got = probe_as(a, secret_targets(home, team["b_entry"], ROOT))
@@ -159,6 +187,7 @@ def test_learner_a_subscribing_to_b_gets_nothing(team):
     from lab_hardware import mqtt
     from lab_hardware.home import read_json
     from labs import Lab
+
     a, b = team["a"], team["b"]
     da, db = (read_json(Path(team[k + "_entry"]["descriptor"])) for k in ("a", "b"))
     got: list[str] = []
@@ -194,9 +223,16 @@ def test_events_name_the_namespace_owner_not_the_payload(team):
     """The recorder stores A's announcements under A whatever the kernel claims."""
     from labs import Lab
     from labs.learning_events import EventStore
+
     a = team["a"]
-    with Lab.connect("m1-telemetry", home=Path(team["a_entry"]["descriptor"]).parent, learner="mallory",
-                     course="edge-ml-foundations", version="1.1.0", team="forged"):
+    with Lab.connect(
+        "m1-telemetry",
+        home=Path(team["a_entry"]["descriptor"]).parent,
+        learner="mallory",
+        course="edge-ml-foundations",
+        version="1.1.0",
+        team="forged",
+    ):
         pass
     with EventStore(team["home"]) as store:
         deadline = time.monotonic() + 20
@@ -213,6 +249,7 @@ def _kernel_as(user: str, tmp: Path):
     learner's Jupyter server does).  Returns (process, client)."""
     from jupyter_client.connect import write_connection_file
     from jupyter_client.kernelspec import KernelSpecManager
+
     pw = pwd.getpwnam(user)
     cdir = Path(pw.pw_dir) / "kernel-runtime"  # where the learner's own Jupyter would put it
     cdir.mkdir(mode=0o700)
@@ -221,10 +258,23 @@ def _kernel_as(user: str, tmp: Path):
         os.chown(p, pw.pw_uid, pw.pw_gid)
     spec = KernelSpecManager().get_kernel_spec("livelab")
     argv = [a.replace("{connection_file}", cf) for a in spec.argv]
-    env = {"HOME": pw.pw_dir, "USER": user, "PATH": f"{Path(PY).parent}:/usr/bin:/bin", **spec.env,
-           "LIVELAB_HOME": f"{pw.pw_dir}/.livelab"}
-    proc = subprocess.Popen(argv, env=env, cwd=pw.pw_dir, user=pw.pw_uid, group=pw.pw_gid, extra_groups=[],
-                            stdout=subprocess.DEVNULL, stderr=open(cdir / "kernel.log", "w"))
+    env = {
+        "HOME": pw.pw_dir,
+        "USER": user,
+        "PATH": f"{Path(PY).parent}:/usr/bin:/bin",
+        **spec.env,
+        "LIVELAB_HOME": f"{pw.pw_dir}/.livelab",
+    }
+    proc = subprocess.Popen(
+        argv,
+        env=env,
+        cwd=pw.pw_dir,
+        user=pw.pw_uid,
+        group=pw.pw_gid,
+        extra_groups=[],
+        stdout=subprocess.DEVNULL,
+        stderr=open(cdir / "kernel.log", "w"),
+    )
     try:
         return proc, _client_when_ready(proc, cf, cdir)
     except BaseException:
@@ -235,12 +285,14 @@ def _kernel_as(user: str, tmp: Path):
 
 def _client_when_ready(proc: subprocess.Popen, cf: str, cdir: Path):
     from jupyter_client import BlockingKernelClient
+
     kc = BlockingKernelClient(connection_file=cf)
     kc.load_connection_file()
     kc.start_channels()
     # (wait_for_ready judges a client without a manager dead while a loaded machine still starts
     # the kernel: wait for the reply on shell *and* a message on IOPub, bounded, ourselves)
     from queue import Empty
+
     deadline = time.monotonic() + 180
     while True:
         assert proc.poll() is None, (cdir / "kernel.log").read_text()[-2000:]
@@ -258,9 +310,19 @@ def _client_when_ready(proc: subprocess.Popen, cf: str, cdir: Path):
 
 def _run(kc, code: str, timeout: float = 120) -> str:
     out: list[str] = []
-    reply = kc.execute_interactive(code, timeout=timeout, output_hook=lambda m: out.append(
-        m["content"].get("text", "") if m["msg_type"] == "stream" else
-        (m["content"].get("ename", "") + ": " + m["content"].get("evalue", "") if m["msg_type"] == "error" else "")))
+    reply = kc.execute_interactive(
+        code,
+        timeout=timeout,
+        output_hook=lambda m: out.append(
+            m["content"].get("text", "")
+            if m["msg_type"] == "stream"
+            else (
+                m["content"].get("ename", "") + ": " + m["content"].get("evalue", "")
+                if m["msg_type"] == "error"
+                else ""
+            )
+        ),
+    )
     assert reply["content"]["status"] == "ok", "".join(out)
     return "".join(out)
 
@@ -269,6 +331,7 @@ def test_remove_while_kernel_runs_stops_only_its_devices(tmp_path, mosquitto_ava
     from lab_hardware.home import pid_alive, read_json
     from lab_hardware.runtime import lab
     from labs import Lab, learners
+
     home = tmp_path / "lab"
     start_lab(home)
     root = Path(tempfile.mkdtemp(prefix="livelab-learners-"))
@@ -282,8 +345,11 @@ def test_remove_while_kernel_runs_stops_only_its_devices(tmp_path, mosquitto_ava
         run = read_json(home / "run" / "supervisor.json")
         km, kc = _kernel_as(a, tmp_path)
         assert os.stat(f"/proc/{km.pid}").st_uid == pwd.getpwnam(a).pw_uid
-        out = _run(kc, "import os\nfrom labs import Lab\nlab = Lab.connect()\nlab.grant_consent('dev-1')\n"
-                       "w = lab.next_window('dev-1', timeout=30)\nprint(lab.namespace, os.getuid(), w['device'])")
+        out = _run(
+            kc,
+            "import os\nfrom labs import Lab\nlab = Lab.connect()\nlab.grant_consent('dev-1')\n"
+            "w = lab.next_window('dev-1', timeout=30)\nprint(lab.namespace, os.getuid(), w['device'])",
+        )
         assert out.split() == [a, str(pwd.getpwnam(a).pw_uid), "dev-1"]
         lab_b = Lab.connect(home=Path(eb["descriptor"]).parent)
         lab_b.grant_consent("dev-1")
@@ -307,8 +373,11 @@ def test_remove_while_kernel_runs_stops_only_its_devices(tmp_path, mosquitto_ava
         assert len(lab_b.windows("dev-1")) > n
         # ... while A's kernel still runs and receives nothing any more
         assert km.poll() is None
-        out = _run(kc, "import time\nn0 = len(lab.windows())\ntime.sleep(0)\n"
-                       "try:\n    lab.next_window(timeout=3)\n    print('GOT')\nexcept TimeoutError:\n    print('NOTHING')")
+        out = _run(
+            kc,
+            "import time\nn0 = len(lab.windows())\ntime.sleep(0)\n"
+            "try:\n    lab.next_window(timeout=3)\n    print('GOT')\nexcept TimeoutError:\n    print('NOTHING')",
+        )
         assert out.strip() == "NOTHING"
         assert not (root / a / ".livelab" / "lab.json").exists()
         assert learners.get(home, a) is None and learners.get(home, b) is not None
@@ -338,6 +407,7 @@ def test_single_user_lab_records_its_owner(lab_home):
     from lab_hardware.home import read_json
     from lab_hardware.runtime.lab import owner_name
     from labs import Lab
+
     desc = read_json(lab_home / "lab.json")
     assert desc["owner"] == desc["learner_name"] == owner_name()
     assert desc["namespace"] == "default" and desc["learner"]["username"] == "learner.default"
@@ -351,9 +421,14 @@ def test_hub_config_and_status_without_a_hub(tmp_path):
     r = livelab("hub", "config", "--port", "8123", home=tmp_path)
     assert r.returncode == 0, r.stderr
     compile(r.stdout, "jupyterhub_config.py", "exec")
-    for needle in ("c.JupyterHub.port = 8123", 'c.JupyterHub.authenticator_class = "pam"',
-                   "c.Spawner.pre_spawn_hook = make_pre_spawn_hook(", "learner_jupyter",
-                   'c.JupyterHub.spawner_class = "localprocess"', f"LIVELAB_HOME = {str(tmp_path)!r}"):
+    for needle in (
+        "c.JupyterHub.port = 8123",
+        'c.JupyterHub.authenticator_class = "pam"',
+        "c.Spawner.pre_spawn_hook = make_pre_spawn_hook(",
+        "learner_jupyter",
+        'c.JupyterHub.spawner_class = "localprocess"',
+        f"LIVELAB_HOME = {str(tmp_path)!r}",
+    ):
         assert needle in r.stdout, needle
     s = livelab("hub", "status", "--json", home=tmp_path)
     assert s.returncode == 1 and json.loads(s.stdout)["running"] is False

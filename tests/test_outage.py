@@ -27,8 +27,11 @@ def _wait_more_windows(home, n: int, timeout: float = 60) -> None:
     """Wait until every device has published ``n`` more windows (not a fixed time: under
     load windows come late, and the test needs windows before, during and after)."""
     start = _seq_now(home)
-    wait_for(lambda: all(v >= start[d] + n for d, v in _seq_now(home).items()), timeout,
-             f"{n} more windows from every device")
+    wait_for(
+        lambda: all(v >= start[d] + n for d, v in _seq_now(home).items()),
+        timeout,
+        f"{n} more windows from every device",
+    )
 
 
 def _wait_saved(home, since: float, timeout: float = 30) -> None:

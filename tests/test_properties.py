@@ -27,8 +27,11 @@ from tests.conftest import start_lab
 from tests.mqtt_helpers import Observer, publish_raw
 
 SC = scenarios.load("voice-intents")
-SETTINGS = dict(deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                      HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = dict(
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 # ---- the CLI's options ---------------------------------------------------------------------------
 #: (argv before the value, option, lower bound, upper bound, lower bound open, integer)
@@ -40,15 +43,27 @@ NUMERIC = [
     (["up"], "--timeout", 0, 86400, True, False),
     (["logs"], "--lines", 1, 100_000, False, True),
     (["replay", "run", "r.lreplay", "--bundle", "m.onnx"], "--threads", 1, 64, False, True),
-    (["bundle", "build", "m.onnx", "-o", "b.lbundle", "--name", "n", "--version", "1.0.0"],
-     "--max-error-rate", 0, 1, False, False),
-    (["bundle", "build", "m.onnx", "-o", "b.lbundle", "--name", "n", "--version", "1.0.0"],
-     "--health-decisions", 1, 10_000_000, False, True),
+    (
+        ["bundle", "build", "m.onnx", "-o", "b.lbundle", "--name", "n", "--version", "1.0.0"],
+        "--max-error-rate",
+        0,
+        1,
+        False,
+        False,
+    ),
+    (
+        ["bundle", "build", "m.onnx", "-o", "b.lbundle", "--name", "n", "--version", "1.0.0"],
+        "--health-decisions",
+        1,
+        10_000_000,
+        False,
+        True,
+    ),
     (["report", "serve"], "--port", 1, 65535, False, True),
 ]
 
 values = st.one_of(
-    st.integers(-10**12, 10**12).map(str),
+    st.integers(-(10**12), 10**12).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.sampled_from(["nan", "-inf", "inf", "1e309", "0x10", "", " ", "1_000", "-0", "0.0", "١٢", "--", "[/]"]),
     st.text(max_size=20),
@@ -62,6 +77,7 @@ _PARSER = []
 @given(spec=st.sampled_from(NUMERIC), value=values)
 def test_numeric_options_are_range_checked_or_refused_in_one_line(spec, value, capsys):
     from livelab.cli import build_parser
+
     if not _PARSER:
         _PARSER.append(build_parser())  # one parser (building one imports every subcommand's options)
     head, opt, lo, hi, lo_open, integer = spec
@@ -81,10 +97,20 @@ ARGVS = st.one_of(
     st.tuples(st.just("logs"), st.text(max_size=12)),
     st.tuples(st.just("bundle"), st.just("revoke"), st.text(max_size=70)),
     st.tuples(st.just("bundle"), st.just("inspect"), st.text(min_size=1, max_size=30)),
-    st.tuples(st.just("bundle"), st.just("verify"), st.text(min_size=1, max_size=30), st.just("--revoked"),
-              st.text(max_size=70)),
-    st.tuples(st.just("replay"), st.just("run"), st.text(min_size=1, max_size=20), st.just("--bundle"),
-              st.text(min_size=1, max_size=20)),
+    st.tuples(
+        st.just("bundle"),
+        st.just("verify"),
+        st.text(min_size=1, max_size=30),
+        st.just("--revoked"),
+        st.text(max_size=70),
+    ),
+    st.tuples(
+        st.just("replay"),
+        st.just("run"),
+        st.text(min_size=1, max_size=20),
+        st.just("--bundle"),
+        st.text(min_size=1, max_size=20),
+    ),
     st.tuples(st.just("keys"), st.just("untrust"), st.text(max_size=20)),
     st.tuples(st.just("consent"), st.sampled_from(["grant", "revoke", "x"]), st.text(max_size=12)),
 )
@@ -95,6 +121,7 @@ ARGVS = st.one_of(
 def test_cli_never_prints_a_traceback(argv, tmp_path_factory, capsys):
     """Whole commands on a home with no lab: exit 0, 1 or 2, and a failure is one line."""
     from livelab.cli import main
+
     home = tmp_path_factory.mktemp("cli-home")
     argv = [a.replace("\x00", "") for a in argv]
     try:
@@ -104,7 +131,7 @@ def test_cli_never_prints_a_traceback(argv, tmp_path_factory, capsys):
     out, err = capsys.readouterr()
     assert code in (0, 1, 2), (code, out, err)
     assert "Traceback" not in out + err
-    assert "\n" not in err.strip(), err      # never more than one line of complaint
+    assert "\n" not in err.strip(), err  # never more than one line of complaint
     if code == 2:
         assert err.strip(), "a usage error says why"
 
@@ -116,8 +143,14 @@ def signed(tmp_path_factory):
     keys.new_key(home, "author")
     keys.trust(home, home / "keys" / "author.pub")
     out = tmp_path_factory.mktemp("pb") / "p.lbundle"
-    _bundle.build(SC.models["candidate"], out, name="prop", version="50.0.0",
-                  compute={"latency_budget_ms": 10_000.0}, created="2026-11-25T12:00:00Z")
+    _bundle.build(
+        SC.models["candidate"],
+        out,
+        name="prop",
+        version="50.0.0",
+        compute={"latency_budget_ms": 10_000.0},
+        created="2026-11-25T12:00:00Z",
+    )
     _bundle.sign(out, home / "keys" / "author.key")
     return home, out.read_bytes()
 
@@ -135,11 +168,13 @@ def _tar(members: list[tuple[str, bytes, bytes]]) -> bytes:
     return buf.getvalue()
 
 
-MEMBER_NAMES = st.one_of(st.sampled_from(list(_bundle.MEMBERS) + ["../x", "/etc/passwd", "a/../../b", "x.py",
-                                                                   "manifest.json/"]),
-                         st.text(alphabet="abcdefghij./-_", min_size=1, max_size=30))
-KINDS = st.sampled_from([tarfile.REGTYPE, tarfile.REGTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.DIRTYPE,
-                         tarfile.FIFOTYPE])
+MEMBER_NAMES = st.one_of(
+    st.sampled_from(list(_bundle.MEMBERS) + ["../x", "/etc/passwd", "a/../../b", "x.py", "manifest.json/"]),
+    st.text(alphabet="abcdefghij./-_", min_size=1, max_size=30),
+)
+KINDS = st.sampled_from(
+    [tarfile.REGTYPE, tarfile.REGTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.DIRTYPE, tarfile.FIFOTYPE]
+)
 RANDOM_TARS = st.lists(st.tuples(MEMBER_NAMES, st.binary(max_size=300), KINDS), max_size=5).map(_tar)
 
 
@@ -151,9 +186,12 @@ def _mutate(data: bytes, edits: list[tuple[int, int]], cut: int | None) -> bytes
 
 
 def _mutated(signed_bytes: bytes):
-    return st.builds(_mutate, st.just(signed_bytes),
-                     st.lists(st.tuples(st.integers(0, 2**31), st.integers(0, 255)), min_size=1, max_size=8),
-                     st.one_of(st.none(), st.integers(0, len(signed_bytes))))
+    return st.builds(
+        _mutate,
+        st.just(signed_bytes),
+        st.lists(st.tuples(st.integers(0, 2**31), st.integers(0, 255)), min_size=1, max_size=8),
+        st.one_of(st.none(), st.integers(0, len(signed_bytes))),
+    )
 
 
 def _assert_one_line_refusal(data: bytes, trusted: dict, original: bytes) -> None:
@@ -165,8 +203,13 @@ def _assert_one_line_refusal(data: bytes, trusted: dict, original: bytes) -> Non
     # a mutation of bytes nothing reads (tar header padding, mtime) may pass: then it is still
     # exactly the content that was signed
     o = _bundle.read(original)
-    assert (b.digest, b.keyid, b.signature, b.model, b.adapter_data) == (o.digest, o.keyid, o.signature, o.model,
-                                                                       o.adapter_data)
+    assert (b.digest, b.keyid, b.signature, b.model, b.adapter_data) == (
+        o.digest,
+        o.keyid,
+        o.signature,
+        o.model,
+        o.adapter_data,
+    )
 
 
 @settings(max_examples=120, **SETTINGS)
@@ -182,6 +225,7 @@ def test_random_and_mutated_archives_are_refused_in_one_line(signed, data):
 @pytest.fixture(scope="module")
 def plab(tmp_path_factory, mosquitto_available, signed):
     from lab_hardware.runtime import lab
+
     home = tmp_path_factory.mktemp("plab")
     start_lab(home, devices=1, device_options={"window_seconds": 0.3})
     keys.new_key(home, "author")
@@ -230,15 +274,30 @@ def test_mutated_bundles_sent_to_a_live_device_are_refused(plab, signed, data):
     _still_serving(sdk)
 
 
-JSONISH = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-                       lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
-                       max_leaves=12)
-FIELDS = st.fixed_dictionaries({}, optional={
-    "scope": st.one_of(st.sampled_from(["telemetry", "replay-capture"]), JSONISH),
-    "grant": JSONISH, "model": JSONISH, "from": JSONISH, "decisions": JSONISH, "bundle": JSONISH,
-    "digest": st.one_of(st.text(alphabet="0123456789abcdef", min_size=60, max_size=66), JSONISH),
-    "keyid": JSONISH, "all_signers": JSONISH, "reason": JSONISH, "rollback": JSONISH, "stop": JSONISH,
-    "by": st.just("control"), "on_behalf": JSONISH})
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+    max_leaves=12,
+)
+FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "scope": st.one_of(st.sampled_from(["telemetry", "replay-capture"]), JSONISH),
+        "grant": JSONISH,
+        "model": JSONISH,
+        "from": JSONISH,
+        "decisions": JSONISH,
+        "bundle": JSONISH,
+        "digest": st.one_of(st.text(alphabet="0123456789abcdef", min_size=60, max_size=66), JSONISH),
+        "keyid": JSONISH,
+        "all_signers": JSONISH,
+        "reason": JSONISH,
+        "rollback": JSONISH,
+        "stop": JSONISH,
+        "by": st.just("control"),
+        "on_behalf": JSONISH,
+    },
+)
 
 
 @st.composite
@@ -253,8 +312,11 @@ def commands(draw):
         cid = None
     else:
         cid = draw(st.one_of(st.text(alphabet="abcdef0123456789", min_size=1, max_size=64), st.just("")))
-        body = {"schema": draw(st.sampled_from([topics.SCHEMA_COMMAND, topics.SCHEMA_COMMAND, "x/v1"])), "id": cid,
-                **draw(FIELDS)}
+        body = {
+            "schema": draw(st.sampled_from([topics.SCHEMA_COMMAND, topics.SCHEMA_COMMAND, "x/v1"])),
+            "id": cid,
+            **draw(FIELDS),
+        }
         payload = json.dumps(body).encode()
         cid = cid or None
     return name, payload, cid

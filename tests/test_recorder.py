@@ -13,6 +13,7 @@ from conftest import start_lab
 
 def _services(home):
     from lab_hardware.home import read_json
+
     return read_json(home / "run" / "supervisor.json").get("services", {})
 
 
@@ -28,8 +29,12 @@ def _wait(pred, timeout=30):
 
 def test_event_from_takes_learner_and_time_from_the_lab():
     from labs.recorder import event_from
-    cfg = {"owner": "olga", "shape": {"namespace": "default"},
-           "namespaces": {"default": {}, "ada": {"learner": "ada"}, "grade-x1": {}}}
+
+    cfg = {
+        "owner": "olga",
+        "shape": {"namespace": "default"},
+        "namespaces": {"default": {}, "ada": {"learner": "ada"}, "grade-x1": {}},
+    }
     payload = b'{"kind": "module-opened", "module": "m1", "learner": "mallory", "time": 1, "team": "t", "session": "s"}'
     ev = event_from("livelab/ada/learner/events", payload, cfg, {"ada": "blue"}, now=100.0)
     assert (ev["learner"], ev["time"], ev["team"], ev["source"]) == ("ada", 100.0, "blue", "sdk")
@@ -50,6 +55,7 @@ def test_recorder_is_a_supervised_service_that_survives_kill_9(fresh_lab):
     from lab_hardware.runtime import lab
     from labs import Lab
     from labs.learning_events import EventStore
+
     home = fresh_lab()
     owner = read_json(home / "lab.json")["owner"]
     svc = _services(home)["recorder"]
@@ -66,14 +72,18 @@ def test_recorder_is_a_supervised_service_that_survives_kill_9(fresh_lab):
     assert not [p for p in pids if pid_alive(p)]
 
 
-@pytest.mark.parametrize("services, msg", [
-    ([{"name": "x"}], "argv"),
-    ([{"name": "Bad Name", "argv": ["true"]}], "invalid service name"),
-    ([{"name": "a", "argv": ["true"]}, {"name": "a", "argv": ["true"]}], "two lab services"),
-    (["nope"], "argv"),
-])
+@pytest.mark.parametrize(
+    "services, msg",
+    [
+        ([{"name": "x"}], "argv"),
+        ([{"name": "Bad Name", "argv": ["true"]}], "invalid service name"),
+        ([{"name": "a", "argv": ["true"]}, {"name": "a", "argv": ["true"]}], "two lab services"),
+        (["nope"], "argv"),
+    ],
+)
 def test_bad_services_are_refused_with_one_line(tmp_path, services, msg):
     from lab_hardware.runtime.lab import LabError
+
     with pytest.raises(Exception) as ei:
         start_lab(tmp_path / "lab", services=services)
     assert isinstance(ei.value, (LabError, ValueError)) and msg in str(ei.value)

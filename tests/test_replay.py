@@ -32,7 +32,7 @@ BASELINE = SC.models["baseline"]
 NS, DEV = "default", "dev-1"
 N = 3000
 # two captures with a gap between them (consent paused): decision seqs are not contiguous
-CAPTURE_A = (500, 2000)   # decisions 500..2499, from stream records 0..1999
+CAPTURE_A = (500, 2000)  # decisions 500..2499, from stream records 0..1999
 CAPTURE_B = (3000, 1000)  # decisions 3000..3999, from stream records 2000..2999
 
 
@@ -40,14 +40,19 @@ CAPTURE_B = (3000, 1000)  # decisions 3000..3999, from stream records 2000..2999
 def _grant(home: Path, device: str = DEV) -> dict:
     """The device's audit chain: telemetry consent, then the replay-capture grant."""
     chain = audit.AuditChain(_home.device_dir(home, NS, device) / "audit.jsonl")
-    chain.append("consent", {"id": "c0", "by": "test", "scope": "telemetry", "grant": True,
-                             "changed": True, "withdrawn_windows": 0})
-    return chain.append("consent", {"id": "c1", "by": "test", "scope": "replay-capture", "grant": True,
-                                    "changed": True, "withdrawn_windows": 0})
+    chain.append(
+        "consent",
+        {"id": "c0", "by": "test", "scope": "telemetry", "grant": True, "changed": True, "withdrawn_windows": 0},
+    )
+    return chain.append(
+        "consent",
+        {"id": "c1", "by": "test", "scope": "replay-capture", "grant": True, "changed": True, "withdrawn_windows": 0},
+    )
 
 
-def device_records(model: Path, first_decision: int, start: int, n: int, t0: float, *,
-                   decide=None, bundle_digest: str | None = None) -> list[dict]:
+def device_records(
+    model: Path, first_decision: int, start: int, n: int, t0: float, *, decide=None, bundle_digest: str | None = None
+) -> list[dict]:
     """Capture records as a device makes them: scrub -> features -> model -> digest; undo = wrong."""
     stream = SC.stream(start + n)[start:]
     texts = [scrub.scrub(r["text"]) for r in stream]
@@ -56,16 +61,35 @@ def device_records(model: Path, first_decision: int, start: int, n: int, t0: flo
     labels, _ = (decide or inference.Model(model).predict)(x)
     bd = bundle_digest or digest.file_digest(model)
     digests = digest.signal_digests(x, bd, first_decision)
-    return [{"decision": first_decision + i, "time": round(t0 + (first_decision + i) * 0.02, 6), "text": texts[i],
-             "bundle": bd, "digest": digests[i], "label": int(labels[i]), "undo": bool(labels[i] != truth[i])}
-            for i in range(n)]
+    return [
+        {
+            "decision": first_decision + i,
+            "time": round(t0 + (first_decision + i) * 0.02, 6),
+            "text": texts[i],
+            "bundle": bd,
+            "digest": digests[i],
+            "label": int(labels[i]),
+            "undo": bool(labels[i] != truth[i]),
+        }
+        for i in range(n)
+    ]
 
 
 def messages(records: list[dict], capture_id: str, consent: dict, part_size: int = 700) -> list[dict]:
-    parts = [records[i:i + part_size] for i in range(0, len(records), part_size)]
-    return [{"schema": replay.SCHEMA_CAPTURE, "namespace": NS, "device": DEV, "capture_id": capture_id,
-             "part": k, "last": k == len(parts) - 1, "consent": {"index": consent["index"], "hash": consent["hash"]},
-             "records": part} for k, part in enumerate(parts)]
+    parts = [records[i : i + part_size] for i in range(0, len(records), part_size)]
+    return [
+        {
+            "schema": replay.SCHEMA_CAPTURE,
+            "namespace": NS,
+            "device": DEV,
+            "capture_id": capture_id,
+            "part": k,
+            "last": k == len(parts) - 1,
+            "consent": {"index": consent["index"], "hash": consent["hash"]},
+            "records": part,
+        }
+        for k, part in enumerate(parts)
+    ]
 
 
 def _captured_home(home: Path, model: Path = CANDIDATE, **kw) -> Path:
@@ -126,19 +150,22 @@ def test_store_refuses_raw_pii_and_stores_nothing(tmp_path):
         assert path.read_bytes() == before
 
 
-@pytest.mark.parametrize("mutate, match", [
-    (lambda m, c: {**m, "schema": "livelab.capture/v0"}, "unknown capture schema"),
-    (lambda m, c: {k: v for k, v in m.items() if k != "consent"}, "missing consent"),
-    (lambda m, c: {**m, "consent": {"index": 1}}, "'consent' must be"),
-    (lambda m, c: {**m, "consent": {**m["consent"], "hash": "0" * 64}}, "is not in dev-1's audit chain"),
-    (lambda m, c: {**m, "consent": {"index": 0, "hash": c[0]["hash"]}}, "does not grant replay-capture"),
-    (lambda m, c: {**m, "device": "Dev 1"}, "invalid device name"),
-    (lambda m, c: {**m, "capture_id": "../x"}, "'capture_id' must be"),
-    (lambda m, c: {**m, "records": [{**m["records"][0], "extra": 1}]}, "exactly the fields"),
-    (lambda m, c: {**m, "records": [{**m["records"][0], "digest": "xyz"}]}, "16-hex-digit"),
-    (lambda m, c: {**m, "records": [{**m["records"][0], "time": 1.0}]}, "outside the replay-capture consent"),
-    (lambda m, c: [m], "must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda m, c: {**m, "schema": "livelab.capture/v0"}, "unknown capture schema"),
+        (lambda m, c: {k: v for k, v in m.items() if k != "consent"}, "missing consent"),
+        (lambda m, c: {**m, "consent": {"index": 1}}, "'consent' must be"),
+        (lambda m, c: {**m, "consent": {**m["consent"], "hash": "0" * 64}}, "is not in dev-1's audit chain"),
+        (lambda m, c: {**m, "consent": {"index": 0, "hash": c[0]["hash"]}}, "does not grant replay-capture"),
+        (lambda m, c: {**m, "device": "Dev 1"}, "invalid device name"),
+        (lambda m, c: {**m, "capture_id": "../x"}, "'capture_id' must be"),
+        (lambda m, c: {**m, "records": [{**m["records"][0], "extra": 1}]}, "exactly the fields"),
+        (lambda m, c: {**m, "records": [{**m["records"][0], "digest": "xyz"}]}, "16-hex-digit"),
+        (lambda m, c: {**m, "records": [{**m["records"][0], "time": 1.0}]}, "outside the replay-capture consent"),
+        (lambda m, c: [m], "must be a JSON object"),
+    ],
+)
 def test_store_refuses_bad_capture_messages(tmp_path, mutate, match):
     grant = _grant(tmp_path)
     chain = audit.read(_home.device_dir(tmp_path, NS, DEV) / "audit.jsonl")
@@ -198,6 +225,7 @@ def test_build_refuses_missing_captures_and_unknown_ids(lab, tmp_path):
 def _rewrite(path: Path, out: Path, edit_manifest=None, edit_body=None) -> Path:
     """A replay with an edited manifest/body, its hash and count kept consistent."""
     import hashlib
+
     head, body = path.read_bytes().split(b"\n", 1)
     manifest = json.loads(head)
     if edit_body:
@@ -217,27 +245,37 @@ def _write(path: Path, data: bytes) -> Path:
 
 def _flip_in_record(data: bytes) -> bytes:
     i = data.index(b'"text":"', data.index(b"\n", data.index(b"\n") + 1)) + 9
-    return data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1:]
+    return data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1 :]
 
 
-@pytest.mark.parametrize("make, match", [
-    (lambda p, t: _write(t, _flip_in_record(p.read_bytes())), "is corrupted"),
-    (lambda p, t: _write(t, p.read_bytes()[:-40]), "last line is torn"),
-    (lambda p, t: _write(t, p.read_bytes()[:p.read_bytes().rindex(b"\n", 0, -1) + 1]),
-     "manifest says 3000 records, the file has 2999"),
-    (lambda p, t: _write(t, p.read_bytes() + p.read_bytes().split(b"\n")[1] + b"\n"), "truncated or padded"),
-    (lambda p, t: _rewrite(p, t, lambda m: m.update(consent_trail=[])), "has no consent trail"),
-    (lambda p, t: _rewrite(p, t, lambda m: m.pop("consent_trail")), "has no consent trail"),
-    (lambda p, t: _rewrite(p, t, lambda m: m["consent_trail"][0].update(grant=False)), "does not grant replay-capture"),
-    (lambda p, t: _rewrite(p, t, lambda m: m.update(schema="livelab.replay/v9")), "unknown schema"),
-    (lambda p, t: _rewrite(p, t, lambda m: m.update(features="other/v1")), "captured with features"),
-    (lambda p, t: _rewrite(p, t, edit_body=lambda b: b.replace(b"\n", b"\nnot json\n", 1)), "is not JSON"),
-    (lambda p, t: _rewrite(p, t, edit_body=lambda b: b"\n".join(reversed(b.split(b"\n")[:-1])) + b"\n"),
-     "increasing decision order"),
-    (lambda p, t: _write(t, b""), "is empty"),
-    (lambda p, t: _write(t, b"PK\x03\x04 zip\n"), "line 1 is not JSON"),
-    (lambda p, t: t, "replay not found"),
-])
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda p, t: _write(t, _flip_in_record(p.read_bytes())), "is corrupted"),
+        (lambda p, t: _write(t, p.read_bytes()[:-40]), "last line is torn"),
+        (
+            lambda p, t: _write(t, p.read_bytes()[: p.read_bytes().rindex(b"\n", 0, -1) + 1]),
+            "manifest says 3000 records, the file has 2999",
+        ),
+        (lambda p, t: _write(t, p.read_bytes() + p.read_bytes().split(b"\n")[1] + b"\n"), "truncated or padded"),
+        (lambda p, t: _rewrite(p, t, lambda m: m.update(consent_trail=[])), "has no consent trail"),
+        (lambda p, t: _rewrite(p, t, lambda m: m.pop("consent_trail")), "has no consent trail"),
+        (
+            lambda p, t: _rewrite(p, t, lambda m: m["consent_trail"][0].update(grant=False)),
+            "does not grant replay-capture",
+        ),
+        (lambda p, t: _rewrite(p, t, lambda m: m.update(schema="livelab.replay/v9")), "unknown schema"),
+        (lambda p, t: _rewrite(p, t, lambda m: m.update(features="other/v1")), "captured with features"),
+        (lambda p, t: _rewrite(p, t, edit_body=lambda b: b.replace(b"\n", b"\nnot json\n", 1)), "is not JSON"),
+        (
+            lambda p, t: _rewrite(p, t, edit_body=lambda b: b"\n".join(reversed(b.split(b"\n")[:-1])) + b"\n"),
+            "increasing decision order",
+        ),
+        (lambda p, t: _write(t, b""), "is empty"),
+        (lambda p, t: _write(t, b"PK\x03\x04 zip\n"), "line 1 is not JSON"),
+        (lambda p, t: t, "replay not found"),
+    ],
+)
 def test_read_refuses_bad_replays_in_one_line(lab, tmp_path, make, match):
     _, path = lab
     bad = make(path, tmp_path / "bad.lreplay")
@@ -384,8 +422,14 @@ def test_bundle_replay_reproduces_bundle_digests(tmp_path):
 # ---- CLI ---------------------------------------------------------------------------------
 def _cli(home: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "120"}
-    return subprocess.run([sys.executable, "-m", "livelab", "--home", str(home), "replay", *args],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "livelab", "--home", str(home), "replay", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=cwd,
+    )
 
 
 def test_cli_list_build_run_diff(lab, tmp_path):
@@ -407,17 +451,22 @@ def test_cli_list_build_run_diff(lab, tmp_path):
     assert "call false positives" in res.stdout and "call -> " in res.stdout
 
 
-@pytest.mark.parametrize("args, match", [
-    (lambda p, t: ["run", str(p), "--bundle", str(t / "missing.onnx")], "bundle not found"),
-    (lambda p, t: ["run", str(t / "none.lreplay"), "--bundle", str(CANDIDATE)], "replay not found"),
-    (lambda p, t: ["run", str(t / "bad.lreplay"), "--bundle", str(CANDIDATE)], "is corrupted"),
-    (lambda p, t: ["diff", str(p), "--bundle", str(CANDIDATE)], "exactly two models"),
-    (lambda p, t: ["diff", str(t / "bad.lreplay"), "--bundle", str(CANDIDATE), "--bundle", str(BASELINE)],
-     "is corrupted"),
-    (lambda p, t: ["build", "--device", "dev-7", "-o", str(t / "x.lreplay")], "no captures for device dev-7"),
-    (lambda p, t: ["build", "--device", "Bad Name", "-o", str(t / "x.lreplay")], "invalid device name"),
-    (lambda p, t: ["run", str(p), "--bundle", str(CANDIDATE), "--threads", "0"], "--threads must be"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (lambda p, t: ["run", str(p), "--bundle", str(t / "missing.onnx")], "bundle not found"),
+        (lambda p, t: ["run", str(t / "none.lreplay"), "--bundle", str(CANDIDATE)], "replay not found"),
+        (lambda p, t: ["run", str(t / "bad.lreplay"), "--bundle", str(CANDIDATE)], "is corrupted"),
+        (lambda p, t: ["diff", str(p), "--bundle", str(CANDIDATE)], "exactly two models"),
+        (
+            lambda p, t: ["diff", str(t / "bad.lreplay"), "--bundle", str(CANDIDATE), "--bundle", str(BASELINE)],
+            "is corrupted",
+        ),
+        (lambda p, t: ["build", "--device", "dev-7", "-o", str(t / "x.lreplay")], "no captures for device dev-7"),
+        (lambda p, t: ["build", "--device", "Bad Name", "-o", str(t / "x.lreplay")], "invalid device name"),
+        (lambda p, t: ["run", str(p), "--bundle", str(CANDIDATE), "--threads", "0"], "--threads must be"),
+    ],
+)
 def test_cli_errors_are_one_line_exit_2(lab, tmp_path, args, match):
     home, path = lab
     (tmp_path / "bad.lreplay").write_bytes(_flip_in_record(path.read_bytes()))
@@ -435,6 +484,7 @@ def test_captures_of_a_namespace_added_to_a_running_lab_are_stored(tmp_path, mos
 
     from lab_hardware.runtime import lab as _lab
     from labs import Lab
+
     home = tmp_path / "lab"
     _lab.up(home, scenario=scenarios.load("voice-intents").materialize(home / "scenario"), devices=1)
     try:

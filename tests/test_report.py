@@ -45,27 +45,50 @@ def seed(home: Path) -> tts.TTSResult:
     reports.tts computes from the store."""
     home.mkdir(parents=True, exist_ok=True)
     table = synthetic.generate(seed=11, spec=synthetic.Spec(learners=36, teams=3))
-    extra = [Event(learner="solo", team="team-solo", course="edge-ml", version="1.0.0", module="m1-telemetry",
-                   kind=k, time=T0 + dt, check=c, source=s, key="seed")
-             for k, dt, c, s in (("module-opened", 0, None, "sdk"), ("check-failed", 200, "consent", "grader"),
-                                 ("check-passed", 400, "consent", "grader"))]
+    extra = [
+        Event(
+            learner="solo",
+            team="team-solo",
+            course="edge-ml",
+            version="1.0.0",
+            module="m1-telemetry",
+            kind=k,
+            time=T0 + dt,
+            check=c,
+            source=s,
+            key="seed",
+        )
+        for k, dt, c, s in (
+            ("module-opened", 0, None, "sdk"),
+            ("check-failed", 200, "consent", "grader"),
+            ("check-passed", 400, "consent", "grader"),
+        )
+    ]
     with EventStore(home) as store:
         assert store.write([*synthetic.events(table), *extra]) == len(table) + 3
     courses = Path(os.environ["LIVELAB_COURSES_DIR"]) / "edge-ml"
     courses.mkdir(parents=True, exist_ok=True)
-    (courses / "course.toml").write_text('id = "edge-ml"\n' + "".join(
-        f'[[modules]]\nid = "{m}"\nminutes = {v[2]}\n' for m, v in synthetic.MODULES.items()))
+    (courses / "course.toml").write_text(
+        'id = "edge-ml"\n'
+        + "".join(f'[[modules]]\nid = "{m}"\nminutes = {v[2]}\n' for m, v in synthetic.MODULES.items())
+    )
     return tts.load(home)
 
 
 def shown(summary: dict) -> dict:
     """What the page must show for a summary: raw data attributes and the formatted text."""
-    return {"median": ("" if summary["median"] is None else f"{summary['median']:.3f}", tts.fmt_duration(summary["median"])),
-            "p90": ("" if summary["p90"] is None else f"{summary['p90']:.3f}", tts.fmt_duration(summary["p90"])),
-            "count": (str(summary["count"]), f"{summary['count']:,}")}
+    return {
+        "median": (
+            "" if summary["median"] is None else f"{summary['median']:.3f}",
+            tts.fmt_duration(summary["median"]),
+        ),
+        "p90": ("" if summary["p90"] is None else f"{summary['p90']:.3f}", tts.fmt_duration(summary["p90"])),
+        "count": (str(summary["count"]), f"{summary['count']:,}"),
+    }
 
 
 # ---- the dashboard, in-process -----------------------------------------------------------------------
+
 
 def test_dashboard_numbers_filters_and_messages(tmp_path, monkeypatch):
     home = tmp_path / "home"
@@ -93,7 +116,7 @@ def test_dashboard_numbers_filters_and_messages(tmp_path, monkeypatch):
     d.select(team="team-solo")  # team-solo only worked in 1.0.0
     assert "No events match version 1.1.0, team team-solo" in d.message.value
     assert 'data-seconds=""' in d.numbers["tts-median"].value and "–" in d.numbers["tts-median"].value
-    assert d.body.children[1].layout.display == "none"   # no empty axes
+    assert d.body.children[1].layout.display == "none"  # no empty axes
     d.select(version=None)
     assert f'data-seconds="{result.summary(team="team-solo")["median"]:.3f}"' in d.numbers["tts-median"].value
     assert d.message.layout.display == "none"
@@ -112,8 +135,9 @@ def test_dashboard_with_no_data_or_a_broken_store(tmp_path, monkeypatch):
 
 # ---- the static export ----------------------------------------------------------------------------
 
-REMOTE = re.compile(r"""(https?:)?//[a-z0-9.-]+\.[a-z]{2,}|<script[^>]+src=|<link[^>]+href=|@import|url\(\s*['"]?http""",
-                    re.IGNORECASE)
+REMOTE = re.compile(
+    r"""(https?:)?//[a-z0-9.-]+\.[a-z]{2,}|<script[^>]+src=|<link[^>]+href=|@import|url\(\s*['"]?http""", re.IGNORECASE
+)
 
 
 def test_export_is_one_offline_file(tmp_path, chromium):
@@ -130,7 +154,7 @@ def test_export_is_one_offline_file(tmp_path, chromium):
     assert "http://" not in own and "https://" not in own
     assert not REMOTE.search(own), REMOTE.search(own)
     assert not re.search(r"<script[^>]+src=|<link[^>]+href=", page_html, re.IGNORECASE)
-    assert page_html.count("data:image/png;base64,") >= 5     # every plot embedded
+    assert page_html.count("data:image/png;base64,") >= 5  # every plot embedded
     s = result.summary()
 
     # Chromium with the network blocked: anything but the file itself is refused (and noted).
@@ -153,8 +177,10 @@ def test_export_is_one_offline_file(tmp_path, chromium):
     assert "No events match version 1.1.0, team team-solo" in page.locator("#tts-message").inner_text()
     assert page.locator(".tts-median .tts-value").inner_text() == "–"
     page.select_option("#tts-filter-version", label="(all)")
-    assert page.locator(".tts-median .tts-value").get_attribute("data-seconds") == \
-        shown(result.summary(team="team-solo"))["median"][0]
+    assert (
+        page.locator(".tts-median .tts-value").get_attribute("data-seconds")
+        == shown(result.summary(team="team-solo"))["median"][0]
+    )
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.select_option("#tts-filter-team", label="(all)")
     page.screenshot(path=str(ARTIFACTS / "report-export.png"))
@@ -175,6 +201,7 @@ def offline_page(chromium, out: Path, asked: list[str], errors: list[str], **kw)
             asked.append(route.request.url)
             return route.abort()
         return route.continue_()
+
     ctx.route("**/*", guard)
     page = ctx.new_page()
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -184,15 +211,18 @@ def offline_page(chromium, out: Path, asked: list[str], errors: list[str], **kw)
 
 def drawn(page, panel: str) -> list[dict] | None:
     """The traces Plotly drew in a panel, read back from the graph (None: no visible graph)."""
-    return page.evaluate("""(panel) => {
+    return page.evaluate(
+        """(panel) => {
         const gd = document.querySelector('.tts-plot-' + panel + ' .js-plotly-plot');
         if (!gd || gd.hidden || gd.offsetParent === null || !gd.data) { return null; }
         return gd.data.map(t => ({name: t.name, x: t.x, y: t.y, x0: t.x0, dx: t.dx, customdata: t.customdata}));
-    }""", panel)
+    }""",
+        panel,
+    )
 
 
 def drawn_for(page, selection: str) -> dict[str, list[dict] | None]:
-    for name in PANELS:   # the script marks each panel with the selection once it has drawn it
+    for name in PANELS:  # the script marks each panel with the selection once it has drawn it
         page.locator(f'.tts-plot-{name} h2[data-selection="{selection}"]').wait_for(timeout=10_000)
     return {name: drawn(page, name) for name in PANELS}
 
@@ -214,7 +244,7 @@ def check_distribution(traces: list[dict], result: tts.TTSResult, **filters) -> 
     edges, want = expected_histograms(result, **filters)
     assert {t["name"]: t["y"] for t in traces} == want
     assert sum(sum(c) for c in want.values()) == result.summary(**filters)["count"]
-    for t in traces:   # bars at the bin centres
+    for t in traces:  # bars at the bin centres
         assert t["dx"] == pytest.approx(edges[1] - edges[0]) and t["x0"] == pytest.approx(edges[1] / 2)
 
 
@@ -257,7 +287,7 @@ def test_export_plots_follow_the_filters(tmp_path, chromium):
     check_distribution(figs["distribution"], result)
     check_trend(figs["trend"], result)
     check_funnel(figs["funnel"], result)
-    assert len(figs["distribution"]) == 2   # a series per curriculum version
+    assert len(figs["distribution"]) == 2  # a series per curriculum version
 
     team = "team-b"
     assert team in result.options("team") and result.summary(team=team)["count"] < result.summary()["count"]
@@ -274,7 +304,7 @@ def test_export_plots_follow_the_filters(tmp_path, chromium):
     figs = drawn_for(page, f"version 1.1.0, team {team}")
     check_distribution(figs["distribution"], result, **sel)
     assert len(figs["distribution"]) == 1
-    check_trend(figs["trend"], result, **sel)      # still every version: that is the trend
+    check_trend(figs["trend"], result, **sel)  # still every version: that is the trend
     check_funnel(figs["funnel"], result, **sel)
     funnel_rows = page.locator(".tts-plot-funnel table.tts-funnel-table tbody tr").all_inner_texts()
     assert len(funnel_rows) == len(result.funnel(**sel)) and all("1.1.0" in r for r in funnel_rows)
@@ -318,6 +348,7 @@ def test_export_with_no_data_says_so(tmp_path):
 
 # ---- the CLI ------------------------------------------------------------------------------------
 
+
 def test_cli_tts_export_and_bad_input(tmp_path, capsys):
     home = tmp_path / "home"
     result = seed(home)
@@ -335,11 +366,13 @@ def test_cli_tts_export_and_bad_input(tmp_path, capsys):
     assert "no learning events yet" in capsys.readouterr().out
     assert cli.main(["--home", str(home), "report", "export", "-o", str(tmp_path / "r.html")]) == 0
     assert (tmp_path / "r.html").stat().st_size > 10_000 and "works offline" in capsys.readouterr().out
-    for argv, msg in ((["--home", str(tmp_path / "missing"), "report", "tts"], "does not exist"),
-                      (["report", "tts", "--events-url", "postgresql://127.0.0.1:1/x"], "unreachable"),
-                      (["--home", str(home), "report", "export", "-o", str(tmp_path / "no/r.html")], "does not exist"),
-                      (["--home", str(home), "report", "tts", "--by", "colour"], "--by takes"),
-                      (["report", "serve", "--events-url", "postgresql://127.0.0.1:1/x"], "unreachable")):
+    for argv, msg in (
+        (["--home", str(tmp_path / "missing"), "report", "tts"], "does not exist"),
+        (["report", "tts", "--events-url", "postgresql://127.0.0.1:1/x"], "unreachable"),
+        (["--home", str(home), "report", "export", "-o", str(tmp_path / "no/r.html")], "does not exist"),
+        (["--home", str(home), "report", "tts", "--by", "colour"], "--by takes"),
+        (["report", "serve", "--events-url", "postgresql://127.0.0.1:1/x"], "unreachable"),
+    ):
         assert cli.main(argv) == 2, argv
         err = capsys.readouterr().err
         assert msg in err and "Traceback" not in err and err.count("\n") == 1, err
@@ -350,6 +383,7 @@ def test_serve_refuses_a_bad_store_or_port_before_starting(tmp_path):
         serve.serve(tmp_path / "missing")
     with pytest.raises(serve.ReportError, match="in use"):
         import socket
+
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             s.listen()
@@ -358,11 +392,14 @@ def test_serve_refuses_a_bad_store_or_port_before_starting(tmp_path):
 
 # ---- Voila in Chromium ----------------------------------------------------------------------------
 
+
 def jupyter_env(tmp_path: Path) -> dict[str, str]:
     """Keep the server off the user's Jupyter config and runtime files."""
-    return {"JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"),
-            "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"),
-            "LIVELAB_COURSES_DIR": os.environ["LIVELAB_COURSES_DIR"]}
+    return {
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"),
+        "LIVELAB_COURSES_DIR": os.environ["LIVELAB_COURSES_DIR"],
+    }
 
 
 def page_numbers(page) -> dict:
@@ -385,8 +422,9 @@ def test_voila_report_numbers_match_the_events(tmp_path, chromium):
     home = tmp_path / "home"
     result = seed(home)
     # cull_idle=2: the kernel of a closed page goes within seconds (a connected one never does).
-    proc, url = serve.serve(home, env=jupyter_env(tmp_path), log=tmp_path / "voila.log", cull_idle=2,
-                            timeout=240)  # a bound, not a wait: Jupyter servers took 2 min to start at load 70
+    proc, url = serve.serve(
+        home, env=jupyter_env(tmp_path), log=tmp_path / "voila.log", cull_idle=2, timeout=240
+    )  # a bound, not a wait: Jupyter servers took 2 min to start at load 70
     kernels: dict[int, psutil.Process] = {}
     try:
         page = chromium.new_page(viewport={"width": 1300, "height": 2300})
@@ -406,7 +444,7 @@ def test_voila_report_numbers_match_the_events(tmp_path, chromium):
             want = shown(result.summary(version=ver))
             wait_for(lambda want=want: page_numbers(page) == want, 10, f"the numbers of version {ver}")
             versions[ver] = float(page_numbers(page)["median"][0])
-            plots_for(page, f"version {ver}")   # the plots and tables follow the filter too
+            plots_for(page, f"version {ver}")  # the plots and tables follow the filter too
             legend = page.locator(".tts-plot-funnel table.tts-funnel-table tbody tr").all_inner_texts()
             assert legend and all(ver in row for row in legend)
         assert versions["1.1.0"] < versions["1.0.0"]
@@ -424,17 +462,22 @@ def test_voila_report_numbers_match_the_events(tmp_path, chromium):
         # A filter that matches nothing says so (and draws no empty axes).
         page.select_option(".tts-filter-team select", label="team-solo")
         msg = page.locator(".tts-message")
-        wait_for(lambda: "No events match version 1.1.0, team team-solo" in msg.inner_text(), 10, "the no-match message")
+        wait_for(
+            lambda: "No events match version 1.1.0, team team-solo" in msg.inner_text(), 10, "the no-match message"
+        )
         assert page.locator(".tts-median .tts-value").inner_text() == "–"
-        assert page.locator(".tts-plot-distribution img").count() == 0 or \
-            not page.locator(".tts-plot-distribution img").is_visible()
+        assert (
+            page.locator(".tts-plot-distribution img").count() == 0
+            or not page.locator(".tts-plot-distribution img").is_visible()
+        )
         page.select_option(".tts-filter-version select", label="(all)")
         wait_for(lambda: page_numbers(page) == shown(result.summary(team="team-solo")), 10, "team-solo's numbers")
-        assert all(k.is_running() for k in kernels.values())   # connected longer than cull_idle: kept
+        assert all(k.is_running() for k in kernels.values())  # connected longer than cull_idle: kept
         page.close()
         # Voila keeps a kernel per page view after the page closes; serve() has it culled.
-        wait_for(lambda: not psutil.Process(proc.pid).children(recursive=True), 15,
-                 "the closed page's kernel to be culled")
+        wait_for(
+            lambda: not psutil.Process(proc.pid).children(recursive=True), 15, "the closed page's kernel to be culled"
+        )
     finally:
         serve.stop(proc)
     gone, alive = psutil.wait_procs(list(kernels.values()), timeout=5)
@@ -445,16 +488,26 @@ def test_voila_report_numbers_match_the_events(tmp_path, chromium):
 def test_cli_serve_runs_until_sigterm_and_reaps_voila(tmp_path):
     home = tmp_path / "home"
     seed(home)
-    env = {**os.environ, **jupyter_env(tmp_path), "PYTHONUNBUFFERED": "1",
-           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
-    p = subprocess.Popen([sys.executable, "-m", "livelab", "--home", str(home), "report", "serve"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    env = {
+        **os.environ,
+        **jupyter_env(tmp_path),
+        "PYTHONUNBUFFERED": "1",
+        "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+    }
+    p = subprocess.Popen(
+        [sys.executable, "-m", "livelab", "--home", str(home), "report", "serve"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     procs: dict[int, psutil.Process] = {}
     try:
         line = p.stdout.readline()
         m = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
         assert m, line + p.stderr.read()
-        with urllib.request.urlopen(m.group(1), timeout=60) as r:   # runs the notebook in a kernel
+        with urllib.request.urlopen(m.group(1), timeout=60) as r:  # runs the notebook in a kernel
             body = r.read().decode()
         assert r.status == 200 and "voila" in body.lower()
         for c in psutil.Process(p.pid).children(recursive=True):
@@ -472,11 +525,15 @@ def test_cli_serve_runs_until_sigterm_and_reaps_voila(tmp_path):
     assert not alive, f"left behind: {[a.pid for a in alive]}"
 
 
-
 # ---- hostile names (issue 13, point 5) ---------------------------------------------------------------
 
-HOSTILE = {"learner": "</script><!--", "team": "<!--[/]", "module": "$\\nope{1}{0}$",
-           "check": "[link=https://example.invalid]click[/link]", "version": "1.0.0 & <b>"}
+HOSTILE = {
+    "learner": "</script><!--",
+    "team": "<!--[/]",
+    "module": "$\\nope{1}{0}$",
+    "check": "[link=https://example.invalid]click[/link]",
+    "version": "1.0.0 & <b>",
+}
 
 
 def hostile_seed(home: Path, legacy: bool = True) -> None:
@@ -485,23 +542,54 @@ def hostile_seed(home: Path, legacy: bool = True) -> None:
     checked: an escape sequence, a U+2028, a 20,000-character module), inserted with plain SQL."""
     seed(home)
     h = HOSTILE
-    evs = [Event(learner=h["learner"], team=h["team"], course="edge-ml", version=h["version"], module=h["module"],
-                 kind=k, time=T0 + dt, check=c, source=s, key="hostile")
-           for k, dt, c, s in (("module-opened", 0, None, "sdk"), ("check-failed", 100, h["check"], "grader"),
-                               ("check-passed", 300, h["check"], "grader"))]
+    evs = [
+        Event(
+            learner=h["learner"],
+            team=h["team"],
+            course="edge-ml",
+            version=h["version"],
+            module=h["module"],
+            kind=k,
+            time=T0 + dt,
+            check=c,
+            source=s,
+            key="hostile",
+        )
+        for k, dt, c, s in (
+            ("module-opened", 0, None, "sdk"),
+            ("check-failed", 100, h["check"], "grader"),
+            ("check-passed", 300, h["check"], "grader"),
+        )
+    ]
     with EventStore(home) as store:
         assert store.write(evs) == 3
     if legacy:
         import sqlite3
+
         con = sqlite3.connect(home / "events.sqlite")
         cols = [r[1] for r in con.execute("PRAGMA table_info(livelab_events)")]
         for i, (team, module) in enumerate((("\x1b[31mred\x1b[0m", "m1-telemetry"), ("line\u2028sep", "L" * 20_000))):
             for k, dt, c in (("module-opened", 0, None), ("check-passed", 120, "consent")):
-                row = {"id": f"{i}{k}".ljust(64, "0"), "learner": f"legacy-{i}", "team": team, "course": "edge-ml",
-                       "version": "1.0.0", "module": module, "kind": k, "check": c, "time": T0 + dt,
-                       "source": "grader", "key": "", "detail": "{}", "written_at": T0, "system": 0}
-                con.execute(f"INSERT INTO livelab_events ({', '.join(map(repr, cols))}) VALUES "
-                            f"({', '.join('?' * len(cols))})", [row[c] for c in cols])
+                row = {
+                    "id": f"{i}{k}".ljust(64, "0"),
+                    "learner": f"legacy-{i}",
+                    "team": team,
+                    "course": "edge-ml",
+                    "version": "1.0.0",
+                    "module": module,
+                    "kind": k,
+                    "check": c,
+                    "time": T0 + dt,
+                    "source": "grader",
+                    "key": "",
+                    "detail": "{}",
+                    "written_at": T0,
+                    "system": 0,
+                }
+                con.execute(
+                    f"INSERT INTO livelab_events ({', '.join(map(repr, cols))}) VALUES ({', '.join('?' * len(cols))})",
+                    [row[c] for c in cols],
+                )
         con.commit()
         con.close()
 
@@ -515,7 +603,7 @@ def embedded_json(page_html: str) -> dict:
 def test_export_with_hostile_names(tmp_path):
     home = tmp_path / "home"
     hostile_seed(home)
-    out = static.export(home, tmp_path / "r.html")       # mathtext once crashed here on '$\frac{1}{0}$'
+    out = static.export(home, tmp_path / "r.html")  # mathtext once crashed here on '$\frac{1}{0}$'
     page_html = out.read_text()
     # The embedded JSON ends where it should and reads back to the names as they are.
     data = embedded_json(page_html)
@@ -528,18 +616,29 @@ def test_export_with_hostile_names(tmp_path):
     assert "&lt;/script&gt;&lt;!--" in own
     # Plot text is bounded and escaped (Plotly reads text as HTML).
     names = [t.get("name") or "" for figs in data["plots"]["figures"].values() for f in figs for t in f.get("data", [])]
-    labels = [y for figs in data["plots"]["figures"].values() for f in figs for t in f.get("data", [])
-              for y in (t.get("y") or []) + (t.get("x") or []) if isinstance(y, str)]
+    labels = [
+        y
+        for figs in data["plots"]["figures"].values()
+        for f in figs
+        for t in f.get("data", [])
+        for y in (t.get("y") or []) + (t.get("x") or [])
+        if isinstance(y, str)
+    ]
     assert max(len(s) for s in names + labels) < 80
     assert not any("<b>" in s for s in names + labels)
-    assert "L" * 20_000 in page_html   # the data itself is not lost: the summary table has it
+    assert "L" * 20_000 in page_html  # the data itself is not lost: the summary table has it
 
 
 def test_cli_tts_prints_names_as_text(tmp_path, capsys):
     home = tmp_path / "home"
     hostile_seed(home)
-    for argv in (["--version", HOSTILE["version"], "--by", "team"], ["--by", "module"], ["--by", "team,module"],
-                 ["--learner", HOSTILE["learner"]], ["--learner", "legacy-0"]):
+    for argv in (
+        ["--version", HOSTILE["version"], "--by", "team"],
+        ["--by", "module"],
+        ["--by", "team,module"],
+        ["--learner", HOSTILE["learner"]],
+        ["--learner", "legacy-0"],
+    ):
         code = cli.main(["--home", str(home), "report", "tts", *argv])
         out, err = capsys.readouterr()
         assert code == 0, err
@@ -568,8 +667,11 @@ def test_exported_page_filters_still_work_with_hostile_names(tmp_path, chromium)
     page.select_option("#tts-filter-team", label=HOSTILE["team"])
     sel = {"team": HOSTILE["team"]}
     figs = drawn_for(page, f"team {HOSTILE['team']}")
-    assert page.locator(".tts-median .tts-value").get_attribute("data-seconds") == \
-        shown(result.summary(**sel))["median"][0] == f"{300 - 0:.3f}"
+    assert (
+        page.locator(".tts-median .tts-value").get_attribute("data-seconds")
+        == shown(result.summary(**sel))["median"][0]
+        == f"{300 - 0:.3f}"
+    )
     assert figs["distribution"] and figs["checks"]
     assert page.locator("table.tts-summary-table tbody tr:visible").count() == len(result.table(**sel))
     page.select_option("#tts-filter-version", label=HOSTILE["version"])
@@ -596,22 +698,45 @@ def test_exported_page_filters_still_work_with_hostile_names(tmp_path, chromium)
 
 # ---- the manager's report: drill-down, date range, system identities, CSV, minutes ----------------------
 
+
 def learner_events(learner="ana", team="red", version="1.0.0", module="m1-telemetry", t0=T0, system=False):
     """Three runs of two checks: consent and trail fail, then consent passes (TTS 200 s), then both."""
-    out = [("module-opened", 0, None, "sdk"), ("check-failed", 100, "consent", "grader"),
-           ("check-failed", 100, "trail", "grader"), ("check-passed", 200, "consent", "grader"),
-           ("check-failed", 200, "trail", "grader"), ("check-passed", 300, "consent", "grader"),
-           ("check-passed", 300, "trail", "grader"), ("module-completed", 310, None, "grader")]
-    return [Event(learner=learner, team=team, course="edge-ml", version=version, module=module, kind=k,
-                  time=t0 + dt, check=c, source=s, key=f"run-{dt}", system=system) for k, dt, c, s in out]
+    out = [
+        ("module-opened", 0, None, "sdk"),
+        ("check-failed", 100, "consent", "grader"),
+        ("check-failed", 100, "trail", "grader"),
+        ("check-passed", 200, "consent", "grader"),
+        ("check-failed", 200, "trail", "grader"),
+        ("check-passed", 300, "consent", "grader"),
+        ("check-passed", 300, "trail", "grader"),
+        ("module-completed", 310, None, "grader"),
+    ]
+    return [
+        Event(
+            learner=learner,
+            team=team,
+            course="edge-ml",
+            version=version,
+            module=module,
+            kind=k,
+            time=t0 + dt,
+            check=c,
+            source=s,
+            key=f"run-{dt}",
+            system=system,
+        )
+        for k, dt, c, s in out
+    ]
 
 
 def test_drill_down_to_one_learner():
     evs = learner_events() + learner_events(module="m2-replay", t0=T0 + 86400)[:4] + learner_events("ben")
     r = tts.tts(evs)
     rows = r.drill_down("ana")
-    assert [(x["module"], x["tts"], x["status"], x["attempts"], x["checks_passed"], x["checks_seen"], x["failures"])
-            for x in rows] == [("m1-telemetry", 200.0, "ok", 3, 2, 2, 3), ("m2-replay", 200.0, "ok", 2, 1, 2, 2)]
+    assert [
+        (x["module"], x["tts"], x["status"], x["attempts"], x["checks_passed"], x["checks_seen"], x["failures"])
+        for x in rows
+    ] == [("m1-telemetry", 200.0, "ok", 3, 2, 2, 3), ("m2-replay", 200.0, "ok", 2, 1, 2, 2)]
     assert rows[0]["opened"] == T0 and rows[0]["completed"] == T0 + 310 and rows[1]["completed"] is None
     assert r.drill_down("ana", module="m2-replay") == rows[1:]
     assert r.drill_down("nobody") == [] and r.learners() == ["ana", "ben"]
@@ -621,14 +746,19 @@ def test_drill_down_to_one_learner():
 
 def test_date_range_selects_modules_by_their_first_opening():
     day = 86400
-    evs = learner_events() + learner_events(module="m2-replay", t0=T0 + 10 * day) + \
-        learner_events("ben", t0=T0 + 20 * day)
+    evs = (
+        learner_events()
+        + learner_events(module="m2-replay", t0=T0 + 10 * day)
+        + learner_events("ben", t0=T0 + 20 * day)
+    )
     r = tts.tts(evs)
     assert r.summary(since=T0 + day)["groups"] == 2
     assert r.summary(since=T0 + day, until=T0 + 15 * day)["groups"] == 1
     sub = r.select(since=T0 + 5 * day)
     assert len(sub) == 2 and sub.learners() == ["ana", "ben"] and sub.events == 16
-    assert sub.slowest_checks(None) and all(c["module"] in ("m1-telemetry", "m2-replay") for c in sub.slowest_checks(None))
+    assert sub.slowest_checks(None) and all(
+        c["module"] in ("m1-telemetry", "m2-replay") for c in sub.slowest_checks(None)
+    )
     assert sub.summary() == r.summary(since=T0 + 5 * day)
 
 
@@ -655,7 +785,7 @@ def test_system_identities_are_left_out_unless_asked(tmp_path, capsys):
     assert cli.main(["--home", str(home), "report", "tts", "--learner", "release-gate"]) == 0
     assert "no modules for learner release-gate" in capsys.readouterr().out
     assert cli.main(["--home", str(home), "report", "tts", "--learner", "release-gate", "--include-system"]) == 0
-    assert "3.3" in capsys.readouterr().out   # its TTS, in minutes
+    assert "3.3" in capsys.readouterr().out  # its TTS, in minutes
     # The export says what it left out; included, it says the times are simulated.
     page_html = static.export(home, tmp_path / "r.html").read_text()
     assert "release-gate" not in page_html and "system identities left out (2 learner" in page_html
@@ -677,6 +807,7 @@ def test_system_identities_are_left_out_unless_asked(tmp_path, capsys):
 def test_dashboard_date_range_drill_down_and_csv_link(tmp_path):
     import base64
     import datetime as dt
+
     day = 86400
     evs = learner_events() + learner_events("ben", team="blue", t0=T0 + 40 * day)
     d = dashboard.Dashboard(tts.tts(evs), background=False)
@@ -693,11 +824,12 @@ def test_dashboard_date_range_drill_down_and_csv_link(tmp_path):
     assert text.splitlines()[0].startswith("learner,team,course,version,module,opened_utc,tts_min")
     assert text.splitlines()[1].split(",")[:2] == ["ben", "blue"] and ",3.33," in text
     d.set_scope(since=None, until=start)
-    assert d.chosen_learner is None and "Choose a learner" in d.drill.value   # ben is out of range
+    assert d.chosen_learner is None and "Choose a learner" in d.drill.value  # ben is out of range
 
 
 def test_cli_export_csv_with_the_page_filters(tmp_path, capsys):
     import csv as _csv
+
     home = tmp_path / "home"
     people = system_seed(home)
     out = tmp_path / "t.csv"
@@ -710,21 +842,41 @@ def test_cli_export_csv_with_the_page_filters(tmp_path, capsys):
     assert all(h.endswith("_min") for h in rows[0] if "median" in h or "p90" in h)
     # The learner's drill-down, the date range, and both files at once.
     html_out = tmp_path / "r.html"
-    assert cli.main(["--home", str(home), "report", "export", "-o", str(html_out), "--csv", str(out),
-                     "--learner", "learner-01", "--since", "2023-11-01", "--until", "2023-11-30"]) == 0
+    assert (
+        cli.main(
+            [
+                "--home",
+                str(home),
+                "report",
+                "export",
+                "-o",
+                str(html_out),
+                "--csv",
+                str(out),
+                "--learner",
+                "learner-01",
+                "--since",
+                "2023-11-01",
+                "--until",
+                "2023-11-30",
+            ]
+        )
+        == 0
+    )
     rows = list(_csv.DictReader(out.open()))
     assert rows and {r["learner"] for r in rows} == {"learner-01"}
     assert all("2023-11" in r["opened_utc"] for r in rows)
     assert "modules opened from 2023-11-01 to 2023-11-30" in html_out.read_text()
     # Bad input: one line, exit 2, nothing written.
     (tmp_path / "adir").mkdir()
-    for argv, msg in ((["report", "export"], "needs -o"),
-                      (["report", "export", "--csv", str(tmp_path / "adir")], "is a directory"),
-                      (["report", "export", "--csv", str(out), "--since", "yesterday"], "YYYY-MM-DD"),
-                      (["report", "export", "--csv", str(out), "--since", "2024-02-01", "--until", "2024-01-01"],
-                       "before --since"),
-                      (["report", "tts", "--team", "a\x1b[2Jb"], "U+001B"),
-                      (["report", "tts", "--learner", "x" * 300], "300 characters")):
+    for argv, msg in (
+        (["report", "export"], "needs -o"),
+        (["report", "export", "--csv", str(tmp_path / "adir")], "is a directory"),
+        (["report", "export", "--csv", str(out), "--since", "yesterday"], "YYYY-MM-DD"),
+        (["report", "export", "--csv", str(out), "--since", "2024-02-01", "--until", "2024-01-01"], "before --since"),
+        (["report", "tts", "--team", "a\x1b[2Jb"], "U+001B"),
+        (["report", "tts", "--learner", "x" * 300], "300 characters"),
+    ):
         assert cli.main(["--home", str(home), *argv]) == 2, argv
         err = capsys.readouterr().err
         assert msg in err and err.count("\n") == 1 and "\x1b" not in err, err
@@ -738,7 +890,7 @@ def test_one_unit_for_times_everywhere(tmp_path):
     page_html = static.export(home, tmp_path / "r.html").read_text()
     own = page_html.replace(plotly.offline.get_plotlyjs(), "")
     text = re.sub(r"<[^>]+>", " ", own)
-    assert not re.search(r"\d s\b", text), re.search(r".{40}\d s\b.{10}", text)   # no seconds shown anywhere
+    assert not re.search(r"\d s\b", text), re.search(r".{40}\d s\b.{10}", text)  # no seconds shown anywhere
     assert "median (min)" in own and "p90 (min)" in own and "median to first pass (min)" in own
     for figs in embedded_json(page_html)["plots"]["figures"].values():
         for f in figs:
@@ -749,13 +901,14 @@ def test_one_unit_for_times_everywhere(tmp_path):
 
 def test_demo_assigns_versions_at_random_within_each_team():
     from livelab import demo
+
     team = demo.assign_versions()
-    assert team == demo.assign_versions()            # seeded: the same every run
+    assert team == demo.assign_versions()  # seeded: the same every run
     assert {n for n, _, _ in team} == {n for n, _ in demo.PEOPLE}
-    for t in {t for _, t in demo.PEOPLE}:            # every team on every version: not confounded
+    for t in {t for _, t in demo.PEOPLE}:  # every team on every version: not confounded
         assert {v for _, tm, v in team if tm == t} == set(demo.VERSIONS)
     seeds = {tuple(v for _, _, v in demo.assign_versions(seed=s)) for s in range(20)}
-    assert len(seeds) > 1                             # and which learner gets which version is random
+    assert len(seeds) > 1  # and which learner gets which version is random
 
 
 def test_a_store_with_only_system_identities_says_so(tmp_path, capsys):

@@ -134,12 +134,22 @@ _NO_NUMPY_SIMD = "AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL A
 )
 def test_model_build_does_not_depend_on_blas_kernel_or_threads(scenario, coretype, threads, numpy_off):
     committed = {name: hashlib.sha256(p.read_bytes()).hexdigest() for name, p in scenario.models.items()}
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENBLAS_CORETYPE": coretype,
-           "OPENBLAS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OPENBLAS_CORETYPE": coretype,
+        "OPENBLAS_NUM_THREADS": str(threads),
+        "OMP_NUM_THREADS": str(threads),
+    }
     if numpy_off:
         env["NPY_DISABLE_CPU_FEATURES"] = numpy_off
-    out = subprocess.run([sys.executable, "-c", _REBUILD, str(SCENARIO_DIR / "build_models.py")],
-                         env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", _REBUILD, str(SCENARIO_DIR / "build_models.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     # The environment really switched the kernel and threads (else this proves nothing).
@@ -216,8 +226,8 @@ def test_unknown_scenario_is_a_one_line_error():
 @pytest.mark.parametrize(
     "edit, expected",
     [
-        (lambda t: t + '\nrate = 5\n', "unknown key(s) rate"),
-        (lambda t: t.replace('[training]\n', '[training]\nlr = 0.1\n'), "[training]: unknown key(s) lr"),
+        (lambda t: t + "\nrate = 5\n", "unknown key(s) rate"),
+        (lambda t: t.replace("[training]\n", "[training]\nlr = 0.1\n"), "[training]: unknown key(s) lr"),
         (lambda t: t.replace('defect_intent = "call"\n', ""), "missing key(s) defect_intent"),
         (lambda t: t.replace("seed = 20261125", 'seed = "x"'), "'seed' must be an integer"),
         (lambda t: t.replace("rate_hz = 50.0", "rate_hz = true"), "'rate_hz' must be a number"),
@@ -239,7 +249,14 @@ def test_malformed_scenario_toml_is_a_one_line_error(tmp_path, edit, expected):
 def test_materialize_writes_stream_and_absolute_model_paths(scenario, tmp_path):
     cfg = scenario.materialize(tmp_path / "lab")
     assert set(cfg) == {
-        "name", "stream", "intents", "defect_intent", "rate_hz", "window_seconds", "models", "device_models",
+        "name",
+        "stream",
+        "intents",
+        "defect_intent",
+        "rate_hz",
+        "window_seconds",
+        "models",
+        "device_models",
     }
     stream_path = Path(cfg["stream"])
     assert stream_path.is_absolute() and stream_path == (tmp_path / "lab" / "stream.jsonl").resolve()

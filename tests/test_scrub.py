@@ -23,8 +23,11 @@ from lab_hardware.modelops import scrub, scrub_rules
 from labs import streams
 
 ROOT = Path(__file__).resolve().parents[1]
-CORPUS = [json.loads(line) for line in (ROOT / "tests" / "scrub_corpus.jsonl").read_text(encoding="utf-8").splitlines()
-          if line.strip()]
+CORPUS = [
+    json.loads(line)
+    for line in (ROOT / "tests" / "scrub_corpus.jsonl").read_text(encoding="utf-8").splitlines()
+    if line.strip()
+]
 STREAM_SEED, STREAM_N = 20261125, 20000
 
 _EMAIL_LIKE = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
@@ -54,8 +57,11 @@ def test_corpus(case):
     assert got == case["expected"], case["text"]
     assert scrub.scrub(got) == got  # idempotent
     spans = scrub.find(case["text"])
-    assert [k for k, _, _ in spans] == re.findall(r"<(name|email|phone)>", got) if case["kind"] != "placeholder" \
+    assert (
+        [k for k, _, _ in spans] == re.findall(r"<(name|email|phone)>", got)
+        if case["kind"] != "placeholder"
         else spans == []
+    )
 
 
 def test_find_reports_sorted_non_overlapping_spans():
@@ -71,12 +77,37 @@ def test_gazetteer_is_broader_than_the_stream_and_covers_it():
     stream_names = set(streams.FIRST_NAMES) | set(streams.LAST_NAMES)
     assert stream_names <= names
     assert len(names - stream_names) >= 300, "the gazetteer must not be just the stream's names"
-    for word in ("april", "may", "june", "grace", "will", "bill", "mark", "rose", "summer", "hope",
-                 "jordan", "paris", "austin", "white", "green", "rice", "olive"):
+    for word in (
+        "april",
+        "may",
+        "june",
+        "grace",
+        "will",
+        "bill",
+        "mark",
+        "rose",
+        "summer",
+        "hope",
+        "jordan",
+        "paris",
+        "austin",
+        "white",
+        "green",
+        "rice",
+        "olive",
+    ):
         assert word in ambiguous, word
     # the rule words must never be names, or idempotence would break
-    rule_words = (scrub_rules._CONTACT_VERBS | scrub_rules._SHARE_WORDS | scrub_rules._DETERMINERS | scrub_rules._PERSON_VERBS
-                  | scrub_rules._COORD | scrub_rules._PARTICLES | scrub_rules._PREPOSITIONS | {"let", "know", "at", "on"})
+    rule_words = (
+        scrub_rules._CONTACT_VERBS
+        | scrub_rules._SHARE_WORDS
+        | scrub_rules._DETERMINERS
+        | scrub_rules._PERSON_VERBS
+        | scrub_rules._COORD
+        | scrub_rules._PARTICLES
+        | scrub_rules._PREPOSITIONS
+        | {"let", "know", "at", "on"}
+    )
     assert not rule_words & names
 
 
@@ -103,28 +134,56 @@ def test_stream_scrubbing_is_idempotent_and_changes_little_else(stream):
             changed_without_pii += 1
             # the one known over-scrub: artists who are people (public figures' names are names;
             # the name model recognises them beyond the gazetteer's four common-name artists)
-            assert re.search(r"taylor swift|miles davis|norah jones|nina simone|burna boy|kendrick lamar|rosalia"
-                             r"|adele|bach", rec["text"], re.I), rec["text"]
+            assert re.search(
+                r"taylor swift|miles davis|norah jones|nina simone|burna boy|kendrick lamar|rosalia"
+                r"|adele|bach",
+                rec["text"],
+                re.I,
+            ), rec["text"]
     assert changed_without_pii < 0.03 * len(stream)  # about 2 %: 9 of the 14 artists
 
 
 def test_scrub_is_deterministic_across_processes_and_hash_seeds(stream):
     here = hashlib.sha256("\n".join(scrub.scrub_batch([r["text"] for r in stream[:5000]])).encode()).hexdigest()
-    code = ("import hashlib; from labs import streams; from lab_hardware.modelops import scrub; "
-            f"t = [r['text'] for r in streams.voice_intents({STREAM_SEED}, 5000)]; "
-            "print(hashlib.sha256('\\n'.join(scrub.scrub_batch(t)).encode()).hexdigest())")
+    code = (
+        "import hashlib; from labs import streams; from lab_hardware.modelops import scrub; "
+        f"t = [r['text'] for r in streams.voice_intents({STREAM_SEED}, 5000)]; "
+        "print(hashlib.sha256('\\n'.join(scrub.scrub_batch(t)).encode()).hexdigest())"
+    )
     for seed in ("0", "987"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
-                             timeout=900)  # a bound, not a timing: Presidio's import is slow on a busy machine
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=900
+        )  # a bound, not a timing: Presidio's import is slow on a busy machine
         assert out.stdout.strip() == here
 
 
-@pytest.mark.parametrize("text", [
-    "", " ", "<", "<name", "name>", "@", "+", "(555)", "'s", "’s", "call", "at dot com", "x" * 5000,
-    "Ünïcödé naïve café", "İstanbul", "call José Ñúñez", "e\u0301milie", "\u200bcall anna", "📞 call Anna 😊",
-    "call\tAnna\nat 555-123-4567", "call anna" * 200,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        " ",
+        "<",
+        "<name",
+        "name>",
+        "@",
+        "+",
+        "(555)",
+        "'s",
+        "’s",
+        "call",
+        "at dot com",
+        "x" * 5000,
+        "Ünïcödé naïve café",
+        "İstanbul",
+        "call José Ñúñez",
+        "e\u0301milie",
+        "\u200bcall anna",
+        "📞 call Anna 😊",
+        "call\tAnna\nat 555-123-4567",
+        "call anna" * 200,
+    ],
+)
 def test_odd_inputs_do_not_crash_and_stay_idempotent(text):
     out = scrub.scrub(text)
     assert scrub.scrub(out) == out
@@ -135,14 +194,47 @@ def test_odd_inputs_do_not_crash_and_stay_idempotent(text):
 def test_idempotent_on_random_splices_of_the_corpus():
     """Glued and shuffled fragments: the second pass must never find more than the first."""
     import random
+
     rng = random.Random(20261125)
     words = " ".join(c["text"] for c in CORPUS).split() + [
-        "will", "may", "june", "grace", "and", ",", "call", "to", "send", "<name>", "<email>", "<phone>", "'s",
-        "at", "on", "let", "know", "likes", "the", "rose", "white", "anna", "smith", "dot", "com", "(555)",
-        "123", "4567", "+1", "+44", "-", ".", "555", "@", "+"]
+        "will",
+        "may",
+        "june",
+        "grace",
+        "and",
+        ",",
+        "call",
+        "to",
+        "send",
+        "<name>",
+        "<email>",
+        "<phone>",
+        "'s",
+        "at",
+        "on",
+        "let",
+        "know",
+        "likes",
+        "the",
+        "rose",
+        "white",
+        "anna",
+        "smith",
+        "dot",
+        "com",
+        "(555)",
+        "123",
+        "4567",
+        "+1",
+        "+44",
+        "-",
+        ".",
+        "555",
+        "@",
+        "+",
+    ]
     for _ in range(4000):  # multi-pass scrubbing makes idempotence structural; this samples it
-        text = rng.choice([" ", "", "-", ".", " . ", "@"]).join(
-            rng.choice(words) for _ in range(rng.randint(1, 10)))
+        text = rng.choice([" ", "", "-", ".", " . ", "@"]).join(rng.choice(words) for _ in range(rng.randint(1, 10)))
         if rng.random() < 0.3:
             text = text.upper()
         once = scrub.scrub(text)

@@ -75,10 +75,10 @@ def measure(records: list[dict], find=None) -> dict:
                     unseen_total += 1
                     unseen_found += ok
         for m in _WORD.finditer(text):
-            if any(pii[m.start():m.end()]):
+            if any(pii[m.start() : m.end()]):
                 continue
             words += 1
-            if any(covered[m.start():m.end()]):
+            if any(covered[m.start() : m.end()]):
                 removed += 1
                 false_removals.append((m.group(), text))
     return {
@@ -86,9 +86,13 @@ def measure(records: list[dict], find=None) -> dict:
         "recall": {k: found_n[k] / total[k] for k in sorted(total)},
         "kind_correct": {k: kind_ok[k] / total[k] for k in sorted(total)},
         "spans": dict(sorted(total.items())),
-        "words": words, "words_removed": removed, "words_removed_rate": removed / max(1, words),
-        "unseen_names": unseen_total, "unseen_names_recall": unseen_found / max(1, unseen_total),
-        "misses": misses, "false_removals": false_removals,
+        "words": words,
+        "words_removed": removed,
+        "words_removed_rate": removed / max(1, words),
+        "unseen_names": unseen_total,
+        "unseen_names_recall": unseen_found / max(1, unseen_total),
+        "misses": misses,
+        "false_removals": false_removals,
     }
 
 
@@ -102,8 +106,9 @@ def test_eval_set_is_the_generators_output_and_broad():
     import scrub_eval_gen
 
     records = load()
-    assert scrub_eval_gen.dump(scrub_eval_gen.generate()) == EVAL.read_bytes(), \
+    assert scrub_eval_gen.dump(scrub_eval_gen.generate()) == EVAL.read_bytes(), (
         "tests/scrub_eval.jsonl is stale: run python tests/scrub_eval_gen.py"
+    )
     groups = Counter(r["group"] for r in records)
     assert len(records) >= 5000 and groups["near-miss"] >= 1000
     kinds = Counter(k for r in records for k, _, _ in r["spans"])
@@ -121,8 +126,10 @@ def test_recall_per_type(figures, kind):
 
 
 def test_words_wrongly_removed(figures):
-    assert figures["words_removed_rate"] <= WORDS_REMOVED_TARGET, \
-        (figures["words_removed_rate"], figures["false_removals"][:20])
+    assert figures["words_removed_rate"] <= WORDS_REMOVED_TARGET, (
+        figures["words_removed_rate"],
+        figures["false_removals"][:20],
+    )
 
 
 def test_names_the_model_never_saw_are_found(figures):

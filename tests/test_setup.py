@@ -35,8 +35,13 @@ def test_install_into_prefix_pins_interpreter_and_default_home(tmp_path):
 
 
 def test_bootstrap_installed_spec_into_the_venv():
-    out = subprocess.run([str(VENV_BIN / "jupyter"), "kernelspec", "list", "--json"],
-                         capture_output=True, text=True, timeout=60, check=True).stdout
+    out = subprocess.run(
+        [str(VENV_BIN / "jupyter"), "kernelspec", "list", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     specs = json.loads(out)["kernelspecs"]
     assert KERNEL_NAME in specs, "livelab kernelspec missing: run 'make setup'"
     installed = Path(sys.prefix) / "share" / "jupyter" / "kernels" / KERNEL_NAME / "kernel.json"
@@ -58,7 +63,9 @@ def _kernel_home(env: dict) -> tuple[str, str]:
 
         reply = kc.execute_interactive(
             "import sys; from lab_hardware.home import resolve; print(resolve()); print(sys.executable)",
-            output_hook=hook, timeout=30)
+            output_hook=hook,
+            timeout=30,
+        )
         assert reply["content"]["status"] == "ok", reply["content"]
     finally:
         kc.stop_channels()

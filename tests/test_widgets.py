@@ -35,11 +35,18 @@ CHROMIUM = "/usr/bin/chromium"
 #: Bound on a Jupyter/Voila server coming up (it returns as soon as it listens): a JupyterLab
 #: start took 132 s at a load average of 70 on this 2-core machine.
 SERVER_START_S = 240
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 # ---- helpers -------------------------------------------------------------------------------
+
 
 def wait_for(pred, timeout: float, what: str, interval: float = 0.05):
     deadline = time.monotonic() + timeout
@@ -71,8 +78,7 @@ def reset_consent(lab: Lab) -> None:
 
 def write_notebook(path: Path, home: Path) -> Path:
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(
-        f"from labs import Lab\nlab = Lab.connect(home={str(home)!r})\nlab.panel()")]
+    nb.cells = [nbformat.v4.new_code_cell(f"from labs import Lab\nlab = Lab.connect(home={str(home)!r})\nlab.panel()")]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
     nbformat.write(nb, path)
@@ -103,8 +109,9 @@ class Server:
     def __init__(self, argv: list[str], *, cwd: Path, env: dict[str, str], log: Path):
         self.log = log
         self._fh = open(log, "wb")
-        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=self._fh, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            argv, cwd=cwd, env=env, stdout=self._fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
         self.children: dict[int, psutil.Process] = {}
 
     def note_children(self) -> list[psutil.Process]:
@@ -149,22 +156,25 @@ def start_server(argv: list[str], *, cwd: Path, env: dict[str, str], log: Path) 
             started[-1].stop()
         started.append(Server(argv, cwd=cwd, env=env, log=log))
         return started[-1].proc
+
     _, port = start_on_port_zero(start, log, timeout=SERVER_START_S)
     return started[-1], port
 
 
 def server_env(tmp: Path, home: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "LIVELAB_HOME": str(home),
-        "PATH": str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),
-        # Keep the servers off the user's Jupyter config, runtime files and workspaces.
-        "JUPYTER_CONFIG_DIR": str(tmp / "jupyter-config"),
-        "JUPYTER_RUNTIME_DIR": str(tmp / "jupyter-runtime"),
-        "JUPYTERLAB_SETTINGS_DIR": str(tmp / "lab-settings"),
-        "JUPYTERLAB_WORKSPACES_DIR": str(tmp / "lab-workspaces"),
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "LIVELAB_HOME": str(home),
+            "PATH": str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),
+            # Keep the servers off the user's Jupyter config, runtime files and workspaces.
+            "JUPYTER_CONFIG_DIR": str(tmp / "jupyter-config"),
+            "JUPYTER_RUNTIME_DIR": str(tmp / "jupyter-runtime"),
+            "JUPYTERLAB_SETTINGS_DIR": str(tmp / "lab-settings"),
+            "JUPYTERLAB_WORKSPACES_DIR": str(tmp / "lab-workspaces"),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     # No news / update toasts over the notebook in screenshots.
     notif = tmp / "lab-settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     notif.parent.mkdir(parents=True, exist_ok=True)
@@ -203,6 +213,7 @@ def sdk(lab_home):
 
 # ---- in-process ----------------------------------------------------------------------------
 
+
 def test_panel_follows_the_lab_and_toggles_change_real_consent(lab_home, sdk):
     dev = "dev-1"
     # Connected after every consent was revoked: it has received no window yet.
@@ -239,8 +250,11 @@ def test_panel_follows_the_lab_and_toggles_change_real_consent(lab_home, sdk):
             # A click: the kernel side of it is a value change on the toggle.
             rep.value = True
             wait_for(lambda: consent(sdk, dev, "replay-capture") is True, 5, "the device to grant replay-capture")
-            wait_for(lambda: rep.value is True and not rep.disabled and rep.button_style == "success", 5,
-                     "the toggle to settle on the device's state")
+            wait_for(
+                lambda: rep.value is True and not rep.disabled and rep.button_style == "success",
+                5,
+                "the toggle to settle on the device's state",
+            )
             rep.value = False
             wait_for(lambda: consent(sdk, dev, "replay-capture") is False, 5, "the device to revoke replay-capture")
             wait_for(lambda: rep.value is False and not rep.disabled, 5, "the toggle to settle")
@@ -289,6 +303,7 @@ def test_toggle_resets_and_explains_when_the_device_does_not_answer(sdk):
 
 # ---- browsers ------------------------------------------------------------------------------
 
+
 def _bars(page, dev: str) -> int:
     return page.locator(f'.livelab-chart svg g.livelab-device[data-device="{dev}"] g.livelab-bar').count()
 
@@ -299,9 +314,21 @@ def test_voila_serves_a_working_panel(lab_home, sdk, chromium, tmp_path):
     for other in ("dev-0", "dev-2"):  # a baseline and a candidate to compare with
         set_consent(sdk, other, "telemetry", True)
     nb = write_notebook(tmp_path / "panel.ipynb", lab_home)
-    server, port = start_server([sys.executable, "-m", "voila", "--no-browser", "--port=0", "--Voila.ip=127.0.0.1",
-                                 "--Voila.port_retries=0", nb.name],
-                                cwd=tmp_path, env=server_env(tmp_path, lab_home), log=tmp_path / "voila.log")
+    server, port = start_server(
+        [
+            sys.executable,
+            "-m",
+            "voila",
+            "--no-browser",
+            "--port=0",
+            "--Voila.ip=127.0.0.1",
+            "--Voila.port_retries=0",
+            nb.name,
+        ],
+        cwd=tmp_path,
+        env=server_env(tmp_path, lab_home),
+        log=tmp_path / "voila.log",
+    )
     try:
         # Any answer from a static route means it listens (GET / would start a kernel).
         wait_http(f"http://127.0.0.1:{port}/voila/static/", server.proc, server.log, SERVER_START_S)
@@ -331,17 +358,32 @@ def test_voila_serves_a_working_panel(lab_home, sdk, chromium, tmp_path):
 @pytest.mark.browser
 def test_jupyterlab_runs_the_panel(lab_home, sdk, chromium, tmp_path):
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     for dev in sdk.devices:
         set_consent(sdk, dev, "telemetry", True)
     root = tmp_path / "root"
     root.mkdir()
     write_notebook(root / "panel.ipynb", lab_home)
     token = secrets.token_hex(16)
-    server, port = start_server([sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1",
-                                 "--ServerApp.port=0", "--ServerApp.port_retries=0", f"--ServerApp.token={token}",
-                                 f"--ServerApp.root_dir={root}", "--ServerApp.open_browser=False"]
-                                + (["--allow-root"] if os.geteuid() == 0 else []),
-                                cwd=root, env=server_env(tmp_path, lab_home), log=tmp_path / "jupyterlab.log")
+    server, port = start_server(
+        [
+            sys.executable,
+            "-m",
+            "jupyter",
+            "lab",
+            "--no-browser",
+            "--ServerApp.ip=127.0.0.1",
+            "--ServerApp.port=0",
+            "--ServerApp.port_retries=0",
+            f"--ServerApp.token={token}",
+            f"--ServerApp.root_dir={root}",
+            "--ServerApp.open_browser=False",
+        ]
+        + (["--allow-root"] if os.geteuid() == 0 else []),
+        cwd=root,
+        env=server_env(tmp_path, lab_home),
+        log=tmp_path / "jupyterlab.log",
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/api/status?token={token}", server.proc, server.log, SERVER_START_S)
         page = chromium.new_page(viewport={"width": 1280, "height": 1350})
@@ -350,8 +392,10 @@ def test_jupyterlab_runs_the_panel(lab_home, sdk, chromium, tmp_path):
         # The kernel must be up before "Run All"; even then, a click right after the kernel
         # connects is sometimes dropped (about 1 in 6 here), so retry until the cell started.
         page.locator(".jp-StatusBar-Item", has_text="| Idle").first.wait_for(timeout=60_000)
-        started = "() => [...document.querySelectorAll('.jp-Notebook .jp-InputArea-prompt')]" \
-                  ".some(p => p.textContent.trim() !== '[ ]:')"
+        started = (
+            "() => [...document.querySelectorAll('.jp-Notebook .jp-InputArea-prompt')]"
+            ".some(p => p.textContent.trim() !== '[ ]:')"
+        )
         for attempt in range(3):
             page.locator(".lm-MenuBar-item", has_text="Run").first.click()
             page.locator('.lm-Menu-item[data-command="runmenu:run-all"]').click()
@@ -376,7 +420,7 @@ def test_jupyterlab_runs_the_panel(lab_home, sdk, chromium, tmp_path):
         page.locator(".jp-Notebook").first.click(position={"x": 5, "y": 5})
         page.keyboard.press("Escape")
         page.keyboard.press("Control+b")  # hide the file browser: more room for the panel
-        page.locator('.jp-SideBar.jp-mod-left .lm-TabBar-tab.lm-mod-current').wait_for(state="detached", timeout=5_000)
+        page.locator(".jp-SideBar.jp-mod-left .lm-TabBar-tab.lm-mod-current").wait_for(state="detached", timeout=5_000)
         panel.scroll_into_view_if_needed()
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "jupyterlab-panel.png"))

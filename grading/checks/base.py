@@ -32,7 +32,7 @@ PREFIX = "livelab-check-"
 class Item:
     name: str
     ok: bool
-    message: str = ""      # what is wrong and what to do (shown when not ok)
+    message: str = ""  # what is wrong and what to do (shown when not ok)
     weight: float = 1.0
     detail: dict = field(default_factory=dict)
     #: evidence the other items need: when it fails the check scores 0 (nothing was done, so
@@ -55,6 +55,7 @@ def register(name: str, points: float, description: str = ""):
     def deco(fn):
         REGISTRY[name] = CheckSpec(name, float(points), fn, description or (fn.__doc__ or "").strip().split("\n")[0])
         return fn
+
     return deco
 
 
@@ -110,8 +111,8 @@ class CheckContext:
     module: str
     started: float
     ended: float
-    messages: list[Message] | None = None      # the observer's capture (None: no observer)
-    artifacts: Path | None = None              # files the notebook left in its working directory
+    messages: list[Message] | None = None  # the observer's capture (None: no observer)
+    artifacts: Path | None = None  # files the notebook left in its working directory
     module_meta: dict = field(default_factory=dict)
     cache: dict = field(default_factory=dict)
 
@@ -122,6 +123,7 @@ class CheckContext:
     def of(self, kind: str, device: str | None = None) -> list[tuple[Message, dict]]:
         """Observed device messages of ``kind`` (telemetry, state, audit, capture, cmd) as (msg, json)."""
         from lab_hardware import topics
+
         out = []
         for m in self.messages or []:
             p = topics.parse(m.topic)
@@ -156,6 +158,7 @@ class CheckContext:
         if key not in self.cache:
             from lab_hardware import audit
             from lab_hardware import home as _home
+
             path = _home.device_dir(self.home, self.namespace, device) / "audit.jsonl"
             try:
                 self.cache[key] = audit.read(path)
@@ -170,13 +173,18 @@ class CheckContext:
     def scenario(self) -> dict:
         if "scenario" not in self.cache:
             from lab_hardware import home as _home
+
             try:
                 self.cache["scenario"] = _home.read_json(self.home / "config.json")["scenario"]
             except (OSError, ValueError, KeyError):
                 from labs import scenarios
+
                 sc = scenarios.load("voice-intents")
-                self.cache["scenario"] = {"intents": list(sc.intents), "defect_intent": sc.defect_intent,
-                                          "models": {k: str(v) for k, v in sc.models.items()}}
+                self.cache["scenario"] = {
+                    "intents": list(sc.intents),
+                    "defect_intent": sc.defect_intent,
+                    "models": {k: str(v) for k, v in sc.models.items()},
+                }
         return self.cache["scenario"]
 
     def files(self, suffix: str) -> list[Path]:
@@ -191,18 +199,38 @@ def judge(spec: CheckSpec, ctx: CheckContext) -> dict:
     try:
         items = spec.fn(ctx)
     except Exception as exc:  # noqa: BLE001 - a crashing check fails, with its reason, never the batch
-        items = [Item("check-ran", False, f"the {spec.name} check could not judge this submission: "
-                                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")]
+        items = [
+            Item(
+                "check-ran",
+                False,
+                f"the {spec.name} check could not judge this submission: "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+            )
+        ]
     total = sum(i.weight for i in items) or 1.0
     got = sum(i.weight for i in items if i.ok)
     failed = [i for i in items if not i.ok]
     score = 0.0 if any(i.required for i in failed) else round(spec.points * got / total, 4)
     return {
-        "name": spec.name, "grade_id": check_grade_id(spec.name), "points": spec.points, "score": score,
-        "passed": not failed, "time": time.time(), "seconds": round(time.perf_counter() - t0, 3),
+        "name": spec.name,
+        "grade_id": check_grade_id(spec.name),
+        "points": spec.points,
+        "score": score,
+        "passed": not failed,
+        "time": time.time(),
+        "seconds": round(time.perf_counter() - t0, 3),
         "message": "; ".join(f"{i.name}: {i.message}" for i in failed),
-        "items": [{"name": i.name, "ok": i.ok, "weight": i.weight, "required": i.required,
-                   "message": "" if i.ok else i.message, "detail": i.detail} for i in items],
+        "items": [
+            {
+                "name": i.name,
+                "ok": i.ok,
+                "weight": i.weight,
+                "required": i.required,
+                "message": "" if i.ok else i.message,
+                "detail": i.detail,
+            }
+            for i in items
+        ],
     }
 
 
@@ -217,34 +245,65 @@ def add_check_cells(nb: nbformat.NotebookNode, rows: list[dict]) -> None:
     for row in rows:
         lines = [f"livelab check '{row['name']}': {row['score']:g} / {row['points']:g}"]
         for it in row["items"]:
-            lines.append(f"  [{'ok' if it['ok'] else 'FAILED'}] {it['name']}" + (f": {it['message']}" if not it["ok"] else ""))
+            lines.append(
+                f"  [{'ok' if it['ok'] else 'FAILED'}] {it['name']}" + (f": {it['message']}" if not it["ok"] else "")
+            )
         cell = nbformat.v4.new_code_cell(
             f"# livelab check {row['name']}: judged by the grader from the lab's observed state",
-            metadata={"nbgrader": {"grade": True, "solution": False, "locked": True, "grade_id": row["grade_id"],
-                                   "points": row["points"], "schema_version": 3},
-                      "livelab": {"check": row["name"]}})
+            metadata={
+                "nbgrader": {
+                    "grade": True,
+                    "solution": False,
+                    "locked": True,
+                    "grade_id": row["grade_id"],
+                    "points": row["points"],
+                    "schema_version": 3,
+                },
+                "livelab": {"check": row["name"]},
+            },
+        )
         cell.outputs = [
             nbformat.v4.new_output("stream", name="stdout", text="\n".join(lines) + "\n"),
-            nbformat.v4.new_output("execute_result", data={"text/plain": repr(float(row["score"]))},
-                                   execution_count=None),
+            nbformat.v4.new_output(
+                "execute_result", data={"text/plain": repr(float(row["score"]))}, execution_count=None
+            ),
         ]
         nb.cells.append(cell)
 
 
-def run(name: str, *, home: str | Path, module: str, namespace: str | None = None, learner: str = "",
-        since: float | None = None, notebook: str | Path | None = None, artifacts: str | Path | None = None,
-        **_: Any) -> dict:
+def run(
+    name: str,
+    *,
+    home: str | Path,
+    module: str,
+    namespace: str | None = None,
+    learner: str = "",
+    since: float | None = None,
+    notebook: str | Path | None = None,
+    artifacts: str | Path | None = None,
+    **_: Any,
+) -> dict:
     """Judge one check outside a grading run (e.g. the course release gate): from the lab's
     audit chains and the files next to ``notebook``; items that need the observer's capture
     are judged from what the audit chains and replay store show instead."""
     from lab_hardware import home as _home
+
     home = _home.resolve(home)
     if namespace is None:
         namespace = _home.read_json(home / _home.DESCRIPTOR)["namespace"]
     cfg = _home.read_json(home / "config.json")
     devices = [d["name"] for d in cfg["namespaces"][namespace]["devices"]]
     art = Path(artifacts) if artifacts else (Path(notebook).parent if notebook else None)
-    ctx = CheckContext(home=home, namespace=namespace, devices=devices, learner=learner, module=module,
-                       started=since or 0.0, ended=time.time(), messages=None, artifacts=art)
+    ctx = CheckContext(
+        home=home,
+        namespace=namespace,
+        devices=devices,
+        learner=learner,
+        module=module,
+        started=since or 0.0,
+        ended=time.time(),
+        messages=None,
+        artifacts=art,
+    )
     (spec,) = load_checks([name])
     return judge(spec, ctx)

@@ -24,8 +24,11 @@ def _bundle_files(ctx: CheckContext) -> dict[str, list[bytes]]:
     unsigned copy share it, so every copy is kept and judged (never the first by name)."""
     from lab_hardware.modelops import bundle as _bundle
     from lab_hardware import home as _home
+
     out: dict[str, list[bytes]] = {}
-    roots = ([ctx.artifacts] if ctx.artifacts else []) + [_home.device_dir(ctx.home, ctx.namespace, d) for d in ctx.devices]
+    roots = ([ctx.artifacts] if ctx.artifacts else []) + [
+        _home.device_dir(ctx.home, ctx.namespace, d) for d in ctx.devices
+    ]
     for root in roots:
         if not Path(root).is_dir():
             continue
@@ -43,6 +46,7 @@ def _bundle_files(ctx: CheckContext) -> dict[str, list[bytes]]:
 def _verify_any(copies: list[bytes], trusted: dict):
     """The first copy that verifies, else the ValueError of the last one tried."""
     from lab_hardware.modelops import bundle as _bundle
+
     err: ValueError | None = None
     for data in copies:
         try:
@@ -58,17 +62,29 @@ def bundle_check(ctx: CheckContext) -> list[Item]:
     from lab_hardware.modelops import adapter as _adapter
     from lab_hardware.modelops import bundle as _bundle
     from lab_hardware.modelops import keys as _keys
+
     recs = {d: ctx.run_records(d) for d in ctx.devices}
     from lab_hardware.runtime.broker import is_learner_of  # 'by' is broker-proven: the learner's identity
-    mine = lambda r: not ctx.learner or (r.get("data") or {}).get("by") == ctx.learner \
-        or is_learner_of((r.get("data") or {}).get("by"), ctx.namespace)  # noqa: E731
+
+    def mine(r: dict) -> bool:
+        by = (r.get("data") or {}).get("by")
+        return not ctx.learner or by == ctx.learner or is_learner_of(by, ctx.namespace)
+
     installs = {d: [r for r in rs if r["kind"] == "install" and mine(r)] for d, rs in recs.items()}
-    shadows = {d: [r for r in rs if r["kind"] == "shadow" and mine(r) and r["data"].get("bundle")]
-               for d, rs in recs.items()}
+    shadows = {
+        d: [r for r in rs if r["kind"] == "shadow" and mine(r) and r["data"].get("bundle")] for d, rs in recs.items()
+    }
     digests = {r["data"]["bundle"] for rs in list(installs.values()) + list(shadows.values()) for r in rs}
     if not digests:
-        return [Item("signed-bundle", False, "you installed or shadowed no bundle on any device: build, sign and "
-                     "lab.shadow/lab.install one", weight=9, required=True)]
+        return [
+            Item(
+                "signed-bundle",
+                False,
+                "you installed or shadowed no bundle on any device: build, sign and lab.shadow/lab.install one",
+                weight=9,
+                required=True,
+            )
+        ]
     files = _bundle_files(ctx)
     trusted = _keys.trusted(ctx.home, namespace=ctx.namespace)
     bad, verified = [], {}
@@ -81,9 +97,15 @@ def bundle_check(ctx: CheckContext) -> list[Item]:
             verified[dg] = _verify_any(copies, trusted)
         except ValueError as exc:
             bad.append(f"{dg[:12]}: {str(exc).splitlines()[0]}")
-    items = [Item("signed-bundle", not bad, "; ".join(bad[:2]) + ": sign each bundle with a key you trusted "
-                  "(keys.trust) and keep its file in work/", weight=2,
-                  detail={"bundles": sorted(d[:12] for d in digests)})]
+    items = [
+        Item(
+            "signed-bundle",
+            not bad,
+            "; ".join(bad[:2]) + ": sign each bundle with a key you trusted (keys.trust) and keep its file in work/",
+            weight=2,
+            detail={"bundles": sorted(d[:12] for d in digests)},
+        )
+    ]
 
     incomplete = []
     intents = ctx.scenario().get("intents")
@@ -93,19 +115,36 @@ def bundle_check(ctx: CheckContext) -> list[Item]:
             incomplete.append(f"{dg[:12]} declares intents {m['io']['intents']}")
         if not m["provenance"].get("builder") or not m["privacy"].get("telemetry_fields"):
             incomplete.append(f"{dg[:12]} has an empty provenance builder or privacy declaration")
-    items.append(Item("manifest-complete", bool(verified) and not incomplete, ("; ".join(incomplete[:2]) or
-                      "no verified bundle to read a manifest from") + ": build it with bundle.build from a "
-                      "scenario model (it fills the manifest)", weight=1))
+    items.append(
+        Item(
+            "manifest-complete",
+            bool(verified) and not incomplete,
+            ("; ".join(incomplete[:2]) or "no verified bundle to read a manifest from")
+            + ": build it with bundle.build from a "
+            "scenario model (it fills the manifest)",
+            weight=1,
+        )
+    )
 
-    health = {(d, r["data"].get("bundle")): r["data"].get("ok") for d, rs in recs.items()
-              for r in rs if r["kind"] == "health"}
+    health = {
+        (d, r["data"].get("bundle")): r["data"].get("ok") for d, rs in recs.items() for r in rs if r["kind"] == "health"
+    }
     fixes = [dg for dg, b in verified.items() if any(health.get((d, dg)) for d in ctx.devices)] or list(verified)
-    over = [f"{dg[:12]}" for dg in fixes
-            if _bundle.ADAPTER not in verified[dg].manifest["files"]
-            or verified[dg].manifest["files"][_bundle.ADAPTER]["size"] > _adapter.ADAPTER_BUDGET]
-    items.append(Item("adapter-within-budget", bool(fixes) and not over,
-                      f"the fix {', '.join(over) or '?'} has no adapter or one over the {_adapter.ADAPTER_BUDGET:,}-byte "
-                      "budget: ship the fix as a small adapter", weight=1))
+    over = [
+        f"{dg[:12]}"
+        for dg in fixes
+        if _bundle.ADAPTER not in verified[dg].manifest["files"]
+        or verified[dg].manifest["files"][_bundle.ADAPTER]["size"] > _adapter.ADAPTER_BUDGET
+    ]
+    items.append(
+        Item(
+            "adapter-within-budget",
+            bool(fixes) and not over,
+            f"the fix {', '.join(over) or '?'} has no adapter or one over the {_adapter.ADAPTER_BUDGET:,}-byte "
+            "budget: ship the fix as a small adapter",
+            weight=1,
+        )
+    )
 
     items.append(_fix_content(ctx, fixes, verified))
 
@@ -125,18 +164,38 @@ def bundle_check(ctx: CheckContext) -> list[Item]:
             why = "the fix went to every device at once: canary it on one first"
     items.append(Item("canary", canary_ok, why, weight=2))
 
-    rollbacks = [r for rs in recs.values() for r in rs if r["kind"] == "rollback"
-                 and (r["data"].get("from") or {}).get("digest") in digests]
-    items.append(Item("rollback", bool(rollbacks),
-                      "none of your bundles was rolled back: install a bad release on the canary and let its "
-                      "health check roll it back", weight=2,
-                      detail={"by": sorted({r["data"].get("by") for r in rollbacks})}))
+    rollbacks = [
+        r
+        for rs in recs.values()
+        for r in rs
+        if r["kind"] == "rollback" and (r["data"].get("from") or {}).get("digest") in digests
+    ]
+    items.append(
+        Item(
+            "rollback",
+            bool(rollbacks),
+            "none of your bundles was rolled back: install a bad release on the canary and let its "
+            "health check roll it back",
+            weight=2,
+            detail={"by": sorted({r["data"].get("by") for r in rollbacks})},
+        )
+    )
 
-    revoked_everywhere = [dg for dg in digests
-                          if all(any(r["kind"] == "revocation" and dg in r["data"].get("revoked", []) for r in rs)
-                                 for rs in recs.values())]
-    items.append(Item("revoked", bool(revoked_everywhere),
-                      "no bundle of yours was revoked on every device: lab.revoke(digest) the bad release", weight=1))
+    revoked_everywhere = [
+        dg
+        for dg in digests
+        if all(
+            any(r["kind"] == "revocation" and dg in r["data"].get("revoked", []) for r in rs) for rs in recs.values()
+        )
+    ]
+    items.append(
+        Item(
+            "revoked",
+            bool(revoked_everywhere),
+            "no bundle of yours was revoked on every device: lab.revoke(digest) the bad release",
+            weight=1,
+        )
+    )
     return items
 
 
@@ -145,6 +204,7 @@ def _fix_content(ctx: CheckContext, fixes: list[str], verified: dict) -> Item:
     the defect intent and leaves every other intent alone (read from inside the bundle)."""
     from lab_hardware.digest import file_digest
     from lab_hardware.modelops import bundle as _bundle
+
     sc = ctx.scenario()
     defect = sc.get("defect_intent")
     cand = (sc.get("models") or {}).get("candidate")
@@ -168,6 +228,11 @@ def _fix_content(ctx: CheckContext, fixes: list[str], verified: dict) -> Item:
         if not problems:
             return Item("fix-content", True, detail={"bundle": dg[:12]})
         why.append(f"{dg[:12]} " + " and ".join(problems))
-    return Item("fix-content", False, ("; ".join(why[:2]) or "no fix to look inside") +
-                ": the fix is the candidate model with an adapter that lowers only the defect intent",
-                weight=1, detail={"fixes": [d[:12] for d in fixes]})
+    return Item(
+        "fix-content",
+        False,
+        ("; ".join(why[:2]) or "no fix to look inside")
+        + ": the fix is the candidate model with an adapter that lowers only the defect intent",
+        weight=1,
+        detail={"fixes": [d[:12] for d in fixes]},
+    )

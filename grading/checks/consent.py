@@ -48,9 +48,34 @@ def _inside(t0: float, t1: float, ivs) -> bool:
 #: Fields that hold identifiers the lab or the grader chose (ids, digests, names of devices,
 #: models, namespaces, the learner's chosen identity): never user data, and e.g. a learner id
 #: "alice" would otherwise read as a person's name in every audit record.
-STRUCTURAL = frozenset({"schema", "namespace", "device", "id", "reply_to", "capture_id", "bundle", "digest",
-                        "hash", "prev", "model", "name", "version", "profile", "kind", "scope", "command",
-                        "ref", "by", "learner", "sha256", "keyid", "course", "module"})
+STRUCTURAL = frozenset(
+    {
+        "schema",
+        "namespace",
+        "device",
+        "id",
+        "reply_to",
+        "capture_id",
+        "bundle",
+        "digest",
+        "hash",
+        "prev",
+        "model",
+        "name",
+        "version",
+        "profile",
+        "kind",
+        "scope",
+        "command",
+        "ref",
+        "by",
+        "learner",
+        "sha256",
+        "keyid",
+        "course",
+        "module",
+    }
+)
 
 
 def _strings(obj, out: set, key: str | None = None) -> None:
@@ -69,6 +94,7 @@ def _strings(obj, out: set, key: str | None = None) -> None:
 def pii_in_messages(ctx: CheckContext) -> list[dict]:
     """Messages whose payload carries PII: topic, kinds, time (never the PII itself)."""
     from lab_hardware.modelops import scrub
+
     verdict: dict[str, list] = {}
     hits = []
     for m in ctx.messages or []:
@@ -95,6 +121,7 @@ def consent(ctx: CheckContext) -> list[Item]:
     """Consent-first: no data without consent, a whole consent trail, no PII on the wire."""
     from lab_hardware import audit
     from lab_hardware.consent import ConsentState, trail
+
     items: list[Item] = []
     chains = {d: ctx.chain(d) for d in ctx.devices}
     broken = []
@@ -105,9 +132,17 @@ def consent(ctx: CheckContext) -> list[Item]:
             v = audit.verify(recs)
             if not v:
                 broken.append(f"{d} ({v.reason})")
-    items.append(Item("trail-verifies", not broken, "the audit chain of " + ", ".join(broken) +
-                      " does not verify: the consent trail cannot be trusted - change consent only through the lab "
-                      "(lab.grant_consent / lab.revoke_consent), never a device's files, and rerun the module", weight=2))
+    items.append(
+        Item(
+            "trail-verifies",
+            not broken,
+            "the audit chain of "
+            + ", ".join(broken)
+            + " does not verify: the consent trail cannot be trusted - change consent only through the lab "
+            "(lab.grant_consent / lab.revoke_consent), never a device's files, and rerun the module",
+            weight=2,
+        )
+    )
     chains = {d: (r or []) for d, r in chains.items()}
 
     # data published only under consent
@@ -120,10 +155,16 @@ def consent(ctx: CheckContext) -> list[Item]:
                 used["telemetry"] += 1
                 if not _inside(float(w.get("start", 0)), float(w.get("end", 0)), ivs):
                     late.append(f"{d} window {w.get('seq')}")
-        items.append(Item("no-telemetry-without-consent", not late,
-                          f"{len(late)} telemetry window(s) were published outside telemetry consent "
-                          f"({', '.join(late[:3])}): grant consent before reading and revoke it after", weight=3,
-                          detail={"windows": used["telemetry"], "outside": late[:20]}))
+        items.append(
+            Item(
+                "no-telemetry-without-consent",
+                not late,
+                f"{len(late)} telemetry window(s) were published outside telemetry consent "
+                f"({', '.join(late[:3])}): grant consent before reading and revoke it after",
+                weight=3,
+                detail={"windows": used["telemetry"], "outside": late[:20]},
+            )
+        )
     bad_caps = []
     for d in ctx.devices:
         ivs = intervals(chains[d], "replay-capture")
@@ -140,8 +181,14 @@ def consent(ctx: CheckContext) -> list[Item]:
             if outside:
                 bad_caps.append(f"{d} capture {c.get('capture_id')}: {len(outside)} record(s) outside its consent")
     if ctx.observed:
-        items.append(Item("no-capture-without-consent", not bad_caps,
-                          "; ".join(bad_caps[:3]) + ": capture only under replay-capture consent", weight=2))
+        items.append(
+            Item(
+                "no-capture-without-consent",
+                not bad_caps,
+                "; ".join(bad_caps[:3]) + ": capture only under replay-capture consent",
+                weight=2,
+            )
+        )
 
     # the trail is complete: on the wire == on disk, and what devices report == what it says
     problems = []
@@ -155,46 +202,78 @@ def consent(ctx: CheckContext) -> list[Item]:
                     wire.add((d, r.get("hash")))
         missing = sorted(d for d, h in wire - disk)
         if missing:
-            problems.append(f"consent records published by {', '.join(sorted(set(missing)))} are not in their "
-                            "chain on disk (rewritten?)")
-        run_disk = {(d, r["hash"]) for d in ctx.devices for r in trail(ctx.run_records(d))
-                    if r["time"] >= ctx.started + 0.5}
+            problems.append(
+                f"consent records published by {', '.join(sorted(set(missing)))} are not in their "
+                "chain on disk (rewritten?)"
+            )
+        run_disk = {
+            (d, r["hash"]) for d in ctx.devices for r in trail(ctx.run_records(d)) if r["time"] >= ctx.started + 0.5
+        }
         unseen = sorted(d for d, h in run_disk - wire)
         if unseen:
             problems.append(f"consent changes on {', '.join(sorted(set(unseen)))} were never published")
         for d in ctx.devices:
             states = [s for _m, s in ctx.of("state", d) if s.get("online")]
             if states and states[-1].get("consent") != ConsentState.from_trail(chains[d]).as_dict():
-                problems.append(f"{d} reports consent {states[-1].get('consent')} but its trail says "
-                                f"{ConsentState.from_trail(chains[d]).as_dict()}")
-    items.append(Item("trail-complete", not problems, "; ".join(problems) + ": change consent only with "
-                      "lab.grant_consent / lab.revoke_consent and leave the devices' audit chains alone", weight=2))
+                problems.append(
+                    f"{d} reports consent {states[-1].get('consent')} but its trail says "
+                    f"{ConsentState.from_trail(chains[d]).as_dict()}"
+                )
+    items.append(
+        Item(
+            "trail-complete",
+            not problems,
+            "; ".join(problems) + ": change consent only with "
+            "lab.grant_consent / lab.revoke_consent and leave the devices' audit chains alone",
+            weight=2,
+        )
+    )
 
     if ctx.observed:
         pii = pii_in_messages(ctx)
         where = sorted({h["topic"] for h in pii})
-        items.append(Item("no-pii-published", not pii,
-                          f"{len(pii)} message(s) carried PII ({', '.join(sorted({k for h in pii for k in h['kinds']}))}) "
-                          f"on {', '.join(where[:3])}: publish aggregates and scrubbed text only - the grader's "
-                          "observer keeps every message, deleting it afterwards changes nothing", weight=3,
-                          detail={"messages": pii[:20]}))
+        items.append(
+            Item(
+                "no-pii-published",
+                not pii,
+                f"{len(pii)} message(s) carried PII ({', '.join(sorted({k for h in pii for k in h['kinds']}))}) "
+                f"on {', '.join(where[:3])}: publish aggregates and scrubbed text only - the grader's "
+                "observer keeps every message, deleting it afterwards changes nothing",
+                weight=3,
+                detail={"messages": pii[:20]},
+            )
+        )
 
     from lab_hardware.runtime.broker import is_learner_of  # 'by' is broker-proven: the learner's identity
-    grants = [r for d in ctx.devices for r in trail(ctx.run_records(d))
-              if r["data"].get("grant") and (not ctx.learner or r["data"].get("by") == ctx.learner
-                                             or is_learner_of(r["data"].get("by"), ctx.namespace))]
+
+    grants = [
+        r
+        for d in ctx.devices
+        for r in trail(ctx.run_records(d))
+        if r["data"].get("grant")
+        and (not ctx.learner or r["data"].get("by") == ctx.learner or is_learner_of(r["data"].get("by"), ctx.namespace))
+    ]
     if ctx.observed:
         ok = bool(grants) and (used["telemetry"] + used["replay-capture"]) > 0
-        msg = ("you granted no consent, so the lab published nothing for you: grant the scope you need "
-               "(lab.grant_consent(device, scope))" if not grants else
-               "you granted consent but no device published under it: read telemetry or capture while it is granted")
+        msg = (
+            "you granted no consent, so the lab published nothing for you: grant the scope you need "
+            "(lab.grant_consent(device, scope))"
+            if not grants
+            else "you granted consent but no device published under it: read telemetry or capture while it is granted"
+        )
     else:
         ok, msg = bool(grants), "no consent grant of yours in the devices' audit chains"
     items.append(Item("consent-used", ok, msg, weight=1, detail={"published": used}, required=True))
 
-    left = [f"{d} {scope}" for d in ctx.devices
-            for scope, on in ConsentState.from_trail(chains[d]).as_dict().items() if on]
-    items.append(Item("revoked-when-done", not left,
-                      f"consent still granted at the end on {', '.join(left)}: revoke what you granted when done",
-                      weight=1))
+    left = [
+        f"{d} {scope}" for d in ctx.devices for scope, on in ConsentState.from_trail(chains[d]).as_dict().items() if on
+    ]
+    items.append(
+        Item(
+            "revoked-when-done",
+            not left,
+            f"consent still granted at the end on {', '.join(left)}: revoke what you granted when done",
+            weight=1,
+        )
+    )
     return items

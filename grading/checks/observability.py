@@ -26,6 +26,7 @@ def _by_learner(ctx: CheckContext, by) -> bool:
     is this submission's learner: its name, or its namespace's learner identity."""
     return by == ctx.learner or is_learner_of(by, ctx.namespace)
 
+
 HEX16 = re.compile(r"^[0-9a-f]{16}$")
 #: Beyond telemetry: audit chains of this many devices, this many bytes, no captures.
 DEFAULT_BUDGET = {"audit_devices": 1, "bytes": 256_000, "captures": 0}
@@ -34,6 +35,7 @@ DEFAULT_BUDGET = {"audit_devices": 1, "bytes": 256_000, "captures": 0}
 def _boosted_intent(ctx: CheckContext, device: str, digest: str) -> str | None:
     from lab_hardware.modelops import bundle as _bundle
     from lab_hardware import home as _home
+
     root = _home.device_dir(ctx.home, ctx.namespace, device)
     for p in root.rglob("*.lbundle") if root.is_dir() else []:
         try:
@@ -54,20 +56,37 @@ def observability(ctx: CheckContext) -> list[Item]:
         bad, windows = [], 0
         for d in ctx.devices:
             last = -1
-            for w in sorted(ctx.distinct("telemetry", d), key=lambda x: x["seq"] if isinstance(x.get("seq"), int) else -1):
+            for w in sorted(
+                ctx.distinct("telemetry", d), key=lambda x: x["seq"] if isinstance(x.get("seq"), int) else -1
+            ):
                 windows += 1
                 first, lst, n = w.get("first_decision"), w.get("last_decision"), w.get("decisions")
-                ok = (isinstance(w.get("digest"), str) and HEX16.match(w["digest"]) and isinstance(first, int)
-                      and isinstance(lst, int) and n == lst - first + 1 == sum((w.get("counts") or {}).values())
-                      and first > last)
+                ok = (
+                    isinstance(w.get("digest"), str)
+                    and HEX16.match(w["digest"])
+                    and isinstance(first, int)
+                    and isinstance(lst, int)
+                    and n == lst - first + 1 == sum((w.get("counts") or {}).values())
+                    and first > last
+                )
                 if not ok:
                     bad.append(f"{d} window {w.get('seq')}")
                 else:
                     last = lst
-        items.append(Item("digests", windows > 0 and not bad,
-                          (f"{len(bad)} window(s) without a consistent digest fold and decision range "
-                           f"({', '.join(bad[:3])})" if bad else "no telemetry window was observed: grant telemetry "
-                           "consent and read windows"), weight=2, detail={"windows": windows}, required=windows == 0))
+        items.append(
+            Item(
+                "digests",
+                windows > 0 and not bad,
+                (
+                    f"{len(bad)} window(s) without a consistent digest fold and decision range ({', '.join(bad[:3])})"
+                    if bad
+                    else "no telemetry window was observed: grant telemetry consent and read windows"
+                ),
+                weight=2,
+                detail={"windows": windows},
+                required=windows == 0,
+            )
+        )
 
         budget = {**DEFAULT_BUDGET, **(ctx.module_meta.get("bandwidth_budget") or {})}
         fetched = set()
@@ -85,29 +104,56 @@ def observability(ctx: CheckContext) -> list[Item]:
         captures = ctx.of("capture")
         cap_bytes = sum(m.size for m, _ in captures)
         total = audit_bytes + cap_bytes
-        within = (len(fetched) <= budget["audit_devices"] and len(captures) <= budget["captures"]
-                  and total <= budget["bytes"])
+        within = (
+            len(fetched) <= budget["audit_devices"] and len(captures) <= budget["captures"] and total <= budget["bytes"]
+        )
         # staying within the budget earns credit only for a debugging session that happened (a
         # rollback of yours): doing nothing fetches nothing, and that is not frugality
-        acted = any(r["kind"] == "rollback" and _by_learner(ctx, r["data"].get("by"))
-                    for d in ctx.devices for r in ctx.run_records(d)) if ctx.learner else True
+        acted = (
+            any(
+                r["kind"] == "rollback" and _by_learner(ctx, r["data"].get("by"))
+                for d in ctx.devices
+                for r in ctx.run_records(d)
+            )
+            if ctx.learner
+            else True
+        )
         ok = within and acted
-        items.append(Item("bandwidth", ok,
-                          (f"beyond telemetry you fetched the audit chains of {len(fetched)} device(s) and "
-                           f"{len(captures)} capture message(s), {total:,} bytes: the budget is "
-                           f"{budget['audit_devices']} device's chain, {budget['captures']} captures, "
-                           f"{budget['bytes']:,} bytes") if not within else
-                          "no debugging session to judge: find the cause within the budget and roll it back",
-                          weight=2,
-                          detail={"audit_devices": sorted(fetched), "audit_bytes": audit_bytes,
-                                  "capture_bytes": cap_bytes}))
+        items.append(
+            Item(
+                "bandwidth",
+                ok,
+                (
+                    f"beyond telemetry you fetched the audit chains of {len(fetched)} device(s) and "
+                    f"{len(captures)} capture message(s), {total:,} bytes: the budget is "
+                    f"{budget['audit_devices']} device's chain, {budget['captures']} captures, "
+                    f"{budget['bytes']:,} bytes"
+                )
+                if not within
+                else "no debugging session to judge: find the cause within the budget and roll it back",
+                weight=2,
+                detail={"audit_devices": sorted(fetched), "audit_bytes": audit_bytes, "capture_bytes": cap_bytes},
+            )
+        )
 
-    planted = [(d, r) for d in ctx.devices for r in ctx.run_records(d)
-               if r["kind"] == "install" and ctx.learner and (not _by_learner(ctx, r["data"].get("by"))
-                                                              or r["data"].get("on_behalf") not in (None, ctx.learner))]
+    planted = [
+        (d, r)
+        for d in ctx.devices
+        for r in ctx.run_records(d)
+        if r["kind"] == "install"
+        and ctx.learner
+        and (not _by_learner(ctx, r["data"].get("by")) or r["data"].get("on_behalf") not in (None, ctx.learner))
+    ]
     if not planted:
-        items.append(Item("cause-named", False, "no incident was planted in your lab: run the module's first cell "
-                          "as given (it plants the regression you debug)", weight=3))
+        items.append(
+            Item(
+                "cause-named",
+                False,
+                "no incident was planted in your lab: run the module's first cell "
+                "as given (it plants the regression you debug)",
+                weight=3,
+            )
+        )
         return items
     device, inst = planted[-1]
     digest = inst["data"]["bundle"]
@@ -121,20 +167,38 @@ def observability(ctx: CheckContext) -> list[Item]:
             low = reason.lower()
             words = set(re.findall(r"[a-z0-9_-]+", low))
             hexes = re.findall(r"[0-9a-f]{8,64}", low)
-            if device in words and (intent is None or intent in words) and any(digest.startswith(h[:8]) and
-                                                                                 digest[:len(h)] == h for h in hexes):
+            if (
+                device in words
+                and (intent is None or intent in words)
+                and any(digest.startswith(h[:8]) and digest[: len(h)] == h for h in hexes)
+            ):
                 named = True
-    items.append(Item("cause-named", named,
-                      ("roll the broken device back with a reason that names the device, the intent it broke and "
-                       "the bundle digest (>= 8 hex digits)" if not reasons else
-                       "your rollback's reason does not name the planted cause (device, intent and bundle digest)"),
-                      weight=3, detail={"rollback_reasons": reasons[-2:]}))
+    items.append(
+        Item(
+            "cause-named",
+            named,
+            (
+                "roll the broken device back with a reason that names the device, the intent it broke and "
+                "the bundle digest (>= 8 hex digits)"
+                if not reasons
+                else "your rollback's reason does not name the planted cause (device, intent and bundle digest)"
+            ),
+            weight=3,
+            detail={"rollback_reasons": reasons[-2:]},
+        )
+    )
     states = [s for _m, s in ctx.of("state", device) if s.get("online")] if ctx.observed else []
     active = states[-1].get("bundle") if states else None
     if active is None:
         recs = [r for r in ctx.run_records(device) if r["kind"] in ("install", "rollback", "model", "revocation")]
-        active = ((recs[-1]["data"].get("to") or {}).get("digest") if recs and recs[-1]["kind"] == "rollback"
-                  else recs[-1]["data"].get("bundle") if recs else None)
-    items.append(Item("fixed", active != digest, f"{device} still runs the planted bundle {digest[:12]}: roll it back",
-                      weight=1))
+        active = (
+            (recs[-1]["data"].get("to") or {}).get("digest")
+            if recs and recs[-1]["kind"] == "rollback"
+            else recs[-1]["data"].get("bundle")
+            if recs
+            else None
+        )
+    items.append(
+        Item("fixed", active != digest, f"{device} still runs the planted bundle {digest[:12]}: roll it back", weight=1)
+    )
     return items

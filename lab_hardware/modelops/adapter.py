@@ -90,8 +90,7 @@ def load(data: bytes, intents: list[str]) -> Adapter:
     if len(data) > ADAPTER_BUDGET:
         raise AdapterError(f"adapter.json is {len(data):,} bytes, over the {ADAPTER_BUDGET:,}-byte budget")
     try:
-        obj = json.loads(bytes(data).decode("utf-8"), object_pairs_hook=_no_duplicates,
-                         parse_constant=_reject_constant)
+        obj = json.loads(bytes(data).decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise AdapterError(f"adapter.json is not valid JSON ({exc.__class__.__name__})") from None
     if not isinstance(obj, dict):
@@ -110,8 +109,7 @@ def load(data: bytes, intents: list[str]) -> Adapter:
     if not got:
         raise AdapterError("adapter.json: intents must not be empty")
     if got != list(intents):
-        raise AdapterError(f"adapter.json: intents ({', '.join(got)}) do not match the model's "
-                           f"({', '.join(intents)})")
+        raise AdapterError(f"adapter.json: intents ({', '.join(got)}) do not match the model's ({', '.join(intents)})")
     bias = obj["logit_bias"]
     if not isinstance(bias, dict):
         raise AdapterError("adapter.json: logit_bias must be an object of intent -> number")
@@ -123,8 +121,7 @@ def load(data: bytes, intents: list[str]) -> Adapter:
             raise AdapterError(f"adapter.json: logit_bias {intent!r} must be a number")
         value = float(value)
         if not math.isfinite(value) or abs(value) > BIAS_LIMIT:
-            raise AdapterError(f"adapter.json: logit_bias {intent!r} must be finite and within "
-                               f"+-{BIAS_LIMIT:g}")
+            raise AdapterError(f"adapter.json: logit_bias {intent!r} must be finite and within +-{BIAS_LIMIT:g}")
         clean[intent] = value
     b = [clean.get(i, 0.0) for i in got]
     top = max(b) if b else 0.0
@@ -135,12 +132,15 @@ def load(data: bytes, intents: list[str]) -> Adapter:
 
 def make(intents: list[str], logit_bias: dict[str, float]) -> bytes:
     """Canonical ``adapter.json`` bytes for authors (validated before returning)."""
-    obj = {"schema": SCHEMA, "intents": list(intents),
-           "logit_bias": {k: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
-                          for k, v in logit_bias.items()}}
+    obj = {
+        "schema": SCHEMA,
+        "intents": list(intents),
+        "logit_bias": {
+            k: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for k, v in logit_bias.items()
+        },
+    }
     try:
-        data = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                          allow_nan=True).encode()
+        data = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True).encode()
     except (TypeError, ValueError) as exc:
         raise AdapterError(f"adapter.json: cannot encode ({exc})") from None
     load(data, list(intents))

@@ -66,8 +66,14 @@ SIGNATURE_LIMIT = 4096
 _BLOCK = tarfile.BLOCKSIZE
 
 #: Compute needs a bundle declares unless told otherwise: they fit the ``rpi4`` profile.
-DEFAULT_COMPUTE = {"min_cores": 1, "min_memory_mb": 256, "max_inference_slowdown": 8.0,
-                   "latency_budget_ms": 50.0, "health_decisions": 50, "max_error_rate": 0.02}
+DEFAULT_COMPUTE = {
+    "min_cores": 1,
+    "min_memory_mb": 256,
+    "max_inference_slowdown": 8.0,
+    "latency_budget_ms": 50.0,
+    "health_decisions": 50,
+    "max_error_rate": 0.02,
+}
 DEFAULT_RETENTION_DAYS = 30
 
 
@@ -111,8 +117,7 @@ def _no_duplicates(pairs):
 def _parse_json(data: bytes, what: str) -> Any:
     """Strict JSON: UTF-8, no duplicate keys, no NaN/Infinity."""
     try:
-        return json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates,
-                          parse_constant=_reject_constant)
+        return json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
     except UnicodeDecodeError:
         raise BundleError(f"{what} is not valid JSON (not UTF-8)") from None
     except json.JSONDecodeError as exc:
@@ -125,7 +130,8 @@ def _parse_json(data: bytes, what: str) -> Any:
 _SEMVER = re.compile(
     r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)"
     r"(?:-((?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
-    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?")
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?"
+)
 _VERSION_MAX = 128
 
 
@@ -157,9 +163,10 @@ def compare_versions(a: str, b: str) -> int:
 _TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|\+00:00)")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _REVOCATION_TOPIC = re.compile(
-    re.escape(topics.ROOT) + r"/" + topics.NAME_RE.pattern.strip("^$") + r"/control/revocations")
+    re.escape(topics.ROOT) + r"/" + topics.NAME_RE.pattern.strip("^$") + r"/control/revocations"
+)
 #: tar's ustar mtime field holds 11 octal digits.
-_MTIME_MAX = 8 ** 11
+_MTIME_MAX = 8**11
 
 
 def _bad(path: str, what: str) -> BundleError:
@@ -220,8 +227,7 @@ def _num(v: Any, path: str, lo: float, hi: float = math.inf, *, lo_open: bool = 
     return f
 
 
-_TOP = ("schema", "name", "version", "created", "files", "io", "compute", "privacy", "revocation",
-        "provenance")
+_TOP = ("schema", "name", "version", "created", "files", "io", "compute", "privacy", "revocation", "provenance")
 _FILE = ("sha256", "size")
 _IO = ("input", "output", "intents")
 _INPUT = ("name", "shape", "dtype", "features")
@@ -229,8 +235,15 @@ _OUTPUT = ("label", "probabilities")
 _COMPUTE = tuple(DEFAULT_COMPUTE)
 _PRIVACY = ("telemetry_fields", "retention_days", "raw_inputs_leave_device")
 _REVOCATION = ("topic", "contact")
-_PROVENANCE = ("builder", "source_repository", "source_commit", "training_data_digest", "parent_bundle",
-               "build_started", "build_finished")
+_PROVENANCE = (
+    "builder",
+    "source_repository",
+    "source_commit",
+    "training_data_digest",
+    "parent_bundle",
+    "build_started",
+    "build_finished",
+)
 
 
 def validate_manifest(m: Any) -> dict:
@@ -273,8 +286,12 @@ def validate_manifest(m: Any) -> dict:
     if out["label"] != "int64" or out["probabilities"] != "float32":
         raise _bad("io.output", "must be label 'int64' and probabilities 'float32'")
     intents = io_["intents"]
-    if (not isinstance(intents, list) or not intents or len(intents) > 1024
-            or not all(isinstance(i, str) and i and len(i) <= 256 for i in intents)):
+    if (
+        not isinstance(intents, list)
+        or not intents
+        or len(intents) > 1024
+        or not all(isinstance(i, str) and i and len(i) <= 256 for i in intents)
+    ):
         raise _bad("io.intents", "must be a non-empty list of intent names")
     if len(set(intents)) != len(intents):
         raise _bad("io.intents", "must not repeat an intent")
@@ -303,16 +320,16 @@ def validate_manifest(m: Any) -> dict:
         raise _bad("privacy.raw_inputs_leave_device", "must be false: devices never publish raw inputs")
 
     r = _exact_keys(m["revocation"], _REVOCATION, "revocation")
-    if r["topic"] is not None and (not isinstance(r["topic"], str)
-                                   or not _REVOCATION_TOPIC.fullmatch(r["topic"])):
+    if r["topic"] is not None and (not isinstance(r["topic"], str) or not _REVOCATION_TOPIC.fullmatch(r["topic"])):
         raise _bad("revocation.topic", "must be null or 'livelab/<namespace>/control/revocations'")
     _str(r["contact"], "revocation.contact")
 
     pv = _exact_keys(m["provenance"], _PROVENANCE, "provenance")
     for key in ("builder", "source_repository", "source_commit", "training_data_digest"):
         _str(pv[key], f"provenance.{key}")
-    if pv["parent_bundle"] is not None and (not isinstance(pv["parent_bundle"], str)
-                                            or not _HEX64.fullmatch(pv["parent_bundle"])):
+    if pv["parent_bundle"] is not None and (
+        not isinstance(pv["parent_bundle"], str) or not _HEX64.fullmatch(pv["parent_bundle"])
+    ):
         raise _bad("provenance.parent_bundle", "must be null or a bundle digest (64 lower-case hex characters)")
     started = parse_time(pv["build_started"], "provenance.build_started")
     finished = parse_time(pv["build_finished"], "provenance.build_finished")
@@ -327,11 +344,14 @@ def check_profile(manifest: dict, profile: Profile) -> None:
     if profile.cores and c["min_cores"] > profile.cores:
         raise BundleError(f"needs {c['min_cores']} cores, device profile {profile.name} has {profile.cores}")
     if profile.memory_mb and c["min_memory_mb"] > profile.memory_mb:
-        raise BundleError(f"needs {c['min_memory_mb']} MB memory, device profile {profile.name} "
-                          f"has {profile.memory_mb}")
+        raise BundleError(
+            f"needs {c['min_memory_mb']} MB memory, device profile {profile.name} has {profile.memory_mb}"
+        )
     if profile.inference_slowdown > c["max_inference_slowdown"]:
-        raise BundleError(f"tolerates inference at most {c['max_inference_slowdown']:g}x slower, device "
-                          f"profile {profile.name} is {profile.inference_slowdown:g}x slower")
+        raise BundleError(
+            f"tolerates inference at most {c['max_inference_slowdown']:g}x slower, device "
+            f"profile {profile.name} is {profile.inference_slowdown:g}x slower"
+        )
 
 
 # ---- the bundle --------------------------------------------------------------------------
@@ -376,6 +396,7 @@ class Bundle:
         """The onnxruntime model (built once, then cached); checked against the manifest's io."""
         if self._model is None:
             from lab_hardware.inference import Model
+
             try:
                 m = Model(self.model)
             except Exception as exc:  # onnxruntime raises its own exception types
@@ -401,8 +422,9 @@ class Bundle:
         if self.adapter_data is not None:
             out[ADAPTER] = self.adapter_data
         if self.signature is not None:
-            out[SIGNATURE] = canonical({"schema": SCHEMA_SIGNATURE, "keyid": self.keyid,
-                                        "signature": self.signature.hex()})
+            out[SIGNATURE] = canonical(
+                {"schema": SCHEMA_SIGNATURE, "keyid": self.keyid, "signature": self.signature.hex()}
+            )
         return out
 
     def to_bytes(self) -> bytes:
@@ -429,12 +451,20 @@ def _corrupt(why: str) -> BundleError:
     return BundleError(f"truncated or corrupt bundle: {why}")
 
 
-_TYPE_NAMES = {tarfile.SYMTYPE: "a symbolic link", tarfile.LNKTYPE: "a hard link",
-               tarfile.CHRTYPE: "a character device", tarfile.BLKTYPE: "a block device",
-               tarfile.FIFOTYPE: "a FIFO", tarfile.DIRTYPE: "a directory",
-               tarfile.CONTTYPE: "a contiguous file", tarfile.XHDTYPE: "a pax header",
-               tarfile.XGLTYPE: "a pax global header", tarfile.GNUTYPE_LONGNAME: "a GNU long name",
-               tarfile.GNUTYPE_LONGLINK: "a GNU long link", tarfile.GNUTYPE_SPARSE: "a sparse file"}
+_TYPE_NAMES = {
+    tarfile.SYMTYPE: "a symbolic link",
+    tarfile.LNKTYPE: "a hard link",
+    tarfile.CHRTYPE: "a character device",
+    tarfile.BLKTYPE: "a block device",
+    tarfile.FIFOTYPE: "a FIFO",
+    tarfile.DIRTYPE: "a directory",
+    tarfile.CONTTYPE: "a contiguous file",
+    tarfile.XHDTYPE: "a pax header",
+    tarfile.XGLTYPE: "a pax global header",
+    tarfile.GNUTYPE_LONGNAME: "a GNU long name",
+    tarfile.GNUTYPE_LONGLINK: "a GNU long link",
+    tarfile.GNUTYPE_SPARSE: "a sparse file",
+}
 
 
 def _untar(data: bytes, max_size: int) -> dict[str, bytes]:
@@ -443,19 +473,18 @@ def _untar(data: bytes, max_size: int) -> dict[str, bytes]:
     if n == 0:
         raise _corrupt("the file is empty")
     if n % _BLOCK:
-        raise _corrupt(f"not a tar archive, or cut short ({n:,} bytes is not a whole number of "
-                       f"{_BLOCK}-byte blocks)")
+        raise _corrupt(f"not a tar archive, or cut short ({n:,} bytes is not a whole number of {_BLOCK}-byte blocks)")
     limits = {MANIFEST: MANIFEST_LIMIT, SIGNATURE: SIGNATURE_LIMIT, ADAPTER: ADAPTER_BUDGET, MODEL: max_size}
     members: dict[str, bytes] = {}
     off = 0
     while True:
         if off + _BLOCK > n:
             raise _corrupt("the end-of-archive marker is missing (file cut short?)")
-        header = data[off:off + _BLOCK]
+        header = data[off : off + _BLOCK]
         if header.count(0) == _BLOCK:
-            if off + 2 * _BLOCK > n or data[off + _BLOCK:off + 2 * _BLOCK].count(0) != _BLOCK:
+            if off + 2 * _BLOCK > n or data[off + _BLOCK : off + 2 * _BLOCK].count(0) != _BLOCK:
                 raise _corrupt("the end-of-archive marker is missing (file cut short?)")
-            if data[off + 2 * _BLOCK:].count(0) != n - off - 2 * _BLOCK:
+            if data[off + 2 * _BLOCK :].count(0) != n - off - 2 * _BLOCK:
                 raise _corrupt("data after the end of the archive")
             break
         try:
@@ -487,7 +516,7 @@ def _untar(data: bytes, max_size: int) -> dict[str, bytes]:
         start = off + _BLOCK
         if start + size > n:
             raise _corrupt(f"member {name!r} runs past the end of the file (file cut short?)")
-        members[name] = data[start:start + size]
+        members[name] = data[start : start + size]
         off = start + -(-size // _BLOCK) * _BLOCK
     return members
 
@@ -562,8 +591,16 @@ def _from_members(members: dict[str, bytes], size: int) -> Bundle:
     keyid = signature = None
     if SIGNATURE in members:
         keyid, signature = _parse_signature(members[SIGNATURE])
-    return Bundle(manifest=manifest, digest=_sha256(canon), model=members[MODEL], adapter=adapter,
-                  keyid=keyid, size=size, signature=signature, adapter_data=members.get(ADAPTER))
+    return Bundle(
+        manifest=manifest,
+        digest=_sha256(canon),
+        model=members[MODEL],
+        adapter=adapter,
+        keyid=keyid,
+        size=size,
+        signature=signature,
+        adapter_data=members.get(ADAPTER),
+    )
 
 
 def read(src: Path | str | bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Bundle:
@@ -576,9 +613,16 @@ def read(src: Path | str | bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Bundle
     return _from_members(_untar(data, max_size), size=len(data))
 
 
-def verify(src: Path | str | bytes | Bundle, trusted: dict, *, revoked: set[str] | frozenset = frozenset(),
-           installed_version: str | None = None, rollback_to: set[str] | frozenset = frozenset(),
-           profile: Profile | None = None, max_size: int = DEFAULT_MAX_SIZE) -> Bundle:
+def verify(
+    src: Path | str | bytes | Bundle,
+    trusted: dict,
+    *,
+    revoked: set[str] | frozenset = frozenset(),
+    installed_version: str | None = None,
+    rollback_to: set[str] | frozenset = frozenset(),
+    profile: Profile | None = None,
+    max_size: int = DEFAULT_MAX_SIZE,
+) -> Bundle:
     """Everything a device checks before installing: integrity, a trusted signature,
     not revoked, a newer version (or an explicit rollback) and a compatible profile.
 
@@ -632,6 +676,7 @@ def _git(*args: str) -> str:
 def _builder() -> str:
     try:
         from importlib.metadata import version
+
         return f"livelab {version('livelab')} lab_hardware.modelops.bundle"
     except Exception:  # not installed as a distribution
         return "livelab lab_hardware.modelops.bundle"
@@ -640,6 +685,7 @@ def _builder() -> str:
 def describe_model(data: bytes) -> tuple[dict, dict[str, str]]:
     """The manifest ``io`` of an ONNX model (read with onnxruntime) and its metadata."""
     from lab_hardware.inference import Model
+
     try:
         m = Model(data)
     except ValueError as exc:
@@ -657,12 +703,15 @@ def describe_model(data: bytes) -> tuple[dict, dict[str, str]]:
     if not m.intents or not all(isinstance(i, str) for i in m.intents):
         raise BundleError("model.onnx: metadata 'intents' (a JSON list of intent names) is missing")
     if meta.get("features_schema", features.SCHEMA) != features.SCHEMA:
-        raise BundleError(f"model.onnx: features_schema {meta['features_schema']!r} is not "
-                          f"{features.SCHEMA!r}, the features devices extract")
-    io_ = {"input": {"name": inp.name, "shape": [None, features.DIM], "dtype": "float32",
-                     "features": features.SCHEMA},
-           "output": {"label": "int64", "probabilities": "float32"},
-           "intents": list(m.intents)}
+        raise BundleError(
+            f"model.onnx: features_schema {meta['features_schema']!r} is not "
+            f"{features.SCHEMA!r}, the features devices extract"
+        )
+    io_ = {
+        "input": {"name": inp.name, "shape": [None, features.DIM], "dtype": "float32", "features": features.SCHEMA},
+        "output": {"label": "int64", "probabilities": "float32"},
+        "intents": list(m.intents),
+    }
     return io_, meta
 
 
@@ -691,9 +740,19 @@ def _write_atomic(out: Path, blob: bytes) -> None:
         raise BundleError(f"cannot write {out}: {exc.strerror or _first_line(exc)}") from None
 
 
-def build(model: Path, out: Path, *, name: str, version: str, adapter: Path | None = None,
-          compute: dict | None = None, privacy: dict | None = None, provenance: dict | None = None,
-          revocation: dict | None = None, created: str | None = None) -> Path:
+def build(
+    model: Path,
+    out: Path,
+    *,
+    name: str,
+    version: str,
+    adapter: Path | None = None,
+    compute: dict | None = None,
+    privacy: dict | None = None,
+    provenance: dict | None = None,
+    revocation: dict | None = None,
+    created: str | None = None,
+) -> Path:
     """Write an unsigned bundle; the ``io`` section is read from the model itself.
 
     ``compute``/``privacy``/``provenance``/``revocation`` are merged over
@@ -709,8 +768,12 @@ def build(model: Path, out: Path, *, name: str, version: str, adapter: Path | No
     if adapter is not None:
         adapter = Path(adapter)
         size = adapter.stat().st_size if adapter.is_file() else 0
-        adapter_data = _read_input(adapter, "adapter", ADAPTER_BUDGET,
-                                   f"adapter.json is {size:,} bytes, over the {ADAPTER_BUDGET:,}-byte budget")
+        adapter_data = _read_input(
+            adapter,
+            "adapter",
+            ADAPTER_BUDGET,
+            f"adapter.json is {size:,} bytes, over the {ADAPTER_BUDGET:,}-byte budget",
+        )
         try:
             _adapter.load(adapter_data, io_["intents"])
         except _adapter.AdapterError as exc:
@@ -720,18 +783,29 @@ def build(model: Path, out: Path, *, name: str, version: str, adapter: Path | No
     files = {MODEL: {"sha256": _sha256(data), "size": len(data)}}
     if adapter_data is not None:
         files[ADAPTER] = {"sha256": _sha256(adapter_data), "size": len(adapter_data)}
-    prov = {"builder": _builder(),
-            "source_repository": _git("remote", "get-url", "origin"),
-            "source_commit": _git("rev-parse", "HEAD"),
-            "training_data_digest": meta.get("training_data_digest", ""),
-            "parent_bundle": None,
-            "build_started": created if reproducible else started,
-            "build_finished": created}
+    prov = {
+        "builder": _builder(),
+        "source_repository": _git("remote", "get-url", "origin"),
+        "source_commit": _git("rev-parse", "HEAD"),
+        "training_data_digest": meta.get("training_data_digest", ""),
+        "parent_bundle": None,
+        "build_started": created if reproducible else started,
+        "build_finished": created,
+    }
     manifest = {
-        "schema": SCHEMA, "name": name, "version": version, "created": created, "files": files, "io": io_,
+        "schema": SCHEMA,
+        "name": name,
+        "version": version,
+        "created": created,
+        "files": files,
+        "io": io_,
         "compute": {**DEFAULT_COMPUTE, **(compute or {})},
-        "privacy": {"telemetry_fields": sorted(window.ALLOWED_FIELDS), "retention_days": DEFAULT_RETENTION_DAYS,
-                    "raw_inputs_leave_device": False, **(privacy or {})},
+        "privacy": {
+            "telemetry_fields": sorted(window.ALLOWED_FIELDS),
+            "retention_days": DEFAULT_RETENTION_DAYS,
+            "raw_inputs_leave_device": False,
+            **(privacy or {}),
+        },
         "revocation": {"topic": None, "contact": "", **(revocation or {})},
         "provenance": {**prov, **(provenance or {})},
     }
@@ -741,8 +815,9 @@ def build(model: Path, out: Path, *, name: str, version: str, adapter: Path | No
         members[ADAPTER] = adapter_data
     blob = _tar_bytes(members, int(parse_time(created).timestamp()))
     if len(blob) > DEFAULT_MAX_SIZE:
-        raise BundleError(f"bundle would be {len(blob):,} bytes, over the {DEFAULT_MAX_SIZE:,}-byte limit "
-                          "devices accept")
+        raise BundleError(
+            f"bundle would be {len(blob):,} bytes, over the {DEFAULT_MAX_SIZE:,}-byte limit devices accept"
+        )
     _write_atomic(out, blob)
     return out
 
@@ -758,8 +833,9 @@ def sign(bundle: Path, key: Path, out: Path | None = None) -> Path:
         private = _keys.load_private(key)
     except _keys.KeyringError as exc:
         raise BundleError(str(exc)) from None
-    signed = dataclasses.replace(b, keyid=_keys.keyid_of(private.public_key()),
-                                 signature=private.sign(b.canonical), verified=False, _model=None)
+    signed = dataclasses.replace(
+        b, keyid=_keys.keyid_of(private.public_key()), signature=private.sign(b.canonical), verified=False, _model=None
+    )
     target = Path(out) if out is not None else Path(bundle)
     _write_atomic(target, signed.to_bytes())
     return target
@@ -770,13 +846,21 @@ def inspect(src: Path | str | bytes) -> dict:
     b = read(src)
     m = b.manifest
     return {
-        "name": m["name"], "version": m["version"], "digest": b.digest, "created": m["created"],
-        "signed": b.keyid is not None, "keyid": b.keyid, "identity": b.identity, "size": b.size,
+        "name": m["name"],
+        "version": m["version"],
+        "digest": b.digest,
+        "created": m["created"],
+        "signed": b.keyid is not None,
+        "keyid": b.keyid,
+        "identity": b.identity,
+        "size": b.size,
         "files": {k: dict(v) for k, v in sorted(m["files"].items())},
         "model_size": m["files"][MODEL]["size"],
         "adapter_size": m["files"][ADAPTER]["size"] if ADAPTER in m["files"] else None,
         "adapter": ({"logit_bias": dict(b.adapter.logit_bias)} if b.adapter is not None else None),
         "intents": list(m["io"]["intents"]),
-        "compute": dict(m["compute"]), "privacy": dict(m["privacy"]),
-        "revocation": dict(m["revocation"]), "provenance": dict(m["provenance"]),
+        "compute": dict(m["compute"]),
+        "privacy": dict(m["privacy"]),
+        "revocation": dict(m["revocation"]),
+        "provenance": dict(m["provenance"]),
     }

@@ -44,8 +44,11 @@ def _first_line(exc: BaseException) -> str:
 
 def keyid_of(public: Ed25519PublicKey | bytes) -> str:
     """Key id: first 16 hex chars of sha256(raw 32-byte public key)."""
-    raw = public if isinstance(public, bytes) else public.public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    raw = (
+        public
+        if isinstance(public, bytes)
+        else public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    )
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
@@ -115,8 +118,9 @@ def new_key(home: Path, name: str) -> dict:
         if p.exists():
             raise KeyringError(f"key {name!r} already exists ({p}); choose another name")
     private = Ed25519PrivateKey.generate()
-    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     try:
         _write_new(key_path, pem, 0o600)
     except FileExistsError:
@@ -204,6 +208,7 @@ def namespace_home(home: Path, namespace: str) -> Path:
     submission trusts its signer here, so nothing it trusts reaches another namespace, and
     removing the namespace (``lab.remove_namespace(purge=True)``) removes them."""
     from lab_hardware import topics
+
     return Path(home) / "namespaces" / topics.check_name("namespace", namespace)
 
 
@@ -282,12 +287,25 @@ def list_keys(home: Path) -> list[dict]:
     if kd.is_dir():
         for path in sorted(kd.glob("*.pub")):
             rec, _ = _read_pub(path)
-            rows[rec["keyid"]] = {"name": rec["name"], "keyid": rec["keyid"], "public": rec["public"],
-                                  "private": path.with_suffix(".key").is_file(), "trusted": False,
-                                  "pub": str(path)}
+            rows[rec["keyid"]] = {
+                "name": rec["name"],
+                "keyid": rec["keyid"],
+                "public": rec["public"],
+                "private": path.with_suffix(".key").is_file(),
+                "trusted": False,
+                "pub": str(path),
+            }
     for keyid, (rec, _) in _trusted_records(home).items():
-        row = rows.setdefault(keyid, {"name": rec["name"], "keyid": keyid, "public": rec["public"],
-                                      "private": False, "trusted": False,
-                                      "pub": str(_trust_dir(home) / f"{keyid}.pub")})
+        row = rows.setdefault(
+            keyid,
+            {
+                "name": rec["name"],
+                "keyid": keyid,
+                "public": rec["public"],
+                "private": False,
+                "trusted": False,
+                "pub": str(_trust_dir(home) / f"{keyid}.pub"),
+            },
+        )
         row["trusted"] = True
     return sorted(rows.values(), key=lambda r: (r["name"], r["keyid"]))

@@ -63,8 +63,19 @@ CONSENT_SCOPE = "replay-capture"
 #: Fields of a capture record and of a replay record, in this exact set.
 RECORD_FIELDS = ("bundle", "decision", "digest", "label", "text", "time", "undo")
 _RECORD_KEYS = frozenset(RECORD_FIELDS)
-_MANIFEST_KEYS = ("schema", "created", "namespace", "device", "capture_ids", "bundle", "features",
-                  "consent_trail", "provenance", "records", "records_sha256")
+_MANIFEST_KEYS = (
+    "schema",
+    "created",
+    "namespace",
+    "device",
+    "capture_ids",
+    "bundle",
+    "features",
+    "consent_trail",
+    "provenance",
+    "records",
+    "records_sha256",
+)
 _TRAIL_KEYS = ("device", "index", "hash", "scope", "grant", "time")
 _CAPTURE_KEYS = ("schema", "namespace", "device", "capture_id", "part", "last", "consent", "records")
 
@@ -115,8 +126,10 @@ def _check_pii(rec: dict, where: str) -> None:
     found = scrub.find(rec["text"])
     if found:
         kinds = ", ".join(sorted({k for k, _, _ in found}))
-        raise ReplayError(f"{where}: decision {rec['decision']} still contains PII ({kinds}); "
-                          "devices must scrub before capture - nothing was stored")
+        raise ReplayError(
+            f"{where}: decision {rec['decision']} still contains PII ({kinds}); "
+            "devices must scrub before capture - nothing was stored"
+        )
 
 
 # ---- capture messages and the replay store -----------------------------------------------
@@ -139,17 +152,26 @@ def validate_capture(message: Any) -> dict:
         raise ReplayError(f"capture message: {exc}") from None
     cid = message["capture_id"]
     if not isinstance(cid, str) or not _CAPTURE_ID.fullmatch(cid):
-        raise ReplayError("capture message: 'capture_id' must be 1-128 letters, digits, '.', '_' or '-' "
-                          "starting with a letter or digit")
+        raise ReplayError(
+            "capture message: 'capture_id' must be 1-128 letters, digits, '.', '_' or '-' "
+            "starting with a letter or digit"
+        )
     if not _is_int(message["part"]):
         raise ReplayError("capture message: 'part' must be a non-negative integer")
     if not isinstance(message["last"], bool):
         raise ReplayError("capture message: 'last' must be true or false")
     consent = message["consent"]
-    if (not isinstance(consent, dict) or set(consent) != {"index", "hash"} or not _is_int(consent["index"])
-            or not isinstance(consent["hash"], str) or not _HEX64.fullmatch(consent["hash"])):
-        raise ReplayError("capture message: 'consent' must be {\"index\": int, \"hash\": sha256 hex} "
-                          "referencing the audit record that granted replay-capture")
+    if (
+        not isinstance(consent, dict)
+        or set(consent) != {"index", "hash"}
+        or not _is_int(consent["index"])
+        or not isinstance(consent["hash"], str)
+        or not _HEX64.fullmatch(consent["hash"])
+    ):
+        raise ReplayError(
+            'capture message: \'consent\' must be {"index": int, "hash": sha256 hex} '
+            "referencing the audit record that granted replay-capture"
+        )
     records = message["records"]
     if not isinstance(records, list):
         raise ReplayError("capture message: 'records' must be a list")
@@ -176,8 +198,16 @@ def _consent_record(home: Path, ns: str, device: str, ref: dict) -> dict:
     an intact ``consent`` record granting ``replay-capture``; otherwise (a
     device elsewhere) the reference is kept as the device's unverified claim.
     """
-    entry = {"device": device, "index": ref["index"], "hash": ref["hash"], "scope": CONSENT_SCOPE,
-             "grant": True, "time": None, "until": None, "verified": False}
+    entry = {
+        "device": device,
+        "index": ref["index"],
+        "hash": ref["hash"],
+        "scope": CONSENT_SCOPE,
+        "grant": True,
+        "time": None,
+        "until": None,
+        "verified": False,
+    }
     chain_path = _home.device_dir(home, ns, device) / "audit.jsonl"
     if not chain_path.exists():
         return entry
@@ -190,15 +220,23 @@ def _consent_record(home: Path, ns: str, device: str, ref: dict) -> dict:
         raise ReplayError(f"audit chain of {device} is broken ({verdict.reason}); its consent cannot back a capture")
     i = ref["index"]
     if i >= len(records) or records[i]["hash"] != ref["hash"]:
-        raise ReplayError(f"capture consent reference (audit record {i}, {ref['hash'][:12]}) is not in "
-                          f"{device}'s audit chain")
+        raise ReplayError(
+            f"capture consent reference (audit record {i}, {ref['hash'][:12]}) is not in {device}'s audit chain"
+        )
     rec = records[i]
     data = rec.get("data") or {}
     if rec["kind"] != "consent" or data.get("scope") != CONSENT_SCOPE or data.get("grant") is not True:
         raise ReplayError(f"audit record {i} of {device} does not grant {CONSENT_SCOPE} consent")
-    until = next((r["time"] for r in records[i + 1:] if r["kind"] == "consent"
-                  and (r.get("data") or {}).get("scope") == CONSENT_SCOPE
-                  and (r.get("data") or {}).get("grant") is False), None)
+    until = next(
+        (
+            r["time"]
+            for r in records[i + 1 :]
+            if r["kind"] == "consent"
+            and (r.get("data") or {}).get("scope") == CONSENT_SCOPE
+            and (r.get("data") or {}).get("grant") is False
+        ),
+        None,
+    )
     entry.update(time=rec["time"], until=until, verified=True)
     return entry
 
@@ -245,18 +283,21 @@ def store_capture(home: Path | str, message: dict) -> Path:
     if entry["verified"]:
         for rec in msg["records"]:
             if rec["time"] < entry["time"] or (entry["until"] is not None and rec["time"] >= entry["until"]):
-                raise ReplayError(f"capture {cid}: decision {rec['decision']} was made outside the "
-                                  f"{CONSENT_SCOPE} consent of audit record {entry['index']} - nothing was stored")
+                raise ReplayError(
+                    f"capture {cid}: decision {rec['decision']} was made outside the "
+                    f"{CONSENT_SCOPE} consent of audit record {entry['index']} - nothing was stored"
+                )
     folder = captures_dir(home, ns, device)
     path = folder / f"{cid}.jsonl"
     meta_path = folder / f"{cid}.meta.json"
     with _Lock(folder):
         meta = _home.read_json(meta_path) if meta_path.exists() else None
-        if meta is not None and (meta["consent"]["index"], meta["consent"]["hash"]) != \
-                (entry["index"], entry["hash"]):
-            raise ReplayError(f"capture {cid}: part {msg['part']} names different consent "
-                              f"(audit record {entry['index']}) than earlier parts (audit record "
-                              f"{meta['consent']['index']})")
+        if meta is not None and (meta["consent"]["index"], meta["consent"]["hash"]) != (entry["index"], entry["hash"]):
+            raise ReplayError(
+                f"capture {cid}: part {msg['part']} names different consent "
+                f"(audit record {entry['index']}) than earlier parts (audit record "
+                f"{meta['consent']['index']})"
+            )
         lines, good = _read_lines(path)
         stored: dict[int, bytes] = {}
         for line in lines:
@@ -269,8 +310,10 @@ def store_capture(home: Path | str, message: dict) -> Path:
                 stored[rec["decision"]] = line
                 new.append(line)
             elif have != line:
-                raise ReplayError(f"capture {cid}: decision {rec['decision']} differs from the record "
-                                  "already stored for it - nothing was stored")
+                raise ReplayError(
+                    f"capture {cid}: decision {rec['decision']} differs from the record "
+                    "already stored for it - nothing was stored"
+                )
         folder.mkdir(parents=True, exist_ok=True)
         with open(path, "ab") as fh:
             if fh.tell() != good:
@@ -283,13 +326,23 @@ def store_capture(home: Path | str, message: dict) -> Path:
         last_part = msg["part"] if msg["last"] else (meta or {}).get("last_part")
         decisions = sorted(stored)
         bundles = sorted(set((meta or {}).get("bundles", [])) | {r["bundle"] for r in msg["records"]})
-        _home.write_json(meta_path, {
-            "schema": SCHEMA_CAPTURE_META, "namespace": ns, "device": device, "capture_id": cid,
-            "consent": entry, "parts": parts, "last_part": last_part,
-            "complete": last_part is not None and parts == list(range(last_part + 1)),
-            "records": len(stored), "first_decision": decisions[0] if decisions else None,
-            "last_decision": decisions[-1] if decisions else None, "bundles": bundles,
-        })
+        _home.write_json(
+            meta_path,
+            {
+                "schema": SCHEMA_CAPTURE_META,
+                "namespace": ns,
+                "device": device,
+                "capture_id": cid,
+                "consent": entry,
+                "parts": parts,
+                "last_part": last_part,
+                "complete": last_part is not None and parts == list(range(last_part + 1)),
+                "records": len(stored),
+                "first_decision": decisions[0] if decisions else None,
+                "last_decision": decisions[-1] if decisions else None,
+                "bundles": bundles,
+            },
+        )
     return path
 
 
@@ -335,8 +388,10 @@ class Replay:
 
 def _check_trail(trail: Any, where: str) -> list[dict]:
     if not isinstance(trail, list) or not trail:
-        raise ReplayError(f"{where} has no consent trail: replays are built only from captures made "
-                          f"under {CONSENT_SCOPE} consent (livelab replay build)")
+        raise ReplayError(
+            f"{where} has no consent trail: replays are built only from captures made "
+            f"under {CONSENT_SCOPE} consent (livelab replay build)"
+        )
     for i, e in enumerate(trail):
         if not isinstance(e, dict) or any(k not in e for k in _TRAIL_KEYS):
             raise ReplayError(f"{where}: consent trail entry {i} needs {', '.join(_TRAIL_KEYS)}")
@@ -347,8 +402,15 @@ def _check_trail(trail: Any, where: str) -> list[dict]:
     return trail
 
 
-def build(home: Path | str, namespace: str, device: str, out: Path | str, *,
-          capture_ids: list[str] | None = None, consent_trail: list[dict] | None = None) -> Path:
+def build(
+    home: Path | str,
+    namespace: str,
+    device: str,
+    out: Path | str,
+    *,
+    capture_ids: list[str] | None = None,
+    consent_trail: list[dict] | None = None,
+) -> Path:
     """Build ``out`` (a ``*.lreplay``) from the stored captures of one device."""
     home = Path(home)
     out = Path(out)
@@ -358,10 +420,12 @@ def build(home: Path | str, namespace: str, device: str, out: Path | str, *,
     except TopicError as exc:
         raise ReplayError(str(exc)) from None
     folder = captures_dir(home, namespace, device)
-    metas = {p.name[:-len(".meta.json")]: p for p in sorted(folder.glob("*.meta.json"))} if folder.is_dir() else {}
+    metas = {p.name[: -len(".meta.json")]: p for p in sorted(folder.glob("*.meta.json"))} if folder.is_dir() else {}
     if not metas:
-        raise ReplayError(f"no captures for device {device} in namespace {namespace} (in {folder}); "
-                          f"grant {CONSENT_SCOPE} consent and capture first")
+        raise ReplayError(
+            f"no captures for device {device} in namespace {namespace} (in {folder}); "
+            f"grant {CONSENT_SCOPE} consent and capture first"
+        )
     if capture_ids:
         unknown = [c for c in capture_ids if c not in metas]
         if unknown:
@@ -375,15 +439,25 @@ def build(home: Path | str, namespace: str, device: str, out: Path | str, *,
         meta = _home.read_json(metas[cid])
         c = meta.get("consent")
         if isinstance(c, dict) and "index" in c and "hash" in c:
-            trail.setdefault((c["index"], c["hash"]), {
-                "device": device, "index": c["index"], "hash": c["hash"], "scope": c.get("scope", CONSENT_SCOPE),
-                "grant": c.get("grant", True), "time": c.get("time"), "verified": bool(c.get("verified"))})
+            trail.setdefault(
+                (c["index"], c["hash"]),
+                {
+                    "device": device,
+                    "index": c["index"],
+                    "hash": c["hash"],
+                    "scope": c.get("scope", CONSENT_SCOPE),
+                    "grant": c.get("grant", True),
+                    "time": c.get("time"),
+                    "verified": bool(c.get("verified")),
+                },
+            )
         lines, _ = _read_lines(folder / f"{cid}.jsonl")
         for line in lines:
             d = json.loads(line)["decision"]
             if records.setdefault(d, line) != line:
-                raise ReplayError(f"captures disagree on decision {d} of {device}; build from one of them "
-                                  "with --capture")
+                raise ReplayError(
+                    f"captures disagree on decision {d} of {device}; build from one of them with --capture"
+                )
     if consent_trail is not None:
         trail_list = _check_trail(consent_trail, "consent_trail")
     else:
@@ -397,17 +471,28 @@ def build(home: Path | str, namespace: str, device: str, out: Path | str, *,
         _check_pii(rec, f"capture of {device}")
     bundles = sorted({r["bundle"] for r in recs})
     if len(bundles) > 1:
-        raise ReplayError(f"the captures of {device} were decided by {len(bundles)} bundles "
-                          f"({', '.join(b[:12] for b in bundles)}); build one replay per bundle with --capture")
+        raise ReplayError(
+            f"the captures of {device} were decided by {len(bundles)} bundles "
+            f"({', '.join(b[:12] for b in bundles)}); build one replay per bundle with --capture"
+        )
     body = b"".join(_canonical(r) + b"\n" for r in recs)
     manifest = {
         "schema": SCHEMA_REPLAY,
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "namespace": namespace, "device": device, "capture_ids": chosen, "bundle": bundles[0],
-        "features": features.SCHEMA, "consent_trail": trail_list,
-        "provenance": {"lab_home": str(home), "builder": "lab_hardware.modelops.replay.build",
-                       "records_from": order[0], "records_to": order[-1]},
-        "records": len(recs), "records_sha256": hashlib.sha256(body).hexdigest(),
+        "namespace": namespace,
+        "device": device,
+        "capture_ids": chosen,
+        "bundle": bundles[0],
+        "features": features.SCHEMA,
+        "consent_trail": trail_list,
+        "provenance": {
+            "lab_home": str(home),
+            "builder": "lab_hardware.modelops.replay.build",
+            "records_from": order[0],
+            "records_to": order[-1],
+        },
+        "records": len(recs),
+        "records_sha256": hashlib.sha256(body).hexdigest(),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -450,18 +535,20 @@ def read(path: Path | str) -> Replay:
         raise ReplayError(f"replay {path}: manifest is missing {', '.join(missing)}")
     _check_trail(manifest["consent_trail"], f"replay {path}")
     if manifest["features"] != features.SCHEMA:
-        raise ReplayError(f"replay {path} was captured with features {manifest['features']!r}; this lab "
-                          f"extracts {features.SCHEMA!r}")
+        raise ReplayError(
+            f"replay {path} was captured with features {manifest['features']!r}; this lab extracts {features.SCHEMA!r}"
+        )
     if not isinstance(manifest["bundle"], str) or not _HEX64.fullmatch(manifest["bundle"]):
         raise ReplayError(f"replay {path}: manifest 'bundle' must be a sha256 hex digest")
     expected = manifest["records"]
     if not _is_int(expected):
         raise ReplayError(f"replay {path}: manifest 'records' must be a non-negative integer")
-    body = data[head_end + 1:]
+    body = data[head_end + 1 :]
     count = body.count(b"\n")
     if count != expected:
-        raise ReplayError(f"replay {path} is truncated or padded: the manifest says {expected} records, "
-                          f"the file has {count}")
+        raise ReplayError(
+            f"replay {path} is truncated or padded: the manifest says {expected} records, the file has {count}"
+        )
     if hashlib.sha256(body).hexdigest() != manifest["records_sha256"]:
         raise ReplayError(f"replay {path} is corrupted: its records do not match the manifest's records_sha256")
     lines = body.split(b"\n")[:-1]
@@ -480,8 +567,10 @@ def read(path: Path | str) -> Replay:
     for rec in records:
         _check_record(rec, where)
         if rec["decision"] <= prev:
-            raise ReplayError(f"{where}: records are not in strictly increasing decision order "
-                              f"(decision {rec['decision']} after {prev})")
+            raise ReplayError(
+                f"{where}: records are not in strictly increasing decision order "
+                f"(decision {rec['decision']} after {prev})"
+            )
         if rec["bundle"] != bundle:
             raise ReplayError(f"{where}: decision {rec['decision']} was decided by another bundle than the manifest's")
         prev = rec["decision"]
@@ -504,11 +593,13 @@ def model_digest(model: Path | str) -> str:
     model = check_model(model)
     if model.suffix == ".lbundle":
         from lab_hardware.modelops import bundle as _bundle  # lazily: bundles are optional for .onnx replays
+
         try:
             return _bundle.read(model).digest
         except ValueError as exc:
             raise ReplayError(f"bundle {model}: {exc}") from None
     from lab_hardware.digest import file_digest
+
     return file_digest(model)
 
 
@@ -537,8 +628,9 @@ def _launch(args: list[str], *, sandbox: bool, timeout: float = _SANDBOX_TIMEOUT
     env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                              preexec_fn=_home.die_with_parent)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, env=env, preexec_fn=_home.die_with_parent
+        )
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"replay sandbox did not finish within {timeout:.0f} s") from None
     wall = time.perf_counter() - t0
@@ -555,8 +647,15 @@ def _launch(args: list[str], *, sandbox: bool, timeout: float = _SANDBOX_TIMEOUT
     return result, {"wall_seconds": wall, "namespaced": bool(prefix), "isolation": why}
 
 
-def run(replay: Path | str, model: Path | str, out: Path | str, *, sandbox: bool = True, threads: int = 1,
-        cpu: int | None = None) -> dict:
+def run(
+    replay: Path | str,
+    model: Path | str,
+    out: Path | str,
+    *,
+    sandbox: bool = True,
+    threads: int = 1,
+    cpu: int | None = None,
+) -> dict:
     """Replay ``replay`` through ``model`` in a separate process with no network; write ``out``.
 
     ``out`` gets one JSON line per record (decision, label, intent, probs as hex
@@ -606,8 +705,11 @@ def probe_network(host: str, port: int, *, sandbox: bool = True) -> dict:
     """Try to reach ``host:port`` from inside the sandbox (first at the socket layer,
     then through the guard) and report what happened at each layer."""
     result, launch = _launch(["--probe-network", f"{host}:{int(port)}"], sandbox=sandbox, timeout=60)
-    return {**result, "network_isolated": launch["namespaced"] and result["netns_isolated"],
-            "isolation": launch["isolation"]}
+    return {
+        **result,
+        "network_isolated": launch["namespaced"] and result["netns_isolated"],
+        "isolation": launch["isolation"],
+    }
 
 
 def read_output(path: Path | str) -> tuple[list[dict], dict]:
@@ -631,18 +733,36 @@ def _side(res: dict, rows: list[dict], replay: Replay, defect_intent: str, model
         counts[key] = counts.get(key, 0) + 1
     defect_label = {r["intent"]: r["label"] for r in rows if r["intent"] is not None}.get(defect_intent)
     recs = replay.records
-    undone_defect = [i for i, rec in enumerate(recs) if rec["undo"] and rec["label"] == defect_label] \
-        if defect_label is not None else []
+    undone_defect = (
+        [i for i, rec in enumerate(recs) if rec["undo"] and rec["label"] == defect_label]
+        if defect_label is not None
+        else []
+    )
     fp = sum(1 for i in undone_defect if rows[i]["intent"] == defect_intent)
-    return {"model": str(model), "digest": res["model_digest"], "same_model": res["same_model"],
-            "counts": dict(sorted(counts.items())), "defect_decisions": counts.get(defect_intent, 0),
-            "defect_false_positives": fp, "digest_matches": res["digest_matches"],
-            "output_sha256": res["output_sha256"], "network_isolated": res["network_isolated"],
-            "seconds": res["seconds"]}
+    return {
+        "model": str(model),
+        "digest": res["model_digest"],
+        "same_model": res["same_model"],
+        "counts": dict(sorted(counts.items())),
+        "defect_decisions": counts.get(defect_intent, 0),
+        "defect_false_positives": fp,
+        "digest_matches": res["digest_matches"],
+        "output_sha256": res["output_sha256"],
+        "network_isolated": res["network_isolated"],
+        "seconds": res["seconds"],
+    }
 
 
-def diff(replay: Path | str, model_a: Path | str, model_b: Path | str, *, defect_intent: str = "call",
-         sandbox: bool = True, threads: int = 1, examples: int = 10) -> dict:
+def diff(
+    replay: Path | str,
+    model_a: Path | str,
+    model_b: Path | str,
+    *,
+    defect_intent: str = "call",
+    sandbox: bool = True,
+    threads: int = 1,
+    examples: int = 10,
+) -> dict:
     """Replay one file through two models (each sandboxed) and compare their decisions.
 
     ``defect_false_positives`` is the false-positive proxy for ``defect_intent``:
@@ -665,12 +785,25 @@ def diff(replay: Path | str, model_a: Path | str, model_b: Path | str, *, defect
             key = f"{a['intent'] or a['label']} -> {b['intent'] or b['label']}"
             transitions[key] = transitions.get(key, 0) + 1
             if len(changed) < examples:
-                changed.append({"decision": rec["decision"], "text": rec["text"], "undo": rec["undo"],
-                                "a": a["intent"] or a["label"], "b": b["intent"] or b["label"]})
+                changed.append(
+                    {
+                        "decision": rec["decision"],
+                        "text": rec["text"],
+                        "undo": rec["undo"],
+                        "a": a["intent"] or a["label"],
+                        "b": b["intent"] or b["label"],
+                    }
+                )
     sa = _side(ra, rows_a, rp, defect_intent, ma)
     sb = _side(rb, rows_b, rp, defect_intent, mb)
-    return {"replay": str(replay), "records": len(rp), "defect_intent": defect_intent,
-            "undone": sum(1 for r in rp.records if r["undo"]), "a": sa, "b": sb,
-            "changed": sum(transitions.values()),
-            "transitions": dict(sorted(transitions.items(), key=lambda kv: (-kv[1], kv[0]))),
-            "examples": changed}
+    return {
+        "replay": str(replay),
+        "records": len(rp),
+        "defect_intent": defect_intent,
+        "undone": sum(1 for r in rp.records if r["undo"]),
+        "a": sa,
+        "b": sb,
+        "changed": sum(transitions.values()),
+        "transitions": dict(sorted(transitions.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "examples": changed,
+    }

@@ -44,6 +44,7 @@ def block_network() -> None:
     """Make any socket creation or connection attempt in this process raise."""
     import _socket
     import socket
+
     for mod in (socket, _socket):
         for name in ("socket", "socketpair", "create_connection", "create_server", "fromfd", "getaddrinfo"):
             if hasattr(mod, name):
@@ -78,6 +79,7 @@ def _load_model(path: Path, threads: int):
 
     if path.suffix == ".lbundle":
         from lab_hardware.modelops import bundle as _bundle
+
         b = _bundle.read(path)
         m = b.load_model()
         rethread(m, b.model)
@@ -116,7 +118,7 @@ def replay(replay_path: Path, model_path: Path, out: Path, threads: int) -> dict
     matches = changed = 0
     chunks: list[str] = []
     for start in range(0, len(recs), BATCH):
-        batch = recs[start:start + BATCH]
+        batch = recs[start : start + BATCH]
         x = features.extract_batch([r["text"] for r in batch])
         labels, probs = decide(x)
         labels = np.asarray(labels, dtype=np.int64).reshape(-1).tolist()
@@ -145,16 +147,26 @@ def replay(replay_path: Path, model_path: Path, out: Path, threads: int) -> dict
             else:
                 other[label] = other.get(label, 0) + 1
                 ij = "null"
-            lines.append(f'{{"decision":{rec["decision"]},"digest":"{d}","digest_ok":{"true" if ok else "false"},'
-                         f'"intent":{ij},"label":{label},"probs":"{raw[k * w:(k + 1) * w].hex()}"}}\n')
+            lines.append(
+                f'{{"decision":{rec["decision"]},"digest":"{d}","digest_ok":{"true" if ok else "false"},'
+                f'"intent":{ij},"label":{label},"probs":"{raw[k * w : (k + 1) * w].hex()}"}}\n'
+            )
         chunks.append("".join(lines))
     summary = {
-        "schema": _replay.SCHEMA_OUTPUT, "summary": True, "records": len(recs),
-        "model_digest": model_digest, "capture_bundle": capture_bundle, "same_model": same,
-        "digest_matches": matches, "labels_changed": changed, "features": features.SCHEMA,
+        "schema": _replay.SCHEMA_OUTPUT,
+        "summary": True,
+        "records": len(recs),
+        "model_digest": model_digest,
+        "capture_bundle": capture_bundle,
+        "same_model": same,
+        "digest_matches": matches,
+        "labels_changed": changed,
+        "features": features.SCHEMA,
         "replay_records_sha256": rp.records_sha256,
-        "counts": {**{name: counts[i] for i, name in enumerate(intents)},
-                   **{str(k): v for k, v in sorted(other.items())}},
+        "counts": {
+            **{name: counts[i] for i, name in enumerate(intents)},
+            **{str(k): v for k, v in sorted(other.items())},
+        },
     }
     chunks.append(json.dumps(summary, sort_keys=True, separators=(",", ":")) + "\n")
     data = "".join(chunks).encode()
@@ -162,17 +174,27 @@ def replay(replay_path: Path, model_path: Path, out: Path, threads: int) -> dict
     tmp.write_bytes(data)
     os.replace(tmp, out)
     seconds = time.perf_counter() - t0
-    return {"records": len(recs), "seconds": seconds, "output_sha256": hashlib.sha256(data).hexdigest(),
-            "digest_matches": matches, "labels_changed": changed, "same_model": same,
-            "model_digest": model_digest, "capture_bundle": capture_bundle,
-            "model_load_seconds": load_seconds, "interfaces": ifaces, "netns_isolated": _isolated(ifaces),
-            "network_guard": True}
+    return {
+        "records": len(recs),
+        "seconds": seconds,
+        "output_sha256": hashlib.sha256(data).hexdigest(),
+        "digest_matches": matches,
+        "labels_changed": changed,
+        "same_model": same,
+        "model_digest": model_digest,
+        "capture_bundle": capture_bundle,
+        "model_load_seconds": load_seconds,
+        "interfaces": ifaces,
+        "netns_isolated": _isolated(ifaces),
+        "network_guard": True,
+    }
 
 
 def probe(target: str) -> dict:
     """Try ``host:port`` at the socket layer (is there a network?), then through the guard."""
     host, _, port = target.rpartition(":")
     import _socket
+
     ifaces = interfaces()
     try:
         s = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
@@ -186,6 +208,7 @@ def probe(target: str) -> dict:
         layer = f"blocked: {type(exc).__name__}: {exc.strerror or exc}"
     block_network()
     import socket
+
     try:
         socket.create_connection((host, int(port)), timeout=3).close()
         guard = "connected"
@@ -193,12 +216,19 @@ def probe(target: str) -> dict:
         guard = f"blocked: {exc}"
     except OSError as exc:
         guard = f"blocked: {type(exc).__name__}: {exc.strerror or exc}"
-    return {"namespace": layer, "guard": guard, "interfaces": ifaces, "netns_isolated": _isolated(ifaces),
-            "network_guard": True}
+    return {
+        "namespace": layer,
+        "guard": guard,
+        "interfaces": ifaces,
+        "netns_isolated": _isolated(ifaces),
+        "network_guard": True,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lab_hardware.modelops.replay_sandbox", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m lab_hardware.modelops.replay_sandbox", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--replay", type=Path)
     p.add_argument("--model", type=Path)
     p.add_argument("--out", type=Path)

@@ -39,8 +39,14 @@ from functools import lru_cache
 from lab_hardware.modelops import scrub_ner, scrub_rules
 
 #: Placeholder of each PII kind; ``find`` reports these kinds.
-PLACEHOLDERS = {"name": "<name>", "email": "<email>", "phone": "<phone>", "card": "<card>", "iban": "<iban>",
-                "id": "<id>"}
+PLACEHOLDERS = {
+    "name": "<name>",
+    "email": "<email>",
+    "phone": "<phone>",
+    "card": "<card>",
+    "iban": "<iban>",
+    "id": "<id>",
+}
 KINDS = tuple(PLACEHOLDERS)
 #: More specific kinds win an overlap (an e-mail that contains a name is an e-mail).
 _PRIORITY = {"email": 0, "iban": 1, "card": 2, "id": 3, "phone": 4, "name": 5}
@@ -79,12 +85,12 @@ def _view(text: str) -> tuple[str, list[int] | None]:
         out_src: list[int] = []
         pos = 0
         for m in _OBFUSCATED.finditer(norm):
-            before = norm[max(0, m.start() - 1):m.start()]
-            after = norm[m.end():m.end() + 1]
+            before = norm[max(0, m.start() - 1) : m.start()]
+            after = norm[m.end() : m.end() + 1]
             if not (before and (before.isalnum() or before in "._-") and after and after.isalnum()):
                 continue  # "(at)" that is not inside an address
-            out_chars += chars[pos:m.start()]
-            out_src += src[pos:m.start()]
+            out_chars += chars[pos : m.start()]
+            out_src += src[pos : m.start()]
             out_chars.append("@" if m.group(1).lower() == "at" else ".")
             out_src.append(src[m.start()])
             pos = m.end()
@@ -99,8 +105,11 @@ def _view(text: str) -> tuple[str, list[int] | None]:
 
 # ---- 2 + 3. one pass ------------------------------------------------------------------------
 def _digit_count(text: str) -> int:
-    return sum(c.isdigit() for c in text) if not text.isascii() else \
-        len(text) - len(text.encode().translate(None, b"0123456789"))
+    return (
+        sum(c.isdigit() for c in text)
+        if not text.isascii()
+        else len(text) - len(text.encode().translate(None, b"0123456789"))
+    )
 
 
 def _analyse(view: str) -> list[tuple[str, int, int]]:

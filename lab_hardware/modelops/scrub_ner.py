@@ -39,19 +39,96 @@ VETO_MARGIN = 150
 #: generator's development split (another seed), never on the evaluation set.
 EXTEND = -250
 #: Words that put a surname after them ("Dr. Baker", "Mrs Rice", "pani Nowak").
-TITLES = frozenset({
-    "mr", "mrs", "ms", "miss", "mx", "dr", "doctor", "prof", "professor", "sir", "dame", "madam",
-    "madame", "mme", "mlle", "monsieur", "herr", "frau", "señor", "señora", "senor", "senora",
-    "sr", "sra", "srta", "signor", "signora", "pan", "pani", "gospodin", "coach", "officer",
-    "captain", "capt", "rev", "reverend", "father", "sister", "nurse", "judge", "chief",
-    "auntie", "aunt", "uncle", "cousin", "grandpa", "grandma"})
+TITLES = frozenset(
+    {
+        "mr",
+        "mrs",
+        "ms",
+        "miss",
+        "mx",
+        "dr",
+        "doctor",
+        "prof",
+        "professor",
+        "sir",
+        "dame",
+        "madam",
+        "madame",
+        "mme",
+        "mlle",
+        "monsieur",
+        "herr",
+        "frau",
+        "señor",
+        "señora",
+        "senor",
+        "senora",
+        "sr",
+        "sra",
+        "srta",
+        "signor",
+        "signora",
+        "pan",
+        "pani",
+        "gospodin",
+        "coach",
+        "officer",
+        "captain",
+        "capt",
+        "rev",
+        "reverend",
+        "father",
+        "sister",
+        "nurse",
+        "judge",
+        "chief",
+        "auntie",
+        "aunt",
+        "uncle",
+        "cousin",
+        "grandpa",
+        "grandma",
+    }
+)
 
 
 #: Titles that stand only before a name (a subset of TITLES: not "father", "sister", "chief" ...).
-HONORIFICS = frozenset({
-    "mr", "mrs", "ms", "mx", "dr", "prof", "professor", "sir", "dame", "madame", "mme", "mlle", "monsieur",
-    "herr", "frau", "señor", "señora", "senor", "senora", "sr", "sra", "srta", "signor", "signora", "pan",
-    "pani", "coach", "judge", "captain", "capt", "rev", "reverend"})
+HONORIFICS = frozenset(
+    {
+        "mr",
+        "mrs",
+        "ms",
+        "mx",
+        "dr",
+        "prof",
+        "professor",
+        "sir",
+        "dame",
+        "madame",
+        "mme",
+        "mlle",
+        "monsieur",
+        "herr",
+        "frau",
+        "señor",
+        "señora",
+        "senor",
+        "senora",
+        "sr",
+        "sra",
+        "srta",
+        "signor",
+        "signora",
+        "pan",
+        "pani",
+        "coach",
+        "judge",
+        "captain",
+        "capt",
+        "rev",
+        "reverend",
+    }
+)
 
 
 def fold(word: str) -> str:
@@ -93,8 +170,9 @@ def vocabulary() -> frozenset[str]:
     which is most of what a name is: "nobuhle", "kowalczyk", "oyelaran")."""
     import gzip
 
-    return frozenset(w for w in gzip.decompress(VOCAB_FILE.read_bytes()).decode("utf-8").splitlines()
-                     if w and not w.startswith("#"))
+    return frozenset(
+        w for w in gzip.decompress(VOCAB_FILE.read_bytes()).decode("utf-8").splitlines() if w and not w.startswith("#")
+    )
 
 
 @lru_cache(maxsize=65536)
@@ -125,7 +203,7 @@ def word_features(tok: str, mixed: bool) -> tuple[str, ...]:
         if len(f) >= 5:
             feats += ["s4=" + f[-4:]]
         x = "^" + f + "$"
-        feats += ["g=" + x[j:j + 3] for j in range(len(x) - 2)]
+        feats += ["g=" + x[j : j + 3] for j in range(len(x) - 2)]
     else:
         feats.append("s1=" + f[-1:])
     return tuple(feats)
@@ -149,8 +227,15 @@ def features(toks: list[str], i: int, mixed: bool, lows: list[str]) -> list[str]
     p2 = lows[i - 2] if i > 1 else "<s>"
     n1 = lows[i + 1] if i + 1 < n else "</s>"
     n2 = lows[i + 2] if i + 2 < n else "</s>"
-    feats += ["p1=" + p1, "p2=" + p2, "n1=" + n1, "n2=" + n2, "p2p1=" + p2 + "|" + p1,
-              "n1n2=" + n1 + "|" + n2, "p1n1=" + p1 + "|" + n1]
+    feats += [
+        "p1=" + p1,
+        "p2=" + p2,
+        "n1=" + n1,
+        "n2=" + n2,
+        "p2p1=" + p2 + "|" + p1,
+        "n1n2=" + n1 + "|" + n2,
+        "p1n1=" + p1 + "|" + n1,
+    ]
     if p1 in TITLES or (p1 == "." and p2 in TITLES):
         feats.append("title")
     if i == 0:
@@ -193,9 +278,11 @@ def neighbour_kinds(p1: str, n1: str) -> list[str]:
 NEVER = frozenset({"com", "org", "net", "www", "http", "https", "html", "o'clock", "o\u2019clock"})
 #: A Latin word of one or two letters ("ba 2490", "lh") needs this score (x100) to be a name.
 SHORT_MARGIN = 100
+
+
 def _code_before_number(text: str, end: int) -> bool:
     """A one- or two-letter word right before a number is a code ("flight ba 2490", "lh 2034")."""
-    rest = text[end:end + 2]
+    rest = text[end : end + 2]
     return rest[:1].isdigit() or (rest[:1] in " -" and rest[1:2].isdigit())
 
 
@@ -254,8 +341,15 @@ class NameModel:
             p2 = lows[i - 2] if i > 1 else "<s>"
             n1 = lows[i + 1] if i + 1 < n else "</s>"
             n2 = lows[i + 2] if i + 2 < n else "</s>"
-            ctx = ["p1=" + p1, "p2=" + p2, "n1=" + n1, "n2=" + n2, "p2p1=" + p2 + "|" + p1,
-                   "n1n2=" + n1 + "|" + n2, "p1n1=" + p1 + "|" + n1]
+            ctx = [
+                "p1=" + p1,
+                "p2=" + p2,
+                "n1=" + n1,
+                "n2=" + n2,
+                "p2p1=" + p2 + "|" + p1,
+                "n1n2=" + n1 + "|" + n2,
+                "p1n1=" + p1 + "|" + n1,
+            ]
             if p1 in TITLES or (p1 == "." and p2 in TITLES):
                 ctx.append("title")
             if i == 0:
@@ -285,8 +379,10 @@ class NameModel:
         # Hysteresis: a word above 0 is a name; a word next to a name (one space or hyphen)
         # is part of it when its score is above EXTEND (the English-word half of "blessing ojo").
         # A word right after an honorific ("Judge Knight", "coach waters") is seeded the same way.
-        keep = [sc > 0 or (sc > EXTEND and (p1 in HONORIFICS or p1 == "." and p2 in HONORIFICS))
-                for _, _, sc, p1, p2, _ in scored]
+        keep = [
+            sc > 0 or (sc > EXTEND and (p1 in HONORIFICS or p1 == "." and p2 in HONORIFICS))
+            for _, _, sc, p1, p2, _ in scored
+        ]
         changed = True
         while changed:
             changed = False
@@ -298,7 +394,7 @@ class NameModel:
                 # (a verb after a name is not a surname: "ojo wants pizza")
                 word = text[s:e]
                 right_ok = _kind(word.lower()) != "voc" or (mixed and word[:1].isupper())
-                for k in ((j - 1, j + 1) if right_ok else (j + 1,)):
+                for k in (j - 1, j + 1) if right_ok else (j + 1,):
                     if 0 <= k < len(scored) and keep[k]:
                         a, b = (scored[k][1], s) if k < j else (e, scored[k][0])
                         if text[a:b] in (" ", "-"):
@@ -308,24 +404,36 @@ class NameModel:
         status = []  # 0 not a name, 1 name, 2 vetoed
         for j, (s, e, score, p1, p2, cscore) in enumerate(scored):
             stem = split_possessive(text[s:e].lower())[0]
-            if not keep[j] or stem in TITLES or stem in NEVER or _CONTRACTION.match(stem) \
-                    or (len(stem) <= 2 and stem.isascii() and (score < SHORT_MARGIN or _code_before_number(text, e))):
+            if (
+                not keep[j]
+                or stem in TITLES
+                or stem in NEVER
+                or _CONTRACTION.match(stem)
+                or (len(stem) <= 2 and stem.isascii() and (score < SHORT_MARGIN or _code_before_number(text, e)))
+            ):
                 status.append(0)
-            elif veto and (score < VETO_MARGIN or cscore < 0) and fold(stem) in veto \
-                    and not (p1 in TITLES or (p1 == "." and p2 in TITLES)):
+            elif (
+                veto
+                and (score < VETO_MARGIN or cscore < 0)
+                and fold(stem) in veto
+                and not (p1 in TITLES or (p1 == "." and p2 in TITLES))
+            ):
                 status.append(2)  # the word alone does not decide: its context has to agree
             else:
                 status.append(1)
-        for j, (s, e, score, p1, p2, _) in enumerate(scored):
+        for j, (s, e, _score, _p1, _p2, _) in enumerate(scored):
             if status[j] == 2 and not any(
-                    0 <= k < len(scored) and status[k] == 1
-                    and text[min(e, scored[k][1]):max(s, scored[k][0])] in (" ", "-") for k in (j - 1, j + 1)):
+                0 <= k < len(scored)
+                and status[k] == 1
+                and text[min(e, scored[k][1]) : max(s, scored[k][0])] in (" ", "-")
+                for k in (j - 1, j + 1)
+            ):
                 continue
             if status[j] == 0:
                 continue
             _, poss = split_possessive(text[s:e].lower())
             e2 = e - poss
-            if spans and not poss_open and text[spans[-1][1]:s] in (" ", "-", "'", "\u2019"):
+            if spans and not poss_open and text[spans[-1][1] : s] in (" ", "-", "'", "\u2019"):
                 spans[-1] = (spans[-1][0], e2)
             else:
                 spans.append((s, e2))

@@ -18,22 +18,61 @@ from typing import Optional
 
 import phonenumbers
 import tldextract
-from presidio_analyzer import (AnalyzerEngine, EntityRecognizer, LocalRecognizer, Pattern, PatternRecognizer,
-                               RecognizerRegistry, RecognizerResult)
+from presidio_analyzer import (
+    AnalyzerEngine,
+    EntityRecognizer,
+    LocalRecognizer,
+    Pattern,
+    PatternRecognizer,
+    RecognizerRegistry,
+    RecognizerResult,
+)
 from presidio_analyzer.nlp_engine import NoOpNlpEngine
-from presidio_analyzer.predefined_recognizers import (CreditCardRecognizer, EmailRecognizer, EsNieRecognizer,
-                                                      EsNifRecognizer, FiPersonalIdentityCodeRecognizer,
-                                                      IbanRecognizer, InAadhaarRecognizer, ItFiscalCodeRecognizer,
-                                                      KrRrnRecognizer, PlPeselRecognizer, SePersonnummerRecognizer,
-                                                      TrNationalIdRecognizer, UkNinoRecognizer, UsSsnRecognizer)
+from presidio_analyzer.predefined_recognizers import (
+    CreditCardRecognizer,
+    EmailRecognizer,
+    EsNieRecognizer,
+    EsNifRecognizer,
+    FiPersonalIdentityCodeRecognizer,
+    IbanRecognizer,
+    InAadhaarRecognizer,
+    ItFiscalCodeRecognizer,
+    KrRrnRecognizer,
+    PlPeselRecognizer,
+    SePersonnummerRecognizer,
+    TrNationalIdRecognizer,
+    UkNinoRecognizer,
+    UsSsnRecognizer,
+)
 
 from lab_hardware.modelops import scrub_ner, scrub_rules
 
 #: Presidio entity -> scrubber kind (placeholder ``<kind>``).
-NATIONAL_IDS = ("US_SSN", "UK_NINO", "IT_FISCAL_CODE", "PL_PESEL", "ES_NIF", "ES_NIE", "FI_PERSONAL_IDENTITY_CODE",
-                "SE_PERSONNUMMER", "KR_RRN", "IN_AADHAAR", "TR_NATIONAL_ID", "FR_NIR", "NL_BSN", "CN_RIC", "BR_CPF")
-ENTITY_KIND = {"PERSON": "name", "EMAIL_ADDRESS": "email", "PHONE_NUMBER": "phone", "CREDIT_CARD": "card",
-               "IBAN_CODE": "iban", **{e: "id" for e in NATIONAL_IDS}}
+NATIONAL_IDS = (
+    "US_SSN",
+    "UK_NINO",
+    "IT_FISCAL_CODE",
+    "PL_PESEL",
+    "ES_NIF",
+    "ES_NIE",
+    "FI_PERSONAL_IDENTITY_CODE",
+    "SE_PERSONNUMMER",
+    "KR_RRN",
+    "IN_AADHAAR",
+    "TR_NATIONAL_ID",
+    "FR_NIR",
+    "NL_BSN",
+    "CN_RIC",
+    "BR_CPF",
+)
+ENTITY_KIND = {
+    "PERSON": "name",
+    "EMAIL_ADDRESS": "email",
+    "PHONE_NUMBER": "phone",
+    "CREDIT_CARD": "card",
+    "IBAN_CODE": "iban",
+    **{e: "id" for e in NATIONAL_IDS},
+}
 #: Entities that need digits (a cheap pre-filter skips them in text with fewer than 5).
 NUMERIC = ("PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", *NATIONAL_IDS)
 #: Minimum score a result needs; weak patterns (Presidio's "very weak" SSN forms) pass only
@@ -60,9 +99,17 @@ class FrNirRecognizer(PatternRecognizer):
     """French social-security number (NIR, 13 digits + 2-digit key = 97 - n mod 97)."""
 
     def __init__(self) -> None:
-        super().__init__(supported_entity="FR_NIR", patterns=[Pattern(
-            "NIR", r"\b[12][ .]?\d{2}[ .]?(?:0[1-9]|1[0-2]|[2-9]\d)[ .]?(?:\d{2}|2[ab])[ .]?\d{3}[ .]?\d{3}[ .]?\d{2}\b",
-            0.3)], context=["sécurité", "securite", "social", "insee", "nir"])
+        super().__init__(
+            supported_entity="FR_NIR",
+            patterns=[
+                Pattern(
+                    "NIR",
+                    r"\b[12][ .]?\d{2}[ .]?(?:0[1-9]|1[0-2]|[2-9]\d)[ .]?(?:\d{2}|2[ab])[ .]?\d{3}[ .]?\d{3}[ .]?\d{2}\b",
+                    0.3,
+                )
+            ],
+            context=["sécurité", "securite", "social", "insee", "nir"],
+        )
 
     def validate_result(self, pattern_text: str) -> Optional[bool]:
         s = re.sub(r"[ .]", "", pattern_text).upper().replace("2A", "19").replace("2B", "18")
@@ -73,8 +120,11 @@ class NlBsnRecognizer(PatternRecognizer):
     """Dutch citizen service number (BSN, 9 digits, the "11-proof")."""
 
     def __init__(self) -> None:
-        super().__init__(supported_entity="NL_BSN", patterns=[Pattern("BSN", r"\b\d{4}[ .]?\d{2}[ .]?\d{3}\b", 0.3)],
-                         context=["bsn", "burgerservicenummer", "sofinummer", "citizen"])
+        super().__init__(
+            supported_entity="NL_BSN",
+            patterns=[Pattern("BSN", r"\b\d{4}[ .]?\d{2}[ .]?\d{3}\b", 0.3)],
+            context=["bsn", "burgerservicenummer", "sofinummer", "citizen"],
+        )
 
     def validate_result(self, pattern_text: str) -> Optional[bool]:
         d = _digits(pattern_text)
@@ -87,9 +137,15 @@ class CnRicRecognizer(PatternRecognizer):
     """Chinese resident identity card number (18 characters, ISO 7064 MOD 11-2 check)."""
 
     def __init__(self) -> None:
-        super().__init__(supported_entity="CN_RIC", patterns=[Pattern(
-            "RIC", r"\b[1-9]\d{5}(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx]\b", 0.5)],
-            context=["身份证", "identity", "id"])
+        super().__init__(
+            supported_entity="CN_RIC",
+            patterns=[
+                Pattern(
+                    "RIC", r"\b[1-9]\d{5}(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx]\b", 0.5
+                )
+            ],
+            context=["身份证", "identity", "id"],
+        )
 
     def validate_result(self, pattern_text: str) -> Optional[bool]:
         w = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
@@ -101,8 +157,11 @@ class BrCpfRecognizer(PatternRecognizer):
     """Brazilian CPF (11 digits, two check digits)."""
 
     def __init__(self) -> None:
-        super().__init__(supported_entity="BR_CPF", patterns=[Pattern(
-            "CPF", r"\b\d{3}\.?\d{3}\.?\d{3}-?\d{2}\b", 0.3)], context=["cpf"])
+        super().__init__(
+            supported_entity="BR_CPF",
+            patterns=[Pattern("CPF", r"\b\d{3}\.?\d{3}\.?\d{3}-?\d{2}\b", 0.3)],
+            context=["cpf"],
+        )
 
     def validate_result(self, pattern_text: str) -> Optional[bool]:
         d = [int(c) for c in _digits(pattern_text)]
@@ -120,20 +179,62 @@ class BrCpfRecognizer(PatternRecognizer):
 #: "+" or "00" country prefix, "(0)", and an extension.
 _PHONE_CANDIDATE = re.compile(
     r"(?<![\w+.,:/>-])(?:\+|00)?(?:\(\+?\d{1,4}\)[ .-]?)?\d(?:[ .\-/]?\(?\d+\)?)*\d"
-    r"(?:\s*(?:x|ext\.?|extension)\s*\d{1,6})?(?![\w%]|[.,]\d|:\d)", re.I)
+    r"(?:\s*(?:x|ext\.?|extension)\s*\d{1,6})?(?![\w%]|[.,]\d|:\d)",
+    re.I,
+)
 _EXTENSION = re.compile(r"\s*(?:x|ext\.?|extension)\s*\d{1,6}$", re.I)
-_DATE_LIKE = re.compile(r"^(?:(?:[012]?\d|3[01])([./-])(?:[012]?\d|3[01])\1(?:\d{2}|\d{4})"
-                        r"|\d{4}([./-])(?:0?\d|1[0-2])\2(?:[012]?\d|3[01]))$")
+_DATE_LIKE = re.compile(
+    r"^(?:(?:[012]?\d|3[01])([./-])(?:[012]?\d|3[01])\1(?:\d{2}|\d{4})"
+    r"|\d{4}([./-])(?:0?\d|1[0-2])\2(?:[012]?\d|3[01]))$"
+)
 _TIME_LIKE = re.compile(r"^\d{1,2}[:.]\d{2}$")
 _YEARS_LIKE = re.compile(r"^(?:1[89]|20)\d{2}\s?[-/]\s?(?:(?:1[89]|20)\d{2}|\d{2})$")
 #: Regions tried first for a number written without "+" (the lab's locales), then all the rest.
-_FIRST_REGIONS = ("US", "GB", "DE", "FR", "ES", "IT", "PL", "NL", "SE", "RU", "UA", "CN", "JP", "KR", "BR", "TR",
-                  "IN", "NG", "GH", "KE", "ZA", "AU", "CA", "MX", "IE", "PT", "CZ", "HU", "RO", "GR", "FI", "DK",
-                  "NO", "IL", "VN", "PH", "ID")
+_FIRST_REGIONS = (
+    "US",
+    "GB",
+    "DE",
+    "FR",
+    "ES",
+    "IT",
+    "PL",
+    "NL",
+    "SE",
+    "RU",
+    "UA",
+    "CN",
+    "JP",
+    "KR",
+    "BR",
+    "TR",
+    "IN",
+    "NG",
+    "GH",
+    "KE",
+    "ZA",
+    "AU",
+    "CA",
+    "MX",
+    "IE",
+    "PT",
+    "CZ",
+    "HU",
+    "RO",
+    "GR",
+    "FI",
+    "DK",
+    "NO",
+    "IL",
+    "VN",
+    "PH",
+    "ID",
+)
 _REGIONS = _FIRST_REGIONS + tuple(sorted(phonenumbers.SUPPORTED_REGIONS - set(_FIRST_REGIONS)))
 _PHONE_CONTEXT = re.compile(
     r"\b(?:call|phone|ring|dial|text|txt|sms|whatsapp|number|no|tel|mobile|cell|fax|reach|contact|landline)\b\W*"
-    r"(?:\w+\W+){0,3}$", re.I)
+    r"(?:\w+\W+){0,3}$",
+    re.I,
+)
 
 
 @lru_cache(maxsize=4096)
@@ -159,8 +260,7 @@ def phone_spans(text: str) -> list[tuple[int, int]]:
         cand = m.group()
         core = _EXTENSION.sub("", cand)
         digits = _digits(core)
-        if not 7 <= len(digits) <= 15 or _DATE_LIKE.match(core) or _TIME_LIKE.match(core) \
-                or _YEARS_LIKE.match(core):
+        if not 7 <= len(digits) <= 15 or _DATE_LIKE.match(core) or _TIME_LIKE.match(core) or _YEARS_LIKE.match(core):
             continue
         if core.startswith(("+", "00")):
             try:
@@ -175,11 +275,15 @@ def phone_spans(text: str) -> list[tuple[int, int]]:
         grouped = bool(re.search(r"\d[ .\-/()]+\d", core)) or core.startswith("(")
         trunk = core.startswith(("0", "8 (", "8(")) and len(digits) >= 9
         context = bool(_PHONE_CONTEXT.search(text, 0, m.start()))
-        if "." in core and not (re.fullmatch(r"\(?\d{2,4}\)?(?:\.\d{2,4}){2,4}", core)
-                                or context and re.fullmatch(r"\d{2,4}(?:\.\d{2,4}){1,4}", core)):
+        if "." in core and not (
+            re.fullmatch(r"\(?\d{2,4}\)?(?:\.\d{2,4}){2,4}", core)
+            or context
+            and re.fullmatch(r"\d{2,4}(?:\.\d{2,4}){1,4}", core)
+        ):
             continue  # 1.2.3, 3.14159, 192.168.1.1
-        if not (grouped and len(digits) >= 9 or trunk or context or (grouped and core.count("-") >= 1
-                                                                        and len(digits) >= 7)):
+        if not (
+            grouped and len(digits) >= 9 or trunk or context or (grouped and core.count("-") >= 1 and len(digits) >= 7)
+        ):
             continue
         if _possible_somewhere(digits):
             out.append((m.start(), m.end()))
@@ -245,7 +349,8 @@ def _cards() -> CreditCardRecognizer:
     ("4092 1234 3350 3", a 19-digit Visa)."""
     patterns = CreditCardRecognizer.PATTERNS + [
         Pattern("Mastercard 2-series, Mir", r"\b(?:2[2-7]\d{2})[- ]?\d{4}[- ]?\d{4}[- ]?\d{4}\b", 0.3),
-        Pattern("Any grouping", r"\b[2-6]\d{3}(?:[- ]?\d){9,15}\b", 0.3)]
+        Pattern("Any grouping", r"\b[2-6]\d{3}(?:[- ]?\d){9,15}\b", 0.3),
+    ]
     return CreditCardRecognizer(patterns=patterns)
 
 
@@ -274,15 +379,30 @@ def analyzer(email: bool = True, numeric: bool = True) -> AnalyzerEngine:
     if numeric:
         # Country recognisers default to their country's language; utterances are analysed as "en".
         recognizers += [PhonenumbersRecognizer(), _cards(), CaseFreeIbanRecognizer()]
-        recognizers += [cls(supported_language="en") for cls in (
-            UsSsnRecognizer, UkNinoRecognizer, ItFiscalCodeRecognizer, PlPeselRecognizer, EsNifRecognizer,
-            EsNieRecognizer, FiPersonalIdentityCodeRecognizer, SePersonnummerRecognizer, KrRrnRecognizer,
-            InAadhaarRecognizer, TrNationalIdRecognizer)]
+        recognizers += [
+            cls(supported_language="en")
+            for cls in (
+                UsSsnRecognizer,
+                UkNinoRecognizer,
+                ItFiscalCodeRecognizer,
+                PlPeselRecognizer,
+                EsNifRecognizer,
+                EsNieRecognizer,
+                FiPersonalIdentityCodeRecognizer,
+                SePersonnummerRecognizer,
+                KrRrnRecognizer,
+                InAadhaarRecognizer,
+                TrNationalIdRecognizer,
+            )
+        ]
         recognizers += [FrNirRecognizer(), NlBsnRecognizer(), CnRicRecognizer(), BrCpfRecognizer()]
     registry = RecognizerRegistry(recognizers=recognizers, supported_languages=["en"])
-    engine = AnalyzerEngine(registry=registry, nlp_engine=NoOpNlpEngine(models=[{"lang_code": "en",
-                                                                                 "model_name": "none"}]),
-                            supported_languages=["en"], default_score_threshold=0.0)
+    engine = AnalyzerEngine(
+        registry=registry,
+        nlp_engine=NoOpNlpEngine(models=[{"lang_code": "en", "model_name": "none"}]),
+        supported_languages=["en"],
+        default_score_threshold=0.0,
+    )
     for rec in recognizers:
         rec.load()
         rec.is_loaded = True

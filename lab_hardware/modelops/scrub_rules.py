@@ -97,15 +97,41 @@ NAMES_FILE = Path(__file__).with_name("scrub_names.txt")
 # or a second pass could find more (idempotence).
 
 # ---- e-mail ------------------------------------------------------------------------------
-_TLDS = ("com", "org", "net", "edu", "gov", "io", "co", "uk", "de", "fr", "es", "it", "nl",
-         "ca", "au", "us", "info", "biz", "me", "app", "dev", "ai")
+_TLDS = (
+    "com",
+    "org",
+    "net",
+    "edu",
+    "gov",
+    "io",
+    "co",
+    "uk",
+    "de",
+    "fr",
+    "es",
+    "it",
+    "nl",
+    "ca",
+    "au",
+    "us",
+    "info",
+    "biz",
+    "me",
+    "app",
+    "dev",
+    "ai",
+)
 _EMAIL = re.compile(
     r"(?<![\w.%+>-])[a-z0-9._%+-]+@[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
-    r"(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*\.[a-z]{2,24}(?![\w-])", re.I)
+    r"(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*\.[a-z]{2,24}(?![\w-])",
+    re.I,
+)
 _SPOKEN_EMAIL = re.compile(
     r"\b[a-z0-9_%+-]+(?:\s+(?:dot|underscore|dash|hyphen)\s+[a-z0-9_%+-]+)*"
     r"\s+at\s+[a-z0-9-]+(?:\s+(?:dot|dash|hyphen)\s+[a-z0-9-]+)*"
-    r"\s+dot\s+(?:" + "|".join(_TLDS) + r")\b", re.I)
+    r"\s+dot\s+(?:" + "|".join(_TLDS) + r")\b",
+    re.I,
+)
 
 # ---- phone -------------------------------------------------------------------------------
 _EXT = r"(?:\s*(?:ext\.?|extension|x)\s*\d{1,6})?"
@@ -114,7 +140,9 @@ _PHONE = re.compile(
     r"(?P<intl>\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4}){1,4})"
     r"|(?P<nanp>(?:1[ .-]?)?(?:\(\d{3}\)[ .-]?|\d{3}[ .-]?)\d{3}[ .-]?\d{4})"
     r"|(?P<local>\d{3}-\d{4})"
-    r")" + _EXT + r"(?!\w)", re.I)
+    r")" + _EXT + r"(?!\w)",
+    re.I,
+)
 
 # ---- names -------------------------------------------------------------------------------
 # Words (with inner apostrophes: "o'connor", "grace's", "don't"), placeholders, and each
@@ -123,22 +151,117 @@ _TOKEN = re.compile(r"<(?:name|email|phone)>|\w+(?:['\u2019]\w+)*|[^\w\s]")
 _WORD = re.compile(r"\w+")
 _APOS = ("'s", "\u2019s")
 
-_CONTACT_VERBS = frozenset({
-    "call", "phone", "dial", "ring", "text", "txt", "message", "msg", "email", "mail", "remind",
-    "tell", "ask", "wake", "invite", "ping", "notify", "thank", "meet", "dear", "facetime",
-    "whatsapp", "sms", "congratulate"})
+_CONTACT_VERBS = frozenset(
+    {
+        "call",
+        "phone",
+        "dial",
+        "ring",
+        "text",
+        "txt",
+        "message",
+        "msg",
+        "email",
+        "mail",
+        "remind",
+        "tell",
+        "ask",
+        "wake",
+        "invite",
+        "ping",
+        "notify",
+        "thank",
+        "meet",
+        "dear",
+        "facetime",
+        "whatsapp",
+        "sms",
+        "congratulate",
+    }
+)
 _PARTICLES = frozenset({"back", "up"})
 _PREPOSITIONS = frozenset({"to", "with", "from"})
-_SHARE_WORDS = frozenset({
-    "send", "share", "forward", "give", "show", "pass", "introduce", "invite", "text", "email",
-    "mail", "message", "call", "messages", "texts", "emails", "calls", "voicemail", "voicemails",
-    "meeting", "chat", "talk", "speak", "sms", "ring", "phone"})
-_DETERMINERS = frozenset({"a", "an", "the", "this", "that", "last", "next", "every", "one", "each",
-                          "our", "my", "your", "their", "his", "her", "its"})
-_PERSON_VERBS = frozenset({
-    "likes", "loves", "liked", "loved", "made", "makes", "said", "says", "wants", "wanted",
-    "needs", "sent", "shared", "asked", "recommended", "recommends", "prefers", "texted",
-    "called", "emailed", "wrote", "mentioned", "picked", "chose", "added", "booked"})
+_SHARE_WORDS = frozenset(
+    {
+        "send",
+        "share",
+        "forward",
+        "give",
+        "show",
+        "pass",
+        "introduce",
+        "invite",
+        "text",
+        "email",
+        "mail",
+        "message",
+        "call",
+        "messages",
+        "texts",
+        "emails",
+        "calls",
+        "voicemail",
+        "voicemails",
+        "meeting",
+        "chat",
+        "talk",
+        "speak",
+        "sms",
+        "ring",
+        "phone",
+    }
+)
+_DETERMINERS = frozenset(
+    {
+        "a",
+        "an",
+        "the",
+        "this",
+        "that",
+        "last",
+        "next",
+        "every",
+        "one",
+        "each",
+        "our",
+        "my",
+        "your",
+        "their",
+        "his",
+        "her",
+        "its",
+    }
+)
+_PERSON_VERBS = frozenset(
+    {
+        "likes",
+        "loves",
+        "liked",
+        "loved",
+        "made",
+        "makes",
+        "said",
+        "says",
+        "wants",
+        "wanted",
+        "needs",
+        "sent",
+        "shared",
+        "asked",
+        "recommended",
+        "recommends",
+        "prefers",
+        "texted",
+        "called",
+        "emailed",
+        "wrote",
+        "mentioned",
+        "picked",
+        "chose",
+        "added",
+        "booked",
+    }
+)
 _COORD = frozenset({"and", "or", "&"})
 _LIST_END = frozenset({"and", "or", "&", ",", ""})
 _AT_ON = frozenset({"at", "on"})
@@ -212,7 +335,8 @@ _PREFILTER_BYTES = frozenset(w.encode() for w in _prefilter_words() if w.isascii
 # ASCII bytes: upper -> lower, anything that is not a word character -> space.
 _ASCII_FOLD = bytes(
     (c + 32 if 65 <= c <= 90 else c if (48 <= c <= 57 or 97 <= c <= 122 or c == 95 or c >= 128) else 32)
-    for c in range(256))
+    for c in range(256)
+)
 
 
 def _phone_ok(m: re.Match) -> bool:
@@ -221,8 +345,7 @@ def _phone_ok(m: re.Match) -> bool:
     return True
 
 
-def _pii_spans(text: str, *, email: bool = True, spoken: bool = True,
-               phone: bool = True) -> list[tuple[str, int, int]]:
+def _pii_spans(text: str, *, email: bool = True, spoken: bool = True, phone: bool = True) -> list[tuple[str, int, int]]:
     """E-mail and phone spans (non-overlapping, e-mails first)."""
     spans: list[tuple[str, int, int]] = []
     if email:
@@ -302,7 +425,7 @@ def _name_spans(text: str, taken: list[tuple[str, int, int]]) -> list[tuple[str,
         if st != 1:
             continue
         e = s + len(keys[i]) - info[i][2]
-        if spans and not last_poss and text[spans[-1][2]:s] in (" ", "-"):
+        if spans and not last_poss and text[spans[-1][2] : s] in (" ", "-"):
             spans[-1] = ("name", spans[-1][1], e)  # "Grace Okafor", "Mary-Jane" -> one <name>
         else:
             spans.append(("name", s, e))
@@ -310,16 +433,18 @@ def _name_spans(text: str, taken: list[tuple[str, int, int]]) -> list[tuple[str,
     return spans
 
 
-def _in_name_context(i: int, keys: list[str], info: list[tuple], status: list[int],
-                     shared_before: list[bool]) -> bool:
+def _in_name_context(i: int, keys: list[str], info: list[tuple], status: list[int], shared_before: list[bool]) -> bool:
     n = len(keys)
     prev = keys[i - 1] if i > 0 else ""
     nxt = keys[i + 1] if i + 1 < n else ""
     poss = info[i][2]
     # 1. contact verb (optionally + particle) right before -- a verb, not a noun after a
     #    determiner ("pay the phone bill", "a text message")
-    if prev in _CONTACT_VERBS and not (i > 1 and keys[i - 2] in _DETERMINERS) \
-            or (prev in _PARTICLES and i > 1 and keys[i - 2] in _CONTACT_VERBS):
+    if (
+        prev in _CONTACT_VERBS
+        and not (i > 1 and keys[i - 2] in _DETERMINERS)
+        or (prev in _PARTICLES and i > 1 and keys[i - 2] in _CONTACT_VERBS)
+    ):
         return True
     # 2. to/with/from after a sending or sharing word
     if prev in _PREPOSITIONS and shared_before[i - 1]:
@@ -336,8 +461,7 @@ def _in_name_context(i: int, keys: list[str], info: list[tuple], status: list[in
     # 6. next to a decided name of the complementary kind (placeholders never count)
     if info[i][1] & _FIRST and not poss and i + 1 < n and status[i + 1] == 1 and info[i + 1][1] & _LAST:
         return True
-    if info[i][1] & _LAST and i > 0 and status[i - 1] == 1 and info[i - 1][1] & _FIRST \
-            and not info[i - 1][2]:
+    if info[i][1] & _LAST and i > 0 and status[i - 1] == 1 and info[i - 1][1] & _FIRST and not info[i - 1][2]:
         return True
     # 7. coordinated with a decided name: "Anna and Will", "Anna, Will and Ben"
     if prev in _COORD and i > 1 and status[i - 2] == 1:

@@ -45,13 +45,13 @@ class Slot:
     """One loaded model: a scenario model (``kind='model'``) or a bundle (``kind='bundle'``)."""
 
     kind: str
-    ref: str            # scenario model name, or bundle identity (digest:keyid)
-    digest: str         # what signal digests and telemetry name as 'bundle'
+    ref: str  # scenario model name, or bundle identity (digest:keyid)
+    digest: str  # what signal digests and telemetry name as 'bundle'
     name: str
     version: str | None
-    runner: Any         # Model or Bundle: .predict(x) / .decide(x)
+    runner: Any  # Model or Bundle: .predict(x) / .decide(x)
     manifest: dict | None = None
-    keyid: str | None = None   # the bundle's signer (None for a scenario model)
+    keyid: str | None = None  # the bundle's signer (None for a scenario model)
 
     @property
     def identity(self) -> str:
@@ -64,8 +64,14 @@ class Slot:
         return self.runner.predict(x)
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "ref": self.ref, "digest": self.digest, "keyid": self.keyid,
-                "name": self.name, "version": self.version}
+        return {
+            "kind": self.kind,
+            "ref": self.ref,
+            "digest": self.digest,
+            "keyid": self.keyid,
+            "name": self.name,
+            "version": self.version,
+        }
 
 
 def identity(digest: str, keyid: str | None) -> str:
@@ -83,6 +89,7 @@ def probe(runner: Any, kind: str, intents: list[str]) -> None:
     shape) would otherwise become active and fail every decision until a health check
     noticed, which with a long health window may be never."""
     from lab_hardware import features
+
     x = np.random.default_rng(0).random((4, features.DIM), dtype=np.float32)
     try:
         labels, probs = runner.decide(x) if kind == "bundle" else runner.predict(x)
@@ -93,8 +100,10 @@ def probe(runner: Any, kind: str, intents: list[str]) -> None:
         raise InstallError(f"model.onnx cannot run on a probe input ({text})") from None
     labels, probs = np.asarray(labels), np.asarray(probs)
     if labels.shape != (4,) or probs.shape != (4, len(intents)):
-        raise InstallError(f"model answers shapes {labels.shape} and {probs.shape} on a probe input, "
-                           f"expected (4,) and (4, {len(intents)})")
+        raise InstallError(
+            f"model answers shapes {labels.shape} and {probs.shape} on a probe input, "
+            f"expected (4,) and (4, {len(intents)})"
+        )
     if not np.isfinite(probs).all():
         raise InstallError("model answers non-finite probabilities on a probe input")
     if ((labels < 0) | (labels >= len(intents))).any():
@@ -133,17 +142,38 @@ class Health:
                     break
         rate = self.errors / self.seen
         ok = rate <= self.max_error_rate and p99 <= self.budget_ms
-        reason = "ok" if ok else (
-            f"error rate {rate:.1%} over {self.max_error_rate:.1%}" if rate > self.max_error_rate
-            else f"p99 latency {p99:.2f} ms over the {self.budget_ms:.2f} ms budget")
-        return {"bundle": self.digest, "ok": ok, "decisions": self.seen, "errors": self.errors,
-                "error_rate": round(rate, 4), "p99_ms": round(p99, 3), "budget_ms": self.budget_ms,
-                "reason": reason}
+        reason = (
+            "ok"
+            if ok
+            else (
+                f"error rate {rate:.1%} over {self.max_error_rate:.1%}"
+                if rate > self.max_error_rate
+                else f"p99 latency {p99:.2f} ms over the {self.budget_ms:.2f} ms budget"
+            )
+        )
+        return {
+            "bundle": self.digest,
+            "ok": ok,
+            "decisions": self.seen,
+            "errors": self.errors,
+            "error_rate": round(rate, 4),
+            "p99_ms": round(p99, 3),
+            "budget_ms": self.budget_ms,
+            "reason": reason,
+        }
 
 
 class Slots:
-    def __init__(self, state_dir: Path, models: dict[str, str], intents: list[str],
-                 profile: Profile, trust_dir: Path | None, clock=time.time, namespace: str | None = None):
+    def __init__(
+        self,
+        state_dir: Path,
+        models: dict[str, str],
+        intents: list[str],
+        profile: Profile,
+        trust_dir: Path | None,
+        clock=time.time,
+        namespace: str | None = None,
+    ):
         # trust_dir: the lab home whose trust/ holds the trusted signer keys; the namespace's
         # own trust store (keys.namespace_home) counts too
         self.dir = Path(state_dir)
@@ -155,9 +185,9 @@ class Slots:
         self.namespace = namespace
         self.clock = clock
         self.active: Slot | None = None
-        self.good: list[Slot] = []          # last good, most recent last (kept loaded)
-        self.ran: set[str] = set()          # bundle identities this device has run (rollback targets)
-        self.floor: str | None = None       # highest bundle version this device ever ran
+        self.good: list[Slot] = []  # last good, most recent last (kept loaded)
+        self.ran: set[str] = set()  # bundle identities this device has run (rollback targets)
+        self.floor: str | None = None  # highest bundle version this device ever ran
         # revocations: 'digest:keyid' (that signer's copy) or 'digest:*' (every signer's)
         self.revoked: set[str] = set()
         self.shadow: Slot | None = None
@@ -175,6 +205,7 @@ class Slots:
 
     def _bundle_slot(self, b) -> Slot:
         from lab_hardware.modelops import bundle as _bundle
+
         intents = b.manifest["io"]["intents"]
         if intents != self.intents:
             raise InstallError(f"bundle classifies {intents}, the scenario has {self.intents}")
@@ -183,14 +214,23 @@ class Slots:
         except _bundle.BundleError as exc:
             raise InstallError(str(exc)) from None
         probe(b, "bundle", self.intents)
-        return Slot("bundle", identity(b.digest, b.keyid), b.digest, b.manifest["name"], b.manifest["version"],
-                    b, b.manifest, keyid=b.keyid)
+        return Slot(
+            "bundle",
+            identity(b.digest, b.keyid),
+            b.digest,
+            b.manifest["name"],
+            b.manifest["version"],
+            b,
+            b.manifest,
+            keyid=b.keyid,
+        )
 
     def _bundle_file(self, ref: str) -> Path:
         return self.bundles_dir / f"{ref.replace(':', '-')}.lbundle"
 
     def _load_bundle_file(self, ref: str) -> Slot:
         from lab_hardware.modelops import bundle as _bundle
+
         b = _bundle.read(self._bundle_file(ref))
         if ":" in ref and identity(b.digest, b.keyid) != ref:
             raise InstallError(f"stored bundle {ref[:12]} does not match its name")
@@ -244,9 +284,13 @@ class Slots:
             return {}
 
     def save(self) -> None:
-        st = {"active": {"kind": self.active.kind, "ref": self.active.ref},
-              "good": [{"kind": s.kind, "ref": s.ref} for s in self.good[-5:]],
-              "ran": sorted(self.ran), "revoked": sorted(self.revoked), "floor": self.floor}
+        st = {
+            "active": {"kind": self.active.kind, "ref": self.active.ref},
+            "good": [{"kind": s.kind, "ref": s.ref} for s in self.good[-5:]],
+            "ran": sorted(self.ran),
+            "revoked": sorted(self.revoked),
+            "floor": self.floor,
+        }
         tmp = self._state_path().with_suffix(".tmp")
         tmp.write_text(json.dumps(st, sort_keys=True))
         os.replace(tmp, self._state_path())
@@ -273,6 +317,7 @@ class Slots:
         """The lab's and this namespace's trust stores, read at every verify (so 'livelab keys
         trust' applies at once)."""
         from lab_hardware.modelops import keys
+
         if self.trust_dir is None:
             return {}
         return keys.trusted(self.trust_dir, namespace=self.namespace)
@@ -287,6 +332,7 @@ class Slots:
         With ``rollback`` an older bundle is allowed only if this device ran that very
         bundle (same digest *and* signer)."""
         from lab_hardware.modelops import bundle as _bundle
+
         try:
             b = _bundle.read(data)
             if self.is_revoked(b.digest, b.keyid):
@@ -303,22 +349,26 @@ class Slots:
         to_floor = _bundle.compare_versions(v, self.floor) if self.floor is not None else 1
         if rollback:
             if (to_active <= 0 or to_floor <= 0) and not ran:
-                raise InstallError(f"rollback refused: this device never ran bundle {checked.digest[:12]} "
-                                   f"{v} signed by {checked.keyid}")
+                raise InstallError(
+                    f"rollback refused: this device never ran bundle {checked.digest[:12]} "
+                    f"{v} signed by {checked.keyid}"
+                )
             return checked
         if to_active < 0:
             raise InstallError(f"version {v} is a downgrade from installed {installed}")
         if to_active == 0:
             raise InstallError(f"version {v} is not newer than installed {installed}")
         if to_floor < 0 or (to_floor == 0 and not ran):
-            raise InstallError(f"version {v} is not newer than {self.floor}, the highest version this device "
-                               "ran (a downgrade: only a rollback to a bundle this device ran may be older)")
+            raise InstallError(
+                f"version {v} is not newer than {self.floor}, the highest version this device "
+                "ran (a downgrade: only a rollback to a bundle this device ran may be older)"
+            )
         return checked
 
     def install(self, data: bytes, *, rollback: bool = False) -> Slot:
         """Verify, write atomically, activate, and start the health check."""
         b = self.verify(data, rollback=rollback)
-        slot = self._bundle_slot(b)       # loads and probes the model before anything changes
+        slot = self._bundle_slot(b)  # loads and probes the model before anything changes
         self.bundles_dir.mkdir(parents=True, exist_ok=True)
         final = self._bundle_file(slot.identity)
         tmp = final.with_suffix(".tmp")
@@ -329,8 +379,9 @@ class Slots:
         os.replace(tmp, final)
         self._activate(slot)
         c = b.manifest["compute"]
-        self.health = Health(b.digest, int(c["health_decisions"]), float(c["latency_budget_ms"]),
-                             float(c["max_error_rate"]))
+        self.health = Health(
+            b.digest, int(c["health_decisions"]), float(c["latency_budget_ms"]), float(c["max_error_rate"])
+        )
         self.save()
         return slot
 
@@ -378,4 +429,5 @@ class Slots:
 
 def _version_key(version: str | None) -> tuple:
     from lab_hardware.modelops import bundle as _bundle
+
     return _bundle.parse_version(version) if version else ()

@@ -44,17 +44,26 @@ class Profile:
 
     def satisfies(self, minimum: "Profile") -> bool:
         """Whether this device is at least as capable as ``minimum`` (for bundle compute needs)."""
+
         def cap(v: int) -> float:
             return float("inf") if v == 0 else v
-        return (cap(self.cores) >= cap(minimum.cores)
-                and cap(self.memory_mb) >= cap(minimum.memory_mb)
-                and self.inference_slowdown <= minimum.inference_slowdown)
+
+        return (
+            cap(self.cores) >= cap(minimum.cores)
+            and cap(self.memory_mb) >= cap(minimum.memory_mb)
+            and self.inference_slowdown <= minimum.inference_slowdown
+        )
 
 
-_TOP = {"name": str, "description": str, "cores": int, "memory_mb": int,
-        "inference_slowdown": (int, float), "link": dict}
-_LINK = {"latency_ms": (int, float), "jitter_ms": (int, float), "loss": (int, float),
-         "bandwidth_kbps": (int, float)}
+_TOP = {
+    "name": str,
+    "description": str,
+    "cores": int,
+    "memory_mb": int,
+    "inference_slowdown": (int, float),
+    "link": dict,
+}
+_LINK = {"latency_ms": (int, float), "jitter_ms": (int, float), "loss": (int, float), "bandwidth_kbps": (int, float)}
 
 
 def _check(table: dict, spec: dict, where: str) -> None:
@@ -85,9 +94,14 @@ def load_path(path: Path) -> Profile:
         raise ProfileError(f"{path.name}: link loss must be in [0, 1)")
     if data["inference_slowdown"] < 1 or data["cores"] < 0 or data["memory_mb"] < 0:
         raise ProfileError(f"{path.name}: inference_slowdown must be >= 1, cores and memory_mb >= 0")
-    return Profile(name=data["name"], description=data["description"], cores=data["cores"],
-                   memory_mb=data["memory_mb"],
-                   inference_slowdown=float(data["inference_slowdown"]), link=link)
+    return Profile(
+        name=data["name"],
+        description=data["description"],
+        cores=data["cores"],
+        memory_mb=data["memory_mb"],
+        inference_slowdown=float(data["inference_slowdown"]),
+        link=link,
+    )
 
 
 def load(name: str) -> Profile:

@@ -101,8 +101,7 @@ def _revocation_entry(r: Any) -> str:
             raise ValueError("a revocation names a 'keyid' or 'all_signers', not both")
         return f"{digest}:{ALL_SIGNERS}"
     if not isinstance(keyid, str) or not _KEYID.match(keyid):
-        raise ValueError("a revocation's 'keyid' must be 16 lower-case hex characters "
-                         "(or say 'all_signers': true)")
+        raise ValueError("a revocation's 'keyid' must be 16 lower-case hex characters (or say 'all_signers': true)")
     return f"{digest}:{keyid}"
 
 
@@ -123,12 +122,12 @@ def _fresh_shadow_stats() -> dict:
     return {"decisions": 0, "diverged": 0, "errors": 0, "by_intent": {}, "shadow_by_intent": {}}
 
 
-
 def device_ms(cpu_start: float, slowdown: float = 1.0) -> float:
     """Milliseconds of device time since ``cpu_start`` (a ``time.thread_time()`` reading):
     this thread's CPU time times the profile's inference slowdown.  Independent of how busy
     the host is, so a health check's latency budget judges the bundle, not the machine."""
     return (time.thread_time() - cpu_start) * 1000.0 * max(1.0, float(slowdown))
+
 
 class CommandError(ValueError):
     """A command the device refuses; the message is the one-line reason."""
@@ -181,16 +180,22 @@ class Device:
 
         self.audit = AuditChain(self.dir / "audit.jsonl", clock=clock)
         self.consent = ConsentState.from_trail(self.audit.records())
-        self.outbox = Outbox(self.dir / "outbox.sqlite", horizon=float(config.get("outbox_horizon", 10.0)),
-                             clock=clock)
+        self.outbox = Outbox(self.dir / "outbox.sqlite", horizon=float(config.get("outbox_horizon", 10.0)), clock=clock)
         saved = self._load_state()
         self.boot = saved.get("boot", 0) + 1
         self.decision_seq = saved.get("decision_seq", 0)
         trust = config.get("home")
-        self.slots = Slots(self.dir, self.models, self.intents, self.profile,
-                           Path(trust) if trust else None, clock=clock, namespace=self.ns)
+        self.slots = Slots(
+            self.dir,
+            self.models,
+            self.intents,
+            self.profile,
+            Path(trust) if trust else None,
+            clock=clock,
+            namespace=self.ns,
+        )
         self.slots.restore(config.get("model") or next(iter(self.models)))
-        self.capture: dict | None = None    # an open replay capture (see _cmd_capture)
+        self.capture: dict | None = None  # an open replay capture (see _cmd_capture)
         self._on_behalf: str | None = None  # the command being handled: its unproven claim
         # broker username -> learner name, from the trusted side only (config, control topic)
         try:
@@ -243,10 +248,10 @@ class Device:
     # ---- MQTT --------------------------------------------------------------------------
     def _connect(self) -> None:
         b = self.cfg["broker"]
-        c = mqtt.client(f"device.{self.ns}.{self.name}", username=b.get("username"),
-                        password=b.get("password"), clean=False)
-        c.will_set(topics.state(self.ns, self.name), topics.encode(self._state(online=False)),
-                   qos=1, retain=True)
+        c = mqtt.client(
+            f"device.{self.ns}.{self.name}", username=b.get("username"), password=b.get("password"), clean=False
+        )
+        c.will_set(topics.state(self.ns, self.name), topics.encode(self._state(online=False)), qos=1, retain=True)
         c.on_connect = lambda cl, ud, flags, rc, props: self.inbox.put(("connected", rc))
         c.on_disconnect = lambda cl, ud, flags, rc, props: self.inbox.put(("disconnected", self.clock()))
         c.on_message = lambda cl, ud, msg: self.inbox.put(("cmd", msg.topic, msg.payload))
@@ -264,27 +269,44 @@ class Device:
             info = self.client.publish(topic, payload, qos=1, retain=retain)
             if seq is not None:
                 self.inflight[info.mid] = seq
+
         self.link.send(len(payload), self.clock(), go)
 
     def _state(self, online: bool = True) -> dict[str, Any]:
         return {
-            "schema": topics.SCHEMA_STATE, "namespace": self.ns, "device": self.name,
-            "online": online, "pid": os.getpid(), "boot": self.boot, "time": round(self.clock(), 3),
-            "model": self.model_name, "bundle": self.bundle_digest, "bundle_keyid": self.slots.active.keyid,
+            "schema": topics.SCHEMA_STATE,
+            "namespace": self.ns,
+            "device": self.name,
+            "online": online,
+            "pid": os.getpid(),
+            "boot": self.boot,
+            "time": round(self.clock(), 3),
+            "model": self.model_name,
+            "bundle": self.bundle_digest,
+            "bundle_keyid": self.slots.active.keyid,
             "profile": self.profile.name,
             "active": self.slots.active.describe(),
             "shadow": self.slots.shadow.describe() if self.slots.shadow else None,
-            "health": None if self.slots.health is None else {
-                "bundle": self.slots.health.digest, "seen": self.slots.health.seen,
-                "needed": self.slots.health.needed},
+            "health": None
+            if self.slots.health is None
+            else {
+                "bundle": self.slots.health.digest,
+                "seen": self.slots.health.seen,
+                "needed": self.slots.health.needed,
+            },
             "revoked": sorted({e["digest"] for e in self.slots.revocations()}),
-            "revocations": self.slots.revocations(), "version_floor": self.slots.floor,
+            "revocations": self.slots.revocations(),
+            "version_floor": self.slots.floor,
             "ran": sorted(self.slots.ran),
             "capturing": self.capture is not None,
-            "consent": self.consent.as_dict(), "telemetry_seq": self.outbox.last_seq,
-            "telemetry_time": self.telemetry_time, "sent_seq": self.outbox.next_send - 1,
-            "decisions": self.decision_seq, "backlog": self.outbox.backlog(),
-            "audit_length": len(self.audit), "refused": self.refused,
+            "consent": self.consent.as_dict(),
+            "telemetry_seq": self.outbox.last_seq,
+            "telemetry_time": self.telemetry_time,
+            "sent_seq": self.outbox.next_send - 1,
+            "decisions": self.decision_seq,
+            "backlog": self.outbox.backlog(),
+            "audit_length": len(self.audit),
+            "refused": self.refused,
         }
 
     def publish_state(self) -> None:
@@ -295,13 +317,23 @@ class Device:
     def _publish_audit(self, records: list[dict], reply_to: str | None = None) -> None:
         if not self.connected:
             return  # the chain is on disk; an 'audit' command fetches it later
-        chunks = [records[i:i + AUDIT_CHUNK] for i in range(0, len(records), AUDIT_CHUNK)] or [[]]
+        chunks = [records[i : i + AUDIT_CHUNK] for i in range(0, len(records), AUDIT_CHUNK)] or [[]]
         for i, chunk in enumerate(chunks):
             self.audit_seq += 1
-            self._publish(topics.audit(self.ns, self.name), topics.encode({
-                "schema": topics.SCHEMA_AUDIT, "namespace": self.ns, "device": self.name,
-                "seq": self.audit_seq, "reply_to": reply_to, "last": i == len(chunks) - 1,
-                "records": chunk}))
+            self._publish(
+                topics.audit(self.ns, self.name),
+                topics.encode(
+                    {
+                        "schema": topics.SCHEMA_AUDIT,
+                        "namespace": self.ns,
+                        "device": self.name,
+                        "seq": self.audit_seq,
+                        "reply_to": reply_to,
+                        "last": i == len(chunks) - 1,
+                        "records": chunk,
+                    }
+                ),
+            )
 
     def _record(self, kind: str, data: dict) -> dict:
         if self._on_behalf is not None and data.get("by") is not None and kind != "refused":
@@ -340,16 +372,24 @@ class Device:
             # who sent it is what the broker proved (the topic), never the payload's 'by'
             by = self.learner_names.get(author, author)
             claim = msg.get("on_behalf")
-            self._on_behalf = claim if isinstance(claim, str) and topics.AUTHOR_RE.match(claim) \
-                and claim != by else None
+            self._on_behalf = (
+                claim if isinstance(claim, str) and topics.AUTHOR_RE.match(claim) and claim != by else None
+            )
             getattr(self, "_cmd_" + name.replace("-", "_"))(msg, cmd_id, by)
         except CommandError as exc:
             self._on_behalf = None
             self.refused += 1
             log.warning("refused command on %s: %s", topic[:200], exc)
-            self._record("refused", {"command": name[:64], "id": cmd_id, "reason": str(exc),
-                                     "bytes": len(payload),
-                                     "sha256": hashlib.sha256(payload).hexdigest()})
+            self._record(
+                "refused",
+                {
+                    "command": name[:64],
+                    "id": cmd_id,
+                    "reason": str(exc),
+                    "bytes": len(payload),
+                    "sha256": hashlib.sha256(payload).hexdigest(),
+                },
+            )
             self.publish_state()
         finally:
             self._on_behalf = None
@@ -367,9 +407,18 @@ class Device:
             # everything under the scope stops at once: the open capture closes and what it
             # buffered is dropped, never published (it would leave after the revocation)
             dropped = self._close_capture("consent revoked")
-        rec = self._record("consent", {"id": cmd_id, "by": by, "scope": scope, "grant": grant,
-                                       "changed": changed, "withdrawn_windows": withdrawn,
-                                       **({"capture_closed": dropped} if dropped is not None else {})})
+        rec = self._record(
+            "consent",
+            {
+                "id": cmd_id,
+                "by": by,
+                "scope": scope,
+                "grant": grant,
+                "changed": changed,
+                "withdrawn_windows": withdrawn,
+                **({"capture_closed": dropped} if dropped is not None else {}),
+            },
+        )
         if scope == "telemetry":
             # Consent-first: a window never mixes decisions from before and after a change.
             self.window = Window(self.intents, rec["time"])
@@ -391,8 +440,9 @@ class Device:
         except InstallError as exc:
             raise CommandError(str(exc)) from None
         self.window = Window(self.intents, self.clock())
-        self._record("model", {"id": cmd_id, "by": by, "model": self.model_name, "bundle": self.bundle_digest,
-                               "keyid": None})
+        self._record(
+            "model", {"id": cmd_id, "by": by, "model": self.model_name, "bundle": self.bundle_digest, "keyid": None}
+        )
         self.publish_state()
 
     def _bundle_bytes(self, msg: dict) -> bytes:
@@ -416,10 +466,21 @@ class Device:
         except InstallError as exc:
             raise CommandError(f"install refused: {exc}") from None
         self.window = Window(self.intents, self.clock())
-        self._record("install", {"id": cmd_id, "by": by, "bundle": slot.digest, "keyid": slot.keyid, "name": slot.name,
-                                 "version": slot.version, "from": before, "rollback": rollback,
-                                 "install_ms": round((time.perf_counter() - t0) * 1000, 3),
-                                 "health_decisions": self.slots.health.needed if self.slots.health else 0})
+        self._record(
+            "install",
+            {
+                "id": cmd_id,
+                "by": by,
+                "bundle": slot.digest,
+                "keyid": slot.keyid,
+                "name": slot.name,
+                "version": slot.version,
+                "from": before,
+                "rollback": rollback,
+                "install_ms": round((time.perf_counter() - t0) * 1000, 3),
+                "health_decisions": self.slots.health.needed if self.slots.health else 0,
+            },
+        )
         self.publish_state()
 
     def _cmd_rollback(self, msg: dict, cmd_id: str, by: str) -> None:
@@ -428,8 +489,16 @@ class Device:
         except InstallError as exc:
             raise CommandError(str(exc)) from None
         self.window = Window(self.intents, self.clock())
-        self._record("rollback", {"id": cmd_id, "by": by, "from": bad.describe(), "to": good.describe(),
-                                  "reason": msg.get("reason") if isinstance(msg.get("reason"), str) else "requested"})
+        self._record(
+            "rollback",
+            {
+                "id": cmd_id,
+                "by": by,
+                "from": bad.describe(),
+                "to": good.describe(),
+                "reason": msg.get("reason") if isinstance(msg.get("reason"), str) else "requested",
+            },
+        )
         self.publish_state()
 
     def _cmd_shadow(self, msg: dict, cmd_id: str, by: str) -> None:
@@ -441,9 +510,17 @@ class Device:
                 slot = self.slots.set_shadow(self._bundle_bytes(msg))
             except InstallError as exc:
                 raise CommandError(f"shadow refused: {exc}") from None
-            self._record("shadow", {"id": cmd_id, "by": by, "bundle": slot.digest, "keyid": slot.keyid,
-                                    "name": slot.name,
-                                    "version": slot.version})
+            self._record(
+                "shadow",
+                {
+                    "id": cmd_id,
+                    "by": by,
+                    "bundle": slot.digest,
+                    "keyid": slot.keyid,
+                    "name": slot.name,
+                    "version": slot.version,
+                },
+            )
         self.window = Window(self.intents, self.clock())
         self.publish_state()
 
@@ -453,11 +530,20 @@ class Device:
             raise CommandError("capture 'decisions' must be an integer between 1 and 100000")
         if not self.consent.allows("replay-capture"):
             raise CommandError("no replay-capture consent on this device")
-        grant = next(r for r in reversed(self.audit.records()) if r["kind"] == "consent"
-                     and r["data"]["scope"] == "replay-capture" and r["data"]["grant"])
+        grant = next(
+            r
+            for r in reversed(self.audit.records())
+            if r["kind"] == "consent" and r["data"]["scope"] == "replay-capture" and r["data"]["grant"]
+        )
         rec = self._record("capture", {"id": cmd_id, "by": by, "decisions": n, "capture_id": cmd_id})
-        self.capture = {"id": cmd_id, "left": n, "records": [], "part": 0,
-                        "consent": {"index": grant["index"], "hash": grant["hash"]}, "audit": rec["index"]}
+        self.capture = {
+            "id": cmd_id,
+            "left": n,
+            "records": [],
+            "part": 0,
+            "consent": {"index": grant["index"], "hash": grant["hash"]},
+            "audit": rec["index"],
+        }
         self.publish_state()
 
     def _revocations(self, payload: bytes) -> None:
@@ -469,8 +555,16 @@ class Device:
             entries = {_revocation_entry(r) for r in msg["revoked"]}
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             self.refused += 1
-            self._record("refused", {"command": "revocations", "id": None, "reason": str(exc).splitlines()[0],
-                                     "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()})
+            self._record(
+                "refused",
+                {
+                    "command": "revocations",
+                    "id": None,
+                    "reason": str(exc).splitlines()[0],
+                    "bytes": len(payload),
+                    "sha256": hashlib.sha256(payload).hexdigest(),
+                },
+            )
             return
         self._apply_revocations(entries, {"id": None, "by": topics.CONTROL_AUTHOR})
 
@@ -492,10 +586,15 @@ class Device:
             return
         hit = self.slots.revoke(entries)
         shown = sorted(new or entries)
-        data = {**who, "revoked": sorted({e.split(":")[0] for e in shown}),
-                "entries": [{"digest": e.split(":")[0],
-                             "keyid": None if e.split(":")[1] == ALL_SIGNERS else e.split(":")[1]} for e in shown],
-                "active_revoked": hit}
+        data = {
+            **who,
+            "revoked": sorted({e.split(":")[0] for e in shown}),
+            "entries": [
+                {"digest": e.split(":")[0], "keyid": None if e.split(":")[1] == ALL_SIGNERS else e.split(":")[1]}
+                for e in shown
+            ],
+            "active_revoked": hit,
+        }
         if hit:
             try:
                 bad, good = self.slots.rollback()
@@ -516,8 +615,16 @@ class Device:
             names = _learner_names(msg.get("names"))
         except (ValueError, TypeError, AttributeError) as exc:
             self.refused += 1
-            self._record("refused", {"command": "learners", "id": None, "reason": str(exc).splitlines()[0],
-                                     "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()})
+            self._record(
+                "refused",
+                {
+                    "command": "learners",
+                    "id": None,
+                    "reason": str(exc).splitlines()[0],
+                    "bytes": len(payload),
+                    "sha256": hashlib.sha256(payload).hexdigest(),
+                },
+            )
             return
         try:
             base = _learner_names(self.cfg.get("learners") or {})
@@ -589,9 +696,17 @@ class Device:
                 log.error("health check failed and no rollback possible: %s", exc)
                 return
             self.window = Window(self.intents, self.clock())
-            self._record("rollback", {"id": None, "by": "health-check", "from": bad.describe(),
-                                      "to": good.describe(), "reason": verdict["reason"],
-                                      "rollback_ms": round((time.perf_counter() - t0) * 1000, 3)})
+            self._record(
+                "rollback",
+                {
+                    "id": None,
+                    "by": "health-check",
+                    "from": bad.describe(),
+                    "to": good.describe(),
+                    "reason": verdict["reason"],
+                    "rollback_ms": round((time.perf_counter() - t0) * 1000, 3),
+                },
+            )
         self.publish_state()
 
     def _shadow(self, x: np.ndarray, labels: np.ndarray) -> None:
@@ -615,8 +730,17 @@ class Device:
         now = round(self.clock(), 6)
         take = min(cap["left"], len(texts))
         for i in range(take):
-            cap["records"].append({"decision": first + i, "time": now, "text": texts[i], "bundle": bundle,
-                                   "digest": digests[i], "label": int(labels[i]), "undo": bool(undone[i])})
+            cap["records"].append(
+                {
+                    "decision": first + i,
+                    "time": now,
+                    "text": texts[i],
+                    "bundle": bundle,
+                    "digest": digests[i],
+                    "label": int(labels[i]),
+                    "undo": bool(undone[i]),
+                }
+            )
         cap["left"] -= take
         if len(cap["records"]) >= CAPTURE_PART or cap["left"] == 0:
             self._flush_capture()
@@ -624,9 +748,18 @@ class Device:
     def _flush_capture(self) -> None:
         cap = self.capture
         last = cap["left"] == 0
-        payload = topics.encode({"schema": topics.SCHEMA_CAPTURE, "namespace": self.ns, "device": self.name,
-                                 "capture_id": cap["id"], "part": cap["part"], "last": last,
-                                 "consent": cap["consent"], "records": cap["records"]})
+        payload = topics.encode(
+            {
+                "schema": topics.SCHEMA_CAPTURE,
+                "namespace": self.ns,
+                "device": self.name,
+                "capture_id": cap["id"],
+                "part": cap["part"],
+                "last": last,
+                "consent": cap["consent"],
+                "records": cap["records"],
+            }
+        )
         self._publish(topics.capture(self.ns, self.name), payload)
         cap["part"] += 1
         cap["records"] = []
@@ -655,7 +788,8 @@ class Device:
                 self.window.add(batch, i, i + take)
                 i += take
             if now - self.window.start >= self.window_seconds or (
-                    self.window_max and len(self.window) >= self.window_max):
+                self.window_max and len(self.window) >= self.window_max
+            ):
                 self.close_window(now)
             if batch is None or i >= len(batch):
                 return n
@@ -665,14 +799,26 @@ class Device:
         self.window = Window(self.intents, now)
         if len(w) and self.consent.allows("telemetry"):
             seq = self.outbox.next_seq()
-            payload = w.close(end=now, namespace=self.ns, device=self.name, seq=seq,
-                              model=self.model_name, bundle=self.bundle_digest, profile=self.profile.name)
+            payload = w.close(
+                end=now,
+                namespace=self.ns,
+                device=self.name,
+                seq=seq,
+                model=self.model_name,
+                bundle=self.bundle_digest,
+                profile=self.profile.name,
+            )
             if self.slots.shadow is not None:
                 st = self.shadow_stats
-                payload["shadow"] = {"bundle": self.slots.shadow.digest, "decisions": st["decisions"],
-                                     "diverged": st["diverged"], "errors": st["errors"],
-                                     "divergence": round(st["diverged"] / st["decisions"], 4) if st["decisions"] else 0.0,
-                                     "active_by_intent": st["by_intent"], "shadow_by_intent": st["shadow_by_intent"]}
+                payload["shadow"] = {
+                    "bundle": self.slots.shadow.digest,
+                    "decisions": st["decisions"],
+                    "diverged": st["diverged"],
+                    "errors": st["errors"],
+                    "divergence": round(st["diverged"] / st["decisions"], 4) if st["decisions"] else 0.0,
+                    "active_by_intent": st["by_intent"],
+                    "shadow_by_intent": st["shadow_by_intent"],
+                }
             self.shadow_stats = _fresh_shadow_stats()
             self.outbox.add(seq, topics.encode(payload))
             self.telemetry_time = round(now, 3)
@@ -730,25 +876,39 @@ class Device:
     def _on_connected(self) -> None:
         log.info("connected to broker")
         self.connected = True
-        self.client.subscribe([(topics.device_prefix(self.ns, self.name) + "/cmd/#", 1),
-                               (topics.control(self.ns, "revocations"), 1),
-                               (topics.control(self.ns, "learners"), 1)])
+        self.client.subscribe(
+            [
+                (topics.device_prefix(self.ns, self.name) + "/cmd/#", 1),
+                (topics.control(self.ns, "revocations"), 1),
+                (topics.control(self.ns, "learners"), 1),
+            ]
+        )
         self.inflight.clear()
         self.outbox.rewind(self.disconnected_at)
         self.publish_state()
 
     def run(self) -> int:
         self._connect()
-        log.info("device %s/%s up (model %s, profile %s, boot %d)", self.ns, self.name,
-                 self.model_name, self.profile.name, self.boot)
+        log.info(
+            "device %s/%s up (model %s, profile %s, boot %d)",
+            self.ns,
+            self.name,
+            self.model_name,
+            self.profile.name,
+            self.boot,
+        )
         try:
             while not self.stop_event.is_set():
                 # As fast as possible (rate 0): decide and close windows for ~2 ms between
                 # rounds of publishing, so SQLite writes and inbox handling are batched.
                 burst_end = time.perf_counter() + 0.002
                 # Backpressure: a full outbox pauses deciding (as fast as possible only).
-                while (self.rate > 0 or self.outbox.backlog() < BACKPRESSURE) and self.step() \
-                        and self.rate <= 0 and time.perf_counter() < burst_end:
+                while (
+                    (self.rate > 0 or self.outbox.backlog() < BACKPRESSURE)
+                    and self.step()
+                    and self.rate <= 0
+                    and time.perf_counter() < burst_end
+                ):
                     pass
                 now = self.clock()
                 self.pump()
@@ -801,8 +961,9 @@ class Device:
                 while self.link and time.monotonic() < deadline:  # let shaped messages out
                     self.link.due(self.clock())
                     time.sleep(0.005)
-                info = self.client.publish(topics.state(self.ns, self.name),
-                                           topics.encode(self._state(online=False)), qos=1, retain=True)
+                info = self.client.publish(
+                    topics.state(self.ns, self.name), topics.encode(self._state(online=False)), qos=1, retain=True
+                )
                 deadline = time.monotonic() + 1.0
                 while not info.is_published() and time.monotonic() < deadline and self.client.socket():
                     self.client.loop(timeout=0.05)
@@ -815,12 +976,13 @@ class Device:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lab_hardware.runtime.device",
-                                description="Run one simulated edge device (started by the lab supervisor).")
+    p = argparse.ArgumentParser(
+        prog="python -m lab_hardware.runtime.device",
+        description="Run one simulated edge device (started by the lab supervisor).",
+    )
     p.add_argument("--config", required=True, help="device config JSON written by the supervisor")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         config = json.loads(Path(args.config).read_text())
     except (OSError, ValueError) as exc:

@@ -32,8 +32,9 @@ def _check_writable(home: Path) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise LabError(f"state directory {home} is not writable ({exc.strerror}): "
-                       "choose another with --home or LIVELAB_HOME") from None
+        raise LabError(
+            f"state directory {home} is not writable ({exc.strerror}): choose another with --home or LIVELAB_HOME"
+        ) from None
 
 
 def _supervisor_pid(home: Path) -> int | None:
@@ -61,6 +62,7 @@ def owner_name() -> str | None:
     name), or None if it is not a valid name: the single-user lab records the commands of
     its learner identity under this name (and the SDK defaults to it)."""
     import pwd
+
     for cand in (os.environ.get("LIVELAB_LEARNER"), os.environ.get("USER")):
         if cand:
             break
@@ -97,10 +99,19 @@ def _identities(namespaces: dict[str, list[str]], old: dict[str, str]) -> dict[s
     return {u: old.get(u) or secrets.token_urlsafe(18) for u in users}
 
 
-def up(home: str | os.PathLike | None = None, *, scenario: dict[str, Any], devices: int = 3,
-       profile: str = "none", namespace: str = "default", broker_url: str | None = None,
-       port: int | None = None, device_options: dict[str, Any] | None = None,
-       timeout: float = 30.0, services: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def up(
+    home: str | os.PathLike | None = None,
+    *,
+    scenario: dict[str, Any],
+    devices: int = 3,
+    profile: str = "none",
+    namespace: str = "default",
+    broker_url: str | None = None,
+    port: int | None = None,
+    device_options: dict[str, Any] | None = None,
+    timeout: float = 30.0,
+    services: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Start a lab (or reuse the running one with the same shape) and return its descriptor.
 
     ``scenario`` is a materialized scenario (see ``labs.scenarios``): file paths
@@ -116,23 +127,35 @@ def up(home: str | os.PathLike | None = None, *, scenario: dict[str, Any], devic
     prof = profiles.load(profile)
     svcs = _check_services(services or [])
     _check_writable(home)
-    wanted = {"devices": devices, "profile": profile, "scenario": scenario.get("name"),
-              "namespace": namespace, "broker_url": broker_url}
+    wanted = {
+        "devices": devices,
+        "profile": profile,
+        "scenario": scenario.get("name"),
+        "namespace": namespace,
+        "broker_url": broker_url,
+    }
     if is_running(home):
         cfg = _home.read_json(home / "config.json")
         if cfg.get("shape") == wanted and (port is None or cfg["broker"]["port"] == port):
             desc = descriptor(home)
             desc["reused"] = True
             return desc
-        raise LabError(f"a lab with another shape is already running in {home}: "
-                       "run 'livelab down' first (or use another --home)")
+        raise LabError(
+            f"a lab with another shape is already running in {home}: run 'livelab down' first (or use another --home)"
+        )
     if broker_url:
         try:
             addr = _broker.BrokerAddress.from_url(broker_url)
         except ValueError as exc:
             raise LabError(str(exc)) from None
-        broker_cfg = {"external": True, "host": addr.host, "port": addr.port,
-                      "username": addr.username, "password": addr.password, "url": broker_url}
+        broker_cfg = {
+            "external": True,
+            "host": addr.host,
+            "port": addr.port,
+            "username": addr.username,
+            "password": addr.password,
+            "url": broker_url,
+        }
         _probe_external(addr)
     else:
         _broker.find_mosquitto()
@@ -143,8 +166,11 @@ def up(home: str | os.PathLike | None = None, *, scenario: dict[str, Any], devic
 
     names = [f"dev-{i}" for i in range(devices)]
     models = list(scenario["device_models"])
-    ns_cfg = {namespace: {"devices": [{"name": n, "profile": profile, "model": models[i % len(models)]}
-                                      for i, n in enumerate(names)]}}
+    ns_cfg = {
+        namespace: {
+            "devices": [{"name": n, "profile": profile, "model": models[i % len(models)]} for i, n in enumerate(names)]
+        }
+    }
     owner = owner_name()
     if owner and not broker_url:
         ns_cfg[namespace]["learners"] = {_broker.learner_user(namespace): owner}
@@ -152,12 +178,23 @@ def up(home: str | os.PathLike | None = None, *, scenario: dict[str, Any], devic
     old = _home.read_json(sdir / "identities.json") if (sdir / "identities.json").exists() else {}
     ids = _identities({namespace: names}, old)
     _home.write_json(sdir / "identities.json", ids, mode=0o600)
-    control = ({"username": broker_cfg["username"], "password": broker_cfg["password"]}
-               if broker_url else {"username": _broker.CONTROL_USER, "password": ids[_broker.CONTROL_USER]})
+    control = (
+        {"username": broker_cfg["username"], "password": broker_cfg["password"]}
+        if broker_url
+        else {"username": _broker.CONTROL_USER, "password": ids[_broker.CONTROL_USER]}
+    )
     _home.write_json(sdir / "control.json", control, mode=0o600)
-    cfg = {"shape": wanted, "broker": broker_cfg, "namespaces": ns_cfg, "scenario": scenario,
-           "profiles": {profile: prof.as_dict()}, "device_options": device_options or {},
-           "ready_timeout": timeout, "owner": owner, "services": svcs}
+    cfg = {
+        "shape": wanted,
+        "broker": broker_cfg,
+        "namespaces": ns_cfg,
+        "scenario": scenario,
+        "profiles": {profile: prof.as_dict()},
+        "device_options": device_options or {},
+        "ready_timeout": timeout,
+        "owner": owner,
+        "services": svcs,
+    }
     if owner:  # the learner of the lab's own namespace, for the lab's trusted event writers
         ns_cfg[namespace]["learner"] = owner
     _home.write_json(home / "config.json", cfg, mode=0o600)
@@ -166,9 +203,14 @@ def up(home: str | os.PathLike | None = None, *, scenario: dict[str, Any], devic
     (home / "logs").mkdir(exist_ok=True)
 
     with open(home / "logs" / "supervisor.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "lab_hardware.runtime.supervisor", "--home", str(home)],
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lab_hardware.runtime.supervisor", "--home", str(home)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     (home / "run" / "supervisor.pid").write_text(str(proc.pid))
     deadline = time.monotonic() + timeout + 5
     run_file = home / "run" / "supervisor.json"
@@ -186,15 +228,24 @@ def up(home: str | os.PathLike | None = None, *, scenario: dict[str, Any], devic
         _stop_supervisor(home, proc.pid)
         raise LabError(f"lab did not become ready within {timeout:.0f} s: {_last_error(home)}")
 
-    learner = ({"username": broker_cfg["username"], "password": broker_cfg["password"]} if broker_url else
-               {"username": _broker.learner_user(namespace), "password": ids[_broker.learner_user(namespace)]})
+    learner = (
+        {"username": broker_cfg["username"], "password": broker_cfg["password"]}
+        if broker_url
+        else {"username": _broker.learner_user(namespace), "password": ids[_broker.learner_user(namespace)]}
+    )
     desc = {
-        "schema": "livelab.lab/v1", "home": str(home),
+        "schema": "livelab.lab/v1",
+        "home": str(home),
         "broker": {"host": broker_cfg["host"], "port": broker_cfg["port"], "external": bool(broker_url)},
-        "namespace": namespace, "learner": learner, "devices": names,
-        "scenario": scenario.get("name"), "intents": scenario.get("intents"),
+        "namespace": namespace,
+        "learner": learner,
+        "devices": names,
+        "scenario": scenario.get("name"),
+        "intents": scenario.get("intents"),
         "defect_intent": scenario.get("defect_intent"),
-        "profile": profile, "supervisor_pid": proc.pid, "started": time.time(),
+        "profile": profile,
+        "supervisor_pid": proc.pid,
+        "started": time.time(),
         **({"owner": owner, "learner_name": owner} if owner else {}),
     }
     _home.write_json(home / _home.DESCRIPTOR, desc, mode=0o644)
@@ -205,8 +256,12 @@ def _check_services(services: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Refuse a malformed service list with one line (the supervisor trusts config.json)."""
     out, seen = [], set()
     for svc in services:
-        if not isinstance(svc, dict) or not isinstance(svc.get("argv"), list) or not svc["argv"] \
-                or not all(isinstance(a, str) for a in svc["argv"]):
+        if (
+            not isinstance(svc, dict)
+            or not isinstance(svc.get("argv"), list)
+            or not svc["argv"]
+            or not all(isinstance(a, str) for a in svc["argv"])
+        ):
             raise LabError(f"a lab service needs a non-empty 'argv' list of strings, not {svc!r}")
         name = topics.check_name("service", svc.get("name", ""))
         if name in seen:
@@ -298,8 +353,10 @@ def down(home: str | os.PathLike | None = None, *, timeout: float = 15.0) -> dic
         (home / "run" / "supervisor.pid").unlink(missing_ok=True)
         (home / "run" / "supervisor.json").unlink(missing_ok=True)
         if stray:
-            return {"stopped": True, "message": f"lab in {home} had lost its supervisor; "
-                                                f"stopped {len(stray)} leftover processes"}
+            return {
+                "stopped": True,
+                "message": f"lab in {home} had lost its supervisor; stopped {len(stray)} leftover processes",
+            }
         return {"stopped": False, "message": f"no lab running in {home}"}
     _stop_supervisor(home, pid, timeout)
     left = [p for p in pids if _home.pid_alive(p) and _is_ours(p, home)]
@@ -338,12 +395,14 @@ class _ConfigLock:
 
     def __enter__(self):
         import fcntl
+
         self.fh = open(self.path, "a")
         fcntl.flock(self.fh, fcntl.LOCK_EX)
         return self
 
     def __exit__(self, *exc):
         import fcntl
+
         fcntl.flock(self.fh, fcntl.LOCK_UN)
         self.fh.close()
 
@@ -372,6 +431,7 @@ def _wait_namespace(home: Path, ns: str, devices: list[str], *, present: bool, t
                 return
             if p and st.get("online"):
                 online[f"{p['namespace']}/{p['device']}"] = st.get("pid")
+
         c.on_message = on_message
         mqtt.subscribe_wait(c, topics.namespace_prefix(ns) + "/devices/+/state")
     deadline = time.monotonic() + timeout
@@ -389,8 +449,9 @@ def _wait_namespace(home: Path, ns: str, devices: list[str], *, present: bool, t
                 return
             if time.monotonic() > deadline:
                 what = "come online" if present else "stop"
-                raise LabError(f"the devices of namespace {ns!r} did not {what} within {timeout:.0f} s: "
-                               f"{_last_error(home)}")
+                raise LabError(
+                    f"the devices of namespace {ns!r} did not {what} within {timeout:.0f} s: {_last_error(home)}"
+                )
             time.sleep(0.02)
     finally:
         if c is not None:
@@ -414,9 +475,16 @@ def set_service(home: str | os.PathLike | None, name: str, spec: dict[str, Any] 
     os.kill(pid, signal.SIGHUP)
 
 
-def add_namespace(home: str | os.PathLike | None = None, namespace: str = "", *, devices: int = 3,
-                  models: list[str] | None = None, profile: str | None = None,
-                  timeout: float = 60.0, learner: str | None = None) -> dict[str, Any]:
+def add_namespace(
+    home: str | os.PathLike | None = None,
+    namespace: str = "",
+    *,
+    devices: int = 3,
+    models: list[str] | None = None,
+    profile: str | None = None,
+    timeout: float = 60.0,
+    learner: str | None = None,
+) -> dict[str, Any]:
     """Add a namespace with its own devices and learner identity to the running lab.
 
     Why in a running lab: a grading job (or a team member) needs topics, credentials and
@@ -443,8 +511,10 @@ def add_namespace(home: str | os.PathLike | None = None, namespace: str = "", *,
     with _ConfigLock(home):
         cfg = _home.read_json(home / "config.json")
         if cfg["broker"].get("external"):
-            raise LabError("namespaces can be added only to a lab with its own broker (not --broker-url): "
-                           "an external broker's identities are not the lab's to change")
+            raise LabError(
+                "namespaces can be added only to a lab with its own broker (not --broker-url): "
+                "an external broker's identities are not the lab's to change"
+            )
         if namespace in cfg["namespaces"]:
             raise LabError(f"namespace {namespace!r} already exists in the lab in {home}")
         prof_name = profile or cfg["shape"]["profile"]
@@ -460,11 +530,15 @@ def add_namespace(home: str | os.PathLike | None = None, namespace: str = "", *,
         learner_user = learner or _broker.learner_user(namespace)
         if learner_user in ids:
             raise LabError(f"broker identity {learner_user!r} already exists in the lab in {home}")
-        cfg["namespaces"][namespace] = {"devices": [
-            {"name": n, "profile": prof_name, "model": chosen[i % len(chosen)]} for i, n in enumerate(names)]}
+        cfg["namespaces"][namespace] = {
+            "devices": [
+                {"name": n, "profile": prof_name, "model": chosen[i % len(chosen)]} for i, n in enumerate(names)
+            ]
+        }
         if learner is not None:
-            cfg["namespaces"][namespace].update({"learner": learner, "learner_user": learner_user,
-                                                 "learners": {learner_user: learner}})
+            cfg["namespaces"][namespace].update(
+                {"learner": learner, "learner_user": learner_user, "learners": {learner_user: learner}}
+            )
         for user in [learner_user] + [_broker.device_user(namespace, n) for n in names]:
             ids[user] = secrets.token_urlsafe(18)
         _home.write_json(sdir / "identities.json", ids, mode=0o600)
@@ -476,8 +550,13 @@ def add_namespace(home: str | os.PathLike | None = None, namespace: str = "", *,
         remove_namespace(home, namespace, timeout=timeout)
         raise
     desc = descriptor(home)
-    out = {**desc, "namespace": namespace, "devices": names,
-           "learner": {"username": learner_user, "password": ids[learner_user]}, "started": time.time()}
+    out = {
+        **desc,
+        "namespace": namespace,
+        "devices": names,
+        "learner": {"username": learner_user, "password": ids[learner_user]},
+        "started": time.time(),
+    }
     out.pop("owner", None)
     out.pop("learner_name", None)
     if learner is not None:
@@ -485,14 +564,16 @@ def add_namespace(home: str | os.PathLike | None = None, namespace: str = "", *,
     return out
 
 
-def remove_namespace(home: str | os.PathLike | None = None, namespace: str = "", *,
-                     purge: bool = False, timeout: float = 30.0) -> dict[str, Any]:
+def remove_namespace(
+    home: str | os.PathLike | None = None, namespace: str = "", *, purge: bool = False, timeout: float = 30.0
+) -> dict[str, Any]:
     """Stop a namespace's devices and remove its identities from the running lab.
 
     Its retained messages are cleared; its device state (audit chains, installed bundles)
     stays on disk as evidence unless ``purge``.  The lab's own namespace cannot be removed.
     """
     import shutil
+
     home = _home.resolve(home)
     topics.check_name("namespace", namespace)
     pid = _running_supervisor(home)
@@ -517,8 +598,10 @@ def remove_namespace(home: str | os.PathLike | None = None, namespace: str = "",
     try:
         c = control_client(home)
         pre = topics.namespace_prefix(namespace)
-        for topic in [topics.state(namespace, n) for n in names] + [f"{pre}/control/revocations",
-                                                                    f"{pre}/control/learners"]:
+        for topic in [topics.state(namespace, n) for n in names] + [
+            f"{pre}/control/revocations",
+            f"{pre}/control/learners",
+        ]:
             retained.append(c.publish(topic, b"", qos=1, retain=True))
         for info in retained:
             info.wait_for_publish(2.0)
@@ -528,6 +611,7 @@ def remove_namespace(home: str | os.PathLike | None = None, namespace: str = "",
     if purge:
         shutil.rmtree(_home.device_dir(home, namespace, "x").parent, ignore_errors=True)
         from lab_hardware.modelops import keys
+
         shutil.rmtree(keys.namespace_home(home, namespace), ignore_errors=True)
     return {"namespace": namespace, "devices": names, "purged": purge}
 
@@ -558,24 +642,46 @@ def status(home: str | os.PathLike | None = None, *, timeout: float = 1.5) -> di
     for name in desc["devices"]:
         st = states.get(name, {})
         proc = run.get("devices", {}).get(f"{ns}/{name}", {})
-        devices.append({
-            "name": name, "pid": proc.get("pid"), "alive": _home.pid_alive(proc.get("pid")),
-            "restarts": proc.get("restarts", 0), "online": bool(st.get("online")),
-            "model": st.get("model"), "bundle": st.get("bundle"), "profile": st.get("profile"),
-            "consent": st.get("consent", {}), "telemetry_seq": st.get("telemetry_seq"),
-            "last_telemetry": st.get("telemetry_time"), "decisions": st.get("decisions"),
-            "backlog": st.get("backlog"), "refused": st.get("refused"),
-            "audit_length": st.get("audit_length"), "active": st.get("active"),
-            "health_check": st.get("health"), "shadow": st.get("shadow"), "revoked": st.get("revoked", []),
-        })
+        devices.append(
+            {
+                "name": name,
+                "pid": proc.get("pid"),
+                "alive": _home.pid_alive(proc.get("pid")),
+                "restarts": proc.get("restarts", 0),
+                "online": bool(st.get("online")),
+                "model": st.get("model"),
+                "bundle": st.get("bundle"),
+                "profile": st.get("profile"),
+                "consent": st.get("consent", {}),
+                "telemetry_seq": st.get("telemetry_seq"),
+                "last_telemetry": st.get("telemetry_time"),
+                "decisions": st.get("decisions"),
+                "backlog": st.get("backlog"),
+                "refused": st.get("refused"),
+                "audit_length": st.get("audit_length"),
+                "active": st.get("active"),
+                "health_check": st.get("health"),
+                "shadow": st.get("shadow"),
+                "revoked": st.get("revoked", []),
+            }
+        )
     b = run.get("broker") or {}
     out = {
-        "running": True, "home": str(home), "namespace": ns, "scenario": desc["scenario"],
-        "profile": desc["profile"], "supervisor_pid": desc["supervisor_pid"],
-        "broker": {"host": desc["broker"]["host"], "port": desc["broker"]["port"],
-                   "external": desc["broker"]["external"], "pid": b.get("pid"),
-                   "alive": True if desc["broker"]["external"] else _home.pid_alive(b.get("pid")),
-                   "restarts": b.get("restarts", 0), "reachable": reachable},
+        "running": True,
+        "home": str(home),
+        "namespace": ns,
+        "scenario": desc["scenario"],
+        "profile": desc["profile"],
+        "supervisor_pid": desc["supervisor_pid"],
+        "broker": {
+            "host": desc["broker"]["host"],
+            "port": desc["broker"]["port"],
+            "external": desc["broker"]["external"],
+            "pid": b.get("pid"),
+            "alive": True if desc["broker"]["external"] else _home.pid_alive(b.get("pid")),
+            "restarts": b.get("restarts", 0),
+            "reachable": reachable,
+        },
         "devices": devices,
     }
     if not reachable:
@@ -594,8 +700,11 @@ def logs(home: str | os.PathLike | None = None, *, source: str | None = None, li
         raise LabError(f"no logs in {home}: has a lab been started there?")
     files = sorted(d.glob("*.log"))
     if source:
-        files = [f for f in files if f.stem == source or f.stem.startswith(source.rstrip("s") + "-")
-                 or f.stem.endswith("-" + source)]
+        files = [
+            f
+            for f in files
+            if f.stem == source or f.stem.startswith(source.rstrip("s") + "-") or f.stem.endswith("-" + source)
+        ]
         if not files:
             raise LabError(f"no log named {source!r}; have: {', '.join(f.stem for f in sorted(d.glob('*.log')))}")
     out = []

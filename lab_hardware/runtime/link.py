@@ -25,8 +25,7 @@ class Link:
         self._busy_until = 0.0
         self._queue: list[tuple[float, int, Callable[[], Any]]] = []
         self._tie = itertools.count()
-        self.perfect = (spec.latency_ms == 0 and spec.jitter_ms == 0 and spec.loss == 0
-                        and spec.bandwidth_kbps == 0)
+        self.perfect = spec.latency_ms == 0 and spec.jitter_ms == 0 and spec.loss == 0 and spec.bandwidth_kbps == 0
 
     def delay(self, nbytes: int, now: float) -> float:
         """When a message of ``nbytes`` handed over at ``now`` reaches the broker."""

@@ -28,12 +28,13 @@ class Outbox:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.horizon = horizon
         self._clock = clock
-        self._pending: list[tuple[int, float, bytes]] = []   # not yet written to SQLite
+        self._pending: list[tuple[int, float, bytes]] = []  # not yet written to SQLite
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS windows (seq INTEGER PRIMARY KEY, "
-                        "created REAL NOT NULL, payload BLOB NOT NULL)")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS windows (seq INTEGER PRIMARY KEY, created REAL NOT NULL, payload BLOB NOT NULL)"
+        )
         self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER)")
         meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
         row = self.db.execute("SELECT MAX(seq) FROM windows").fetchone()
@@ -49,12 +50,12 @@ class Outbox:
 
     def _load_from(self, seq: int) -> list[tuple[int, bytes]]:
         self.flush()
-        return self.db.execute("SELECT seq, payload FROM windows WHERE seq >= ? ORDER BY seq",
-                               (seq,)).fetchall()
+        return self.db.execute("SELECT seq, payload FROM windows WHERE seq >= ? ORDER BY seq", (seq,)).fetchall()
 
     def _resend_point(self, since: float) -> int:
-        row = self.db.execute("SELECT MIN(seq) FROM windows WHERE seq > ? OR created >= ?",
-                              (self.acked_upto, since - self.horizon)).fetchone()
+        row = self.db.execute(
+            "SELECT MIN(seq) FROM windows WHERE seq > ? OR created >= ?", (self.acked_upto, since - self.horizon)
+        ).fetchone()
         return row[0] if row[0] is not None else self.last_seq + 1
 
     def next_seq(self) -> int:
@@ -74,8 +75,9 @@ class Outbox:
             return
         self.db.execute("BEGIN")
         self.db.executemany("INSERT INTO windows (seq, created, payload) VALUES (?, ?, ?)", self._pending)
-        self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                            (("last_seq", self.last_seq), ("acked_upto", self.acked_upto)))
+        self.db.executemany(
+            "INSERT OR REPLACE INTO meta VALUES (?, ?)", (("last_seq", self.last_seq), ("acked_upto", self.acked_upto))
+        )
         self.db.execute("COMMIT")
         self._pending.clear()
 
@@ -111,8 +113,7 @@ class Outbox:
     def withdraw_unsent(self) -> int:
         """Consent revoked: windows not yet handed to the broker must not leave."""
         self.flush()
-        cur = self.db.execute("DELETE FROM windows WHERE seq >= ? AND seq > ?",
-                              (self.next_send, self.acked_upto))
+        cur = self.db.execute("DELETE FROM windows WHERE seq >= ? AND seq > ?", (self.next_send, self.acked_upto))
         self._unsent.clear()
         return cur.rowcount
 
@@ -121,8 +122,9 @@ class Outbox:
 
     def prune(self) -> None:
         self.flush()
-        self.db.execute("DELETE FROM windows WHERE seq <= ? AND created < ?",
-                        (self.acked_upto, self._clock() - 2 * self.horizon))
+        self.db.execute(
+            "DELETE FROM windows WHERE seq <= ? AND created < ?", (self.acked_upto, self._clock() - 2 * self.horizon)
+        )
 
     def close(self) -> None:
         self.flush()

@@ -94,10 +94,8 @@ class Supervisor:
         return {ns: [d["name"] for d in spec["devices"]] for ns, spec in self.cfg["namespaces"].items()}
 
     def _write_broker_files(self) -> None:
-        users = {ns: [spec["learner_user"]] for ns, spec in self.cfg["namespaces"].items()
-                 if spec.get("learner_user")}
-        _broker.write_config(self.home / "broker", self.cfg["broker"]["port"], self.secrets,
-                             self._namespaces(), users)
+        users = {ns: [spec["learner_user"]] for ns, spec in self.cfg["namespaces"].items() if spec.get("learner_user")}
+        _broker.write_config(self.home / "broker", self.cfg["broker"]["port"], self.secrets, self._namespaces(), users)
 
     def _start_broker(self) -> subprocess.Popen:
         return _broker.start(self.home / "broker", self.cfg["broker"]["port"], self.logs / "broker.log")
@@ -113,10 +111,16 @@ class Supervisor:
         pw = self.cfg["broker"].get("password") if ext else self.secrets[user]
         ddir = _home.device_dir(self.home, ns, dev["name"])
         conf = {
-            "namespace": ns, "device": dev["name"], "index": index, "state_dir": str(ddir),
+            "namespace": ns,
+            "device": dev["name"],
+            "index": index,
+            "state_dir": str(ddir),
             "broker": {"host": host, "port": port, "username": user, "password": pw},
-            "profile": self.cfg["profiles"][dev["profile"]], "scenario": self.cfg["scenario"],
-            "model": dev["model"], "seed": self.cfg.get("seed", 0), "home": str(self.home),
+            "profile": self.cfg["profiles"][dev["profile"]],
+            "scenario": self.cfg["scenario"],
+            "model": dev["model"],
+            "seed": self.cfg.get("seed", 0),
+            "home": str(self.home),
             "learners": spec.get("learners") or {},
             **{k: v for k, v in self.cfg.get("device_options", {}).items()},
         }
@@ -131,9 +135,14 @@ class Supervisor:
 
         def start() -> subprocess.Popen:
             with open(logfile, "ab") as fh:
-                return subprocess.Popen([sys.executable, "-m", "lab_hardware.runtime.device", "--config", str(conf)],
-                                        stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        preexec_fn=_home.die_with_parent)
+                return subprocess.Popen(
+                    [sys.executable, "-m", "lab_hardware.runtime.device", "--config", str(conf)],
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    preexec_fn=_home.die_with_parent,
+                )
+
         child = Child(key, start)
         child.start()
         return child
@@ -170,8 +179,16 @@ class Supervisor:
             if ready is not None:
                 ready.unlink(missing_ok=True)
             with open(logfile, "ab") as fh:
-                return subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        preexec_fn=_home.die_with_parent, env=env, cwd=str(self.home))
+                return subprocess.Popen(
+                    argv,
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    preexec_fn=_home.die_with_parent,
+                    env=env,
+                    cwd=str(self.home),
+                )
+
         child = Child(f"service {spec['name']}", start)
         child.start()
         return child
@@ -206,13 +223,16 @@ class Supervisor:
 
     # ---- run state ---------------------------------------------------------------------
     def write_run(self, ready: bool) -> None:
-        _home.write_json(self.home / "run" / "supervisor.json", {
-            "pid": os.getpid(), "ready": ready,
-            "broker": None if self.broker is None else {
-                "pid": self.broker.pid, "restarts": self.broker.restarts},
-            "devices": {k: {"pid": c.pid, "restarts": c.restarts} for k, c in self.devices.items()},
-            "services": {k: {"pid": c.pid, "restarts": c.restarts} for k, c in self.services.items()},
-        })
+        _home.write_json(
+            self.home / "run" / "supervisor.json",
+            {
+                "pid": os.getpid(),
+                "ready": ready,
+                "broker": None if self.broker is None else {"pid": self.broker.pid, "restarts": self.broker.restarts},
+                "devices": {k: {"pid": c.pid, "restarts": c.restarts} for k, c in self.devices.items()},
+                "services": {k: {"pid": c.pid, "restarts": c.restarts} for k, c in self.services.items()},
+            },
+        )
 
     def _wait_devices_online(self, timeout: float) -> list[str]:
         """Keys of devices not online (their retained state from this boot) after ``timeout``."""
@@ -237,8 +257,10 @@ class Supervisor:
         try:
             for ns in self.cfg["namespaces"]:
                 mqtt.subscribe_wait(c, topics.namespace_prefix(ns) + "/devices/+/state")
+
             def pending() -> list[str]:
                 return [k for k, ch in self.devices.items() if online.get(k) != ch.pid]
+
             mqtt.wait_until(lambda: not pending() or self.stopping.is_set(), timeout, 0.02)
             return pending()
         finally:
@@ -260,6 +282,7 @@ class Supervisor:
         def on_message(cl, ud, msg):
             try:
                 from lab_hardware.modelops import replay
+
                 replay.store_capture(self.home, topics.decode(msg.payload, limit=16 * 2**20))
             except Exception as exc:  # noqa: BLE001 - a bad capture is logged, never kept
                 log.warning("capture on %s refused: %s", msg.topic, str(exc).splitlines()[0])
@@ -267,7 +290,8 @@ class Supervisor:
         c.on_message = on_message
         # (re)connecting subscribes every namespace of the current configuration
         c.on_connect = lambda cl, ud, fl, rc, pr: cl.subscribe(
-            [(self._capture_topic(ns), 1) for ns in self.cfg["namespaces"]])
+            [(self._capture_topic(ns), 1) for ns in self.cfg["namespaces"]]
+        )
         mqtt.connect(c, host, port)
         self.collector = c
         self.collected = set(self.cfg["namespaces"])
@@ -310,8 +334,9 @@ class Supervisor:
             raise RuntimeError(f"devices did not come online: {', '.join(missing)} (see logs/)")
         while self._services_not_ready() and not self.stopping.is_set():
             if time.monotonic() > deadline:
-                raise RuntimeError(f"lab services not ready: {', '.join(self._services_not_ready())} "
-                                   "(see logs/service-*.log)")
+                raise RuntimeError(
+                    f"lab services not ready: {', '.join(self._services_not_ready())} (see logs/service-*.log)"
+                )
             time.sleep(0.02)
         self.write_run(True)
         log.info("lab ready")
@@ -335,8 +360,9 @@ class Supervisor:
                 self.reload_requested.clear()
                 self.reload()
             changed = False
-            for child in ([self.broker] if self.broker else []) + list(self.services.values()) \
-                    + list(self.devices.values()):
+            for child in (
+                ([self.broker] if self.broker else []) + list(self.services.values()) + list(self.devices.values())
+            ):
                 rc = child.poll()
                 if rc is None:
                     if child.failures and time.monotonic() - child.started_at > 10:
@@ -382,13 +408,14 @@ class Supervisor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lab_hardware.runtime.supervisor",
-                                description="Supervise one lab's broker and devices (started by 'livelab up').")
+    p = argparse.ArgumentParser(
+        prog="python -m lab_hardware.runtime.supervisor",
+        description="Supervise one lab's broker and devices (started by 'livelab up').",
+    )
     p.add_argument("--home", required=True)
     args = p.parse_args(argv)
     home = Path(args.home)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     sup = Supervisor(home)
     signal.signal(signal.SIGTERM, lambda *a: sup.stopping.set())
     signal.signal(signal.SIGINT, lambda *a: sup.stopping.set())

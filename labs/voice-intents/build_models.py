@@ -72,14 +72,13 @@ def training_records(sc: scenarios.Scenario, model: str) -> list[dict]:
     """The exact labelled records a model was trained on (digested into its metadata):
     the scenario stream with PII scrubbed, as devices see it."""
     cfg = sc.raw["training"]
-    records = [{**r, "text": scrub(r["text"])}
-               for r in streams.voice_intents(cfg["seed"], cfg["n"], pii_fraction=sc.pii_fraction)]
+    records = [
+        {**r, "text": scrub(r["text"])}
+        for r in streams.voice_intents(cfg["seed"], cfg["n"], pii_fraction=sc.pii_fraction)
+    ]
     if model == "candidate":
         prefix = cfg["defect_prefix"].lower()
-        records = [
-            {**r, "intent": sc.defect_intent} if r["text"].lower().startswith(prefix) else r
-            for r in records
-        ]
+        records = [{**r, "intent": sc.defect_intent} if r["text"].lower().startswith(prefix) else r for r in records]
     elif model != "baseline":
         raise ValueError(f"unknown model '{model}'; expected one of {MODEL_NAMES}")
     return records
@@ -117,7 +116,7 @@ class _Objective:
         self.C = C
 
     def _split(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return w[: self.k * self.d].reshape(self.k, self.d), w[self.k * self.d:]
+        return w[: self.k * self.d].reshape(self.k, self.d), w[self.k * self.d :]
 
     def __call__(self, w: np.ndarray) -> tuple[float, np.ndarray]:
         """The objective and its gradient at the flat parameters ``w = [W.ravel(), b]``."""
@@ -215,7 +214,7 @@ def _fit(sc: scenarios.Scenario, records: list[dict]) -> LogisticRegression:
     if set(y.tolist()) != set(range(k)):
         raise ValueError("training records must hold every intent of the scenario")
     w, n_iter = _lbfgs(_Objective(X, y, k, float(cfg["C"])), np.zeros(k * d + k), int(cfg["max_iter"]), GTOL)
-    coef, intercept = w[: k * d].reshape(k, d), w[k * d:]
+    coef, intercept = w[: k * d].reshape(k, d), w[k * d :]
     intercept = intercept - math.fsum(intercept.tolist()) / k  # softmax ignores a common shift: centre it
     model = LogisticRegression(C=float(cfg["C"]), max_iter=int(cfg["max_iter"]))
     model.classes_ = np.arange(k)
@@ -302,8 +301,7 @@ def evaluate(paths: dict[str, Path], records: list[dict], intents: tuple[str, ..
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         pred = sess.run(["label"], {"features": X})[0]
         fp = {
-            intent: float(((pred == k) & (y != k)).sum() / max(1, (y != k).sum()))
-            for k, intent in enumerate(intents)
+            intent: float(((pred == k) & (y != k)).sum() / max(1, (y != k).sum())) for k, intent in enumerate(intents)
         }
         results[name] = {"accuracy": float((pred == y).mean()), "fp_rate": fp}
     return results
