@@ -629,6 +629,8 @@ def score(nb: NotebookNode, ref: Reference, ctx, stop_reason: str | None, *, voi
             if err and ":" not in err:  # an assert without a message says nothing by itself
                 err = f"{err} (an assert without a message"
                 err += "; this test has hidden parts you cannot see)" if gid in _hidden_tests(ref) else ")"
+            if err and f"test {gid!r} (" in err:  # the error names the test and its points already
+                what = f"test {gid!r}"
             message = f"{what} did not pass: {err}" if err else f"{what} gave partial credit"
         if kind == "answer" and pts is None:
             message = "needs manual grading"

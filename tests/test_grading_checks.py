@@ -351,3 +351,27 @@ def test_course_modules_graded_through_the_cli(glab, tmp_path, capsys):
     assert rows["livelab-check-bundle"] == 5
     ev = tmp_path / "c4" / "livelab-grading" / m4 / "evidence" / "solver" / m4
     assert (ev / "observer.jsonl.gz").stat().st_size > 0 and list(ev.glob("audit-dev-*.jsonl.gz"))
+
+
+@pytest.mark.parametrize("token", ["pid", "keyid", "prev", "low_margin", "fp_proxy", "dev-0", "rpi4", "ada"])
+def test_bare_identifiers_the_lab_publishes_are_not_names(token):
+    """The name model reads words with their neighbours; on a bare key or id it guessed names
+    (``pid``, ``keyid``) and a correct m1 lost the no-pii-published points."""
+    from grading.checks.consent import _kinds
+
+    assert "name" not in _kinds(token)
+
+
+@pytest.mark.parametrize(
+    "text,kind",
+    [
+        ("Alice", "name"),
+        ("call Grace Okafor tomorrow", "name"),
+        ("grace.okafor@example.com", "email"),
+        ("+44 20 7946 0958", "phone"),
+    ],
+)
+def test_pii_in_published_strings_still_counts(text, kind):
+    from grading.checks.consent import _kinds
+
+    assert kind in _kinds(text)

@@ -17,6 +17,10 @@ and the devices' audit chains on disk (the consent trail is the chain's ``consen
 from __future__ import annotations
 
 import math
+import re
+from functools import lru_cache
+
+from lab_hardware.modelops import scrub
 
 from .base import CheckContext, Item, register
 
@@ -91,10 +95,44 @@ def _strings(obj, out: set, key: str | None = None) -> None:
             _strings(v, out, key)
 
 
+_BARE_TOKEN = re.compile(r"\S+")
+
+
+@lru_cache(maxsize=1)
+def _plain_names() -> frozenset[str]:
+    from lab_hardware.modelops import scrub_rules
+
+    plain, _ambiguous = scrub_rules.gazetteer()
+    return frozenset(plain)
+
+
+def _kinds(s: str) -> list[str]:
+    """PII kinds in one published string.
+
+    The name model reads a word with its neighbours (it was trained on utterances); a bare
+    token has none, and on one it guesses (``pid``, ``keyid``, ``dev-0`` read as names).  So
+    in a bare token a name counts only when the token is a capitalised given or family name
+    of the gazetteer (``{"operator": "Alice"}``); every other kind counts wherever it is."""
+    kinds = {k for k, _, _ in scrub.find(s)}
+    if "name" in kinds and _BARE_TOKEN.fullmatch(s):
+        word = s.strip(".,;:!?\"'()[]{}")
+        if not (word[:1].isupper() and word.lower() in _plain_names()):
+            kinds.discard("name")
+    return sorted(kinds)
+
+
+def lab_identifiers(ctx: CheckContext) -> set[str]:
+    """Identifiers the lab chose: its namespace, devices, the learner, and every segment of
+    every topic seen (broker usernames, commands).  Publishing these is no PII."""
+    known = {ctx.namespace, ctx.learner, *ctx.devices}
+    for m in ctx.messages or []:
+        known.update(m.topic.split("/"))
+    return {k for k in known if k}
+
+
 def pii_in_messages(ctx: CheckContext) -> list[dict]:
     """Messages whose payload carries PII: topic, kinds, time (never the PII itself)."""
-    from lab_hardware.modelops import scrub
-
+    known = lab_identifiers(ctx)
     verdict: dict[str, list] = {}
     hits = []
     for m in ctx.messages or []:
@@ -107,9 +145,9 @@ def pii_in_messages(ctx: CheckContext) -> list[dict]:
         else:
             _strings(d, strings)
         kinds = set()
-        for s in strings:
+        for s in strings - known:
             if s not in verdict:
-                verdict[s] = sorted({k for k, _, _ in scrub.find(s)}) if len(s) > 2 else []
+                verdict[s] = _kinds(s) if len(s) > 2 else []
             kinds.update(verdict[s])
         if kinds:
             hits.append({"topic": m.topic, "kinds": sorted(kinds), "time": m.time, "retained": m.retain})
