@@ -10,6 +10,7 @@ plain dict from :meth:`Scenario.materialize` and read files.
 
 from __future__ import annotations
 
+import json
 import math
 import tomllib
 from dataclasses import dataclass
@@ -86,6 +87,26 @@ class Scenario:
         count = self.stream_length if n is None else n
         return fn(self.seed, count, pii_fraction=self.pii_fraction)
 
+    @property
+    def scrubbed_stream_path(self) -> Path:
+        """The stream, scrubbed, as shipped with the scenario (``write_scrubbed_stream``)."""
+        return self.root / "stream.scrubbed.jsonl.gz"
+
+    def write_scrubbed_stream(self) -> Path:
+        """Scrub the whole stream with this scrubber and ship it beside scenario.toml, so devices
+        need not load Presidio to scrub the same utterances again (see ``scrub.fingerprint``)."""
+        import hashlib
+        import tempfile
+
+        from lab_hardware.modelops import scrub
+
+        with tempfile.TemporaryDirectory() as tmp:
+            stream = streams.write_jsonl(self.stream(), Path(tmp) / "stream.jsonl")
+            sha = hashlib.sha256(stream.read_bytes()).hexdigest()
+            texts = [json.loads(line)["text"] for line in stream.read_text(encoding="utf-8").splitlines()]
+        scrub.write_scrubbed_stream(texts, sha, self.scrubbed_stream_path, scenario=self.name)
+        return self.scrubbed_stream_path
+
     def materialize(self, dest: Path) -> dict:
         """Write ``dest/stream.jsonl`` and return the device configuration dict.
 
@@ -102,9 +123,15 @@ class Scenario:
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
         path = streams.write_jsonl(self.stream(), dest / "stream.jsonl").resolve()
+        extra = {}
+        if self.scrubbed_stream_path.is_file():  # the devices check that it pairs (else scrub live)
+            scrubbed = dest / "stream.scrubbed.jsonl.gz"
+            scrubbed.write_bytes(self.scrubbed_stream_path.read_bytes())
+            extra["scrubbed_stream"] = str(scrubbed.resolve())
         return {
             "name": self.name,
             "stream": str(path),
+            **extra,
             "intents": list(self.intents),
             "defect_intent": self.defect_intent,
             "rate_hz": self.rate_hz,
@@ -232,3 +259,25 @@ def _validate(raw: dict, path: Path) -> Scenario:
         device_models=tuple(device_models),
         raw=raw,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m labs.scenarios scrub-stream NAME``: rebuild a scenario's shipped scrubbed
+    stream (after a change to the scrubber or to the stream; tests/test_scrub_stream.py says when)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m labs.scenarios", description=main.__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("scrub-stream", help="scrub the scenario's stream once and ship it beside scenario.toml")
+    p.add_argument("name", help=f"scenario ({', '.join(names())})")
+    args = ap.parse_args(argv)
+    try:
+        out = load(args.name).write_scrubbed_stream()
+    except ScenarioError as exc:
+        ap.exit(2, f"python -m labs.scenarios: error: {exc}\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

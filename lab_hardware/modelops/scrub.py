@@ -32,6 +32,7 @@ How (docs/scrubbing.md has the figures):
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from functools import lru_cache
@@ -275,3 +276,85 @@ def warm_up() -> None:
             scrub_recognizers.analyzer(email, numeric)
     _anonymizer()
     scrub("call Anna at 555-123-4567 or anna@example.com, card 4111 1111 1111 1111")
+
+
+# ---- pre-scrubbed streams ------------------------------------------------------------------
+# A device decides on a fixed, seeded stream of utterances; scrubbing is a pure function of the
+# text and of this scrubber.  So a scenario can ship its stream already scrubbed (built once with
+# this module: ``python -m labs.scenarios scrub-stream NAME``), and a device that is handed one
+# which provably pairs with its stream and with this very scrubber reads it instead of loading
+# Presidio (about 2 s of CPU and 70 MB a device; a grading namespace starts three).  Anything
+# that does not match - another stream, any change to the scrubber's code, data or libraries -
+# and the device scrubs live, as before.  tests/test_scrub_stream.py keeps the shipped one
+# current and checks it against live scrubbing.
+
+SCRUBBED_SCHEMA = "livelab.scrubbed-stream/v1"
+_FINGERPRINT_DISTS = ("presidio-analyzer", "presidio-anonymizer", "phonenumbers")
+
+
+@lru_cache(maxsize=1)
+def fingerprint() -> str:
+    """sha256 of everything ``scrub`` depends on: this package's scrubber code and data
+    (``scrub*`` but the trainer) and the versions of the libraries it calls."""
+    from importlib import metadata
+    from pathlib import Path
+
+    h = hashlib.sha256()
+    here = Path(__file__).parent
+    for p in sorted(here.glob("scrub*")):
+        if p.is_file() and not p.name.endswith("_train.py"):
+            h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+    for dist in _FINGERPRINT_DISTS:
+        h.update(f"{dist}=={metadata.version(dist)}\0".encode())
+    return h.hexdigest()
+
+
+def write_scrubbed_stream(texts: list[str], stream_sha256: str, path, *, scenario: str = "") -> None:
+    """Write ``scrub(t)`` for every ``t`` of a stream, with the header that pairs it with the
+    stream's bytes and this scrubber; gzip (reproducible: no name, mtime 0) if ``path`` ends
+    in ``.gz``."""
+    import gzip
+    import json
+    from pathlib import Path
+
+    header = {
+        "schema": SCRUBBED_SCHEMA,
+        "scenario": scenario,
+        "stream_sha256": stream_sha256,
+        "scrubber": fingerprint(),
+        "count": len(texts),
+    }
+    body = "\n".join([json.dumps(header, sort_keys=True)] + [json.dumps(scrub(t)) for t in texts]) + "\n"
+    data = body.encode("utf-8")
+    path = Path(path)
+    if path.name.endswith(".gz"):
+        data = gzip.compress(data, mtime=0)
+    path.write_bytes(data)
+
+
+def read_scrubbed_stream(path, stream_sha256: str, count: int) -> tuple[list[str] | None, str]:
+    """(scrubbed texts, "") when ``path`` pairs with the stream (its sha256 and length) and
+    with this scrubber; else (None, the one-line reason) and the caller scrubs live."""
+    import gzip
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        if path.name.endswith(".gz"):
+            raw = gzip.decompress(raw)
+        lines = raw.decode("utf-8").splitlines()
+        header = json.loads(lines[0]) if lines else {}
+        texts = [json.loads(line) for line in lines[1:]]
+    except (OSError, EOFError, ValueError) as exc:
+        return None, f"{path}: unreadable ({exc.__class__.__name__})"
+    if not isinstance(header, dict) or header.get("schema") != SCRUBBED_SCHEMA:
+        return None, f"{path}: not a {SCRUBBED_SCHEMA} file"
+    if header.get("scrubber") != fingerprint():
+        return None, f"{path}: made by another scrubber (code, data or library versions changed)"
+    if header.get("stream_sha256") != stream_sha256:
+        return None, f"{path}: made for another stream"
+    if header.get("count") != count or len(texts) != count or not all(isinstance(t, str) for t in texts):
+        return None, f"{path}: {len(texts)} texts for a stream of {count}"
+    return texts, ""

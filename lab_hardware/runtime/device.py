@@ -53,7 +53,7 @@ from lab_hardware import digest as _digest
 from lab_hardware import features, mqtt, topics
 from lab_hardware.audit import AuditChain
 from lab_hardware.consent import ConsentError, ConsentState
-from lab_hardware.modelops.scrub import scrub, warm_up as scrub_warm_up
+from lab_hardware.modelops.scrub import read_scrubbed_stream, scrub, warm_up as scrub_warm_up
 from lab_hardware.modelops.slots import ALL_SIGNERS, InstallError, Slots
 from lab_hardware.runtime.link import Link
 from lab_hardware.runtime.outbox import Outbox
@@ -145,10 +145,6 @@ def apply_profile_limits(profile: Profile) -> None:
 
 class Device:
     def __init__(self, config: dict[str, Any], *, clock=time.time):
-        # The scrubber (Presidio's analyzers, the name model) takes a few seconds of CPU to import
-        # and build: done before the device connects, so it comes online able to decide and the
-        # first decisions are not charged for it (a latency spike would fail the health check).
-        scrub_warm_up()
         self.cfg = config
         self.clock = clock
         self.ns = topics.check_name("namespace", config["namespace"])
@@ -175,6 +171,12 @@ class Device:
                 texts.append(rec["text"])
                 truth.append(index[rec["intent"]])
         self.texts = texts
+        self.scrubbed = self._scrubbed_stream(sc)
+        if self.scrubbed is None:
+            # The scrubber (Presidio's analyzers, the name model) takes a few seconds of CPU to
+            # import and build: done before the device connects, so it comes online able to decide
+            # and the first decisions are not charged for it.
+            scrub_warm_up()
         self.truth = np.asarray(truth, dtype=np.int64)
         self.pos = (int(config.get("index", 0)) * 7919) % len(texts)
 
@@ -643,6 +645,19 @@ class Device:
         """A batch never overfills a window capped at ``window_max_decisions``."""
         return min(n, self.window_max - len(self.window)) if self.window_max else n
 
+    def _scrubbed_stream(self, sc: dict) -> list[str] | None:
+        """The scenario's stream already scrubbed, when the lab handed one that pairs with this
+        stream and this scrubber (``scrub.read_scrubbed_stream``); else None: scrub live."""
+        path = sc.get("scrubbed_stream")
+        if not path:
+            return None
+        with open(sc["stream"], "rb") as fh:
+            sha = hashlib.sha256(fh.read()).hexdigest()
+        texts, why = read_scrubbed_stream(path, sha, len(self.texts))
+        if texts is None:
+            log.warning("scrubbing live: %s", why)
+        return texts
+
     def decide(self, n: int) -> Decisions | None:
         """Decide the next ``n`` utterances in one batch: scrub PII, extract features,
         run the active model (and the shadow), digest every decision."""
@@ -656,7 +671,10 @@ class Device:
         # The clock starts after scrubbing: the scrubber is the device's privacy filter, not the
         # bundle, and a budget judges the bundle (features and model); Presidio's ~1 ms an
         # utterance put a fast bundle's 64-decision batches over a 15 ms budget.
-        texts = [scrub(self.texts[i]) for i in idx]
+        if self.scrubbed is not None:
+            texts = [self.scrubbed[i] for i in idx]
+        else:
+            texts = [scrub(self.texts[i]) for i in idx]
         c0 = time.thread_time()
         x = features.extract_batch(texts)
         active = self.slots.active
