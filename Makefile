@@ -7,17 +7,21 @@ VENV := .venv
 # but not for the bootstrap, which must find the system python3 to create the venv.
 IN_VENV := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 PYTEST_ARGS ?=
+# The quick tier runs one test file per worker on both cores; TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 # pytest-timeout is the suite's hang guard (300 s a test); a machine at a fraction of its speed
 # needs a longer guard, not shorter waits.
 UNDER_LOAD_TIMEOUT ?= 1500
 UPGRADE ?=
 
-.PHONY: help setup check test test-under-load docs lock demo bench clean
+.PHONY: help setup check test test-slow test-all test-under-load docs lock demo bench clean
 
 help:
 	@echo "livelab make targets:"
 	@echo "  make demo     set up if needed, then run 'livelab demo' (a live lab, end to end)"
-	@echo "  make test     set up if needed, then run the test suite (PYTEST_ARGS=... to pass options)"
+	@echo "  make test     set up if needed, then the quick tier of the suite, ~10 min (PYTEST_ARGS=... to pass options)"
+	@echo "  make test-slow  the long end-to-end suites (fairness, CPU-hog grading, hub in a browser), ~15 min"
+	@echo "  make test-all   both tiers (what CI runs)"
 	@echo "  make check    lint (ruff), formatting (ruff format --check), types (mypy), layers (import-linter)"
 	@echo "  make test-under-load  make test with a CPU hog on every core (scripts/under_load.sh)"
 	@echo "  make docs     build the documentation site into site/ (mkdocs --strict)"
@@ -30,7 +34,13 @@ setup:
 	@bash scripts/bootstrap.sh
 
 test: setup
-	@$(IN_VENV) $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	@$(IN_VENV) $(VENV)/bin/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# One process: the CPU-hog run and the fairness batches would otherwise load each other's graders.
+test-slow: setup
+	@$(IN_VENV) $(VENV)/bin/python -m pytest -q -m slow $(PYTEST_ARGS)
+
+test-all: test test-slow
 
 check: setup
 	@$(IN_VENV) $(VENV)/bin/ruff check .

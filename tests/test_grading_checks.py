@@ -283,6 +283,7 @@ def _tree(tmp: Path, module: str, who: dict[str, Path]) -> Path:
     return tmp / "submitted"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)  # five lab-module submissions through Dask: a budget for all of them
 @pytest.mark.skipif(not COURSE.is_dir(), reason="the flagship course is not in this checkout")
 def test_course_modules_graded_through_the_cli(glab, tmp_path, capsys):

@@ -176,6 +176,7 @@ def _connect(pg, url: str, user: str, control: Path) -> tuple[str, dict]:
     return connect_out, who
 
 
+@pytest.mark.slow
 def test_two_learners_through_the_hub(hub):
     from playwright.sync_api import sync_playwright
     from labs import learners

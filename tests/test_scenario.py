@@ -130,7 +130,12 @@ _NO_NUMPY_SIMD = "AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL A
 @pytest.mark.parametrize(
     "coretype, threads, numpy_off",
     # (Each of the first three gave other bytes with sklearn's lbfgs on this SkylakeX machine.)
-    [("Haswell", 2, ""), ("Sandybridge", 1, ""), ("Nehalem", 2, ""), ("SkylakeX", 1, _NO_NUMPY_SIMD)],
+    # one kernel in the quick tier, the rest with the slow tests (make test-slow)
+    [("Haswell", 2, "")]
+    + [
+        pytest.param(*p, marks=pytest.mark.slow)
+        for p in [("Sandybridge", 1, ""), ("Nehalem", 2, ""), ("SkylakeX", 1, _NO_NUMPY_SIMD)]
+    ],
 )
 def test_model_build_does_not_depend_on_blas_kernel_or_threads(scenario, coretype, threads, numpy_off):
     committed = {name: hashlib.sha256(p.read_bytes()).hexdigest() for name, p in scenario.models.items()}
@@ -257,6 +262,7 @@ def test_materialize_writes_stream_and_absolute_model_paths(scenario, tmp_path):
         "window_seconds",
         "models",
         "device_models",
+        "scrubbed_stream",  # the stream scrubbed once (tests/test_scrub_stream.py)
     }
     stream_path = Path(cfg["stream"])
     assert stream_path.is_absolute() and stream_path == (tmp_path / "lab" / "stream.jsonl").resolve()
