@@ -158,6 +158,9 @@ def run_livelab(course: Path, n: int, workers: int, state: Path) -> dict:
         "median_per_submission_in_worker_s": median([t.get("total", 0) for t in per]),
         "median_phase_s": {k: median([t.get(k, 0) for t in per]) for k in sorted({k for t in per for k in t})},
         "scores": {r["student"]: r["score"] for r in s["results"]},
+        "results_by_student": {
+            r["student"]: {k: r.get(k) for k in ("status", "score", "messages")} for r in s["results"]
+        },
         "gradebook_scores": gradebook_scores(course / "gradebook.db"),
     }
 
@@ -375,6 +378,9 @@ def run_livelab_service(home: Path, course: Path, n: int) -> dict:
         "command_seconds_reported": s.get("command_seconds"),
         "phases_s": s["timing"],
         "scores": {r["student"]: r["score"] for r in s["results"]},
+        "results_by_student": {
+            r["student"]: {k: r.get(k) for k in ("status", "score", "messages")} for r in s["results"]
+        },
         "gradebook_scores": gradebook_scores(course / "gradebook.db"),
     }
 
@@ -432,8 +438,12 @@ def service_bench(ns: list[int], learners: int, rounds: int) -> dict:
                 load = os.getloadavg()[0]
                 r = run_nbgrader(course, n) if tool == "nbgrader" else run_livelab_service(home, course, n)
                 got = r["scores"]
-                if any(got.get(s) is None or abs(got[s] - v) > 1e-9 for s, v in expected.items()):
-                    raise SystemExit(f"{tool} at N={n}: unexpected scores")
+                wrong = {
+                    s: (v, got.get(s)) for s, v in expected.items() if got.get(s) is None or abs(got[s] - v) > 1e-9
+                }
+                if wrong:
+                    detail = {s: r.get("results_by_student", {}).get(s) for s in list(wrong)[:3]}
+                    raise SystemExit(f"{tool} at N={n}: unexpected scores (expected, got): {wrong} {detail}")
                 walls[tool] = {"wall_s": r["wall_s"], "load_1min_before": load}
                 console.print(f"N={n} {tool}: {r['wall_s']:.2f} s (load {load:.1f})")
             by_n[str(n)] = {
@@ -497,6 +507,10 @@ def service_bench(ns: list[int], learners: int, rounds: int) -> dict:
             / "m1-telemetry"
             / "m1-telemetry.ipynb"
         )
+        # submitted from a learner's own folder: feedback lands next to the notebook, and a
+        # release is immutable
+        (tmp / "learner-m1").mkdir()
+        m1 = Path(shutil.copy(m1, tmp / "learner-m1" / m1.name))
         lab_runs = []
         with Lab.connect(module="m1-telemetry", home=home) as me:
             for _ in range(2):
