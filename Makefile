@@ -60,7 +60,7 @@ docs: setup
 # (No `setup` first: a stale lock is what makes setup fail.  uv comes from the lock itself.)
 lock:
 	@[ -x $(VENV)/bin/uv ] || { echo "livelab: $(VENV)/bin/uv is missing: run 'make setup' (or $(VENV)/bin/pip install uv)" >&2; exit 2; }
-	@$(IN_VENV) $(VENV)/bin/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
+	@$(IN_VENV) $(VENV)/bin/uv pip compile pyproject.toml --extra dev --generate-hashes --no-strip-extras --python-version 3.11 \
 		--custom-compile-command "make lock" $(if $(UPGRADE),--upgrade) --quiet -o requirements.lock
 	@echo "lock: requirements.lock updated; scripts/bootstrap.sh installs it at the next make setup"
 
