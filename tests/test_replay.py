@@ -137,6 +137,33 @@ def test_store_is_idempotent_and_keeps_the_consent_reference(lab):
     assert json.loads(meta.read_text())["consent"]["hash"] == chain[1]["hash"]
 
 
+def test_collector_keeps_nothing_of_a_removed_namespace(tmp_path):
+    """A capture still in flight when its namespace is removed is dropped, not stored.
+
+    The collector's session is persistent (QoS 1), so a device's last capture can reach
+    it after the namespace is gone and its captures folder deleted; storing it would
+    recreate the folder and leave a learner's data behind (seen in CI).
+    """
+    from lab_hardware.runtime.supervisor import Supervisor
+
+    _home.write_json(tmp_path / "config.json", {"namespaces": {NS: {"devices": [{"name": DEV}]}}, "broker": {}})
+    _home.write_json(tmp_path / "secrets" / "identities.json", {})
+    sup = Supervisor(tmp_path)
+    grant = _grant(tmp_path)
+    recs = device_records(CANDIDATE, 0, 0, 20, grant["time"] + 1)
+    first, late = messages(recs[:10], "cap", grant)[0], messages(recs[10:], "cap", grant)[0]
+    assert sup.collect(json.dumps(first).encode()) is not None
+    assert replay.captures_dir(tmp_path, NS, DEV).is_dir()
+
+    sup.cfg = {**sup.cfg, "namespaces": {}}  # the namespace is removed: a reload
+    sup._follow_namespaces()
+    import shutil
+
+    shutil.rmtree(replay.captures_dir(tmp_path, NS))  # what grading does once it is gone
+    assert sup.collect(json.dumps(late).encode()) is None
+    assert not replay.captures_dir(tmp_path, NS).exists()
+
+
 def test_store_refuses_raw_pii_and_stores_nothing(tmp_path):
     grant = _grant(tmp_path)
     recs = device_records(CANDIDATE, 0, 0, 50, grant["time"] + 1)

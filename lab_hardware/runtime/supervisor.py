@@ -82,6 +82,10 @@ class Supervisor:
         self.services: dict[str, Child] = {}
         self._service_specs: dict[str, dict] = {}
         self.collector = None
+        # namespaces whose captures are kept; the lock makes removing one and storing a
+        # capture of it exclusive, so nothing is stored once a namespace is gone
+        self.collected: set[str] = set(self.cfg["namespaces"])
+        self._collect_lock = threading.Lock()
         self.stopping = threading.Event()
         self.reload_requested = threading.Event()
 
@@ -279,22 +283,29 @@ class Supervisor:
         pw = b.get("password") if b.get("external") else self.secrets[_broker.CONTROL_USER]
         c = mqtt.client(f"collector.{self.home.name}-{os.getpid()}"[:60], username=user, password=pw, clean=False)
 
-        def on_message(cl, ud, msg):
-            try:
-                from lab_hardware.modelops import replay
-
-                replay.store_capture(self.home, topics.decode(msg.payload, limit=16 * 2**20))
-            except Exception as exc:  # noqa: BLE001 - a bad capture is logged, never kept
-                log.warning("capture on %s refused: %s", msg.topic, str(exc).splitlines()[0])
-
-        c.on_message = on_message
+        c.on_message = lambda cl, ud, msg: self.collect(msg.payload, msg.topic)
         # (re)connecting subscribes every namespace of the current configuration
         c.on_connect = lambda cl, ud, fl, rc, pr: cl.subscribe(
             [(self._capture_topic(ns), 1) for ns in self.cfg["namespaces"]]
         )
         mqtt.connect(c, host, port)
         self.collector = c
-        self.collected = set(self.cfg["namespaces"])
+
+    def collect(self, payload: bytes, topic: str = "") -> Path | None:
+        """Store one capture message; None when it is refused (logged, never kept)."""
+        try:
+            from lab_hardware.modelops import replay
+
+            message = topics.decode(payload, limit=16 * 2**20)
+            ns = message.get("namespace") if isinstance(message, dict) else None
+            with self._collect_lock:
+                if ns not in self.collected:
+                    log.info("capture on %s dropped: namespace %r is not in the lab (removed)", topic, ns)
+                    return None
+                return replay.store_capture(self.home, message)
+        except Exception as exc:  # noqa: BLE001 - a bad capture is logged, never kept
+            log.warning("capture on %s refused: %s", topic, str(exc).splitlines()[0])
+            return None
 
     @staticmethod
     def _capture_topic(ns: str) -> str:
@@ -303,18 +314,23 @@ class Supervisor:
     def _follow_namespaces(self) -> None:
         """Subscribe the collector to namespaces added since (a reload); stop following the
         removed ones.  Subscribed before their devices start, so no capture is missed."""
-        if self.collector is None:
-            return
         now = set(self.cfg["namespaces"])
-        for ns in sorted(now - self.collected):
+        added, gone = sorted(now - self.collected), sorted(self.collected - now)
+        with self._collect_lock:
+            self.collected |= set(added)
+        if self.collector is None:
+            with self._collect_lock:
+                self.collected = now
+            return
+        for ns in added:
             try:
                 mqtt.subscribe_wait(self.collector, self._capture_topic(ns))
             except Exception as exc:  # noqa: BLE001 - on_connect subscribes it on the next reconnect
                 log.warning("collector could not subscribe namespace %s yet: %s", ns, exc)
-        gone = sorted(self.collected - now)
         if gone:
             self.collector.unsubscribe([self._capture_topic(ns) for ns in gone])
-        self.collected = now
+        with self._collect_lock:  # a capture being stored now finishes first; none after
+            self.collected = now
 
     # ---- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
