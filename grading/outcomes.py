@@ -26,10 +26,10 @@ import hashlib
 import hmac
 import json
 import os
-import secrets as _secrets
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
+
+from lab_hardware.home import EVENTS_KEY as KEY_FILE, events_key  # noqa: F401  (re-exported)
 
 GRADED = "graded"
 INFRA = "infrastructure-error"
@@ -42,7 +42,6 @@ NOT_YOUR_WORK = (
     "not graded: the grading machine failed ({why}). This is not about your work and "
     "nothing was recorded against you: submit again (or ask your instructor to re-run the grading)."
 )
-KEY_FILE = "events.key"
 
 
 # ---- detecting -----------------------------------------------------------------------------
@@ -128,28 +127,6 @@ def with_retries(run: Callable[[], dict], sub, ref, attempts: int = ATTEMPTS) ->
 
 
 # ---- events that count ---------------------------------------------------------------------
-def events_key(home: str | os.PathLike, *, create: bool = True) -> bytes | None:
-    """The lab's events key (``secrets/events.key``), created on first use by a lab process."""
-    p = Path(home) / "secrets" / KEY_FILE
-    try:
-        return bytes.fromhex(p.read_text().strip())
-    except (OSError, ValueError):
-        if not create:
-            return None
-    p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = p.with_name(f".{KEY_FILE}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(_secrets.token_hex(32) + "\n")
-    try:
-        os.link(tmp, p)  # first writer wins; a concurrent one reads the winner's key
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink(missing_ok=True)
-    return bytes.fromhex(p.read_text().strip())
-
-
 def _statement(ev: Mapping[str, Any]) -> bytes:
     fields = [
         ev.get(k) or "" for k in ("learner", "team", "course", "version", "module", "kind", "check", "source", "key")
@@ -176,6 +153,37 @@ def verifies(ev: Any, key: bytes) -> bool:
     if not isinstance(sig, str):
         return False
     return hmac.compare_digest(sig, hmac.new(key, _statement(d), hashlib.sha256).hexdigest())
+
+
+#: The kinds only lab-side writers may write: they count only when signed (the SDK in a
+#: learner's kernel writes the openings, which a learner could forge anyway by opening).
+OUTCOME_KINDS = ("check-passed", "check-failed", "module-completed")
+#: What a signature covers, besides ``time``: the columns a report reads to check one.
+SIGNED_FIELDS = ("learner", "team", "course", "version", "module", "kind", "check", "source", "key")
+
+
+def verify_columns(cols: Mapping[str, Any], key: bytes) -> list[bool]:
+    """Per event of ``cols`` (columns with :data:`SIGNED_FIELDS`, ``time`` and ``detail``):
+    True unless it is an outcome event whose signature does not verify."""
+    ok = [True] * len(cols["kind"])
+    outcome = set(OUTCOME_KINDS)
+    for i, kind in enumerate(cols["kind"]):
+        if kind not in outcome:
+            continue
+        detail = cols["detail"][i]
+        if isinstance(detail, str):
+            try:
+                detail = json.loads(detail)
+            except ValueError:
+                detail = None
+        sig = detail.get("sig") if isinstance(detail, dict) else None
+        if not isinstance(sig, str):
+            ok[i] = False
+            continue
+        ev = {f: cols[f][i] for f in SIGNED_FIELDS}
+        ev["time"] = cols["time"][i]
+        ok[i] = hmac.compare_digest(sig, hmac.new(key, _statement(ev), hashlib.sha256).hexdigest())
+    return ok
 
 
 def counted(events: Iterable[Any], home: str | os.PathLike) -> list[Any]:

@@ -39,6 +39,7 @@ from . import _fast_imports  # noqa: F401  (first: see its docstring)
 import argparse
 import base64
 import collections
+import functools
 import json
 import logging
 import os
@@ -148,6 +149,7 @@ class GraderService:
         out: str | None = None,
         events: str | None = None,
         warm_modules: list[str] | None = None,
+        exchange: str | os.PathLike | None = None,
     ):
         from lab_hardware import home as _home
 
@@ -160,6 +162,8 @@ class GraderService:
         self.out = Path(out).expanduser().resolve() if out else self.state / "service"
         self.events_url = events
         self.warm_modules = warm_modules
+        self.exchange = Path(exchange).expanduser().resolve() if exchange else None
+        self.watchers: list = []
         self.logs = NamespaceLogs()
         self.stopping = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="grader-request")
@@ -222,6 +226,8 @@ class GraderService:
         self._start_cluster()
         self._warm()
         self._start_socket()
+        if self.exchange is not None:
+            self.watch_exchange(self.exchange)
         self.stats["start_seconds"].append(time.perf_counter() - t0)
         self._write_run(True)
         log.info("grading service ready in %.1f s (pid %s)", time.perf_counter() - t0, os.getpid())
@@ -240,6 +246,7 @@ class GraderService:
                 "courses": self.courses,
                 "scheduler": self.scheduler,
                 "workers": self.workers,
+                "exchange": str(self.exchange) if self.exchange else None,
                 "started": time.time(),
             },
         )
@@ -322,16 +329,7 @@ class GraderService:
 
         modules = self.warm_modules
         if modules is None:
-            import tomllib
-
-            modules = []
-            for course in self.courses:
-                root = self._course_root(course)
-                if (root / "course.toml").exists():
-                    toml = tomllib.loads((root / "course.toml").read_text())
-                    modules += [m["id"] for m in toml.get("modules", []) if isinstance(m, dict) and m.get("id")]
-                elif (root / "source").is_dir():
-                    modules += sorted(d.name for d in (root / "source").iterdir() if d.is_dir())
+            modules = [m for course in self.courses for m in self.course_modules(course)]
         refs = []
         for m in modules:
             t = self._target(m)
@@ -339,6 +337,70 @@ class GraderService:
                 refs.append(build_reference(src, m, self.state, manifest=t.manifest))
         if refs:
             self.client.run(_warm, RunOptions(), refs, True)
+
+    def course_modules(self, course: str) -> list[str]:
+        """The module ids of one of the service's courses."""
+        import tomllib
+
+        root = self._course_root(course)
+        if (root / "course.toml").exists():
+            toml = tomllib.loads((root / "course.toml").read_text())
+            return [m["id"] for m in toml.get("modules", []) if isinstance(m, dict) and m.get("id")]
+        if (root / "source").is_dir():
+            return sorted(d.name for d in (root / "source").iterdir() if d.is_dir())
+        return []
+
+    def learner_of(self, login: str) -> str | None:
+        """The learner a login (an nbgrader student id) is, or None when it is nobody here:
+        a registered learner of a team lab, or the owner of a single-user lab."""
+        try:
+            from labs import learners
+
+            registered = learners.list_learners(self.home)
+        except (ImportError, OSError, ValueError, KeyError):
+            registered = []
+        if registered:
+            return login if any(e.get("name") == login for e in registered) else None
+        from lab_hardware import home as _home
+
+        try:
+            ns = _home.read_json(self.home / _home.DESCRIPTOR).get("namespace", "default")
+        except (OSError, ValueError):
+            ns = "default"
+        return login if self.owner(ns) == login else None
+
+    def watch_exchange(self, root: str | os.PathLike, *, poll: float = 0.5) -> list:
+        """Publish each course's current release to nbgrader's exchange at ``root`` and grade
+        every submission that arrives there (see :mod:`grading.exchange`)."""
+        from . import exchange
+
+        self.exchange = Path(root).expanduser().resolve()
+        for course in self.courses:
+            modules = self.course_modules(course)
+            targets = {m: self._target(m) for m in modules}
+            course_id = next(iter(targets.values())).course_id if targets else Path(course).name
+            releases = {}
+            for m, t in targets.items():
+                learner_dir = (
+                    t.root / "releases" / t.version / "learner" / m
+                    if t.kind == "livelab" and t.version
+                    else t.root / "release" / m
+                )
+                if learner_dir.is_dir():
+                    releases[m] = learner_dir
+            exchange.publish(self.exchange, course_id, releases)
+            w = exchange.ExchangeWatcher(
+                self.exchange,
+                course_id,
+                state=self.state,
+                submit=lambda learner, module, b64, name: self.submit("", learner, module, b64, name),
+                learner_of=self.learner_of,
+                modules=functools.partial(_notebook_names, targets),
+                poll=poll,
+            )
+            self.watchers.append(w.start())
+            log.info("grading submissions of %s from the nbgrader exchange %s", course_id, self.exchange)
+        return self.watchers
 
     def _course_root(self, course: str | None = None) -> Path:
         from .batch import REPO
@@ -387,6 +449,8 @@ class GraderService:
         from lab_hardware import mqtt
 
         self.stopping.set()
+        for w in self.watchers:
+            w.stop()
         try:
             (self.home / "run" / RUNFILE).unlink(missing_ok=True)
         except OSError:
@@ -724,6 +788,7 @@ class GraderService:
                 "ok": True,
                 "pid": os.getpid(),
                 "namespaces": sorted(self.logs.logs),
+                "exchange": [w.status() for w in self.watchers],
                 "stats": {
                     k: {"n": len(v), "median": sorted(v)[len(v) // 2] if v else None} for k, v in self.stats.items()
                 },
@@ -732,6 +797,11 @@ class GraderService:
             self.stopping.set()
             return {"ok": True}
         return {"ok": False, "error": f"unknown op {op!r}"}
+
+
+def _notebook_names(targets: dict[str, Any]) -> dict[str, list[str]]:
+    """{module: the stems of its notebooks} of course targets."""
+    return {m: [s.stem for s in t.sources] for m, t in targets.items()}
 
 
 class RequestError(ValueError):
@@ -777,6 +847,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--state")
     p.add_argument("--out")
     p.add_argument("--events")
+    p.add_argument("--exchange", help="nbgrader's exchange root: grade what learners 'nbgrader submit'")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     svc = GraderService(
@@ -788,6 +859,7 @@ def main(argv: list[str] | None = None) -> int:
         state=args.state,
         out=args.out,
         events=args.events,
+        exchange=args.exchange,
     )
     signal.signal(signal.SIGTERM, lambda *a: svc.stopping.set())
     signal.signal(signal.SIGINT, lambda *a: svc.stopping.set())

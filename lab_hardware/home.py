@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
 DESCRIPTOR = "lab.json"
+#: The key lab-side writers (the grader) sign the events that count with (``secrets/``).
+EVENTS_KEY = "events.key"
 
 
 def resolve(home: str | os.PathLike | None = None) -> Path:
@@ -79,3 +82,25 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+
+
+def events_key(home: str | os.PathLike, *, create: bool = True) -> bytes | None:
+    """The lab's events key (``secrets/events.key``), created on first use by a lab process."""
+    p = Path(home) / "secrets" / EVENTS_KEY
+    try:
+        return bytes.fromhex(p.read_text().strip())
+    except (OSError, ValueError):
+        if not create:
+            return None
+    p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = p.with_name(f".{EVENTS_KEY}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32) + "\n")
+    try:
+        os.link(tmp, p)  # first writer wins; a concurrent one reads the winner's key
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return bytes.fromhex(p.read_text().strip())

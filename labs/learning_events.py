@@ -51,7 +51,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -474,11 +474,14 @@ class EventStore:
             ) from None
         return [Event(**dict(zip(_FIELDS, r))) for r in rows]
 
-    def columns(self, filters: Mapping[str, Any] | None = None, **kw: Any) -> dict[str, list]:
+    def columns(
+        self, filters: Mapping[str, Any] | None = None, *, extra: Sequence[str] = (), **kw: Any
+    ) -> dict[str, list]:
         """The matching events as columns (learner, team, course, version, module, kind, check,
-        time, system): what the time-to-signal computation reads, without building an object per
-        event."""
-        names = ("learner", "team", "course", "version", "module", "kind", "check", "time", "system")
+        time, system, and the ``extra`` fields asked for, e.g. ``source``, ``key``, ``detail`` to
+        check signatures): what the time-to-signal computation reads, without building an
+        object per event."""
+        names = ("learner", "team", "course", "version", "module", "kind", "check", "time", "system", *extra)
         t = self.table
         stmt = sa.select(*[t.c[n] for n in names]).where(*self._where(filters, kw))
         try:

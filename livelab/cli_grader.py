@@ -37,6 +37,13 @@ def register(sub) -> None:
         "--scheduler", metavar="tcp://HOST:PORT", help="use an existing Dask cluster (runs in the foreground)"
     )
     s.add_argument(
+        "--exchange",
+        metavar="DIR",
+        help="nbgrader's exchange root (its Exchange.root, e.g. /srv/nbgrader/exchange): publish the "
+        "course's current release there and grade every 'nbgrader submit' at once; learners get "
+        "their feedback with 'nbgrader fetch_feedback'",
+    )
+    s.add_argument(
         "--foreground",
         action="store_true",
         help="run in this terminal instead of under the lab's supervisor (Ctrl-C stops it)",
@@ -64,6 +71,11 @@ def cmd_serve(args) -> int:
         raise UsageError("--workers must be at least 1")
     if args.scheduler and not args.scheduler.startswith(("tcp://", "tls://")):
         raise UsageError(f"--scheduler must look like tcp://HOST:PORT, not {args.scheduler!r}")
+    exchange = None
+    if args.exchange:
+        exchange = Path(args.exchange).expanduser().resolve()
+        if exchange.exists() and not exchange.is_dir():
+            raise UsageError(f"--exchange {args.exchange} is a file, not a directory")
     if not lab.is_running(home):
         raise UsageError(
             f"no lab running in {home}: the service grades against a live lab; start one with "
@@ -74,7 +86,11 @@ def cmd_serve(args) -> int:
         return EXIT_OK
     if args.foreground or args.scheduler:
         svc = service.GraderService(
-            home, course=args.course or service.DEFAULT_COURSE, scheduler=args.scheduler, workers=args.workers
+            home,
+            course=args.course or service.DEFAULT_COURSE,
+            scheduler=args.scheduler,
+            workers=args.workers,
+            exchange=exchange,
         )
         signal.signal(signal.SIGTERM, lambda *a: svc.stopping.set())
         signal.signal(signal.SIGINT, lambda *a: svc.stopping.set())
@@ -88,6 +104,8 @@ def cmd_serve(args) -> int:
     argv = ["{python}", "-P", "-m", "grading.service", "--home", "{home}", "--workers", str(args.workers)]
     for c in args.course or [service.DEFAULT_COURSE]:  # a course directory: absolute (the service's cwd is the lab)
         argv += ["--course", str(Path(c).expanduser().resolve()) if Path(c).expanduser().is_dir() else c]
+    if exchange is not None:
+        argv += ["--exchange", str(exchange)]
     t0 = time.monotonic()
     lab.set_service(home, SERVICE_NAME, {"argv": argv, "ready_file": "run/" + service.RUNFILE})
     with console.status("starting the grading service (workers, references, observer) ..."):
@@ -127,6 +145,9 @@ def cmd_status(args) -> int:
             f"grading service pid {info['pid']}, course {info.get('course')}, watching "
             f"{len(st.get('namespaces', []))} namespace(s)"
         )
+        for ex in st.get("exchange") or []:
+            counts = ", ".join(f"{n} {k}" for k, n in sorted(ex["submissions"].items())) or "no submission yet"
+            console.print(f"  nbgrader exchange {ex['root']} ({ex['course']}): {counts}")
         for op, s in sorted((st.get("stats") or {}).items()):
             if s.get("median") is not None:
                 console.print(f"  {op}: {s['n']} request(s), median {s['median']:.3f} s")

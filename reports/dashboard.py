@@ -207,7 +207,8 @@ class Dashboard:
         try:
             with EventStore(source) as store:
                 shown = display_url(store.url)
-                result = tts.compute(tts.EventTable.from_store(store))  # system identities: see select
+                # system identities: see select; outcome events count when the lab signed them
+                result = tts.compute(tts.EventTable.from_store(store, key=tts.outcome_key(None)))
         except (EventStoreError, EventError) as exc:
             return cls(None, estimates, source=source, error=f"⚠ {exc}")
         return cls(result, estimates, source=shown)
@@ -270,7 +271,8 @@ class Dashboard:
         excluded = (
             0 if inc or self.full is None else int((self.full.mask(since=since, until=until) & self.full.system).sum())
         )
-        html_ = f'<p class="tts-scope">{e(render.scope(since, until, inc, excluded))}</p>'
+        checked = {} if self.full is None else {"verified": self.full.verified, "unverified": self.full.unverified}
+        html_ = f'<p class="tts-scope">{e(render.scope(since, until, inc, excluded, **checked))}</p>'
         if inc:
             html_ += f'<p class="tts-simulated">{e(render.SIMULATED)}</p>'
         self.scope.value = html_

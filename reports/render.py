@@ -99,8 +99,12 @@ def scope(
     include_system: bool = False,
     excluded: int = 0,
     filters: Mapping[str, Any] | None = None,
+    *,
+    verified: bool | None = None,
+    unverified: int = 0,
 ) -> str:
-    """One sentence saying what a page covers: date range, system identities, export filters."""
+    """One sentence saying what a page covers: date range, system identities, export filters,
+    and (``verified`` not None) whether outcome events were checked against the lab's key."""
     if since is None and until is None:
         when = "every date"
     elif until is None:
@@ -117,7 +121,25 @@ def scope(
         else "no system identities"
     )
     sel = describe({k: v for k, v in (filters or {}).items() if v is not None})
-    return f"Covers {when}; {sel if filters and sel != 'all events' else 'all learners'}; {who}."
+    out = f"Covers {when}; {sel if filters and sel != 'all events' else 'all learners'}; {who}."
+    if verified is None:
+        return out
+    return out + " " + trust(verified, unverified)
+
+
+def trust(verified: bool, unverified: int) -> str:
+    """Whether the passes and completions shown were written by the lab's grader."""
+    if not verified:
+        return (
+            "Passes and completions are not checked: there is no lab events key beside these "
+            "events (run the report on the lab's machine, or set LIVELAB_HOME)."
+        )
+    if unverified:
+        return (
+            f"{unverified:,} pass/fail/completion event(s) not signed by the lab's grader "
+            "(forged or altered) are left out."
+        )
+    return "Every pass and completion was signed by the lab's grader."
 
 
 def label(value: str | None, name: str = "") -> str:

@@ -346,11 +346,14 @@ def selected(
     and ``filters`` (course, version, module, team, learner) restrict the groups."""
     with EventStore(home, url=url) as store:
         source = display_url(store.url)
-        full = tts.compute(tts.EventTable.from_store(store))
+        full = tts.compute(tts.EventTable.from_store(store, key=tts.outcome_key(None if url else home)))
     f = {k: v for k, v in filters.items() if v is not None}
     result = full.select(include_system=include_system, since=since, until=until, **f)
     excluded = 0 if include_system else int((full.mask(since=since, until=until, **f) & full.system).sum())
-    return Selection(result, source, render.scope(since, until, include_system, excluded, f), excluded)
+    sentence = render.scope(
+        since, until, include_system, excluded, f, verified=full.verified, unverified=full.unverified
+    )
+    return Selection(result, source, sentence, excluded)
 
 
 def export(

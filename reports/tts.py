@@ -26,6 +26,11 @@ the same module in 1.0.0 and in 1.1.0 are two groups, so versions can be compare
 * **Team**: the team named on the group's events (events without a team take it from the
   others; a learner is in one team per course).
 
+Outcome events (``check-passed``, ``check-failed``, ``module-completed``) count only when the
+lab's grader signed them (:meth:`EventTable.from_store` with the lab's events key): a learner's
+kernel can write into the store, so one it forges or alters is left out and counted as
+``unverified``.
+
 System identities (the release gate's runs, the demo's bots, benchmarks: events written with
 ``system = true``) are not learning: a group with any system event is a *system group*, and
 reports leave system groups out unless asked (:meth:`TTSResult.select` with
@@ -123,6 +128,10 @@ class EventTable:
     time: np.ndarray
     #: per event: written by a system identity (release gate, demo bot, benchmark)
     system: np.ndarray | None = None
+    #: outcome events left out because the lab did not sign them (see :meth:`from_store`)
+    unverified: int = 0
+    #: whether outcome events were checked against the lab's events key
+    verified: bool = False
 
     def __len__(self) -> int:
         return len(self.time)
@@ -196,8 +205,24 @@ class EventTable:
         return cls.from_columns(cols, **kw)
 
     @classmethod
-    def from_store(cls, store: EventStore, **filters: Any) -> "EventTable":
-        return cls.from_columns(store.columns(**filters))
+    def from_store(cls, store: EventStore, *, key: bytes | None = None, **filters: Any) -> "EventTable":
+        """The store's events.  With the lab's events ``key`` (:func:`outcome_key`), outcome
+        events (check-passed, check-failed, module-completed) count only when the lab signed
+        them: one forged or altered in a learner's kernel is left out, and counted in
+        ``unverified``.  Without a key nothing can be checked, and ``verified`` says so."""
+        if key is None:
+            return cls.from_columns(store.columns(**filters))
+        from grading.outcomes import verify_columns
+
+        cols = store.columns(extra=("source", "key", "detail"), **filters)
+        ok = verify_columns(cols, key)
+        dropped = len(ok) - sum(ok)
+        keep = ("learner", "team", "course", "version", "module", "kind", "check", "time", "system")
+        if dropped:
+            cols = {n: [v for v, good in zip(cols[n], ok) if good] for n in keep}
+        table = cls.from_columns({n: cols[n] for n in keep})
+        table.unverified, table.verified = dropped, True
+        return table
 
 
 # ---- the computation -----------------------------------------------------------------------------
@@ -297,6 +322,8 @@ def compute(table: EventTable, *, skew_allowance: float = SKEW_ALLOWANCE) -> "TT
         system=gsystem,
         n_events=n_events,
         pair_passes=ppasses,
+        unverified=table.unverified,
+        verified=table.verified,
     )
 
 
@@ -351,6 +378,10 @@ class TTSResult:
     n_events: np.ndarray | None = None
     #: per (group, check): how many check-passed events
     pair_passes: np.ndarray | None = None
+    #: outcome events left out: not signed by the lab (forged or altered)
+    unverified: int = 0
+    #: whether outcome events were checked against the lab's events key
+    verified: bool = False
 
     def __post_init__(self) -> None:
         G = len(self.tts)
@@ -430,6 +461,8 @@ class TTSResult:
             system=self.system[idx],
             n_events=n_events,
             pair_passes=self.pair_passes[pm],
+            unverified=self.unverified,
+            verified=self.verified,
         )
 
     def system_groups(self) -> int:
@@ -754,10 +787,24 @@ def estimate_for(estimates: Mapping, course: str, version: str, module: str) -> 
     return None
 
 
+def outcome_key(home: str | os.PathLike | None = None) -> bytes | None:
+    """The events key of the lab whose events a report reads (``home``, else ``$LIVELAB_HOME``),
+    or None when there is none to check signatures with."""
+    from lab_hardware.home import events_key, resolve
+
+    if home is not None and "://" in str(home):
+        home = None
+    try:
+        return events_key(resolve(home), create=False)
+    except OSError:
+        return None
+
+
 def load(source: str | os.PathLike | EventStore | None = None, *, url: str | None = None, **filters: Any) -> TTSResult:
     """Compute TTS for a lab home, an events URL or an open store (every event, system identities
-    included: a report then :meth:`TTSResult.select`s what it shows)."""
+    included: a report then :meth:`TTSResult.select`s what it shows).  Outcome events count
+    only when the lab signed them (the key of ``source`` as a lab home, else ``$LIVELAB_HOME``)."""
     if isinstance(source, EventStore):
-        return compute(EventTable.from_store(source, **filters))
+        return compute(EventTable.from_store(source, key=outcome_key(None), **filters))
     with EventStore(source, url=url) as store:
-        return compute(EventTable.from_store(store, **filters))
+        return compute(EventTable.from_store(store, key=outcome_key(source), **filters))

@@ -99,6 +99,8 @@ def one_line_usage(p: subprocess.CompletedProcess, *needles: str) -> None:
         (["keys", "untrust", "not-a-keyid"], "key id"),
         (["report", "serve", "--port", "99999"], "--port"),
         (["grade", "c", "m", "p", "--workers", "0"], "--workers"),
+        (["grader", "serve", "--workers", "0"], "--workers"),
+        (["grader", "serve", "--exchange", __file__], "--exchange"),
         (["nosuch-command"], "invalid choice"),
         (["up", "--devices"], "expected one argument"),
         (["replay", "run"], "required"),

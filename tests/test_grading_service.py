@@ -231,3 +231,41 @@ def test_submit_attempts_score_and_feedback(svc, tmp_path):
     assert [r[0] for r in rows] == [1, 2] and rows[1][2] == 15.0 and rows[0][2] < 15.0
     done = _events(home, learner=learner, module=M1, kind="module-completed")
     assert [e.detail.get("attempt") for e in done] == [2]
+
+
+def test_nbgrader_submit_is_graded_on_arrival_and_fetched_as_feedback(svc, tmp_path):
+    """A course on nbgrader's exchange: fetch_assignment, submit, and the service grades it
+    at once (no instructor step); fetch_feedback brings the page; the attempt is kept."""
+    from lab_hardware import mqtt
+    from tests.test_grading_exchange import nbgrader
+
+    root, cache, work = tmp_path / "exchange", tmp_path / "cache", tmp_path / "learner"
+    work.mkdir()
+    learner = svc.owner("default")
+    [watcher] = svc.watch_exchange(root, poll=0.2)
+    try:
+        target = svc._target(M1)
+        r = nbgrader("fetch_assignment", M1, cwd=work, root=root, cache=cache)
+        assert r.returncode == 0, r.stderr
+        done = COURSE / "releases" / target.version / "source" / M1 / f"{M1}.ipynb"
+        (work / M1 / f"{M1}.ipynb").write_bytes(done.read_bytes())  # the learner finishes it
+        r = nbgrader("submit", M1, f"--CourseDirectory.student_id={learner}", cwd=work, root=root, cache=cache)
+        assert r.returncode == 0, r.stderr
+        assert mqtt.wait_until(lambda: len(watcher.seen) == 1, 600), "the submission was never graded"
+        [rec] = watcher.seen.values()
+        [nbrec] = rec["notebooks"]
+        assert rec["status"] == "graded" and rec["learner"] == learner, rec
+        assert nbrec["score"] == nbrec["max_score"] > 0, rec
+        r = nbgrader("fetch_feedback", M1, f"--CourseDirectory.student_id={learner}", cwd=work, root=root, cache=cache)
+        assert r.returncode == 0, r.stderr
+        [page] = (work / M1 / "feedback").glob(f"*/{M1}.html")
+        assert "consent" in page.read_text()
+    finally:
+        watcher.stop()
+        svc.watchers.remove(watcher)
+    rows = (
+        sqlite3.connect(svc.out / "gradebook.db")
+        .execute("select attempt, status, score from livelab_attempts where student=? and assignment=?", (learner, M1))
+        .fetchall()
+    )
+    assert (nbrec["attempt"], "graded", nbrec["score"]) in rows

@@ -266,3 +266,42 @@ def test_synthetic_generator_is_deterministic_and_exact():
     assert np.array_equal(a.time, b.time) and np.array_equal(a.kind, b.kind)
     assert all(np.array_equal(a.codes[c], b.codes[c]) for c in tts.COLUMNS)
     assert not np.array_equal(synthetic.generate(20_000, seed=4).time, a.time)
+
+
+def test_outcome_events_count_only_when_the_lab_signed_them(tmp_path):
+    """A learner's kernel can write into the events store (the SDK writes the openings), so a
+    check-passed or module-completed it forges - or a signed one it alters - must not give a
+    time to signal: the report counts outcome events only when signed with the lab's events
+    key, and says how many it left out."""
+    from grading.outcomes import events_key, sign
+    from labs.learning_events import EventStore
+
+    key = events_key(tmp_path)
+    g = {"source": "grader", "key": "sub-sha:ref"}  # as grading.events writes them
+    signed = sign([E("ada", "check-passed", 60, **g), E("ada", "module-completed", 90, **g)], key)
+    altered = sign([E("mal", "check-passed", 300, **g)], key)[0]
+    altered["time"] = T0 + 5  # an earlier pass than the grader saw
+    events = [
+        E("ada", "module-opened", 0, source="sdk"),
+        E("eve", "module-opened", 0, source="sdk"),
+        E("mal", "module-opened", 0, source="sdk"),
+        *signed,
+        E("eve", "check-passed", 20, source="grader"),  # forged from eve's kernel: no signature
+        E("eve", "module-completed", 30),
+        altered,
+    ]
+    with EventStore(tmp_path) as store:
+        store.write(events)
+    r = tts.load(tmp_path)
+    rows = {row["learner"]: row for row in r.rows()}
+    assert rows["ada"]["tts"] == 60
+    assert rows["eve"]["tts"] is None and rows["mal"]["tts"] is None
+    assert r.unverified == 3 and r.verified
+    # a store with no lab key beside it (a copy, an events URL alone) cannot be checked: it
+    # says so rather than pretend
+    other = tmp_path / "copy"
+    other.mkdir()
+    with EventStore(other) as store:
+        store.write(events)
+    r2 = tts.load(other)
+    assert not r2.verified and r2.unverified == 0
