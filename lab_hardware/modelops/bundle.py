@@ -803,7 +803,7 @@ def build(
         "build_started": created if reproducible else started,
         "build_finished": created,
     }
-    manifest = {
+    manifest: dict[str, Any] = {
         "schema": SCHEMA,
         "name": name,
         "version": version,
