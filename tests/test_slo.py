@@ -305,3 +305,50 @@ def test_evaluation_is_deterministic():
         return out, ev.status()
 
     assert run() == run()
+
+
+def test_the_panel_shows_budget_and_firing_alerts():
+    from labs.widgets import render_slo, render_status
+
+    ev = Evaluator(slo.parse([_slo(period_windows=100)]))
+    ev.observe(_latency_window(100, 0))
+    calm = {"bundle": "ab" * 32, "objectives": ev.status()}
+    html = render_status(["dev-0"], {"dev-0": {"online": True, "slo": calm}}, {})
+    assert "<th>SLO budget</th>" in html and "fast: 100% left, burn 0x" in html and "livelab-bad" not in html
+    ev.observe(_latency_window(100, 50))  # pages: 25x over 2 windows, 50x over 1
+    hot = render_slo({"bundle": "ab" * 32, "objectives": ev.status()})
+    assert "fast: -2400% left, burn 50x · page" in hot and "livelab-bad" in hot
+    assert render_slo(None) == "–"
+
+
+def test_cli_builds_a_bundle_with_slos_and_refuses_bad_ones(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        res = subprocess.run(
+            [sys.executable, "-m", "livelab", "--home", str(tmp_path / "home"), *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert "Traceback" not in res.stdout + res.stderr, res.stderr
+        return res
+
+    good, bad, broken = tmp_path / "slos.json", tmp_path / "bad.json", tmp_path / "broken.json"
+    good.write_text(json.dumps([_slo(), UNDO_CALL]))
+    bad.write_text(json.dumps([_slo(policy="page")]))
+    broken.write_text("[{")
+    base = ["bundle", "build", str(MODEL), "--name", "intents", "--version", "1.0.0", "--created", CREATED]
+    r = cli(*base, "-o", str(tmp_path / "b.lbundle"), "--slos", str(good))
+    assert r.returncode == 0, r.stderr
+    r = cli("bundle", "inspect", str(tmp_path / "b.lbundle"), "--json")
+    assert [s["name"] for s in json.loads(r.stdout)["slos"]] == ["fast", "few-call-undos"]
+    for f, why in ((bad, "slos[0].policy must be one of alert, rollback"), (broken, "cannot read SLOs from")):
+        r = cli(*base, "-o", str(tmp_path / "x.lbundle"), "--slos", str(f))
+        assert r.returncode == 2 and why in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = cli(*base, "-o", str(tmp_path / "x.lbundle"), "--slos", str(tmp_path / "missing.json"))
+    assert r.returncode == 2 and "no SLO file at" in r.stderr
+    assert not (tmp_path / "x.lbundle").exists()

@@ -8,6 +8,8 @@ defect (false positives on 'call', undone by users).  Every wait is on a conditi
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,6 +115,11 @@ def test_an_alert_slo_breach_publishes_an_alert_event_and_an_audit_record(slab):
     assert st["slo"]["bundle"] == digest and st["slo"]["objectives"][0]["name"] == "call-undos"
     # a device running a model without SLOs reports none
     assert next(d for d in lab.status(home)["devices"] if d["name"] == "dev-2")["slo"] is None
+    r = subprocess.run(
+        [sys.executable, "-m", "livelab", "--home", str(home), "status"], capture_output=True, text=True, timeout=60
+    )
+    assert "dev-0 SLO call-undos (undo_rate, alert): budget" in r.stdout, r.stdout + r.stderr
+    assert "dev-2 SLO" not in r.stdout
 
 
 def test_a_rollback_slo_breach_restores_the_previous_bundle(slab):
