@@ -75,7 +75,8 @@ def test_a_bundle_without_slos_keeps_its_digest(tmp_path):
         ([_slo(objective=0)], "slos[0].objective must be a number between 0 and 1"),
         ([_slo(objective="0.99")], "slos[0].objective must be a number"),
         ([_slo(objective=True)], "slos[0].objective must be a number"),
-        ([_slo(period_windows=5)], "slos[0].period_windows must be an integer from 10 to"),
+        ([_slo(period_windows=5)], "slos[0].period_windows must be an integer from 10 to 100000"),
+        ([_slo(period_windows=100_001)], "slos[0].period_windows must be an integer from 10 to 100000"),
         ([_slo(period_windows=100.0)], "slos[0].period_windows must be an integer"),
         ([_slo(policy="page")], "slos[0].policy must be one of alert, rollback, not 'page'"),
         ([_slo(threshold_ms=0)], "slos[0].threshold_ms must be a number of ms > 0, not 0"),
@@ -294,6 +295,9 @@ def test_window_counts_of_a_device_window():
     assert c.decisions == 3 and c.latencies == [(4.5, 3)]
     assert c.counts["call"] == 2 and c.undo == {**{i: 0 for i in INTENTS}, "call": 1}
     assert (c.routed, c.answered, c.diverged) == (0, {}, {})
+    w.routed, w.answered, w.diverged = 2, [0, 0, 0, 2, 0, 0], {"call": 1}  # as the oracle may add them
+    c = WindowCounts.of(w)
+    assert (c.routed, c.answered["call"], c.diverged) == (2, 2, {"call": 1})
 
 
 def test_evaluation_is_deterministic():
@@ -352,3 +356,22 @@ def test_cli_builds_a_bundle_with_slos_and_refuses_bad_ones(tmp_path):
     r = cli(*base, "-o", str(tmp_path / "x.lbundle"), "--slos", str(tmp_path / "missing.json"))
     assert r.returncode == 2 and "no SLO file at" in r.stderr
     assert not (tmp_path / "x.lbundle").exists()
+
+
+@pytest.mark.parametrize("period", [10, 37, 720])
+def test_running_sums_match_a_recount(period):
+    """The ring and running sums against a plain recount of the last n windows, past several periods."""
+    import random
+
+    rnd = random.Random(period)
+    tr = slo.Tracker(slo.parse([_slo(period_windows=period)])[0])
+    seen: list[tuple[int, int]] = []
+    for _ in range(3 * period + 5):
+        v = rnd.randint(0, 50)
+        b = rnd.randint(0, v)
+        tr.observe(v, b)
+        seen.append((v, b))
+        for n in tr.lengths:
+            last = seen[-n:]
+            assert tr.sums[n] == [sum(x for x, _ in last), sum(y for _, y in last)]
+    assert len(tr.valid) == period

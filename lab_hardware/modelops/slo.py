@@ -63,7 +63,10 @@ INDICATORS = ("latency", "undo_rate", "routed_share", "divergence")
 POLICIES = ("alert", "rollback")
 #: Most objectives one bundle may declare (each costs a little on every window).
 MAX_SLOS = 16
-PERIOD_MIN, PERIOD_MAX = 10, 10_000_000
+#: Bounds of ``period_windows``.  The ring of per-window counts grows with the windows seen, up
+#: to the period: at most two lists of 100,000 counts an objective (the workbook's 30 days in
+#: 26 s windows, or 14 h of 0.5 s windows), so a manifest cannot make a device allocate unbounded.
+PERIOD_MIN, PERIOD_MAX = 10, 100_000
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _BASE_KEYS = ("name", "indicator", "objective", "period_windows", "policy")
 #: Keys each indicator adds to the base ones: (required, optional).
@@ -206,16 +209,26 @@ class WindowCounts:
 
     @classmethod
     def of(cls, w: Window) -> "WindowCounts":
-        """From a device's open window (read at close; oracle fields when it has them)."""
+        """From a device's window (read at close).  The oracle's fields, when the window has
+        them: ``routed`` (an int), ``answered`` and ``diverged`` (per intent: a dict by name,
+        or a list in intent order like ``counts``)."""
         return cls(
             w.n,
             list(w.latencies),
             dict(zip(w.intents, w.counts)),
             dict(zip(w.intents, w.undo)),
             int(getattr(w, "routed", 0) or 0),
-            dict(getattr(w, "answered", None) or {}),
-            dict(getattr(w, "diverged", None) or {}),
+            _per_intent(getattr(w, "answered", None), w.intents),
+            _per_intent(getattr(w, "diverged", None), w.intents),
         )
+
+
+def _per_intent(x: Any, intents: list[str]) -> dict[str, int]:
+    if not x:
+        return {}
+    if isinstance(x, dict):
+        return {str(k): int(v) for k, v in x.items()}
+    return dict(zip(intents, (int(v) for v in x)))
 
 
 def events(o: Objective, w: WindowCounts) -> tuple[int, int]:
@@ -282,8 +295,8 @@ class Tracker:
         self._p, self._q = f.numerator, f.denominator  # objective = p/q, budget ratio (q-p)/q
         self.alerts = alert_windows(o.period_windows)
         self.lengths = sorted({o.period_windows, *(a.long for a in self.alerts), *(a.short for a in self.alerts)})
-        self.valid = [0] * o.period_windows
-        self.bad = [0] * o.period_windows
+        self.valid: list[int] = []  # per-window counts, a ring once the period is full
+        self.bad: list[int] = []
         self.sums = {n: [0, 0] for n in self.lengths}  # length -> [valid, bad]
         self.seen = 0  # windows observed
         self.firing = {a.severity: False for a in self.alerts}
@@ -300,7 +313,11 @@ class Tracker:
                 j = (t - n) % P
                 s[0] -= ring_v[j]
                 s[1] -= ring_b[j]
-        ring_v[t % P], ring_b[t % P] = valid, bad
+        if t < P:
+            ring_v.append(valid)
+            ring_b.append(bad)
+        else:
+            ring_v[t % P], ring_b[t % P] = valid, bad
         self.seen = t + 1
         out = []
         for a in self.alerts:
