@@ -375,3 +375,15 @@ def test_running_sums_match_a_recount(period):
             last = seen[-n:]
             assert tr.sums[n] == [sum(x for x, _ in last), sum(y for _, y in last)]
     assert len(tr.valid) == period
+
+
+def test_a_flapping_alert_is_reported_once_per_long_window():
+    """Bad, clean, bad, clean...: the page's short window (1) clears every other window, its long
+    window (12) keeps burning; reported again only after 12 windows, not every other window."""
+    ev = Evaluator(slo.parse([_slo()]))
+    pages = []
+    for i in range(48):
+        pages += [i for a in ev.observe(_latency_window(100, 100 if i % 2 == 0 else 0)) if a.severity == "page"]
+    # long burn over k bad windows of 12: the first bad window is 100x over one window
+    assert pages == [0, 12, 24, 36]
+    assert ev.status()[0]["burn"]["page"]["fired"] == 4

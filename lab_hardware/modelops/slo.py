@@ -300,10 +300,15 @@ class Tracker:
         self.sums = {n: [0, 0] for n in self.lengths}  # length -> [valid, bad]
         self.seen = 0  # windows observed
         self.firing = {a.severity: False for a in self.alerts}
-        self.fired = {a.severity: 0 for a in self.alerts}
+        self.fired = {a.severity: 0 for a in self.alerts}  # alerts reported
+        self._reported = {a.severity: -(10**18) for a in self.alerts}  # window of the last one
 
     def observe(self, valid: int, bad: int) -> list[Alert]:
-        """Add one window; the alerts that *start* firing with it."""
+        """Add one window; the alerts that *start* firing with it.
+
+        An alert that flaps (its one-window short window clears, then burns again) is reported
+        again only once its long window has passed since the last report: a page every other
+        window says nothing new, and the long window is what proves the burn is sustained."""
         P, t = self.o.period_windows, self.seen
         ring_v, ring_b = self.valid, self.bad
         for n, s in self.sums.items():
@@ -322,8 +327,9 @@ class Tracker:
         out = []
         for a in self.alerts:
             on = self._over(self.sums[a.long], a.burn) and self._over(self.sums[a.short], a.burn)
-            if on and not self.firing[a.severity]:
+            if on and not self.firing[a.severity] and self.seen - self._reported[a.severity] >= a.long:
                 self.fired[a.severity] += 1
+                self._reported[a.severity] = self.seen
                 out.append(
                     Alert(
                         self.o.name,
