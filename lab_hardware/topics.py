@@ -24,6 +24,7 @@ SCHEMA_COMMAND = "livelab.command/v1"
 SCHEMA_CAPTURE = "livelab.capture/v1"
 SCHEMA_REVOCATIONS = "livelab.revocations/v1"
 SCHEMA_LEARNERS = "livelab.learners/v1"
+SCHEMA_ALERT = "livelab.alert/v1"
 
 #: Commands a device understands (the level after ``.../cmd/``).
 COMMANDS = ("consent", "ping", "audit", "set-model", "install", "rollback", "shadow", "capture", "revoke")
@@ -70,6 +71,11 @@ def capture(ns: str, device: str) -> str:
     return device_prefix(ns, device) + "/capture"
 
 
+def alert(ns: str, device: str) -> str:
+    """``.../events/alert``: a device's alerts (a micro-SLO burning its error budget)."""
+    return device_prefix(ns, device) + "/events/alert"
+
+
 def command(ns: str, device: str, cmd: str, sender: str | None = None) -> str:
     """``.../cmd/<cmd>/<sender>``: the broker lets user U write only ``.../cmd/+/U``, so the
     last level proves who sent it.  Without ``sender`` the two-level form, control only."""
@@ -99,7 +105,7 @@ def control(ns: str, what: str) -> str:
 
 def parse(topic: str) -> dict[str, str] | None:
     """Split a device topic into namespace, device, kind (and command, and the command's
-    ``sender`` level when present); None if not one."""
+    ``sender`` level when present; and ``event`` for ``.../events/<event>``); None if not one."""
     parts = topic.split("/")
     if len(parts) < 5 or parts[0] != ROOT or parts[2] != "devices":
         return None
@@ -110,6 +116,10 @@ def parse(topic: str) -> dict[str, str] | None:
         out["command"] = parts[5]
         if len(parts) == 7:
             out["sender"] = parts[6]
+    elif parts[4] == "events":
+        if len(parts) != 6:
+            return None
+        out["event"] = parts[5]
     elif len(parts) != 5:
         return None
     return out

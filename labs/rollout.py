@@ -127,6 +127,7 @@ def status(lab: Lab, home) -> dict:
             "model": lab.states.get(d, {}).get("model"),
             "health": lab.states.get(d, {}).get("health"),
             "shadow": lab.states.get(d, {}).get("shadow"),
+            "slo": lab.states.get(d, {}).get("slo"),
         }
         for d in lab.devices
     }

@@ -35,6 +35,8 @@ _SESSION = uuid.uuid4().hex
 
 #: Windows kept for telemetry readers (about 3 hours of a 3-device lab).
 MAX_BUFFERED = 100_000
+#: Alert events kept (newest).
+MAX_ALERTS = 10_000
 
 
 class LabConnectionError(RuntimeError):
@@ -135,6 +137,7 @@ class Lab:
         self.states: dict[str, dict] = {}
         self._windows: list[dict] = []  # every window received, in arrival order
         self._windows_dropped = 0  # trimmed from the front of _windows
+        self._alerts: list[dict] = []  # devices' alert events (micro-SLOs), in arrival order
         self._cond = threading.Condition()
         self._seen: dict[str, set[int]] = collections.defaultdict(set)
         self._replies: dict[str, list[dict]] = collections.defaultdict(list)
@@ -153,7 +156,7 @@ class Lab:
         try:
             mqtt.connect(self._client, conn.host, conn.port)
             pre = topics.namespace_prefix(self.namespace)
-            for kind in ("state", "telemetry", "audit"):
+            for kind in ("state", "telemetry", "audit", "events/+"):
                 mqtt.subscribe_wait(self._client, f"{pre}/devices/+/{kind}")
             mqtt.subscribe_wait(self._client, topics.control(self.namespace, "revocations"))
         except mqtt.ConnectError as exc:
@@ -255,6 +258,11 @@ class Lab:
                     cut = len(self._windows) - MAX_BUFFERED
                     del self._windows[:cut]
                     self._windows_dropped += cut
+                self._cond.notify_all()
+        elif kind == "events" and p.get("event") == "alert":
+            with self._cond:
+                self._alerts.append(data)
+                del self._alerts[:-MAX_ALERTS]
                 self._cond.notify_all()
         elif kind == "audit":
             rid = data.get("reply_to")
@@ -507,6 +515,35 @@ class Lab:
         raise TimeoutError(
             f"no telemetry from {who} within {timeout:.0f} s: is telemetry consent granted (lab.grant_consent)?"
         )
+
+    # ---- micro-SLOs --------------------------------------------------------------------
+    def slos(self, device: str | None = None) -> dict[str, dict | None]:
+        """Each device's micro-SLOs as its latest state reports them: the bundle they belong
+        to and, per objective, the error budget remaining and the page/ticket burn rates
+        (``None``: the active model declares none).  See ``docs/slo.md``."""
+        if device is not None:
+            self._check_device(device)
+        return {d: self.states.get(d, {}).get("slo") for d in ([device] if device else self.devices)}
+
+    def alerts(self, device: str | None = None) -> list[dict]:
+        """Alert events the devices published since connecting (an SLO burning its budget;
+        ``action`` says whether the device rolled back), oldest first."""
+        with self._cond:
+            return [a for a in self._alerts if device is None or a.get("device") == device]
+
+    def wait_alert(self, device: str | None = None, *, slo: str | None = None, timeout: float = 30.0) -> dict:
+        """The first alert event (of ``device``, of SLO ``slo``) received since connecting;
+        TimeoutError if none came within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for a in self._alerts:
+                    if (device is None or a.get("device") == device) and (slo is None or a.get("slo") == slo):
+                        return a
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no SLO alert from {device or 'any device'} within {timeout:.0f} s")
+                self._cond.wait(left)
 
     # ---- audit -------------------------------------------------------------------------
     def audit_chain(self, device: str, *, timeout: float = 5.0) -> "AuditView":

@@ -138,7 +138,7 @@ def render_status(devices: list[str], states: dict[str, dict], last: dict[str, d
     head = (
         "<tr><th>device</th><th>state</th><th>model</th><th>bundle</th>"
         + "".join(f"<th>{_esc(s)}</th>" for s in SCOPES)
-        + "<th>last seq</th><th>last window</th><th>decisions</th></tr>"
+        + "<th>last seq</th><th>last window</th><th>decisions</th><th>SLO budget</th></tr>"
     )
     rows = []
     for dev in devices:
@@ -169,11 +169,33 @@ def render_status(devices: list[str], states: dict[str, dict], last: dict[str, d
             f"<td>{'<code>' + _esc(bundle[:12]) + '</code>' if bundle else '–'}</td>"
             + "".join(cells)
             + f'<td class="num">{seq_txt}</td><td class="num">{_clock(t)}</td>'
-            f'<td class="num">{decisions if isinstance(decisions, int) else "–"}</td></tr>'
+            f'<td class="num">{decisions if isinstance(decisions, int) else "–"}</td>'
+            f"<td>{render_slo(st.get('slo'))}</td></tr>"
         )
     if not rows:
-        rows.append('<tr><td colspan="9">no devices in this lab</td></tr>')
+        rows.append('<tr><td colspan="10">no devices in this lab</td></tr>')
     return f'<table class="livelab-table">{head}{"".join(rows)}</table>'
+
+
+def render_slo(slo: dict | None) -> str:
+    """One line per micro-SLO of the active bundle: budget left, and the alert firing if any."""
+    objectives = (slo or {}).get("objectives") or []
+    if not objectives:
+        return "–"
+    lines = []
+    for o in objectives:
+        burn = o.get("burn") or {}
+        firing = [sev for sev in ("page", "ticket") if (burn.get(sev) or {}).get("firing")]
+        left = o.get("budget_remaining")
+        left_txt = f"{left * 100:.0f}% left" if isinstance(left, (int, float)) else "–"
+        pill = "livelab-bad" if firing or (isinstance(left, (int, float)) and left <= 0) else "livelab-on"
+        rate = (burn.get("page") or {}).get("short")
+        rate_txt = f", burn {rate:g}x" if isinstance(rate, (int, float)) else ""
+        lines.append(
+            f'<span class="livelab-pill {pill}" title="{_esc(o.get("indicator") or "")}">'
+            f"{_esc(o.get('name') or '?')}: {left_txt}{rate_txt}{' · ' + firing[0] if firing else ''}</span>"
+        )
+    return "<br>".join(lines)
 
 
 def render_chart(

@@ -137,6 +137,19 @@ def cmd_status(args) -> int:
             str(d["restarts"]),
         )
     console.print(t)
+    for d in st["devices"]:  # micro-SLOs of the active bundle (docs/slo.md)
+        for o in (d.get("slo") or {}).get("objectives") or []:
+            burn = o["burn"]
+            firing = [sev for sev in ("page", "ticket") if burn[sev]["firing"]]
+            console.print(
+                f"{d['name']} SLO {o['name']} ({o['indicator']}, {o['policy']}): budget "
+                f"{o['budget_remaining'] * 100:.1f}% left over {o['windows']} windows, burn "
+                f"{burn['page']['long']:g}x/{burn['page']['short']:g}x (page > {burn['page']['threshold']:g}), "
+                f"{burn['ticket']['long']:g}x/{burn['ticket']['short']:g}x (ticket > {burn['ticket']['threshold']:g})"
+                + (f", FIRING: {'/'.join(firing)}" if firing else ""),
+                markup=False,
+                soft_wrap=True,
+            )
     if revoked:
         console.print(f"revoked bundles: {', '.join(sorted(r[:12] for r in revoked))}", markup=False)
     return EXIT_OK if ok else EXIT_FAIL

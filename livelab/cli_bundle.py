@@ -108,6 +108,16 @@ def cmd_keys(args) -> int:
 
 
 # ---- bundle ------------------------------------------------------------------------------
+def _slos_file(arg: str) -> list:
+    """A JSON file holding the ``slos`` list (docs/slo.md); the manifest check judges its content."""
+    path = _input_file(arg, "SLO")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise _usage(f"cannot read SLOs from {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+    return data
+
+
 def cmd_bundle_build(args) -> int:
     from lab_hardware.modelops import bundle
 
@@ -129,6 +139,7 @@ def cmd_bundle_build(args) -> int:
     model = _input_file(args.model, "model")
     if args.adapter:
         _input_file(args.adapter, "adapter")
+    slos = _slos_file(args.slos) if args.slos else None
     check_output(args.out, "bundle")
     try:
         out = bundle.build(
@@ -142,6 +153,7 @@ def cmd_bundle_build(args) -> int:
             provenance=provenance,
             revocation=revocation or None,
             created=args.created,
+            slos=slos,
         )
         info = bundle.inspect(out)
     except bundle.BundleError as exc:
@@ -322,6 +334,7 @@ def register(sub) -> None:
     s.add_argument("--contact", help="who to contact about this bundle")
     s.add_argument("--parent", type=digest_arg, help="digest of the bundle this one supersedes")
     s.add_argument("--created", help="ISO-8601 UTC time (default now); fixing it makes builds reproducible")
+    s.add_argument("--slos", metavar="FILE", help="JSON list of micro-SLOs to declare (see docs/slo.md)")
     s.set_defaults(fn=cmd_bundle_build)
 
     s = bs.add_parser("sign", help="sign a bundle (replaces any signature)")

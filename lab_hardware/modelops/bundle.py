@@ -47,6 +47,7 @@ from cryptography.exceptions import InvalidSignature
 from lab_hardware.modelops import adapter as _adapter
 from lab_hardware import features, topics, window
 from lab_hardware.modelops import keys as _keys
+from lab_hardware.modelops import slo as _slo
 from lab_hardware.modelops.adapter import ADAPTER_BUDGET, Adapter
 from lab_hardware.profiles import Profile
 
@@ -228,6 +229,9 @@ def _num(v: Any, path: str, lo: float, hi: float = math.inf, *, lo_open: bool = 
 
 
 _TOP = ("schema", "name", "version", "created", "files", "io", "compute", "privacy", "revocation", "provenance")
+#: Top-level sections a manifest may leave out (absent: none declared, and a bundle built before
+#: they existed keeps its digest): ``slos``, the bundle's micro-SLOs (:mod:`.slo`).
+_OPTIONAL_TOP = ("slos",)
 _FILE = ("sha256", "size")
 _IO = ("input", "output", "intents")
 _INPUT = ("name", "shape", "dtype", "features")
@@ -248,7 +252,7 @@ _PROVENANCE = (
 
 def validate_manifest(m: Any) -> dict:
     """Check every key and type of a ``livelab.bundle/v1`` manifest; returns it unchanged."""
-    _exact_keys(m, _TOP, "")
+    _exact_keys({k: v for k, v in m.items() if k not in _OPTIONAL_TOP} if isinstance(m, dict) else m, _TOP, "")
     if m["schema"] != SCHEMA:
         raise _bad("schema", f"must be {SCHEMA!r}, not {m['schema']!r}")
     if not isinstance(m["name"], str) or not topics.NAME_RE.match(m["name"]):
@@ -335,6 +339,11 @@ def validate_manifest(m: Any) -> dict:
     finished = parse_time(pv["build_finished"], "provenance.build_finished")
     if finished < started:
         raise _bad("provenance.build_finished", "is before build_started")
+    if "slos" in m:
+        try:
+            _slo.parse(m["slos"], intents)
+        except _slo.SloError as exc:
+            raise BundleError(f"manifest: {exc}") from None
     return m
 
 
@@ -752,6 +761,7 @@ def build(
     provenance: dict | None = None,
     revocation: dict | None = None,
     created: str | None = None,
+    slos: list | None = None,
 ) -> Path:
     """Write an unsigned bundle; the ``io`` section is read from the model itself.
 
@@ -759,6 +769,7 @@ def build(
     defaults (compute fits the ``rpi4`` profile; provenance comes from git and
     the model's ``training_data_digest`` metadata).  With an explicit
     ``created`` the build is reproducible: the build times default to it too.
+    ``slos`` declares the bundle's micro-SLOs (:mod:`lab_hardware.modelops.slo`).
     """
     started = _utc_now()
     model, out = Path(model), Path(out)
@@ -792,7 +803,7 @@ def build(
         "build_started": created if reproducible else started,
         "build_finished": created,
     }
-    manifest = {
+    manifest: dict[str, Any] = {
         "schema": SCHEMA,
         "name": name,
         "version": version,
@@ -809,6 +820,8 @@ def build(
         "revocation": {"topic": None, "contact": "", **(revocation or {})},
         "provenance": {**prov, **(provenance or {})},
     }
+    if slos is not None:
+        manifest["slos"] = slos
     validate_manifest(manifest)
     members = {MANIFEST: canonical(manifest), MODEL: data}
     if adapter_data is not None:
@@ -863,4 +876,5 @@ def inspect(src: Path | str | bytes) -> dict:
         "privacy": dict(m["privacy"]),
         "revocation": dict(m["revocation"]),
         "provenance": dict(m["provenance"]),
+        "slos": list(m.get("slos", [])),
     }

@@ -155,7 +155,7 @@ def acl_text(namespaces: dict[str, list[str]], learners: dict[str, list[str]] | 
       never believes a payload about who sent a command) and its ``learner/...`` topics;
       it cannot write the two-level control form ``.../cmd/<command>`` nor any retained
       control topic (``control/revocations``);
-    * a device writes only its own telemetry/state/audit/capture and reads its own
+    * a device writes only its own telemetry/state/audit/capture/events/alert and reads its own
       commands, the namespace's revocation list and its learner names.
 
     ``learners`` maps a namespace to the broker usernames acting for its learner (default:
@@ -183,6 +183,7 @@ def acl_text(namespaces: dict[str, list[str]], learners: dict[str, list[str]] | 
                 f"topic write {d}/state",
                 f"topic write {d}/audit",
                 f"topic write {d}/capture",
+                f"topic write {d}/events/alert",
                 f"topic read {d}/cmd/#",
                 f"topic read {pre}/control/revocations",
                 f"topic read {pre}/control/learners",

@@ -55,6 +55,7 @@ from lab_hardware.audit import AuditChain
 from lab_hardware.consent import ConsentError, ConsentState
 from lab_hardware.modelops.scrub import read_scrubbed_stream, scrub, warm_up as scrub_warm_up
 from lab_hardware.modelops.slots import ALL_SIGNERS, InstallError, Slots
+from lab_hardware.runtime.device_slo import DeviceSlos  # micro-SLOs (issue 14)
 from lab_hardware.runtime.link import Link
 from lab_hardware.runtime.outbox import Outbox
 from lab_hardware.profiles import Profile
@@ -143,7 +144,7 @@ def apply_profile_limits(profile: Profile) -> None:
         os.sched_setaffinity(0, cpus[: max(1, min(profile.cores, len(cpus)))])
 
 
-class Device:
+class Device(DeviceSlos):
     def __init__(self, config: dict[str, Any], *, clock=time.time):
         self.cfg = config
         self.clock = clock
@@ -197,6 +198,7 @@ class Device:
             namespace=self.ns,
         )
         self.slots.restore(config.get("model") or next(iter(self.models)))
+        self._slo_reset()  # micro-SLOs (issue 14): the active bundle's objectives
         self.capture: dict | None = None  # an open replay capture (see _cmd_capture)
         self._on_behalf: str | None = None  # the command being handled: its unproven claim
         # broker username -> learner name, from the trusted side only (config, control topic)
@@ -309,6 +311,7 @@ class Device:
             "backlog": self.outbox.backlog(),
             "audit_length": len(self.audit),
             "refused": self.refused,
+            "slo": self._slo_state(),  # micro-SLOs (issue 14)
         }
 
     def publish_state(self) -> None:
@@ -843,6 +846,7 @@ class Device:
             self.shadow_stats = _fresh_shadow_stats()
             self.outbox.add(seq, topics.encode(payload))
             self.telemetry_time = round(now, 3)
+        self._slo_window(w)  # micro-SLOs (issue 14): after the window left, so it names its bundle
         if now - self._last_save > 1.0:
             self._save_state()
 

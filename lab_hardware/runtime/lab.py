@@ -666,6 +666,7 @@ def status(home: str | os.PathLike | None = None, *, timeout: float = 1.5) -> di
                 "health_check": st.get("health"),
                 "shadow": st.get("shadow"),
                 "revoked": st.get("revoked", []),
+                "slo": st.get("slo"),
             }
         )
     b = run.get("broker") or {}
