@@ -228,6 +228,14 @@ def _num(v: Any, path: str, lo: float, hi: float = math.inf, *, lo_open: bool = 
 
 
 _TOP = ("schema", "name", "version", "created", "files", "io", "compute", "privacy", "revocation", "provenance")
+#: Keys a manifest may have or not (absent: the feature is off for this bundle).
+_OPTIONAL_TOP = ("routing",)
+#: ``routing``: send decisions whose top-1 minus top-2 probability is under ``margin_threshold``
+#: to the lab oracle, wait at most ``timeout_ms`` for its answer, route at most ``max_share`` of
+#: decisions (see lab_hardware/runtime/oracle.py).
+_ROUTING = ("margin_threshold", "timeout_ms", "max_share")
+#: Longest a device may wait for the oracle on one batch: beyond, routing is not edge inference.
+MAX_ROUTING_TIMEOUT_MS = 1000
 _FILE = ("sha256", "size")
 _IO = ("input", "output", "intents")
 _INPUT = ("name", "shape", "dtype", "features")
@@ -248,7 +256,9 @@ _PROVENANCE = (
 
 def validate_manifest(m: Any) -> dict:
     """Check every key and type of a ``livelab.bundle/v1`` manifest; returns it unchanged."""
-    _exact_keys(m, _TOP, "")
+    _exact_keys({k: v for k, v in m.items() if k not in _OPTIONAL_TOP} if isinstance(m, dict) else m, _TOP, "")
+    if "routing" in m:
+        validate_routing(m["routing"])
     if m["schema"] != SCHEMA:
         raise _bad("schema", f"must be {SCHEMA!r}, not {m['schema']!r}")
     if not isinstance(m["name"], str) or not topics.NAME_RE.match(m["name"]):
@@ -336,6 +346,15 @@ def validate_manifest(m: Any) -> dict:
     if finished < started:
         raise _bad("provenance.build_finished", "is before build_started")
     return m
+
+
+def validate_routing(r: Any) -> dict:
+    """Check a manifest's ``routing`` object (margin threshold, timeout in ms, max share)."""
+    _exact_keys(r, _ROUTING, "routing")
+    _num(r["margin_threshold"], "routing.margin_threshold", 0.0, 1.0, lo_open=True)
+    _num(r["timeout_ms"], "routing.timeout_ms", 0.0, MAX_ROUTING_TIMEOUT_MS, lo_open=True)
+    _num(r["max_share"], "routing.max_share", 0.0, 1.0, lo_open=True)
+    return r
 
 
 def check_profile(manifest: dict, profile: Profile) -> None:
@@ -752,6 +771,7 @@ def build(
     provenance: dict | None = None,
     revocation: dict | None = None,
     created: str | None = None,
+    routing: dict | None = None,
 ) -> Path:
     """Write an unsigned bundle; the ``io`` section is read from the model itself.
 
@@ -759,6 +779,7 @@ def build(
     defaults (compute fits the ``rpi4`` profile; provenance comes from git and
     the model's ``training_data_digest`` metadata).  With an explicit
     ``created`` the build is reproducible: the build times default to it too.
+    ``routing`` (optional, see ``validate_routing``) routes ambiguous decisions to the lab oracle.
     """
     started = _utc_now()
     model, out = Path(model), Path(out)
@@ -809,6 +830,8 @@ def build(
         "revocation": {"topic": None, "contact": "", **(revocation or {})},
         "provenance": {**prov, **(provenance or {})},
     }
+    if routing is not None:
+        manifest["routing"] = dict(routing)
     validate_manifest(manifest)
     members = {MANIFEST: canonical(manifest), MODEL: data}
     if adapter_data is not None:
@@ -863,4 +886,5 @@ def inspect(src: Path | str | bytes) -> dict:
         "privacy": dict(m["privacy"]),
         "revocation": dict(m["revocation"]),
         "provenance": dict(m["provenance"]),
+        "routing": dict(m["routing"]) if "routing" in m else None,
     }
