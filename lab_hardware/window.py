@@ -171,8 +171,9 @@ class Window:
                 "by_intent": {i: {"answered": 0, "diverged": 0} for i in self.intents},
             }
         answered = 0
+        route, edge = d.route or [], d.edge or []
         for i in range(start, stop):
-            code = d.route[i]
+            code = route[i]
             if not code:
                 continue
             o["routed"] += 1
@@ -180,7 +181,7 @@ class Window:
                 o["fallback"][d.fallback or "error"] += 1
                 continue
             answered += 1
-            per = o["by_intent"][self.intents[d.edge[i]]]
+            per = o["by_intent"][self.intents[edge[i]]]
             per["answered"] += 1
             if code == 2:
                 o["diverged"] += 1

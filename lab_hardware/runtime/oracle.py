@@ -42,7 +42,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import paho.mqtt.client as paho
@@ -139,7 +139,14 @@ def parse_request(payload: bytes) -> tuple[np.ndarray, float | None]:
 class Oracle:
     """The scoring core: a queue, workers and counters; MQTT is plugged in by ``run``."""
 
-    def __init__(self, model_path: str | Path, *, concurrency: int = 1, queue_max: int = 64, publish=None):
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        concurrency: int = 1,
+        queue_max: int = 64,
+        publish: Callable[[str, bytes, bytes | None], None] | None = None,
+    ):
         self.model = Model(model_path)
         self.digest = _digest.file_digest(model_path)
         self.concurrency = concurrency
@@ -181,6 +188,9 @@ class Oracle:
             return
         if correlation is None:
             self._refuse(own, None, f"CorrelationData of 1-{CORRELATION_LIMIT} bytes is required")
+            return
+        if self.q.full():  # shed before any work: a flood must cost as little as possible
+            self._shed(own, correlation, f"shed: queue full ({self.queue_max} waiting, {self.busy} serving)")
             return
         try:
             x, timeout_ms = parse_request(payload)
@@ -312,11 +322,11 @@ def run(home: Path, stop: threading.Event) -> int:
     oracle = Oracle(model_path, concurrency=opts["concurrency"], queue_max=opts["queue"], publish=publish)
     subscribed = threading.Event()
 
-    def on_message(cl, ud, msg) -> None:
+    def on_message(cl: paho.Client, ud: Any, msg: paho.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)
         oracle.submit(
             msg.topic,
-            msg.payload,
+            bytes(msg.payload),
             getattr(props, "ResponseTopic", None),
             getattr(props, "CorrelationData", None),
         )

@@ -37,7 +37,7 @@ NOT_ROUTED, AGREED, DIVERGED, FELL_BACK = 0, 1, 2, 3
 FALLBACKS = ORACLE_FALLBACKS
 
 
-def encode_rows(x: np.ndarray) -> list[dict[str, list]]:
+def encode_rows(x: np.ndarray) -> list[dict[str, Any]]:
     """Feature vectors as sparse rows (a few dozen non-zeros of 512): what a request carries.
     float32 values survive the JSON round trip exactly (repr of the float64 of a float32)."""
     rows = []
@@ -117,18 +117,18 @@ class Router:
     def _set_ready(self, ok: bool) -> None:
         self.ready = ok
 
-    def _on_connect(self, cl, ud, flags, rc, props) -> None:
+    def _on_connect(self, cl: paho.Client, ud: Any, flags: Any, rc: Any, props: Any) -> None:
         if not rc.is_failure:
             cl.subscribe(self.response_topic, qos=0)
 
-    def _on_message(self, cl, ud, msg) -> None:
+    def _on_message(self, cl: paho.Client, ud: Any, msg: paho.MQTTMessage) -> None:
         corr = getattr(getattr(msg, "properties", None), "CorrelationData", None)
         entry = self.pending.get(bytes(corr)) if corr is not None else None
         if entry is None:
             self.totals["late"] += 1  # an answer to a request already given up on
             return
         try:
-            entry.response = topics.decode(msg.payload)
+            entry.response = topics.decode(bytes(msg.payload))
         except ValueError as exc:
             entry.response = {"ok": False, "reason": f"error: {exc}"}
         entry.event.set()
