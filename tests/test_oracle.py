@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -21,10 +22,12 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from lab_hardware import features, mqtt, topics
+from lab_hardware import features, mqtt, profiles, topics
+from lab_hardware.inference import Model
 from lab_hardware.modelops import bundle as _bundle
 from lab_hardware.modelops import keys
 from lab_hardware.runtime import broker, lab, routing
+from lab_hardware.runtime.link import Link
 from lab_hardware.window import ALLOWED_FIELDS
 from labs import Lab, scenarios
 from tests.conftest import start_lab
@@ -408,6 +411,30 @@ def test_oracle_killed_mid_stream_devices_fall_back_and_nothing_is_lost(olab):
     for w in windows:
         assert w["decisions"] == w["last_decision"] - w["first_decision"] + 1 == sum(w["counts"].values())
         assert w["oracle"]["routed"] == w["oracle"]["answered"] + sum(w["oracle"]["fallback"].values())
+
+
+def test_requests_cross_the_profiles_uplink(olab):
+    """On the rpi4 profile's Wi-Fi uplink (12 ms latency, up to 6 ms jitter) a 5 ms timeout
+    cannot be met: the request is never sent and the decisions fall back as a timeout; with an
+    ample timeout the answer comes, and its round trip includes the uplink's latency."""
+    home, sdk = olab
+    _oracle_answers(home)
+    desc, ids = lab.descriptor(home), _ids(home)
+    user = broker.device_user("default", "dev-1")  # dev-1 does not route: its oracle client id is free
+    ident = {"host": desc["broker"]["host"], "port": desc["broker"]["port"], "username": user, "password": ids[user]}
+    rpi4 = profiles.load("rpi4").link
+    r = routing.Router("default", "dev-1", ident, link=Link(rpi4, random.Random(0)))
+    try:
+        wait_for(lambda: r.ready, 10, "the router's connection")
+        x = features.extract_batch([SC.stream(1)[0]["text"]])
+        labels, probs = Model(SC.models["candidate"]).predict(x)
+        out, _, route = r.route(x, labels, probs, {"margin_threshold": 1.0, "timeout_ms": 5, "max_share": 1.0})
+        assert route.fallback == "timeout" and r.sent == 0 and out.tolist() == labels.tolist()
+        _, _, route = r.route(x, labels, probs, {"margin_threshold": 1.0, "timeout_ms": 1000, "max_share": 1.0})
+        assert route.fallback is None and r.sent == 1 and route.rtt_ms >= rpi4.latency_ms
+        assert route.codes[0] in (routing.AGREED, routing.DIVERGED)
+    finally:
+        r.close()
 
 
 def test_up_with_oracle_refuses_a_scenario_without_one(tmp_path):

@@ -721,7 +721,8 @@ class Device:
         """Final labels, probabilities and what routing did; never raises (offline-first)."""
         try:
             if self.router is None:
-                self.router = Router(self.ns, self.name, self.cfg["broker"])
+                link = Link(self.profile.link, random.Random(zlib.crc32(f"oracle:{self.ns}:{self.name}".encode())))
+                self.router = Router(self.ns, self.name, self.cfg["broker"], link=link)
             return self.router.route(x, labels, probs, routing)
         except Exception as exc:  # noqa: BLE001 - routing must never cost a decision
             log.warning("routing failed, keeping the edge decisions: %s", str(exc).splitlines()[0] if str(exc) else exc)

@@ -8,6 +8,8 @@ nothing else.  It waits at most ``timeout_ms`` (wall clock) for the answer; with
 dead, shed, refused, broker away) it keeps its own decision.  A dead oracle costs a device at
 most one timeout per routed batch, never a decision.
 
+Requests cross the profile's simulated uplink (``Link``: latency, jitter, loss, bandwidth) as
+telemetry does, on a link of their own; the answer comes back unshaped, as telemetry's acks do.
 The oracle traffic uses its own MQTT 5 connection (paho's network thread), so the device's main
 connection (MQTT 3.1.1, persistent session, single-threaded) is the same with or without routing.
 """
@@ -27,6 +29,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from lab_hardware import features, mqtt, topics
+from lab_hardware.runtime.link import Link
 from lab_hardware.window import ORACLE_FALLBACKS
 
 log = logging.getLogger("livelab.device.routing")
@@ -85,7 +88,11 @@ class _Pending:
 class Router:
     """The device's oracle client: one MQTT 5 connection, one outstanding request at a time."""
 
-    def __init__(self, namespace: str, device: str, broker: dict[str, Any]):
+    def __init__(self, namespace: str, device: str, broker: dict[str, Any], *, link: Link | None = None):
+        # the profile's uplink (latency, jitter, loss, bandwidth) delays each request as it delays
+        # telemetry; a request the link cannot deliver within the timeout is never sent
+        self.link = link if link is not None and not link.perfect else None
+        self.sent = 0
         self.request_topic = topics.oracle_request(namespace, device)
         self.response_topic = topics.oracle_response(namespace, device)
         self.ready = False
@@ -144,17 +151,27 @@ class Router:
         """(response, round trip ms, fallback reason) of one request."""
         if not self.ready:
             return None, None, "offline"
+        t0 = time.perf_counter()
+        payload = request_payload(x, timeout_ms)
+        budget = timeout_ms / 1000.0
+        if self.link is not None:
+            now = time.time()
+            uplink = self.link.delay(len(payload), now) - now
+            if uplink >= budget:
+                return None, None, "timeout"
+            if uplink > 0:
+                time.sleep(uplink)
         corr = next(self.seq).to_bytes(8, "big")
         entry = self.pending[corr] = _Pending()
         props = Properties(PacketTypes.PUBLISH)
         props.ResponseTopic = self.response_topic
         props.CorrelationData = corr
-        t0 = time.perf_counter()
         try:
-            info = self.client.publish(self.request_topic, request_payload(x, timeout_ms), qos=0, properties=props)
+            info = self.client.publish(self.request_topic, payload, qos=0, properties=props)
             if info.rc != paho.MQTT_ERR_SUCCESS:
                 return None, None, "offline"
-            got = entry.event.wait(timeout_ms / 1000.0)
+            self.sent += 1
+            got = entry.event.wait(max(0.0, budget - (time.perf_counter() - t0)))
             rtt = (time.perf_counter() - t0) * 1000.0
         finally:
             self.pending.pop(corr, None)
