@@ -25,6 +25,8 @@ SCHEMA_CAPTURE = "livelab.capture/v1"
 SCHEMA_REVOCATIONS = "livelab.revocations/v1"
 SCHEMA_LEARNERS = "livelab.learners/v1"
 SCHEMA_ALERT = "livelab.alert/v1"
+SCHEMA_ORACLE_REQUEST = "livelab.oracle.request/v1"
+SCHEMA_ORACLE_RESPONSE = "livelab.oracle.response/v1"
 
 #: Commands a device understands (the level after ``.../cmd/``).
 COMMANDS = ("consent", "ping", "audit", "set-model", "install", "rollback", "shadow", "capture", "revoke")
@@ -101,6 +103,32 @@ def command_author(parsed: dict[str, str]) -> str:
 
 def control(ns: str, what: str) -> str:
     return f"{ROOT}/{ns}/control/{what}"
+
+
+def oracle_request(ns: str, device: str) -> str:
+    """Where a device sends the lab oracle its requests (MQTT 5 request/response): the broker
+    lets only that device write it, so the last level proves which device asked."""
+    return control(ns, f"oracle/request/{device}")
+
+
+def oracle_response(ns: str, device: str) -> str:
+    """The response topic a device names in its requests: only the oracle (and the control
+    plane) may write it, only that device reads it (besides its namespace's learner)."""
+    return control(ns, f"oracle/response/{device}")
+
+
+#: What the oracle subscribes to: every namespace's requests.
+ORACLE_REQUESTS = f"{ROOT}/+/control/oracle/request/+"
+
+
+def parse_oracle_request(topic: str) -> tuple[str, str] | None:
+    """(namespace, device) of an oracle request topic, or None if it is not one."""
+    parts = topic.split("/")
+    if len(parts) != 6 or parts[0] != ROOT or parts[2:5] != ["control", "oracle", "request"]:
+        return None
+    if not (NAME_RE.match(parts[1]) and NAME_RE.match(parts[5])):
+        return None
+    return parts[1], parts[5]
 
 
 def parse(topic: str) -> dict[str, str] | None:

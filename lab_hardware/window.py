@@ -49,8 +49,13 @@ ALLOWED_FIELDS = frozenset(
         "sent",
         "noise",
         "shadow",
+        "oracle",
     }
 )
+#: Upper bounds (ms) of the oracle round-trip histogram buckets; one overflow bucket follows.
+ORACLE_LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+#: Why routed decisions kept the edge decision (see lab_hardware/runtime/routing.py).
+ORACLE_FALLBACKS = ("timeout", "shed", "refused", "offline", "error")
 
 
 @dataclass
@@ -64,6 +69,11 @@ class Decisions:
     digests: list[str]
     first_seq: int
     latency_ms: float
+    # Set only when the active bundle routes to the lab oracle (manifest ``routing``):
+    route: list[int] | None = None  # per decision: 0 not routed, 1 oracle agreed, 2 diverged, 3 fell back
+    edge: list[int] | None = None  # the edge model's own labels (``labels`` hold the final ones)
+    route_ms: float | None = None  # the batch's oracle round trip (answered requests)
+    fallback: str | None = None  # why its routed decisions kept the edge decision
 
     @classmethod
     def from_batch(
@@ -117,6 +127,8 @@ class Window:
         self.first: int | None = None
         self.last: int | None = None
         self.digest = ""
+        self.oracle: dict[str, Any] | None = None  # routing counters, once a routed batch is added
+        self.oracle_rtt: list[tuple[float, int]] = []
 
     def __len__(self) -> int:
         return self.n
@@ -139,12 +151,75 @@ class Window:
                 low_margin[lab] += 1
             h = fold(h, d.digests[i])
         self.digest = h
+        if d.route is not None:
+            self._add_route(d, start, stop)
         n = stop - start
         self.latencies.append((d.latency_ms, n))
         if self.first is None:
             self.first = d.first_seq + start
         self.last = d.first_seq + stop - 1
         self.n += n
+
+    def _add_route(self, d: Decisions, start: int, stop: int) -> None:
+        o = self.oracle
+        if o is None:
+            o = self.oracle = {
+                "routed": 0,
+                "answered": 0,
+                "diverged": 0,
+                "fallback": dict.fromkeys(ORACLE_FALLBACKS, 0),
+                "by_intent": {i: {"answered": 0, "diverged": 0} for i in self.intents},
+            }
+        answered = 0
+        route, edge = d.route or [], d.edge or []
+        for i in range(start, stop):
+            code = route[i]
+            if not code:
+                continue
+            o["routed"] += 1
+            if code == 3:
+                o["fallback"][d.fallback or "error"] += 1
+                continue
+            answered += 1
+            per = o["by_intent"][self.intents[edge[i]]]
+            per["answered"] += 1
+            if code == 2:
+                o["diverged"] += 1
+                per["diverged"] += 1
+        o["answered"] += answered
+        if answered and d.route_ms is not None:
+            self.oracle_rtt.append((d.route_ms, answered))
+
+    def _oracle_field(self) -> dict[str, Any]:
+        o = self.oracle or {}
+        rtt = self.oracle_rtt
+        counts = [0] * (len(ORACLE_LATENCY_BUCKETS_MS) + 1)
+        for v, c in rtt:
+            b = next((j for j, ub in enumerate(ORACLE_LATENCY_BUCKETS_MS) if v <= ub), len(ORACLE_LATENCY_BUCKETS_MS))
+            counts[b] += c
+        answered = o["answered"]
+        return {
+            **o,
+            "share": round(o["routed"] / self.n, 4) if self.n else 0.0,
+            "divergence": round(o["diverged"] / answered, 4) if answered else 0.0,
+            "by_intent": {
+                k: {**v, "divergence": round(v["diverged"] / v["answered"], 4) if v["answered"] else 0.0}
+                for k, v in o["by_intent"].items()
+            },
+            "latency_ms": {
+                "buckets": list(ORACLE_LATENCY_BUCKETS_MS),
+                "counts": counts,
+                **(
+                    {
+                        "p50": round(_quantile(rtt, 0.50), 3),
+                        "p99": round(_quantile(rtt, 0.99), 3),
+                        "max": round(max(v for v, _ in rtt), 3),
+                    }
+                    if rtt
+                    else {}
+                ),
+            },
+        }
 
     def close(
         self, *, end: float, namespace: str, device: str, seq: int, model: str, bundle: str, profile: str
@@ -177,4 +252,5 @@ class Window:
                 "max": round(max(v for v, _ in lat), 4),
             },
             "digest": self.digest,
+            **({"oracle": self._oracle_field()} if self.oracle is not None else {}),
         }

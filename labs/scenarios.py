@@ -42,6 +42,7 @@ _TOP: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "models": (dict, True),
     "devices": (dict, True),
     "training": (dict, False),
+    "oracle": (dict, False),
 }
 _DEVICES: dict[str, tuple[type | tuple[type, ...], bool]] = {"models": (list, True)}
 _TRAINING: dict[str, tuple[type | tuple[type, ...], bool]] = {
@@ -51,6 +52,13 @@ _TRAINING: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "max_iter": (int, True),
     "defect_prefix": (str, True),
     "eval_n": (int, True),
+}
+_ORACLE: dict[str, tuple[type | tuple[type, ...], bool]] = {
+    "model": (str, True),
+    "seed": (int, True),
+    "n": (int, True),
+    "C": ((int, float), True),
+    "max_iter": (int, True),
 }
 
 
@@ -71,6 +79,8 @@ class Scenario:
     models: dict[str, Path]
     device_models: tuple[str, ...]
     raw: dict[str, Any]
+    #: the lab oracle's model (``[oracle] model``), a larger central model; None if the scenario has none
+    oracle_model: Path | None = None
 
     @property
     def stream_name(self) -> str:
@@ -114,7 +124,7 @@ class Scenario:
         file paths and plain values only.  Missing model files are reported
         here, before any device starts with a path that does not exist.
         """
-        missing = [str(p) for p in self.models.values() if not p.is_file()]
+        missing = [str(p) for p in [*self.models.values(), *filter(None, [self.oracle_model])] if not p.is_file()]
         if missing:
             raise ScenarioError(
                 f"scenario '{self.name}': model file(s) missing: {', '.join(missing)}; "
@@ -128,6 +138,8 @@ class Scenario:
             scrubbed = dest / "stream.scrubbed.jsonl.gz"
             scrubbed.write_bytes(self.scrubbed_stream_path.read_bytes())
             extra["scrubbed_stream"] = str(scrubbed.resolve())
+        if self.oracle_model is not None:
+            extra["oracle_model"] = str(self.oracle_model)
         return {
             "name": self.name,
             "stream": str(path),
@@ -201,6 +213,8 @@ def _validate(raw: dict, path: Path) -> Scenario:
     _check_table(f"{path} [devices]", raw["devices"], _DEVICES)
     if "training" in raw:
         _check_table(f"{path} [training]", raw["training"], _TRAINING)
+    if "oracle" in raw:
+        _check_table(f"{path} [oracle]", raw["oracle"], _ORACLE)
     root = path.parent
 
     stream = raw["stream"]
@@ -258,6 +272,7 @@ def _validate(raw: dict, path: Path) -> Scenario:
         models=models,
         device_models=tuple(device_models),
         raw=raw,
+        oracle_model=(root / raw["oracle"]["model"]).resolve() if "oracle" in raw else None,
     )
 
 

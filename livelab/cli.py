@@ -68,6 +68,7 @@ def cmd_up(args) -> int:
             device_options=opts,
             timeout=args.timeout,
             services=[recorder.service()],
+            oracle=args.oracle,
         )
     b = desc["broker"]
     verb = "reusing the lab already running" if desc.get("reused") else f"lab up in {time.perf_counter() - t0:.1f} s"
@@ -150,6 +151,13 @@ def cmd_status(args) -> int:
                 markup=False,
                 soft_wrap=True,
             )
+    o = st.get("oracle") or {}
+    if o.get("enabled"):
+        console.print(
+            f"oracle pid {o.get('pid')} {'[green]ok[/]' if o.get('alive') else '[red]down[/]'} "
+            f"restarts {o.get('restarts', 0)}  queue {o.get('queue_depth', '-')}/{o.get('queue_limit', '-')}  "
+            f"served {o.get('served', '-')}  shed {o.get('shed', '-')}  refused {o.get('refused', '-')}"
+        )
     if revoked:
         console.print(f"revoked bundles: {', '.join(sorted(r[:12] for r in revoked))}", markup=False)
     return EXIT_OK if ok else EXIT_FAIL
@@ -240,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float_range(0, 86400, lo_open=True, what="--timeout"),
         default=30.0,
         help="seconds to wait for the lab to be ready",
+    )
+    s.add_argument(
+        "--oracle",
+        action="store_true",
+        help="also run the lab oracle, the central model bundles with 'routing' ask (docs/oracle.md)",
     )
     s.set_defaults(fn=cmd_up)
 

@@ -441,6 +441,22 @@ def test_incompatible_profile(tmp_path, home, trusted):
 
 
 # ---- refusals: malformed manifests -------------------------------------------------------
+_ROUTING = {"margin_threshold": 0.2, "timeout_ms": 50, "max_share": 0.3}
+
+
+def test_routing_is_optional_declared_signed_and_inspected(tmp_path, home, trusted):
+    """A bundle without ``routing`` has none (devices never route for it); one built with it
+    carries it in the signed manifest, and inspect shows it."""
+    plain = bundle.read(_build(tmp_path))
+    assert "routing" not in plain.manifest and bundle.inspect(plain.to_bytes())["routing"] is None
+    out = _build(tmp_path, "routed.lbundle", routing=_ROUTING)
+    routed = bundle.read(out)
+    assert routed.manifest["routing"] == _ROUTING and bundle.inspect(out)["routing"] == _ROUTING
+    assert routed.digest != plain.digest
+    with pytest.raises(bundle.BundleError, match="routing.max_share must be a finite number > 0"):
+        _build(tmp_path, "bad.lbundle", routing={**_ROUTING, "max_share": 0})
+
+
 def _set(path: str, value):
     def mutate(m):
         *parents, last = path.split(".")
@@ -494,6 +510,16 @@ def _del(path: str):
         (_set("provenance.parent_bundle", "abc"), "manifest: provenance.parent_bundle"),
         (_set("io.input.shape", [None, 256]), "manifest: io.input.shape"),
         (_set("io.intents", []), "manifest: io.intents"),
+        (_set("routing", 0.2), "manifest: routing must be a JSON object"),
+        (_set("routing", {"margin_threshold": 0.2, "timeout_ms": 50}), "manifest: missing key 'routing.max_share'"),
+        (_set("routing", {**_ROUTING, "url": "x"}), "manifest: unknown key 'routing.url'"),
+        (_set("routing", {**_ROUTING, "margin_threshold": 0}), "routing.margin_threshold must be a finite number > 0"),
+        (_set("routing", {**_ROUTING, "margin_threshold": 1.5}), "routing.margin_threshold must be a finite number"),
+        (
+            _set("routing", {**_ROUTING, "timeout_ms": 5000}),
+            "routing.timeout_ms must be a finite number > 0 and <= 1000",
+        ),
+        (_set("routing", {**_ROUTING, "max_share": True}), "manifest: routing.max_share must be a number"),
         (
             lambda m: m["files"].update({"extra.bin": {"sha256": "0" * 64, "size": 1}}),
             "manifest: unknown key 'files.extra.bin'",

@@ -101,10 +101,15 @@ def test_write_jsonl_is_compact_and_sorted(tmp_path):
 # --- models -----------------------------------------------------------------
 
 
+def _committed(scenario) -> dict[str, Path]:
+    """Every model file the scenario commits: the devices' and the lab oracle's."""
+    return {**scenario.models, "oracle": scenario.oracle_model}
+
+
 def test_rebuilt_models_are_byte_identical_to_committed(scenario, build_module, tmp_path):
     built = build_module.build(tmp_path)
-    assert set(built) == set(scenario.models)
-    for name, committed in scenario.models.items():
+    assert set(built) == set(_committed(scenario))
+    for name, committed in _committed(scenario).items():
         assert built[name].read_bytes() == committed.read_bytes(), f"{name}.onnx differs from a rebuild"
 
 
@@ -138,7 +143,7 @@ _NO_NUMPY_SIMD = "AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL A
     ],
 )
 def test_model_build_does_not_depend_on_blas_kernel_or_threads(scenario, coretype, threads, numpy_off):
-    committed = {name: hashlib.sha256(p.read_bytes()).hexdigest() for name, p in scenario.models.items()}
+    committed = {name: hashlib.sha256(p.read_bytes()).hexdigest() for name, p in _committed(scenario).items()}
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -165,14 +170,15 @@ def test_model_build_does_not_depend_on_blas_kernel_or_threads(scenario, coretyp
 
 
 def test_model_interface_and_provenance(scenario, build_module):
-    for name, path in scenario.models.items():
+    for name, path in _committed(scenario).items():
         m = onnx.load(str(path))
         meta = {p.key: p.value for p in m.metadata_props}
         assert m.producer_name == "livelab" and m.doc_string
         assert meta["name"] == name
         assert json.loads(meta["intents"]) == list(scenario.intents)
         assert meta["features_schema"] == features.SCHEMA
-        assert meta["training_seed"] == str(scenario.raw["training"]["seed"])
+        cfg = scenario.raw["oracle" if name == "oracle" else "training"]
+        assert meta["training_seed"] == str(cfg["seed"]) and meta["training_n"] == str(cfg["n"])
         records = build_module.training_records(scenario, name)
         assert meta["training_data_digest"] == hashlib.sha256(streams.to_jsonl(records)).hexdigest()
         sess = _session(path)
@@ -200,6 +206,24 @@ def test_candidate_has_the_known_false_positive_defect(scenario):
     assert cand_fp >= 0.08, cand_fp
     assert cand_fp >= 4 * base_fp, (cand_fp, base_fp)
     assert cand_acc >= 0.80, cand_acc  # still a plausible release candidate
+
+
+def test_oracle_model_is_larger_and_free_of_the_defect(scenario):
+    """The lab oracle's model: four times the edge models' training data, clean labels; on the
+    held-out stream as accurate as the baseline (within the ambiguous utterances' noise) and
+    without the candidate's false positives, so edge/oracle divergence points at the defect."""
+    assert scenario.raw["oracle"]["n"] >= 4 * scenario.raw["training"]["n"]
+    records = scenario.stream(EVAL_N)
+    X = features.extract_batch([scrub(r["text"]) for r in records])
+    y = np.array([scenario.intents.index(r["intent"]) for r in records])
+    k = scenario.intents.index(scenario.defect_intent)
+    acc = {}
+    for name, path in _committed(scenario).items():
+        label = _session(path).run(["label"], {"features": X})[0]
+        acc[name] = float((label == y).mean())
+        if name == "oracle":
+            assert ((label == k) & (y != k)).sum() / (y != k).sum() <= 0.02
+    assert acc["oracle"] >= acc["baseline"] - 0.01 and acc["oracle"] > acc["candidate"] + 0.05, acc
 
 
 # --- scenario files ---------------------------------------------------------
@@ -263,7 +287,9 @@ def test_materialize_writes_stream_and_absolute_model_paths(scenario, tmp_path):
         "models",
         "device_models",
         "scrubbed_stream",  # the stream scrubbed once (tests/test_scrub_stream.py)
+        "oracle_model",  # the lab oracle's model (lab_hardware/runtime/oracle.py)
     }
+    assert Path(cfg["oracle_model"]).is_absolute() and Path(cfg["oracle_model"]).is_file()
     stream_path = Path(cfg["stream"])
     assert stream_path.is_absolute() and stream_path == (tmp_path / "lab" / "stream.jsonl").resolve()
     lines = stream_path.read_bytes().splitlines()

@@ -300,6 +300,25 @@ def test_window_counts_of_a_device_window():
     assert (c.routed, c.answered["call"], c.diverged) == (2, 2, {"call": 1})
 
 
+def test_window_counts_read_the_oracle_routing_of_a_device_window():
+    """The oracle's routing counters, as a device's window really keeps them (``Window.oracle``,
+    filled by routed batches), reach the routed-share and divergence indicators."""
+    import numpy as np
+
+    from lab_hardware.window import Decisions, Window
+
+    w = Window(INTENTS, 0.0)
+    probs = np.full((4, 6), 0.01, dtype=np.float32)
+    probs[:, 3] = 0.95
+    d = Decisions.from_batch(np.array([3, 3, 3, 0]), probs, np.zeros(4, dtype=bool), ["a" * 16] * 4, 0, latency_ms=2.0)
+    # decision 0 not routed, 1 the oracle agreed, 2 diverged, 3 fell back (timeout)
+    d.route, d.edge, d.route_ms, d.fallback = [0, 1, 2, 3], [3, 3, 3, 0], 1.5, "timeout"
+    w.add(d)
+    c = WindowCounts.of(w)
+    assert c.routed == 3
+    assert c.answered == {**{i: 0 for i in INTENTS}, "call": 2} and c.diverged == {**{i: 0 for i in INTENTS}, "call": 1}
+
+
 def test_evaluation_is_deterministic():
     def run():
         ev = Evaluator(slo.parse([_slo(period_windows=100), {**UNDO_CALL, "period_windows": 50}], INTENTS))

@@ -230,8 +230,15 @@ def _num(v: Any, path: str, lo: float, hi: float = math.inf, *, lo_open: bool = 
 
 _TOP = ("schema", "name", "version", "created", "files", "io", "compute", "privacy", "revocation", "provenance")
 #: Top-level sections a manifest may leave out (absent: none declared, and a bundle built before
-#: they existed keeps its digest): ``slos``, the bundle's micro-SLOs (:mod:`.slo`).
-_OPTIONAL_TOP = ("slos",)
+#: they existed keeps its digest): ``slos``, the bundle's micro-SLOs (:mod:`.slo`), and
+#: ``routing`` (absent: the device never asks the oracle).
+_OPTIONAL_TOP = ("slos", "routing")
+#: ``routing``: send decisions whose top-1 minus top-2 probability is under ``margin_threshold``
+#: to the lab oracle, wait at most ``timeout_ms`` for its answer, route at most ``max_share`` of
+#: decisions (see lab_hardware/runtime/oracle.py).
+_ROUTING = ("margin_threshold", "timeout_ms", "max_share")
+#: Longest a device may wait for the oracle on one batch: beyond, routing is not edge inference.
+MAX_ROUTING_TIMEOUT_MS = 1000
 _FILE = ("sha256", "size")
 _IO = ("input", "output", "intents")
 _INPUT = ("name", "shape", "dtype", "features")
@@ -253,6 +260,8 @@ _PROVENANCE = (
 def validate_manifest(m: Any) -> dict:
     """Check every key and type of a ``livelab.bundle/v1`` manifest; returns it unchanged."""
     _exact_keys({k: v for k, v in m.items() if k not in _OPTIONAL_TOP} if isinstance(m, dict) else m, _TOP, "")
+    if "routing" in m:
+        validate_routing(m["routing"])
     if m["schema"] != SCHEMA:
         raise _bad("schema", f"must be {SCHEMA!r}, not {m['schema']!r}")
     if not isinstance(m["name"], str) or not topics.NAME_RE.match(m["name"]):
@@ -345,6 +354,15 @@ def validate_manifest(m: Any) -> dict:
         except _slo.SloError as exc:
             raise BundleError(f"manifest: {exc}") from None
     return m
+
+
+def validate_routing(r: Any) -> dict:
+    """Check a manifest's ``routing`` object (margin threshold, timeout in ms, max share)."""
+    _exact_keys(r, _ROUTING, "routing")
+    _num(r["margin_threshold"], "routing.margin_threshold", 0.0, 1.0, lo_open=True)
+    _num(r["timeout_ms"], "routing.timeout_ms", 0.0, MAX_ROUTING_TIMEOUT_MS, lo_open=True)
+    _num(r["max_share"], "routing.max_share", 0.0, 1.0, lo_open=True)
+    return r
 
 
 def check_profile(manifest: dict, profile: Profile) -> None:
@@ -762,6 +780,7 @@ def build(
     revocation: dict | None = None,
     created: str | None = None,
     slos: list | None = None,
+    routing: dict | None = None,
 ) -> Path:
     """Write an unsigned bundle; the ``io`` section is read from the model itself.
 
@@ -770,6 +789,7 @@ def build(
     the model's ``training_data_digest`` metadata).  With an explicit
     ``created`` the build is reproducible: the build times default to it too.
     ``slos`` declares the bundle's micro-SLOs (:mod:`lab_hardware.modelops.slo`).
+    ``routing`` (optional, see ``validate_routing``) routes ambiguous decisions to the lab oracle.
     """
     started = _utc_now()
     model, out = Path(model), Path(out)
@@ -822,6 +842,8 @@ def build(
     }
     if slos is not None:
         manifest["slos"] = slos
+    if routing is not None:
+        manifest["routing"] = dict(routing)
     validate_manifest(manifest)
     members = {MANIFEST: canonical(manifest), MODEL: data}
     if adapter_data is not None:
@@ -877,4 +899,5 @@ def inspect(src: Path | str | bytes) -> dict:
         "revocation": dict(m["revocation"]),
         "provenance": dict(m["provenance"]),
         "slos": list(m.get("slos", [])),
+        "routing": dict(m["routing"]) if "routing" in m else None,
     }

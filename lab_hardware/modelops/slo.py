@@ -212,14 +212,25 @@ class WindowCounts:
         """From a device's window (read at close).  The oracle's fields, when the window has
         them: ``routed`` (an int), ``answered`` and ``diverged`` (per intent: a dict by name,
         or a list in intent order like ``counts``)."""
+        oracle = getattr(w, "oracle", None)  # the routing counters a device's window keeps
+        answered: Any
+        diverged: Any
+        if isinstance(oracle, dict):
+            per = oracle.get("by_intent") or {}
+            routed = oracle.get("routed", 0)
+            answered = {k: v.get("answered", 0) for k, v in per.items()}
+            diverged = {k: v.get("diverged", 0) for k, v in per.items()}
+        else:
+            routed = getattr(w, "routed", 0)
+            answered, diverged = getattr(w, "answered", None), getattr(w, "diverged", None)
         return cls(
             w.n,
             list(w.latencies),
             dict(zip(w.intents, w.counts)),
             dict(zip(w.intents, w.undo)),
-            int(getattr(w, "routed", 0) or 0),
-            _per_intent(getattr(w, "answered", None), w.intents),
-            _per_intent(getattr(w, "diverged", None), w.intents),
+            int(routed or 0),
+            _per_intent(answered, w.intents),
+            _per_intent(diverged, w.intents),
         )
 
 

@@ -38,6 +38,9 @@ MESSAGE_SIZE_LIMIT = 16 * 1024 * 1024
 AUTOSAVE_INTERVAL = 1
 
 CONTROL_USER = "control"
+#: The lab oracle's identity (lab_hardware/runtime/oracle.py): reads every namespace's oracle
+#: requests and writes only oracle responses.
+ORACLE_USER = "oracle"
 
 
 class BrokerError(RuntimeError):
@@ -156,12 +159,21 @@ def acl_text(namespaces: dict[str, list[str]], learners: dict[str, list[str]] | 
       it cannot write the two-level control form ``.../cmd/<command>`` nor any retained
       control topic (``control/revocations``);
     * a device writes only its own telemetry/state/audit/capture/events/alert and reads its own
-      commands, the namespace's revocation list and its learner names.
+      commands, the namespace's revocation list and its learner names; it writes only its own
+      oracle requests and reads only its own oracle responses;
+    * the oracle reads oracle requests and writes oracle responses, nothing else: no learner
+      (nor device) can answer in its name.
 
     ``learners`` maps a namespace to the broker usernames acting for its learner (default:
     ``learner.<ns>``); a registered learner's username is its name.
     """
     lines = [f"user {CONTROL_USER}", "topic readwrite livelab/#", "topic read $SYS/#", ""]
+    lines += [
+        f"user {ORACLE_USER}",
+        f"topic read {topics.ORACLE_REQUESTS}",
+        f"topic write {topics.oracle_response('+', '+')}",
+        "",
+    ]
     for ns, devices in sorted(namespaces.items()):
         pre = topics.namespace_prefix(ns)
         users = (learners or {}).get(ns) or [learner_user(ns)]
@@ -187,6 +199,8 @@ def acl_text(namespaces: dict[str, list[str]], learners: dict[str, list[str]] | 
                 f"topic read {d}/cmd/#",
                 f"topic read {pre}/control/revocations",
                 f"topic read {pre}/control/learners",
+                f"topic write {topics.oracle_request(ns, dev)}",
+                f"topic read {topics.oracle_response(ns, dev)}",
                 "",
             ]
     return "\n".join(lines)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lab_hardware.runtime import broker as _broker
+from lab_hardware.runtime import oracle as _oracle
 from lab_hardware import home as _home
 from lab_hardware import mqtt, profiles, topics
 
@@ -92,7 +93,7 @@ def name_learner(home: str | os.PathLike | None, namespace: str, name: str, *, t
 
 
 def _identities(namespaces: dict[str, list[str]], old: dict[str, str]) -> dict[str, str]:
-    users = [_broker.CONTROL_USER]
+    users = [_broker.CONTROL_USER, _broker.ORACLE_USER]
     for ns, devs in namespaces.items():
         users.append(_broker.learner_user(ns))
         users += [_broker.device_user(ns, d) for d in devs]
@@ -111,6 +112,7 @@ def up(
     device_options: dict[str, Any] | None = None,
     timeout: float = 30.0,
     services: list[dict[str, Any]] | None = None,
+    oracle: bool | dict[str, Any] = False,
 ) -> dict[str, Any]:
     """Start a lab (or reuse the running one with the same shape) and return its descriptor.
 
@@ -119,13 +121,25 @@ def up(
     ``services`` are lab-side processes the supervisor runs beside the devices (see
     ``lab_hardware.runtime.supervisor``: ``{"name", "argv", "ready_file"?}``), e.g. the
     trusted recorder of learner events; named by command line, so this layer imports none.
+    ``oracle`` (True, or its options ``{"concurrency", "queue"}``) also runs the lab oracle
+    (``lab_hardware.runtime.oracle``), which devices route ambiguous decisions to when their
+    bundle declares ``routing``.  Off by default: an idle oracle costs a process, ~60 MB and a
+    model load, which most modules do not need.
     """
     home = _home.resolve(home)
     topics.check_name("namespace", namespace)
     if not 1 <= devices <= 64:
         raise LabError(f"--devices must be between 1 and 64, not {devices}")
     prof = profiles.load(profile)
-    svcs = _check_services(services or [])
+    svcs = list(services or [])
+    if oracle:
+        if not scenario.get("oracle_model"):
+            raise LabError(f"scenario {scenario.get('name')!r} has no oracle model: add [oracle] to its scenario.toml")
+        try:
+            svcs.append(_oracle.service(oracle if isinstance(oracle, dict) else None))
+        except ValueError as exc:
+            raise LabError(str(exc)) from None
+    svcs = _check_services(svcs)
     _check_writable(home)
     wanted = {
         "devices": devices,
@@ -134,6 +148,8 @@ def up(
         "namespace": namespace,
         "broker_url": broker_url,
     }
+    if oracle:  # (only then: labs started without one keep the shape they had)
+        wanted["oracle"] = True
     if is_running(home):
         cfg = _home.read_json(home / "config.json")
         if cfg.get("shape") == wanted and (port is None or cfg["broker"]["port"] == port):
@@ -661,6 +677,7 @@ def status(home: str | os.PathLike | None = None, *, timeout: float = 1.5) -> di
                 "decisions": st.get("decisions"),
                 "backlog": st.get("backlog"),
                 "refused": st.get("refused"),
+                "routing": st.get("routing"),
                 "audit_length": st.get("audit_length"),
                 "active": st.get("active"),
                 "health_check": st.get("health"),
@@ -670,6 +687,16 @@ def status(home: str | os.PathLike | None = None, *, timeout: float = 1.5) -> di
             }
         )
     b = run.get("broker") or {}
+    svc = (run.get("services") or {}).get(_oracle.NAME)
+    oracle = {"enabled": False}
+    if svc is not None:
+        oracle = {
+            "enabled": True,
+            "pid": svc.get("pid"),
+            "alive": _home.pid_alive(svc.get("pid")),
+            "restarts": svc.get("restarts", 0),
+            **{k: v for k, v in (_oracle.read_stats(home) or {}).items() if k != "pid"},
+        }
     out = {
         "running": True,
         "home": str(home),
@@ -687,6 +714,7 @@ def status(home: str | os.PathLike | None = None, *, timeout: float = 1.5) -> di
             "reachable": reachable,
         },
         "devices": devices,
+        "oracle": oracle,
     }
     if not reachable:
         out["broker"]["error"] = broker_error

@@ -34,6 +34,8 @@ from lab_hardware import mqtt, topics
 log = logging.getLogger("livelab.supervisor")
 
 RESTART_BACKOFF = (0.05, 0.2, 0.5, 1.0, 2.0)
+#: The folder holding the ``lab_hardware`` package this supervisor runs.
+_CODE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 class Child:
@@ -178,6 +180,9 @@ class Supervisor:
         ready = self.home / spec["ready_file"] if spec.get("ready_file") else None
         argv = self._service_argv(spec)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **{str(k): str(v) for k, v in (spec.get("env") or {}).items()}}
+        # A service runs in the state directory, so its cwd does not put this checkout on
+        # sys.path: name it, so services run the same code as the lab that starts them.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_CODE_ROOT, env.get("PYTHONPATH")]))
 
         def start() -> subprocess.Popen:
             if ready is not None:
