@@ -52,7 +52,6 @@ from paho.mqtt.properties import Properties
 from lab_hardware import digest as _digest
 from lab_hardware import features, mqtt, topics
 from lab_hardware import home as _home
-from lab_hardware.inference import Model
 from lab_hardware.runtime import broker as _broker
 
 log = logging.getLogger("livelab.oracle")
@@ -147,6 +146,8 @@ class Oracle:
         queue_max: int = 64,
         publish: Callable[[str, bytes, bytes | None], None] | None = None,
     ):
+        from lab_hardware.inference import Model  # here: importing onnxruntime is for the server only
+
         self.model = Model(model_path)
         self.digest = _digest.file_digest(model_path)
         self.concurrency = concurrency
