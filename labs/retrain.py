@@ -201,6 +201,13 @@ def resolve_trigger(home: Path | str, ref: str, namespace: str = "default") -> d
     }
 
 
+def _scenario(name: str) -> scenarios.Scenario:
+    try:
+        return scenarios.load(name)
+    except (scenarios.ScenarioError, OSError) as exc:
+        raise RetrainError((str(exc).splitlines() or [f"unknown scenario {name!r}"])[0]) from None
+
+
 def _check_out(out: Path) -> None:
     """Refuse an output we could not write, before any work (nothing is half-written after)."""
     if out.is_dir():
@@ -294,10 +301,7 @@ def build(
     except _bundle.BundleError as exc:
         raise RetrainError(str(exc)) from None
     _check_out(out)
-    try:
-        sc = scenarios.load(scenario)
-    except (scenarios.ScenarioError, FileNotFoundError) as exc:
-        raise RetrainError(str(exc).splitlines()[0]) from None
+    sc = _scenario(scenario)
     oracle_path = check_oracle(oracle if oracle is not None else (sc.oracle_model or ""), sc)
     par = None
     if parent is not None:
@@ -390,13 +394,17 @@ def divergence(
 
     Every model and the oracle run through :func:`lab_hardware.modelops.replay.run` (the sandbox,
     the device's features, deterministic onnxruntime), so the figures are exact and repeatable."""
-    sc = scenarios.load(scenario)
+    sc = _scenario(scenario)
     oracle_path = check_oracle(oracle if oracle is not None else (sc.oracle_model or ""), sc)
     try:
-        rp = _replay.read(replay)
-        paths = [_replay.check_model(m) for m in models]
+        return _divergence(replay, models, oracle_path, sandbox)
     except _replay.ReplayError as exc:
         raise RetrainError(str(exc)) from None
+
+
+def _divergence(replay: Path | str, models: list[Path | str], oracle_path: Path, sandbox: bool) -> dict:
+    rp = _replay.read(replay)
+    paths = [_replay.check_model(m) for m in models]
     if not paths:
         raise RetrainError("divergence needs at least one model")
     with tempfile.TemporaryDirectory(prefix="livelab-divergence-") as tmp:

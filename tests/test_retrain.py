@@ -235,3 +235,57 @@ def test_a_replay_shows_the_retrained_models_divergence_drop(captured, tmp_path)
     assert sum(v["decisions"] for v in new["by_intent"].values()) == 1000
     # deterministic: the same replay gives the same figures
     assert retrain.divergence(held_out, [tmp_path / "r.lbundle"])["models"][0]["diverged"] == new["diverged"]
+
+
+# ---- the CLI -----------------------------------------------------------------------------
+def _cli(home: Path, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run(
+        [sys.executable, "-m", "livelab", "--home", str(home), "retrain", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+        env=env,
+    )
+    assert "Traceback" not in res.stdout + res.stderr, res.stderr
+    return res
+
+
+def test_cli_build_and_divergence(captured, built, tmp_path):
+    home, sugg = captured
+    res, out = built
+    cli_out = tmp_path / "cli.lbundle"
+    r = _cli(home, "build", "-o", str(cli_out), "--version", VERSION, "--trigger", f"{DEV}#{sugg['index']}")
+    assert r.returncode == 0, r.stderr
+    assert f"retrained {cli_out}" in r.stdout and "unsigned" in r.stdout and "livelab bundle sign" in r.stdout
+    assert f"audit #{sugg['index']}" in r.stdout
+    assert cli_out.read_bytes() == out.read_bytes()  # the CLI is the library: same bytes
+    rp = replay.build(home, NS, DEV, tmp_path / "all.lreplay")
+    r = _cli(home, "divergence", str(rp), "--bundle", str(CANDIDATE), "--bundle", str(cli_out), "--json")
+    assert r.returncode == 0, r.stderr
+    cand, new = json.loads(r.stdout)["models"]
+    assert new["diverged"] < cand["diverged"] and new["digest"] == res["digest"]
+    r = _cli(home, "divergence", str(rp), "--bundle", str(CANDIDATE))
+    assert r.returncode == 0 and "edge/oracle divergence over 3,000 replayed records" in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (
+            ["build", "-o", "x.lbundle", "--version", VERSION, "--oracle", str(CANDIDATE)],
+            "is not the voice-intents oracle",
+        ),
+        (["build", "-o", "x.lbundle", "--version", VERSION, "--capture", "nope"], "unknown capture 'nope'"),
+        (["build", "-o", "nodir/x.lbundle", "--version", VERSION], "nodir does not exist"),
+        (["build", "-o", "x.lbundle", "--version", VERSION, "--trigger", "dev-1#0"], "not a divergence alert"),
+        (["build", "-o", "x.lbundle"], "the following arguments are required: --version"),
+        (["divergence", "missing.lreplay", "--bundle", str(CANDIDATE)], "no replay file at missing.lreplay"),
+    ],
+)
+def test_cli_errors_are_one_line_exit_2_and_write_nothing(captured, tmp_path, args, match):
+    home, _ = captured
+    r = _cli(home, *args, cwd=tmp_path)
+    assert r.returncode == 2 and match in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert list(tmp_path.iterdir()) == []
