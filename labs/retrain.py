@@ -37,6 +37,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -383,7 +384,7 @@ def build(
 # ---- the divergence drop -----------------------------------------------------------------
 def divergence(
     replay: Path | str,
-    models: list[Path | str],
+    models: Sequence[Path | str],
     *,
     oracle: Path | str | None = None,
     scenario: str = "voice-intents",
@@ -402,7 +403,7 @@ def divergence(
         raise RetrainError(str(exc)) from None
 
 
-def _divergence(replay: Path | str, models: list[Path | str], oracle_path: Path, sandbox: bool) -> dict:
+def _divergence(replay: Path | str, models: Sequence[Path | str], oracle_path: Path, sandbox: bool) -> dict:
     rp = _replay.read(replay)
     paths = [_replay.check_model(m) for m in models]
     if not paths:

@@ -10,8 +10,10 @@ line on stderr, never a traceback, nothing written.
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from rich.markup import escape
 from rich.table import Table
@@ -23,7 +25,7 @@ def _print(text: str) -> None:
     console.print(text, markup=False, soft_wrap=True, highlight=False)
 
 
-def cmd_build(args) -> int:
+def cmd_build(args: argparse.Namespace) -> int:
     from labs import retrain
 
     try:
@@ -66,7 +68,7 @@ def cmd_build(args) -> int:
     return EXIT_OK
 
 
-def cmd_divergence(args) -> int:
+def cmd_divergence(args: argparse.Namespace) -> int:
     from labs import retrain
 
     src = check_input(args.replay, "replay")
@@ -99,7 +101,7 @@ def cmd_divergence(args) -> int:
     return EXIT_OK
 
 
-def register(sub) -> None:
+def register(sub: Any) -> None:
     """Add ``livelab retrain ...`` to the top-level subparsers."""
     p = sub.add_parser(
         "retrain",
