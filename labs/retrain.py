@@ -105,7 +105,8 @@ def captures(
 ) -> list[Capture]:
     """The stored captures to train on (all, or those of a namespace, device, ids), checked.
 
-    Refused: no capture at all, an unknown id, a capture whose consent the lab cannot verify
+    Refused: no capture at all, an unknown id, a capture still open (parts missing: two runs
+    would not train on the same records), a capture whose consent the lab cannot verify
     now (no audit chain of the device in this home, a broken chain, a reference it does not
     hold), a record with PII or outside its consent, a capture with no records."""
     home = Path(home)
@@ -129,6 +130,11 @@ def captures(
     out = []
     for m in metas:
         ns, dev, cid = m["namespace"], m["device"], m["capture_id"]
+        if not m.get("complete"):
+            raise RetrainError(
+                f"capture {cid} of {ns}/{dev} is not complete (parts {m.get('parts')} received, last part "
+                f"{m.get('last_part')}): wait for it to finish, or leave it out with --capture"
+            )
         try:
             entry, records = _replay.stored_capture(home, ns, dev, cid)
         except _replay.ReplayError as exc:

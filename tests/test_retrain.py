@@ -193,7 +193,7 @@ def test_refusals_are_one_line_and_write_nothing(captured, tmp_path):
         _nothing_written(ro)
 
 
-def test_captures_whose_consent_the_lab_cannot_verify_are_refused(tmp_path):
+def test_captures_with_unverifiable_consent_or_still_open_are_refused(tmp_path):
     """A capture stored without its device's audit chain in this lab (its consent is the device's
     unproven claim) is never trained on; nor is one whose chain was altered since."""
     home = tmp_path / "home"
@@ -206,6 +206,21 @@ def test_captures_whose_consent_the_lab_cannot_verify_are_refused(tmp_path):
         retrain.build(home, out, version=VERSION)
     assert "consent cannot be verified" in _one_line(info) and "cap-x" in str(info.value)
     assert not out.exists()
+
+    # a capture still open (a part missing): two runs would not see the same records
+    home3 = _captured_home(tmp_path / "home3")
+    grant = next(
+        r for r in audit.read(_home.device_dir(home3, NS, DEV) / "audit.jsonl") if r["kind"] == "consent"
+        and r["data"]["scope"] == "replay-capture"
+    )  # fmt: skip
+    open_msgs = messages(device_records(CANDIDATE, 9000, 0, 200, grant["time"] + 1), "cap-open", grant, part_size=100)
+    replay.store_capture(home3, open_msgs[1])  # the last part came, the first did not (yet)
+    with pytest.raises(RetrainError) as info:
+        retrain.build(home3, out, version=VERSION)
+    assert "capture cap-open of default/dev-1 is not complete" in _one_line(info)
+    assert not out.exists()
+    retrain.build(home3, out, version=VERSION, capture_ids=["cap-a", "cap-b"])  # leaving it out works
+    out.unlink()
 
     home2 = _captured_home(tmp_path / "home2")
     chain_path = _home.device_dir(home2, NS, DEV) / "audit.jsonl"

@@ -91,7 +91,7 @@ def test_a_sustained_divergence_triggers_a_retraining_that_names_it(rlab, tmp_pa
     sdk.grant_consent(DEV, "replay-capture")
     cid = sdk.capture(DEV, 400)
     wait_for(
-        lambda: any(c["capture_id"] == cid and c["records"] >= 400 for c in replay.list_captures(home)),
+        lambda: any(c["capture_id"] == cid and c["complete"] for c in replay.list_captures(home)),
         30,
         "dev-1's capture in the replay store",
     )
@@ -110,7 +110,7 @@ def test_a_sustained_divergence_triggers_a_retraining_that_names_it(rlab, tmp_pa
     # a held-out replay of the same device: the retrained model diverges less than the candidate
     cid2 = sdk.capture(DEV, 300)
     wait_for(
-        lambda: any(c["capture_id"] == cid2 and c["records"] >= 300 for c in replay.list_captures(home)),
+        lambda: any(c["capture_id"] == cid2 and c["complete"] for c in replay.list_captures(home)),
         30,
         "a second capture",
     )
