@@ -24,6 +24,7 @@ from livelab import (
     cli_learners,
     cli_replay,
     cli_report,
+    cli_retrain,
     cli_rollout,
 )
 from livelab.common import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Parser, UsageError, console, err
@@ -304,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_bundle.register(sub)
     cli_rollout.register(sub)
     cli_replay.register(sub)
+    cli_retrain.register(sub)
     cli_report.register(sub)
     cli_grade.register(sub)
     cli_grader.register(sub)

@@ -78,7 +78,9 @@ def test_a_bundle_without_slos_keeps_its_digest(tmp_path):
         ([_slo(period_windows=5)], "slos[0].period_windows must be an integer from 10 to 100000"),
         ([_slo(period_windows=100_001)], "slos[0].period_windows must be an integer from 10 to 100000"),
         ([_slo(period_windows=100.0)], "slos[0].period_windows must be an integer"),
-        ([_slo(policy="page")], "slos[0].policy must be one of alert, rollback, not 'page'"),
+        ([_slo(policy="page")], "slos[0].policy must be one of alert, rollback, retrain, not 'page'"),
+        ([_slo(policy="retrain")], "slos[0].policy 'retrain' is only for the divergence indicator, not 'latency'"),
+        ([{**UNDO_CALL, "policy": "retrain"}], "slos[0].policy 'retrain' is only for the divergence indicator"),
         ([_slo(threshold_ms=0)], "slos[0].threshold_ms must be a number of ms > 0, not 0"),
         ([_slo(threshold_ms=None)], "slos[0].threshold_ms must be a number of ms > 0, not None"),
         ([{k: v for k, v in _slo().items() if k != "threshold_ms"}], "slos[0]: missing key 'threshold_ms'"),
@@ -279,6 +281,36 @@ def test_oracle_indicators_read_the_oracle_fields():
     assert [(s["valid"], s["bad"]) for s in ev.status()] == [(200, 20), (20, 5), (10, 5)]
 
 
+def test_a_retrain_policy_alert_carries_the_divergence_behind_it():
+    """A ``retrain`` divergence objective alerts like any other; its trigger figures are the
+    integer counts of oracle answers and disagreements over the alert's windows and the period."""
+    decl = {
+        "name": "agree-call",
+        "indicator": "divergence",
+        "intent": "call",
+        "objective": 0.95,
+        "period_windows": 10,
+        "policy": "retrain",
+    }
+    (o,) = slo.parse([decl], INTENTS)
+    assert o.policy == "retrain"
+    ev = Evaluator([o], bundle="b" * 64)
+    calm = WindowCounts(100, [(1.0, 100)], {}, {}, routed=10, answered={"call": 10}, diverged={})
+    diverging = WindowCounts(
+        100, [(1.0, 100)], {}, {}, routed=10, answered={"call": 10, "timer": 4}, diverged={"call": 8}
+    )
+    assert ev.observe(calm) == []
+    (alert,) = ev.observe(diverging)  # ticket: 8/20 over its long window (8x), 8/10 over its short (16x)
+    assert (alert.policy, alert.severity, alert.window) == ("retrain", "ticket", 2)
+    figures = ev.trigger(alert)
+    assert figures["slo"] == "agree-call" and figures["intent"] == "call" and figures["indicator"] == "divergence"
+    assert figures["severity"] == "ticket" and figures["burn_rate"] == {"long": 8.0, "short": 16.0}
+    assert figures["short"] == {"windows": 1, "answered": 10, "diverged": 8, "divergence": 0.8}
+    assert figures["long"] == {"windows": 6, "answered": 20, "diverged": 8, "divergence": 0.4}
+    assert figures["period"] == {"windows": 10, "answered": 20, "diverged": 8, "divergence": 0.4}
+    assert figures["budget_remaining"] == alert.budget_remaining == -7.0
+
+
 def test_window_counts_of_a_device_window():
     import numpy as np
 
@@ -369,7 +401,7 @@ def test_cli_builds_a_bundle_with_slos_and_refuses_bad_ones(tmp_path):
     assert r.returncode == 0, r.stderr
     r = cli("bundle", "inspect", str(tmp_path / "b.lbundle"), "--json")
     assert [s["name"] for s in json.loads(r.stdout)["slos"]] == ["fast", "few-call-undos"]
-    for f, why in ((bad, "slos[0].policy must be one of alert, rollback"), (broken, "cannot read SLOs from")):
+    for f, why in ((bad, "slos[0].policy must be one of alert, rollback, retrain"), (broken, "cannot read SLOs from")):
         r = cli(*base, "-o", str(tmp_path / "x.lbundle"), "--slos", str(f))
         assert r.returncode == 2 and why in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     r = cli(*base, "-o", str(tmp_path / "x.lbundle"), "--slos", str(tmp_path / "missing.json"))

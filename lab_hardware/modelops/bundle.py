@@ -255,6 +255,13 @@ _PROVENANCE = (
     "build_started",
     "build_finished",
 )
+#: ``provenance.retraining`` (optional: absent for a bundle not made by retraining, whose digest
+#: stays as it was): what a retrained model was made from, written by ``labs.retrain``.
+SCHEMA_RETRAINING = "livelab.retraining/v1"
+_RETRAINING = ("schema", "captures", "records", "oracle", "labels", "trigger")
+_RETRAINING_CAPTURE = ("namespace", "device", "capture_id", "records", "records_sha256", "consent")
+_RETRAINING_ORACLE = ("name", "sha256")
+_RETRAINING_TRIGGER = ("namespace", "device", "index", "hash", "kind", "slo", "bundle", "divergence")
 
 
 def validate_manifest(m: Any) -> dict:
@@ -337,7 +344,14 @@ def validate_manifest(m: Any) -> dict:
         raise _bad("revocation.topic", "must be null or 'livelab/<namespace>/control/revocations'")
     _str(r["contact"], "revocation.contact")
 
-    pv = _exact_keys(m["provenance"], _PROVENANCE, "provenance")
+    pv_all = m["provenance"]
+    pv = _exact_keys(
+        {k: v for k, v in pv_all.items() if k != "retraining"} if isinstance(pv_all, dict) else pv_all,
+        _PROVENANCE,
+        "provenance",
+    )
+    if "retraining" in pv_all:
+        validate_retraining(pv_all["retraining"])
     for key in ("builder", "source_repository", "source_commit", "training_data_digest"):
         _str(pv[key], f"provenance.{key}")
     if pv["parent_bundle"] is not None and (
@@ -354,6 +368,48 @@ def validate_manifest(m: Any) -> dict:
         except _slo.SloError as exc:
             raise BundleError(f"manifest: {exc}") from None
     return m
+
+
+def validate_retraining(r: Any) -> dict:
+    """Check ``provenance.retraining``: the captures (ids, record counts, sha256 of their records,
+    consent references), the oracle that labelled them (sha256) and the trigger (an audit record
+    of a device, or null)."""
+    path = "provenance.retraining"
+    _exact_keys(r, _RETRAINING, path)
+    if r["schema"] != SCHEMA_RETRAINING:
+        raise _bad(f"{path}.schema", f"must be {SCHEMA_RETRAINING!r}")
+    caps = r["captures"]
+    if not isinstance(caps, list) or not caps:
+        raise _bad(f"{path}.captures", "must be a non-empty list of captures")
+    total = 0
+    for i, c in enumerate(caps):
+        where = f"{path}.captures[{i}]"
+        _exact_keys(c, _RETRAINING_CAPTURE, where)
+        for key in ("namespace", "device", "capture_id"):
+            _str(c[key], f"{where}.{key}", empty=False, limit=128)
+        total += _int(c["records"], f"{where}.records", 1)
+        if not isinstance(c["records_sha256"], str) or not _HEX64.fullmatch(c["records_sha256"]):
+            raise _bad(f"{where}.records_sha256", "must be 64 lower-case hex characters")
+        ref = _exact_keys(c["consent"], ("index", "hash"), f"{where}.consent")
+        _int(ref["index"], f"{where}.consent.index", 0)
+        if not isinstance(ref["hash"], str) or not _HEX64.fullmatch(ref["hash"]):
+            raise _bad(f"{where}.consent.hash", "must be 64 lower-case hex characters")
+    if _int(r["records"], f"{path}.records", 1) != total:
+        raise _bad(f"{path}.records", f"must be the captures' record count ({total})")
+    o = _exact_keys(r["oracle"], _RETRAINING_ORACLE, f"{path}.oracle")
+    _str(o["name"], f"{path}.oracle.name", empty=False, limit=256)
+    if not isinstance(o["sha256"], str) or not _HEX64.fullmatch(o["sha256"]):
+        raise _bad(f"{path}.oracle.sha256", "must be 64 lower-case hex characters")
+    labels = r["labels"]
+    if not isinstance(labels, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in labels.values()):
+        raise _bad(f"{path}.labels", "must map intents to the number of records the oracle gave each")
+    t = r["trigger"]
+    if t is not None:
+        _exact_keys(t, _RETRAINING_TRIGGER, f"{path}.trigger")
+        _int(t["index"], f"{path}.trigger.index", 0)
+        if not isinstance(t["hash"], str) or not _HEX64.fullmatch(t["hash"]):
+            raise _bad(f"{path}.trigger.hash", "must be the audit record's sha256 (64 lower-case hex characters)")
+    return r
 
 
 def validate_routing(r: Any) -> dict:

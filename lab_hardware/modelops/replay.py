@@ -361,6 +361,47 @@ def list_captures(home: Path | str) -> list[dict]:
     return out
 
 
+def stored_capture(home: Path | str, namespace: str, device: str, capture_id: str) -> tuple[dict, list[dict]]:
+    """(consent entry, records in decision order) of one stored capture, checked again now.
+
+    For a consumer that trains on captures (``labs.retrain``): the consent reference is
+    verified afresh against the device's audit chain in ``home`` (``entry["verified"]`` is False
+    when the chain is not here, so the lab cannot check it), every record is checked as
+    :func:`build` checks it (fields, PII) and must fall inside that consent."""
+    home = Path(home)
+    try:
+        check_name("namespace", namespace)
+        check_name("device", device)
+    except TopicError as exc:
+        raise ReplayError(str(exc)) from None
+    folder = captures_dir(home, namespace, device)
+    meta_path = folder / f"{capture_id}.meta.json"
+    if not _CAPTURE_ID.fullmatch(capture_id) or not meta_path.is_file():
+        raise ReplayError(f"unknown capture {capture_id!r} of {namespace}/{device}")
+    meta = _home.read_json(meta_path)
+    ref = meta.get("consent")
+    if not isinstance(ref, dict) or not _is_int(ref.get("index")) or not _HEX64.fullmatch(str(ref.get("hash"))):
+        raise ReplayError(f"capture {capture_id} of {device} names no consent record")
+    entry = _consent_record(home, namespace, device, {"index": ref["index"], "hash": ref["hash"]})
+    lines, _ = _read_lines(folder / f"{capture_id}.jsonl")
+    by_decision: dict[int, dict] = {}
+    where = f"capture {capture_id} of {device}"
+    for line in lines:
+        rec = json.loads(line)
+        _check_record(rec, where)
+        _check_pii(rec, where)
+        if by_decision.setdefault(rec["decision"], rec) != rec:
+            raise ReplayError(f"{where}: decision {rec['decision']} is stored twice, differently")
+        if entry["verified"] and (
+            rec["time"] < entry["time"] or (entry["until"] is not None and rec["time"] >= entry["until"])
+        ):
+            raise ReplayError(
+                f"{where}: decision {rec['decision']} was made outside the {CONSENT_SCOPE} consent "
+                f"of audit record {entry['index']}"
+            )
+    return entry, [by_decision[d] for d in sorted(by_decision)]
+
+
 # ---- replay files ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Replay:

@@ -60,7 +60,10 @@ from typing import Any
 from lab_hardware.window import Window
 
 INDICATORS = ("latency", "undo_rate", "routed_share", "divergence")
-POLICIES = ("alert", "rollback")
+POLICIES = ("alert", "rollback", "retrain")
+#: Indicators a policy is limited to: ``retrain`` suggests retraining the edge model from
+#: captures labelled by the oracle, which only edge/oracle divergence calls for.
+POLICY_INDICATORS = {"retrain": ("divergence",)}
 #: Most objectives one bundle may declare (each costs a little on every window).
 MAX_SLOS = 16
 #: Bounds of ``period_windows``.  The ring of per-window counts grows with the windows seen, up
@@ -162,6 +165,10 @@ def parse_one(d: Any, path: str = "slos[0]", intents: list[str] | None = None) -
     policy = d["policy"]
     if policy not in POLICIES:
         raise SloError(f"{path}.policy must be one of {', '.join(POLICIES)}, not {str(policy)[:64]!r}")
+    if policy in POLICY_INDICATORS and ind not in POLICY_INDICATORS[policy]:
+        raise SloError(
+            f"{path}.policy {policy!r} is only for the {', '.join(POLICY_INDICATORS[policy])} indicator, not {ind!r}"
+        )
     threshold = None
     if "threshold_ms" in d:
         threshold = _number(d["threshold_ms"], f"{path}.threshold_ms", 0.0, 3_600_000.0, "a number of ms > 0")
@@ -374,6 +381,11 @@ class Tracker:
         """Burn rate over the last ``n`` windows (one of :attr:`lengths`)."""
         return round(float(self._ratio(self.sums[n])), 6)
 
+    def events(self, n: int) -> tuple[int, int]:
+        """(valid, bad) events over the last ``n`` windows (one of :attr:`lengths`)."""
+        valid, bad = self.sums[n]
+        return valid, bad
+
     def budget_remaining(self) -> float:
         """Share of the period's error budget left (1 untouched, 0 spent, < 0 overspent)."""
         return round(float(1 - self._ratio(self.sums[self.o.period_windows])), 6)
@@ -418,3 +430,36 @@ class Evaluator:
 
     def status(self) -> list[dict[str, Any]]:
         return [tr.status() for tr in self.trackers]
+
+    def trigger(self, alert: Alert) -> dict[str, Any]:
+        """The figures a ``retrain`` policy records for ``alert`` (see :func:`trigger_figures`)."""
+        tr = next(t for t in self.trackers if t.o.name == alert.slo)
+        return trigger_figures(tr, alert)
+
+
+def trigger_figures(tr: Tracker, alert: Alert) -> dict[str, Any]:
+    """What a retraining trigger records: the divergence behind ``alert``.
+
+    Counts of oracle answers and of those that disagreed with the edge over the alert's long
+    and short windows and over the period (integers, so a reader can recompute every share),
+    with the shares rounded as the status shows them."""
+
+    def span(n: int) -> dict[str, Any]:
+        valid, bad = tr.events(n)
+        return {"windows": n, "answered": valid, "diverged": bad, "divergence": round(bad / valid, 6) if valid else 0.0}
+
+    o = tr.o
+    return {
+        "slo": o.name,
+        "indicator": o.indicator,
+        "intent": o.intent,
+        "objective": o.objective,
+        "severity": alert.severity,
+        "window": alert.window,
+        "threshold": alert.threshold,
+        "burn_rate": {"long": alert.burn_long, "short": alert.burn_short},
+        "budget_remaining": alert.budget_remaining,
+        "long": span(alert.long_windows),
+        "short": span(alert.short_windows),
+        "period": span(o.period_windows),
+    }

@@ -14,6 +14,11 @@ library :mod:`lab_hardware.modelops.slo`; this module only acts on what it says.
   ``slo-alert`` audit record and publishes it on ``.../events/alert``; ``rollback`` does the
   same and rolls back to the last good model, as a failed health check does (a ``rollback``
   record ``by`` ``slo``).  A rollback that is impossible (nothing earlier) leaves the alert.
+  ``retrain`` (divergence objectives only) writes the ``slo-alert`` record, then a
+  ``retrain-suggested`` record naming it with the divergence figures behind it (answers and
+  disagreements over the alert's windows and the period), and publishes the alert with both
+  references: the trigger that ``livelab retrain build --trigger`` names in a retrained bundle's
+  provenance (docs/retraining.md).  The bundle keeps running.
 """
 
 from __future__ import annotations
@@ -82,9 +87,31 @@ class DeviceSlos:
                 log.error("SLO %s breached and no rollback possible: %s", alert.slo, exc)
                 data["action"] = "alert"
                 data["rollback_refused"] = str(exc)
+        elif alert.policy == "retrain":
+            data["action"] = "retrain"
         else:
             data["action"] = "alert"
         rec = self._record("slo-alert", data)
+        suggested = None
+        if alert.policy == "retrain":
+            figures = self.slo.trigger(alert)
+            long_ = figures["long"]
+            suggested = self._record(
+                "retrain-suggested",
+                {
+                    "id": None,
+                    "by": "slo",
+                    "bundle": breaching["digest"],
+                    "keyid": breaching["keyid"],
+                    "alert": {"index": rec["index"], "hash": rec["hash"]},
+                    **figures,
+                    "reason": (
+                        f"edge/oracle divergence {long_['diverged']}/{long_['answered']} over the last "
+                        f"{long_['windows']} windows burns SLO {alert.slo}'s budget {alert.burn_long:g}x: retrain the "
+                        "edge model from consented captures labelled by the oracle (livelab retrain build)"
+                    ),
+                },
+            )
         if rolled is not None:
             bad, good, ms = rolled
             self.window = Window(self.intents, self.clock())
@@ -114,6 +141,11 @@ class DeviceSlos:
                         "kind": "slo",
                         **{k: v for k, v in data.items() if k not in ("id", "by")},
                         "audit": {"index": rec["index"], "hash": rec["hash"]},
+                        **(
+                            {"retrain": {"index": suggested["index"], "hash": suggested["hash"]}}
+                            if suggested is not None
+                            else {}
+                        ),
                     }
                 ),
             )
