@@ -191,6 +191,16 @@ def captures_dir(home: Path | str, namespace: str | None = None, device: str | N
     return d
 
 
+def _device_captures(home: Path, namespace: str, device: str) -> Path:
+    """The captures folder of one device, its names checked first (a replay error if bad)."""
+    try:
+        check_name("namespace", namespace)
+        check_name("device", device)
+    except TopicError as exc:
+        raise ReplayError(str(exc)) from None
+    return captures_dir(home, namespace, device)
+
+
 def _consent_record(home: Path, ns: str, device: str, ref: dict) -> dict:
     """The consent-trail entry behind a capture's consent reference.
 
@@ -369,12 +379,7 @@ def stored_capture(home: Path | str, namespace: str, device: str, capture_id: st
     when the chain is not here, so the lab cannot check it), every record is checked as
     :func:`build` checks it (fields, PII) and must fall inside that consent."""
     home = Path(home)
-    try:
-        check_name("namespace", namespace)
-        check_name("device", device)
-    except TopicError as exc:
-        raise ReplayError(str(exc)) from None
-    folder = captures_dir(home, namespace, device)
+    folder = _device_captures(home, namespace, device)
     meta_path = folder / f"{capture_id}.meta.json"
     if not _CAPTURE_ID.fullmatch(capture_id) or not meta_path.is_file():
         raise ReplayError(f"unknown capture {capture_id!r} of {namespace}/{device}")
@@ -455,12 +460,7 @@ def build(
     """Build ``out`` (a ``*.lreplay``) from the stored captures of one device."""
     home = Path(home)
     out = Path(out)
-    try:
-        check_name("namespace", namespace)
-        check_name("device", device)
-    except TopicError as exc:
-        raise ReplayError(str(exc)) from None
-    folder = captures_dir(home, namespace, device)
+    folder = _device_captures(home, namespace, device)
     metas = {p.name[: -len(".meta.json")]: p for p in sorted(folder.glob("*.meta.json"))} if folder.is_dir() else {}
     if not metas:
         raise ReplayError(
