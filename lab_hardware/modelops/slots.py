@@ -195,6 +195,8 @@ class Slots:
 
     # ---- loading -----------------------------------------------------------------------
     def _model_slot(self, name: str) -> Slot:
+        if not isinstance(name, str) or not name:
+            raise InstallError(f"'model' must be the name of a model, not {type(name).__name__} {str(name)[:40]!r}")
         if name not in self.models:
             raise InstallError(f"unknown model {name!r}; available: {', '.join(self.models)}")
         path = self.models[name]

@@ -383,7 +383,16 @@ class Device(DeviceSlos):
             self._on_behalf = (
                 claim if isinstance(claim, str) and topics.AUTHOR_RE.match(claim) and claim != by else None
             )
-            getattr(self, "_cmd_" + name.replace("-", "_"))(msg, cmd_id, by)
+            try:
+                getattr(self, "_cmd_" + name.replace("-", "_"))(msg, cmd_id, by)
+            except CommandError:
+                raise
+            except InstallError as exc:
+                raise CommandError(str(exc)) from None
+            except Exception as exc:  # noqa: BLE001 - no input may stop a device: refuse it, keep deciding
+                log.exception("command %s failed", name)
+                first = str(exc).splitlines()[0][:200] if str(exc) else ""
+                raise CommandError(f"the device could not carry out {name}: {type(exc).__name__}: {first}") from None
         except CommandError as exc:
             self._on_behalf = None
             self.refused += 1
