@@ -85,7 +85,7 @@ def policy(home) -> dict[str, Any]:
     try:
         data = json.loads(p.read_text())
         reqs = [parse_requirement(f"{r['module']}@{r['version']}", r.get("course") or "") for r in data["require"]]
-    except (ValueError, KeyError, TypeError, RolloutError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RolloutError) as exc:
         raise RolloutError(
             f"rollout policy {p} is unreadable ({str(exc).splitlines()[0] if str(exc) else exc!r}): "
             "set it again with 'livelab rollout policy --require MODULE@VERSION'"

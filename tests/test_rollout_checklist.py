@@ -104,6 +104,13 @@ def test_bad_policy_input_is_refused_in_one_line(tmp_path):
     assert p.returncode == 0 and "m3-bundles at version >= 1.2.0" in p.stdout
     assert _cli(home, "policy", "--clear").returncode == 0
     assert rollout.policy(home)["require"] == []
+    # a policy file someone broke by hand is refused in one line, never read as "no policy"
+    for broken in ("{", '{"require": ["m3-bundles@1.2.0"]}', '{"require": [{"module": "m3", "version": "x"}]}'):
+        (home / "rollouts" / "policy.json").write_text(broken)
+        p = _cli(home, "policy")
+        assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "unreadable" in p.stderr, p.stderr
+        with pytest.raises(rollout.RolloutError, match="unreadable"):
+            rollout.policy(home)
 
 
 def test_rollback_is_never_blocked(clab):
@@ -184,3 +191,21 @@ def test_a_device_refuses_a_malformed_checklist(clab):
     for bad in ({"promoter": "x"}, {"promoter": "x", "completions": [{"event": "nothex"}]}, ["x"]):
         with pytest.raises(CommandRefused, match="checklist"):
             sdk.install("dev-0", b, checklist=bad)
+
+
+def test_the_promoter_is_the_labs_learner_not_a_claimed_name(clab):
+    home, sdk, tmp = clab
+    me = sdk.conn.learner_name
+    rollout.set_policy(home, ["m2-replay@1.0.0"], course=COURSE)
+    _completion(home, "claimed-name", "1.0.0", key=events_key(home), module="m2-replay")
+    with Lab.connect(home=home, learner="claimed-name") as claiming:
+        assert claiming.learner == "claimed-name"
+        with pytest.raises(rollout.ChecklistRefused, match=f"{me} has not completed module m2-replay"):
+            rollout.checklist(claiming, home)
+    _completion(home, me, "1.0.1", key=events_key(home), module="m2-replay")
+    with Lab.connect(home=home, learner="claimed-name") as claiming:
+        proof = rollout.checklist(claiming, home)
+    assert proof is not None and proof["promoter"] == me
+    assert [(c["learner"], c["version"]) for c in proof["completions"]] == [(me, "1.0.1")]
+    rollout.set_policy(home, [])
+    assert rollout.checklist(sdk, home) is None
