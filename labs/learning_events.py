@@ -42,6 +42,7 @@ Why the store looks the way it does:
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import math
@@ -56,6 +57,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
+from lab_hardware.home import events_key
 from labs import names
 
 log = logging.getLogger("livelab.events")
@@ -582,6 +584,54 @@ def record(home: str | os.PathLike | None, *events: Mapping[str, Any], url: str 
         return 0
 
 
+# ---- events that count: signed by the lab ----------------------------------------------------
+# The grader (``grading/outcomes.py``) signs the outcome events it writes with the lab's events
+# key (``secrets/events.key``); whatever reads them to decide something -- the reports, a
+# rollout's release checklist (``labs/rollout.py``) -- keeps only events whose signature
+# verifies.  The check lives here, beside the store, so that ``labs`` can use it without
+# importing ``grading`` (which sits above it); ``grading.outcomes`` re-exports these names.
+
+#: The kinds only lab-side writers may write: they count only when signed (the SDK in a
+#: learner's kernel writes the openings, which a learner could forge anyway by opening).
+OUTCOME_KINDS = ("check-passed", "check-failed", "module-completed")
+#: What a signature covers, besides ``time``: the columns a report reads to check one.
+SIGNED_FIELDS = ("learner", "team", "course", "version", "module", "kind", "check", "source", "key")
+
+
+def _statement(ev: Mapping[str, Any]) -> bytes:
+    fields = [ev.get(k) or "" for k in SIGNED_FIELDS]
+    return json.dumps([*fields, round(float(ev.get("time") or 0.0), 6)], separators=(",", ":")).encode()
+
+
+def sign(events: Iterable[Mapping[str, Any]], key: bytes) -> list[dict]:
+    """Each event with ``detail.sig``: HMAC-SHA256 over what it says (who, what, when)."""
+    out = []
+    for ev in events:
+        ev = dict(ev)
+        detail = dict(ev.get("detail") or {})
+        detail["sig"] = hmac.new(key, _statement(ev), hashlib.sha256).hexdigest()
+        ev["detail"] = detail
+        out.append(ev)
+    return out
+
+
+def verifies(ev: Any, key: bytes) -> bool:
+    """Whether ``ev`` (an Event or a mapping) was signed with ``key`` and not altered since."""
+    d = ev.as_dict() if hasattr(ev, "as_dict") else dict(ev)
+    sig = (d.get("detail") or {}).get("sig")
+    if not isinstance(sig, str):
+        return False
+    return hmac.compare_digest(sig, hmac.new(key, _statement(d), hashlib.sha256).hexdigest())
+
+
+def counted(events: Iterable[Any], home: str | os.PathLike) -> list[Any]:
+    """The events that count: signed by this lab's events key (none when the lab has no key)."""
+    key = events_key(home, create=False)
+    if key is None:
+        return []
+    return [e for e in events if verifies(e, key)]
+
+
 __all__ = [
     "KINDS",
     "SOURCES",
@@ -598,4 +648,9 @@ __all__ = [
     "context_from_env",
     "system_from_env",
     "system_identity",
+    "OUTCOME_KINDS",
+    "SIGNED_FIELDS",
+    "sign",
+    "verifies",
+    "counted",
 ]

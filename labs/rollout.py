@@ -4,6 +4,23 @@ The state of the namespace's current rollout lives in ``home/rollouts/current.js
 so that ``livelab rollout status`` and a later ``--forward``/``--back`` see what
 ``start`` did.  Each step is a device command through the SDK, so each lands on
 the devices' audit chains; the devices themselves verify and health-check.
+
+**Release checklist.**  The lab's rollout policy (``home/rollouts/policy.json``, set with
+:func:`set_policy` / ``livelab rollout policy --require MODULE@VERSION``) can require that
+whoever promotes a bundle beyond its canary (``finish(forward=True)``) has completed course
+modules at a curriculum version at least the one named.  A completion counts only when the
+lab's grader signed it (:func:`labs.learning_events.counted`): a ``module-completed`` event a
+learner's kernel writes into the store itself is not one.  A refused promotion changes nothing
+on the devices and is kept in the rollout's ``refusals``; an allowed one names the completions
+it relied on in the rollout's state and in every install record it makes on the devices'
+audit chains.  Rolling back is never blocked.
+
+Who promotes is the learner the lab's credentials belong to (``lab.json``'s ``learner_name``,
+the name the devices record as ``by`` for this identity's commands), never a name the caller
+claims (``$LIVELAB_LEARNER``, ``Lab(learner=...)``).  The trust model, honestly: the checklist is
+enforced by this tool, which runs as the lab's owner; the owner can edit the policy file, and
+a learner with install rights can still install a bundle device by device without a rollout.
+It is a release gate for the team's process, not a defence against the lab's owner.
 """
 
 from __future__ import annotations
@@ -15,6 +32,8 @@ from typing import Any
 
 from lab_hardware.modelops import bundle as _bundle
 from lab_hardware import home as _home
+from labs import learning_events as _events
+from labs import names as _names
 from labs.sdk import CommandRefused, Lab
 
 
@@ -24,6 +43,124 @@ class RolloutError(ValueError):
 
 def _path(home: Path) -> Path:
     return _home.resolve(home) / "rollouts" / "current.json"
+
+
+#: The lab's rollout policy, beside the current rollout.
+POLICY = "policy.json"
+POLICY_SCHEMA = "livelab.rollout-policy/v1"
+
+
+class ChecklistRefused(RolloutError):
+    """A promotion the release checklist does not allow (one-line reason naming the module)."""
+
+
+def _policy_path(home: Path) -> Path:
+    return _home.resolve(home) / "rollouts" / POLICY
+
+
+def parse_requirement(text: str, course: str = "") -> dict[str, str]:
+    """``MODULE@VERSION`` (e.g. ``m3-bundles@1.2.0``) as a requirement, or a one-line RolloutError."""
+    module, sep, version = text.partition("@") if isinstance(text, str) else ("", "", "")
+    if not sep or not module or not version:
+        raise RolloutError(f"a required module is MODULE@VERSION (e.g. m3-bundles@1.2.0), not {_names.shown(text)}")
+    try:
+        _names.check("module", module)
+        if course:
+            _names.check("course", course)
+        _bundle.parse_version(version)
+    except _names.NameRefused as exc:
+        raise RolloutError(str(exc)) from None
+    except _bundle.BundleError:
+        raise RolloutError(
+            f"required version {_names.shown(version)} of {module} is not semver 2.0.0 (e.g. 1.2.0)"
+        ) from None
+    return {"module": module, "version": version, "course": course}
+
+
+def policy(home) -> dict[str, Any]:
+    """The lab's rollout policy (no requirement when none was set)."""
+    p = _policy_path(home)
+    if not p.exists():
+        return {"schema": POLICY_SCHEMA, "require": []}
+    try:
+        data = json.loads(p.read_text())
+        reqs = [parse_requirement(f"{r['module']}@{r['version']}", r.get("course") or "") for r in data["require"]]
+    except (ValueError, KeyError, TypeError, AttributeError, RolloutError) as exc:
+        raise RolloutError(
+            f"rollout policy {p} is unreadable ({str(exc).splitlines()[0] if str(exc) else exc!r}): "
+            "set it again with 'livelab rollout policy --require MODULE@VERSION'"
+        ) from None
+    return {**data, "require": reqs}
+
+
+def set_policy(home, require: list[str], *, course: str = "") -> dict[str, Any]:
+    """Require, for every promotion beyond a canary, a signed completion of each ``MODULE@VERSION``
+    (of ``course``, when given; any course otherwise).  An empty list clears the policy."""
+    reqs = [parse_requirement(r, course) for r in require]
+    if len(reqs) > 8:
+        raise RolloutError("a rollout policy requires at most 8 modules")
+    data = {"schema": POLICY_SCHEMA, "require": reqs, "set_at": time.time()}
+    _home.write_json(_policy_path(home), data)
+    return data
+
+
+def completion(home, learner: str, req: dict[str, str]) -> dict[str, Any]:
+    """The signed completion of ``req`` by ``learner`` the checklist relies on (the highest
+    version at least the one required, the latest of those), or ChecklistRefused."""
+    try:
+        with _events.EventStore(home) as store:
+            evs = store.query(
+                learner=learner, module=req["module"], kind="module-completed", course=req["course"] or None
+            )
+    except (_events.EventStoreError, _events.EventError) as exc:
+        raise ChecklistRefused(f"promotion refused: cannot read the events store ({exc})") from None
+    signed = _events.counted(evs, _home.resolve(home))
+    ids = {e.id for e in signed}
+    unsigned = len([e for e in evs if e.id not in ids])
+
+    def meets(ev) -> bool:
+        try:
+            return _bundle.compare_versions(ev.version, req["version"]) >= 0
+        except _bundle.BundleError:
+            return False
+
+    ok = [e for e in signed if meets(e)]
+    what = f"module {req['module']} at version >= {req['version']}" + (
+        f" of course {req['course']}" if req["course"] else ""
+    )
+    if not ok:
+        older = sorted({e.version for e in signed})[:5]
+        why = (f"only at version {', '.join(older)}" if older else "no completion signed by this lab's grader") + (
+            f"; {unsigned} unsigned completion(s) ignored" if unsigned else ""
+        )
+        raise ChecklistRefused(
+            f"promotion refused by the release checklist: {learner} has not completed {what} ({why}): "
+            f"complete it ('lab.submit()' in the module) and finish again"
+        )
+    best = max(ok, key=lambda e: (_bundle.parse_version(e.version), e.time))
+    return {
+        "event": best.id,
+        "learner": best.learner,
+        "course": best.course,
+        "module": best.module,
+        "version": best.version,
+        "time": best.time,
+    }
+
+
+def checklist(lab: Lab, home) -> dict[str, Any] | None:
+    """What the lab's policy asks of this promotion and the completions that satisfy it (None
+    when no module is required), or ChecklistRefused naming the first module missing."""
+    reqs = policy(home)["require"]
+    if not reqs:
+        return None
+    promoter = lab.conn.learner_name
+    if not promoter:
+        raise ChecklistRefused(
+            "promotion refused by the release checklist: this lab's credentials name no learner "
+            "(lab.json has no learner_name), so no completion can be checked"
+        )
+    return {"promoter": promoter, "completions": [completion(home, promoter, r) for r in reqs]}
 
 
 def current(home) -> dict[str, Any] | None:
@@ -96,6 +233,19 @@ def finish(lab: Lab, home, *, forward: bool) -> dict:
     if not state or state["state"] != "canary":
         raise RolloutError("no open rollout: start one with 'livelab rollout start BUNDLE --canary DEV'")
     keyid = state.get("keyid")
+    proof = None
+    if forward:
+        try:
+            proof = checklist(lab, home)
+        except ChecklistRefused as exc:
+            # nothing changes on the devices; the refusal is kept with the rollout
+            state.setdefault("refusals", []).append(
+                {"time": time.time(), "promoter": lab.conn.learner_name, "reason": str(exc)}
+            )
+            _save(home, state)
+            raise
+        if proof is not None:
+            state["checklist"] = {**proof, "checked": time.time(), "policy": policy(home)["require"]}
     accepted = {s["device"] for s in state["steps"] if s.get("ok") and s.get("action") in ("install", "shadow")}
     targets = lab.devices if forward else [d for d in state["canary"] if d in accepted]
     for d in targets:
@@ -104,7 +254,7 @@ def finish(lab: Lab, home, *, forward: bool) -> dict:
                 lab.shadow(d, None)
             if forward:
                 if not _runs(lab, d, state["digest"], keyid):
-                    rec = lab.install(d, state["bundle"])
+                    rec = lab.install(d, state["bundle"], checklist=proof)
                     state["steps"].append({"device": d, "action": "install", "ok": True, "audit": rec["index"]})
             elif state["mode"] == "canary" and _runs(lab, d, state["digest"], keyid):
                 rec = lab.rollback(d, reason=f"rollout of {state['name']} {state['version']} rolled back")

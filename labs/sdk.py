@@ -358,10 +358,17 @@ class Lab:
         data = bundle if isinstance(bundle, bytes) else Path(bundle).read_bytes()
         return base64.b64encode(data).decode()
 
-    def install(self, device: str, bundle, *, rollback: bool = False, timeout: float = 10.0) -> dict:
+    def install(
+        self, device: str, bundle, *, rollback: bool = False, timeout: float = 10.0, checklist: dict | None = None
+    ) -> dict:
         """Send a signed bundle (path or bytes); the device verifies, installs atomically and
-        starts its health check.  Raises CommandRefused with the device's one-line reason."""
-        return self.command(device, "install", bundle=self._bundle_b64(bundle), rollback=rollback, timeout=timeout)
+        starts its health check.  Raises CommandRefused with the device's one-line reason.
+        ``checklist`` (a rollout's promotion: the promoter and the signed course completions it
+        relied on, see :mod:`labs.rollout`) is written into the device's install record."""
+        extra = {"checklist": checklist} if checklist is not None else {}
+        return self.command(
+            device, "install", bundle=self._bundle_b64(bundle), rollback=rollback, timeout=timeout, **extra
+        )
 
     def rollback(self, device: str, reason: str = "requested", **kw) -> dict:
         return self.command(device, "rollback", reason=reason, **kw)

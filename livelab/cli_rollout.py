@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from livelab.common import EXIT_FAIL, EXIT_OK, HEX64, UsageError, check_input, console, keyid_arg
+from livelab.common import EXIT_FAIL, EXIT_OK, HEX64, UsageError, check_input, console, err, keyid_arg
 
 
 def _lab(args, *, control: bool = False):
@@ -32,9 +32,48 @@ def _lab(args, *, control: bool = False):
     return Lab.connect(home=home), home
 
 
+def cmd_policy(args) -> int:
+    """``livelab rollout policy``: show the lab's release checklist, or set it (``--require``,
+    repeatable) or clear it (``--clear``).  Only the lab's files change: no lab needs to run."""
+    from lab_hardware.home import resolve
+    from labs import rollout
+
+    home = resolve(args.home)
+    if args.bundle or args.canary or args.shadow or args.forward or args.back:
+        raise UsageError("rollout policy takes only --require MODULE@VERSION, --course C, --clear and --json")
+    if args.require and args.clear:
+        raise UsageError("say --require or --clear, not both")
+    if args.course and not args.require:
+        raise UsageError("--course qualifies a --require MODULE@VERSION")
+    try:
+        if args.require or args.clear:
+            pol = rollout.set_policy(home, args.require or [], course=args.course or "")
+        else:
+            pol = rollout.policy(home)
+    except rollout.RolloutError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        print(json.dumps(pol, indent=2, sort_keys=True))
+    elif not pol["require"]:
+        console.print("release checklist: none (any promoter may roll forward)", markup=False)
+    else:
+        for r in pol["require"]:
+            course = f" of course {r['course']}" if r["course"] else ""
+            console.print(
+                f"release checklist: a promoter must have completed {r['module']} at version >= "
+                f"{r['version']}{course} (signed by this lab's grader)",
+                markup=False,
+            )
+    return EXIT_OK
+
+
 def cmd_rollout(args) -> int:
     from labs import rollout
 
+    if args.action == "policy":
+        return cmd_policy(args)
+    if args.require or args.course or args.clear:
+        raise UsageError("--require, --course and --clear are for 'livelab rollout policy'")
     lab, home = _lab(args)
     before = len((rollout.current(home) or {}).get("steps", [])) if args.action == "finish" else 0
     try:
@@ -52,6 +91,10 @@ def cmd_rollout(args) -> int:
                 raise UsageError("say --forward (install everywhere) or --back (return the canaries)")
             try:
                 st = rollout.finish(lab, home, forward=args.forward)
+            except rollout.ChecklistRefused as exc:
+                # the thing checked (the release checklist) failed: exit 1, devices untouched
+                err.print(f"livelab: {exc}", soft_wrap=True, markup=False)
+                return EXIT_FAIL
             except rollout.RolloutError as exc:
                 raise UsageError(str(exc)) from None
         st = rollout.status(lab, home)
@@ -70,6 +113,12 @@ def cmd_rollout(args) -> int:
             for step in r["steps"]:
                 mark = "[green]ok[/]" if step["ok"] else f"[red]refused[/] {escape(str(step.get('reason', '')))}"
                 console.print(f"  {escape(step['device'])}: {escape(step['action'])} {mark}")
+            for c in (r.get("checklist") or {}).get("completions", []):
+                console.print(
+                    f"  checklist: promoted by {c['learner']}, who completed {c['module']} {c['version']} "
+                    f"(event {c['event'][:12]})",
+                    markup=False,
+                )
         else:
             console.print("no rollout yet")
         t = Table("device", "model", "bundle", "health check", "shadow")
@@ -142,15 +191,25 @@ def register(sub) -> None:
         description="start: send BUNDLE to the --canary devices (installed, or beside the "
         "active model with --shadow); status: where each device stands; "
         "finish --forward: install everywhere; finish --back: canaries return "
-        "to what they ran before.",
+        "to what they ran before (never blocked); policy: the lab's release checklist "
+        "(--require MODULE@VERSION: whoever rolls forward must have a completion of that course "
+        "module at that version or later, signed by the lab's grader).",
     )
-    s.add_argument("action", choices=["start", "status", "finish"])
+    s.add_argument("action", choices=["start", "status", "finish", "policy"])
     s.add_argument("bundle", nargs="?", help="signed bundle (*.lbundle), for start")
     s.add_argument("--canary", help="comma-separated devices, e.g. dev-1,dev-2")
     s.add_argument("--shadow", action="store_true", help="decide alongside the active bundle, not acted on")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--forward", action="store_true", help="finish: install on every device")
     g.add_argument("--back", action="store_true", help="finish: return the canaries")
+    s.add_argument(
+        "--require",
+        action="append",
+        metavar="MODULE@VERSION",
+        help="policy: a course module a promoter must have completed (repeatable), e.g. m3-bundles@1.2.0",
+    )
+    s.add_argument("--course", help="policy: the course of the required modules (any course when omitted)")
+    s.add_argument("--clear", action="store_true", help="policy: require nothing")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_rollout)
 

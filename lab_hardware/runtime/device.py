@@ -33,6 +33,7 @@ import binascii
 import hashlib
 import collections
 import json
+import math
 import logging
 import os
 import queue
@@ -129,6 +130,46 @@ def device_ms(cpu_start: float, slowdown: float = 1.0) -> float:
     this thread's CPU time times the profile's inference slowdown.  Independent of how busy
     the host is, so a health check's latency budget judges the bundle, not the machine."""
     return (time.thread_time() - cpu_start) * 1000.0 * max(1.0, float(slowdown))
+
+
+#: Most completions a promotion's checklist may name (one per required module).
+CHECKLIST_MAX = 8
+
+
+def _checklist(value: Any) -> dict | None:
+    """The release checklist an install names (``labs.rollout``: who promoted it and the signed
+    course completions that allowed it), checked for shape only: the device cannot verify a
+    completion (the events key is the lab's secret), so it records the sender's statement
+    beside the broker-proven ``by``, and the rollout tool is what enforces the checklist."""
+    if value is None:
+        return None
+
+    def text(v: Any) -> bool:
+        return isinstance(v, str) and 0 < len(v) <= 128 and v.isprintable()
+
+    bad = CommandError(
+        "install 'checklist' must be {promoter, completions: [{event, learner, course, module, version, time}]}"
+    )
+    if not isinstance(value, dict) or set(value) != {"promoter", "completions"} or not text(value["promoter"]):
+        raise bad
+    comps = value["completions"]
+    if not isinstance(comps, list) or not 0 < len(comps) <= CHECKLIST_MAX:
+        raise bad
+    out = []
+    for c in comps:
+        if not isinstance(c, dict) or set(c) != {"event", "learner", "course", "module", "version", "time"}:
+            raise bad
+        if not (isinstance(c["event"], str) and re.fullmatch(r"[0-9a-f]{64}", c["event"])):
+            raise bad
+        if not all(text(c[k]) for k in ("learner", "module", "version")) or not (
+            c["course"] == "" or text(c["course"])
+        ):
+            raise bad
+        t = c["time"]
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+            raise bad
+        out.append({k: c[k] for k in ("event", "learner", "course", "module", "version", "time")})
+    return {"promoter": value["promoter"], "completions": out}
 
 
 class CommandError(ValueError):
@@ -475,6 +516,7 @@ class Device(DeviceSlos):
         rollback = msg.get("rollback", False)
         if not isinstance(rollback, bool):
             raise CommandError("install 'rollback' must be true or false")
+        checklist = _checklist(msg.get("checklist"))
         data = self._bundle_bytes(msg)
         t0 = time.perf_counter()
         before = self.slots.active.describe()
@@ -496,6 +538,7 @@ class Device(DeviceSlos):
                 "rollback": rollback,
                 "install_ms": round((time.perf_counter() - t0) * 1000, 3),
                 "health_decisions": self.slots.health.needed if self.slots.health else 0,
+                **({"checklist": checklist} if checklist is not None else {}),
             },
         )
         self.publish_state()
