@@ -76,6 +76,19 @@ def read(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def read_verified(path: Path) -> list[dict[str, Any]]:
+    """The records of a chain file that verifies; ValueError with the one-line reason when it
+    cannot be read ("cannot be read (...)") or is broken ("is broken (...)")."""
+    try:
+        records = read(path)
+    except ValueError as exc:
+        raise ValueError(f"cannot be read ({exc})") from None
+    verdict = verify(records)
+    if not verdict:
+        raise ValueError(f"is broken ({verdict.reason})")
+    return records
+
+
 class AuditChain:
     """Append-only chain backed by a JSON-lines file (one per device)."""
 

@@ -181,12 +181,9 @@ def resolve_trigger(home: Path | str, ref: str, namespace: str = "default") -> d
     if not path.is_file():
         raise RetrainError(f"trigger {ref}: no audit chain of {ns}/{dev} in {home}")
     try:
-        records = _audit.read(path)
+        records = _audit.read_verified(path)
     except ValueError as exc:
-        raise RetrainError(f"trigger {ref}: the audit chain of {dev} cannot be read ({exc})") from None
-    verdict = _audit.verify(records)
-    if not verdict:
-        raise RetrainError(f"trigger {ref}: the audit chain of {dev} is broken ({verdict.reason})")
+        raise RetrainError(f"trigger {ref}: the audit chain of {dev} {exc}") from None
     if index >= len(records):
         raise RetrainError(f"trigger {ref}: {dev}'s audit chain has {len(records)} records")
     rec = records[index]

@@ -222,12 +222,9 @@ def _consent_record(home: Path, ns: str, device: str, ref: dict) -> dict:
     if not chain_path.exists():
         return entry
     try:
-        records = _audit.read(chain_path)
+        records = _audit.read_verified(chain_path)
     except ValueError as exc:
-        raise ReplayError(f"audit chain of {device} cannot be read: {exc}") from None
-    verdict = _audit.verify(records)
-    if not verdict:
-        raise ReplayError(f"audit chain of {device} is broken ({verdict.reason}); its consent cannot back a capture")
+        raise ReplayError(f"audit chain of {device} {exc}; its consent cannot back a capture") from None
     i = ref["index"]
     if i >= len(records) or records[i]["hash"] != ref["hash"]:
         raise ReplayError(
