@@ -78,6 +78,9 @@ class Observer:
         self.capture_errors: list[str] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._sync_topic = topics.namespace_prefix(namespace) + "/grader/observer-sync"
+        self._sync_token = uuid.uuid4().hex.encode()
+        self._synced = threading.Event()
         self.client = _lab.control_client(self.home, client_id=f"observer-{namespace}-{uuid.uuid4().hex[:6]}")
         self.client.on_message = self._on_message
         self.topic = topics.namespace_prefix(namespace) + "/#"
@@ -86,6 +89,10 @@ class Observer:
 
     def _on_message(self, client, userdata, msg) -> None:
         if self._closed:
+            return
+        if msg.topic == self._sync_topic:  # the observer's own marker (close()), not evidence
+            if msg.payload == self._sync_token:
+                self._synced.set()
             return
         m = Message(time.time(), msg.topic, bytes(msg.payload), bool(msg.retain))
         with self._lock:
@@ -102,12 +109,22 @@ class Observer:
         with self._lock:
             return list(self.messages)
 
-    def close(self, drain: float = 0.3) -> None:
+    def close(self, drain: float = 5.0) -> None:
+        """Stop recording once the broker has delivered everything published before now (the
+        kernel is dead: what it sent is in flight or here).  The broker handles messages in
+        order, so a marker published now and received back comes after all of them: a wait
+        on that condition, bounded by ``drain`` seconds (0: stop at once)."""
         from lab_hardware import mqtt
 
         if self._closed:
             return
-        time.sleep(drain)  # messages in flight when the kernel died
+        if drain > 0:
+            try:
+                self.client.publish(self._sync_topic, self._sync_token, qos=1)
+                if not self._synced.wait(drain):
+                    log.warning("observer of %s: no marker back within %.0f s", self.namespace, drain)
+            except Exception as exc:  # noqa: BLE001 - the broker may be gone: stop anyway
+                log.warning("observer of %s: could not sync before closing: %s", self.namespace, exc)
         self._closed = True
         mqtt.stop(self.client)
 
@@ -347,6 +364,8 @@ class LabPool:
         self._next: threading.Thread | None = None
         self._slot: LabSlot | None = None
         self._error: BaseException | None = None
+        self._closing: list[threading.Thread] = []
+        self._lock = threading.Lock()  # take() runs in a task, prefetch_now() from client.run
 
     def _open(self) -> None:
         try:
@@ -359,19 +378,37 @@ class LabPool:
         self._next = threading.Thread(target=self._open, daemon=True, name="lab-slot")
         self._next.start()
 
+    def prefetch_now(self) -> bool:
+        with self._lock:
+            if self._next is not None:
+                return False
+            self._start()
+            return True
+
+    def close_later(self, slot: "LabSlot") -> None:
+        th = threading.Thread(target=slot.close, daemon=True, name="lab-slot-close")
+        th.start()
+        self._closing = [t for t in self._closing if t.is_alive()] + [th]
+
     def take(self) -> LabSlot:
-        if self._next is None:
-            self._start()
-        self._next.join()
-        slot, err = self._slot, self._error
-        self._next = None
-        if self.prefetch:
-            self._start()
+        with self._lock:
+            if self._next is None:
+                self._start()
+            opening = self._next
+        opening.join()
+        with self._lock:
+            slot, err = self._slot, self._error
+            self._next = None
+            if self.prefetch:
+                self._start()
         if err is not None:
             raise err
         return slot
 
     def close(self) -> None:
+        for th in self._closing:
+            th.join()
+        self._closing = []
         if self._next is not None:
             self._next.join()
             if self._slot is not None:
@@ -391,28 +428,43 @@ def shutdown_worker_labs() -> None:
         p.close()
 
 
+def lab_pool(labcfg: dict, opts) -> LabPool:
+    """This worker's pool of ready slots for one module of one lab (and one sandbox)."""
+    from . import runner
+
+    key = json.dumps(
+        [labcfg["home"], labcfg["module"], labcfg.get("seed", 0), opts.limits.as_dict(), sorted(opts.hide)]
+    )
+    with _POOLS_LOCK:
+        pool = _POOLS.get(key)
+        if pool is None:
+            import atexit
+
+            pool = _POOLS[key] = LabPool(
+                Path(labcfg["home"]),
+                labcfg["module"],
+                runner.sandbox_config(opts),
+                seed=labcfg.get("seed", 0),
+                module_meta=labcfg.get("module_meta"),
+            )
+            atexit.register(pool.close)
+    return pool
+
+
+def prefetch_lab(labcfg: dict, opts) -> bool:
+    """Start opening this worker's next slot for the module, if none is opening yet (the
+    grading service asks when a learner first checks a module: the submission that follows
+    then finds its namespace, observer and kernel ready).  True if it started one now."""
+    return lab_pool(labcfg, opts).prefetch_now()
+
+
 def grade_in_lab(sub, ref, opts, labcfg: dict, *, pool: LabPool | None = None) -> dict:
     """Grade one lab-module submission in a fresh namespace of the running lab."""
     from . import runner
     from .checks.base import load_checks
 
     if pool is None:
-        key = json.dumps(
-            [labcfg["home"], labcfg["module"], labcfg.get("seed", 0), opts.limits.as_dict(), sorted(opts.hide)]
-        )
-        with _POOLS_LOCK:
-            pool = _POOLS.get(key)
-            if pool is None:
-                import atexit
-
-                pool = _POOLS[key] = LabPool(
-                    Path(labcfg["home"]),
-                    labcfg["module"],
-                    runner.sandbox_config(opts),
-                    seed=labcfg.get("seed", 0),
-                    module_meta=labcfg.get("module_meta"),
-                )
-                atexit.register(pool.close)
+        pool = lab_pool(labcfg, opts)
     t0 = time.perf_counter()
     slot = pool.take()
     waited = time.perf_counter() - t0
@@ -422,6 +474,10 @@ def grade_in_lab(sub, ref, opts, labcfg: dict, *, pool: LabPool | None = None) -
         result = runner.grade(sub, ref, opts, lab=slot, checks=load_checks(labcfg["checks"]))
         result.setdefault("timings", {})["lab_wait"] = waited
         result["evidence"] = slot.evidence()
-    finally:
+    except BaseException:
         slot.close()
+        raise
+    # the namespace is judged: take it down after the result is on its way (nothing of the
+    # submission runs any more; the pool waits for it before the worker exits)
+    pool.close_later(slot)
     return result

@@ -105,7 +105,8 @@ class NamespaceLogs:
         self.opened: dict[tuple[str, str], float] = {}  # (ns, module) -> lab time of its last opening
         self.acting: dict[tuple[str, str], str] = {}  # (ns, module) -> name the kernel acts under
 
-    def add(self, ns: str, msg) -> None:
+    def add(self, ns: str, msg) -> str | None:
+        """Keep ``msg``; the module it opens, if it is a learner's ``module-opened`` event."""
         with self.lock:
             log_ = self.logs.get(ns)
             if log_ is None:
@@ -119,6 +120,8 @@ class NamespaceLogs:
                     self.opened[(ns, d["module"])] = msg.time
                     if isinstance(d.get("learner"), str):
                         self.acting[(ns, d["module"])] = d["learner"]
+                return d["module"]
+        return None
 
     def since(self, ns: str, t0: float) -> list:
         """Messages of ``ns`` from ``t0`` on, plus each topic's last retained/state message
@@ -170,6 +173,7 @@ class GraderService:
         self.store_lock = threading.Lock()  # one gradebook writer at a time (SQLite)
         self.attempt_lock = threading.Lock()
         self.prepared: set[tuple[str, str]] = set()
+        self.prefetched: set[str] = set()  # lab modules whose grading slots the workers opened ahead
         self.client = self.cluster = None
         self.mq = None
         self.server = None
@@ -270,7 +274,9 @@ class GraderService:
                 if parts[4] == "request":
                     self.pool.submit(self._handle_mqtt, ns, bytes(msg.payload))
                 return
-            logs.add(ns, Message(time.time(), msg.topic, bytes(msg.payload), bool(msg.retain)))
+            opened = logs.add(ns, Message(time.time(), msg.topic, bytes(msg.payload), bool(msg.retain)))
+            if opened is not None and opened not in self.prefetched:
+                self.pool.submit(self._module_opened, opened)
 
         c.on_message = on_message
         mqtt.subscribe_wait(c, "livelab/#", qos=1)
@@ -323,20 +329,33 @@ class GraderService:
 
     def _warm(self) -> None:
         """Build every module's reference and warm the workers with them."""
-        from .batch import _warm
+        from .batch import _warm, _warm_checks
         from .reference import build as build_reference
-        from .runner import RunOptions
 
         modules = self.warm_modules
         if modules is None:
             modules = [m for course in self.courses for m in self.course_modules(course)]
+        from .checks.base import check_grade_id, load_checks
+        from .gradebook import ensure_assignment
+
         refs = []
+        db_url = f"sqlite:///{self.out / 'gradebook.db'}"  # where lab.submit()'s attempts go
         for m in modules:
             t = self._target(m)
+            names = [n for n in (t.module_meta.get("checks") or []) if isinstance(n, str)]
+            checks = [{"grade_id": check_grade_id(s.name), "points": s.points} for s in load_checks(names)]
             for src in t.sources:
-                refs.append(build_reference(src, m, self.state, manifest=t.manifest))
-        if refs:
-            self.client.run(_warm, RunOptions(), refs, True)
+                ref = build_reference(src, m, self.state, manifest=t.manifest)
+                refs.append(ref)
+                # the submissions' gradebook knows the module before its first submission
+                # (creating it and mirroring the release cost seconds, once)
+                ensure_assignment(db_url, ref, checks)
+            self.prepared.add((str(self.out), m))
+        if refs:  # with the sandbox of lab.submit()'s runs (hide_list): its kernels fit them
+            self.client.run(_warm, self._submit_options(), refs, True)
+        checks = sorted({c for m in modules for c in (self._target(m).module_meta.get("checks") or [])})
+        if checks:  # the checks and the scrubber's models, loaded once per worker
+            self.client.run(_warm_checks, checks)
 
     def course_modules(self, course: str) -> list[str]:
         """The module ids of one of the service's courses."""
@@ -547,6 +566,7 @@ class GraderService:
                 "note": f"{module} has no lab checks: its tests are graded when you submit (lab.submit())",
             }
         specs = load_checks(names)
+        self._prefetch_lab(module, target, names)
         with self.logs.lock:
             opened = self.logs.opened.get((ns, module))
             first = self.logs.first.get(ns, time.time())
@@ -604,6 +624,45 @@ class GraderService:
             "events": written,
             "since": started,
         }
+
+    def _module_opened(self, module: str) -> None:
+        """A learner opened ``module``: if it is graded against the lab, prefetch its slots."""
+        try:
+            target = self._target(module)
+        except Exception:  # noqa: BLE001 - not a module of this service's courses
+            return
+        names = [n for n in (target.module_meta.get("checks") or []) if isinstance(n, str)]
+        if names:
+            self._prefetch_lab(module, target, names)
+
+    def _prefetch_lab(self, module: str, target, names: list[str]) -> None:
+        """A learner checking a module is about to submit it: have every worker open the
+        module's next grading slot (namespace, observer, kernel) now, once per module, so that
+        the submission's lab is ready when it arrives (the first one per worker otherwise waits
+        for it: seconds).  Fire and forget: a failure here only costs that wait."""
+        with self.attempt_lock:
+            if module in self.prefetched or self.client is None:
+                return
+            self.prefetched.add(module)
+        from .isolation import prefetch_lab
+
+        labcfg = {
+            "home": str(self.home),
+            "module": module,
+            "checks": names,
+            "seed": 0,
+            "module_meta": dict(target.module_meta),
+        }
+        opts = self._submit_options()
+
+        def run() -> None:
+            try:
+                started = self.client.run(prefetch_lab, labcfg, opts)
+                log.info("%s: grading slots opening ahead on %d worker(s)", module, sum(map(bool, started.values())))
+            except Exception as exc:  # noqa: BLE001 - an optimisation only
+                log.warning("could not prefetch %s's grading labs: %s", module, exc)
+
+        self.pool.submit(run)
 
     def _record(self, evs: list[dict]) -> int:
         from labs.learning_events import EventStore
@@ -754,6 +813,13 @@ class GraderService:
         summary = driver.run(client=self.client)
         self.prepared.add(key)
         return summary
+
+    def _submit_options(self):
+        """The run options of every lab.submit() run (as the driver builds them from it)."""
+        from .limits import Limits
+        from .runner import RunOptions
+
+        return RunOptions(limits=Limits(), hide=self.hide_list(), isolate=True, seed=0, network=False)
 
     def hide_list(self) -> list[str]:
         """What no learner's kernel may see, the same for every submission (so each worker's

@@ -188,6 +188,34 @@ def test_panel_check_button_shows_items(svc):
             panel.close()
 
 
+def _open_slots(module: str) -> list[str]:
+    """On a worker: the modules whose next grading slot is open or opening."""
+    from grading import isolation
+
+    with isolation._POOLS_LOCK:
+        return [p.module for p in isolation._POOLS.values() if p._next is not None and p.module == module]
+
+
+def test_opening_a_module_has_every_worker_open_its_grading_slot_ahead(svc):
+    """A learner who opens a lab module will submit it: every warm worker opens the module's
+    next grading namespace (devices, observer, kernel) then, so the submission does not wait
+    for one; and the submissions' gradebook knows every module before its first submission."""
+    from labs import Lab
+
+    assert (str(svc.out), M1) in svc.prepared
+    with sqlite3.connect(svc.out / "gradebook.db") as db:
+        assert db.execute("select count(*) from assignment where name=?", (M1,)).fetchone()[0] == 1
+    with Lab.connect(module=M1, home=svc.home):
+        deadline = time.monotonic() + 120  # a bound on a loaded machine
+        while time.monotonic() < deadline:
+            opened = svc.client.run(_open_slots, M1)
+            if opened and all(v == [M1] for v in opened.values()):
+                break
+            time.sleep(0.2)
+        assert opened and all(v == [M1] for v in opened.values()), opened
+    assert M1 in svc.prefetched
+
+
 def test_check_without_service_says_how_to_start_one(lab_home):
     from labs import Lab
 
