@@ -342,6 +342,26 @@ def test_a_device_without_telemetry_consent_does_not_take_part(flab, tmp_path):
     sdk.grant_consent("dev-2", "telemetry")
 
 
+def test_cli_round_on_the_live_lab(flab, tmp_path):
+    home, sdk, cand = flab
+    out = tmp_path / "cli.lbundle"
+    r = _cli(home, "round", str(cand), "-o", str(out), "--version", "1.2.7", "--device", "dev-0", "--device", "dev-1")
+    assert r.returncode == 0, r.stderr
+    assert "2 device(s) took part (dev-0, dev-1)" in r.stdout and "unsigned" in r.stdout and out.exists()
+    f = _bundle.read(out).manifest["provenance"]["federated"]
+    assert f["participants"] == 2 and f["noise_stdv"] == pytest.approx(1.0 * 2.0 / 2)
+    for args, match in [
+        (("--device", "dev-9"), "unknown device 'dev-9'"),
+        (("--delta", "0.5"), "the privacy ledger accounts at delta 1e-05, not 0.5"),
+    ]:
+        bad = tmp_path / "bad.lbundle"
+        r = _cli(home, "round", str(cand), "-o", str(bad), "--version", "1.2.8", *args)
+        assert r.returncode == 2 and match in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not bad.exists()
+    r = _cli(home, "ledger")
+    assert r.returncode == 0 and "default/dev-0" in r.stdout
+
+
 def test_the_candidate_goes_through_sign_and_canary(flab, tmp_path):
     home, sdk, cand = flab
     out = tmp_path / "intents-1.3.0.lbundle"
@@ -410,3 +430,12 @@ def test_cli_ledger_and_errors(tmp_path):
     assert r.returncode == 2 and "cannot be read" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = _cli(tmp_path, "--help")
     assert r.returncode == 0 and "round" in r.stdout and "ledger" in r.stdout
+
+
+def test_flower_and_the_accountant_are_imported_only_when_a_round_runs():
+    code = (
+        "import sys, livelab.cli, labs.sdk, labs.federated, lab_hardware.runtime.device; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'flwr', 'dp_accounting', 'grpc'}))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", (r.stdout, r.stderr)
