@@ -29,7 +29,7 @@ SCHEMA_ORACLE_REQUEST = "livelab.oracle.request/v1"
 SCHEMA_ORACLE_RESPONSE = "livelab.oracle.response/v1"
 
 #: Commands a device understands (the level after ``.../cmd/``).
-COMMANDS = ("consent", "ping", "audit", "set-model", "install", "rollback", "shadow", "capture", "revoke")
+COMMANDS = ("consent", "ping", "audit", "set-model", "install", "rollback", "shadow", "capture", "revoke", "federated")
 
 #: The author the device records for the two-level form ``.../cmd/<command>``, which the
 #: broker's ACL lets only the control plane write.

@@ -473,6 +473,26 @@ class Lab:
                 raise TimeoutError(f"capture {cid} on {device} did not finish within {timeout:.0f} s")
         return cid
 
+    # ---- federated adapters --------------------------------------------------------------
+    def federated_round(self, bundle, out, *, version: str, **kw: Any) -> dict:
+        """Run a federated adapter round (``labs.federated.run_round``; docs/federated.md): the
+        devices running ``bundle`` fit a per-intent bias on their own consented undo signals, the
+        lab's Flower server aggregates with clipping and Gaussian noise (central DP), the privacy
+        ledger charges each participant, and ``out`` is the unsigned candidate bundle.  Options:
+        ``devices``, ``rounds``, ``noise_multiplier``, ``clipping_norm``, ``epsilon_budget``,
+        ``delta``, ``min_signals``, ``round_id``, ``timeout``.  Returns the round's summary;
+        ``labs.federated.FederatedError`` (one line) when it cannot run."""
+        from labs import federated
+
+        return federated.run_round(self, bundle, out, version=version, **kw)
+
+    def privacy_ledger(self) -> list[dict]:
+        """Each device's privacy budget: epsilon budget, spent (dp-accounting's RDP accountant
+        over the rounds it took part in), left, rounds, and why it stopped participating."""
+        from labs import federated
+
+        return federated.ledger(self.conn.home or _home.resolve())
+
     # ---- telemetry ---------------------------------------------------------------------
     def telemetry(
         self, device: str | None = None, *, timeout: float = 5.0, limit: int | None = None, buffered: bool = False

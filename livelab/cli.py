@@ -17,6 +17,7 @@ from rich.table import Table
 from livelab import (
     cli_bundle,
     cli_course,
+    cli_federated,
     cli_grade,
     cli_grader,
     cli_hub,
@@ -306,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_rollout.register(sub)
     cli_replay.register(sub)
     cli_retrain.register(sub)
+    cli_federated.register(sub)
     cli_report.register(sub)
     cli_grade.register(sub)
     cli_grader.register(sub)

@@ -261,6 +261,23 @@ SCHEMA_RETRAINING = "livelab.retraining/v1"
 _RETRAINING = ("schema", "captures", "records", "oracle", "labels", "trigger")
 _RETRAINING_CAPTURE = ("namespace", "device", "capture_id", "records", "records_sha256", "consent")
 _RETRAINING_ORACLE = ("name", "sha256")
+#: ``provenance.federated`` (optional): the federated round that made a bundle's adapter, written
+#: by ``labs.federated``: the round, how many devices took part, the clipping norm, the noise
+#: multiplier and the noise's standard deviation, and the privacy (epsilon, delta) it spent.
+SCHEMA_FEDERATED = "livelab.federated/v1"
+_FEDERATED = (
+    "schema",
+    "round",
+    "rounds",
+    "participants",
+    "devices",
+    "clipping_norm",
+    "noise_multiplier",
+    "noise_stdv",
+    "epsilon",
+    "delta",
+    "accountant",
+)
 _RETRAINING_TRIGGER = ("namespace", "device", "index", "hash", "kind", "slo", "bundle", "divergence")
 
 
@@ -346,12 +363,16 @@ def validate_manifest(m: Any) -> dict:
 
     pv_all = m["provenance"]
     pv = _exact_keys(
-        {k: v for k, v in pv_all.items() if k != "retraining"} if isinstance(pv_all, dict) else pv_all,
+        {k: v for k, v in pv_all.items() if k not in ("retraining", "federated")}
+        if isinstance(pv_all, dict)
+        else pv_all,
         _PROVENANCE,
         "provenance",
     )
     if "retraining" in pv_all:
         validate_retraining(pv_all["retraining"])
+    if "federated" in pv_all:
+        validate_federated(pv_all["federated"])
     for key in ("builder", "source_repository", "source_commit", "training_data_digest"):
         _str(pv[key], f"provenance.{key}")
     if pv["parent_bundle"] is not None and (
@@ -410,6 +431,29 @@ def validate_retraining(r: Any) -> dict:
         if not isinstance(t["hash"], str) or not _HEX64.fullmatch(t["hash"]):
             raise _bad(f"{path}.trigger.hash", "must be the audit record's sha256 (64 lower-case hex characters)")
     return r
+
+
+def validate_federated(f: Any) -> dict:
+    """Check ``provenance.federated``: the round id, rounds run, participants' count and names,
+    the DP parameters (clipping norm, noise multiplier, noise stdv) and the (epsilon, delta) spent."""
+    path = "provenance.federated"
+    _exact_keys(f, _FEDERATED, path)
+    if f["schema"] != SCHEMA_FEDERATED:
+        raise _bad(f"{path}.schema", f"must be {SCHEMA_FEDERATED!r}")
+    _str(f["round"], f"{path}.round", empty=False, limit=64)
+    _int(f["rounds"], f"{path}.rounds", 1)
+    n = _int(f["participants"], f"{path}.participants", 1)
+    devs = f["devices"]
+    if not isinstance(devs, list) or len(devs) != n or not all(isinstance(d, str) and d for d in devs):
+        raise _bad(f"{path}.devices", f"must list the {n} participating devices")
+    _num(f["clipping_norm"], f"{path}.clipping_norm", 0, lo_open=True)
+    _num(f["noise_multiplier"], f"{path}.noise_multiplier", 0, lo_open=True)
+    _num(f["noise_stdv"], f"{path}.noise_stdv", 0, lo_open=True)
+    _num(f["epsilon"], f"{path}.epsilon", 0)
+    _num(f["delta"], f"{path}.delta", 0, 1, lo_open=True)
+    if f["accountant"] not in ("rdp", "pld"):
+        raise _bad(f"{path}.accountant", "must be 'rdp' or 'pld'")
+    return f
 
 
 def validate_routing(r: Any) -> dict:

@@ -54,6 +54,7 @@ from lab_hardware import digest as _digest
 from lab_hardware import features, mqtt, topics
 from lab_hardware.audit import AuditChain
 from lab_hardware.consent import ConsentError, ConsentState
+from lab_hardware.modelops import federated as _federated
 from lab_hardware.modelops.scrub import read_scrubbed_stream, scrub, warm_up as scrub_warm_up
 from lab_hardware.modelops.slots import ALL_SIGNERS, InstallError, Slots
 from lab_hardware.runtime.device_slo import DeviceSlos  # micro-SLOs (issue 14)
@@ -242,6 +243,9 @@ class Device(DeviceSlos):
         self.slots.restore(config.get("model") or next(iter(self.models)))
         self._slo_reset()  # micro-SLOs (issue 14): the active bundle's objectives
         self.capture: dict | None = None  # an open replay capture (see _cmd_capture)
+        # its own undo signals for federated adapter rounds: on the device, under telemetry consent
+        self.signals = _federated.SignalBuffer(len(self.intents))
+        self.federated: dict | None = None  # the round this device is taking part in
         self._on_behalf: str | None = None  # the command being handled: its unproven claim
         # broker username -> learner name, from the trusted side only (config, control topic)
         try:
@@ -346,6 +350,8 @@ class Device(DeviceSlos):
             "version_floor": self.slots.floor,
             "ran": sorted(self.slots.ran),
             "capturing": self.capture is not None,
+            "federated": self.federated["round"] if self.federated else None,
+            "signals": len(self.signals),
             "consent": self.consent.as_dict(),
             "telemetry_seq": self.outbox.last_seq,
             "telemetry_time": self.telemetry_time,
@@ -460,6 +466,8 @@ class Device(DeviceSlos):
             raise CommandError(str(exc)) from None
         changed = self.consent.apply(scope, grant)
         withdrawn = self.outbox.withdraw_unsent() if scope == "telemetry" and not grant else 0
+        if scope == "telemetry" and not grant:
+            self.signals.clear()  # the undo signals kept for federated rounds go with the consent
         dropped = None
         if scope == "replay-capture" and not grant and self.capture is not None:
             # everything under the scope stops at once: the open capture closes and what it
@@ -604,6 +612,98 @@ class Device(DeviceSlos):
             "consent": {"index": grant["index"], "hash": grant["hash"]},
             "audit": rec["index"],
         }
+        self.publish_state()
+
+    def _cmd_federated(self, msg: dict, cmd_id: str, by: str) -> None:
+        """Join a federated adapter round (``labs.federated``): fit a per-intent bias on this
+        device's own undo signals and send only the new bias to the lab's Flower server.
+
+        Refused, with the reason on the audit chain: no telemetry consent (the signals are kept
+        only under it), a privacy budget this round would overspend (the lab's accountant's
+        figures), too few signals of the round's bundle, a round already running."""
+        fields = ("round", "server", "bundle", "rounds", "min_signals", "privacy")
+        unknown = sorted(set(msg) - {"schema", "id", "on_behalf", *fields})
+        if unknown:
+            raise CommandError(f"federated: unknown field {unknown[0][:64]!r}")
+        rid, server, bundle = msg.get("round"), msg.get("server"), msg.get("bundle")
+        if not (isinstance(rid, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", rid)):
+            raise CommandError("federated 'round' must be an id of 1-64 letters, digits, '.', '_' or '-'")
+        m = re.fullmatch(r"127\.0\.0\.1:([0-9]{1,5})", server) if isinstance(server, str) else None
+        if m is None or not 0 < int(m[1]) < 65536:
+            raise CommandError("federated 'server' must be 127.0.0.1:PORT (the lab's Flower server)")
+        if not (isinstance(bundle, str) and _HEX64.match(bundle)):
+            raise CommandError("federated 'bundle' must be the digest of the bundle the adapter is for")
+        rounds, least = msg.get("rounds"), msg.get("min_signals")
+        for key, v, hi in (("rounds", rounds, 100), ("min_signals", least, _federated.SIGNAL_LIMIT)):
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
+                raise CommandError(f"federated '{key}' must be an integer between 1 and {hi}")
+        priv = msg.get("privacy")
+        keys = ("epsilon_spent", "epsilon_after", "epsilon_budget", "delta")
+        if not isinstance(priv, dict) or set(priv) != set(keys):
+            raise CommandError(f"federated 'privacy' must be {{{', '.join(keys)}}}")
+        for key in keys:
+            v = priv[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise CommandError(f"federated privacy '{key}' must be a finite non-negative number")
+        if not self.consent.allows("telemetry"):
+            raise CommandError("no telemetry consent on this device: its undo signals are not shared with a round")
+        if priv["epsilon_after"] > priv["epsilon_budget"]:
+            raise CommandError(
+                f"privacy budget spent: round {rid} would take epsilon from {priv['epsilon_spent']:.3g} to "
+                f"{priv['epsilon_after']:.3g}, over this device's budget of {priv['epsilon_budget']:.3g} "
+                f"(delta {priv['delta']:.3g}); not taking part"
+            )
+        if self.federated is not None:
+            raise CommandError(f"already taking part in round {self.federated['round']}")
+        probs, labels, undone = self.signals.snapshot(bundle)
+        if len(labels) < int(least):
+            raise CommandError(
+                f"only {len(labels)} consented decisions of bundle {bundle[:12]} on this device; "
+                f"round {rid} needs at least {least}"
+            )
+        self.federated = {"round": rid, "id": cmd_id, "by": by}
+        self._record(
+            "federated",
+            {
+                "id": cmd_id,
+                "by": by,
+                "round": rid,
+                "server": server,
+                "bundle": bundle,
+                "rounds": rounds,
+                "signals": int(len(labels)),
+                "undone": int(undone.sum()),
+                "privacy": {k: priv[k] for k in keys},
+            },
+        )
+        link = self.profile.link
+        shape = _federated.LinkShape(link.latency_ms, link.jitter_ms, link.bandwidth_kbps)
+        host, port = server.rsplit(":", 1)
+
+        def run() -> None:
+            try:
+                res: dict = _federated.run_client(
+                    (host, int(port)),
+                    (probs, labels, undone),
+                    device=self.name,
+                    shape=shape,
+                    slowdown=self.profile.inference_slowdown,
+                    seed=zlib.crc32(f"federated:{self.ns}:{self.name}:{rid}".encode()),
+                )
+                res["ok"] = True
+            except Exception as exc:  # noqa: BLE001 - the round's failure is recorded, never fatal
+                res = {"ok": False, "reason": str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}
+            self.inbox.put(("federated-done", res))
+
+        threading.Thread(target=run, name=f"federated-{rid}", daemon=True).start()
+        self.publish_state()
+
+    def _federated_done(self, res: dict) -> None:
+        """The round's end, from the client thread: on the audit chain (bytes each way, time)."""
+        fed, self.federated = self.federated, None
+        if fed is None:
+            return
+        self._record("federated-done", {"id": None, "round": fed["round"], **res})
         self.publish_state()
 
     def _revocations(self, payload: bytes) -> None:
@@ -766,6 +866,8 @@ class Device(DeviceSlos):
             self._shadow(x, edge_labels)
         if self.capture is not None:
             self._capture(texts, labels, undone, digests, first, active.digest)
+        if self.consent.allows("telemetry"):
+            self.signals.add(active.digest, probs, labels, undone)
         self._health(n, 0, latency_ms)
         d = Decisions.from_batch(labels, probs, undone, digests, first, latency_ms)
         if route is not None:
@@ -959,6 +1061,8 @@ class Device(DeviceSlos):
                         self._learners(item[2])
                     else:
                         self.handle_command(item[1], item[2])
+                elif kind == "federated-done":
+                    self._federated_done(item[1])
                 elif kind == "connected":
                     if not item[1].is_failure:
                         self._on_connected()
