@@ -221,7 +221,27 @@ class GradingEngine(NBClientEngine):
             stderr_file=stderr_file,
             **kwargs,
         )
-        return client.execute()
+        try:
+            return client.execute()
+        finally:
+            close_client(client.kc)
+
+
+def close_client(kc) -> None:
+    """Close a kernel client nbclient leaves open on a kernel it does not own (its channels'
+    sockets and its own ZeroMQ context): the grader closes the kernel itself, and a worker
+    grades many notebooks."""
+    if kc is None:
+        return
+    try:
+        kc.stop_channels()
+    except Exception:  # noqa: BLE001 - a dead kernel's channels
+        pass
+    if getattr(kc, "_created_context", False):
+        try:
+            kc.context.destroy(linger=0)
+        except Exception:  # noqa: BLE001
+            pass
 
 
 papermill_engines.register(ENGINE, GradingEngine)

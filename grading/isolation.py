@@ -375,7 +375,9 @@ class LabPool:
 
     def _start(self) -> None:
         self._slot, self._error = None, None
-        self._next = threading.Thread(target=self._open, daemon=True, name="lab-slot")
+        from .sandbox import in_thread
+
+        self._next = threading.Thread(target=in_thread, args=(self._open,), daemon=True, name="lab-slot")
         self._next.start()
 
     def prefetch_now(self) -> bool:
@@ -386,7 +388,9 @@ class LabPool:
             return True
 
     def close_later(self, slot: "LabSlot") -> None:
-        th = threading.Thread(target=slot.close, daemon=True, name="lab-slot-close")
+        from .sandbox import in_thread
+
+        th = threading.Thread(target=in_thread, args=(slot.close,), daemon=True, name="lab-slot-close")
         th.start()
         self._closing = [t for t in self._closing if t.is_alive()] + [th]
 

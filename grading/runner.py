@@ -530,7 +530,9 @@ def execute(
         except BaseException as exc:  # noqa: BLE001 - dead kernel, watchdog kill, anything
             facts["error"] = f"{exc.__class__.__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
 
-    th = threading.Thread(target=run, daemon=True, name="papermill")
+    from .sandbox import in_thread
+
+    th = threading.Thread(target=in_thread, args=(run,), daemon=True, name="papermill")
     th.start()
     th.join(limits.total_timeout + limits.startup_timeout + 10)
     if th.is_alive():  # the client hangs on a killed kernel: stop waiting for it

@@ -113,9 +113,33 @@ def grading_root() -> Path:
         return _ROOT
 
 
+def close_thread_loop() -> None:
+    """Close the asyncio loop jupyter_core's ``run_sync`` made for this (non-main, finishing)
+    thread: its selector and self-pipe are three open files per thread otherwise."""
+    import asyncio
+
+    if threading.current_thread() is threading.main_thread():
+        return
+    try:
+        loop = asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        return
+    if not loop.is_running() and not loop.is_closed():
+        loop.close()
+    asyncio.set_event_loop(None)
+
+
+def in_thread(fn, *args) -> None:
+    """``fn(*args)``, then close the event loop its ``run_sync`` calls made for this thread."""
+    try:
+        fn(*args)
+    finally:
+        close_thread_loop()
+
+
 def close_later(kernel: "Kernel") -> None:
     """Close a kernel in the background (the next submission need not wait); joined at exit."""
-    th = threading.Thread(target=kernel.close, daemon=True, name=f"close-{kernel.id}")
+    th = threading.Thread(target=in_thread, args=(kernel.close,), daemon=True, name=f"close-{kernel.id}")
     th.start()
     with _ROOT_LOCK:
         _CLOSERS[:] = [t for t in _CLOSERS if t.is_alive()] + [th]

@@ -489,6 +489,45 @@ def test_rerun_skips_unchanged_and_regrades_changed_on_an_existing_cluster(batch
     assert {r["student"]: r["score"] for r in s["results"]}["half"] == 5
 
 
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in /proc (Linux)")
+def test_a_worker_keeps_no_open_files_of_graded_submissions(course, tmp_path):
+    """A warm grading worker grades submission after submission for as long as the service
+    runs: each one's kernel client, event loop and sockets are closed with it.  (Each kept
+    about a dozen file descriptors: a worker died at its ~80th submission, out of select()'s
+    range.)"""
+    import gc
+
+    from grading import reference, runner, sandbox
+
+    ref = reference.build(
+        course["root"] / "source" / samples.ASSIGNMENT / f"{samples.NOTEBOOK}.ipynb",
+        samples.ASSIGNMENT,
+        tmp_path / "state",
+    )
+    opts = runner.RunOptions(limits=LIMITS, hide=[str(course["root"]), str(tmp_path)])
+    sub = runner.Submission(
+        "s", samples.ASSIGNMENT, samples.NOTEBOOK, nbformat.writes(samples.submission(course["release"])).encode()
+    )
+
+    def settled() -> int:
+        for th in list(sandbox._CLOSERS):
+            th.join(30)
+        gc.collect()
+        return _open_fds()
+
+    assert runner.grade(sub, ref, opts)["score"] == 5  # the first one opens what a worker keeps
+    before = settled()
+    n = 8
+    for _ in range(n):
+        assert runner.grade(sub, ref, opts)["score"] == 5
+    grown = settled() - before
+    assert grown < n, f"{grown} more open files after {n} submissions"
+
+
 def test_leaks_between_submissions_are_impossible(course, tmp_path):
     """Sequential submissions on one worker: fresh kernel, private /tmp, nothing carried over."""
     from grading import reference, runner
