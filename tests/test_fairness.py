@@ -28,7 +28,7 @@ from tests.conftest import ROOT, start_lab
 
 COURSE = ROOT / "courses" / "edge-ml-foundations"
 HERE = Path(__file__).parent / "fairness"
-MODULES = ["m1-telemetry", "m2-replay", "m3-bundles", "m4-observability"]
+MODULES = ["m1-telemetry", "m2-replay", "m3-bundles", "m4-observability", "m5-hybrid-oracle"]
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +87,7 @@ def flab(tmp_path_factory, mosquitto_available):
     from lab_hardware.runtime import lab
 
     home = tmp_path_factory.mktemp("fairlab")
-    start_lab(home)
+    start_lab(home, oracle=True)  # m5 routes to the lab oracle (course.toml: services = ["oracle"])
     course = tmp_path_factory.mktemp("faircourse") / COURSE.name
     course.mkdir()
     shutil.copy(COURSE / "course.toml", course / "course.toml")
