@@ -128,8 +128,9 @@ def test_the_hybrid_loop_passes_and_each_step_is_judged_from_the_lab(olab, tmp_p
     it = _items(row)
     assert it["routed"]["detail"]["answered"] > 0 and it["routed"]["detail"]["routed"] > 0
     # the release gate's way (no observer): the same verdict from the chains and files
-    gate = run_check("oracle", home=home, module="m5-hybrid-oracle", learner=sdk.conn.learner_name or "",
-                     since=since, artifacts=work)
+    gate = run_check(
+        "oracle", home=home, module="m5-hybrid-oracle", learner=sdk.conn.learner_name or "", since=since, artifacts=work
+    )
     assert gate["passed"], gate["message"]
 
     # a forged retraining: a capture whose records are not the stored ones, no trigger

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 from .base import CheckContext, Item, register
 from .bundle import _bundle_files
@@ -56,7 +57,7 @@ def _oracle_sha(ctx: CheckContext) -> str | None:
     return hashlib.sha256(Path(sc.oracle_model).read_bytes()).hexdigest()
 
 
-def _retraining_problems(ctx: CheckContext, prov: dict, suggestions: dict[tuple[str, int], dict]) -> list[str]:
+def _retraining_problems(ctx: CheckContext, prov: dict, suggestions: dict[tuple[Any, Any], dict]) -> list[str]:
     """What does not hold in a bundle's ``provenance.retraining`` (empty: it all holds)."""
     from lab_hardware.modelops import replay as _replay
     from labs import streams
@@ -270,7 +271,10 @@ def oracle_check(ctx: CheckContext) -> list[Item]:
     for dg in retrained:
         on = {d for d, r in installs if r["data"].get("bundle") == dg}
         healthy = {
-            d for d in on for r in recs[d] if r["kind"] == "health" and r["data"].get("bundle") == dg and r["data"].get("ok")
+            d
+            for d in on
+            for r in recs[d]
+            if r["kind"] == "health" and r["data"].get("bundle") == dg and r["data"].get("ok")
         }
         if on and len(on) >= len(ctx.devices):
             why = "the retrained bundle went to every device at once: canary it on one first"

@@ -223,7 +223,9 @@ def _consent_record(home: Path, ns: str, device: str, ref: dict, chain: list[dic
     if chain is not None:
         verdict = _audit.verify(chain)
         if not verdict:
-            raise ReplayError(f"audit chain of {device} is broken ({verdict.reason}); its consent cannot back a capture")
+            raise ReplayError(
+                f"audit chain of {device} is broken ({verdict.reason}); its consent cannot back a capture"
+            )
         records = list(chain)
     elif not chain_path.exists():
         return entry
