@@ -398,3 +398,26 @@ def test_pii_in_published_strings_still_counts(text, kind):
     from grading.checks.consent import _kinds
 
     assert kind in _kinds(text)
+
+
+def test_the_oracle_answers_are_not_scanned_as_learner_data():
+    """Only the oracle (and the control plane) may write a device's response topic, and its answers
+    hold labels, probabilities and reasons it wrote itself: a shed reason the name model misreads
+    is not PII that anybody published.  The same text anywhere else still counts."""
+    from grading.checks.base import CheckContext, Message
+    from grading.checks.consent import pii_in_messages
+
+    reason = json.dumps({"ok": False, "reason": "shed: expired (249 ms queued, timeout 200 ms)"}).encode()
+    ctx = CheckContext(
+        home=Path("."),
+        namespace="g-abc",
+        devices=["dev-1"],
+        learner="ada",
+        module="m5-hybrid-oracle",
+        started=0,
+        ended=1,
+        messages=[Message(0.0, "livelab/g-abc/control/oracle/response/dev-1", reason, False)],
+    )
+    assert pii_in_messages(ctx) == []
+    ctx.messages = [Message(0.0, "livelab/g-abc/devices/dev-1/telemetry", reason, False)]
+    assert [h["kinds"] for h in pii_in_messages(ctx)] == [["name"]]
