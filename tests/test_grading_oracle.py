@@ -95,6 +95,20 @@ def test_the_hybrid_loop_passes_and_each_step_is_judged_from_the_lab(olab, tmp_p
         sdk.grant_consent(CANARY, "telemetry")
         sdk.install(CANARY, plain)
         wait_for(lambda: sum(w["oracle"]["answered"] for w in sdk.windows(CANARY) if "oracle" in w) > 0, 30, "answers")
+        # the SDK's view: running routing totals per device (None without a routing bundle)
+        routing = sdk.routing()
+        assert routing["dev-0"] is None and wait_for(
+            lambda: (sdk.routing(CANARY)[CANARY] or {}).get("answered"), 10, "totals"
+        )
+        with pytest.raises(ValueError, match="unknown device"):
+            sdk.routing("dev-9")
+        from labs.retrain import RetrainError
+
+        for bad in ({"device": CANARY}, {"retrain": {"index": "3"}, "device": CANARY}, "dev-1#x"):
+            with pytest.raises(RetrainError) as exc:
+                sdk.retrain(work / "never.lbundle", version="9.0.0", device=CANARY, trigger=bad)
+            assert "\n" not in str(exc.value) and "trigger" in str(exc.value)
+        assert not (work / "never.lbundle").exists()
         row = _judge(home, sdk, work, since, watcher.snapshot())
         it = _items(row)
         assert it["routing-declared"]["ok"] and it["routed"]["ok"], row
