@@ -45,7 +45,10 @@ SCHEMA_RELEASE = "livelab.course-release/v1"
 #: Estimated minutes a module may take: micro-modules, not lectures.
 MINUTES = (15, 30)
 #: The grading checks modules may name (implemented in grading/checks/ under these names).
-KNOWN_CHECKS = ("consent", "replay", "bundle", "observability")
+KNOWN_CHECKS = ("consent", "replay", "bundle", "observability", "oracle")
+#: Lab services a module may need beyond the broker and the devices (``services`` in course.toml):
+#: the release gate starts its lab with them, and the grader refuses a lab without them.
+KNOWN_SERVICES = ("oracle",)
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _TOP = {
@@ -64,6 +67,7 @@ _MODULE = {
     "checks": (list, True),
     "untidy": (list, False),
     "hints": (dict, False),
+    "services": (list, False),
 }
 
 
@@ -84,6 +88,8 @@ class Module:
     untidy: tuple = ()
     #: exercise (solution cell grade_id) -> progressive hints (``lab.hint(name)``)
     hints: tuple = ()
+    #: lab services the module needs beyond the devices (``KNOWN_SERVICES``, e.g. the oracle)
+    services: tuple[str, ...] = ()
 
     @property
     def notebook(self) -> Path:
@@ -103,6 +109,8 @@ class Module:
             d["untidy"] = [dict(e) for e in self.untidy]
         if self.hints:
             d["hints"] = {k: list(v) for k, v in self.hints}
+        if self.services:
+            d["services"] = list(self.services)
         return d
 
 
@@ -223,6 +231,13 @@ def parse(raw: dict, path: Path) -> Course:
         ]
         if bad:
             raise CourseError(f"{mwhere}: hints.{bad[0]} must be a non-empty array of hint texts (first to last)")
+        services = m.get("services") or []
+        odd = [x for x in services if not isinstance(x, str) or x not in KNOWN_SERVICES]
+        if odd or len(set(services)) != len(services):
+            raise CourseError(
+                f"{mwhere}: services must name lab services at most once each; known: {', '.join(KNOWN_SERVICES)}"
+                + (f" (not {str(odd[0])[:40]!r})" if odd else "")
+            )
         modules.append(
             Module(
                 m["id"],
@@ -234,6 +249,7 @@ def parse(raw: dict, path: Path) -> Course:
                 path.parent,
                 tuple(m.get("untidy") or ()),
                 tuple((k, tuple(v)) for k, v in hints.items()),
+                tuple(services),
             )
         )
     return Course(cid, raw["title"], raw["version"], raw.get("description", ""), tuple(modules), path.parent)

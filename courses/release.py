@@ -184,12 +184,29 @@ def _seed_untidy(home: Path, m: catalog.Module, problems: list[str]) -> None:
         problems.append(f"{m.id}: could not set up its untidy start: {notebooks._first_line(exc)}")
 
 
-def _start_lab(scenario: str, home: Path) -> None:
+def _start_lab(scenario: str, home: Path, services: set[str] | None = None) -> None:
+    """A 3-device lab of ``scenario`` with the lab services its modules need (the oracle)."""
     from lab_hardware.runtime import lab as _lab
     from labs import scenarios
 
     sc = scenarios.load(scenario).materialize(home / "scenario")
-    _lab.up(home, scenario=sc, devices=3)
+    _lab.up(home, scenario=sc, devices=3, oracle="oracle" in (services or set()))
+
+
+def missing_services(home: Path, modules: list[catalog.Module]) -> list[str]:
+    """One line per module whose lab services (course.toml ``services``) the lab in ``home`` lacks."""
+    from lab_hardware.runtime import lab as _lab
+
+    have = set(_lab.service_names(home))
+    out = []
+    for m in modules:
+        lacking = [s for s in m.services if s not in have]
+        if lacking:
+            out.append(
+                f"{m.id}: needs the lab's {', '.join(lacking)}, which the lab in {home} does not run: "
+                "start it with 'livelab up --oracle'"
+            )
+    return out
 
 
 def run_gate(
@@ -248,9 +265,14 @@ def _run_gate(
         if own:
             progress(f"starting a lab for scenario {scenario}")
             try:
-                _start_lab(scenario, home)
+                _start_lab(scenario, home, {s for m in modules for s in m.services})
             except Exception as exc:  # noqa: BLE001 - LabError, BrokerError: say why, release nothing
                 problems.append(f"could not start a lab for scenario {scenario}: {notebooks._first_line(exc)}")
+                continue
+        else:
+            lacking = missing_services(home, modules)
+            if lacking:
+                problems += lacking
                 continue
         try:
             params = {"LIVELAB_HOME": str(home), "LEARNER": GATE_LEARNER, "SEED": 0}

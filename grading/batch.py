@@ -547,6 +547,13 @@ class Driver:
                 f"module {self.cfg.module!r} is graded against a live lab, and none is running "
                 f"in {home}: start one with 'livelab up' (or pass --home)"
             )
+        needs = [s for s in (self.target.module_meta.get("services") or []) if isinstance(s, str)]
+        lacking = [s for s in needs if s not in _lab.service_names(home)]
+        if lacking:
+            raise GradeUsageError(
+                f"module {self.cfg.module!r} needs the lab's {', '.join(lacking)}, which the lab in {home} "
+                "does not run: start it with 'livelab up --oracle'"
+            )
         return {
             "home": str(home),
             "module": self.cfg.module,

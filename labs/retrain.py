@@ -102,8 +102,13 @@ def captures(
     namespace: str | None = None,
     device: str | None = None,
     capture_ids: list[str] | None = None,
+    chains: dict[tuple[str, str], list[dict]] | None = None,
 ) -> list[Capture]:
     """The stored captures to train on (all, or those of a namespace, device, ids), checked.
+
+    ``chains`` maps ``(namespace, device)`` to the audit records that device sent over the broker
+    (``Lab.audit_chain``): where the lab's home is not at hand (a learner's sandboxed kernel),
+    consent is verified against them instead of the chain files.
 
     Refused: no capture at all, an unknown id, a capture still open (parts missing: two runs
     would not train on the same records), a capture whose consent the lab cannot verify
@@ -136,7 +141,7 @@ def captures(
                 f"{m.get('last_part')}): wait for it to finish, or leave it out with --capture"
             )
         try:
-            entry, records = _replay.stored_capture(home, ns, dev, cid)
+            entry, records = _replay.stored_capture(home, ns, dev, cid, chain=(chains or {}).get((ns, dev)))
         except _replay.ReplayError as exc:
             raise RetrainError(f"capture {cid} of {ns}/{dev} cannot be used: {exc}") from None
         if not entry["verified"]:
@@ -167,9 +172,12 @@ def check_oracle(path: Path | str, sc: scenarios.Scenario) -> Path:
     return path
 
 
-def resolve_trigger(home: Path | str, ref: str, namespace: str = "default") -> dict:
+def resolve_trigger(
+    home: Path | str, ref: str, namespace: str = "default", chains: dict[tuple[str, str], list[dict]] | None = None
+) -> dict:
     """The trigger ``[NAMESPACE/]DEVICE#INDEX``: that audit record of the device, from its chain in
-    ``home`` (the chain must verify), a ``retrain-suggested`` record or a divergence ``slo-alert``."""
+    ``home`` (or in ``chains``, as :func:`captures`; the chain must verify), a ``retrain-suggested``
+    record or a divergence ``slo-alert``."""
     m = _TRIGGER.match(ref or "")
     if m is None:
         raise RetrainError(
@@ -178,12 +186,19 @@ def resolve_trigger(home: Path | str, ref: str, namespace: str = "default") -> d
         )
     ns, dev, index = m["ns"] or namespace, m["dev"], int(m["index"])
     path = _home.device_dir(Path(home), ns, dev) / "audit.jsonl"
-    if not path.is_file():
+    given = (chains or {}).get((ns, dev))
+    if given is not None:
+        verdict = _audit.verify(given)
+        if not verdict:
+            raise RetrainError(f"trigger {ref}: the audit chain of {dev} is broken ({verdict.reason})")
+        records = list(given)
+    elif not path.is_file():
         raise RetrainError(f"trigger {ref}: no audit chain of {ns}/{dev} in {home}")
-    try:
-        records = _audit.read_verified(path)
-    except ValueError as exc:
-        raise RetrainError(f"trigger {ref}: the audit chain of {dev} {exc}") from None
+    else:
+        try:
+            records = _audit.read_verified(path)
+        except ValueError as exc:
+            raise RetrainError(f"trigger {ref}: the audit chain of {dev} {exc}") from None
     if index >= len(records):
         raise RetrainError(f"trigger {ref}: {dev}'s audit chain has {len(records)} records")
     rec = records[index]
@@ -290,6 +305,7 @@ def build(
     trigger: str | None = None,
     parent: Path | str | None = None,
     created: str | None = None,
+    chains: dict[tuple[str, str], list[dict]] | None = None,
 ) -> dict:
     """Retrain from the captures in ``home`` and write an unsigned candidate bundle ``out``.
 
@@ -297,6 +313,8 @@ def build(
     :func:`resolve_trigger`); ``parent`` (a ``.lbundle``, e.g. the diverging one) lends its
     routing, SLOs and compute needs so the canary judges the same objectives, and becomes
     ``provenance.parent_bundle`` (else the trigger's bundle, else the captures' one bundle).
+    ``chains`` (``(namespace, device)`` -> the audit records the device sent, see :func:`captures`)
+    verifies consent and the trigger where the lab's chain files are not at hand.
     Returns a summary (bundle, digest, model sha256, captures, labels, agreement, seconds)."""
     t0 = time.perf_counter()
     home, out = Path(home), Path(out)
@@ -313,8 +331,8 @@ def build(
             par = _bundle.read(parent)
         except (_bundle.BundleError, OSError) as exc:
             raise RetrainError(f"parent bundle {parent}: {exc}") from None
-    trig = resolve_trigger(home, trigger, namespace or "default") if trigger else None
-    caps = captures(home, namespace=namespace, device=device, capture_ids=capture_ids)
+    trig = resolve_trigger(home, trigger, namespace or "default", chains) if trigger else None
+    caps = captures(home, namespace=namespace, device=device, capture_ids=capture_ids, chains=chains)
 
     oracle_sha = _sha256(oracle_path.read_bytes())
     texts = [r["text"] for c in caps for r in c.records]

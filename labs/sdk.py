@@ -572,6 +572,74 @@ class Lab:
                     raise TimeoutError(f"no SLO alert from {device or 'any device'} within {timeout:.0f} s")
                 self._cond.wait(left)
 
+    def routing(self, device: str | None = None) -> dict[str, dict | None]:
+        """Each device's running routing totals as its latest state reports them (decisions,
+        routed, answered, diverged, fallbacks; ``None``: its bundle declares no ``routing``).
+        Per-window figures are in each window's ``oracle`` field.  See ``docs/oracle.md``."""
+        if device is not None:
+            self._check_device(device)
+        return {d: self.states.get(d, {}).get("routing") for d in ([device] if device else self.devices)}
+
+    def wait_health(self, device: str, bundle, *, timeout: float = 30.0) -> dict:
+        """The device's health-check verdict on ``bundle`` (a digest, a bundle file or a read
+        bundle) once it is in the device's audit chain: the ``health`` record's data (``ok``,
+        ``reason``).  TimeoutError if none came within ``timeout`` seconds."""
+        digest = bundle if isinstance(bundle, str) and len(bundle) == 64 else None
+        if digest is None:
+            from lab_hardware.modelops import bundle as _bundle
+
+            digest = bundle.digest if hasattr(bundle, "digest") else _bundle.read(bundle).digest
+        deadline = time.monotonic() + timeout
+        while True:
+            for rec in reversed(self.audit_chain(device).records):
+                if rec["kind"] == "health" and rec["data"].get("bundle") == digest:
+                    return rec["data"]
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no health verdict from {device} on {digest[:12]} within {timeout:.0f} s")
+            time.sleep(0.25)
+
+    def retrain(
+        self,
+        out,
+        *,
+        version: str,
+        device: str,
+        capture_ids: list[str] | None = None,
+        trigger: dict | str | None = None,
+        parent=None,
+        name: str = "intents",
+    ) -> dict:
+        """Retrain an edge model from ``device``'s consented captures in the lab's replay store,
+        labelled by the scenario's oracle, into the unsigned bundle ``out`` (``labs.retrain.build``,
+        docs/retraining.md).  ``trigger`` is the alert event of a ``retrain`` objective (as
+        ``wait_alert`` returns it) or ``DEVICE#INDEX``; ``parent`` (the diverging bundle) lends its
+        routing and SLOs.  Consent and the trigger are verified against the device's audit chain
+        as it sends it now.  Raises ``labs.retrain.RetrainError`` with a one-line reason."""
+        from labs import retrain as _retrain
+
+        self._check_device(device)
+        if isinstance(trigger, dict):
+            ref = trigger.get("retrain") or trigger.get("audit") or {}
+            if not isinstance(ref, dict) or not isinstance(ref.get("index"), int) or not trigger.get("device"):
+                raise _retrain.RetrainError("trigger must be an SLO alert event (lab.wait_alert) or DEVICE#INDEX")
+            trigger = f"{trigger['device']}#{ref['index']}"
+        devices = {device}
+        if isinstance(trigger, str) and "#" in trigger:
+            devices.add(trigger.split("#", 1)[0].rsplit("/", 1)[-1])
+        chains = {(self.namespace, d): self.audit_chain(d).records for d in sorted(devices) if d in self.devices}
+        return _retrain.build(
+            self.conn.home or ".",
+            out,
+            version=version,
+            name=name,
+            namespace=self.namespace,
+            device=device,
+            capture_ids=capture_ids,
+            trigger=trigger,
+            parent=parent,
+            chains=chains,
+        )
+
     # ---- audit -------------------------------------------------------------------------
     def audit_chain(self, device: str, *, timeout: float = 5.0) -> "AuditView":
         """The device's whole audit chain, fetched over MQTT, ready to verify."""

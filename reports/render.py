@@ -282,6 +282,67 @@ CHECK_COLS = [
 ]
 
 
+#: The devices' micro-SLOs (docs/slo.md), one row per objective of each device's active bundle.
+SLO_COLS = [
+    ("namespace", "namespace", "text"),
+    ("device", "device", "text"),
+    ("bundle", "bundle", "text"),
+    ("slo", "objective", "text"),
+    ("indicator", "indicator", "text"),
+    ("budget", "budget left", "text"),
+    ("page", "page burn (long)", "text"),
+    ("ticket", "ticket burn (long)", "text"),
+    ("firing", "firing", "text"),
+]
+
+
+def slo_rows(devices: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Rows of the *Device SLOs* table from a lab's device statuses (``livelab status --json``'s
+    ``devices``, each with its ``slo``: the bundle and, per objective, ``budget_remaining`` and
+    the page/ticket burn rates); devices whose active model declares none are left out."""
+    rows = []
+    for d in devices:
+        slo = d.get("slo") if isinstance(d, Mapping) else None
+        if not isinstance(slo, Mapping):
+            continue
+        for o in slo.get("objectives") or []:
+            burn = o.get("burn") or {}
+            firing = [k for k in ("page", "ticket") if (burn.get(k) or {}).get("firing")]
+            rows.append(
+                {
+                    "namespace": d.get("namespace") or "",
+                    "device": d.get("name") or d.get("device") or "?",
+                    "bundle": str(slo.get("bundle") or "")[:12],
+                    "slo": o.get("name"),
+                    "indicator": o.get("indicator"),
+                    "budget": f"{o['budget_remaining']:.2f}"
+                    if isinstance(o.get("budget_remaining"), (int, float))
+                    else "–",
+                    "page": _burn((burn.get("page") or {}).get("long")),
+                    "ticket": _burn((burn.get("ticket") or {}).get("long")),
+                    "firing": ", ".join(firing) or "no",
+                }
+            )
+    return rows
+
+
+def _burn(v: Any) -> str:
+    return f"{v:g}x" if isinstance(v, (int, float)) and not isinstance(v, bool) else "–"
+
+
+def slo_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The *Device SLOs* section: error budget left and burn rates per device and objective."""
+    if not rows:
+        return ""
+    cols = SLO_COLS if len({r["namespace"] for r in rows}) > 1 else SLO_COLS[1:]
+    return (
+        "<h2>Device SLOs</h2>"
+        '<p class="tts-source">Each device\'s objectives as it reports them now: the error budget left '
+        "(1 untouched, 0 spent, below 0 overspent) and the burn rates over the alerts' long windows "
+        "(docs/slo.md).</p>" + table(rows, cols, "tts-slo-table")
+    )
+
+
 def _ratio_fmt(rows: list[dict]) -> list[dict]:
     return [{**r, "ratio": None if r["ratio"] is None else round(r["ratio"], 2)} for r in rows]
 

@@ -187,10 +187,12 @@ def render_html(
     error: str | None = None,
     scope: str = "",
     include_system: bool = False,
+    slos: list[dict] | None = None,
 ) -> str:
     """The whole report page as a string (see the module doc for what it holds).  ``scope``
     says what the file covers; ``include_system``: the page says the system identities' times
-    are simulated."""
+    are simulated; ``slos``: rows of the *Device SLOs* table (:func:`reports.render.slo_rows`)."""
+    slo_html = render.slo_table(slos or [])
     when = _dt.datetime.fromtimestamp(
         generated if generated is not None else _dt.datetime.now().timestamp(), _dt.timezone.utc
     ).strftime("%Y-%m-%d %H:%M UTC")
@@ -208,7 +210,7 @@ def render_html(
     )
     if empty:
         msg = error if error is not None else no_data_message(source)
-        return head + f'<div class="tts-message">{e(msg)}</div></div></body></html>\n'
+        return head + f'<div class="tts-message">{e(msg)}</div>{slo_html}</div></body></html>\n'
     assert result is not None
     selects = []
     for n in FILTERS:
@@ -271,7 +273,7 @@ def render_html(
         f"JavaScript the page shows all the data.</p>"
         f'<div id="tts-learner" class="tts-learner">{choose}</div>'
         f'<div class="tts-grid">{panels}</div>'
-        f"<h2>Every course, version, module and team</h2>{summary_table}"
+        f"<h2>Every course, version, module and team</h2>{summary_table}{slo_html}"
         f"<script>{_plotly_js()}</script>"
         f'<script type="application/json" id="tts-data">{json_for_script(data)}</script>'
         f"<script>{script}</script></div></body></html>\n"
@@ -376,8 +378,31 @@ def export(
     if estimates is None:
         estimates = tts.load_estimates()
     error = ONLY_SYSTEM.format(source=source) if excluded and not len(result) else None
-    page = render_html(result, estimates, source=source, scope=scope, include_system=include_system, error=error)
+    page = render_html(
+        result,
+        estimates,
+        source=source,
+        scope=scope,
+        include_system=include_system,
+        error=error,
+        slos=device_slos(home),
+    )
     return _write(out, page)
+
+
+def device_slos(home: str | os.PathLike | None) -> list[dict]:
+    """The *Device SLOs* rows of the lab running in ``home`` (none when no lab runs there)."""
+    from lab_hardware.runtime import lab as _lab
+    from lab_hardware import home as _home
+
+    try:
+        h = _home.resolve(home)
+        if not _lab.is_running(h):
+            return []
+        st = _lab.status(h)
+    except Exception:  # noqa: BLE001 - a report never fails on the lab's state
+        return []
+    return render.slo_rows([{**d, "namespace": st.get("namespace")} for d in st.get("devices") or []])
 
 
 def export_csv(

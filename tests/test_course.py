@@ -28,9 +28,11 @@ from tests.net_helpers import start_on_port_zero
 ROOT = Path(__file__).resolve().parents[1]
 COURSE_ID = "edge-ml-foundations"
 SHIPPED = ROOT / "courses" / COURSE_ID
-MODULES = ["m1-telemetry", "m2-replay", "m3-bundles", "m4-observability"]
-#: The course's current version (1.2.0: fairer grading, a clearer text) and its releases so far.
-VERSION = "1.2.0"
+MODULES = ["m1-telemetry", "m2-replay", "m3-bundles", "m4-observability", "m5-hybrid-oracle"]
+#: The course's current version (1.3.0: module 5, the hybrid oracle loop) and its releases so far.
+VERSION = "1.3.0"
+#: Releases before module 5 (four modules).
+FOUR = ("1.0.0", "1.1.0", "1.2.0")
 RELEASES = catalog.releases(catalog.load(SHIPPED))
 LATEST = RELEASES[-1]
 
@@ -80,13 +82,14 @@ def test_shipped_course_is_valid():
 
 def test_shipped_releases_verify_and_document_the_change():
     c = catalog.load(COURSE_ID)
-    assert RELEASES[:2] == ["1.0.0", "1.1.0"] and set(RELEASES) <= {"1.0.0", "1.1.0", VERSION}
+    assert RELEASES[:3] == list(FOUR) and set(RELEASES) <= {*FOUR, VERSION}
     log = catalog.changelog(c)
-    assert VERSION in log and "untidy" in log[VERSION], "the next release says what changed and why"
+    assert "untidy" in log["1.2.0"], "a release says what changed and why"
+    assert VERSION in log and "m5-hybrid-oracle" in log[VERSION] and "livelab up --oracle" in log[VERSION]
     for v in RELEASES:
         m = catalog.read_release(c, v)  # every file against its checksum
         assert m["version"] == v and m["changelog"] == log[v]
-        assert [x["id"] for x in m["modules"]] == MODULES
+        assert [x["id"] for x in m["modules"]] == (MODULES[:4] if v in FOUR else MODULES)
         for mod in m["modules"]:
             g = mod["gate"]
             assert g["reference"] == "passed" and g["reference_seconds"] > 0
@@ -102,33 +105,50 @@ def test_shipped_releases_verify_and_document_the_change():
     assert m1["changed"] and m1["minutes"] == [25, 20]
     assert m1["cells_moved"] == ["panel-intro", "panel"] and "window-md" in m1["cells_changed"]
     assert not m1["tests_changed"] and not m1["checks_added"] and not m1["checks_removed"]
-    assert not any(d["modules"][x]["changed"] for x in MODULES[1:]), "1.1.0 changes module 1 only"
+    assert not any(d["modules"][x]["changed"] for x in MODULES[1:4]), "1.1.0 changes module 1 only"
     assert "1.1.0" in d["changelog"] and "panel" in d["changelog"]["1.1.0"]
 
 
 def test_release_1_2_0_passed_its_gate_and_shows_in_diff(capsys):
     """1.2.0: fairer tests and a clearer text in every module, the same points (scores compare)."""
     c = catalog.load(COURSE_ID)
-    if VERSION not in catalog.releases(c):
-        pytest.skip(f"{VERSION} is not released yet: livelab course release {COURSE_ID} {VERSION}")
-    rel = catalog.read_release(c, VERSION)
+    rel = catalog.read_release(c, "1.2.0")
     assert all(mod["gate"]["reference"] == "passed" for mod in rel["modules"])
     assert all(all(ch["passed"] for ch in mod["gate"]["checks"].values()) for mod in rel["modules"])
     assert rel["modules"][0]["untidy"] and rel["modules"][0]["hints"]["quiet"]
-    d = catalog.diff(c, "1.1.0", VERSION)
-    assert all(d["modules"][x]["changed"] for x in MODULES)
-    assert not any(d["modules"][x]["points"] for x in MODULES), "points unchanged"
+    d = catalog.diff(c, "1.1.0", "1.2.0")
+    assert all(d["modules"][x]["changed"] for x in MODULES[:4])
+    assert not any(d["modules"][x]["points"] for x in MODULES[:4]), "points unchanged"
     m1 = d["modules"]["m1-telemetry"]
     assert "watch" in m1["cells_added"] and "quiet-test" in m1["tests_changed"] and m1["untidy"]
-    rc, out, _ = cli(capsys, "course", "diff", COURSE_ID, "1.1.0", VERSION)
+    rc, out, _ = cli(capsys, "course", "diff", COURSE_ID, "1.1.0", "1.2.0")
     assert rc == 0 and "m1-telemetry" in out and "untidy start:" in out and "panel" in out
+
+
+def test_release_1_3_0_adds_module_5_through_the_gate(capsys):
+    """1.3.0: module 5 added (it needs the lab oracle), modules 1-4 as in 1.2.0 (scores compare)."""
+    c = catalog.load(COURSE_ID)
+    if VERSION not in catalog.releases(c):
+        pytest.skip(f"{VERSION} is not released yet: livelab course release {COURSE_ID} {VERSION}")
+    rel = catalog.read_release(c, VERSION)
+    assert rel["minutes"] == 125 and [m["minutes"] for m in rel["modules"]][-1] == 25
+    m5 = rel["modules"][-1]
+    assert m5["id"] == "m5-hybrid-oracle" and m5["services"] == ["oracle"] and m5["checks"] == ["consent", "oracle"]
+    assert m5["check_points"] == {"consent": 5.0, "oracle": 5.0} and set(m5["hints"]) >= {"route", "retrain", "canary"}
+    assert m5["gate"]["reference"] == "passed" and all(ch["passed"] for ch in m5["gate"]["checks"].values())
+    assert not all(ch["passed"] for ch in m5["gate"]["learner_checks"].values()), "doing nothing fails the checks"
+    d = catalog.diff(c, "1.2.0", VERSION)
+    assert d["added"] == ["m5-hybrid-oracle"] and not d["removed"]
+    assert not any(d["modules"][x]["points"] or d["modules"][x]["tests_changed"] for x in MODULES[:4])
+    rc, out, _ = cli(capsys, "course", "diff", COURSE_ID, "1.2.0", VERSION)
+    assert rc == 0 and "m5-hybrid-oracle" in out
 
 
 def test_cli_list_show_diff(capsys):
     rc, out, _ = cli(capsys, "course", "list", "--json")
     assert rc == 0
     row = next(r for r in json.loads(out) if r["id"] == COURSE_ID)
-    assert row["releases"] == RELEASES and row["modules"] == 4 and row["minutes"] == 100
+    assert row["releases"] == RELEASES and row["modules"] == 5 and row["minutes"] == 125
     rc, out, _ = cli(capsys, "course", "show", COURSE_ID, "--version", "1.0.0", "--json")
     assert rc == 0 and json.loads(out)["modules"][0]["minutes"] == 25
     rc, out, _ = cli(capsys, "course", "diff", COURSE_ID, "1.0.0", "1.1.0")
@@ -301,6 +321,20 @@ def test_course_toml_types_and_ids(tmp_path):
         catalog.load(course)
 
 
+@pytest.mark.parametrize(
+    "services, why",
+    [('["gpu"]', "not 'gpu'"), ('["oracle", "oracle"]', "at most once"), ("[1]", "not '1'"), ('"oracle"', "an array")],
+)
+def test_a_module_names_only_lab_services_the_lab_runs(tmp_path, services, why):
+    """course.toml ``services``: the lab services a module needs (the oracle for module 5)."""
+    assert catalog.load(COURSE_ID).module("m5-hybrid-oracle").services == ("oracle",)
+    course = copy_course(tmp_path)
+    _edit_toml(course, 'services = ["oracle"]', f"services = {services}")
+    with pytest.raises(CourseError, match="m5-hybrid-oracle") as exc:
+        catalog.load(course)
+    assert why in str(exc.value) and "\n" not in str(exc.value)
+
+
 # ---- fetch -------------------------------------------------------------------------------
 def test_fetch_places_learner_notebooks_and_never_overwrites(tmp_path, capsys):
     rc, out, _ = cli(
@@ -310,7 +344,7 @@ def test_fetch_places_learner_notebooks_and_never_overwrites(tmp_path, capsys):
     res = json.loads(out)
     assert res["version"] == "1.0.0" and res["kernel"] is True
     nbs = [Path(p) for p in res["notebooks"]]
-    assert [p.parent.name for p in nbs] == MODULES
+    assert [p.parent.name for p in nbs] == MODULES[:4]
     c = catalog.load(COURSE_ID)
     for p, m in zip(nbs, catalog.read_release(c, "1.0.0")["modules"]):
         assert catalog.sha256_file(p) == m["learner"]["sha256"]

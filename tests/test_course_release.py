@@ -107,6 +107,11 @@ def test_the_modules_really_ran_against_the_lab(gated):
     assert "over-predicts" in out("m4-observability", "cause-test") and "'captures': 0" in out(
         "m4-observability", "cause-test"
     )
+    # module 5 ran against the lab's oracle: answers, an alert, a drop on a held-out replay
+    assert "answered by the oracle" in out("m5-hybrid-oracle", "install-test")
+    assert "page" in out("m5-hybrid-oracle", "alert-test") and "the retrained model on" in out(
+        "m5-hybrid-oracle", "drop-test"
+    )
 
 
 def test_every_learner_version_fails_its_tests_as_is(gated):
@@ -145,7 +150,7 @@ def test_the_release_is_complete_and_immutable(gated):
     assert sorted(m["files"]) == sorted(
         ["course.toml"] + [f"{kind}/{x}/{x}.ipynb" for kind in ("learner", "source") for x in MODULES]
     )
-    assert [x["minutes"] for x in m["modules"]] == [20, 25, 30, 25] and m["minutes"] == 100
+    assert [x["minutes"] for x in m["modules"]] == [20, 25, 30, 25, 25] and m["minutes"] == 125
     assert all(x["points"] == 10 for x in m["modules"])
     assert all(x["check_points"] == {n: 5.0 for n in x["checks"]} for x in m["modules"])
     assert m["tools"]["nbgrader"].startswith("0.9") and VERSION in m["changelog"]

@@ -274,6 +274,28 @@ def test_nothing_of_a_namespace_survives_grading(glab):
     assert leftovers == []
 
 
+def test_a_module_that_needs_the_oracle_is_refused_a_lab_without_one(glab, tmp_path, capsys):
+    """course.toml ``services = ["oracle"]`` (m5): this lab runs no oracle, so grading the module
+    against it is refused in one line before anything runs, and so is a release gate borrowing it."""
+    from courses import catalog, release
+    from livelab.cli import main
+
+    tree = tmp_path / "submitted" / "ada" / "m5-hybrid-oracle"
+    tree.mkdir(parents=True)
+    (tree / "m5-hybrid-oracle.ipynb").write_bytes(submission("DONE = True"))
+    rc = main(
+        ["--home", str(glab["home"]), "grade", str(COURSE), "m5-hybrid-oracle", str(tmp_path / "submitted")]
+        + ["--out", str(tmp_path / "out"), "--no-service", "--no-progress"]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert "needs the lab's oracle" in err and "livelab up --oracle" in err
+    assert not (tmp_path / "out" / "autograded").exists()
+    m5 = catalog.load(COURSE).module("m5-hybrid-oracle")
+    (line,) = release.missing_services(glab["home"], [m5, catalog.load(COURSE).module("m1-telemetry")])
+    assert line.startswith("m5-hybrid-oracle: needs the lab's oracle")
+
+
 # ---- the flagship course's real modules, through the CLI and Dask --------------------------
 def _tree(tmp: Path, module: str, who: dict[str, Path]) -> Path:
     for student, nb in who.items():
@@ -376,3 +398,26 @@ def test_pii_in_published_strings_still_counts(text, kind):
     from grading.checks.consent import _kinds
 
     assert kind in _kinds(text)
+
+
+def test_the_oracle_answers_are_not_scanned_as_learner_data():
+    """Only the oracle (and the control plane) may write a device's response topic, and its answers
+    hold labels, probabilities and reasons it wrote itself: a shed reason the name model misreads
+    is not PII that anybody published.  The same text anywhere else still counts."""
+    from grading.checks.base import CheckContext, Message
+    from grading.checks.consent import pii_in_messages
+
+    reason = json.dumps({"ok": False, "reason": "shed: expired (249 ms queued, timeout 200 ms)"}).encode()
+    ctx = CheckContext(
+        home=Path("."),
+        namespace="g-abc",
+        devices=["dev-1"],
+        learner="ada",
+        module="m5-hybrid-oracle",
+        started=0,
+        ended=1,
+        messages=[Message(0.0, "livelab/g-abc/control/oracle/response/dev-1", reason, False)],
+    )
+    assert pii_in_messages(ctx) == []
+    ctx.messages = [Message(0.0, "livelab/g-abc/devices/dev-1/telemetry", reason, False)]
+    assert [h["kinds"] for h in pii_in_messages(ctx)] == [["name"]]

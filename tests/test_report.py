@@ -927,3 +927,55 @@ def test_a_store_with_only_system_identities_says_so(tmp_path, capsys):
     assert "Only system identities" in d.message.value
     d.set_scope(include_system=True)
     assert d.message.layout.display == "none" and 'data-count="1"' in d.numbers["tts-count"].value
+
+
+# ---- device SLOs (docs/slo.md) in the manager's report -------------------------------------
+#: Two devices as ``livelab status --json`` reports them: one whose bundle declares an objective
+#: that is firing, one running a model without SLOs (``slo`` is null).
+STATUS_DEVICES = [
+    {
+        "name": "dev-1",
+        "slo": {
+            "bundle": "f827a605b7105b4c69d7ec46dc0ed841fb67f43aa703980f5c386e49a78ca971",
+            "objectives": [
+                {
+                    "name": "agree-call",
+                    "indicator": "divergence",
+                    "valid": 20,
+                    "bad": 3,
+                    "windows": 9,
+                    "budget_remaining": -2.0,
+                    "burn": {
+                        "page": {"long": 20.0, "short": 20.0, "threshold": 14.4, "firing": True, "fired": 1},
+                        "ticket": {"long": 6.5, "short": 20.0, "threshold": 6.0, "firing": False, "fired": 0},
+                    },
+                }
+            ],
+        },
+    },
+    {"name": "dev-2", "slo": None},
+]
+
+
+def test_device_slos_show_budget_and_burn_rate_in_the_report(tmp_path):
+    rows = render.slo_rows(STATUS_DEVICES)
+    assert rows == [
+        {
+            "namespace": "",
+            "device": "dev-1",
+            "bundle": "f827a605b710",
+            "slo": "agree-call",
+            "indicator": "divergence",
+            "budget": "-2.00",
+            "page": "20x",
+            "ticket": "6.5x",
+            "firing": "page",
+        }
+    ], "devices without SLOs are left out"
+    result = seed(tmp_path)
+    page = static.render_html(result, {}, source="test", slos=rows)
+    section = page[page.index("<h2>Device SLOs</h2>") :]
+    assert "agree-call" in section and "-2.00" in section and "20x" in section and "dev-2" not in section
+    assert "Device SLOs" not in static.render_html(result, {}, source="test", slos=[])
+    # without a running lab in the events' home, the static export has no SLO section
+    assert static.device_slos(tmp_path) == []

@@ -304,3 +304,29 @@ def test_cli_errors_are_one_line_exit_2_and_write_nothing(captured, tmp_path, ar
     r = _cli(home, *args, cwd=tmp_path)
     assert r.returncode == 2 and match in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_consent_and_trigger_are_verified_against_a_chain_the_device_sent(captured, built, tmp_path):
+    """A learner's sandboxed kernel has the replay store but not the lab's chain files:
+    ``chains=`` (what ``Lab.retrain`` passes, the chain the device sent) verifies consent and the
+    trigger instead, with the same result; a tampered chain is refused in one line."""
+    import shutil
+
+    home, sugg = captured
+    view = tmp_path / "learner-home"  # the store without the devices' folders
+    shutil.copytree(replay.captures_dir(home), replay.captures_dir(view))
+    out = tmp_path / "from-view.lbundle"
+    trigger = f"{DEV}#{sugg['index']}"
+    with pytest.raises(retrain.RetrainError, match="no audit chain") as exc:
+        retrain.build(view, out, version=VERSION, trigger=trigger)
+    _one_line(exc)
+    chain = audit.read(_home.device_dir(home, NS, DEV) / "audit.jsonl")
+    res = retrain.build(view, out, version=VERSION, trigger=trigger, chains={(NS, DEV): chain})
+    first, first_out = built
+    assert res["digest"] == first["digest"] and out.read_bytes() == Path(first_out).read_bytes()
+    forged = [dict(r) for r in chain]
+    forged[1] = {**forged[1], "data": {**forged[1]["data"], "scope": "telemetry"}}
+    with pytest.raises(retrain.RetrainError, match="broken") as exc:
+        retrain.build(view, tmp_path / "forged.lbundle", version=VERSION, trigger=trigger, chains={(NS, DEV): forged})
+    _one_line(exc)
+    assert not (tmp_path / "forged.lbundle").exists()

@@ -15,7 +15,7 @@ from lab_hardware import audit, topics
 from lab_hardware.modelops import bundle as _bundle
 from lab_hardware.modelops import keys, replay
 from lab_hardware.runtime import lab
-from labs import Lab, retrain, scenarios
+from labs import Lab, retrain, rollout, scenarios
 from tests.conftest import start_lab
 from tests.mqtt_helpers import Observer, wait_for
 
@@ -117,13 +117,22 @@ def test_a_sustained_divergence_triggers_a_retraining_that_names_it(rlab, tmp_pa
     held = replay.build(home, sdk.namespace, DEV, tmp_path / "held.lreplay", capture_ids=[cid2])
     cand, new = retrain.divergence(held, [SC.models["candidate"], out])["models"]
     assert new["diverged"] < cand["diverged"], (cand, new)
-    # signed and installed through the existing path
+    # signed and canaried through the existing path: a rollout (labs/rollout.py) on one device,
+    # healthy there, then forward to every device
     signed = _bundle.sign(out, home / "keys" / "author.key")
-    sdk.install("dev-2", signed)
     new_digest = _bundle.read(signed).digest
+    state = rollout.start(sdk, home, signed, ["dev-2"])
+    assert state["digest"] == new_digest and [s["ok"] for s in state["steps"]] == [True]
+    assert sdk.wait_health("dev-2", new_digest, timeout=60)["ok"]
     wait_for(
         lambda: sdk.states["dev-2"]["bundle"] == new_digest and sdk.states["dev-2"]["health"] is None,
         60,
         "dev-2 running the retrained bundle, healthy",
     )
+    assert all(sdk.states[d]["bundle"] != new_digest for d in sdk.devices if d != "dev-2"), "a canary is one device"
+    done = rollout.finish(sdk, home, forward=True)
+    assert done["state"] == "forward" and all(s["ok"] for s in done["steps"]), done["steps"]
+    wait_for(lambda: all(sdk.states[d]["bundle"] == new_digest for d in sdk.devices), 60, "the fleet on the new bundle")
+    # the retrained bundle carries its parent's routing and SLO, and on the fleet it routes
+    assert _bundle.read(signed).manifest["routing"] == ROUTE_ALL
     assert audit.verify(sdk.audit_chain(DEV).records)

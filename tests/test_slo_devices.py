@@ -120,6 +120,12 @@ def test_an_alert_slo_breach_publishes_an_alert_event_and_an_audit_record(slab):
     )
     assert "dev-0 SLO call-undos (undo_rate, alert): budget" in r.stdout, r.stdout + r.stderr
     assert "dev-2 SLO" not in r.stdout
+    # the manager's static report shows the same budget and burn rates (docs/slo.md)
+    from reports import static
+
+    rows = static.device_slos(home)
+    assert [(x["device"], x["slo"]) for x in rows] == [("dev-0", "call-undos")]
+    assert rows[0]["bundle"] == digest[:12] and rows[0]["budget"] != "–" and rows[0]["page"].endswith("x")
 
 
 def test_a_rollback_slo_breach_restores_the_previous_bundle(slab):

@@ -131,12 +131,20 @@ def lab_identifiers(ctx: CheckContext) -> set[str]:
 
 
 def pii_in_messages(ctx: CheckContext) -> list[dict]:
-    """Messages whose payload carries PII: topic, kinds, time (never the PII itself)."""
+    """Messages whose payload carries PII: topic, kinds, time (never the PII itself).
+
+    The lab oracle's answers are left out: the broker lets only the oracle (and the control
+    plane) write a device's response topic, and an answer holds labels, probabilities and a
+    reason the oracle wrote about a feature vector it was sent (never text), e.g.
+    ``shed: expired (249 ms queued, timeout 200 ms)``, which the name model would misread."""
+    from lab_hardware import topics
+
     known = lab_identifiers(ctx)
+    answers = {topics.oracle_response(ctx.namespace, d) for d in ctx.devices}
     verdict: dict[str, list] = {}
     hits = []
     for m in ctx.messages or []:
-        if not m.payload:
+        if not m.payload or m.topic in answers:
             continue
         d = m.json()
         strings: set = set()

@@ -201,12 +201,13 @@ def _device_captures(home: Path, namespace: str, device: str) -> Path:
     return captures_dir(home, namespace, device)
 
 
-def _consent_record(home: Path, ns: str, device: str, ref: dict) -> dict:
+def _consent_record(home: Path, ns: str, device: str, ref: dict, chain: list[dict] | None = None) -> dict:
     """The consent-trail entry behind a capture's consent reference.
 
-    When the device's audit chain is in this lab home, the reference must name
-    an intact ``consent`` record granting ``replay-capture``; otherwise (a
-    device elsewhere) the reference is kept as the device's unverified claim.
+    When the device's audit chain is in this lab home (or given as ``chain``: the records the
+    device sent over the broker, e.g. ``Lab.audit_chain``), the reference must name an intact
+    ``consent`` record granting ``replay-capture``; otherwise (a device elsewhere) the
+    reference is kept as the device's unverified claim.
     """
     entry = {
         "device": device,
@@ -219,12 +220,20 @@ def _consent_record(home: Path, ns: str, device: str, ref: dict) -> dict:
         "verified": False,
     }
     chain_path = _home.device_dir(home, ns, device) / "audit.jsonl"
-    if not chain_path.exists():
+    if chain is not None:
+        verdict = _audit.verify(chain)
+        if not verdict:
+            raise ReplayError(
+                f"audit chain of {device} is broken ({verdict.reason}); its consent cannot back a capture"
+            )
+        records = list(chain)
+    elif not chain_path.exists():
         return entry
-    try:
-        records = _audit.read_verified(chain_path)
-    except ValueError as exc:
-        raise ReplayError(f"audit chain of {device} {exc}; its consent cannot back a capture") from None
+    else:
+        try:
+            records = _audit.read_verified(chain_path)
+        except ValueError as exc:
+            raise ReplayError(f"audit chain of {device} {exc}; its consent cannot back a capture") from None
     i = ref["index"]
     if i >= len(records) or records[i]["hash"] != ref["hash"]:
         raise ReplayError(
@@ -368,12 +377,15 @@ def list_captures(home: Path | str) -> list[dict]:
     return out
 
 
-def stored_capture(home: Path | str, namespace: str, device: str, capture_id: str) -> tuple[dict, list[dict]]:
+def stored_capture(
+    home: Path | str, namespace: str, device: str, capture_id: str, *, chain: list[dict] | None = None
+) -> tuple[dict, list[dict]]:
     """(consent entry, records in decision order) of one stored capture, checked again now.
 
     For a consumer that trains on captures (``labs.retrain``): the consent reference is
     verified afresh against the device's audit chain in ``home`` (``entry["verified"]`` is False
-    when the chain is not here, so the lab cannot check it), every record is checked as
+    when the chain is not here, so the lab cannot check it; ``chain`` verifies it against the
+    records the device sent instead), every record is checked as
     :func:`build` checks it (fields, PII) and must fall inside that consent."""
     home = Path(home)
     folder = _device_captures(home, namespace, device)
@@ -384,7 +396,7 @@ def stored_capture(home: Path | str, namespace: str, device: str, capture_id: st
     ref = meta.get("consent")
     if not isinstance(ref, dict) or not _is_int(ref.get("index")) or not _HEX64.fullmatch(str(ref.get("hash"))):
         raise ReplayError(f"capture {capture_id} of {device} names no consent record")
-    entry = _consent_record(home, namespace, device, {"index": ref["index"], "hash": ref["hash"]})
+    entry = _consent_record(home, namespace, device, {"index": ref["index"], "hash": ref["hash"]}, chain)
     lines, _ = _read_lines(folder / f"{capture_id}.jsonl")
     by_decision: dict[int, dict] = {}
     where = f"capture {capture_id} of {device}"

@@ -50,6 +50,16 @@ def is_running(home: Path) -> bool:
     return _supervisor_pid(home) is not None
 
 
+def service_names(home: Path) -> list[str]:
+    """The lab services the lab in ``home`` was started with (e.g. ``["oracle", "recorder"]``);
+    empty when its config cannot be read."""
+    try:
+        cfg = _home.read_json(_home.resolve(home) / "config.json")
+    except (OSError, ValueError):
+        return []
+    return sorted(str(s.get("name")) for s in cfg.get("services") or [] if isinstance(s, dict))
+
+
 def descriptor(home: Path) -> dict[str, Any]:
     """The learner descriptor of a running lab, or LabError."""
     home = _home.resolve(home)
