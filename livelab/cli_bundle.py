@@ -15,7 +15,7 @@ from rich.table import Table
 
 import argparse
 
-from livelab.common import digest_arg, keyid_arg
+from livelab.common import bundle_trail, digest_arg, keyid_arg
 from livelab.common import EXIT_FAIL, EXIT_OK, HEX64, KEYID, UsageError, check_output, console, float_range, int_range
 
 
@@ -158,6 +158,7 @@ def cmd_bundle_build(args) -> int:
         info = bundle.inspect(out)
     except bundle.BundleError as exc:
         raise _usage(exc) from None
+    bundle_trail(args, "bundle.build", info, details={"file": str(Path(out).resolve())})
     console.print(
         f"built {out} ({info['size']:,} bytes): {info['name']} {info['version']} "
         f"digest {info['digest'][:12]}, unsigned (sign with: livelab bundle sign {out} --key NAME)",
@@ -179,6 +180,13 @@ def cmd_bundle_sign(args) -> int:
         info = bundle.inspect(out)
     except bundle.BundleError as exc:
         raise _usage(exc) from None
+    bundle_trail(
+        args,
+        "bundle.sign",
+        info,
+        inputs=[("livelab:bundles", info["digest"])],
+        details={"file": str(Path(out).resolve())},
+    )
     console.print(
         f"signed {out}: {info['name']} {info['version']} digest {info['digest'][:12]} by key {info['keyid']}",
         markup=False,
