@@ -563,14 +563,17 @@ class Driver:
             ensure_assignment(self.db_url, ref, checks)
 
     def _trail_grade(self, res: dict, evs: list[dict]) -> None:
-        """The grade's lineage event (docs/lineage.md), its learning events audited against the
-        fields a grade declares.  Never fails the grade."""
+        """The grade's lineage event in the lab's trail (docs/lineage.md), its learning events
+        audited against the fields a grade declares.  Never fails the grade."""
         from lab_hardware.home import resolve
         from lab_hardware.modelops import lineage
 
+        home = resolve(self.cfg.lab_home)
+        if not (home / "config.json").exists():
+            return  # grading for no lab: there is no lab trail to write (as with the events key)
         try:
             if getattr(self, "_lineage", None) is None:
-                self._lineage = lineage.Trail(resolve(self.cfg.lab_home))
+                self._lineage = lineage.Trail(home)
             course = f"{self.target.course_id or 'course'}@{self.target.version or '-'}"
             lineage.emit_artifact(
                 None,

@@ -451,3 +451,21 @@ def test_a_bundle_sending_an_undeclared_field_fails_the_privacy_audit(llab, tmp_
     ]
     code, out_text, err = _cli(capsys, home, "lineage", "list", "--failed", "--json")
     assert code == 0 and [r["artifact"] for r in json.loads(out_text)] == [b.digest]
+
+
+def test_a_learner_cannot_write_the_metadata_topic(llab):
+    """Only the control plane writes the trail: a learner's forged event never reaches it."""
+    home, sdk, seen = llab
+    desc = json.loads((home / "lab.json").read_text())
+    forged = lineage.to_dict(lineage.build_event(lineage.Artifact("grade", "forged/by/learner"), privacy=None))
+    c = mqtt.client(username=desc["learner"]["username"], password=desc["learner"]["password"])
+    mqtt.connect(c, desc["broker"]["host"], desc["broker"]["port"])
+    try:
+        info = c.publish(topics.metadata("default"), json.dumps(forged).encode(), qos=1)
+        info.wait_for_publish(5)  # the broker has handled (and refused) it before acknowledging
+    finally:
+        mqtt.stop(c)
+    em = lineage.emit_artifact(home, "grade", "after/the/forgery", privacy=lineage.grade_privacy())
+    assert em.failures == []
+    assert _wait(lambda: _on_topic(seen, "grade", "after/the/forgery"))
+    assert not _on_topic(seen, "grade", "forged/by/learner")

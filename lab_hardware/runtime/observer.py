@@ -36,7 +36,17 @@ from lab_hardware import mqtt, topics
 
 log = logging.getLogger("livelab.observer")
 
-SUBSCRIPTIONS = tuple(f"{topics.ROOT}/+/devices/+/{kind}" for kind in ("telemetry", "capture", "audit"))
+#: (topic filter, QoS): telemetry at QoS 0 - an observation, not a delivery the lab owes anyone -
+#: so the observer adds no acknowledgements to the lab's busiest stream.
+SUBSCRIPTIONS = (
+    (f"{topics.ROOT}/+/devices/+/telemetry", 0),
+    (f"{topics.ROOT}/+/devices/+/capture", 1),
+    (f"{topics.ROOT}/+/devices/+/audit", 1),
+)
+#: Messages waiting to be looked at before telemetry windows are skipped (counted as
+#: ``skipped``): under a flood the audit samples telemetry rather than eat the lab's memory.
+#: Captures and audit records are never skipped.
+QUEUE_LIMIT = 20_000
 #: Seconds between writes of the observations file (and at stop).
 FLUSH_EVERY = 0.5
 #: Largest payload looked at (a capture part can be a few MB).
@@ -56,12 +66,13 @@ class Observer:
         self.stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.emitted = 0
+        self.skipped = 0
         self._load()
 
     # ---- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
-        self.client.on_message = lambda cl, ud, msg: self._queue.put((msg.topic, bytes(msg.payload)))
-        self.client.on_connect = lambda cl, ud, fl, rc, pr: cl.subscribe([(t, 1) for t in SUBSCRIPTIONS])
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda cl, ud, fl, rc, pr: cl.subscribe(list(SUBSCRIPTIONS))
         self._thread = threading.Thread(target=self._run, name="lineage-observer", daemon=True)
         self._thread.start()
 
@@ -72,6 +83,12 @@ class Observer:
         self._flush(force=True)
         for t in self._trails.values():
             t.close()
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        if self._queue.qsize() > QUEUE_LIMIT and msg.topic.endswith("/telemetry"):
+            self.skipped += 1
+            return
+        self._queue.put((msg.topic, bytes(msg.payload)))
 
     def _run(self) -> None:
         while not self.stopping.is_set() or not self._queue.empty():
@@ -104,7 +121,7 @@ class Observer:
         try:
             _home.write_json(
                 self.home / lineage.OBSERVED_FILE,
-                {"schema": lineage.SCHEMA_OBSERVED, "artifacts": self.artifacts},
+                {"schema": lineage.SCHEMA_OBSERVED, "artifacts": self.artifacts, "skipped_windows": self.skipped},
                 mode=0o644,
             )
             self._dirty = False
@@ -296,8 +313,8 @@ def start(home: Path, host: str, port: int, username: str | None, password: str 
     obs = Observer(home, c)
     obs.start()
     mqtt.connect(c, host, port)
-    for t in SUBSCRIPTIONS:
-        mqtt.subscribe_wait(c, t)
+    for t, qos in SUBSCRIPTIONS:
+        mqtt.subscribe_wait(c, t, qos)
     return obs
 
 
