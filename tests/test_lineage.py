@@ -232,6 +232,21 @@ def test_file_and_http_transports_and_a_failing_one_is_visible(tmp_path, capsys)
     assert "1 lineage deliveries failed" in err
 
 
+def test_a_learner_home_writes_its_file_and_a_broken_control_plane_is_reported(tmp_path):
+    """A learner's home holds lab.json only: its commands write the file, and nothing is
+    reported missing (the observer reports its devices).  A lab home whose control credentials
+    are unreadable reports the metadata topic as a failed delivery."""
+    desc = {"namespace": "default", "broker": {"host": "127.0.0.1", "port": 1}}
+    (tmp_path / "lab.json").write_text(json.dumps(desc))
+    with lineage.Trail(tmp_path) as t:
+        assert [n for n, _ in t.transports] == ["file"] and t.setup_failures == []
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "control.json").write_text("{not json")
+    em = lineage.emit_artifact(tmp_path, "bundle.sign", "d" * 64 + ":" + "0" * 16, privacy=None)
+    assert len(em.failures) == 1 and em.failures[0].startswith("mqtt: a lab runs in")
+    assert lineage.read_events(tmp_path) == [em.event]
+
+
 @pytest.mark.parametrize(
     "content, match",
     [

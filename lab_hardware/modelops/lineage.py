@@ -575,13 +575,17 @@ def load_config(home: Path) -> dict[str, Any]:
 
 def _lab_mqtt(home: Path, namespace: str | None) -> dict[str, Any] | None:
     """Where this process may publish the metadata topic: the running lab's broker with the
-    control-plane credentials, or None when no lab runs here (no bus, nothing to report).
+    control-plane credentials, or None when no lab runs here or this home is a learner's (no
+    ``secrets/``: the lab's observer reports what the learner's artifacts do on the devices).
     Raises OSError/ValueError when a lab runs but its control credentials cannot be read."""
     desc_path = home / _home.DESCRIPTOR
     if not desc_path.exists():
         return None
     desc = _home.read_json(desc_path)
-    cred = _home.read_json(home / "secrets" / "control.json")
+    cred_path = home / "secrets" / "control.json"
+    if not cred_path.exists() and not (home / "secrets").exists():
+        return None  # a learner's home (lab.json only): this process is not the control plane
+    cred = _home.read_json(cred_path)
     ns = namespace or desc["namespace"]
     return {
         "host": desc["broker"]["host"],
