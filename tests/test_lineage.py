@@ -484,3 +484,17 @@ def test_a_learner_cannot_write_the_metadata_topic(llab):
     assert em.failures == []
     assert _wait(lambda: _on_topic(seen, "grade", "after/the/forgery"))
     assert not _on_topic(seen, "grade", "forged/by/learner")
+
+
+def test_bundle_build_declares_telemetry_fields_and_refuses_unknown_ones(tmp_path, capsys):
+    out = tmp_path / "b.lbundle"
+    args = ["bundle", "build", str(SC.models["baseline"]), "-o", str(out), "--name", "n", "--version", "1.0.0"]
+    code, _, err = _cli(capsys, tmp_path, *args, "--telemetry-fields", "schema,seq,text")
+    assert code == 2 and "privacy.telemetry_fields has 'text', which telemetry may not contain" in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+    assert lineage.read_events(tmp_path) == []
+    code, _, err = _cli(capsys, tmp_path, *args, "--telemetry-fields", "schema, seq,counts")
+    assert code == 0, err
+    [ev] = lineage.read_events(tmp_path)
+    validate_event(ev)
+    assert ev["outputs"][0]["facets"]["livelab_privacy"]["declaredFields"] == ["counts", "schema", "seq"]
