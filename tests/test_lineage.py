@@ -498,3 +498,26 @@ def test_bundle_build_declares_telemetry_fields_and_refuses_unknown_ones(tmp_pat
     [ev] = lineage.read_events(tmp_path)
     validate_event(ev)
     assert ev["outputs"][0]["facets"]["livelab_privacy"]["declaredFields"] == ["counts", "schema", "seq"]
+
+
+def test_a_revocation_is_on_the_trail_from_the_control_plane_and_each_device(llab, tmp_path, capsys):
+    home, sdk, seen = llab
+    out = tmp_path / "revokeme.lbundle"
+    _bundle.build(
+        SC.models["candidate"], out, name="revokeme", version="3.0.0", compute={"health_decisions": 20}, created=CREATED
+    )
+    _bundle.sign(out, home / "keys" / "author.key")
+    b = _bundle.read(out)
+    sdk.install("dev-1", out)
+    code, _, err = _cli(capsys, home, "bundle", "revoke", str(out), "--reason", "test")
+    assert code == 0, err
+    [ev] = _events_of(home, "bundle.revoke", b.identity)  # the control plane's, at once
+    validate_event(ev)
+    assert ev["run"]["facets"]["livelab_artifact"]["details"]["reason"] == "test"
+    assert _wait(lambda: _on_topic(seen, "bundle.revoke", b.identity))
+    # ... and each device's revocation record, through the observer
+    name = f"{b.identity}@default/dev-1"
+    assert _wait(lambda: _events_of(home, "bundle.revoke", name)), "dev-1's revocation is not on the trail"
+    dev_ev = _events_of(home, "bundle.revoke", name)[0]
+    validate_event(dev_ev)
+    assert dev_ev["run"]["facets"]["livelab_artifact"]["details"]["active_revoked"] is True
