@@ -521,3 +521,37 @@ def test_a_revocation_is_on_the_trail_from_the_control_plane_and_each_device(lla
     dev_ev = _events_of(home, "bundle.revoke", name)[0]
     validate_event(dev_ev)
     assert dev_ev["run"]["facets"]["livelab_artifact"]["details"]["active_revoked"] is True
+
+
+def test_the_observer_fails_a_capture_with_an_undeclared_field_and_skips_garbage(tmp_path, capsys):
+    """The observer's handler on payloads as the broker delivers them (no lab needed)."""
+    from lab_hardware.runtime.observer import Observer
+
+    obs = Observer(tmp_path, client=None)
+    topic = topics.capture("default", "dev-0")
+    rec = {"bundle": "b" * 64, "decision": 1, "digest": "0" * 16, "label": 2, "text": "set a timer", "time": 1.0}
+    msg = {
+        "schema": topics.SCHEMA_CAPTURE, "namespace": "default", "device": "dev-0", "capture_id": "c1",
+        "part": 0, "last": True, "consent": {"index": 1, "hash": "a" * 64}, "records": [{**rec, "undo": False}],
+    }  # fmt: skip
+    for junk in (b"not json", b"[1]", b"\xff\xfe"):
+        obs.handle(topic, junk)
+    obs.handle("livelab/default/devices/dev-0", b"{}")  # not a device topic
+    assert lineage.read_events(tmp_path) == [] and obs.artifacts == {}
+    obs.handle(topic, topics.encode(msg))
+    assert lineage.read_events(tmp_path) == []  # every field declared
+    obs.handle(topic, topics.encode({**msg, "part": 1, "records": [{**rec, "undo": False, "speaker": "ada"}]}))
+    [ev] = lineage.read_events(tmp_path)
+    validate_event(ev)
+    assert ev["eventType"] == "FAIL" and ev["job"]["name"] == "privacy.audit"
+    assert lineage.summary(ev)["artifact"] == "default/dev-0/c1"
+    assert ev["run"]["facets"]["livelab_privacyAudit"]["undeclaredFields"] == ["records[].speaker"]
+    obs.handle(topic, topics.encode({**msg, "part": 2, "records": [{**rec, "undo": False, "speaker": "bo"}]}))
+    assert len(lineage.read_events(tmp_path)) == 1  # a field is reported once
+    obs.stop()
+    code, out, err = _cli(capsys, tmp_path, "lineage", "audit", "--json")
+    assert code == 1
+    [r] = json.loads(out)["artifacts"]
+    assert (
+        r["artifact"] == "capture:default/dev-0/c1" and r["messages"] == 3 and r["undeclared"] == ["records[].speaker"]
+    )
