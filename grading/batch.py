@@ -594,6 +594,33 @@ class Driver:
         for ref in self.refs.values():
             ensure_assignment(self.db_url, ref, checks)
 
+    def _trail_grade(self, res: dict, evs: list[dict]) -> None:
+        """The grade's lineage event in the lab's trail (docs/lineage.md), its learning events
+        audited against the fields a grade declares.  Never fails the grade."""
+        from lab_hardware.home import resolve
+        from lab_hardware.modelops import lineage
+
+        home = resolve(self.cfg.lab_home)
+        if not (home / "config.json").exists():
+            return  # grading for no lab: there is no lab trail to write (as with the events key)
+        try:
+            if getattr(self, "_lineage", None) is None:
+                self._lineage = lineage.Trail(home)
+            course = f"{self.target.course_id or 'course'}@{self.target.version or '-'}"
+            lineage.emit_artifact(
+                None,
+                "grade",
+                f"{course}/{res['assignment']}/{res['student']}/{res['notebook']}",
+                privacy=lineage.grade_privacy(),
+                observed=set().union(*(set(e) for e in evs)) if evs else set(),
+                messages=len(evs),
+                source="learning events",
+                details={k: res.get(k) for k in ("status", "score", "max_score", "attempt")},
+                trail=self._lineage,
+            )
+        except Exception as exc:  # noqa: BLE001 - the trail never fails a grade
+            res.setdefault("messages", []).append(f"lineage event not emitted: {str(exc).splitlines()[0]}")
+
     def _store(self, sub: Submission, res: dict) -> dict:
         from . import events
         from .outcomes import INFRA
@@ -631,6 +658,7 @@ class Driver:
 
             evs = sign(evs, self.events_key)
         res["events"] = self.recorder.record(evs)
+        self._trail_grade(res, evs)
         for name, b64 in (res.get("evidence") or {}).items():
             import base64
 
@@ -805,6 +833,9 @@ class Driver:
         finally:
             self.writer.close()
             self.recorder.close()
+            if getattr(self, "_lineage", None) is not None:
+                self._lineage.close()
+                self._lineage = None
             t = time.perf_counter()
             parts = timing["close_parts"] = {}
             try:

@@ -27,6 +27,9 @@ SCHEMA_LEARNERS = "livelab.learners/v1"
 SCHEMA_ALERT = "livelab.alert/v1"
 SCHEMA_ORACLE_REQUEST = "livelab.oracle.request/v1"
 SCHEMA_ORACLE_RESPONSE = "livelab.oracle.response/v1"
+#: The metadata trail's messages are OpenLineage run events (their own ``schemaURL``, no
+#: ``schema`` field): see lab_hardware/modelops/lineage.py.
+METADATA = "metadata"
 
 #: Commands a device understands (the level after ``.../cmd/``).
 COMMANDS = ("consent", "ping", "audit", "set-model", "install", "rollback", "shadow", "capture", "revoke", "federated")
@@ -103,6 +106,13 @@ def command_author(parsed: dict[str, str]) -> str:
 
 def control(ns: str, what: str) -> str:
     return f"{ROOT}/{ns}/control/{what}"
+
+
+def metadata(ns: str) -> str:
+    """``livelab/<ns>/control/metadata``: the metadata trail (OpenLineage run events of the
+    artifacts made in that namespace).  Only the control plane writes it; the namespace's
+    learner may read it (the broker's ACL)."""
+    return control(ns, METADATA)
 
 
 def oracle_request(ns: str, device: str) -> str:

@@ -23,6 +23,7 @@ from livelab import (
     cli_hub,
     cli_lab,
     cli_learners,
+    cli_lineage,
     cli_replay,
     cli_report,
     cli_retrain,
@@ -315,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_learners.register(sub)
     cli_hub.register(sub)
     cli_lab.register(sub)
+    cli_lineage.register(sub)
     return p
 
 

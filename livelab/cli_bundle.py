@@ -15,7 +15,7 @@ from rich.table import Table
 
 import argparse
 
-from livelab.common import digest_arg, keyid_arg
+from livelab.common import bundle_trail, digest_arg, keyid_arg
 from livelab.common import EXIT_FAIL, EXIT_OK, HEX64, KEYID, UsageError, check_output, console, float_range, int_range
 
 
@@ -135,7 +135,9 @@ def cmd_bundle_build(args) -> int:
     }
     revocation = {k: v for k, v in {"topic": args.revocation_topic, "contact": args.contact}.items() if v is not None}
     provenance = {"parent_bundle": args.parent} if args.parent else None
-    privacy = {"retention_days": args.retention_days} if args.retention_days is not None else None
+    privacy = {"retention_days": args.retention_days} if args.retention_days is not None else {}
+    if args.telemetry_fields is not None:  # the manifest check refuses a field telemetry may not hold
+        privacy["telemetry_fields"] = sorted({f.strip() for f in args.telemetry_fields.split(",") if f.strip()})
     model = _input_file(args.model, "model")
     if args.adapter:
         _input_file(args.adapter, "adapter")
@@ -149,7 +151,7 @@ def cmd_bundle_build(args) -> int:
             version=args.version,
             adapter=Path(args.adapter) if args.adapter else None,
             compute=compute or None,
-            privacy=privacy,
+            privacy=privacy or None,
             provenance=provenance,
             revocation=revocation or None,
             created=args.created,
@@ -158,6 +160,7 @@ def cmd_bundle_build(args) -> int:
         info = bundle.inspect(out)
     except bundle.BundleError as exc:
         raise _usage(exc) from None
+    bundle_trail(args, "bundle.build", info, details={"file": str(Path(out).resolve())})
     console.print(
         f"built {out} ({info['size']:,} bytes): {info['name']} {info['version']} "
         f"digest {info['digest'][:12]}, unsigned (sign with: livelab bundle sign {out} --key NAME)",
@@ -179,6 +182,13 @@ def cmd_bundle_sign(args) -> int:
         info = bundle.inspect(out)
     except bundle.BundleError as exc:
         raise _usage(exc) from None
+    bundle_trail(
+        args,
+        "bundle.sign",
+        info,
+        inputs=[("livelab:bundles", info["digest"])],
+        details={"file": str(Path(out).resolve())},
+    )
     console.print(
         f"signed {out}: {info['name']} {info['version']} digest {info['digest'][:12]} by key {info['keyid']}",
         markup=False,
@@ -330,6 +340,12 @@ def register(sub) -> None:
     )
     s.add_argument("--max-error-rate", type=float_range(0, 1, what="--max-error-rate"))
     s.add_argument("--retention-days", type=int_range(0, 36_500, what="--retention-days"))
+    s.add_argument(
+        "--telemetry-fields",
+        metavar="F1,F2,...",
+        help="the telemetry fields a device running it may publish (its privacy declaration; default: "
+        "every field telemetry may hold); the lab's privacy audit fails the bundle if it sends others",
+    )
     s.add_argument("--revocation-topic", help="livelab/<namespace>/control/revocations")
     s.add_argument("--contact", help="who to contact about this bundle")
     s.add_argument("--parent", type=digest_arg, help="digest of the bundle this one supersedes")

@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from livelab.common import EXIT_FAIL, EXIT_OK, EXIT_USAGE, UsageError, console, err
+from livelab.common import EXIT_FAIL, EXIT_OK, EXIT_USAGE, UsageError, console, err, trail
 
 
 def _root(args) -> Path | None:
@@ -163,6 +163,21 @@ def cmd_release(args) -> int:
     except catalog.CourseError as exc:
         _problems(exc, "error: ")
         return EXIT_USAGE
+    from lab_hardware.modelops import lineage
+
+    trail(  # a release holds course content, no learner's data: it declares no personal fields
+        args,
+        "course.release",
+        f"{m['course']}@{m['version']}",
+        privacy=lineage.Privacy("course release", (), None, None, True),
+        details={
+            "course": m["course"],
+            "version": m["version"],
+            "modules": [mod["id"] for mod in m["modules"]],
+            "files": len(m["files"]),
+            "dir": str(catalog.release_dir(c, args.version)),
+        },
+    )
     if args.json:
         print(json.dumps(m, indent=2))
         return EXIT_OK

@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from livelab.common import EXIT_OK, UsageError, check_input, check_output, console, int_range
+from livelab.common import EXIT_OK, UsageError, check_input, check_output, console, int_range, trail
 
 
 def _home(args) -> Path:
@@ -79,11 +79,25 @@ def cmd_build(args) -> int:
     except OSError as exc:
         raise _usage(f"cannot write {args.out}: {exc.strerror}") from None
     m = rp.manifest
-    trail = ", ".join(f"audit #{e['index']} {e['hash'][:12]}" for e in m["consent_trail"])
+    from lab_hardware.modelops import lineage
+
+    trail(
+        args,
+        "replay.build",
+        m["records_sha256"],
+        privacy=lineage.replay_privacy(),
+        inputs=[("livelab:captures", f"{m['namespace']}/{m['device']}/{c}") for c in m["capture_ids"]],
+        observed=lineage.observed_fields({**m, "records": rp.records}),
+        messages=len(rp.records),
+        source=str(Path(out).resolve()),
+        details={"file": str(Path(out).resolve()), "records": m["records"], "bundle": m["bundle"]},
+        lab_namespace=m["namespace"],
+    )
+    consent = ", ".join(f"audit #{e['index']} {e['hash'][:12]}" for e in m["consent_trail"])
     _print(
         f"replay {out}: {m['records']} records (decisions {m['provenance']['records_from']}.."
         f"{m['provenance']['records_to']}) of {m['device']} from {', '.join(m['capture_ids'])}; "
-        f"bundle {m['bundle'][:12]}; consent {trail}"
+        f"bundle {m['bundle'][:12]}; consent {consent}"
     )
     _print(f"run it: livelab replay run {out} --bundle MODEL")
     return EXIT_OK
@@ -107,6 +121,7 @@ def cmd_run(args) -> int:
         res = replay.run(src, model, out, threads=args.threads)
     except replay.ReplayError as exc:
         raise _usage(exc) from None
+    _trail_run(args, src, model, res)
     if args.json:
         print(json.dumps(res, indent=2, sort_keys=True))
         return EXIT_OK
@@ -133,6 +148,29 @@ def cmd_run(args) -> int:
     t.add_row("output sha256", res["output_sha256"])
     console.print(t)
     return EXIT_OK
+
+
+def _trail_run(args, src: Path, model: Path, res: dict) -> None:
+    """The replay run's lineage event: its output, audited against what it declares (no text)."""
+    from lab_hardware.modelops import lineage, replay
+
+    try:
+        rows, summary = replay.read_output(res["output"])
+        observed: set | None = lineage.observed_fields({**summary, "rows": rows}, nested=("rows",))
+    except (OSError, ValueError):
+        rows, summary, observed = [], {}, None
+    replay_ref = summary.get("replay_records_sha256") or str(src.resolve())
+    trail(
+        args,
+        "replay.run",
+        res["output_sha256"],
+        privacy=lineage.replay_output_privacy(),
+        inputs=[("livelab:replays", replay_ref), ("livelab:bundles", res["model_digest"])],
+        observed=observed,
+        messages=len(rows),
+        source=res["output"],
+        details={"output": res["output"], "model": str(model.resolve()), "records": res["records"]},
+    )
 
 
 def cmd_diff(args) -> int:

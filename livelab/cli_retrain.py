@@ -18,7 +18,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from livelab.common import EXIT_OK, UsageError, check_input, console, home_of
+from livelab.common import EXIT_OK, UsageError, bundle_trail, check_input, console, home_of
 
 
 def _print(text: str) -> None:
@@ -45,6 +45,19 @@ def cmd_build(args: argparse.Namespace) -> int:
         )
     except retrain.RetrainError as exc:
         raise UsageError(str(exc)) from None
+    from lab_hardware.modelops import bundle
+
+    try:  # a retrained bundle is a bundle build: its lineage names the captures it learned from
+        info = bundle.inspect(res["bundle"])
+        bundle_trail(
+            args,
+            "bundle.build",
+            info,
+            inputs=[("livelab:captures", f"{c['namespace']}/{c['device']}/{c['capture_id']}") for c in res["captures"]],
+            details={"file": str(Path(res["bundle"]).resolve()), "retrained": True},
+        )
+    except (bundle.BundleError, KeyError):
+        pass
     if args.json:
         print(json.dumps(res, indent=2, sort_keys=True))
         return EXIT_OK

@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from livelab.common import EXIT_FAIL, EXIT_OK, HEX64, UsageError, check_input, console, err, keyid_arg
+from livelab.common import EXIT_FAIL, EXIT_OK, HEX64, UsageError, check_input, console, err, keyid_arg, trail
 
 
 def _lab(args, *, control: bool = False):
@@ -175,6 +175,15 @@ def cmd_revoke(args) -> int:
             raise UsageError(str(exc)) from None
     finally:
         lab.close()
+    trail(
+        args,
+        "bundle.revoke",
+        f"{digest}:{keyid or '*'}",
+        privacy=None,
+        inputs=[("livelab:bundles", f"{digest}:{keyid}" if keyid else digest)],
+        details={"digest": digest, "keyid": keyid, "all_signers": bool(args.all_signers), "reason": args.reason or ""},
+        lab_namespace=lab.namespace,
+    )
     who = "every signer" if args.all_signers else f"key {keyid}"
     console.print(
         f"revoked {digest[:12]} signed by {who} on every device of namespace {lab.namespace} "

@@ -177,3 +177,30 @@ def check_input(path: str | Path, what: str = "input") -> Path:
     if not _os.access(p, _os.R_OK):
         raise UsageError(f"cannot read {what} {p}: permission denied")
     return p
+
+
+# ---- the metadata trail --------------------------------------------------------------------
+def trail(args, kind: str, name: str, **kw):
+    """Emit the lineage run event of an artifact a command just made (docs/lineage.md): never
+    fails the command; a transport that failed prints one warning line on stderr."""
+    from lab_hardware.modelops import lineage
+
+    emitted = lineage.safe_emit(home_of(args), kind, name, **kw)
+    lineage.warn_failures(emitted, lambda line: err.print(line, markup=False, soft_wrap=True))
+    return emitted
+
+
+def bundle_trail(args, kind: str, info: dict, **kw):
+    """:func:`trail` for a bundle (``bundle.inspect`` output): its privacy declaration and identity."""
+    from lab_hardware.modelops import lineage
+
+    ident = info["identity"] or info["digest"]
+    details = {k: info[k] for k in ("name", "version", "digest", "keyid", "size")}
+    return trail(
+        args,
+        kind,
+        info["digest"] if kind == "bundle.build" else ident,
+        privacy=lineage.bundle_privacy(info),
+        details={**details, **kw.pop("details", {})},
+        **kw,
+    )

@@ -622,8 +622,13 @@ def test_cli_teams_land_on_the_grading_events(tmp_path, course):
     teams = tmp_path / "teams.csv"
     teams.write_text(f"student,team\n{students[0]},red\n")
     store = f"sqlite:///{tmp_path / 'events.db'}"
+    lab_home = tmp_path / "lab"  # a lab's home (not running): grading for it writes its trail
+    lab_home.mkdir()
+    (lab_home / "config.json").write_text("{}")
     rc = main(
         [
+            "--home",
+            str(lab_home),
             "grade",
             str(course["root"]),
             samples.ASSIGNMENT,
@@ -645,6 +650,12 @@ def test_cli_teams_land_on_the_grading_events(tmp_path, course):
     with EventStore(url=store) as st:
         got = {(e.learner, e.team) for e in st.query(source="grader")}
     assert got == {(students[0], "red"), (students[1], "blue")}, got
+    from lab_hardware.modelops import lineage
+
+    grades = [e for e in lineage.read_events(lab_home) if e["job"]["name"] == "grade"]
+    assert sorted(lineage.summary(e)["artifact"].split("/")[2] for e in grades) == students
+    assert all(e["eventType"] == "COMPLETE" for e in grades)
+    assert all(e["run"]["facets"]["livelab_privacyAudit"]["verdict"] == "pass" for e in grades)
 
 
 @pytest.mark.parametrize(

@@ -157,7 +157,8 @@ def acl_text(namespaces: dict[str, list[str]], learners: dict[str, list[str]] | 
       (``.../devices/+/cmd/+/<username>``: the last level proves the author, so a device
       never believes a payload about who sent a command) and its ``learner/...`` topics;
       it cannot write the two-level control form ``.../cmd/<command>`` nor any retained
-      control topic (``control/revocations``);
+      control topic (``control/revocations``) nor the metadata trail (``control/metadata``,
+      which it may read: the privacy declarations of its namespace's artifacts);
     * a device writes only its own telemetry/state/audit/capture/events/alert and reads its own
       commands, the namespace's revocation list and its learner names; it writes only its own
       oracle requests and reads only its own oracle responses;

@@ -123,6 +123,7 @@ def up(
     timeout: float = 30.0,
     services: list[dict[str, Any]] | None = None,
     oracle: bool | dict[str, Any] = False,
+    observer: bool = True,
 ) -> dict[str, Any]:
     """Start a lab (or reuse the running one with the same shape) and return its descriptor.
 
@@ -134,7 +135,9 @@ def up(
     ``oracle`` (True, or its options ``{"concurrency", "queue"}``) also runs the lab oracle
     (``lab_hardware.runtime.oracle``), which devices route ambiguous decisions to when their
     bundle declares ``routing``.  Off by default: an idle oracle costs a process, ~60 MB and a
-    model load, which most modules do not need.
+    model load, which most modules do not need.  ``observer`` (default on) runs the metadata
+    trail's observer in the supervisor (``lab_hardware.runtime.observer``: the privacy audit of
+    what devices send, the events of installs, revocations and captures).
     """
     home = _home.resolve(home)
     topics.check_name("namespace", namespace)
@@ -223,6 +226,7 @@ def up(
         "ready_timeout": timeout,
         "owner": owner,
         "services": svcs,
+        "observer": bool(observer),
     }
     if owner:  # the learner of the lab's own namespace, for the lab's trusted event writers
         ns_cfg[namespace]["learner"] = owner

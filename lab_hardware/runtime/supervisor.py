@@ -84,6 +84,7 @@ class Supervisor:
         self.services: dict[str, Child] = {}
         self._service_specs: dict[str, dict] = {}
         self.collector = None
+        self.observer = None  # the metadata trail's observer (lab_hardware/runtime/observer.py)
         # namespaces whose captures are kept; the lock makes removing one and storing a
         # capture of it exclusive, so nothing is stored once a namespace is gone
         self.collected: set[str] = set(self.cfg["namespaces"])
@@ -337,6 +338,24 @@ class Supervisor:
         with self._collect_lock:  # a capture being stored now finishes first; none after
             self.collected = now
 
+    # ---- the metadata trail ------------------------------------------------------------
+    def _start_observer(self) -> None:
+        """What devices send, against what their artifacts declare (the privacy audit), and
+        the run events of device-side artifacts.  Off with ``config.json`` ``"observer": false``;
+        a failure to start is logged and the lab runs without it."""
+        if self.cfg.get("observer") is False:
+            return
+        from lab_hardware.runtime import observer
+
+        host, port = self._broker_addr()
+        b = self.cfg["broker"]
+        user = b.get("username") if b.get("external") else _broker.CONTROL_USER
+        pw = b.get("password") if b.get("external") else self.secrets[_broker.CONTROL_USER]
+        try:
+            self.observer = observer.start(self.home, host, port, user, pw)
+        except Exception as exc:  # noqa: BLE001 - the lab serves without its observer
+            log.error("the lineage observer did not start: %s", exc)
+
     # ---- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
         if not self.cfg["broker"].get("external"):
@@ -345,6 +364,7 @@ class Supervisor:
             self.broker.start()
             log.info("broker pid %s on 127.0.0.1:%s", self.broker.pid, self.cfg["broker"]["port"])
         self._start_collector()
+        self._start_observer()
         self._sync_services()
         self._sync_devices()
         self.write_run(False)
@@ -410,6 +430,13 @@ class Supervisor:
     def stop(self) -> None:
         if getattr(self, "collector", None) is not None:
             mqtt.stop(self.collector)
+        if getattr(self, "observer", None) is not None:
+            from lab_hardware.runtime import observer
+
+            try:
+                observer.stop(self.observer)
+            except Exception as exc:  # noqa: BLE001 - stopping goes on
+                log.warning("the lineage observer did not stop cleanly: %s", exc)
         for child in self.devices.values():
             if child.proc and child.proc.poll() is None:
                 child.proc.terminate()
