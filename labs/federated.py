@@ -241,12 +241,39 @@ class _Lock:
 
 
 # ---- the metadata trail --------------------------------------------------------------------
-def _record_round(summary: dict) -> None:
-    """The one place a finished round leaves the lab's metadata trail: the lineage event of
-    the "adapter round" (inputs: the base bundle and the participants; output: the candidate
-    adapter bundle; facets: round, epsilon, delta) is emitted here when the lineage module
-    lands.  Called once per round, after the bundle and the ledger are written."""
-    return None
+def _record_round(home: Path, namespace: str, summary: dict) -> None:
+    """The one place a finished round leaves the lab's metadata trail (docs/lineage.md): the
+    ``adapter.round`` run event, whose inputs are the base bundle and the participants, whose
+    output is the candidate adapter bundle, with the round's privacy figures; its privacy
+    declaration says what left each device (only the clipped per-intent bias, under telemetry
+    consent).  Called once per round, after the bundle and the ledger are written; never
+    fails the round (a transport failure is logged and kept in lineage/failures.jsonl)."""
+    from lab_hardware.modelops import lineage
+
+    privacy = lineage.Privacy(
+        subject="federated adapter update (one per participating device)",
+        fields=("bias",),
+        consent_scope="telemetry",
+        retention_days=None,
+        pii_scrubbed=True,
+    )
+    inputs = [("livelab:bundles", summary["parent_bundle"])]
+    inputs += [("livelab:devices", f"{namespace}/{d}") for d in summary["participants"]]
+    details = {
+        k: summary[k]
+        for k in ("round", "digest", "version", "adapter_size", "noise_multiplier", "clipping_norm", "epsilon", "delta")
+    }
+    details["participants"] = len(summary["participants"])
+    details["accountant"] = summary["accountant"]
+    lineage.safe_emit(
+        home,
+        "adapter.round",
+        summary["digest"],
+        privacy=privacy,
+        inputs=inputs,
+        details=details,
+        lab_namespace=namespace,
+    )
 
 
 # ---- the round -----------------------------------------------------------------------------
@@ -500,7 +527,7 @@ def run_round(
         "server_seconds": result["seconds"],
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    _record_round(summary)
+    _record_round(home, lab.conn.namespace, summary)
     return summary
 
 

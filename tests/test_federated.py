@@ -265,6 +265,22 @@ def test_three_devices_converge_on_the_defect_and_the_adapter_lowers_the_undo_ra
     finished = [r for r in chain if r["kind"] == "federated-done" and r["data"]["round"] == res["round"]]
     assert joined and joined[0]["data"]["privacy"]["epsilon_after"] == pytest.approx(_eps([0.3] * 3, 1e-5), abs=1e-5)
     assert finished and finished[0]["data"]["ok"] and finished[0]["data"]["rounds"] == 3
+    # the round is on the metadata trail: an OpenLineage run event of the spec, naming the base
+    # bundle and the participants, with its privacy declaration and figures
+    from lab_hardware.modelops import lineage
+    from tests.test_lineage import validate_event
+
+    evs = [e for e in lineage.read_events(home) if e["job"]["name"].endswith("adapter.round")]
+    assert len(evs) == 1, [e["job"]["name"] for e in lineage.read_events(home)]
+    ev = evs[0]
+    validate_event(ev)
+    assert ev["eventType"] == "COMPLETE" and ev["outputs"][0]["name"] == res["digest"]
+    names = {i["name"] for i in ev["inputs"]}
+    assert base.digest in names and {f"{NS}/{d}" for d in DEVICES} <= names
+    facets = ev["outputs"][0]["facets"]
+    assert facets["livelab_privacy"]["declaredFields"] == ["bias"]
+    assert facets["livelab_privacy"]["consentScope"] == "telemetry"
+    assert json.dumps(res["epsilon"]) in json.dumps(ev)
 
 
 def test_budgets_run_out_and_devices_stop_and_say_so(flab, tmp_path):
