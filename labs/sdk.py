@@ -493,6 +493,40 @@ class Lab:
 
         return federated.ledger(self.conn.home or _home.resolve())
 
+    # ---- the metadata trail (docs/lineage.md) --------------------------------------------
+    def lineage(self, kind: str | None = None, artifact: str | None = None) -> list[dict]:
+        """The lab's metadata trail, oldest first: one summary per OpenLineage run event (time,
+        kind, artifact, state COMPLETE/FAIL, reason).  ``kind``: only events of that kind (e.g.
+        ``"adapter.round"``, ``"bundle.sign"``); ``artifact``: only those whose artifact name or
+        run id starts with it (at least 6 characters).  Reads ``<home>/lineage/events.jsonl``."""
+        from lab_hardware.modelops import lineage
+
+        events = lineage.read_events(self.conn.home or _home.resolve())
+        if artifact is not None:
+            events = lineage.find(events, artifact)
+        rows = [lineage.summary(e) for e in events]
+        if kind is not None:
+            rows = [r for r in rows if r["kind"] == kind or r["kind"].endswith("." + kind)]
+        return rows
+
+    def privacy_audit(self, artifact: str | None = None) -> list[dict]:
+        """The privacy audit of every artifact the lab observed sending (or those whose key
+        starts with ``artifact``): declared fields against the fields the lab saw, ``ok`` False
+        with the undeclared fields when the artifact sent more than it declared."""
+        from lab_hardware.modelops import lineage
+
+        return [
+            {
+                "artifact": key,
+                "ok": v.ok,
+                "observed": list(v.observed),
+                "undeclared": list(v.undeclared),
+                "messages": v.messages,
+                "reason": v.reason,
+            }
+            for key, _entry, v in lineage.audit_all(self.conn.home or _home.resolve(), artifact=artifact)
+        ]
+
     # ---- telemetry ---------------------------------------------------------------------
     def telemetry(
         self, device: str | None = None, *, timeout: float = 5.0, limit: int | None = None, buffered: bool = False

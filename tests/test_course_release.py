@@ -109,9 +109,10 @@ def test_the_modules_really_ran_against_the_lab(gated):
     )
     # module 5 ran against the lab's oracle: answers, an alert, a drop on a held-out replay
     assert "answered by the oracle" in out("m5-hybrid-oracle", "install-test")
-    assert "page" in out("m5-hybrid-oracle", "alert-test") and "the retrained model on" in out(
-        "m5-hybrid-oracle", "drop-test"
-    )
+    # (page or ticket: how many windows the burn spans when the learner looks depends on timing)
+    alert = out("m5-hybrid-oracle", "alert-test")
+    assert "burning its error budget" in alert and ("page" in alert or "ticket" in alert), alert
+    assert "the retrained model on" in out("m5-hybrid-oracle", "drop-test")
 
 
 def test_every_learner_version_fails_its_tests_as_is(gated):

@@ -281,6 +281,12 @@ def test_three_devices_converge_on_the_defect_and_the_adapter_lowers_the_undo_ra
     assert facets["livelab_privacy"]["declaredFields"] == ["bias"]
     assert facets["livelab_privacy"]["consentScope"] == "telemetry"
     assert json.dumps(res["epsilon"]) in json.dumps(ev)
+    # ... and the SDK reads it, with the privacy audit of what the lab saw the devices send
+    rows = sdk.lineage(kind="adapter.round")
+    assert [(r["artifact"], r["state"]) for r in rows] == [(res["digest"], "COMPLETE")]
+    assert sdk.lineage(artifact=res["digest"][:12]) == rows
+    audit = sdk.privacy_audit()
+    assert audit and all(a["ok"] and not a["undeclared"] for a in audit), audit
 
 
 def test_budgets_run_out_and_devices_stop_and_say_so(flab, tmp_path):
