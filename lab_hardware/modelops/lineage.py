@@ -160,36 +160,23 @@ def telemetry_default() -> Privacy:
     return Privacy("telemetry window", tuple(window.ALLOWED_FIELDS), "telemetry", None, True)
 
 
-#: Fields of a capture message and of each of its records (``records[].<field>``).
+#: Fields of a capture message (each of its records has the replay format's record fields).
 CAPTURE_FIELDS = ("schema", "namespace", "device", "capture_id", "part", "last", "consent", "records")
-RECORD_FIELDS = ("bundle", "decision", "digest", "label", "text", "time", "undo")
 
 
 def capture_privacy() -> Privacy:
     """A capture: scrubbed text and its decision, only under ``replay-capture`` consent."""
+    from lab_hardware.modelops import replay
+
     return Privacy(
         "capture message",
-        CAPTURE_FIELDS + tuple(f"records[].{f}" for f in RECORD_FIELDS),
+        CAPTURE_FIELDS + tuple(f"records[].{f}" for f in replay.RECORD_FIELDS),
         "replay-capture",
         None,
         True,
     )
 
 
-#: A replay file's manifest line (``livelab.replay/v1``).
-REPLAY_MANIFEST_FIELDS = (
-    "schema",
-    "created",
-    "namespace",
-    "device",
-    "capture_ids",
-    "bundle",
-    "features",
-    "consent_trail",
-    "provenance",
-    "records",
-    "records_sha256",
-)
 #: A replay run's output lines and its summary line (``livelab.replay-output/v1``): no text.
 REPLAY_OUTPUT_FIELDS = ("decision", "digest", "digest_ok", "intent", "label", "probs")
 REPLAY_SUMMARY_FIELDS = (
@@ -208,10 +195,13 @@ REPLAY_SUMMARY_FIELDS = (
 
 
 def replay_privacy() -> Privacy:
-    """A replay file: the scrubbed records of consented captures, and their consent trail."""
+    """A replay file: the scrubbed records of consented captures, and their consent trail
+    (the fields of its manifest line are the replay format's own)."""
+    from lab_hardware.modelops import replay
+
     return Privacy(
         "replay file",
-        REPLAY_MANIFEST_FIELDS + tuple(f"records[].{f}" for f in RECORD_FIELDS),
+        replay.MANIFEST_FIELDS + tuple(f"records[].{f}" for f in replay.RECORD_FIELDS),
         "replay-capture",
         None,
         True,

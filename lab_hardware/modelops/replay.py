@@ -63,7 +63,8 @@ CONSENT_SCOPE = "replay-capture"
 #: Fields of a capture record and of a replay record, in this exact set.
 RECORD_FIELDS = ("bundle", "decision", "digest", "label", "text", "time", "undo")
 _RECORD_KEYS = frozenset(RECORD_FIELDS)
-_MANIFEST_KEYS = (
+#: A replay file's manifest line (``livelab.replay/v1``): every key it must have.
+MANIFEST_FIELDS = _MANIFEST_KEYS = (
     "schema",
     "created",
     "namespace",
