@@ -47,6 +47,8 @@ INFRA = "infrastructure-error"
 ATTEMPTS = 3
 #: Exceptions of the lab (not of the learner's code) when a locked cell raises them.
 INFRA_ENAMES = frozenset({"InfrastructureError", "IncidentError", "LabConnectionError"})
+#: Raised anywhere in a submission that lost points: a lab device answered too late (labs.sdk).
+DEVICE_ENAMES = frozenset({"DeviceTimeoutError"})
 #: What the learner reads when the grading machine failed.
 NOT_YOUR_WORK = (
     "not graded: the grading machine failed ({why}). This is not about your work and "
@@ -78,14 +80,20 @@ def classify(result: Mapping[str, Any]) -> str | None:
         nb = json.loads(text)
     except ValueError:
         return None
+    lost = result.get("score") is not None and result.get("score") < result.get("max_score", 0)
     for i, cell in enumerate(nb.get("cells", [])):
-        if cell.get("cell_type") != "code" or not _locked(cell):
+        if cell.get("cell_type") != "code":
             continue
         for out in cell.get("outputs", []):
-            if out.get("output_type") == "error" and out.get("ename") in INFRA_ENAMES:
-                gid = ((cell.get("metadata") or {}).get("nbgrader") or {}).get("grade_id") or f"cell {i + 1}"
-                ev = str(out.get("evalue", "")).strip().splitlines()
+            if out.get("output_type") != "error":
+                continue
+            gid = ((cell.get("metadata") or {}).get("nbgrader") or {}).get("grade_id") or f"cell {i + 1}"
+            ev = str(out.get("evalue", "")).strip().splitlines()
+            if out.get("ename") in INFRA_ENAMES and _locked(cell):
                 return f"the module's set-up cell {gid!r} failed: {out.get('ename')}: {ev[0][:160] if ev else ''}"
+            if out.get("ename") in DEVICE_ENAMES and lost:
+                # a lab device too busy to answer in time cost this submission points
+                return f"a lab device did not answer in time in {gid!r}: {ev[0][:160] if ev else ''}"
     return None
 
 

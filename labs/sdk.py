@@ -47,6 +47,14 @@ class CommandRefused(RuntimeError):
     """The device refused a command; the message is its one-line reason."""
 
 
+class DeviceTimeoutError(TimeoutError):
+    """A lab device did not answer a command in time (``Lab.command`` and every call built on
+    it).  Devices are the lab's, not the learner's: on a busy machine one may answer late.  The
+    grader reads this error, in any cell of a submission that lost points, as the grading
+    machine's failure: it grades again, and if it keeps happening records
+    ``infrastructure-error`` (no score), never a 0 for the learner's code."""
+
+
 class InfrastructureError(RuntimeError):
     """The lab itself (a device, a planted fixture, the broker), not the learner's work, failed.
 
@@ -326,7 +334,9 @@ class Lab:
         self._client.publish(self._command_topic(device, name), topics.encode(payload), qos=1)
         try:
             if not ev.wait(timeout):
-                raise TimeoutError(f"device {device} did not answer '{name}' within {timeout:.0f} s: is it online?")
+                raise DeviceTimeoutError(
+                    f"device {device} did not answer '{name}' within {timeout:.0f} s: is it online?"
+                )
             recs = self._replies[cid]
         finally:
             self._reply_events.pop(cid, None)

@@ -66,6 +66,65 @@ def test_a_set_up_that_never_comes_up_is_an_infrastructure_error(tmp_path):
     assert not (root / "feedback" / "ann").exists()
 
 
+def test_a_device_that_does_not_answer_is_the_labs_failure_not_the_learners(tmp_path):
+    """A lab device that does not answer a command in time (a machine too busy to schedule it)
+    raises DeviceTimeoutError, even in the learner's own cell: retried, then
+    infrastructure-error, never a 0 for code that was right."""
+    from grading.batch import BatchConfig, Driver
+
+    sub = samples.submission(
+        samples.source_notebook(),
+        samples.CORRECT,
+        extra=[
+            # the learner's cell stops at a lab call the device did not answer: what came after
+            # it (here: the answer kept) never ran, and the tests fail for it
+            "from labs.sdk import DeviceTimeoutError\n"
+            "_answer, square = square, None\n"
+            "raise DeviceTimeoutError(\"device dev-1 did not answer 'install' within 10 s: is it online?\")\n"
+            "square = _answer"
+        ],
+    )
+    root = _course(tmp_path / "course", samples.source_notebook(), {"bo": sub})
+    d = Driver(
+        BatchConfig(
+            course=str(root),
+            module=samples.ASSIGNMENT,
+            path=str(root),
+            workers=1,
+            state=str(tmp_path / "state"),
+            events=str(tmp_path / "no-store"),
+            progress=False,
+        )
+    )
+    (r,) = d.run()["results"]
+    assert r["status"] == "infrastructure-error" and r["score"] is None, r
+    assert "not about your work" in r["messages"][0] and "did not answer" in r["messages"][0]
+    # a timeout that cost nothing (the learner's code went on and earned every point) is a grade
+    ok = samples.submission(
+        samples.source_notebook(),
+        samples.CORRECT,
+        extra=[
+            "from labs.sdk import DeviceTimeoutError\n"
+            "try:\n    raise DeviceTimeoutError('late')\nexcept TimeoutError:\n    pass\n"
+            "raise DeviceTimeoutError(\"device dev-1 did not answer 'status' within 5 s: is it online?\")"
+        ],
+    )
+    root2 = _course(tmp_path / "course2", samples.source_notebook(), {"al": ok})
+    d2 = Driver(
+        BatchConfig(
+            course=str(root2),
+            module=samples.ASSIGNMENT,
+            path=str(root2),
+            workers=1,
+            state=str(tmp_path / "state2"),
+            events=str(tmp_path / "no-store"),
+            progress=False,
+        )
+    )
+    (r2,) = d2.run()["results"]
+    assert r2["status"] == "graded" and r2["score"] == r2["max_score"], r2
+
+
 def test_a_hidden_test_without_a_message_is_named_with_its_points(tmp_path):
     from grading import runner
     from grading.reference import build

@@ -47,6 +47,25 @@ def test_telemetry_iterator_and_timeout(lab_sdk):
         lab_sdk.next_window("dev-2", timeout=1.5)
 
 
+def test_a_device_that_does_not_answer_raises_device_timeout(lab_sdk):
+    """A command the device does not answer in time raises DeviceTimeoutError (a TimeoutError
+    the grader reads as the lab's failure, never the learner's)."""
+    import os
+    import signal
+
+    from labs.sdk import DeviceTimeoutError
+
+    pid = lab_sdk.states["dev-1"]["pid"]
+    os.kill(pid, signal.SIGSTOP)  # the lab's own device process, resumed below
+    try:
+        with pytest.raises(DeviceTimeoutError, match="did not answer"):
+            lab_sdk.grant_consent("dev-1", timeout=1.0)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    lab_sdk.revoke_consent("dev-1", timeout=30)  # after the late grant: the device is as it was
+    assert issubclass(DeviceTimeoutError, TimeoutError)
+
+
 def test_candidate_shows_false_positive_signal(lab_sdk):
     """The storyline: telemetry from candidate devices shows the defect intent's false positives."""
     for d in lab_sdk.devices:
