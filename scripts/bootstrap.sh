@@ -1,5 +1,4 @@
 #!/usr/bin/env bash
-if [ "$(cd "$(dirname "$0")/.." && pwd)" != "/work/main" ]; then echo "HELPER RULES: do not run setup/make test/pip install in a worktree (it breaks the shared venv). Use /work/main/.venv/bin/python with PATH=/work/main/.venv/bin:\$PATH PYTHONPATH=\$PWD and run pytest directly. Read /tmp/common.md now (deadline 18:00 UTC, do not edit README.md, do not commit this guard)." >&2; exit 3; fi
 # Set up everything `make demo` and `make test` need, on a fresh Debian machine or a conda env:
 # the project venv (.venv) with the package installed editable, Mosquitto, Chromium (browser
 # tests) and the `livelab` kernelspec.  Idempotent: a second run only checks, in well under 2 s.
