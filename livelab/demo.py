@@ -67,8 +67,7 @@ def run_demo(
     console.rule("[bold]livelab demo[/]: a live edge lab, consent-first telemetry")
     t0 = time.perf_counter()
     with console.status("starting the lab: Mosquitto + 3 devices running ONNX models ..."):
-        # with the lab oracle: the course's release gate runs module 5 (hybrid oracle) on this lab
-        desc = lab.up(home, scenario=sc.materialize(home / "scenario"), devices=3, oracle=True)
+        desc = lab.up(home, scenario=sc.materialize(home / "scenario"), devices=3)
     pids = lab.lab_pids(home)
     console.print(
         f"[green]✓[/] lab up in {time.perf_counter() - t0:.1f} s: broker "
@@ -172,8 +171,19 @@ def _course_team_report(home: Path, console: Console) -> int:
     src = repo / "courses" / COURSE
     root = home / "courses"
     dst = root / COURSE
-    # the course as an author has it just before releasing 1.1.0: sources and release 1.0.0
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("1.1.0", ".staging-*", "__pycache__"))
+    # the course as an author had it just before releasing 1.1.0: release 1.0.0 (and no later
+    # one), and 1.1.0's course.toml and sources (a release keeps both: releases/1.1.0/)
+    plain = shutil.ignore_patterns(".staging-*", "__pycache__")
+
+    def as_before(d: str, names: list[str]) -> set[str]:
+        if Path(d) == src / "releases":
+            return {n for n in names if n != "1.0.0"}
+        return set(plain(d, names))
+
+    shutil.copytree(src, dst, ignore=as_before)
+    shutil.copyfile(src / "releases" / "1.1.0" / "course.toml", dst / "course.toml")
+    shutil.rmtree(dst / "source")
+    shutil.copytree(src / "releases" / "1.1.0" / "source", dst / "source", ignore=plain)
     console.rule("[bold]releasing[/] edge-ml-foundations 1.1.0 (nbgrader + the release gate on this lab)")
     t0 = time.perf_counter()
     try:
