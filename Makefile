@@ -20,7 +20,7 @@ help:
 	@echo "livelab make targets:"
 	@echo "  make demo     set up if needed, then run 'livelab demo' (a live lab, end to end)"
 	@echo "  make test     set up if needed, then the quick tier of the suite, ~10 min (PYTEST_ARGS=... to pass options)"
-	@echo "  make test-slow  the long end-to-end suites (fairness, CPU-hog grading, hub in a browser), ~15 min"
+	@echo "  make test-slow  the long end-to-end suites (fairness, CPU-hog grading, hub in a browser, the demo), ~17 min"
 	@echo "  make test-all   both tiers (what CI runs)"
 	@echo "  make check    lint (ruff), formatting (ruff format --check), types (mypy), layers (import-linter)"
 	@echo "  make test-under-load  make test with a CPU hog on every core (scripts/under_load.sh)"
