@@ -204,9 +204,16 @@ def _course_team_report(home: Path, console: Console) -> int:
         f"{ASSIGNMENT_SEED}): " + ", ".join(f"{n} ({t}) {v}" for n, t, v in TEAM),
         markup=False,
     )
+    before = os.environ.get("LIVELAB_EVENTS_URL")
     os.environ["LIVELAB_EVENTS_URL"] = f"sqlite:///{home / 'events.sqlite'}"
-    with system_identity():  # bots, not people: their events are marked system
-        code = _team_rounds(home, dst, console)
+    try:
+        with system_identity():  # bots, not people: their events are marked system
+            code = _team_rounds(home, dst, console)
+    finally:  # the caller's process keeps its own events store (the demo runs in tests too)
+        if before is None:
+            os.environ.pop("LIVELAB_EVENTS_URL", None)
+        else:
+            os.environ["LIVELAB_EVENTS_URL"] = before
     out = home / "time-to-signal.html"
     _static.export(home, out, include_system=True)
     result = _static.selected(home, include_system=True).result

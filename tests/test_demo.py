@@ -7,6 +7,7 @@ when 1.3.0 came (the demo released 1.1.0 from the current sources and was refuse
 from __future__ import annotations
 
 import io
+import os
 
 import pytest
 from rich.console import Console
@@ -17,6 +18,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # a bound on a loade
 def test_the_demo_runs_end_to_end(tmp_path, mosquitto_available):
     from livelab.demo import run_demo
 
+    before = os.environ.get("LIVELAB_EVENTS_URL")
     out = io.StringIO()
     code = run_demo(tmp_path / "demo", console=Console(file=out, width=120))
     text = out.getvalue()
@@ -24,3 +26,6 @@ def test_the_demo_runs_end_to_end(tmp_path, mosquitto_available):
     assert "released 1.1.0" in text and "gate passed" in text, text[-3000:]
     assert (tmp_path / "demo" / "time-to-signal.html").is_file()
     assert "processes left behind: 0" in text
+    # the demo's own events store does not outlive it in the caller's process (the slow tier
+    # runs the hub's test after this one, in the same process)
+    assert os.environ.get("LIVELAB_EVENTS_URL") == before

@@ -136,11 +136,13 @@ def pii_in_messages(ctx: CheckContext) -> list[dict]:
     The lab oracle's answers are left out: the broker lets only the oracle (and the control
     plane) write a device's response topic, and an answer holds labels, probabilities and a
     reason the oracle wrote about a feature vector it was sent (never text), e.g.
-    ``shed: expired (249 ms queued, timeout 200 ms)``, which the name model would misread."""
+    ``shed: expired (249 ms queued, timeout 200 ms)``, which the name model would misread.
+    So is the metadata trail: only the control plane writes it (OpenLineage run events of the
+    lab's artifacts: run ids, digests, capture names the recognisers can misread as ids)."""
     from lab_hardware import topics
 
     known = lab_identifiers(ctx)
-    answers = {topics.oracle_response(ctx.namespace, d) for d in ctx.devices}
+    answers = {topics.oracle_response(ctx.namespace, d) for d in ctx.devices} | {topics.metadata(ctx.namespace)}
     verdict: dict[str, list] = {}
     hits = []
     for m in ctx.messages or []:
