@@ -400,17 +400,11 @@ def test_pii_in_published_strings_still_counts(text, kind):
     assert kind in _kinds(text)
 
 
-def test_the_metadata_trail_is_not_scanned_as_learner_data():
-    """Only the control plane writes the metadata topic (OpenLineage run events: run ids,
-    digests, capture names); identifiers the PII recognisers misread there are nobody's data.
-    (An m5 right answer lost a point for an 'id' read in a lineage event.)  The same payload
-    anywhere else still counts."""
-    from grading.checks.base import CheckContext, Message
-    from grading.checks.consent import pii_in_messages
-    from lab_hardware import topics
+def _m5_context(messages):
+    """A check context of an m5 grading namespace that observed ``messages``."""
+    from grading.checks.base import CheckContext
 
-    event = json.dumps({"eventType": "COMPLETE", "run": {"facets": {"note": "DE89370400440532013000"}}}).encode()
-    ctx = CheckContext(
+    return CheckContext(
         home=Path("."),
         namespace="g-abc",
         devices=["dev-1"],
@@ -418,8 +412,21 @@ def test_the_metadata_trail_is_not_scanned_as_learner_data():
         module="m5-hybrid-oracle",
         started=0,
         ended=1,
-        messages=[Message(0.0, topics.metadata("g-abc"), event, False)],
+        messages=messages,
     )
+
+
+def test_the_metadata_trail_is_not_scanned_as_learner_data():
+    """Only the control plane writes the metadata topic (OpenLineage run events: run ids,
+    digests, capture names); identifiers the PII recognisers misread there are nobody's data.
+    (An m5 right answer lost a point for an 'id' read in a lineage event.)  The same payload
+    anywhere else still counts."""
+    from grading.checks.base import Message
+    from grading.checks.consent import pii_in_messages
+    from lab_hardware import topics
+
+    event = json.dumps({"eventType": "COMPLETE", "run": {"facets": {"note": "DE89370400440532013000"}}}).encode()
+    ctx = _m5_context([Message(0.0, topics.metadata("g-abc"), event, False)])
     assert pii_in_messages(ctx) == []
     ctx.messages = [Message(0.0, "livelab/g-abc/devices/dev-1/telemetry", event, False)]
     assert [h["kinds"] for h in pii_in_messages(ctx)] == [["iban"]]
@@ -429,20 +436,11 @@ def test_the_oracle_answers_are_not_scanned_as_learner_data():
     """Only the oracle (and the control plane) may write a device's response topic, and its answers
     hold labels, probabilities and reasons it wrote itself: a shed reason the name model misreads
     is not PII that anybody published.  The same text anywhere else still counts."""
-    from grading.checks.base import CheckContext, Message
+    from grading.checks.base import Message
     from grading.checks.consent import pii_in_messages
 
     reason = json.dumps({"ok": False, "reason": "shed: expired (249 ms queued, timeout 200 ms)"}).encode()
-    ctx = CheckContext(
-        home=Path("."),
-        namespace="g-abc",
-        devices=["dev-1"],
-        learner="ada",
-        module="m5-hybrid-oracle",
-        started=0,
-        ended=1,
-        messages=[Message(0.0, "livelab/g-abc/control/oracle/response/dev-1", reason, False)],
-    )
+    ctx = _m5_context([Message(0.0, "livelab/g-abc/control/oracle/response/dev-1", reason, False)])
     assert pii_in_messages(ctx) == []
     ctx.messages = [Message(0.0, "livelab/g-abc/devices/dev-1/telemetry", reason, False)]
     assert [h["kinds"] for h in pii_in_messages(ctx)] == [["name"]]

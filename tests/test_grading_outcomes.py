@@ -25,12 +25,27 @@ def _course(root: Path, nb: nbformat.NotebookNode, students: dict[str, nbformat.
     return root
 
 
+def _driver(root: Path, tmp_path: Path, state: str = "state"):
+    """A one-worker grading driver over the course ``root`` (no events store)."""
+    from grading.batch import BatchConfig, Driver
+
+    return Driver(
+        BatchConfig(
+            course=str(root),
+            module=samples.ASSIGNMENT,
+            path=str(root),
+            workers=1,
+            state=str(tmp_path / state),
+            events=str(tmp_path / "no-store"),
+            progress=False,
+        )
+    )
+
+
 def test_a_set_up_that_never_comes_up_is_an_infrastructure_error(tmp_path):
     """A locked set-up cell raising the lab's InfrastructureError (a planted fixture that did not
     come up) is retried, then recorded as infrastructure-error: no score, no gradebook row,
     nothing cached, no check-failed event, and the learner is told it is not their work."""
-    from grading.batch import BatchConfig, Driver
-
     nb = samples.source_notebook()
     nb.cells.insert(
         2,
@@ -41,17 +56,7 @@ def test_a_set_up_that_never_comes_up_is_an_infrastructure_error(tmp_path):
         ),
     )
     root = _course(tmp_path / "course", nb, {"ann": nb})
-    d = Driver(
-        BatchConfig(
-            course=str(root),
-            module=samples.ASSIGNMENT,
-            path=str(root),
-            workers=1,
-            state=str(tmp_path / "state"),
-            events=str(tmp_path / "no-store"),
-            progress=False,
-        )
-    )
+    d = _driver(root, tmp_path)
     summary = d.run()
     (r,) = summary["results"]
     assert r["status"] == "infrastructure-error" and r["score"] is None
@@ -70,8 +75,6 @@ def test_a_device_that_does_not_answer_is_the_labs_failure_not_the_learners(tmp_
     """A lab device that does not answer a command in time (a machine too busy to schedule it)
     raises DeviceTimeoutError, even in the learner's own cell: retried, then
     infrastructure-error, never a 0 for code that was right."""
-    from grading.batch import BatchConfig, Driver
-
     sub = samples.submission(
         samples.source_notebook(),
         samples.CORRECT,
@@ -85,17 +88,7 @@ def test_a_device_that_does_not_answer_is_the_labs_failure_not_the_learners(tmp_
         ],
     )
     root = _course(tmp_path / "course", samples.source_notebook(), {"bo": sub})
-    d = Driver(
-        BatchConfig(
-            course=str(root),
-            module=samples.ASSIGNMENT,
-            path=str(root),
-            workers=1,
-            state=str(tmp_path / "state"),
-            events=str(tmp_path / "no-store"),
-            progress=False,
-        )
-    )
+    d = _driver(root, tmp_path)
     (r,) = d.run()["results"]
     assert r["status"] == "infrastructure-error" and r["score"] is None, r
     assert "not about your work" in r["messages"][0] and "did not answer" in r["messages"][0]
@@ -110,17 +103,7 @@ def test_a_device_that_does_not_answer_is_the_labs_failure_not_the_learners(tmp_
         ],
     )
     root2 = _course(tmp_path / "course2", samples.source_notebook(), {"al": ok})
-    d2 = Driver(
-        BatchConfig(
-            course=str(root2),
-            module=samples.ASSIGNMENT,
-            path=str(root2),
-            workers=1,
-            state=str(tmp_path / "state2"),
-            events=str(tmp_path / "no-store"),
-            progress=False,
-        )
-    )
+    d2 = _driver(root2, tmp_path, "state2")
     (r2,) = d2.run()["results"]
     assert r2["status"] == "graded" and r2["score"] == r2["max_score"], r2
 
