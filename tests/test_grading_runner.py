@@ -106,13 +106,6 @@ def course(tmp_path_factory):
     w(c, "flood", samples.submission(rel, samples.CORRECT, extra=["for i in range(10**7):\n    print('x' * 1000)"]))
     w(
         c,
-        "memhog",
-        samples.submission(
-            rel, samples.CORRECT, extra=["blocks = []\nwhile True:\n    blocks.append(bytearray(32 * 2**20))"]
-        ),
-    )
-    w(
-        c,
         "forkbomb",
         samples.submission(
             rel,
@@ -193,7 +186,7 @@ def course(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory):
-    """The hidden-tests probe, graded in a batch of its own with roomy limits.
+    """The hidden-tests probe and the memory hog, graded in a batch of their own with roomy limits.
 
     Its walk reads every file it can see; in the main batch it shared the CPU with the
     busy-looping and fork-bombing submissions under a 3 s cell and 12 s total limit and,
@@ -203,6 +196,20 @@ def probe(tmp_path_factory):
     root = tmp_path_factory.mktemp("probe-course")
     rel = nbformat.read(samples.make_course(root), as_version=4)
     samples.write_submission(root, "readhidden", _read_hidden_probe(rel, root))
+    # Touching fresh memory is slow on some VMs (first touches fault through to the host): CI's
+    # memory hog was cut by the main batch's 3 s cell timeout before it reached the memory limit.
+    # The pause between blocks stands for such a machine; here the limit must still be what stops it.
+    samples.write_submission(
+        root,
+        "memhog",
+        samples.submission(
+            rel,
+            samples.CORRECT,
+            extra=[
+                "import time\nblocks = []\nwhile True:\n    blocks.append(bytearray(32 * 2**20))\n    time.sleep(0.3)"
+            ],
+        ),
+    )
     limits = Limits(cell_timeout=120, total_timeout=300, memory_mb=400, max_processes=40, output_bytes=200_000)
     summary = grade_many(
         BatchConfig(
@@ -215,12 +222,13 @@ def probe(tmp_path_factory):
             state=str(root / ".state"),
         )
     )
-    result = json.loads(
-        (
-            root / "livelab-grading" / samples.ASSIGNMENT / "results" / "readhidden" / f"{samples.NOTEBOOK}.json"
-        ).read_text()
-    )
-    return {"summary": summary, "by": {r["student"]: r for r in summary["results"]}, "full": {"readhidden": result}}
+    full = {
+        s: json.loads(
+            (root / "livelab-grading" / samples.ASSIGNMENT / "results" / s / f"{samples.NOTEBOOK}.json").read_text()
+        )
+        for s in ("readhidden", "memhog")
+    }
+    return {"summary": summary, "by": {r["student"]: r for r in summary["results"]}, "full": full}
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +267,7 @@ def _msgs(r) -> str:
 
 def test_batch_grades_everything_and_goes_on(batch):
     s = batch["summary"]
-    assert s["graded"] == len(batch["by"]) == 18, s["skipped"]
+    assert s["graded"] == len(batch["by"]) == 17, s["skipped"]
     assert batch["by"]["good"]["score"] == 5 and batch["by"]["good"]["max_score"] == 5
     assert batch["by"]["half"]["score"] == 2
     for r in batch["by"].values():  # nobody can raise their own maximum
@@ -323,8 +331,8 @@ def test_output_flood_is_cut_off(batch):
     assert "output stopped here" in json.dumps(nb)
 
 
-def test_memory_hog_is_contained(batch):
-    r = batch["by"]["memhog"]
+def test_memory_hog_is_contained(probe):
+    r = probe["by"]["memhog"]
     assert r["score"] == 5, _msgs(r)
     assert "memory" in r["limits_hit"]
 
@@ -485,7 +493,7 @@ def test_rerun_skips_unchanged_and_regrades_changed_on_an_existing_cluster(batch
                 state=str(course["root"] / ".state"),
             )
         )
-    assert s["graded"] == 1 and s["cached"] == 17, (s["graded"], s["cached"], s["submissions"], s["skipped"])
+    assert s["graded"] == 1 and s["cached"] == 16, (s["graded"], s["cached"], s["submissions"], s["skipped"])
     assert {r["student"]: r["score"] for r in s["results"]}["half"] == 5
 
 
