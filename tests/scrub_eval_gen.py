@@ -18,9 +18,11 @@ Nothing here is used to build or tune the scrubber.
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import json
 import random
 import sys
+import types
 from pathlib import Path
 
 SEED = 20261202
@@ -469,19 +471,105 @@ def verhoeff_digit(number: str) -> str:
     return str(_INV[c])
 
 
+#: the "today" of every Faker value: national identifiers and dates of birth are drawn relative
+#: to the current date (fi_FI/sv_SE/zh_CN ssn, pl_PL pesel), so without it the set changed when
+#: the calendar did (the CI run after midnight on 2026-12-03 found it "stale")
+FROZEN_NOW = _dt.datetime(2026, 1, 1, 12, 0, 0)
+
+
+class _RealInstances(type):
+    """isinstance() of a frozen class answers for the real one (Faker type-checks its dates)."""
+
+    def __instancecheck__(cls, obj):
+        return isinstance(obj, cls.__mro__[1])
+
+
+class _FrozenDate(_dt.date, metaclass=_RealInstances):
+    @classmethod
+    def today(cls):
+        return cls(FROZEN_NOW.year, FROZEN_NOW.month, FROZEN_NOW.day)
+
+
+class _FrozenDateTime(_dt.datetime, metaclass=_RealInstances):
+    @classmethod
+    def now(cls, tz=None):
+        t = cls(*FROZEN_NOW.timetuple()[:6])
+        return t if tz is None else t.replace(tzinfo=_dt.timezone.utc).astimezone(tz)
+
+    @classmethod
+    def today(cls):
+        return cls.now()
+
+    @classmethod
+    def utcnow(cls):
+        return cls.now()
+
+
+_FROZEN_MODULE = types.SimpleNamespace(
+    **{
+        **{k: getattr(_dt, k) for k in dir(_dt) if not k.startswith("__")},
+        "date": _FrozenDate,
+        "datetime": _FrozenDateTime,
+    }
+)
+
+
+class _FrozenFakerClock:
+    """Within it, every loaded Faker module sees :data:`FROZEN_NOW` as the current time (the
+    names each binds: the ``datetime`` module, or its ``date``/``datetime`` classes); leaving
+    it restores them.  Call :meth:`cover` after a Faker locale loads more provider modules."""
+
+    def __init__(self) -> None:
+        self.saved: list[tuple[object, str, object]] = []
+
+    def cover(self) -> int:
+        """Freeze the Faker modules loaded since the last call; returns how many names it froze."""
+        done = {(id(m), n) for m, n, _ in self.saved}
+        before = len(self.saved)
+        for name, mod in list(sys.modules.items()):
+            if not name.startswith("faker") or mod is None:
+                continue
+            for attr, value in list(vars(mod).items()):
+                new = (
+                    _FROZEN_MODULE
+                    if value is _dt
+                    else _FrozenDateTime
+                    if value is _dt.datetime
+                    else _FrozenDate
+                    if value is _dt.date
+                    else None
+                )
+                if new is not None and (id(mod), attr) not in done:
+                    self.saved.append((mod, attr, value))
+                    setattr(mod, attr, new)
+        return len(self.saved) - before
+
+    def __enter__(self) -> "_FrozenFakerClock":
+        self.cover()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for mod, attr, value in reversed(self.saved):
+            setattr(mod, attr, value)
+        self.saved.clear()
+
+
 class Gen:
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, clock: _FrozenFakerClock | None = None):
         from faker import Faker
 
         self.rng = random.Random(seed)
         self.fakers: dict[str, object] = {}
         self._Faker = Faker
         self._seed = seed
+        self.clock = clock
 
     def faker(self, loc: str):
         f = self.fakers.get(loc)
         if f is None:
             f = self._Faker(loc)
+            if self.clock is not None:
+                self.clock.cover()  # the locale's provider modules were loaded just now
             f.seed_instance(self._seed + sum(map(ord, loc)) * 7919)
             self.fakers[loc] = f
         return f
@@ -613,7 +701,14 @@ def _apply(text: str, spans: list[list], fn, keep: tuple[str, ...]) -> str:
 
 
 def generate(seed: int = SEED) -> list[dict]:
-    g = Gen(seed)
+    with _FrozenFakerClock() as clock:
+        out = _generate(Gen(seed, clock))
+        if clock.cover():  # a module loaded mid-generation drew from the real clock
+            raise RuntimeError("a Faker module loaded during generation saw the real date: freeze it earlier")
+        return out
+
+
+def _generate(g: Gen) -> list[dict]:
     groups = {
         "name": NAME_T,
         "email": EMAIL_T,
