@@ -596,30 +596,57 @@ class Driver:
 
     def _trail_grade(self, res: dict, evs: list[dict]) -> None:
         """The grade's lineage event in the lab's trail (docs/lineage.md), its learning events
-        audited against the fields a grade declares.  Never fails the grade."""
+        audited against the fields a grade declares.  Never fails the grade.
+
+        The event is sent from one background thread, in order: waiting for the broker's
+        acknowledgement of each (a round trip per submission) held up the driver's storing of
+        the next result.  A transport failure is recorded by the trail itself (its failures
+        file) and logged; the batch waits for the thread before it ends."""
         from lab_hardware.home import resolve
         from lab_hardware.modelops import lineage
 
         home = resolve(self.cfg.lab_home)
         if not (home / "config.json").exists():
             return  # grading for no lab: there is no lab trail to write (as with the events key)
-        try:
-            if getattr(self, "_lineage", None) is None:
-                self._lineage = lineage.Trail(home)
-            course = f"{self.target.course_id or 'course'}@{self.target.version or '-'}"
-            lineage.emit_artifact(
-                None,
-                "grade",
-                f"{course}/{res['assignment']}/{res['student']}/{res['notebook']}",
-                privacy=lineage.grade_privacy(),
-                observed=set().union(*(set(e) for e in evs)) if evs else set(),
-                messages=len(evs),
-                source="learning events",
-                details={k: res.get(k) for k in ("status", "score", "max_score", "attempt")},
-                trail=self._lineage,
-            )
-        except Exception as exc:  # noqa: BLE001 - the trail never fails a grade
-            res.setdefault("messages", []).append(f"lineage event not emitted: {str(exc).splitlines()[0]}")
+        if getattr(self, "_lineage_pool", None) is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._lineage_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lineage")
+        course = f"{self.target.course_id or 'course'}@{self.target.version or '-'}"
+        name = f"{course}/{res['assignment']}/{res['student']}/{res['notebook']}"
+        observed = set().union(*(set(e) for e in evs)) if evs else set()
+        details = {k: res.get(k) for k in ("status", "score", "max_score", "attempt")}
+
+        def emit() -> None:
+            try:
+                if getattr(self, "_lineage", None) is None:
+                    self._lineage = lineage.Trail(home)
+                out = lineage.emit_artifact(
+                    None,
+                    "grade",
+                    name,
+                    privacy=lineage.grade_privacy(),
+                    observed=observed,
+                    messages=len(evs),
+                    source="learning events",
+                    details=details,
+                    trail=self._lineage,
+                )
+                for f in out.failures:
+                    log.warning("lineage event of %s not delivered: %s", name, f)
+            except Exception as exc:  # noqa: BLE001 - the trail never fails a grade
+                log.warning("lineage event of %s not emitted: %s", name, str(exc).splitlines()[0] if str(exc) else exc)
+
+        self._lineage_pool.submit(emit)
+
+    def _close_trail(self) -> None:
+        pool = getattr(self, "_lineage_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=True)
+            self._lineage_pool = None
+        if getattr(self, "_lineage", None) is not None:
+            self._lineage.close()
+            self._lineage = None
 
     def _store(self, sub: Submission, res: dict) -> dict:
         from . import events
@@ -833,9 +860,7 @@ class Driver:
         finally:
             self.writer.close()
             self.recorder.close()
-            if getattr(self, "_lineage", None) is not None:
-                self._lineage.close()
-                self._lineage = None
+            self._close_trail()
             t = time.perf_counter()
             parts = timing["close_parts"] = {}
             try:

@@ -536,15 +536,20 @@ class Watchdog(threading.Thread):
             if root_pid is None:
                 root_pid = k.pid
                 continue
-            try:
-                root = psutil.Process(root_pid)
-                procs = [root] + root.children(recursive=True)
-            except psutil.Error:
-                continue
-            self.seen.update(p.pid for p in procs)
-            n = len(procs)
-            self.peak_processes = max(self.peak_processes, n)
             cg = k.cgroup
+            if cg and cg.active:
+                # the cgroup lists the kernel's processes; walking the process tree instead reads
+                # every process of the machine (/proc/*/stat) twenty times a second per kernel
+                pids = cg.pids()
+            else:
+                try:
+                    root = psutil.Process(root_pid)
+                    pids = [root.pid] + [p.pid for p in root.children(recursive=True)]
+                except psutil.Error:
+                    continue
+            self.seen.update(pids)
+            n = len(pids)
+            self.peak_processes = max(self.peak_processes, n)
             # Over the process bound, the run stops (with a cgroup the extra forks were refused,
             # but lingering children leave the kernel no room for its own threads, so what
             # follows would be graded by chance).  Memory needs no watchdog: RLIMIT_DATA bounds
@@ -746,10 +751,14 @@ class Kernel:
 
         total = 0.0
         try:
-            root = psutil.Process(self.pid)
-            for p in [root] + root.children(recursive=True):
+            if self.cgroup and self.cgroup.active:
+                pids = self.cgroup.pids()
+            else:
+                root = psutil.Process(self.pid)
+                pids = [root.pid] + [p.pid for p in root.children(recursive=True)]
+            for pid in pids:
                 try:
-                    t = p.cpu_times()
+                    t = psutil.Process(pid).cpu_times()
                     total += t.user + t.system
                 except psutil.Error:
                     pass

@@ -424,6 +424,32 @@ def test_feedback_html_next_to_nbgraders(batch, course):
     assert "Notes from the grader" in html or "did not pass" in html
 
 
+def test_feedback_page_is_what_nbconvert_makes(batch, course):
+    """The feedback exporter skips nbconvert's BeautifulSoup accessibility pass only when that
+    pass has nothing to edit: the page is the same document as with the pass, and a page with
+    an image still gets it (its ``alt`` text)."""
+    from bs4 import BeautifulSoup
+
+    from grading import feedback
+
+    nb = nbformat.read(course["root"] / "autograded" / "half" / samples.ASSIGNMENT / f"{samples.NOTEBOOK}.ipynb", 4)
+    res = batch["full"]["half"]
+    ours = feedback.render(nb, res)
+    cls = type(feedback._exporter())
+    saved = cls.ACCESSIBILITY_TARGETS
+    cls.ACCESSIBILITY_TARGETS = ("<",)  # every page takes nbconvert's whole path, pass included
+    try:
+        theirs = feedback.render(nb, res)
+    finally:
+        cls.ACCESSIBILITY_TARGETS = saved
+    assert ours != theirs  # the pass re-serialises the page: this is a different path...
+    assert BeautifulSoup(ours, "html.parser").decode() == BeautifulSoup(theirs, "html.parser").decode()  # ...same page
+    assert "square(-2) should be 4" in ours and "Score: 2.0 / 5.0" in ours
+    code = next(c for c in nb.cells if c.cell_type == "code")
+    code.outputs = [nbformat.v4.new_output("display_data", data={"image/png": "iVBORw0KGgo=", "text/plain": "img"})]
+    assert "No description has been provided for this image" in feedback.render(nb, res)
+
+
 def test_no_process_or_cgroup_left_behind(batch):
     own = {p.pid for p in psutil.Process().children(recursive=True)}  # this process's own fork server
 
