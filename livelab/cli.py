@@ -341,11 +341,6 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _terminate)
-    from lab_hardware.runtime.lab import LabError
-    from lab_hardware.runtime.broker import BrokerError
-    from lab_hardware.profiles import ProfileError
-    from lab_hardware.topics import TopicError
-    from labs.sdk import CommandRefused, LabConnectionError
 
     def one_line(exc: BaseException) -> str:
         text = " ".join(str(exc).split()) or exc.__class__.__name__
@@ -353,22 +348,22 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.fn(args)
-    except (UsageError, LabError, BrokerError, ProfileError, TopicError, LabConnectionError) as exc:
-        # messages are text, never markup: data inside them ('[/]', names) prints as is
-        err.print(f"livelab: error: {one_line(exc)}", soft_wrap=True, markup=False)
-        return EXIT_USAGE
-    except (CommandRefused, TimeoutError) as exc:
-        err.print(f"livelab: {one_line(exc)}", soft_wrap=True, markup=False)
-        return EXIT_FAIL
     except KeyboardInterrupt:
         err.print("livelab: interrupted")
         return 130
-    except OSError as exc:  # a path the user gave that turned out unusable mid-way
-        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
-        err.print(f"livelab: error: {exc.strerror or one_line(exc)}{where}", soft_wrap=True, markup=False)
-        return EXIT_USAGE
-    except Exception as exc:  # noqa: BLE001 - a bug: say so in one line, no traceback
-        if os.environ.get("LIVELAB_DEBUG"):
+    except Exception as exc:  # noqa: BLE001 - every error ends in one line and a stable exit code
+        if isinstance(exc, (UsageError, *_loaded(_USAGE_ERRORS))):
+            # messages are text, never markup: data inside them ('[/]', names) prints as is
+            err.print(f"livelab: error: {one_line(exc)}", soft_wrap=True, markup=False)
+            return EXIT_USAGE
+        if isinstance(exc, (TimeoutError, *_loaded(_REFUSALS))):
+            err.print(f"livelab: {one_line(exc)}", soft_wrap=True, markup=False)
+            return EXIT_FAIL
+        if isinstance(exc, OSError):  # a path the user gave that turned out unusable mid-way
+            where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+            err.print(f"livelab: error: {exc.strerror or one_line(exc)}{where}", soft_wrap=True, markup=False)
+            return EXIT_USAGE
+        if os.environ.get("LIVELAB_DEBUG"):  # a bug: say so in one line, no traceback
             raise
         err.print(
             f"livelab: internal error ({exc.__class__.__name__}): {one_line(exc)} "
@@ -377,6 +372,31 @@ def main(argv: list[str] | None = None) -> int:
             markup=False,
         )
         return EXIT_FAIL
+
+
+#: (module, class) of the errors that are the user's to fix (exit 2) ...
+_USAGE_ERRORS = (
+    ("lab_hardware.runtime.lab", "LabError"),
+    ("lab_hardware.runtime.broker", "BrokerError"),
+    ("lab_hardware.profiles", "ProfileError"),
+    ("lab_hardware.topics", "TopicError"),
+    ("labs.sdk", "LabConnectionError"),
+)
+#: ... and of a refusal by the lab (exit 1), with TimeoutError
+_REFUSALS = (("labs.sdk", "CommandRefused"),)
+
+
+def _loaded(names: tuple[tuple[str, str], ...]) -> tuple[type, ...]:
+    """The classes named, from the modules of them already loaded: an error can only be an
+    instance of a class whose module was imported, so the front door never imports the lab, the
+    SDK and numpy (about 0.3 s of CPU) just to name them."""
+    out = []
+    for module, name in names:
+        m = sys.modules.get(module)
+        cls = getattr(m, name, None) if m is not None else None
+        if isinstance(cls, type):
+            out.append(cls)
+    return tuple(out)
 
 
 if __name__ == "__main__":

@@ -267,7 +267,7 @@ def cmd_grade(args) -> int:
     from rich.table import Table
     from rich.text import Text
 
-    from reports.render import printable  # names as text: no markup, no escape sequences from data
+    from reports.text import printable  # names as text: no markup, no escape sequences from data
 
     con = Console(highlight=False)
     t = Table(

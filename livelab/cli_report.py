@@ -11,7 +11,7 @@ included).  Times are in minutes everywhere.  Events come from the lab home (``-
 ``$LIVELAB_HOME``) or ``--events-url`` / ``$LIVELAB_EVENTS_URL``.  A missing or unreachable
 events database is bad input (exit 2, one line); no events yet is not an error: the report says
 so.  Names from the events are printed as text (``rich.text.Text`` of
-``reports.render.printable``): never as rich markup, never as terminal escape sequences.
+``reports.text.printable``): never as rich markup, never as terminal escape sequences.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def _selection(args) -> dict:
 
 def _t(value) -> Text:
     """A value from the events, for a rich table: literal text, no markup, no escape sequences."""
-    from reports.render import printable
+    from reports.text import printable
 
     return Text(printable(value))
 

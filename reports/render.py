@@ -6,7 +6,7 @@ table, plot axis and CSV header) and which CSS classes carry it (``tts-median``,
 Every value element also carries the raw number (``data-seconds`` / ``data-count``) for machines.
 
 Names come from learners' and authors' hands: everything shown is HTML-escaped here
-(:func:`e`), and :func:`printable` makes a name safe for a terminal (no escape sequences, no
+(:func:`e`); :func:`reports.text.printable` makes a name safe for a terminal (no escape sequences, no
 rich markup when printed as a ``rich.text.Text``).
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import math
-import unicodedata
 from typing import Any, Mapping, Sequence
 
 from reports import plots
@@ -70,22 +69,6 @@ SIMULATED = (
 
 def e(x: Any) -> str:
     return html.escape(str(x))
-
-
-_UNSAFE = {0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
-
-
-def printable(x: Any) -> str:
-    """``x`` as text a terminal shows literally: control characters (ESC, NUL, newlines...),
-    separators and bidirectional overrides as visible escapes (``\x1b``).  Print it as a
-    ``rich.text.Text`` (or with ``markup=False``) so that ``[/]`` or ``[link=...]`` stay text."""
-    s = str(x)
-    if not any(unicodedata.category(c) == "Cc" or ord(c) in _UNSAFE for c in s):
-        return s
-    return "".join(
-        c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) == "Cc" or ord(c) in _UNSAFE else c
-        for c in s
-    )
 
 
 def day(t: float | None) -> str:

@@ -165,3 +165,57 @@ def test_outputs_checked_before_work(tmp_path):
 def test_usage_errors_print_data_verbatim_not_as_markup(tmp_path):
     p = livelab("bundle", "inspect", str(tmp_path / "[bold]x[/]"))
     one_line_usage(p, "[bold]x[/]")
+
+
+_STUB = """
+import sys, livelab.cli_grade as g
+from livelab import cli
+HEAVY = ("lab_hardware.runtime.lab", "labs.sdk", "numpy", "onnxruntime", "sqlalchemy", "reports.render")
+def stub(args):
+    print(sorted(m for m in HEAVY if m in sys.modules))
+    kind = sys.argv[1]
+    if kind == "lab":
+        from lab_hardware.runtime.lab import LabError
+        raise LabError("the lab said no")
+    if kind == "refused":
+        from labs.sdk import CommandRefused
+        raise CommandRefused("the device said no")
+    if kind == "timeout":
+        raise TimeoutError("no answer in 5 s")
+    if kind == "topic":
+        from lab_hardware.topics import TopicError
+        raise TopicError("bad topic")
+    return 0
+g.cmd_grade = stub
+sys.exit(cli.main(["grade", "c", "m", "p"]))
+"""
+
+
+@pytest.mark.parametrize(
+    "kind, code, line",
+    [
+        ("none", 0, None),
+        ("lab", 2, "livelab: error: the lab said no"),
+        ("topic", 2, "livelab: error: bad topic"),
+        ("refused", 1, "livelab: the device said no"),
+        ("timeout", 1, "livelab: no answer in 5 s"),
+    ],
+)
+def test_the_front_door_loads_nothing_heavy_and_still_maps_each_error_to_its_exit_code(tmp_path, kind, code, line):
+    """``livelab grade`` through the warm service needs no lab, SDK, numpy or events store in the
+    calling process: the front door used to import them all (about 0.3 s of CPU per command) only
+    to name the errors it maps to exit codes."""
+    p = subprocess.run(
+        [sys.executable, "-c", _STUB, kind],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "LIVELAB_HOME": str(tmp_path / "home")},
+    )
+    assert p.returncode == code, (p.returncode, p.stdout, p.stderr)
+    assert p.stdout.splitlines()[0] == "[]", p.stdout
+    if line is None:
+        assert p.stderr == ""
+    else:
+        assert p.stderr.strip() == line and "Traceback" not in p.stderr
