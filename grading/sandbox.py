@@ -826,6 +826,16 @@ class KernelPool:
         return k
 
     def prestart(self, config: SandboxConfig) -> None:
+        """Have ``size`` kernels of ``config`` starting; kernels started ahead for another
+        configuration (the previous run's hide list) give way, so that a run's first
+        submission finds its kernel already booting."""
+        key = config.key()
+        with self._lock:
+            stale = [x for x in self._ready if x.config.key() != key]
+            for x in stale:
+                self._ready.remove(x)
+        for x in stale:
+            x.close()
         with self._lock:
             while len(self._ready) < self.size:
                 self._ready.append(Kernel(config).start())

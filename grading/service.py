@@ -352,7 +352,9 @@ class GraderService:
                 ensure_assignment(db_url, ref, checks)
             self.prepared.add((str(self.out), m))
         if refs:  # with the sandbox of lab.submit()'s runs (hide_list): its kernels fit them
-            self.client.run(_warm, self._submit_options(), refs, True)
+            # and each worker's first kernel starts now: the first start in a process costs
+            # ~0.45 s more than the next ones (a run's first request paid it on every worker)
+            self.client.run(_warm, self._submit_options(), refs, None)
         checks = sorted({c for m in modules for c in (self._target(m).module_meta.get("checks") or [])})
         if checks:  # the checks and the scrubber's models, loaded once per worker
             self.client.run(_warm_checks, checks)

@@ -631,6 +631,33 @@ def test_watchdog_bounds_processes_without_cgroups(course, tmp_path, monkeypatch
     assert r["isolation"]["cgroup"] is None
 
 
+def test_a_prestart_for_another_configuration_replaces_the_kernel_started_ahead(tmp_path):
+    """A warm grading service prestarts each worker's next kernel when a ``livelab grade`` run
+    begins (its hide list names that run's folders, so it differs from the last run's): the kernel
+    started ahead for the previous configuration must give way, or the run's first submission on
+    every worker waits for a kernel started on the spot."""
+    from grading import runner, sandbox
+
+    old = runner.tests_config(runner.RunOptions(limits=LIMITS, hide=[str(tmp_path / "run-1")]))
+    new = runner.tests_config(runner.RunOptions(limits=LIMITS, hide=[str(tmp_path / "run-2")]))
+    assert old.key() != new.key()
+    pool = sandbox.KernelPool()
+    try:
+        pool.prestart(old)
+        (stale,) = pool._ready
+        pool.prestart(new)
+        (ready,) = pool._ready
+        assert ready is not stale and ready.config.key() == new.key()
+        assert not stale.alive()  # closed, not left running
+        pool.prestart(new)  # the same configuration: kept
+        assert pool._ready == [ready]
+        k = pool.take(new, prestart=False)
+        assert k is ready and pool._ready == []
+        k.close()
+    finally:
+        pool.close()
+
+
 def test_cli_bad_usage_is_one_line_and_exit_2(tmp_path, capsys, course):
     from livelab.cli import main
 
