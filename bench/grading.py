@@ -385,19 +385,11 @@ def run_livelab_service(home: Path, course: Path, n: int) -> dict:
     }
 
 
-_CPU_BEFORE: dict[str, dict[str, float]] = {}
-
-
-def _cpu_per_submission(home: Path, phases: dict, n: int) -> dict[str, float] | None:
-    """CPU seconds per submission of each kind of process in this run: the service reports
-    its processes' totals so far, so this is the difference from the previous run's (None for
-    the first run, whose totals include the service's start)."""
-    now = {k: float(v) for k, v in (phases.get("cpu_seconds") or {}).items()}
-    before = _CPU_BEFORE.get(str(home))
-    _CPU_BEFORE[str(home)] = now
-    if before is None:
-        return None
-    return {k: round((v - before.get(k, 0.0)) / n, 4) for k, v in now.items()}
+def _cpu_per_submission(phases: dict, n: int) -> dict[str, float] | None:
+    """CPU seconds per submission of each kind of process (driver, workers, kernels, fork
+    servers) from the run's own start to its end, as the service measured them."""
+    run = phases.get("cpu_seconds_run")
+    return {k: round(float(v) / n, 4) for k, v in run.items()} if run else None
 
 
 #: seconds between opening the lab module and the first submit (a learner's first run of it)
@@ -468,7 +460,7 @@ def service_bench(ns: list[int], learners: int, rounds: int) -> dict:
                 walls[tool] = {"wall_s": r["wall_s"], "load_1min_before": load}
                 if tool == "livelab":  # where the whole command's time went (the service's phases)
                     walls[tool]["phases_s"] = r["phases_s"]
-                    walls[tool]["cpu_seconds_per_submission"] = _cpu_per_submission(home, r["phases_s"], n)
+                    walls[tool]["cpu_seconds_per_submission"] = _cpu_per_submission(r["phases_s"], n)
                 console.print(f"N={n} {tool}: {r['wall_s']:.2f} s (load {load:.1f})")
             by_n[str(n)] = {
                 **walls,

@@ -358,6 +358,20 @@ def _cpu_worker() -> dict:
     return out
 
 
+def _cpu_totals(client) -> dict[str, float]:
+    """CPU seconds so far of this process (the driver) and of the workers, their kernels and
+    their fork servers (for the benchmark's accounting)."""
+    import psutil
+
+    me = psutil.Process().cpu_times()
+    cpu = {"driver": me.user + me.system, "workers": 0.0, "kernels": 0.0, "fork_servers": 0.0}
+    for w in client.run(_cpu_worker).values():
+        cpu["workers"] += w["worker"]
+        cpu["kernels"] += w["kernels"]
+        cpu["fork_servers"] += w.get("fork_server", 0.0)
+    return cpu
+
+
 def _shutdown_worker() -> None:
     """Close this worker's kernels and fork server before the cluster goes away."""
     from . import runner, sandbox
@@ -864,15 +878,10 @@ class Driver:
             t = time.perf_counter()
             parts = timing["close_parts"] = {}
             try:
-                import psutil
-
-                me = psutil.Process().cpu_times()
-                cpu = {"driver": me.user + me.system, "workers": 0.0, "kernels": 0.0, "fork_servers": 0.0}
-                for w in client.run(_cpu_worker).values():
-                    cpu["workers"] += w["worker"]
-                    cpu["kernels"] += w["kernels"]
-                    cpu["fork_servers"] += w.get("fork_server", 0.0)
-                timing["cpu_seconds"] = cpu
+                cpu = timing["cpu_seconds"] = _cpu_totals(client)
+                start = timing.pop("cpu_seconds_at_start", None)
+                if start is not None:  # this run's own (a warm service's totals include its past)
+                    timing["cpu_seconds_run"] = {k: round(v - start.get(k, 0.0), 4) for k, v in cpu.items()}
             except Exception:  # noqa: BLE001 - accounting only
                 pass
             parts["accounting"] = time.perf_counter() - t
@@ -919,6 +928,10 @@ class _Starter(threading.Thread):
             t = time.perf_counter()
             self.client.run(_warm, self.driver.opts, list(self.driver.refs.values()), self.driver.lab)
             self.timing["warm"] = time.perf_counter() - t
+            try:
+                self.timing["cpu_seconds_at_start"] = _cpu_totals(self.client)
+            except Exception:  # noqa: BLE001 - accounting only
+                pass
         except BaseException as exc:  # noqa: BLE001 - re-raised in the driver thread
             self.error = exc
 
