@@ -658,6 +658,29 @@ def test_a_prestart_for_another_configuration_replaces_the_kernel_started_ahead(
         pool.close()
 
 
+def test_grading_workers_run_without_dasks_statistical_profiler():
+    """Dask's workers sample their own stacks every 10 ms for a dashboard the grader never
+    serves: about 1.5 % of a core per idle worker of a warm service, more while grading."""
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    from grading import forkserver
+
+    with forkserver.configured():
+        cluster = LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+        )
+    try:
+        with Client(cluster) as client:
+            running = client.run(lambda dask_worker: sorted(dask_worker.periodic_callbacks))
+    finally:
+        cluster.close()
+        forkserver.stop()
+    (callbacks,) = running.values()
+    assert "heartbeat" in callbacks and not any("profile" in c for c in callbacks), callbacks
+
+
 def test_cli_bad_usage_is_one_line_and_exit_2(tmp_path, capsys, course):
     from livelab.cli import main
 
