@@ -356,8 +356,18 @@ class GraderService:
             # ~0.45 s more than the next ones (a run's first request paid it on every worker)
             self.client.run(_warm, self._submit_options(), refs, None)
         checks = sorted({c for m in modules for c in (self._target(m).module_meta.get("checks") or [])})
-        if checks:  # the checks and the scrubber's models, loaded once per worker
+        if checks:  # the checks and the scrubber's models, loaded once per worker and here
+            # (lab.check() judges in this process: its first check paid ~1-2 s for them)
+            def warm_here() -> None:
+                try:
+                    _warm_checks(checks)
+                except Exception as exc:  # noqa: BLE001 - an optimisation: the first check loads them
+                    log.warning("could not load the checks ahead: %s", exc)
+
+            local = threading.Thread(target=warm_here, name="warm-checks", daemon=True)
+            local.start()
             self.client.run(_warm_checks, checks)
+            local.join()
 
     def course_modules(self, course: str) -> list[str]:
         """The module ids of one of the service's courses."""
