@@ -385,6 +385,17 @@ def run_livelab_service(home: Path, course: Path, n: int) -> dict:
     }
 
 
+def _latencies(xs: list[float], target_p95: float) -> dict:
+    """Median and p95 of latencies in seconds, with each one in the order measured."""
+    return {
+        "n": len(xs),
+        "median": median(xs),
+        "p95": p95(xs),
+        "target_p95": target_p95,
+        "each_in_order": [round(x, 4) for x in xs],
+    }
+
+
 def _cpu_per_submission(phases: dict, n: int) -> dict[str, float] | None:
     """CPU seconds per submission of each kind of process (driver, workers, kernels, fork
     servers) from the run's own start to its end, as the service measured them."""
@@ -505,20 +516,8 @@ def service_bench(ns: list[int], learners: int, rounds: int) -> dict:
                 subs.append(time.perf_counter() - t)
                 if res.status != "graded" or res.score != 5.0 or not res.feedback:
                     raise SystemExit(f"tests-only submit failed: {res}")
-        out["check_s"] = {
-            "n": len(checks),
-            "median": median(checks),
-            "p95": p95(checks),
-            "target_p95": 0.3,
-            "each_in_order": [round(x, 4) for x in checks],
-        }
-        out["tests_only_submit_s"] = {
-            "n": len(subs),
-            "median": median(subs),
-            "p95": p95(subs),
-            "target_p95": 1.5,
-            "each_in_order": [round(x, 4) for x in subs],
-        }
+        out["check_s"] = _latencies(checks, 0.3)
+        out["tests_only_submit_s"] = _latencies(subs, 1.5)
         console.print(
             f"lab.check() p95 {out['check_s']['p95']:.3f} s; tests-only submit p95 "
             f"{out['tests_only_submit_s']['p95']:.3f} s ({learners} learner namespaces live)"

@@ -811,14 +811,10 @@ class KernelPool:
     def take(self, config: SandboxConfig, *, prestart: bool = True) -> Kernel:
         key = config.key()
         with self._lock:
-            k = next((k for k in self._ready if k.config.key() == key and k.alive()), None)
-            stale = [x for x in self._ready if x is not k and x.config.key() != key]
-            if k is not None:
-                self._ready.remove(k)
-            for x in stale:
-                self._ready.remove(x)
+            stale = self._evict(key)
+            k = self._ready.pop(0) if self._ready else None
         for x in stale:
-            x.close()
+            close_later(x)
         if k is None:
             k = Kernel(config).start()
         if prestart:
@@ -829,16 +825,20 @@ class KernelPool:
         """Have ``size`` kernels of ``config`` starting; kernels started ahead for another
         configuration (the previous run's hide list) give way, so that a run's first
         submission finds its kernel already booting."""
-        key = config.key()
         with self._lock:
-            stale = [x for x in self._ready if x.config.key() != key]
-            for x in stale:
-                self._ready.remove(x)
-        for x in stale:
-            x.close()
-        with self._lock:
+            stale = self._evict(config.key())
             while len(self._ready) < self.size:
                 self._ready.append(Kernel(config).start())
+        for x in stale:
+            close_later(x)  # in the background: this may be a Dask worker's event loop
+
+    def _evict(self, key: str) -> list["Kernel"]:
+        """Take out (under the lock) the kernels that cannot serve ``key``: another
+        configuration, or dead since they were started."""
+        stale = [x for x in self._ready if x.config.key() != key or not x.alive()]
+        for x in stale:
+            self._ready.remove(x)
+        return stale
 
     def close(self) -> None:
         with self._lock:

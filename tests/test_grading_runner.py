@@ -648,11 +648,21 @@ def test_a_prestart_for_another_configuration_replaces_the_kernel_started_ahead(
         pool.prestart(new)
         (ready,) = pool._ready
         assert ready is not stale and ready.config.key() == new.key()
-        assert not stale.alive()  # closed, not left running
+        for th in list(sandbox._CLOSERS):  # closed in the background, not left running
+            th.join(30)
+        assert not stale.alive()
         pool.prestart(new)  # the same configuration: kept
         assert pool._ready == [ready]
+        ready.kill()  # a kernel started ahead that died meanwhile gives way too
+        deadline = time.monotonic() + 30  # a bound, not a timing
+        while ready.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not ready.alive()
+        pool.prestart(new)
+        (again,) = pool._ready
+        assert again is not ready and again.alive()
         k = pool.take(new, prestart=False)
-        assert k is ready and pool._ready == []
+        assert k is again and pool._ready == []
         k.close()
     finally:
         pool.close()
