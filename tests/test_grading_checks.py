@@ -446,3 +446,31 @@ def test_the_oracle_answers_are_not_scanned_as_learner_data():
     assert pii_in_messages(ctx) == []
     ctx.messages = [Message(0.0, "livelab/g-abc/devices/dev-1/telemetry", reason, False)]
     assert [h["kinds"] for h in pii_in_messages(ctx)] == [["name"]]
+
+
+def test_machine_identifiers_in_lab_messages_are_not_pii():
+    """Every learner event carries a random session id (uuid4 hex); about one in 750 held a
+    valid PESEL (``ce9e1dd02ea34060925890fc8c50f48b`` -> ``34060925890``), so a correct
+    consent-first submission lost the 3 points of no-pii-published now and then.  Identifiers a
+    program makes (hex, uuids, digests, base64 keys) under any key are nobody's PII; a number
+    somebody wrote down still is."""
+    from grading.checks.base import Message
+    from grading.checks.consent import pii_in_messages
+    from tests.machine_tokens import machine_tokens
+
+    tokens = [
+        "ce9e1dd02ea34060925890fc8c50f48b",
+        "17678424-4288-0eea-f643-769411a65bd3",
+        *machine_tokens(20261203, 600),
+    ]
+    events = [
+        Message(float(i), "livelab/g-abc/learner/events", json.dumps({"session": t, "run": t}).encode(), False)
+        for i, t in enumerate(tokens)
+    ]
+    hits = pii_in_messages(_m5_context(events))
+    assert hits == [], [(tokens[int(h["time"])], h["kinds"]) for h in hits[:5]]
+    written = {"PESEL: 34060925890": "id", "IBAN DE89370400440532013000": "iban", "call +44 20 7946 0958": "phone"}
+    ctx = _m5_context(
+        [Message(0.0, "livelab/g-abc/learner/notes", json.dumps({"note": w}).encode(), False) for w in written]
+    )
+    assert [h["kinds"] for h in pii_in_messages(ctx)] == [[k] for k in written.values()]

@@ -123,6 +123,7 @@ def _analyse(view: str) -> list[tuple[str, int, int]]:
     results = engine.analyze(view, language="en")
     low = None
     ctx = None
+    uuids = None
     out = []
     for r in results:
         if r.score < scrub_recognizers.THRESHOLD:
@@ -133,9 +134,34 @@ def _analyse(view: str) -> list[tuple[str, int, int]]:
             if not any(w in low for w in words):
                 continue
         kind = scrub_recognizers.ENTITY_KIND.get(r.entity_type)
-        if kind is not None and r.end > r.start:
-            out.append((kind, r.start, r.end))
+        if kind is None or r.end <= r.start:
+            continue
+        if kind in _TOKEN_KINDS and _glued(view, r.start, r.end):
+            continue
+        if uuids is None:
+            uuids = [m.span() for m in _UUID.finditer(view)] if "-" in view else []
+        if any(a <= r.start and r.end <= b for a, b in uuids):
+            continue
+        out.append((kind, r.start, r.end))
     return out
+
+
+#: Kinds that are a whole token of their own.  Several of Presidio's patterns have no word
+#: boundary (PESEL, Aadhaar, ...), so they match digits inside a longer token: a session id
+#: ``ce9e1dd02ea34060925890fc8c50f48b`` holds a valid PESEL, and about one random uuid, hex
+#: digest or base64 token in a few hundred held some id.  A number glued to a letter or
+#: digit on either side is part of that longer token (a digest, a key, a serial), not a number
+#: somebody wrote down.
+_TOKEN_KINDS = frozenset({"id", "card", "iban", "phone"})
+
+
+#: A UUID (8-4-4-4-12 hex digits) is an identifier a program made: its groups read as phones
+#: ("17678424-4288") and names, and nothing inside one is PII.
+_UUID = re.compile(r"(?<![\w-])[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}(?![\w-])")
+
+
+def _glued(view: str, start: int, end: int) -> bool:
+    return (start > 0 and view[start - 1].isalnum()) or (end < len(view) and view[end].isalnum())
 
 
 def _resolve(spans: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
