@@ -106,19 +106,31 @@ def _plain_names() -> frozenset[str]:
     return frozenset(plain)
 
 
-def _kinds(s: str) -> list[str]:
+def _kinds(s: str, lab_ids: frozenset[str] = frozenset()) -> list[str]:
     """PII kinds in one published string.
 
     The name model reads a word with its neighbours (it was trained on utterances); a bare
     token has none, and on one it guesses (``pid``, ``keyid``, ``dev-0`` read as names).  So
     in a bare token a name counts only when the token is a capitalised given or family name
-    of the gazetteer (``{"operator": "Alice"}``); every other kind counts wherever it is."""
-    kinds = {k for k, _, _ in scrub.find(s)}
+    of the gazetteer (``{"operator": "Alice"}``); every other kind counts wherever it is.
+    Inside a longer string, what lies within one of ``lab_ids`` (the lab's device names,
+    namespace, the learner's chosen id) is not PII either: "device dev-1 ..." read ``dev``
+    as a name."""
+    found = scrub.find(s)
+    if lab_ids and found:
+        mine = [(m.start(), m.end()) for k in lab_ids if len(k) > 1 for m in re.finditer(_word_bounded(k), s)]
+        found = [f for f in found if not any(a <= f[1] and f[2] <= b for a, b in mine)]
+    kinds = {k for k, _, _ in found}
     if "name" in kinds and _BARE_TOKEN.fullmatch(s):
         word = s.strip(".,;:!?\"'()[]{}")
         if not (word[:1].isupper() and word.lower() in _plain_names()):
             kinds.discard("name")
     return sorted(kinds)
+
+
+@lru_cache(maxsize=256)
+def _word_bounded(ident: str) -> re.Pattern:
+    return re.compile(r"(?<![\w-])" + re.escape(ident) + r"(?![\w-])")
 
 
 def lab_identifiers(ctx: CheckContext) -> set[str]:
@@ -142,6 +154,7 @@ def pii_in_messages(ctx: CheckContext) -> list[dict]:
     from lab_hardware import topics
 
     known = lab_identifiers(ctx)
+    lab_ids = frozenset(k for k in (ctx.namespace, ctx.learner, *ctx.devices) if k)
     answers = {topics.oracle_response(ctx.namespace, d) for d in ctx.devices} | {topics.metadata(ctx.namespace)}
     verdict: dict[str, list] = {}
     hits = []
@@ -157,7 +170,7 @@ def pii_in_messages(ctx: CheckContext) -> list[dict]:
         kinds = set()
         for s in strings - known:
             if s not in verdict:
-                verdict[s] = _kinds(s) if len(s) > 2 else []
+                verdict[s] = _kinds(s, lab_ids) if len(s) > 2 else []
             kinds.update(verdict[s])
         if kinds:
             hits.append({"topic": m.topic, "kinds": sorted(kinds), "time": m.time, "retained": m.retain})

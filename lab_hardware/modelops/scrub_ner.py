@@ -334,7 +334,9 @@ class NameModel:
         out = []
         n = len(toks)
         for i, (tok, s, e) in enumerate(toks_pos):
-            if not is_word(tok):
+            if not is_word(tok) or any(c.isdigit() for c in tok):
+                # nobody's name is written with a digit, and an unknown word with one is most
+                # often a program's: "sha256", "9f3ab2c1" in "capture 9f3ab2c1 stored"
                 continue
             score = self.bias + self._wscore(tok, mixed)
             p1 = lows[i - 1] if i > 0 else "<s>"
