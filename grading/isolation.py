@@ -409,6 +409,13 @@ class LabPool:
             raise err
         return slot
 
+    def settle(self, timeout: float) -> bool:
+        """Wait (up to ``timeout`` s) until every slot handed back is closed; True if all are."""
+        deadline = time.monotonic() + timeout
+        for th in list(self._closing):
+            th.join(max(0.0, deadline - time.monotonic()))
+        return not any(th.is_alive() for th in self._closing)
+
     def close(self) -> None:
         for th in self._closing:
             th.join()
@@ -430,6 +437,14 @@ def shutdown_worker_labs() -> None:
         _POOLS.clear()
     for p in pools:
         p.close()
+
+
+def settle_worker_labs(timeout: float = 120.0) -> bool:
+    """Wait (bounded) until every namespace this process graded in is removed (slots close in
+    the background, after the grade is returned); True if all are."""
+    with _POOLS_LOCK:
+        pools = list(_POOLS.values())
+    return all(p.settle(timeout) for p in pools)
 
 
 def lab_pool(labcfg: dict, opts) -> LabPool:

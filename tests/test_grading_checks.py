@@ -269,6 +269,7 @@ def test_nothing_of_a_namespace_survives_grading(glab):
     from lab_hardware.runtime import lab
     from lab_hardware.modelops import replay
 
+    assert isolation.settle_worker_labs(), "a graded namespace was still being removed after 120 s"
     cfg = lab._home.read_json(glab["home"] / "config.json")
     graded = [n for n in cfg["namespaces"] if n.startswith("g-")]
     assert len(graded) <= 1  # at most the slot prepared for the next submission
@@ -474,3 +475,6 @@ def test_machine_identifiers_in_lab_messages_are_not_pii():
         [Message(0.0, "livelab/g-abc/learner/notes", json.dumps({"note": w}).encode(), False) for w in written]
     )
     assert [h["kinds"] for h in pii_in_messages(ctx)] == [[k] for k in written.values()]
+    lab_text = json.dumps({"status": "device dev-1 runs the bundle", "note": "consent on g-abc granted by ada"})
+    ctx = _m5_context([Message(0.0, "livelab/g-abc/devices/dev-1/state", lab_text.encode(), False)])
+    assert pii_in_messages(ctx) == []
