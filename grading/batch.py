@@ -467,6 +467,26 @@ def path_id(name: str) -> str:
     return enc
 
 
+#: A submission whose grading took longer than this is logged with its phases (a stall of the
+#: machine, not of the learner's code, shows in which phase it waited); the course's references
+#: take 0.3-20 s each.
+SLOW_SUBMISSION_S = 45.0
+
+
+def slow_submission(results: list[dict], threshold: float | None = None) -> str | None:
+    """One line naming the slowest submission and its phases, if it took over ``threshold`` s."""
+    limit = SLOW_SUBMISSION_S if threshold is None else threshold
+    timed = [r for r in results if (r.get("timings") or {}).get("total") is not None]
+    if not timed:
+        return None
+    r = max(timed, key=lambda r: r["timings"]["total"])
+    t = r["timings"]
+    if t["total"] <= limit:
+        return None
+    phases = ", ".join(f"{k} {v:.2f} s" for k, v in sorted(t.items(), key=lambda kv: -kv[1]) if k != "total")
+    return f"slow submission: {r['student']} took {t['total']:.1f} s ({phases})"
+
+
 class Driver:
     def __init__(self, cfg: BatchConfig):
         self.cfg = cfg
@@ -774,6 +794,9 @@ class Driver:
         if todo:
             results = self._grade(todo, timing, starter)
         self._save_cache()
+        slow = slow_submission(results)
+        if slow:
+            log.warning("%s", slow)
         all_results = results + cached
         wall = time.perf_counter() - t0
         return {

@@ -54,7 +54,7 @@ def test_bad_command_refused_and_audited(lab_home, lab_sdk, command, payload, re
         # the device keeps serving: it still answers a good command and keeps deciding
         decisions = lab_sdk.states["dev-2"]["decisions"]
         assert lab_sdk.command("dev-2", "ping")["kind"] == "command"
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 60
         while lab_sdk.states["dev-2"]["decisions"] <= decisions and time.monotonic() < deadline:
             time.sleep(0.05)
         assert lab_sdk.states["dev-2"]["decisions"] > decisions
@@ -93,7 +93,7 @@ def test_command_flood_does_not_stop_device(lab_home, lab_sdk):
     for i in infos:
         i.wait_for_publish(5)
     mqtt.stop(c)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while lab_sdk.states["dev-0"]["refused"] < desc_before + 200 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert lab_sdk.states["dev-0"]["refused"] >= desc_before + 200

@@ -305,7 +305,7 @@ def test_writer_killed_mid_batch_leaves_nothing_and_rerun_completes_once(tmp_pat
         p.wait(10)
         assert p.returncode == -signal.SIGKILL
         # Consistent: exactly the committed batch, nothing half-written.
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while store.count() != 700 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert store.count() == 700

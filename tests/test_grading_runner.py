@@ -772,3 +772,16 @@ def test_cli_bad_teams_file_is_one_line_and_exit_2(tmp_path, capsys, course, con
     )
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and fragment in err, err
+
+
+def test_a_slow_submission_is_logged_with_its_phases():
+    """A stall (one run of 60 took 79 s instead of 12) must name the phase it waited in."""
+    from grading.batch import slow_submission
+
+    fast = {"student": "a", "timings": {"total": 0.4, "cells": 0.2, "kernel_wait": 0.05}}
+    slow = {"student": "b", "timings": {"total": 61.0, "cells": 0.2, "kernel_wait": 60.5}}
+    assert slow_submission([fast]) is None
+    assert slow_submission([{"student": "c"}]) is None
+    line = slow_submission([fast, slow])
+    assert line == "slow submission: b took 61.0 s (kernel_wait 60.50 s, cells 0.20 s)"
+    assert slow_submission([fast], threshold=0.1).startswith("slow submission: a took 0.4 s (cells")

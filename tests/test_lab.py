@@ -157,7 +157,7 @@ def test_down_after_supervisor_killed(fresh_lab):
     os.kill(sup, 9)
     time.sleep(0.2)
     lab.down(home)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline and [p for p in pids if p != sup and pid_alive(p)]:
         time.sleep(0.05)
     assert [p for p in pids if p != sup and pid_alive(p)] == []
@@ -172,7 +172,7 @@ def test_device_crash_is_restarted_with_consent_kept(fresh_lab):
         first = sdk.next_window("dev-1", timeout=5)["seq"]
         old = lab.status(home)["devices"][1]["pid"]
         os.kill(old, 9)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             st = sdk.states.get("dev-1", {})
             if st.get("online") and st.get("pid") != old:
@@ -181,6 +181,6 @@ def test_device_crash_is_restarted_with_consent_kept(fresh_lab):
         assert sdk.states["dev-1"]["pid"] != old
         assert sdk.states["dev-1"]["consent"]["telemetry"] is True  # restored from the trail
         assert sdk.states["dev-1"]["boot"] == 2
-        later = sdk.next_window("dev-1", timeout=5)["seq"]
+        later = sdk.next_window("dev-1", timeout=30)["seq"]
         assert later > first  # the sequence continues, never reused
     assert lab.status(home)["devices"][1]["restarts"] == 1

@@ -202,7 +202,7 @@ def test_learner_a_subscribing_to_b_gets_nothing(team):
         lab_b.grant_consent("dev-0")
         w = lab_b.next_window("dev-0", timeout=20)  # B's devices really publish...
         assert w["device"] == "dev-0"
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len(lab_b.windows("dev-0")) < 3:
             time.sleep(0.05)
         assert len(lab_b.windows("dev-0")) >= 3
@@ -235,7 +235,7 @@ def test_events_name_the_namespace_owner_not_the_payload(team):
     ):
         pass
     with EventStore(team["home"]) as store:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline and store.count(learner=a, module="m1-telemetry") < 2:
             time.sleep(0.05)
         evs = store.query(module="m1-telemetry")
@@ -367,7 +367,7 @@ def test_remove_while_kernel_runs_stops_only_its_devices(tmp_path, mosquitto_ava
         assert after["broker"]["pid"] == run["broker"]["pid"]
         # B's devices keep publishing to B ...
         n = len(lab_b.windows("dev-1"))
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len(lab_b.windows("dev-1")) <= n:
             time.sleep(0.05)
         assert len(lab_b.windows("dev-1")) > n

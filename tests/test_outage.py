@@ -82,7 +82,7 @@ def test_broker_kill9_loses_no_window(fresh_lab):
 
         final = {d["name"]: d["telemetry_seq"] for d in lab.status(home)["devices"]}
         assert all(final[d] >= before_outage[d] + 10 >= 30 for d in final), (before_outage, final)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if all(set(range(final[d] + 1)) <= set(_seqs(obs, d)) for d in final):
                 break

@@ -529,7 +529,7 @@ def test_captures_of_a_namespace_added_to_a_running_lab_are_stored(tmp_path, mos
             dev = sdk.devices[0]
             sdk.grant_consent(dev, "replay-capture")
             cid = sdk.capture(dev, 40)
-        deadline = _time.monotonic() + 10
+        deadline = _time.monotonic() + 60
         while _time.monotonic() < deadline:
             caps = [c for c in replay.list_captures(home) if c.get("capture_id") == cid]
             if caps and caps[0].get("records", 0) >= 40:
