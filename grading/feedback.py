@@ -36,6 +36,9 @@ def _exporter():
             base = os.path.dirname(nbgrader.__file__)
             c = Config()
             c.HTMLExporter.template_name = "feedback"
+            # validate the notebook once, after the last preprocessor, not after each of them
+            # (nbconvert's own option; the schema check was a quarter of the page's cost)
+            c.HTMLExporter.optimistic_validation = True
             c.HTMLExporter.extra_template_basedirs = [
                 os.path.join(base, "server_extensions", "formgrader", "templates")
             ]

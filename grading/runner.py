@@ -205,10 +205,46 @@ def _kept_gradebooks() -> _KeptGradebooks:
     return _GRADEBOOKS
 
 
+class _SchemaCheckedOnce:
+    """``jsonschema`` for nbgrader's cell metadata validator, checking each schema once.
+
+    ``jsonschema.validate`` first checks the *schema* against its meta-schema, on every call;
+    nbgrader's ``CheckCellMetadata`` calls it for every cell of every submission with the same
+    schema, and that check was 95% of the validator's time (a sixth of a grading worker's CPU,
+    profiled with py-spy).  Same result, same exceptions: the schema is checked the first
+    time it is seen, then its validator is reused."""
+
+    def __init__(self, jsonschema):
+        self._js = jsonschema
+        self._validators: dict[int, tuple] = {}
+        self._lock = threading.Lock()
+
+    def validate(self, instance, schema, cls=None, *args, **kwargs):
+        if cls is not None or args or kwargs:
+            return self._js.validate(instance, schema, cls, *args, **kwargs)
+        with self._lock:
+            got = self._validators.get(id(schema))
+            if got is None or got[0] is not schema:
+                vcls = self._js.validators.validator_for(schema)
+                vcls.check_schema(schema)
+                got = self._validators[id(schema)] = (schema, vcls(schema))
+        error = self._js.exceptions.best_match(got[1].iter_errors(instance))
+        if error is not None:
+            raise error
+
+    def __getattr__(self, name):
+        return getattr(self._js, name)
+
+
 def _sanitizers():
     """nbgrader autograde's sanitize preprocessors, in its order, built once per process."""
     global _SANITIZERS
     if _SANITIZERS is None:
+        import jsonschema
+        from nbgrader.nbgraderformat import common
+
+        if common.jsonschema is jsonschema:
+            common.jsonschema = _SchemaCheckedOnce(jsonschema)
         from nbgrader.converters.autograde import Autograde
         from nbgrader.preprocessors import OverwriteCells
         from traitlets.config import Config

@@ -23,6 +23,7 @@ result's ``isolation`` facts, never silently assumed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -241,17 +242,35 @@ GUARD = Path(__file__).with_name("kernel_guard.py")
 GUARD_STARTUP = "home/.ipython/profile_default/startup/00-livelab-grader-guard.py"
 
 
+#: where a kernel forked by the fork server finds the guard compiled ahead (see zygote.py)
+GUARD_CODE_ATTR = "_livelab_guard_code"
+
+
+def guard_digest(src: str) -> str:
+    return hashlib.sha256(src.encode()).hexdigest()
+
+
 @lru_cache(maxsize=1)
 def guard_startup() -> bytes:
     """The IPython startup file that installs :mod:`grading.kernel_guard` in a grading kernel
-    before any notebook code: in a module of its own, with a private copy of the builtins."""
+    before any notebook code: in a module of its own, with a private copy of the builtins.
+
+    A kernel forked by the fork server takes the guard's code object the server compiled once
+    from the same file (matched by digest; compiling it was 5% of a grading kernel's CPU);
+    any other kernel compiles the source embedded here."""
     src = GUARD.read_text()
     return (
         "def _livelab_guard():\n"
         "    import builtins, sys, types\n"
         "    m = types.ModuleType('_livelab_guard')\n"
         "    m.__dict__['__builtins__'] = dict(vars(builtins))\n"
-        f"    exec(compile({src!r}, '<livelab grader guard>', 'exec'), m.__dict__)\n"
+        f"    pre = sys.__dict__.pop({GUARD_CODE_ATTR!r}, None)\n"
+        f"    if pre is not None and pre[0] == {guard_digest(src)!r}:\n"
+        "        code = pre[1]\n"
+        "    else:\n"
+        f"        code = compile({src!r}, '<livelab grader guard>', 'exec')\n"
+        "    m.__dict__['COMPILED_AHEAD'] = code is not None and pre is not None and code is pre[1]\n"
+        "    exec(code, m.__dict__)\n"
         "    sys.modules['_livelab_guard'] = m\n"
         "    m.install(get_ipython())\n"
         "_livelab_guard()\n"

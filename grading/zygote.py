@@ -44,10 +44,35 @@ PRELOAD = (
     "xml.dom.minidom",
     "http.client",
     "fractions",
+    # what the rest of a kernel's start imports (found by comparing a started kernel's
+    # sys.modules with this server's): the shell's inspector and completer, store magic ...
+    "IPython.core.oinspect",
+    "IPython.core.completerlib",
+    "IPython.core.logger",
+    "IPython.extensions.storemagic",
+    "IPython.utils.wildcard",
+    "tornado.platform.asyncio",
+    "ctypes.util",
+    "faulthandler",
+    "resource",
 )
 
 
-def _child(req, launcher):
+def _guard_code():
+    """The grader's kernel guard (kernel_guard.py beside this file) compiled once, with the
+    digest of its source: each kernel's startup file takes it instead of compiling the source
+    itself when the digests match (grading.sandbox.guard_startup)."""
+    import hashlib
+
+    try:
+        with open(os.path.join(HERE, "kernel_guard.py"), encoding="utf-8") as f:
+            src = f.read()
+        return hashlib.sha256(src.encode()).hexdigest(), compile(src, "<livelab grader guard>", "exec")
+    except (OSError, SyntaxError, ValueError):
+        return None  # each kernel compiles the guard from its startup file
+
+
+def _child(req, launcher, guard=None):
     code = 0
     try:
         os.setsid()  # own process group: jupyter_client signals the group
@@ -66,6 +91,8 @@ def _child(req, launcher):
         random.seed()
         launcher.confine(req["spec"])  # with a PID namespace this process becomes the shim
         sys.argv = ["ipykernel_launcher", *req["args"]]
+        if guard is not None:
+            sys._livelab_guard_code = guard  # popped by the kernel's guard startup file
         from ipykernel import kernelapp
 
         kernelapp.launch_new_instance(argv=req["args"])
@@ -106,6 +133,7 @@ def main():
             importlib.import_module(name)
         except Exception:  # noqa: BLE001 - optional: the kernel imports it itself if it can
             pass
+    guard = _guard_code()
     import inspect
 
     # fill inspect's file -> module caches for everything loaded so far: a kernel's first
@@ -159,7 +187,7 @@ def main():
                 pid = os.fork()
                 if pid == 0:
                     out.close()
-                    _child(req, launcher)
+                    _child(req, launcher, guard)
                 children.add(pid)
                 out.write(json.dumps({"id": req["id"], "pid": pid}) + "\n")
     finally:

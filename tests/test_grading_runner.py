@@ -785,3 +785,79 @@ def test_a_slow_submission_is_logged_with_its_phases():
     line = slow_submission([fast, slow])
     assert line == "slow submission: b took 61.0 s (kernel_wait 60.50 s, cells 0.20 s)"
     assert slow_submission([fast], threshold=0.1).startswith("slow submission: a took 0.4 s (cells")
+
+
+def _kernel_says(kernel, code: str) -> str:
+    from jupyter_core.utils import run_sync
+
+    kc = kernel.km.client()
+    kc.start_channels()
+    try:
+        run_sync(kc.wait_for_ready)(timeout=60)
+        out: list[str] = []
+
+        def hook(msg):
+            if msg["msg_type"] == "stream":
+                out.append(msg["content"]["text"])
+
+        run_sync(kc.execute_interactive)(code, output_hook=hook, timeout=60)
+        return "".join(out).strip()
+    finally:
+        kc.stop_channels()
+
+
+def test_forked_kernels_run_the_guard_compiled_once_and_the_handover_is_gone(monkeypatch):
+    """The fork server compiles the kernel guard once and each forked kernel's startup file
+    takes that code object (compiling it was 5% of a kernel's CPU): the guard is installed,
+    nothing of the handover is left for notebook code to see, and a guard file that changed
+    since the server compiled it is compiled from the startup file instead."""
+    from grading import runner, sandbox
+
+    probe = (
+        "import sys\n"
+        "g = sys.modules['_livelab_guard']\n"
+        "print(g.COMPILED_AHEAD, hasattr(sys, '_livelab_guard_code'), callable(g.enter))"
+    )
+    k = sandbox.Kernel(runner.tests_config(runner.RunOptions(limits=LIMITS))).start()
+    try:
+        assert _kernel_says(k, probe) == "True False True"
+    finally:
+        k.close()
+    # a startup file written for another guard source: the kernel compiles its own copy
+    edited = sandbox.guard_startup().replace(sandbox.guard_digest(sandbox.GUARD.read_text()).encode(), b"0" * 64)
+    monkeypatch.setattr(sandbox, "guard_startup", lambda: edited)
+    k = sandbox.Kernel(runner.tests_config(runner.RunOptions(limits=LIMITS))).start()
+    try:
+        assert _kernel_says(k, probe) == "False False True"
+    finally:
+        k.close()
+
+
+def test_cell_metadata_is_validated_as_nbgrader_does_with_each_schema_checked_once():
+    """nbgrader's cell metadata validator calls ``jsonschema.validate``, which checks the
+    schema itself on every call; the grader checks each schema once and reuses its validator.
+    What is accepted and what is refused, and the error raised, stay jsonschema's."""
+    import jsonschema
+    from nbgrader.nbgraderformat import common
+    from nbgrader.nbgraderformat.v3 import MetadataValidatorV3
+
+    from grading import runner
+
+    runner._sanitizers()
+    assert isinstance(common.jsonschema, runner._SchemaCheckedOnce)
+    v = MetadataValidatorV3()
+    good = {"grade": True, "grade_id": "t1", "points": 2, "locked": True, "solution": False, "schema_version": 3}
+    bad = {**good, "points": "lots"}
+    cell = nbformat.v4.new_code_cell("assert True", metadata={"nbgrader": good})
+    for _ in range(3):
+        v.validate_cell(cell)
+    cell.metadata["nbgrader"] = bad
+    with pytest.raises(jsonschema.ValidationError) as theirs:
+        jsonschema.validate(bad, v.schema)
+    for _ in range(2):  # the first time (schema checked) and later (validator reused)
+        with pytest.raises(jsonschema.ValidationError) as ours:
+            v.validate_cell(cell)
+        assert ours.value.message == theirs.value.message and "lots" in ours.value.message
+    broken = {"type": "nonsense-type"}  # a broken schema is still refused as jsonschema does
+    with pytest.raises(jsonschema.SchemaError):
+        common.jsonschema.validate({}, broken)
