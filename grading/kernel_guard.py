@@ -31,6 +31,7 @@ cell before any test, is beyond a same-process guard; the sandbox is the boundar
 import builtins as _b
 import sys as _sys
 import types as _types
+from operator import is_not as _is_not
 
 _MISSING = object()
 _state: dict = {}
@@ -168,7 +169,24 @@ def checkpoint(nonce: str = "") -> str:
     return f"{nonce}:ok"
 
 
+def _same(current: dict, saved: dict) -> bool:
+    """Holds ``current`` exactly the keys and values of ``saved`` (by identity, in order)?
+    Compared in C (``map`` of ``operator.is_not``): most modules' namespaces are unchanged at
+    every test cell, and this check is what lets :func:`_swap_namespace` skip them (it would
+    swap nothing there); a loop in Python over every loaded module's names was 4% of a grading
+    kernel's CPU.  ``is_not`` is bound when the guard loads, before any notebook code, and
+    ``map``/``any``/``len`` come from this module's private builtins: a notebook that patches
+    ``operator`` or the builtins cannot make a changed namespace look unchanged."""
+    return (
+        len(current) == len(saved)
+        and not any(map(_is_not, current, saved))
+        and not any(map(_is_not, current.values(), saved.values()))
+    )
+
+
 def _swap_namespace(ns_get, ns_set, ns_del, current: dict, saved: dict, undo: list, *, additions: bool) -> None:
+    if _same(current, saved):
+        return  # nothing of it was replaced: there is nothing to swap
     for k, v in list(current.items()):
         s = saved.get(k, _MISSING)
         if s is v or not _from_notebook(v):

@@ -177,6 +177,17 @@ def _build(root: Path) -> None:
         "math.isclose replaced",
         extra=["import math\nmath.isclose = lambda *a, **k: True"],
     )
+    sub(
+        "modpatchhidden",
+        FAILS_ISCLOSE,
+        2,
+        "math.isclose replaced, with operator.is_not, any and map patched to make changes look like none",
+        extra=[
+            "import math, operator, builtins\nmath.isclose = lambda *a, **k: True\n"
+            "operator.is_not = lambda a, b: False\nbuiltins.any = lambda it: False\n"
+            "builtins.map = lambda f, *its: iter(())"
+        ],
+    )
 
     # ---- accidents: repaired, the code earns its points
     def dup(nb):
