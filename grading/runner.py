@@ -185,8 +185,43 @@ class _KeptGradebooks:
 
 def _kept(cls):
     class KeptGradebook(cls):
-        def close(self):  # kept open for the next notebook; its session holds no transaction
-            self.db.rollback()
+        """A reference gradebook kept open, whose answers are kept too.
+
+        ``OverwriteCells`` and ``OverwriteKernelspec`` ask the same questions of it for every
+        submission (the release's notebook, each cell's source and points): a third of
+        sanitizing's CPU went into those queries and into reloading rows that a rollback had
+        expired (py-spy).  The database is content-addressed and never written after it is
+        built, so each thread's session keeps what it loaded across notebooks (no expiry on
+        commit) and each ``find_*`` answer is reused by the thread that asked (a session and its
+        rows belong to one thread).  A missing row is asked again each time (it raises)."""
+
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            self.db.remove()  # sessions made from here on keep their rows across commits
+            self.db.configure(expire_on_commit=False)
+            self._local = threading.local()  # a thread's answers go with its session
+
+        def _answer(self, find, args: tuple, kw: dict):
+            if kw:
+                return find(*args, **kw)
+            answers = self._local.__dict__.setdefault("answers", {})
+            key = (find.__name__, args)
+            got = answers.get(key)
+            if got is None:
+                got = answers[key] = find(*args)
+            return got
+
+        def find_notebook(self, *args, **kw):
+            return self._answer(super().find_notebook, args, kw)
+
+        def find_source_cell(self, *args, **kw):
+            return self._answer(super().find_source_cell, args, kw)
+
+        def find_graded_cell(self, *args, **kw):
+            return self._answer(super().find_graded_cell, args, kw)
+
+        def close(self):  # kept open for the next notebook: end the read transaction only
+            self.db.commit()
 
     return KeptGradebook
 

@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import threading
 from pathlib import Path
 
 import nbformat
@@ -861,3 +862,64 @@ def test_cell_metadata_is_validated_as_nbgrader_does_with_each_schema_checked_on
     broken = {"type": "nonsense-type"}  # a broken schema is still refused as jsonschema does
     with pytest.raises(jsonschema.SchemaError):
         common.jsonschema.validate({}, broken)
+
+
+def test_sanitizing_asks_the_reference_gradebook_once_per_thread_and_still_restores(course, tmp_path):
+    """nbgrader's sanitize preprocessors ask the private reference gradebook the same questions
+    for every submission; a grading process asks them once per thread (a session and its rows
+    belong to one thread) and every notebook is still restored from the release: edited test
+    cells and points, on the first notebook and on later ones, in either thread."""
+    from sqlalchemy import event
+
+    from grading import reference, runner
+
+    ref = reference.build(
+        course["root"] / "source" / samples.ASSIGNMENT / f"{samples.NOTEBOOK}.ipynb",
+        samples.ASSIGNMENT,
+        tmp_path / "state",
+    )
+    release = course["release"]
+
+    def tampered():
+        nb = samples.submission(release, samples.CORRECT)
+        for cell in nb.cells:
+            meta = cell.metadata.get("nbgrader", {})
+            if meta.get("grade"):
+                cell.source = "pass  # no tests here"
+                meta["points"] = 100
+        return nb
+
+    def restored(nb) -> bool:
+        tests = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
+        return bool(tests) and all(
+            "assert" in c.source  # the release's tests (with the hidden ones), not the edit
+            and float(c.metadata.nbgrader.points) == ref.grade_cells[c.metadata.nbgrader.grade_id]
+            for c in tests
+        )
+
+    queries: list[str] = []
+
+    def on_query(conn, cursor, statement, *rest):
+        queries.append(statement)
+
+    nb, notes = runner.sanitize(tampered(), ref, "first")  # opens the kept gradebook
+    assert restored(nb) and any("was edited" in n for n in notes)
+    gb = runner._kept_gradebooks()(ref.ensure_local().db_url)
+    event.listen(gb.engine, "before_cursor_execute", on_query)
+    try:
+        for i in range(3):
+            nb, notes = runner.sanitize(tampered(), ref, f"again{i}")
+            assert restored(nb) and any("was edited" in n for n in notes), notes
+        assert queries == [], queries[:3]  # answered from what the thread already asked
+        out: dict = {}
+
+        def other_thread():
+            out["nb"], out["notes"] = runner.sanitize(tampered(), ref, "other")
+
+        th = threading.Thread(target=other_thread)
+        th.start()
+        th.join(60)
+        assert restored(out["nb"]) and any("was edited" in n for n in out["notes"])
+        assert queries, "a new thread asks its own session"
+    finally:
+        event.remove(gb.engine, "before_cursor_execute", on_query)
