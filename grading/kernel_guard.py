@@ -14,7 +14,9 @@ through ``user_expressions`` of an empty, silent execute request (no transformer
 custom handler is on that path):
 
 * ``checkpoint()`` before the learner's first cell after release code: the first one takes the
-  grader's snapshot of the shell; every one records modules imported since (by release code);
+  grader's snapshot of the shell; every one records modules imported since (by release code).
+  A kernel forked by the fork server starts from the server's copies of the modules it had
+  loaded, each kept only if its namespace's dict version tag shows it unchanged since;
 * ``enter(nonce)`` before a test cell: everything the notebook changed since the snapshot is
   set aside and the grader's state is put in place;
 * ``leave(nonce)`` after it: the grader's state is checked (a thread that reinstalled a hook
@@ -31,10 +33,66 @@ cell before any test, is beyond a same-process guard; the sandbox is the boundar
 import builtins as _b
 import sys as _sys
 import types as _types
+from itertools import compress as _compress
 from operator import is_not as _is_not
+from operator import ne as _ne
 
 _MISSING = object()
 _state: dict = {}
+
+
+def _tag_reader():
+    """``tags(dicts)``: CPython's version tag of each dict (PEP 509: every change of a dict's
+    keys or values gives it a new tag), read in C; ``None`` where the tag cannot be read (an
+    interpreter other than CPython 3.11-3.13, or a layout the probe below does not confirm):
+    the guard then compares every module's names and values at each test cell, as before.
+
+    Why: at a test cell, almost every loaded module's namespace is as it was at the snapshot,
+    and the tag says so without touching its values (comparing them in C was still a tenth of
+    a grading kernel's CPU, and touching every value writes its reference count: copy-on-write
+    faults in a kernel forked from the fork server).  A module whose tag changed is compared
+    name by name as before.  Bound here, before any notebook code: a notebook that patches
+    ``ctypes``, ``operator`` or ``itertools`` later does not change what the guard calls."""
+    impl = getattr(_sys, "implementation", None)
+    if getattr(impl, "name", "") != "cpython" or not ((3, 11) <= _sys.version_info[:2] <= (3, 13)):
+        return None
+    try:
+        import ctypes
+        from itertools import repeat
+        from operator import add, attrgetter
+
+        ptr = ctypes.sizeof(ctypes.c_void_p)
+        at, used_at, value = ctypes.c_uint64.from_address, ctypes.c_ssize_t.from_address, attrgetter("value")
+
+        def tags(dicts, _off=3 * ptr):  # PyDictObject: ob_refcnt, ob_type, ma_used, ma_version_tag
+            return list(map(value, map(at, map(add, map(id, dicts), repeat(_off)))))
+
+        # the layout, confirmed on this interpreter: ma_used is len(); every way a namespace
+        # can change gives that dict, and only that dict, a new tag
+        a, b = {"k": 1}, dict.fromkeys(range(9))
+        if [used_at(id(d) + 2 * ptr).value for d in (a, b)] != [1, 9]:
+            return None
+        changes = (
+            lambda: a.__setitem__("k", 2),
+            lambda: a.__setitem__("n", 1),
+            lambda: a.__delitem__("n"),
+            lambda: a.setdefault("m", 0),
+            lambda: a.update(z=3),
+            lambda: a.pop("z"),
+            lambda: exec("k = 5", a),
+        )
+        for change in changes:
+            before = tags((a, b))
+            change()
+            after = tags((a, b))
+            if after[0] == before[0] or after[1] != before[1]:
+                return None
+        return tags
+    except Exception:  # noqa: BLE001 - no ctypes, or a layout it cannot read: compare instead
+        return None
+
+
+_TAGS = _tag_reader()
 
 
 def _shell():
@@ -133,6 +191,9 @@ def _record_modules() -> None:
     is before any notebook code; a module the notebook imports and patches itself before the
     next record is recorded as patched: the limit of a same-process guard)."""
     mods = _state.setdefault("modules", {})
+    if not mods and MODULES_AHEAD is not None:
+        _take_ahead(mods, MODULES_AHEAD)
+    new = []
     for name, mod in list(_sys.modules.items()):
         if name in mods or name == "__main__" or not isinstance(mod, _types.ModuleType):
             continue
@@ -141,6 +202,61 @@ def _record_modules() -> None:
         except TypeError:
             continue
         mods[name] = (mod, dict(d))
+        new.append((d, mods[name][1]))
+    _remember(new)
+
+
+def _remember(entries: list) -> None:
+    """Add ``(namespace, its copy)`` pairs, with the namespaces' tags as of now, to what
+    :func:`enter` compares."""
+    _state.setdefault("namespaces", []).extend(d for d, _ in entries)
+    _state.setdefault("saved", []).extend(s for _, s in entries)
+    if _TAGS is not None:
+        _state.setdefault("tags", []).extend(_TAGS([d for d, _ in entries]))
+
+
+def modules_ahead():
+    """The fork server's record of its loaded modules, taken once before it forks kernels:
+    ``(names, modules, namespaces, copies, tags)``, or ``None`` without tags (a kernel could
+    not tell which of them changed between the fork and its first record)."""
+    if _TAGS is None:
+        return None
+    names, modules, namespaces = [], [], []
+    for name, mod in list(_sys.modules.items()):
+        if name == "__main__" or not isinstance(mod, _types.ModuleType):
+            continue
+        try:
+            d = vars(mod)
+        except TypeError:
+            continue
+        names.append(name)
+        modules.append(mod)
+        namespaces.append(d)
+    return names, modules, namespaces, [dict(d) for d in namespaces], _TAGS(namespaces)
+
+
+#: set by the startup file: the fork server's :func:`modules_ahead` (or None)
+MODULES_AHEAD = None
+
+
+def _take_ahead(mods: dict, ahead) -> None:
+    """The first record, from the fork server's copies: a module still under its name whose
+    tag is the one it had when the server copied it is exactly that copy (copying it again
+    here would touch every one of its values: copy-on-write faults in every kernel); any
+    other is recorded afresh by :func:`_record_modules`."""
+    names, modules, namespaces, copies, tags = ahead
+    now = _TAGS(namespaces)
+    current = _sys.modules
+    keep = []
+    changed = set(_compress(range(len(names)), map(_ne, now, tags)))
+    for i, name in enumerate(names):
+        if i in changed or current.get(name) is not modules[i]:
+            continue
+        mods[name] = (modules[i], copies[i])
+        keep.append(i)
+    _state["namespaces"] = [namespaces[i] for i in keep]
+    _state["saved"] = [copies[i] for i in keep]
+    _state["tags"] = [tags[i] for i in keep]
 
 
 def snapshot() -> None:
@@ -228,9 +344,14 @@ def enter(nonce: str, release_names=()) -> str:
         if cur is not mod:
             undo.append((_sys.modules.__setitem__, _sys.modules.__delitem__, name, cur))
             _sys.modules[name] = mod
-    for name, (mod, saved) in _state["modules"].items():  # noqa: B007
-        d = vars(mod)
-        _swap_namespace(None, d.__setitem__, d.__delitem__, d, saved, undo, additions=False)
+    namespaces, saved = _state["namespaces"], _state["saved"]
+    if _TAGS is None:
+        changed: list = list(range(len(namespaces)))
+    else:  # only the namespaces changed since they were recorded can hold a replacement
+        changed = list(_compress(range(len(namespaces)), map(_ne, _TAGS(namespaces), _state["tags"])))
+    for i in changed:
+        d = namespaces[i]
+        _swap_namespace(None, d.__setitem__, d.__delitem__, d, saved[i], undo, additions=False)
     for obj, saved in snap["objects"]:
         d = vars(obj)
         _swap_namespace(None, d.__setitem__, d.__delitem__, d, saved, undo, additions=True)
@@ -354,8 +475,45 @@ def _limit_streams(limit: int) -> None:
             pass
 
 
+def _traceback_formatted_once(shell) -> None:
+    """IPython formats a failing cell's traceback twice: to show it, and again, with the same
+    call, for its history (``_format_exception_for_storage``; only ``%notebook`` reads it).
+    Here the history takes the lines just shown for that same exception.  Formatting is
+    IPython's most expensive step of a failing cell (stack_data, a pygments formatter built
+    per call, a search of every loaded module for the cell's file): a sixth of a grading
+    kernel's CPU when half the tests fail.  Exceptions formatted another way (syntax and
+    usage errors, ``SystemExit``, a changed offset) are formatted by IPython as before."""
+    show = getattr(shell, "_showtraceback", None)
+    store = getattr(shell, "_format_exception_for_storage", None)
+    if show is None or store is None:
+        return
+    from IPython.core.error import UsageError
+
+    last: list = [None, None]
+
+    def _showtraceback(etype, evalue, stb):
+        last[0], last[1] = evalue, stb
+        return show(etype, evalue, stb)
+
+    def _format_exception_for_storage(exception, filename=None, running_compiled_code=False):
+        shown, stb = last
+        last[0] = last[1] = None
+        if (
+            shown is exception
+            and isinstance(stb, list)
+            and not isinstance(exception, (SyntaxError, SystemExit, UsageError))
+            and getattr(shell.InteractiveTB, "tb_offset", None) == 1
+        ):
+            return {"ename": type(exception).__name__, "evalue": str(exception), "traceback": list(stb)}
+        return store(exception, filename, running_compiled_code)
+
+    shell._showtraceback = _showtraceback
+    shell._format_exception_for_storage = _format_exception_for_storage
+
+
 def install(shell) -> None:
     _state["shell"] = shell
+    _traceback_formatted_once(shell)
     import os
 
     try:

@@ -269,6 +269,7 @@ def guard_startup() -> bytes:
         f"    code = pre[1] if ahead else compile({src!r}, '<livelab grader guard>', 'exec')\n"
         "    m.__dict__['COMPILED_AHEAD'] = ahead\n"
         "    exec(code, m.__dict__)\n"
+        "    m.__dict__['MODULES_AHEAD'] = pre[2] if ahead and len(pre) > 2 else None\n"
         "    sys.modules['_livelab_guard'] = m\n"
         "    m.install(get_ipython())\n"
         "_livelab_guard()\n"

@@ -72,6 +72,19 @@ def _guard_code():
         return None  # each kernel compiles the guard from its startup file
 
 
+def _modules_ahead(code):
+    """The guard's record of every module loaded here (``kernel_guard.modules_ahead``): each
+    forked kernel starts from it instead of copying every module's namespace itself."""
+    import builtins
+
+    ns = {"__name__": "_livelab_guard_ahead", "__builtins__": dict(vars(builtins))}
+    try:
+        exec(code, ns)
+        return ns["modules_ahead"]()
+    except Exception:  # noqa: BLE001 - each kernel records the modules itself
+        return None
+
+
 def _child(req, launcher, guard=None):
     code = 0
     try:
@@ -140,6 +153,8 @@ def main():
     # traceback (a failing test) otherwise resolves the real path of every loaded module's file
     # (about 7% of a grading kernel's CPU, measured with py-spy)
     inspect.getmodule(compile("", "<livelab-zygote>", "exec"))
+    if guard is not None:  # the guard's first record of the loaded modules, taken once here
+        guard = (*guard, _modules_ahead(guard[1]))
     import threading
 
     if threading.active_count() != 1:

@@ -452,7 +452,9 @@ def test_feedback_page_is_what_nbconvert_makes(batch, course):
 
 
 def test_no_process_or_cgroup_left_behind(batch):
-    own = {p.pid for p in psutil.Process().children(recursive=True)}  # this process's own fork server
+    # this process's own fork server and the kernel its pool keeps started ahead (an earlier
+    # test module's in-process grading leaves them, as a grading process keeps them)
+    own = {p.pid for p in psutil.Process().children(recursive=True)}
 
     def ours(p) -> bool:  # not another grader's on this machine (they may run at the same time)
         try:
@@ -481,7 +483,7 @@ def test_no_process_or_cgroup_left_behind(batch):
             str(d)
             for base in detect()["bases"].values()
             for d in Path(base).glob(f"livelab-{TAG}-*")
-            if d.exists() and (d / "cgroup.procs").read_text().strip()
+            if d.exists() and set(map(int, (d / "cgroup.procs").read_text().split())) - own
         ]
 
     # the kernels of a stopping fork server; a bound for a loaded machine, not a timing
@@ -807,6 +809,17 @@ def _kernel_says(kernel, code: str) -> str:
         kc.stop_channels()
 
 
+def _in_grading_kernel(code: str) -> str:
+    """What ``code`` prints in a grading kernel of its own (started from the fork server)."""
+    from grading import runner, sandbox
+
+    k = sandbox.Kernel(runner.tests_config(runner.RunOptions(limits=LIMITS))).start()
+    try:
+        return _kernel_says(k, code)
+    finally:
+        k.close()
+
+
 def test_forked_kernels_run_the_guard_compiled_once_and_the_handover_is_gone(monkeypatch):
     """The fork server compiles the kernel guard once and each forked kernel's startup file
     takes that code object (compiling it was 5% of a kernel's CPU): the guard is installed,
@@ -832,6 +845,103 @@ def test_forked_kernels_run_the_guard_compiled_once_and_the_handover_is_gone(mon
         assert _kernel_says(k, probe) == "False False True"
     finally:
         k.close()
+
+
+def test_the_guards_dict_tags_change_with_every_way_a_module_namespace_changes():
+    """The guard skips a module at a test cell when its namespace's version tag is the one it
+    recorded: every way code can change a module's names must give that namespace a new tag,
+    and only that one."""
+    import runpy
+    import types
+
+    from grading import sandbox
+
+    tags = runpy.run_path(str(sandbox.GUARD))["_TAGS"]
+    assert tags is not None, "the guard cannot read dict tags on this interpreter: it compares every module"
+    mod, other = types.ModuleType("m_tagged"), types.ModuleType("m_other")
+    exec("x = 1\ndef set_global(v):\n    global x\n    x = v\n", vars(mod))
+    ways = [
+        lambda: setattr(mod, "x", 2),
+        lambda: mod.set_global(3),
+        lambda: vars(mod).update(y=1),
+        lambda: delattr(mod, "y"),
+        lambda: exec("x = 4", vars(mod)),
+        lambda: vars(mod).setdefault("z", 0),
+        lambda: vars(mod).pop("z"),
+        lambda: setattr(mod, "x", mod.set_global),  # any other value
+    ]
+    for way in ways:
+        before = tags([vars(mod), vars(other)])
+        way()
+        after = tags([vars(mod), vars(other)])
+        assert after[0] != before[0] and after[1] == before[1]
+    unchanged = tags([vars(mod)])
+    mod.x = mod.x  # the same object again, and a read: nothing changed
+    assert tags([vars(mod)]) == unchanged
+
+
+def test_the_guard_starts_from_the_fork_servers_module_record_and_compares_only_changed_namespaces():
+    """A forked kernel's guard takes the fork server's copies of the loaded modules' namespaces
+    (copying them in every kernel touched every value: copy-on-write faults) and, at a test
+    cell, compares only the namespaces whose dict version tag changed.  What it guards stays
+    the same: a module changed before the first checkpoint (release code) is recorded as it is
+    then, a module put under a loaded module's name is recorded too, and a learner's patch of
+    either is set aside during a test and given back after it."""
+
+    probe = (
+        "import sys, types, math, textwrap\n"
+        "g = sys.modules['_livelab_guard']\n"
+        "names, mods, nss, copies, tags = g.MODULES_AHEAD\n"
+        "orig_isclose = math.isclose\n"
+        "def release_isclose(a, b, **k):\n"
+        "    return True\n"
+        "math.isclose = release_isclose\n"  # release code, before the first checkpoint
+        "fresh = types.ModuleType('textwrap')\n"
+        "fresh.dedent = textwrap.dedent\n"
+        "sys.modules['textwrap'] = fresh\n"
+        "g.checkpoint('n')\n"
+        "i = names.index('json')\n"
+        "in_server = 'textwrap' in names\n"
+        "ahead = g._state['modules']['json'][1] is copies[i]\n"
+        "recorded = g._state['modules']['math'][1]['isclose'] is release_isclose\n"
+        "def learner_isclose(a, b, **k):\n"
+        "    return 'learner'\n"
+        "def learner_dedent(*a):\n"
+        "    return 'learner'\n"
+        "math.isclose = learner_isclose\n"
+        "fresh.dedent = learner_dedent\n"
+        "g.enter('n')\n"
+        "during = (math.isclose(1, 2), fresh.dedent('  x'))\n"
+        "g.leave('n')\n"
+        "after = (math.isclose(1, 2), fresh.dedent('  x'))\n"
+        "print(g._TAGS is not None, in_server, ahead, recorded, during, after)"
+    )
+    said = _in_grading_kernel(probe)
+    assert said == "True True True True (True, 'x') ('learner', 'learner')", said
+
+
+def test_a_failing_cells_traceback_is_formatted_once_and_its_history_is_what_ipython_keeps():
+    """IPython formats a failing cell's traceback to show it and again for its history; a
+    grading kernel formats it once and keeps the lines shown, which are what IPython's own
+    second formatting gives."""
+
+    probe = (
+        "ip = get_ipython()\n"
+        "tb = ip.InteractiveTB\n"
+        "calls = []\n"
+        "orig = tb.structured_traceback\n"
+        "def counted(*a, **k):\n"
+        "    calls.append(1)\n"
+        "    return orig(*a, **k)\n"
+        "tb.structured_traceback = counted\n"
+        "r = ip.run_cell('def f(x):\\n    return 1 / x\\nf(0)', store_history=True)\n"
+        "del tb.structured_traceback\n"
+        "kept = ip.history_manager.exceptions[r.execution_count]\n"
+        "again = type(ip)._format_exception_for_storage(ip, r.error_in_exec)\n"
+        "print(len(calls), kept == again, kept['ename'], len(kept['traceback']) > 1)"
+    )
+    said = _in_grading_kernel(probe)
+    assert said == "1 True ZeroDivisionError True", said
 
 
 def test_cell_metadata_is_validated_as_nbgrader_does_with_each_schema_checked_once():
