@@ -451,6 +451,28 @@ def test_feedback_page_is_what_nbconvert_makes(batch, course):
     assert "No description has been provided for this image" in feedback.render(nb, res)
 
 
+def test_feedback_page_is_the_same_with_its_style_sheet_and_formatters_made_once(batch, course, monkeypatch):
+    """The feedback exporter builds pygments' style sheet and each language's formatter once
+    per process and copies only the cells it scores: each page is byte for byte the page
+    nbconvert's own filter and CSS pass make, and the notebook it was given is unchanged."""
+    from grading import feedback
+
+    nb = nbformat.read(course["root"] / "autograded" / "half" / samples.ASSIGNMENT / f"{samples.NOTEBOOK}.ipynb", 4)
+    nb.cells.append(nbformat.v4.new_markdown_cell("Some `code`:\n\n```python\nx = [1, 2]\n```"))
+    before = nbformat.writes(nb)
+    res = batch["full"]["half"]
+    pages = [feedback.render(nb, res) for _ in range(2)]
+    assert nbformat.writes(nb) == before
+    from nbconvert.filters.highlight import Highlight2HTML
+
+    monkeypatch.setattr(feedback, "_EXPORTER", None)
+    monkeypatch.setattr(feedback, "_highlighter_class", lambda: Highlight2HTML)
+    monkeypatch.setattr(feedback, "_css_header_class", lambda base: base)
+    theirs = feedback.render(nb, res)
+    assert pages[0] == pages[1] == theirs
+    assert "Score: 2.0 / 5.0" in theirs and 'class=" highlight hl-' in theirs
+
+
 def test_no_process_or_cgroup_left_behind(batch):
     # this process's own fork server and the kernel its pool keeps started ahead (an earlier
     # test module's in-process grading leaves them, as a grading process keeps them)
