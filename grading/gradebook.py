@@ -105,6 +105,11 @@ class Writer:
 
         self.db_url = db_url
         self.gb = Gradebook(db_url, course_id=course_id)
+        # the assignment's rows (assignment, notebooks, grade/solution/task cells) are read by
+        # every result and written by none: keep them loaded across the results' commits
+        # (nbgrader's add_submission otherwise reloads them all for each submission)
+        self.gb.db.remove()
+        self.gb.db.configure(expire_on_commit=False)
         self._pp = None
 
     def _saver(self):

@@ -473,6 +473,33 @@ def test_feedback_page_is_the_same_with_its_style_sheet_and_formatters_made_once
     assert "Score: 2.0 / 5.0" in theirs and 'class=" highlight hl-' in theirs
 
 
+def test_the_gradebook_writer_keeps_the_assignments_rows_loaded_across_results(batch, course, tmp_path):
+    """One Writer writes a whole run's results through nbgrader's API; the assignment's rows
+    (its notebook and cells) are loaded once, not again after each result's commit, and
+    every result's scores are what nbgrader computes."""
+    from sqlalchemy import event
+
+    from grading import gradebook, reference
+
+    src = course["root"] / "source" / samples.ASSIGNMENT / f"{samples.NOTEBOOK}.ipynb"
+    ref = reference.build(src, samples.ASSIGNMENT, tmp_path / "state")
+    url = gradebook.url_for(tmp_path / "gradebook.db")
+    gradebook.ensure_assignment(url, ref)
+    auto = course["root"] / "autograded"
+    good, half = (
+        {**batch["full"][s], "executed": (auto / s / samples.ASSIGNMENT / f"{samples.NOTEBOOK}.ipynb").read_text()}
+        for s in ("good", "half")
+    )
+    seen: list[str] = []
+    with gradebook.Writer(url) as w:
+        w.save(good)
+        event.listen(w.gb.engine, "before_cursor_execute", lambda c, cur, stmt, *a: seen.append(" ".join(stmt.split())))
+        w.save(half)
+    reloaded = [q for q in seen if q.startswith("SELECT notebook.") or "WHERE ? = base_cell.notebook_id" in q]
+    assert seen and not reloaded, reloaded
+    assert gradebook.scores(url, samples.ASSIGNMENT) == {"good": 5.0, "half": 2.0}
+
+
 def test_no_process_or_cgroup_left_behind(batch):
     # this process's own fork server and the kernel its pool keeps started ahead (an earlier
     # test module's in-process grading leaves them, as a grading process keeps them)
