@@ -194,16 +194,23 @@ def _record_modules() -> None:
     if not mods and MODULES_AHEAD is not None:
         _take_ahead(mods, MODULES_AHEAD)
     new = []
+    for name, mod, d in _loaded(skip=mods):
+        mods[name] = (mod, dict(d))
+        new.append((d, mods[name][1]))
+    _remember(new)
+
+
+def _loaded(skip=()):
+    """``(name, module, namespace)`` of every loaded module but ``__main__`` and those in
+    ``skip``."""
     for name, mod in list(_sys.modules.items()):
-        if name in mods or name == "__main__" or not isinstance(mod, _types.ModuleType):
+        if name in skip or name == "__main__" or not isinstance(mod, _types.ModuleType):
             continue
         try:
             d = vars(mod)
         except TypeError:
             continue
-        mods[name] = (mod, dict(d))
-        new.append((d, mods[name][1]))
-    _remember(new)
+        yield name, mod, d
 
 
 def _remember(entries: list) -> None:
@@ -221,17 +228,8 @@ def modules_ahead():
     not tell which of them changed between the fork and its first record)."""
     if _TAGS is None:
         return None
-    names, modules, namespaces = [], [], []
-    for name, mod in list(_sys.modules.items()):
-        if name == "__main__" or not isinstance(mod, _types.ModuleType):
-            continue
-        try:
-            d = vars(mod)
-        except TypeError:
-            continue
-        names.append(name)
-        modules.append(mod)
-        namespaces.append(d)
+    loaded = list(_loaded())
+    names, modules, namespaces = [n for n, _, _ in loaded], [m for _, m, _ in loaded], [d for _, _, d in loaded]
     return names, modules, namespaces, [dict(d) for d in namespaces], _TAGS(namespaces)
 
 
