@@ -290,6 +290,24 @@ def cache_key(sub: Submission, ref: Reference, extra: str = "") -> str:
 
 
 # ---- workers -----------------------------------------------------------------------------
+def freeze_heap() -> int:
+    """Put every object alive now out of the cyclic garbage collector's reach (``gc.freeze``),
+    after collecting what is garbage already; returns how many objects are frozen.
+
+    Called where a long-lived grading process has loaded what it keeps: the workers' fork
+    server after its imports (its forks share those pages), each warm worker and the service
+    after their warm-up.  Each full collection otherwise walks all of it -- 0.26 million objects in a
+    worker, 0.25 in the service -- and writes to every object's header, so a forked worker
+    copies those pages too: 0.2-0.3 s a collection, about 15 % of a warm worker's CPU and as much
+    of the service's (measured with ``gc.callbacks`` over 180 submissions).  What is frozen is
+    never collected: only call this on what the process keeps for its lifetime."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 #: the references this worker process has warmed already (a warm service's workers are asked
 #: again at every run: the second time costs nothing)
 _WARMED: set = set()

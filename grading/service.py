@@ -329,7 +329,7 @@ class GraderService:
 
     def _warm(self) -> None:
         """Build every module's reference and warm the workers with them."""
-        from .batch import _warm, _warm_checks
+        from .batch import _warm, _warm_checks, freeze_heap
         from .reference import build as build_reference
 
         modules = self.warm_modules
@@ -368,6 +368,7 @@ class GraderService:
             local.start()
             self.client.run(_warm_checks, checks)
             local.join()
+        self.client.run(freeze_heap)  # what each warm worker loaded is kept: see freeze_heap
 
     def course_modules(self, course: str) -> list[str]:
         """The module ids of one of the service's courses."""
@@ -944,6 +945,9 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     try:
         svc.start()
+        from .batch import freeze_heap
+
+        freeze_heap()  # this process keeps what it loaded to serve (see grading.batch.freeze_heap)
         svc.stopping.wait()
     except Exception as exc:  # noqa: BLE001 - one line for the supervisor's log
         log.error("FATAL %s: %s", type(exc).__name__, exc)

@@ -37,3 +37,7 @@ feedback.render(
     ),
     {"score": 0.0, "max_score": 1.0, "notebook": "warm-up", "cells": [], "messages": []},
 )
+
+# what the fork server loaded is kept for the workers' lifetime: out of the collector's reach
+# (each worker's full collections would walk it and copy its pages; see batch.freeze_heap)
+batch.freeze_heap()

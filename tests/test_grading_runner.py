@@ -743,6 +743,47 @@ def test_grading_workers_run_without_dasks_statistical_profiler():
     assert "heartbeat" in callbacks and not any("profile" in c for c in callbacks), callbacks
 
 
+def test_a_grading_clusters_housekeeping_runs_at_most_once_a_second():
+    """An idle Dask server checks its event loop every 20 ms, samples psutil every 0.5 s and, in
+    a worker and its nanny, memory every 0.1 s: 0.11 of a core for a warm service's scheduler,
+    two nannies and two workers doing nothing, while the lab's own devices took 0.1.  Every
+    such callback of the scheduler, the nannies and the workers of a grading cluster runs at
+    most once a second (heartbeats stay Dask's: the scheduler sets their pace)."""
+    import gc
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    from grading import forkserver
+
+    housekeeping = ("tick", "monitor", "memory_monitor")
+
+    def times(server):
+        return {k: pc.callback_time for k, pc in server.periodic_callbacks.items() if k in housekeeping}
+
+    with forkserver.configured():
+        cluster = LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+        )
+    try:
+        with Client(cluster) as client:
+            workers = client.run(lambda dask_worker: times(dask_worker))
+            scheduler = client.run_on_scheduler(lambda dask_scheduler: times(dask_scheduler))
+            nannies = client.run(lambda dask_worker: times(dask_worker), nanny=True)
+            frozen = client.run(gc.get_freeze_count)
+    finally:
+        cluster.close()
+        forkserver.stop()
+    (worker,) = workers.values()
+    (nanny,) = nannies.values()
+    assert set(worker) == set(housekeeping) and {"tick", "memory_monitor"} <= set(nanny), (worker, nanny)
+    assert {"tick", "monitor"} <= set(scheduler), scheduler
+    for who, t in (("worker", worker), ("nanny", nanny), ("scheduler", scheduler)):
+        assert all(ms >= 1000 for ms in t.values()), (who, t)
+    # and what the workers' fork server preloaded is out of the collector's reach (batch.freeze_heap)
+    assert all(n > 0 for n in frozen.values()), frozen
+
+
 def test_cli_bad_usage_is_one_line_and_exit_2(tmp_path, capsys, course):
     from livelab.cli import main
 
