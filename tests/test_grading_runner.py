@@ -910,6 +910,30 @@ def _in_grading_kernel(code: str) -> str:
         k.close()
 
 
+def test_the_fork_server_compiles_the_regular_expressions_a_kernels_start_would():
+    """tokenize's token pattern (IPython tokenizes every cell) and the completer's patterns were
+    compiled by every kernel (3 % of its CPU): the fork server compiles them once, so what a
+    kernel's shell and first cell compile is already in ``re``'s and tokenize's caches."""
+    probe = """
+import io, re, sys, tokenize
+sys.path.insert(0, sys.argv[1])
+import zygote
+zygote._warm_regex_caches()
+warmed, misses = {id(p) for p in re._cache.values()}, tokenize._compile.cache_info().misses
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.core.completer import IPCompleter
+c = IPCompleter(shell=InteractiveShell.instance(), namespace={}, global_namespace={})
+list(tokenize.generate_tokens(io.StringIO("y = [i for i in range(3)]  # a cell\\n").readline))
+ahead = [id(p) in warmed for p in (c.docstring_sig_re, c.docstring_kwd_re, c.splitter._delim_re)]
+print(tokenize._compile.cache_info().misses - misses, ahead)
+"""
+    got = subprocess.run(
+        [sys.executable, "-c", probe, str(Path(__file__).parents[1] / "grading")], capture_output=True, text=True
+    )
+    assert got.returncode == 0, got.stderr[-800:]
+    assert got.stdout.strip() == "0 [True, True, True]", got.stdout
+
+
 def test_forked_kernels_run_the_guard_compiled_once_and_the_handover_is_gone(monkeypatch):
     """The fork server compiles the kernel guard once and each forked kernel's startup file
     takes that code object (compiling it was 5% of a kernel's CPU): the guard is installed,
