@@ -368,7 +368,9 @@ class GraderService:
             local.start()
             self.client.run(_warm_checks, checks)
             local.join()
-        self.client.run(freeze_heap)  # what each warm worker loaded is kept: see freeze_heap
+        if not self.scheduler:  # our own workers keep what they loaded (see freeze_heap); a
+            # cluster given with --scheduler may be shared: its workers' heaps are not ours to freeze
+            self.client.run(freeze_heap)
 
     def course_modules(self, course: str) -> list[str]:
         """The module ids of one of the service's courses."""

@@ -233,6 +233,34 @@ def test_a_warm_workers_heap_is_out_of_the_collectors_reach(svc):
         assert frozen > 0 and tracked < frozen, (worker, frozen, tracked)
 
 
+def test_a_service_on_a_given_dask_cluster_leaves_its_workers_heaps_alone(svc):
+    """A cluster given with ``--scheduler`` may be shared with other work: the service does not
+    freeze its workers' heaps (whatever they hold then would never be collected)."""
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    from grading.service import GraderService
+
+    cluster = LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+    )
+    # the service's warm-up on that cluster (not a second service on this home: it would take
+    # the running one's socket and run file)
+    service = GraderService(svc.home, warm_modules=[], scheduler=cluster.scheduler_address)
+    try:
+        service._start_cluster()
+        service._warm()
+        with Client(cluster) as client:
+            frozen = client.run(_heap)
+    finally:
+        if service.client is not None:
+            service.client.close()
+        service.pool.shutdown(wait=False)
+        cluster.close()
+    assert [f for f, _ in frozen.values()] == [0], frozen
+
+
 def test_the_service_loads_the_checks_and_the_scrubber_in_its_own_process_at_start(svc):
     """lab.check() judges in the service's own process: the first learner's check used to load
     the checks and the scrubber's recognisers and name model there (1.8 s on a busy machine),
