@@ -77,13 +77,14 @@ def hub(tmp_path_factory, mosquitto_available):
 
 
 def _live_processes_of(users) -> str:
-    """The users' processes that still run, one per line.  A zombie (state Z) has exited and holds
-    nothing: the hub reaps its servers, but once the hub has gone its last ones are PID 1's to reap,
-    and a machine's init may do that late (CI saw two ``[python] <defunct>`` rows here)."""
-    out = subprocess.run(
-        ["ps", "-o", "pid=,stat=,user=,args=", "-U", ",".join(users)], capture_output=True, text=True
-    ).stdout
-    return "\n".join(ln for ln in out.splitlines() if ln.split()[1:2] and not ln.split()[1].startswith("Z"))
+    """The users' processes that still run, one per line.  A zombie has exited and holds nothing
+    (``pid_alive`` says so): the hub reaps its servers, but once the hub has gone its last ones
+    are PID 1's to reap, and a machine's init may do that late (CI saw two ``[python] <defunct>``
+    rows here)."""
+    from lab_hardware.home import pid_alive
+
+    out = subprocess.run(["ps", "-o", "pid=,user=,args=", "-U", ",".join(users)], capture_output=True, text=True).stdout
+    return "\n".join(ln for ln in out.splitlines() if pid_alive(int(ln.split()[0])))
 
 
 def _exists(name: str) -> bool:
