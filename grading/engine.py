@@ -22,6 +22,7 @@ One run's state lives in a :class:`RunContext` handed in through ``engine_kwargs
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import threading
@@ -36,6 +37,18 @@ from papermill.clientwrap import PapermillNotebookClient
 from papermill.engines import NBClientEngine, papermill_engines
 
 ENGINE = "livelab-grading"
+#: the kernel's guard (:mod:`grading.kernel_guard`), as an expression
+GUARD = "__import__('sys').modules['_livelab_guard']"
+#: the key of the guard's calls among a cell request's ``user_expressions``
+TAIL_KEY = "livelab-guard"
+NO_GUARD = "no answer from the grader's guard (the notebook removed or broke it)"
+
+
+def _answer(text: str, nonce: str) -> str:
+    """The guard's answer to the call made with ``nonce``."""
+    if not text.startswith(f"{nonce}:") or text.startswith(f"{nonce}:raised:"):
+        return NO_GUARD
+    return text[len(nonce) + 1 :]
 
 
 @dataclass
@@ -61,6 +74,7 @@ class RunContext:
     release_names: set[str] = field(default_factory=set)  # names the release's cells define
     interfered: dict[int, str] = field(default_factory=dict)  # id(cell) -> why the test does not count
     discarded: int = 0  # outputs discarded past the bound
+    guard_requests: int = 0  # requests sent for the guard alone (the rest ride on cells')
 
     def role(self, cell) -> str:
         """``test``, ``release`` (the release's own locked code, papermill's parameters) or
@@ -89,9 +103,21 @@ class GradingNotebookClient(PapermillNotebookClient):
         self.ctx.nb = nb_man.nb
         self.on_cell_executed = self._record_reply
         self._last_role: str | None = None
+        self._tail: list | None = None  # guard calls for the next execute request to carry
+        self._tail_sent: list | None = None
+        self._tail_reply: dict | None = None  # their user_expressions entry in its reply
+        self._ahead: tuple | None = None  # (cell, answers): its guard calls, already made
 
     def papermill_execute_cells(self):
         self.ctx.marks["ready"] = time.monotonic()  # the kernel answered kernel_info
+        kc_execute = self.kc.execute
+
+        def execute(code, *args, **kw):  # a cell's own request carries the guard's tail
+            if self._tail:
+                self._tail_expressions(kw)
+            return kc_execute(code, *args, **kw)
+
+        self.kc.execute = execute
         if self.ctx.on_ready is not None:
             self.ctx.on_ready()
         try:
@@ -105,22 +131,24 @@ class GradingNotebookClient(PapermillNotebookClient):
         if id(cell) in self.ctx.timeouts:
             status = "timeout"
         self.ctx.replies[id(cell)] = status
+        if self._tail_sent:
+            self._tail_reply = (content.get("user_expressions") or {}).get(TAIL_KEY)
         if status == "error":
             self.ctx.reply_errors[id(cell)] = (str(content.get("ename") or "Error"), str(content.get("evalue") or ""))
 
     # ---- the guard: test cells on the grader's IPython ---------------------------------
     async def _async_guard(self, call: str, *args) -> str:
         """Call ``call`` of the kernel's guard through ``user_expressions`` of an empty silent
-        request (no transformer, hook or custom handler runs on that path); returns its
+        request (no transformer, hook or custom handler is on that path); returns its
         answer, or why there is none."""
         nonce = os.urandom(8).hex()
-        expr = f"__import__('sys').modules['_livelab_guard'].{call}({', '.join(map(repr, (nonce, *args)))})"
+        self.ctx.guard_requests += 1
         try:
             msg_id = self.kc.execute(
                 "",
                 silent=True,
                 store_history=False,
-                user_expressions={"r": expr},
+                user_expressions={"r": f"{GUARD}.{call}({', '.join(map(repr, (nonce, *args)))})"},
                 allow_stdin=False,
                 stop_on_error=False,
             )
@@ -131,34 +159,93 @@ class GradingNotebookClient(PapermillNotebookClient):
             return "no answer in time"
         r = (reply.get("content", {}).get("user_expressions") or {}).get("r") or {}
         text = str((r.get("data") or {}).get("text/plain", ""))
-        if r.get("status") != "ok" or not text.strip("'\"").startswith(f"{nonce}:"):
-            return "no answer from the grader's guard (the notebook removed or broke it)"
-        return text.strip("'\"")[len(nonce) + 1 :]
+        if r.get("status") != "ok":
+            return NO_GUARD
+        return _answer(text.strip("'\""), nonce)
 
     guard = run_sync(_async_guard)
 
-    def execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
+    def _calls_before(self, cell, last_role: str | None) -> tuple[str | None, list[tuple[str, tuple]]]:
+        """``(role, guard calls due before cell runs)``, given the role of the code cell
+        before it: ``enter`` before a test cell, ``checkpoint`` before the first learner cell
+        after release code."""
         ctx = self.ctx
         role = ctx.role(cell) if ctx.test_ids is not None and cell.get("cell_type") == "code" else None
         if role == "test":
-            answer = self.guard("enter", sorted(ctx.release_names))
-            if answer != "ok":
+            return role, [("enter", (sorted(ctx.release_names),))]
+        if role == "learner" and last_role != "learner":
+            return role, [("checkpoint", ())]
+        return role, []
+
+    def _next_code_cell(self, cell_index: int):
+        """The code cell that :meth:`execute_cell` sees after ``cell_index`` (papermill runs
+        every cell in order: errors are allowed)."""
+        for nxt in self.nb.cells[cell_index + 1 :]:
+            if nxt.get("cell_type") == "code":
+                return nxt
+        return None
+
+    def _tail_expressions(self, kw: dict) -> None:
+        """Called with the cell's own execute request: carry the guard calls due after it."""
+        tail, self._tail = self._tail, None
+        if tail:
+            calls = [(name, nonce, args) for name, nonce, args in tail]
+            kw["user_expressions"] = {**(kw.get("user_expressions") or {}), TAIL_KEY: f"{GUARD}.run({calls!r})"}
+            self._tail_sent = tail
+
+    def execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
+        """Run one cell with the guard's calls around it.  The calls due after a cell (the
+        test's ``leave``, the next cell's ``enter`` or ``checkpoint``) ride on the cell's own
+        request as ``user_expressions`` (:func:`grading.kernel_guard.run`); those ipykernel
+        did not evaluate (the cell failed, timed out or never ran) are sent on their own."""
+        ctx = self.ctx
+        role, before = self._calls_before(cell, self._last_role)
+        ahead, self._ahead = self._ahead, None
+        answered = ahead[1] if ahead is not None and ahead[0] is cell else {}
+        if ahead is not None and ahead[0] is not cell and ahead[1].get("enter") == "ok":
+            self.guard("leave")  # not the cell the grader's state was put in place for
+        for name, args in before:
+            answer = answered.get(name) or self.guard(name, *args)
+            if name == "enter" and answer != "ok":
                 ctx.interfered[id(cell)] = f"the grader could not run it on its own IPython: {answer}"
-        elif role == "learner" and self._last_role != "learner":
-            self.guard("checkpoint")
         if role is not None:
             self._last_role = role
+        leaves = role == "test" and id(cell) not in ctx.interfered
+        nxt = self._next_code_cell(cell_index)
+        after_next = self._calls_before(nxt, self._last_role)[1] if nxt is not None else []
+        tail = ([("leave", ())] if leaves else []) + after_next
+        self._tail = [(name, os.urandom(8).hex(), args) for name, args in tail] or None
+        self._tail_sent = self._tail_reply = None
         try:
             return super().execute_cell(cell, cell_index, execution_count, store_history)
         finally:
-            if role == "test" and id(cell) not in ctx.interfered:
-                answer = self.guard("leave")
+            self._tail = None
+            answers = self._tail_answers()
+            if leaves:
+                answer = answers.get("leave") or self.guard("leave")
                 if answer.startswith("tampered:"):
                     ctx.interfered[id(cell)] = (
                         f"the notebook changed the grader's {answer.split(':', 1)[1]} while the test ran"
                     )
                 elif answer != "ok":
                     ctx.interfered[id(cell)] = f"the grader could not check its own IPython after it: {answer}"
+            if nxt is not None and any(name in answers for name, _ in after_next):
+                self._ahead = (nxt, answers)
+
+    def _tail_answers(self) -> dict[str, str]:
+        """name -> answer of the calls carried by the cell's request; empty when ipykernel
+        did not evaluate them."""
+        sent, r = self._tail_sent, self._tail_reply
+        self._tail_sent = self._tail_reply = None
+        if not sent or not isinstance(r, dict) or r.get("status") != "ok":
+            return {}
+        try:
+            texts = ast.literal_eval(str((r.get("data") or {}).get("text/plain", "")))
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            texts = None
+        if not isinstance(texts, list) or len(texts) != len(sent):
+            return {}
+        return {name: _answer(str(text), nonce) for (name, nonce, _), text in zip(sent, texts)}
 
     async def _async_handle_timeout(self, timeout, cell=None):
         if cell is not None:

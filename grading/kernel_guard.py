@@ -36,6 +36,7 @@ import types as _types
 from itertools import compress as _compress
 from operator import is_not as _is_not
 from operator import ne as _ne
+from typing import Callable
 
 _MISSING = object()
 _state: dict = {}
@@ -448,6 +449,27 @@ def leave(nonce: str) -> str:
         v[:] = learner["callbacks"].get(k, [])
     shell.custom_exceptions = learner["custom_exceptions"]
     return f"{nonce}:ok" if not bad else f"{nonce}:tampered:{', '.join(bad)}"
+
+
+def run(calls) -> list:
+    """Several of the calls above, in order, in one evaluation: ``calls`` is a list of
+    ``(name, nonce, args)`` and the answer is one string per call (``"<nonce>:raised:<type>"``
+    for a call that raised; the calls after it still run).
+
+    Why: the grader sends these as ``user_expressions`` of a cell's own execute request (they
+    run after the cell, on the same path as a separate empty request's would): ``leave`` after
+    a test cell and the next cell's ``enter`` or ``checkpoint``.  A separate silent request cost
+    a grading kernel about 4 ms of CPU (ipykernel's dispatch, its status messages, its reply),
+    as much as a cell.  ipykernel evaluates no expression when the cell fails: the grader then
+    sends each call on its own, as before."""
+    calls_by_name: dict[str, Callable[..., str]] = {"checkpoint": checkpoint, "enter": enter, "leave": leave}
+    out = []
+    for name, nonce, args in calls:
+        try:
+            out.append(calls_by_name[name](nonce, *args))
+        except Exception as exc:  # noqa: BLE001 - told to the grader, which voids the test
+            out.append(f"{nonce}:raised:{type(exc).__name__}")
+    return out
 
 
 def _limit_streams(limit: int) -> None:

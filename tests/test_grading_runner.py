@@ -1147,3 +1147,50 @@ def test_sanitizing_asks_the_reference_gradebook_once_per_thread_and_still_resto
         assert queries, "a new thread asks its own session"
     finally:
         event.remove(gb.engine, "before_cursor_execute", on_query)
+
+
+def test_the_guards_calls_ride_on_the_cells_own_requests_and_are_sent_alone_when_a_cell_fails(course, tmp_path):
+    """A test cell's ``leave`` and the next cell's ``enter`` or ``checkpoint`` are evaluated as
+    ``user_expressions`` of the cell's own execute request (a separate silent request cost a
+    grading kernel as much CPU as a cell).  ipykernel evaluates none when the cell fails: each
+    call is then sent on its own, so a test after a failing cell is still run on the grader's
+    IPython (here an AST transformer installed by a cell that then raises is set aside)."""
+    from grading import reference, runner, sandbox
+
+    ref = reference.build(
+        course["root"] / "source" / samples.ASSIGNMENT / f"{samples.NOTEBOOK}.ipynb",
+        samples.ASSIGNMENT,
+        tmp_path / "state",
+    )
+    opts = runner.RunOptions(limits=LIMITS, hide=[str(course["root"]), str(tmp_path)])
+    no_asserts = (
+        "import ast\nclass NoAsserts(ast.NodeTransformer):\n"
+        "    def visit_Assert(self, node):\n        return ast.copy_location(ast.Pass(), node)\n"
+        "get_ipython().ast_transformers.append(NoAsserts())\n"
+    )
+    cases = {  # name -> (notebook, expected score, separate guard requests)
+        # the first checkpoint only: it comes before any cell
+        "right": (samples.submission(course["release"], samples.CORRECT), 5, 1),
+        # the failing second test's leave
+        "half": (samples.submission(course["release"], samples.HALF), 2, 2),
+        # both tests fail: their leaves, and the second test's enter
+        "wrong": (samples.submission(course["release"], samples.WRONG), 0, 4),
+        # the raising cell's tail (the first test's enter) and both failing tests' calls
+        "raises": (
+            samples.submission(course["release"], samples.WRONG, extra=[no_asserts + "raise ValueError('x')"]),
+            0,
+            5,
+        ),
+        # the transformer's cell succeeds: enter rides on it and sets the transformer aside
+        "transformer": (samples.submission(course["release"], samples.WRONG, extra=[no_asserts]), 0, 4),
+    }
+    pool = sandbox.KernelPool()
+    try:
+        for name, (nb, score, alone) in cases.items():
+            nb, _ = runner.sanitize(nb, ref, name)
+            facts = runner.execute(nb, pool.take(runner.tests_config(opts)), LIMITS, {}, ref=ref)
+            rows = runner.score(facts["nb"], ref, facts["ctx"], None)
+            assert (sum(r["score"] or 0 for r in rows), facts["ctx"].guard_requests) == (score, alone), name
+            assert not facts["ctx"].interfered, (name, facts["ctx"].interfered)
+    finally:
+        pool.close()
