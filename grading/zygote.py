@@ -105,6 +105,35 @@ def _warm_regex_caches():
         pass
 
 
+def _quick_empty_flush():
+    """A kernel's ``sys.stdout.flush()`` / ``sys.stderr.flush()`` with nothing written since
+    the last one returns at once.  ipykernel flushes both streams before every reply and after
+    every request, and each flush hands two callbacks to its IO thread and waits for them,
+    written or not: about 1.6 ms of a grading kernel's CPU per cell (measured: 5.6 ms -> 4.1
+    ms per request).  Anything written (by the kernel, a thread of it or a forked child) is
+    flushed exactly as before; what goes through the IO thread keeps its order."""
+    try:
+        from ipykernel.iostream import OutStream
+    except Exception:  # noqa: BLE001 - an optimisation: the kernel flushes as it always did
+        return
+    flush = OutStream.flush
+    if getattr(flush, "_livelab_quick", False):
+        return
+
+    def quick_flush(self):
+        try:
+            idle = self.echo is None and not (self._flush_pending or self._subprocess_flush_pending or self._buffers)
+        except AttributeError:  # another ipykernel's stream: flush as it does
+            idle = False
+        if not idle:
+            return flush(self)
+        return None
+
+    quick_flush._livelab_quick = True
+    quick_flush.__doc__ = flush.__doc__
+    OutStream.flush = quick_flush
+
+
 def _child(req, launcher, guard=None):
     code = 0
     try:
@@ -174,6 +203,7 @@ def main():
     # (about 7% of a grading kernel's CPU, measured with py-spy)
     inspect.getmodule(compile("", "<livelab-zygote>", "exec"))
     _warm_regex_caches()
+    _quick_empty_flush()
     if guard is not None:  # the guard's first record of the loaded modules, taken once here
         guard = (*guard, _modules_ahead(guard[1]))
     import threading

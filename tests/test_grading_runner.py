@@ -1194,3 +1194,62 @@ def test_the_guards_calls_ride_on_the_cells_own_requests_and_are_sent_alone_when
             assert not facts["ctx"].interfered, (name, facts["ctx"].interfered)
     finally:
         pool.close()
+
+
+def test_a_grading_kernels_flush_with_nothing_written_skips_the_io_thread_and_outputs_keep_their_order():
+    """ipykernel flushes stdout and stderr four times per request, and each flush hands two
+    callbacks to its IO thread and waits for them, written or not (1.6 ms of a kernel's
+    CPU per cell).  In a grading kernel a flush with nothing written returns at once; what
+    was written is sent, in order, before the reply, as before."""
+    from jupyter_core.utils import run_sync
+    from grading import runner, sandbox
+
+    probe = (
+        "import sys\n"
+        "calls = []\n"
+        "pt = sys.stdout.pub_thread\n"
+        "orig = pt.schedule\n"
+        "pt.schedule = lambda f: (calls.append(f), orig(f))[1]\n"
+        "sys.stdout.flush(); sys.stderr.flush()\n"
+        "empty = len(calls)\n"
+        "sys.stdout.write('x\\n'); sys.stdout.flush()\n"
+        "written = len(calls) - empty\n"
+        "pt.schedule = orig\n"
+        "print(empty, written > 0)"
+    )
+    cells = [
+        probe,
+        "import sys\nprint('a')\nprint('b', file=sys.stderr)\nprint('c')\nsys.stderr.write('d')\nraise ValueError('e')",
+        "print('f', end='')",
+    ]
+    k = sandbox.Kernel(runner.tests_config(runner.RunOptions(limits=LIMITS))).start()
+    kc = k.km.client()
+    kc.start_channels()
+    try:
+        run_sync(kc.wait_for_ready)(timeout=60)
+        per_cell: list[list[tuple[str, str]]] = []
+        for code in cells:
+            seen: list[tuple[str, str]] = []
+
+            def hook(msg, seen=seen):
+                c = msg["content"]
+                if msg["msg_type"] == "stream":
+                    seen.append((c["name"], c["text"]))
+                elif msg["msg_type"] == "error":
+                    seen.append(("error", c["evalue"]))
+
+            run_sync(kc.execute_interactive)(code, output_hook=hook, timeout=60)
+            per_cell.append(seen)
+    finally:
+        kc.stop_channels()
+        k.close()
+
+    def text(seen, name):
+        return "".join(t for n, t in seen if n == name)
+
+    probe_out, printing, last = per_cell
+    assert text(probe_out, "stdout") == "x\n0 True\n", probe_out
+    # every output of a cell came before its reply (none is left for the next cell), each
+    # stream's text in order, the error last
+    assert (text(printing, "stdout"), text(printing, "stderr"), printing[-1]) == ("a\nc\n", "b\nd", ("error", "e"))
+    assert last == [("stdout", "f")], last
