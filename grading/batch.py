@@ -313,13 +313,14 @@ def freeze_heap() -> int:
 _WARMED: set = set()
 
 
-def _warm(opts: RunOptions, refs: list[Reference], lab: dict | bool | None = None) -> dict:
+def _warm(opts: RunOptions, refs: list[Reference], lab: dict | bool | None = None, *, cpu: bool = False) -> dict:
     """Import the heavy modules, start this worker's first kernel, and run the sanitizers and
     the feedback template once (template compilation, gradebook reads), so the first
     submission costs what every other one does.  Once per worker and reference: a warm
     service's workers answer the next run's call at once.  (Lab modules start their
     kernels with their namespace: see grading.isolation; ``lab``, a run's lab configuration,
-    also loads the module's checks and the scrubber's models they use.)"""
+    also loads the module's checks and the scrubber's models they use.)  ``cpu``: with this
+    worker's CPU totals so far (:func:`_cpu_worker`), a run's start for its accounting."""
     t0 = time.perf_counter()
     from . import runner
 
@@ -329,7 +330,7 @@ def _warm(opts: RunOptions, refs: list[Reference], lab: dict | bool | None = Non
         runner.kernel_pool().prestart(runner.tests_config(opts))
     refs = [r for r in refs if ("ref", r.digest) not in _WARMED]
     if not refs:
-        return {"pid": os.getpid(), "seconds": time.perf_counter() - t0}
+        return {"pid": os.getpid(), "seconds": time.perf_counter() - t0, **({"cpu": _cpu_worker()} if cpu else {})}
     import nbformat
     import papermill  # noqa: F401
     from . import engine, feedback  # noqa: F401
@@ -342,7 +343,7 @@ def _warm(opts: RunOptions, refs: list[Reference], lab: dict | bool | None = Non
             nb, {"score": 0.0, "max_score": ref.max_score, "notebook": ref.notebook, "cells": [], "messages": []}
         )
         _WARMED.add(("ref", ref.digest))
-    return {"pid": os.getpid(), "seconds": time.perf_counter() - t0}
+    return {"pid": os.getpid(), "seconds": time.perf_counter() - t0, **({"cpu": _cpu_worker()} if cpu else {})}
 
 
 def _warm_checks(names: list[str]) -> None:
@@ -358,12 +359,11 @@ def _warm_checks(names: list[str]) -> None:
 
 
 def _cpu_worker() -> dict:
-    """CPU seconds of this worker process and of its kernels (reaped by the fork server)."""
+    """CPU seconds of this worker process and of the kernels it closed (each counted when it
+    was handed to be closed: nothing to wait for here)."""
     import psutil
     from . import sandbox
 
-    for th in list(sandbox._CLOSERS):
-        th.join(5)
     me = psutil.Process().cpu_times()
     out = {"worker": me.user + me.system, "kernels": sandbox.KERNEL_CPU_SECONDS}
     fs = sandbox.ForkServer._instance
@@ -376,14 +376,15 @@ def _cpu_worker() -> dict:
     return out
 
 
-def _cpu_totals(client) -> dict[str, float]:
+def _cpu_totals(client, workers: list[dict] | None = None) -> dict[str, float]:
     """CPU seconds so far of this process (the driver) and of the workers, their kernels and
-    their fork servers (for the benchmark's accounting)."""
+    their fork servers (for the benchmark's accounting); ``workers``: the workers' own
+    totals, already asked for (:func:`_warm` with ``cpu``)."""
     import psutil
 
     me = psutil.Process().cpu_times()
     cpu = {"driver": me.user + me.system, "workers": 0.0, "kernels": 0.0, "fork_servers": 0.0}
-    for w in client.run(_cpu_worker).values():
+    for w in workers if workers is not None else client.run(_cpu_worker).values():
         cpu["workers"] += w["worker"]
         cpu["kernels"] += w["kernels"]
         cpu["fork_servers"] += w.get("fork_server", 0.0)
@@ -967,10 +968,10 @@ class _Starter(threading.Thread):
                 self.client, self.cluster = self.driver._client()
             self.timing["cluster_start"] = time.perf_counter() - t
             t = time.perf_counter()
-            self.client.run(_warm, self.driver.opts, list(self.driver.refs.values()), self.driver.lab)
+            warm = self.client.run(_warm, self.driver.opts, list(self.driver.refs.values()), self.driver.lab, cpu=True)
             self.timing["warm"] = time.perf_counter() - t
             try:
-                self.timing["cpu_seconds_at_start"] = _cpu_totals(self.client)
+                self.timing["cpu_seconds_at_start"] = _cpu_totals(self.client, [w["cpu"] for w in warm.values()])
             except Exception:  # noqa: BLE001 - accounting only
                 pass
         except BaseException as exc:  # noqa: BLE001 - re-raised in the driver thread

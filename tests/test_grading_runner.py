@@ -1253,3 +1253,26 @@ def test_a_grading_kernels_flush_with_nothing_written_skips_the_io_thread_and_ou
     # stream's text in order, the error last
     assert (text(printing, "stdout"), text(printing, "stderr"), printing[-1]) == ("a\nc\n", "b\nd", ("error", "e"))
     assert last == [("stdout", "f")], last
+
+
+def test_a_kernel_closed_in_the_background_is_accounted_at_once_and_the_run_start_is_counted_in_the_warm_up(course):
+    """The CPU accounting of a run (``cpu_seconds_run``, for the benchmark) waits for
+    nothing: a kernel handed to ``close_later`` is counted before it returns (the workers'
+    totals no longer join the closer threads, which held a run's start and end by 0.1 s
+    each), and the warm-up call that starts a run also brings each worker's totals back."""
+    from grading import batch, runner, sandbox
+    from grading.reference import build
+
+    k = sandbox.Kernel(runner.tests_config(runner.RunOptions(limits=LIMITS))).start()
+    assert _kernel_says(k, "print(sum(range(10**6)))") == str(sum(range(10**6)))
+    before = sandbox.KERNEL_CPU_SECONDS
+    sandbox.close_later(k)
+    assert sandbox.KERNEL_CPU_SECONDS > before
+    ref = build(
+        course["root"] / "source" / samples.ASSIGNMENT / f"{samples.NOTEBOOK}.ipynb",
+        samples.ASSIGNMENT,
+        course["root"] / ".state-warm",
+    )
+    warm = batch._warm(runner.RunOptions(limits=LIMITS), [ref], None, cpu=True)
+    assert warm["cpu"]["kernels"] == sandbox.KERNEL_CPU_SECONDS and warm["cpu"]["worker"] > 0, warm
+    runner.kernel_pool().close()
