@@ -219,3 +219,42 @@ def test_the_front_door_loads_nothing_heavy_and_still_maps_each_error_to_its_exi
         assert p.stderr == ""
     else:
         assert p.stderr.strip() == line and "Traceback" not in p.stderr
+
+
+def test_a_command_builds_and_imports_only_its_own_part_of_the_front_door():
+    """``livelab grade`` (through the warm service) started by building the parsers of every
+    command and importing every ``livelab.cli_*`` module (0.15 s of a 0.25 s command).  Now
+    the front door builds only the part of the command it runs; every command is mapped to
+    the module that registers it, and a command's help is what the full parser gives."""
+    import argparse
+    import contextlib
+    import io
+
+    from livelab import cli
+
+    full = cli.build_parser()
+    sub = next(a for a in full._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == set(cli.COMMANDS)
+    for command in sub.choices:
+        part = cli.build_parser(command)
+        part_sub = next(a for a in part._actions if isinstance(a, argparse._SubParsersAction))
+        assert command in part_sub.choices and len(part_sub.choices) < len(sub.choices), command
+        for parser in (full, part):
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+                parser.parse_args([command, "--help"])
+            if parser is full:
+                want = out.getvalue()
+        assert out.getvalue() == want, command
+    probe = (
+        "import sys, contextlib, io\n"
+        "from livelab.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n"
+        "        main(['--home', sys.argv[1], 'grade', '--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in sys.modules if m.startswith('livelab.cli_')))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", probe, "/nonexistent"], capture_output=True, text=True, cwd=ROOT)
+    assert p.stdout.strip() == "['livelab.cli_grade']", (p.stdout, p.stderr[-500:])
