@@ -162,3 +162,22 @@ def test_livelab_grade_without_a_terminal_prints_progress_lines(tmp_path, capsys
     assert len(lines) == 2 and lines[-1].startswith("[2/2") and ("ann: 5/5" in err and "ben: 0/5" in err)
     assert "already in use" not in err
     assert "2 graded, 0 unchanged (cached), " in " ".join(out.split())
+
+
+def test_the_commands_wall_time_is_measured_from_its_process_start_to_the_clock_tick():
+    """``livelab grade`` prints the whole command's wall time, from its process's start.
+    psutil's start time is the boot time (whole seconds, from /proc/stat) plus the start
+    tick, so the figure could be up to a second too long (0.9 s on one machine for a 1.0 s
+    command).  It is measured on the clock the start tick counts on: never longer than the
+    command really took as its parent saw it."""
+    import subprocess
+    import sys
+    import time
+
+    probe = "from livelab.cli_grade import _command_seconds\nprint(_command_seconds())"
+    for _ in range(3):
+        t0 = time.monotonic()
+        p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+        outer = time.monotonic() - t0
+        inner = float(p.stdout)
+        assert 0.0 < inner <= outer + 0.011, (inner, outer)  # one clock tick of the start time
