@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from livelab.common import EXIT_FAIL, EXIT_OK, UsageError, console
+from livelab import common
+from livelab.common import EXIT_FAIL, EXIT_OK, UsageError
 from livelab.common import home_of as _home
 
 SERVICE_NAME = "grader"
@@ -82,7 +83,7 @@ def cmd_serve(args) -> int:
             "'livelab up' (or pass --home)"
         )
     if service.running(home):
-        console.print(f"the grading service already runs in {home} (pid {service.running(home)['pid']})")
+        common.console.print(f"the grading service already runs in {home} (pid {service.running(home)['pid']})")
         return EXIT_OK
     if args.foreground or args.scheduler:
         svc = service.GraderService(
@@ -96,7 +97,7 @@ def cmd_serve(args) -> int:
         signal.signal(signal.SIGINT, lambda *a: svc.stopping.set())
         try:
             svc.start()
-            console.print(f"grading service ready (pid {os.getpid()}); Ctrl-C stops it")
+            common.console.print(f"grading service ready (pid {os.getpid()}); Ctrl-C stops it")
             svc.stopping.wait()
         finally:
             svc.stop()
@@ -108,17 +109,17 @@ def cmd_serve(args) -> int:
         argv += ["--exchange", str(exchange)]
     t0 = time.monotonic()
     lab.set_service(home, SERVICE_NAME, {"argv": argv, "ready_file": "run/" + service.RUNFILE})
-    with console.status("starting the grading service (workers, references, observer) ..."):
+    with common.console.status("starting the grading service (workers, references, observer) ..."):
         while not service.running(home):
             if time.monotonic() - t0 > args.timeout:
-                console.print(
+                common.console.print(
                     f"the grading service did not become ready within {args.timeout:.0f} s: "
                     f"see {home / 'logs' / 'service-grader.log'}"
                 )
                 return EXIT_FAIL
             time.sleep(0.1)
     info = service.running(home)
-    console.print(
+    common.console.print(
         f"grading service ready in {time.monotonic() - t0:.1f} s (pid {info['pid']}), supervised "
         "with the lab; 'livelab grader stop' stops it"
     )
@@ -134,23 +135,23 @@ def cmd_status(args) -> int:
         if args.json:
             print(json.dumps({"running": False}))
         else:
-            console.print(f"no grading service running in {home} (start one with 'livelab grader serve')")
+            common.console.print(f"no grading service running in {home} (start one with 'livelab grader serve')")
         return EXIT_FAIL
     st = service.call(home, {"op": "status"}, timeout=10)
     out = {"running": True, **info, **{k: v for k, v in st.items() if k != "ok"}}
     if args.json:
         print(json.dumps(out, indent=2, sort_keys=True, default=str))
     else:
-        console.print(
+        common.console.print(
             f"grading service pid {info['pid']}, course {info.get('course')}, watching "
             f"{len(st.get('namespaces', []))} namespace(s)"
         )
         for ex in st.get("exchange") or []:
             counts = ", ".join(f"{n} {k}" for k, n in sorted(ex["submissions"].items())) or "no submission yet"
-            console.print(f"  nbgrader exchange {ex['root']} ({ex['course']}): {counts}")
+            common.console.print(f"  nbgrader exchange {ex['root']} ({ex['course']}): {counts}")
         for op, s in sorted((st.get("stats") or {}).items()):
             if s.get("median") is not None:
-                console.print(f"  {op}: {s['n']} request(s), median {s['median']:.3f} s")
+                common.console.print(f"  {op}: {s['n']} request(s), median {s['median']:.3f} s")
     return EXIT_OK
 
 
@@ -167,9 +168,9 @@ def cmd_stop(args) -> int:
     while service.running(home) and time.monotonic() < deadline:
         time.sleep(0.1)
     if service.running(home):
-        console.print("the grading service is still running")
+        common.console.print("the grading service is still running")
         return EXIT_FAIL
-    console.print("grading service stopped")
+    common.console.print("grading service stopped")
     return EXIT_OK
 
 
