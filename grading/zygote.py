@@ -25,6 +25,7 @@ import time
 import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+PR_SET_CHILD_SUBREAPER = 36  # prctl(2)
 #: Imported by every kernel during start-up (the debugger support) or at its first error
 #: (traceback formatting); importing them once here saves each kernel about 70 ms of CPU.
 PRELOAD = (
@@ -226,6 +227,10 @@ def main():
 
     signal.signal(signal.SIGCHLD, reap)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # the subreaper of what it forks: closing a kernel kills its group, the PID-namespace shim
+    # with the kernel, and the orphaned kernel went to PID 1 to be reaped, which on the grading
+    # VMs (an agent as init) left it a zombie for a while; it is reaped here at once instead
+    launcher._libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     out = os.fdopen(os.dup(1), "w", buffering=1)
     out.write(json.dumps({"ready": True, "pid": os.getpid(), "preload_seconds": preload}) + "\n")
     rfd = 0

@@ -1276,3 +1276,39 @@ def test_a_kernel_closed_in_the_background_is_accounted_at_once_and_the_run_star
     warm = batch._warm(runner.RunOptions(limits=LIMITS), [ref], None, cpu=True)
     assert warm["cpu"]["kernels"] == sandbox.KERNEL_CPU_SECONDS and warm["cpu"]["worker"] > 0, warm
     runner.kernel_pool().close()
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None  # gone: reaped
+
+
+def test_a_closed_kernels_processes_are_reaped_by_the_fork_server_never_left_to_pid_1():
+    """Closing a kernel kills its process group: the PID-namespace shim and the kernel die
+    together, and the kernel, orphaned, went to PID 1 to be reaped.  On the grading VMs PID 1
+    is an agent that reaps late: the kernels stayed zombies under it (the rows a test of the
+    hub once counted as live processes), and their CPU was accounted to it.  The fork server
+    is the subreaper of what it forks: every process of a closed kernel is reaped by it, none
+    is ever a child of PID 1."""
+    import psutil
+
+    from grading import runner, sandbox
+
+    k = sandbox.Kernel(runner.tests_config(runner.RunOptions(limits=LIMITS))).start()
+    assert _kernel_says(k, "print('up')") == "up"
+    pids = [k.pid] + [p.pid for p in psutil.Process(k.pid).children(recursive=True)]
+    assert len(pids) >= 2, pids  # the shim and the kernel at least (a PID namespace)
+    k.close()
+    parents: dict[int, set] = {pid: set() for pid in pids}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_parent_of(pid) is not None for pid in pids):
+        for pid in pids:
+            parent = _parent_of(pid)
+            if parent is not None:
+                parents[pid].add(parent)
+        time.sleep(0.005)
+    assert all(_parent_of(pid) is None for pid in pids), {pid: _parent_of(pid) for pid in pids}
+    assert not any(1 in seen for seen in parents.values()), parents
