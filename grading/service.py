@@ -329,7 +329,7 @@ class GraderService:
 
     def _warm(self) -> None:
         """Build every module's reference and warm the workers with them."""
-        from .batch import _warm, _warm_checks, freeze_heap
+        from .batch import _warm, _warm_checks, _warm_execute, freeze_heap
         from .reference import build as build_reference
 
         modules = self.warm_modules
@@ -338,7 +338,7 @@ class GraderService:
         from .checks.base import check_grade_id, load_checks
         from .gradebook import ensure_assignment
 
-        refs = []
+        refs, tests_only = [], []
         db_url = f"sqlite:///{self.out / 'gradebook.db'}"  # where lab.submit()'s attempts go
         for m in modules:
             t = self._target(m)
@@ -347,6 +347,8 @@ class GraderService:
             for src in t.sources:
                 ref = build_reference(src, m, self.state, manifest=t.manifest)
                 refs.append(ref)
+                if not names:
+                    tests_only.append(ref)
                 # the submissions' gradebook knows the module before its first submission
                 # (creating it and mirroring the release cost seconds, once)
                 ensure_assignment(db_url, ref, checks)
@@ -355,6 +357,8 @@ class GraderService:
             # and each worker's first kernel starts now: the first start in a process costs
             # ~0.45 s more than the next ones (a run's first request paid it on every worker)
             self.client.run(_warm, self._submit_options(), refs, None)
+            if tests_only:  # one submission through the whole path on each worker
+                self.client.run(_warm_execute, self._submit_options(), tests_only[:1])
         checks = sorted({c for m in modules for c in (self._target(m).module_meta.get("checks") or [])})
         if checks:  # the checks and the scrubber's models, loaded once per worker and here
             # (lab.check() judges in this process: its first check paid ~1-2 s for them)

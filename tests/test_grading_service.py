@@ -354,3 +354,44 @@ def test_nbgrader_submit_is_graded_on_arrival_and_fetched_as_feedback(svc, tmp_p
         .fetchall()
     )
     assert (nbrec["attempt"], "graded", nbrec["score"]) in rows
+
+
+def _warmed() -> list:
+    from grading import batch, runner
+
+    pool = runner._POOL
+    return [sorted(k for k, _ in batch._WARMED), len(pool._ready) if pool is not None else 0]
+
+
+def test_the_service_grades_a_tests_only_reference_once_on_each_worker_at_start(svc, tmp_path):
+    """A long-lived worker's first run paid for every path it had not run yet: the first
+    ``livelab grade`` on a new service was 20-30 % slower per submission, in every part (five
+    services, N = 20).  At start each worker grades one tests-only reference in full (sanitize,
+    kernel, guard, score, feedback) and keeps its next kernel started; the grade is thrown
+    away."""
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    from grading import samples
+    from grading.service import GraderService
+
+    course = tmp_path / "course"
+    samples.make_course(course)
+    cluster = LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+    )
+    service = GraderService(
+        svc.home, course=str(course), warm_modules=[samples.ASSIGNMENT], scheduler=cluster.scheduler_address
+    )
+    try:
+        service._start_cluster()
+        service._warm()
+        with Client(cluster) as client:
+            warmed = list(client.run(_warmed).values())
+    finally:
+        if service.client is not None:
+            service.client.close()
+        service.pool.shutdown(wait=False)
+        cluster.close()
+    assert len(warmed) == 1 and "execute" in warmed[0][0] and warmed[0][1] == 1, warmed
