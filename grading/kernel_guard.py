@@ -10,8 +10,9 @@ can make failing code pass every test.  nbgrader cannot see it (it only reads ou
 How: this file is executed by IPython as a startup file of every grading kernel (written by
 :class:`grading.sandbox.Kernel`), before any notebook code, in a module of its own with a
 private copy of the builtins.  The grader's engine (:mod:`grading.engine`) then calls it
-through ``user_expressions`` of an empty, silent execute request (no transformer, hook or
-custom handler is on that path):
+through ``user_expressions`` (no transformer, hook or custom handler is on that path): the
+calls due after a cell ride on that cell's own execute request (:func:`run`), and any that
+ipykernel did not evaluate (the cell failed) go on an empty, silent request of their own:
 
 * ``checkpoint()`` before the learner's first cell after release code: the first one takes the
   grader's snapshot of the shell; every one records modules imported since (by release code).
