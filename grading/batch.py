@@ -324,13 +324,16 @@ def _warm(opts: RunOptions, refs: list[Reference], lab: dict | bool | None = Non
     t0 = time.perf_counter()
     from . import runner
 
+    def done() -> dict:
+        return {"pid": os.getpid(), "seconds": time.perf_counter() - t0, **({"cpu": _cpu_worker()} if cpu else {})}
+
     if isinstance(lab, dict):
         _warm_checks(lab.get("checks") or [])
     if not lab:  # (a no-op when a kernel is ready already)
         runner.kernel_pool().prestart(runner.tests_config(opts))
     refs = [r for r in refs if ("ref", r.digest) not in _WARMED]
     if not refs:
-        return {"pid": os.getpid(), "seconds": time.perf_counter() - t0, **({"cpu": _cpu_worker()} if cpu else {})}
+        return done()
     import nbformat
     import papermill  # noqa: F401
     from . import engine, feedback  # noqa: F401
@@ -343,7 +346,7 @@ def _warm(opts: RunOptions, refs: list[Reference], lab: dict | bool | None = Non
             nb, {"score": 0.0, "max_score": ref.max_score, "notebook": ref.notebook, "cells": [], "messages": []}
         )
         _WARMED.add(("ref", ref.digest))
-    return {"pid": os.getpid(), "seconds": time.perf_counter() - t0, **({"cpu": _cpu_worker()} if cpu else {})}
+    return done()
 
 
 def _warm_execute(opts: RunOptions, refs: list[Reference]) -> dict:

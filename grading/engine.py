@@ -189,8 +189,7 @@ class GradingNotebookClient(PapermillNotebookClient):
         """Called with the cell's own execute request: carry the guard calls due after it."""
         tail, self._tail = self._tail, None
         if tail:
-            calls = [(name, nonce, args) for name, nonce, args in tail]
-            kw["user_expressions"] = {**(kw.get("user_expressions") or {}), TAIL_KEY: f"{GUARD}.run({calls!r})"}
+            kw["user_expressions"] = {**(kw.get("user_expressions") or {}), TAIL_KEY: f"{GUARD}.run({tail!r})"}
             self._tail_sent = tail
 
     def execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
