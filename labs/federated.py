@@ -41,6 +41,7 @@ import tempfile
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,6 +66,10 @@ DELTA = 1e-5
 MIN_SIGNALS = 200
 #: Seconds a round may take (devices joining, fitting and the server's aggregation).
 TIMEOUT = 120.0
+#: Seconds a device has to answer its join (all are asked at once), and then to report its
+#: part done: bounds on a busy machine's answers, not a learner command's few seconds.
+JOIN_TIMEOUT = 30.0
+DONE_TIMEOUT = 60.0
 ACCOUNTANT = "rdp"
 _ROUND_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _REFUSED = re.compile(r"^\S+ refused 'federated': ")
@@ -366,36 +371,48 @@ def run_round(
         port = _free_port()
         lab.add_listener(listen)
         try:
+            privacy: dict[str, dict] = {}
             for dev in names:
-                key = f"{lab.namespace}/{dev}"
-                entry = led["devices"].get(key) or {"epsilon_budget": budget_new, "rounds": [], "stopped": None}
-                past = [r["noise_multiplier"] for r in entry["rounds"]]
-                spent = epsilon(past, d)
-                after = epsilon(past + [float(noise_multiplier)] * rounds, d)
-                privacy = {
-                    "epsilon_spent": round(spent, 6),
-                    "epsilon_after": round(after, 6),
+                entry = led["devices"].get(f"{lab.namespace}/{dev}") or {"epsilon_budget": budget_new}
+                past = [r["noise_multiplier"] for r in entry.get("rounds", [])]
+                privacy[dev] = {
+                    "epsilon_spent": round(epsilon(past, d), 6),
+                    "epsilon_after": round(epsilon(past + [float(noise_multiplier)] * rounds, d), 6),
                     "epsilon_budget": entry["epsilon_budget"],
                     "delta": d,
                 }
+
+            def join(dev: str) -> str | None:
+                """None when ``dev`` joined, else why not (refused or no answer: one line)."""
                 try:
                     lab.command(
                         dev,
                         "federated",
+                        timeout=JOIN_TIMEOUT,
                         round=rid,
                         server=f"127.0.0.1:{port}",
                         bundle=base.digest,
                         rounds=rounds,
                         min_signals=min_signals,
-                        privacy=privacy,
+                        privacy=privacy[dev],
                     )
-                    joined.append(dev)
+                    return None
                 except Exception as exc:  # noqa: BLE001 - CommandRefused or a timeout: one line each
-                    reason = _REFUSED.sub("", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-                    skipped[dev] = reason
-                    if after > entry["epsilon_budget"]:
-                        entry["stopped"] = reason
-                        led["devices"][key] = entry
+                    return _REFUSED.sub("", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+            # every device is asked at once: a busy or offline one delays the round by one bound
+            with ThreadPoolExecutor(max_workers=min(len(names), 16), thread_name_prefix="federated-join") as pool:
+                answers = list(pool.map(join, names))
+            for dev, reason in zip(names, answers):
+                if reason is None:
+                    joined.append(dev)
+                    continue
+                skipped[dev] = reason
+                if privacy[dev]["epsilon_after"] > privacy[dev]["epsilon_budget"]:
+                    key = f"{lab.namespace}/{dev}"
+                    entry = led["devices"].get(key) or {"epsilon_budget": budget_new, "rounds": [], "stopped": None}
+                    entry["stopped"] = reason
+                    led["devices"][key] = entry
             if not joined:
                 _write_ledger(home, led)
                 why = "; ".join(f"{k}: {v}" for k, v in skipped.items())
@@ -414,7 +431,7 @@ def run_round(
                 },
                 timeout,
             )
-            got_all.wait(15.0)  # the devices' own records of the round (bytes on the wire)
+            got_all.wait(DONE_TIMEOUT)  # the devices' own records of the round (bytes on the wire)
         finally:
             lab.remove_listener(listen)
         participants = sorted(result["rounds"][-1]["participants"])

@@ -324,6 +324,30 @@ def test_budgets_run_out_and_devices_stop_and_say_so(flab, tmp_path):
         federated.set_budget(home, d, 1e6)
 
 
+def test_a_device_slow_to_answer_its_join_still_takes_part(flab, tmp_path):
+    """A busy machine delays a device's answer to the round's join command (its process gets
+    no CPU): the round waits for it on a bound that is not a learner command's few seconds,
+    and the next round is not refused as 'already taking part' in this one."""
+    import os
+    import signal
+    import threading
+
+    home, sdk, cand = flab
+    pid = sdk.states["dev-1"]["pid"]
+    os.kill(pid, signal.SIGSTOP)  # the lab's own device process, resumed below
+    resume = threading.Timer(7.0, os.kill, (pid, signal.SIGCONT))
+    resume.start()
+    try:
+        res = sdk.federated_round(cand, tmp_path / "slow.lbundle", version="1.2.5", seed=4)
+    finally:
+        resume.cancel()
+        os.kill(pid, signal.SIGCONT)
+    assert res["participants"] == DEVICES and res["skipped"] == {}, res["skipped"]
+    assert all(res["devices"][d]["bytes_sent"] for d in DEVICES), res["devices"]
+    again = sdk.federated_round(cand, tmp_path / "next.lbundle", version="1.2.6", seed=5)
+    assert again["participants"] == DEVICES and again["skipped"] == {}, again["skipped"]
+
+
 def test_the_device_refuses_bad_round_commands_in_one_line(flab):
     home, sdk, cand = flab
     ok = {
