@@ -42,6 +42,8 @@ GUARD = "__import__('sys').modules['_livelab_guard']"
 #: the key of the guard's calls among a cell request's ``user_expressions``
 TAIL_KEY = "livelab-guard"
 NO_GUARD = "no answer from the grader's guard (the notebook removed or broke it)"
+#: the id of papermill's closing ``kernel_info`` request, answered from the kernel's ready reply
+_READY_INFO = "livelab-ready-kernel-info"
 
 
 def _answer(text: str, nonce: str) -> str:
@@ -124,6 +126,16 @@ class GradingNotebookClient(PapermillNotebookClient):
             super().papermill_execute_cells()
         finally:
             self.ctx.marks["cells_done"] = time.monotonic()
+            if getattr(self.kc, "ready_reply", None) is not None:
+                # papermill asks the kernel for its language_info once more after the cells:
+                # the answer it gave when it became ready (before any notebook code) is the one
+                # recorded, without a request (a kernel's CPU for one, as for a cell)
+                self.kc.kernel_info = lambda *a, **kw: _READY_INFO
+
+    def wait_for_reply(self, msg_id, cell=None):
+        if msg_id is _READY_INFO:  # see papermill_execute_cells
+            return self.kc.ready_reply
+        return super().wait_for_reply(msg_id, cell)
 
     def _record_reply(self, cell, cell_index, execute_reply):  # nbclient hook
         content = {} if execute_reply is None else execute_reply.get("content", {})

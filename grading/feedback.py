@@ -80,33 +80,58 @@ def _css_header_class(base):
     return CSSHeaderOnce
 
 
+#: Cells' HTML is remembered by what it is made from (per exporter and highlighter): most
+#: cells of a module's submissions are the release's own (instructions, tests) and render
+#: alike in every feedback page.  Entries per memo, and the longest source a memo keeps:
+MEMO_ENTRIES = 2048
+MEMO_SOURCE_CHARS = 20_000
+
+
+def _remember(memo: dict, key, value: str, size: int) -> None:
+    if size > MEMO_SOURCE_CHARS:
+        return
+    if len(memo) >= MEMO_ENTRIES:
+        memo.clear()  # a long-running worker: start over rather than grow
+    memo[key] = value
+
+
 def _highlighter_class():
     from nbconvert.filters.highlight import Highlight2HTML, _pygments_highlight
 
     class HighlightOnce(Highlight2HTML):
         """nbconvert's ``highlight_code`` filter with one pygments formatter per language,
         reused for every code cell (nbconvert builds one per cell, and a formatter computes
-        its style table when it is built); the cell's HTML is the same."""
+        its style table when it is built), and each source's HTML remembered; the cell's
+        HTML is the same."""
 
         def __init__(self, *a, **kw):
             super().__init__(*a, **kw)
             self._formatters: dict = {}
+            self._done: dict = {}
 
         def __call__(self, source, language=None, metadata=None):
             from pygments.formatters import HtmlFormatter
 
             language = language or self.pygments_lexer
+            magics = (metadata or {}).get("magics_language")
+            key = (language, magics if isinstance(magics, str) else None, source)
+            done = self._done.get(key)
+            if done is not None:
+                return done
             fmt = self._formatters.get(language)
             if fmt is None:
                 fmt = self._formatters[language] = HtmlFormatter(
                     cssclass=html.escape(f" highlight hl-{language}"), **self.extra_formatter_options
                 )
-            return _pygments_highlight(source if len(source) > 0 else " ", fmt, language, metadata)
+            out = _pygments_highlight(source if len(source) > 0 else " ", fmt, language, metadata)
+            _remember(self._done, key, out, len(source))
+            return out
 
     return HighlightOnce
 
 
 def _exporter_class():
+    from jinja2 import pass_context
     from nbconvert.exporters import HTMLExporter, TemplateExporter
 
     class FeedbackExporter(HTMLExporter):
@@ -118,6 +143,22 @@ def _exporter_class():
             if any(t in html_text for t in self.ACCESSIBILITY_TARGETS):
                 return super().from_notebook_node(nb, resources, **kw)  # the pass has work to do
             return html_text, res
+
+        @pass_context
+        def markdown2html(self, context, source):
+            """nbconvert's, remembered for a cell without attachments (its HTML depends only on
+            its source, the notebook's path and this exporter's settings then)."""
+            cell = context.get("cell", {})
+            if cell.get("attachments"):
+                return super().markdown2html(context, source)
+            path = context.get("resources", {}).get("metadata", {}).get("path", "")
+            memo = self.__dict__.setdefault("_markdown", {})
+            key = (source, path)
+            done = memo.get(key)
+            if done is None:
+                done = super().markdown2html(context, source)
+                _remember(memo, key, done, len(source))
+            return done
 
         def _render(self, nb, resources, **kw):
             # HTMLExporter.from_notebook_node up to its BeautifulSoup pass (nbconvert 7)

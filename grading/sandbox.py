@@ -483,13 +483,27 @@ from jupyter_client.asynchronous import AsyncKernelClient  # noqa: E402
 
 
 class FastReadyClient(AsyncKernelClient):
-    """``wait_for_ready`` without jupyter_client's fixed 0.2 s IOPub wait.
+    """A kernel client with the grader's two channels, ready without a fixed wait.
 
-    jupyter_client sends ``kernel_info`` and, after the reply, waits up to 0.2 s for an IOPub
-    message to prove IOPub is connected; the first request's IOPub messages usually go out
-    before the subscription is in place, so every start pays the full 0.2 s.  Here the
-    request is simply repeated every 10 ms until IOPub answers (same proof, no fixed wait).
+    ``start_channels`` opens the shell and IOPub channels only: nbclient and the grader send
+    every request on shell and read every output on IOPub; the kernel manager interrupts
+    and stops a kernel with signals and its own control socket, and asks the process, not
+    the heartbeat, whether the kernel lives.  The heartbeat channel was a thread with its
+    own event loop per kernel, and each channel a socket to open and close.
+
+    ``wait_for_ready``: jupyter_client sends ``kernel_info`` and, after the reply, waits up to
+    0.2 s for an IOPub message to prove IOPub is connected; the first request's IOPub
+    messages usually go out before the subscription is in place, so every start pays the
+    full 0.2 s.  Here the proof is the first IOPub message: the kernel's welcome to the
+    subscription (ipykernel 7 sends one) or a status of the request; the request is
+    repeated only while none comes (an older kernel, a lost subscription).
     """
+
+    #: the kernel's answer to ``kernel_info`` when it became ready (what it runs: language_info)
+    ready_reply: dict | None = None
+
+    def start_channels(self, shell=True, iopub=True, stdin=False, hb=False, control=False):
+        super().start_channels(shell=shell, iopub=iopub, stdin=False, hb=False, control=False)
 
     async def wait_for_ready(self, timeout=None):
         from queue import Empty
@@ -507,8 +521,9 @@ class FastReadyClient(AsyncKernelClient):
                     pass
             if reply is not None:
                 try:
-                    await self.iopub_channel.get_msg(timeout=0.01)
+                    await self.iopub_channel.get_msg(timeout=0.2)
                     self._handle_kernel_info_reply(reply)
+                    self.ready_reply = reply
                     break
                 except Empty:
                     pass

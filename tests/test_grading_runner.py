@@ -473,6 +473,40 @@ def test_feedback_page_is_the_same_with_its_style_sheet_and_formatters_made_once
     assert "Score: 2.0 / 5.0" in theirs and 'class=" highlight hl-' in theirs
 
 
+def test_a_feedback_page_highlights_and_converts_only_the_cells_an_earlier_page_did_not_have(
+    batch, course, monkeypatch
+):
+    """Cells' HTML is remembered by what it is made from: the next learner's page of the same
+    release runs pygments only on code cells whose source is new, and markdown only for
+    cells whose text is new (the grading summary, with its scores); its page is the one
+    nbconvert makes (see the test above)."""
+    import pygments
+    from nbconvert.filters.markdown_mistune import MarkdownWithMath
+
+    from grading import feedback
+
+    monkeypatch.setattr(feedback, "_EXPORTER", None)  # a fresh exporter: nothing remembered yet
+    auto = course["root"] / "autograded"
+    half, good = (
+        nbformat.read(auto / s / samples.ASSIGNMENT / f"{samples.NOTEBOOK}.ipynb", 4) for s in ("half", "good")
+    )
+    feedback.render(half, batch["full"]["half"])
+    highlighted, converted = [], []
+    highlight, render = pygments.highlight, MarkdownWithMath.render
+    monkeypatch.setattr(
+        pygments, "highlight", lambda code, *a, **kw: highlighted.append(code) or highlight(code, *a, **kw)
+    )
+    monkeypatch.setattr(MarkdownWithMath, "render", lambda self, src: converted.append(src) or render(self, src))
+    page = feedback.render(good, batch["full"]["good"])
+    seen = {c.source for c in half.cells if c.cell_type == "code"}
+    new_code = [c.source for c in good.cells if c.cell_type == "code" and c.source not in seen]
+    assert new_code and highlighted == new_code, (highlighted, new_code)
+    assert len(converted) == 1 and "Grading: 5 / 5 points" in converted[0], converted
+    assert "Score: 5.0 / 5.0" in page
+    again = feedback.render(good, batch["full"]["good"])
+    assert again == page and len(highlighted) == len(new_code) and len(converted) == 1
+
+
 def test_the_gradebook_writer_keeps_the_assignments_rows_loaded_across_results(batch, course, tmp_path):
     """One Writer writes a whole run's results through nbgrader's API; the assignment's rows
     (its notebook and cells) are loaded once, not again after each result's commit, and
@@ -1195,6 +1229,50 @@ def test_the_guards_calls_ride_on_the_cells_own_requests_and_are_sent_alone_when
             rows = runner.score(facts["nb"], ref, facts["ctx"], None)
             assert (sum(r["score"] or 0 for r in rows), facts["ctx"].guard_requests) == (score, alone), name
             assert not facts["ctx"].interfered, (name, facts["ctx"].interfered)
+    finally:
+        pool.close()
+
+
+def test_a_grading_kernels_client_opens_two_channels_and_asks_kernel_info_once(course, tmp_path, monkeypatch):
+    """The grader's kernel client opens the shell and IOPub channels only (no heartbeat
+    thread, no stdin or control socket: nothing reads them), asks ``kernel_info`` once, when
+    the kernel becomes ready, and papermill's language_info is that answer; the grades are
+    nbgrader's."""
+    from jupyter_client import channels
+    from jupyter_client.session import Session
+
+    from grading import reference, runner, sandbox
+
+    ref = reference.build(
+        course["root"] / "source" / samples.ASSIGNMENT / f"{samples.NOTEBOOK}.ipynb",
+        samples.ASSIGNMENT,
+        tmp_path / "state",
+    )
+    opts = runner.RunOptions(limits=LIMITS, hide=[str(course["root"]), str(tmp_path)])
+    sent: list[str] = []
+    hb: list[object] = []
+    send, hb_start = Session.send, channels.HBChannel.start
+
+    def counting_send(self, stream, msg_or_type, *a, **kw):
+        kind = msg_or_type if isinstance(msg_or_type, str) else msg_or_type["header"]["msg_type"]
+        sent.append(kind)
+        return send(self, stream, msg_or_type, *a, **kw)
+
+    monkeypatch.setattr(Session, "send", counting_send)
+    monkeypatch.setattr(channels.HBChannel, "start", lambda self: hb.append(self) or hb_start(self))
+    pool = sandbox.KernelPool()
+    try:
+        for nb, score in ((samples.CORRECT, 5), (samples.HALF, 2)):
+            sent.clear()
+            nb, _ = runner.sanitize(samples.submission(course["release"], nb), ref, "learner")
+            kernel = pool.take(runner.tests_config(opts))
+            facts = runner.execute(nb, kernel, LIMITS, {}, ref=ref)
+            rows = runner.score(facts["nb"], ref, facts["ctx"], None)
+            assert sum(r["score"] or 0 for r in rows) == score
+            assert sent.count("kernel_info_request") == 1, sent
+            assert facts["nb"].metadata["language_info"]["name"] == "python"
+            assert facts["nb"].metadata["language_info"]["version"].startswith("3.")
+        assert not hb
     finally:
         pool.close()
 
