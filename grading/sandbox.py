@@ -485,10 +485,10 @@ from jupyter_client.asynchronous import AsyncKernelClient  # noqa: E402
 class FastReadyClient(AsyncKernelClient):
     """A kernel client with the grader's two channels, ready without a fixed wait.
 
-    ``start_channels`` opens the shell and IOPub channels only: nbclient and the grader send
-    every request on shell and read every output on IOPub; the kernel manager interrupts
-    and stops a kernel with signals and its own control socket, and asks the process, not
-    the heartbeat, whether the kernel lives.  The heartbeat channel was a thread with its
+    ``start_channels`` opens the shell and IOPub channels unless asked for more: nbclient and
+    the grader send every request on shell and read every output on IOPub; the kernel
+    manager interrupts and stops a kernel with signals and its own control socket, and asks
+    the process, not the heartbeat, whether the kernel lives.  The heartbeat channel was a thread with its
     own event loop per kernel, and each channel a socket to open and close.
 
     ``wait_for_ready``: jupyter_client sends ``kernel_info`` and, after the reply, waits up to
@@ -503,7 +503,7 @@ class FastReadyClient(AsyncKernelClient):
     ready_reply: dict | None = None
 
     def start_channels(self, shell=True, iopub=True, stdin=False, hb=False, control=False):
-        super().start_channels(shell=shell, iopub=iopub, stdin=False, hb=False, control=False)
+        super().start_channels(shell=shell, iopub=iopub, stdin=stdin, hb=hb, control=control)
 
     async def wait_for_ready(self, timeout=None):
         from queue import Empty
