@@ -971,6 +971,27 @@ print(tokenize._compile.cache_info().misses - misses, ahead)
     assert got.stdout.strip() == "0 [True, True, True]", got.stdout
 
 
+def test_a_forked_kernels_first_traceback_finds_its_colour_theme_built():
+    """IPython builds a colour theme's pygments style and formatter the first time the theme
+    colours anything: in a fresh grading kernel, its first traceback (a failing test), about
+    4 ms of its CPU.  The fork server builds the built-in themes once, so a kernel's theme is
+    ready before any notebook code ran, and the traceback itself is unchanged."""
+    probe = (
+        "from IPython.utils import PyColorize\n"
+        "name = get_ipython().InteractiveTB._theme_name\n"
+        "print(name in PyColorize._BUILTIN_THEMES, PyColorize.theme_table[name]._formatter is not None)"
+    )
+    assert _in_grading_kernel(probe) == "True True"
+    failing = "def square(x):\n    return x + x\nassert square(3) == 9, 'square(3) should be 9'"
+    got = _in_grading_kernel(
+        "import sys\n"
+        "try:\n" + "".join(f"    {line}\n" for line in failing.splitlines()) + "except AssertionError:\n"
+        "    tb = get_ipython().InteractiveTB.structured_traceback(*sys.exc_info())\n"
+        "print('square(3) should be 9' in tb[-1], any('\\x1b[' in line for line in tb))"
+    )
+    assert got == "True True"  # the message, in colour, as before
+
+
 def test_forked_kernels_run_the_guard_compiled_once_and_the_handover_is_gone(monkeypatch):
     """The fork server compiles the kernel guard once and each forked kernel's startup file
     takes that code object (compiling it was 5% of a kernel's CPU): the guard is installed,
