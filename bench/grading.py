@@ -582,6 +582,11 @@ def service_bench(ns: list[int], learners: int, rounds: int, pairs: int = 3) -> 
             f"m1 submit -> feedback overhead over the notebook's run: "
             f"{out['lab_module_submit']['median_overhead_s']:.2f} s"
         )
+    except BaseException:  # keep the lab's logs of a failed run (the run's directory goes)
+        kept = Path(tempfile.mkdtemp(prefix="bench-service-logs-"))
+        shutil.copytree(home / "logs", kept / "logs", dirs_exist_ok=True, ignore_dangling_symlinks=True)
+        console.print(f"the lab's logs of this failed run: {kept / 'logs'}")
+        raise
     finally:
         for lb in labs_:
             lb.close()
