@@ -184,3 +184,22 @@ def test_device_crash_is_restarted_with_consent_kept(fresh_lab):
         later = sdk.next_window("dev-1", timeout=30)["seq"]
         assert later > first  # the sequence continues, never reused
     assert lab.status(home)["devices"][1]["restarts"] == 1
+
+
+def test_a_namespace_whose_device_does_not_come_online_says_which_and_why(lab_home):
+    """``add_namespace`` waits (bounded) for each new device to announce itself online; when one
+    does not, the one-line error names the device, what the supervisor knows of its process and
+    the last line of the device's own log (the supervisor's log alone said 'configuration
+    reloaded'), the namespace is taken back out, and the lab keeps serving."""
+    with pytest.raises(lab.LabError) as err:
+        lab.add_namespace(lab_home, "slowpoke", devices=1, timeout=0.0)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "namespace 'slowpoke'" in msg and "dev-0: " in msg, msg
+    assert any(s in msg for s in ("not started", "running (pid", "exited", "announced online")), msg
+    assert "its log: " in msg, msg
+    cfg = json.loads((lab_home / "config.json").read_text())
+    assert "slowpoke" not in cfg["namespaces"]
+    d = lab.add_namespace(lab_home, "slowpoke", devices=1)  # the name is free again, and it serves
+    assert d["devices"] == ["dev-0"]
+    lab.remove_namespace(lab_home, "slowpoke")

@@ -447,6 +447,29 @@ def _running_supervisor(home: Path) -> int:
     return pid
 
 
+def _device_report(home: Path, ns: str, device: str, run: dict | None, online_pid: int | None) -> str:
+    """What is known of a device that has not announced itself online (for one error line):
+    the supervisor's process for it, what it announced, and the last line of its own log;
+    empty when it is online."""
+    pid = (run or {}).get("pid")
+    if pid and online_pid == pid:
+        return ""
+    if not pid:
+        state = "not started by the supervisor"
+    elif not _home.pid_alive(pid):
+        state = f"its process {pid} exited"
+    elif online_pid is None:
+        state = f"running (pid {pid}), not announced online"
+    else:
+        state = f"announced online from pid {online_pid}, the supervisor runs pid {pid}"
+    try:
+        lines = (home / "logs" / f"device-{ns}-{device}.log").read_text(errors="replace").splitlines()
+        last = next((ln.strip() for ln in reversed(lines) if ln.strip()), "empty")
+    except OSError:
+        last = "none yet"
+    return f"{device}: {state}; its log: {last[-240:]}"
+
+
 def _wait_namespace(home: Path, ns: str, devices: list[str], *, present: bool, timeout: float) -> None:
     """Wait until the supervisor runs (present) or stopped (not present) the namespace's devices;
     when present, also until each device announced itself online from its new process."""
@@ -481,9 +504,15 @@ def _wait_namespace(home: Path, ns: str, devices: list[str], *, present: bool, t
             elif not any(k in run and _home.pid_alive(run[k].get("pid")) for k in keys):
                 return
             if time.monotonic() > deadline:
-                what = "come online" if present else "stop"
+                if present:
+                    late = [_device_report(home, ns, d, run.get(k), online.get(k)) for d, k in zip(devices, keys)]
+                    raise LabError(
+                        f"the devices of namespace {ns!r} did not come online within {timeout:.0f} s: "
+                        + "; ".join(r for r in late if r)
+                        + f" (supervisor: {_last_error(home)})"
+                    )
                 raise LabError(
-                    f"the devices of namespace {ns!r} did not {what} within {timeout:.0f} s: {_last_error(home)}"
+                    f"the devices of namespace {ns!r} did not stop within {timeout:.0f} s: {_last_error(home)}"
                 )
             time.sleep(0.02)
     finally:
@@ -579,8 +608,11 @@ def add_namespace(
     os.kill(pid, signal.SIGHUP)
     try:
         _wait_namespace(home, namespace, names, present=True, timeout=timeout)
-    except LabError:
-        remove_namespace(home, namespace, timeout=timeout)
+    except LabError as exc:
+        try:  # take it back out (its own bound: the wait above may have been a short one)
+            remove_namespace(home, namespace, timeout=max(timeout, 30.0))
+        except LabError as again:
+            raise LabError(f"{exc} (and taking the namespace back out failed: {again})") from None
         raise
     desc = descriptor(home)
     out = {
