@@ -246,24 +246,40 @@ class _SchemaCheckedOnce:
     ``jsonschema.validate`` first checks the *schema* against its meta-schema, on every call;
     nbgrader's ``CheckCellMetadata`` calls it for every cell of every submission with the same
     schema, and that check was 95% of the validator's time (a sixth of a grading worker's CPU,
-    profiled with py-spy).  Same result, same exceptions: the schema is checked the first
-    time it is seen, then its validator is reused."""
+    profiled with py-spy).  Same result, same exceptions: a schema is checked the first time
+    its content is seen, then its validator is reused.  Content, not the object: nbgrader
+    builds a metadata validator per notebook, and each loads its schema from the file anew.
+    At most ``KEEP`` schemas are kept (nbgrader has one per metadata version)."""
+
+    KEEP = 8
 
     def __init__(self, jsonschema):
         self._js = jsonschema
-        self._validators: dict[int, tuple] = {}
+        self._validators: dict[str, Any] = {}  # the schema's canonical JSON -> its validator
+        self._last: tuple | None = None  # (schema object, validator): the notebook's cells
         self._lock = threading.Lock()
 
     def validate(self, instance, schema, cls=None, *args, **kwargs):
         if cls is not None or args or kwargs:
             return self._js.validate(instance, schema, cls, *args, **kwargs)
-        with self._lock:
-            got = self._validators.get(id(schema))
-            if got is None or got[0] is not schema:
-                vcls = self._js.validators.validator_for(schema)
-                vcls.check_schema(schema)
-                got = self._validators[id(schema)] = (schema, vcls(schema))
-        error = self._js.exceptions.best_match(got[1].iter_errors(instance))
+        last = self._last
+        if last is not None and last[0] is schema:
+            validator = last[1]
+        else:
+            try:
+                key = json.dumps(schema, sort_keys=True)
+            except (TypeError, ValueError):  # not JSON: as jsonschema itself does it
+                return self._js.validate(instance, schema)
+            with self._lock:
+                validator = self._validators.get(key)
+                if validator is None:
+                    vcls = self._js.validators.validator_for(schema)
+                    vcls.check_schema(schema)
+                    if len(self._validators) >= self.KEEP:
+                        self._validators.clear()
+                    validator = self._validators[key] = vcls(schema)
+            self._last = (schema, validator)
+        error = self._js.exceptions.best_match(validator.iter_errors(instance))
         if error is not None:
             raise error
 

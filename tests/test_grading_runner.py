@@ -1146,6 +1146,35 @@ def test_cell_metadata_is_validated_as_nbgrader_does_with_each_schema_checked_on
         common.jsonschema.validate({}, broken)
 
 
+def test_each_notebooks_own_metadata_validator_reuses_the_schema_checked_before(monkeypatch):
+    """nbgrader's ``CheckCellMetadata`` builds a new metadata validator for every notebook, and
+    each loads its schema from the file anew: the schema is checked once per content, not once
+    per notebook, and what is kept stays bounded however many notebooks a worker sanitizes
+    (kept by object, it checked every notebook's schema and kept each one)."""
+    import jsonschema
+    from nbgrader.nbgraderformat import common
+    from nbgrader.nbgraderformat.v3 import MetadataValidatorV3
+
+    from grading import runner
+
+    runner._sanitizers()
+    checked = []
+    vcls = jsonschema.validators.validator_for(MetadataValidatorV3().schema)
+    orig = vcls.check_schema.__func__
+    monkeypatch.setattr(
+        vcls, "check_schema", classmethod(lambda cls, s, *a, **k: (checked.append(1), orig(cls, s, *a, **k))[1])
+    )
+    monkeypatch.setattr(common.jsonschema, "_validators", {})
+    good = {"grade": True, "grade_id": "t1", "points": 2, "locked": True, "solution": False, "schema_version": 3}
+    for _ in range(50):  # one validator per notebook, as CheckCellMetadata makes them
+        MetadataValidatorV3().validate_cell(nbformat.v4.new_code_cell("assert True", metadata={"nbgrader": good}))
+    assert len(checked) == 1, len(checked)
+    assert len(common.jsonschema._validators) <= runner._SchemaCheckedOnce.KEEP
+    bad = {**good, "points": "lots"}
+    with pytest.raises(jsonschema.ValidationError, match="lots"):
+        MetadataValidatorV3().validate_cell(nbformat.v4.new_code_cell("assert True", metadata={"nbgrader": bad}))
+
+
 def test_sanitizing_asks_the_reference_gradebook_once_per_thread_and_still_restores(course, tmp_path):
     """nbgrader's sanitize preprocessors ask the private reference gradebook the same questions
     for every submission; a grading process asks them once per thread (a session and its rows
