@@ -111,10 +111,21 @@ class Writer:
         self.gb.db.remove()
         self.gb.db.configure(expire_on_commit=False)
         self._pp = None
-        # ... and held: the session's identity map keeps rows only while something refers to
-        # them, and these refer to each other in cycles that a garbage collection between two
-        # results frees (when one runs depends on the machine's load)
-        self._held: dict[str, list] = {}
+        # ... and held from the moment each is loaded: the session's identity map keeps rows
+        # only while something refers to them, and these refer to each other in cycles that a
+        # garbage collection frees whenever one runs (which depends on what the process
+        # allocated before; holding them after the first result left a window)
+        from nbgrader.api import Assignment, BaseCell, Notebook, SourceCell
+        from sqlalchemy import event
+
+        kinds = (Assignment, Notebook, BaseCell, SourceCell)
+        self._held: list = []
+
+        def hold(session, obj) -> None:
+            if isinstance(obj, kinds):
+                self._held.append(obj)
+
+        event.listen(self.gb.db, "loaded_as_persistent", hold)
 
     def _saver(self):
         if self._pp is None:
@@ -138,17 +149,6 @@ class Writer:
             self._pp.log.setLevel(logging.ERROR)
         return self._pp
 
-    def _hold(self, assignment: str) -> None:
-        """Refer to the assignment's rows now loaded (itself, its notebooks and their cells)."""
-        from nbgrader.api import Assignment, BaseCell, Notebook, SourceCell
-
-        kinds = (Assignment, Notebook, BaseCell, SourceCell)
-        self._held[assignment] = [
-            o
-            for o in self.gb.db.identity_map.values()
-            if isinstance(o, kinds) and (o.name if isinstance(o, Assignment) else o.assignment.name) == assignment
-        ]
-
     def save(self, result: dict) -> None:
         import warnings
 
@@ -170,8 +170,6 @@ class Writer:
             self._save_rows(result)
         finally:
             del db.commit
-        if result["assignment"] not in self._held:
-            self._hold(result["assignment"])
         try:
             db.commit()  # ... and this is the one real commit
         except Exception:
