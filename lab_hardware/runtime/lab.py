@@ -462,11 +462,7 @@ def _device_report(home: Path, ns: str, device: str, run: dict | None, online_pi
         state = f"running (pid {pid}), not announced online"
     else:
         state = f"announced online from pid {online_pid}, the supervisor runs pid {pid}"
-    try:
-        lines = (home / "logs" / f"device-{ns}-{device}.log").read_text(errors="replace").splitlines()
-        last = next((ln.strip() for ln in reversed(lines) if ln.strip()), "empty")
-    except OSError:
-        last = "none yet"
+    last = _broker._tail(home / "logs" / f"device-{ns}-{device}.log").strip()
     return f"{device}: {state}; its log: {last[-240:]}"
 
 
