@@ -366,7 +366,7 @@ def _warm_execute(opts: RunOptions, refs: list[Reference]) -> dict:
         _WARMED.add(("execute", ref.digest))
         data = nbformat.writes(nbformat.read(release_notebook(ref.ensure_local()), as_version=4)).encode()
         sub = runner.Submission("warm-up", ref.assignment, ref.notebook, data)
-        runner.grade(sub, ref, opts)
+        _task(sub, ref, opts)  # as a run's task does (its retries and outcomes, imported now)
         done.append(ref.digest)
     return {"pid": os.getpid(), "graded": done}
 

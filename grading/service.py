@@ -372,6 +372,12 @@ class GraderService:
             local.start()
             self.client.run(_warm_checks, checks)
             local.join()
+        from lab_hardware.modelops import lineage
+
+        try:  # each run's driver writes a grade's lineage event per submission (in this process)
+            lineage.warm()
+        except Exception as exc:  # noqa: BLE001 - an optimisation: the first event loads them
+            log.warning("could not load the lineage trail's classes ahead: %s", exc)
         if not self.scheduler:  # our own workers keep what they loaded (see freeze_heap); a
             # cluster given with --scheduler may be shared: its workers' heaps are not ours to freeze
             self.client.run(freeze_heap)

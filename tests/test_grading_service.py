@@ -384,14 +384,31 @@ def test_the_service_grades_a_tests_only_reference_once_on_each_worker_at_start(
     service = GraderService(
         svc.home, course=str(course), warm_modules=[samples.ASSIGNMENT], scheduler=cluster.scheduler_address
     )
+    from lab_hardware.modelops import lineage
+
+    lineage_warmed = []
+    real_warm = lineage.warm
+    lineage.warm = lambda: lineage_warmed.append(real_warm())
     try:
         service._start_cluster()
         service._warm()
         with Client(cluster) as client:
             warmed = list(client.run(_warmed).values())
+            # the grade went through a run's own task (its retries, infrastructure outcomes)
+            loaded = list(client.run(_loaded, "grading.outcomes").values())
     finally:
+        lineage.warm = real_warm
         if service.client is not None:
             service.client.close()
         service.pool.shutdown(wait=False)
         cluster.close()
     assert len(warmed) == 1 and "execute" in warmed[0][0] and warmed[0][1] == 1, warmed
+    assert loaded == [True]
+    # and the service itself has the lineage trail's classes ready (see test_lineage)
+    assert lineage_warmed == [None]
+
+
+def _loaded(name: str) -> bool:
+    import sys
+
+    return name in sys.modules

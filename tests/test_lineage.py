@@ -555,3 +555,28 @@ def test_the_observer_fails_a_capture_with_an_undeclared_field_and_skips_garbage
     assert (
         r["artifact"] == "capture:default/dev-0/c1" and r["messages"] == 3 and r["undeclared"] == ["records[].speaker"]
     )
+
+
+def test_warm_leaves_nothing_to_load_for_a_grades_event(tmp_path):
+    """The grading service writes a grade's event for every submission: openlineage-python and
+    livelab's facet and transport classes were imported and built by the first run on a new
+    service (0.12 s of imports, then attrs compiling each class).  ``warm`` does it at start:
+    afterwards building, serialising and writing a grade's event imports nothing."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+from lab_hardware.modelops import lineage
+lineage.warm()
+before = set(sys.modules)
+ev = lineage.build_event(lineage.Artifact("grade", "c@1/a/s/n"), privacy=lineage.grade_privacy(),
+                         details={{"score": 1.0}})
+lineage.to_dict(ev)
+lineage.Trail({str(tmp_path)!r}).emit(ev)
+print(sorted(set(sys.modules) - before))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+    assert (tmp_path / lineage.EVENTS_FILE).read_text().count('"grade"') >= 1
