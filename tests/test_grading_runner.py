@@ -1034,6 +1034,21 @@ def test_a_forked_kernel_takes_its_command_line_parsed_ahead_by_the_fork_server(
         assert zygote._argv_ahead(other) is None  # parsed (or refused) by traitlets itself
 
 
+def test_a_forked_grading_kernel_reads_its_shell_requests_on_its_main_thread():
+    """ipykernel 7 gives each kernel a shell-channel thread for kernel subshells (requests run
+    concurrently for a client that opens them): every shell request and reply crossed it.
+    nbclient, a grading kernel's only client, runs one cell at a time and opens no subshell:
+    a kernel forked by the fork server has no such thread, says so in its kernel_info, and
+    runs cells, prints, errors and a long cell's interrupt as before."""
+    probe = (
+        "import threading\n"
+        "k = get_ipython().kernel\n"
+        "print(k.shell_channel_thread is None, any(t.name == 'Shell channel' for t in threading.enumerate()),"
+        " 'kernel subshells' in k.kernel_info.get('supported_features', []))"
+    )
+    assert _in_grading_kernel(probe) == "True False False"
+
+
 def test_forked_kernels_run_the_guard_compiled_once_and_the_handover_is_gone(monkeypatch):
     """The fork server compiles the kernel guard once and each forked kernel's startup file
     takes that code object (compiling it was 5% of a kernel's CPU): the guard is installed,
