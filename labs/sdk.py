@@ -37,6 +37,8 @@ _SESSION = uuid.uuid4().hex
 MAX_BUFFERED = 100_000
 #: Alert events kept (newest).
 MAX_ALERTS = 10_000
+#: Seconds :meth:`Lab.close` waits at most for the broker to acknowledge the announcements.
+ANNOUNCE_FLUSH_S = 10.0
 
 
 class LabConnectionError(RuntimeError):
@@ -157,6 +159,7 @@ class Lab:
         self._revoked_here: list[dict] = []
         self._hints_shown: dict[str, int] = {}
         self._telemetry_recorder: threading.Thread | None = None
+        self._announced: list = []  # the announcements' publishes, until the broker acknowledges them
         self._client = mqtt.client(
             f"learner.{conn.namespace}-{uuid.uuid4().hex[:8]}", username=conn.username, password=conn.password
         )
@@ -196,9 +199,12 @@ class Lab:
                 if getattr(self, k):
                     event[k] = getattr(self, k)
             try:
-                self._client.publish(topic, topics.encode(event), qos=1)
+                info = self._client.publish(topic, topics.encode(event), qos=1)
             except (ValueError, RuntimeError) as exc:  # never fails the learner's notebook
                 log.warning("could not announce %s: %s", kind, exc)
+                continue
+            with self._lock:
+                self._announced = [i for i in self._announced if not i.is_published()] + [info]
 
     @classmethod
     def connect(
@@ -758,9 +764,22 @@ class Lab:
         return LabPanel(self, watch=watch)
 
     def close(self) -> None:
-        mqtt.stop(self._client)
+        """Disconnect, once the broker has acknowledged this session's announcements (at most
+        :data:`ANNOUNCE_FLUSH_S`): a notebook that opens a module and closes the lab at once
+        keeps its ``module-opened``/``lab-connected`` events.  (paho's loop_stop does not wait
+        for QoS 1 publishes; a disconnect racing the broker's acknowledgements lost one.)"""
         if self._telemetry_recorder is not None:
             self._telemetry_recorder.join(5.0)
+        deadline = time.monotonic() + ANNOUNCE_FLUSH_S
+        with self._lock:
+            pending, self._announced = self._announced, []
+        for info in pending:  # (not while the broker is gone: nothing would acknowledge them)
+            while not info.is_published() and self._client.is_connected() and time.monotonic() < deadline:
+                try:
+                    info.wait_for_publish(min(0.1, max(0.0, deadline - time.monotonic())))
+                except (ValueError, RuntimeError):  # never queued (no connection): nothing to wait for
+                    break
+        mqtt.stop(self._client)
 
     def __enter__(self) -> "Lab":
         return self

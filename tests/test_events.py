@@ -394,6 +394,49 @@ def test_sdk_writes_opening_connection_and_first_telemetry(lab_home, monkeypatch
         assert lab.devices
 
 
+def test_closing_the_sdk_right_after_opening_waits_for_the_broker_to_take_its_announcements(lab_home, monkeypatch):
+    """A notebook that opens a module and closes the lab at once still has its announcements
+    stored.  Seen under a CPU hog: closing disconnected before the broker had read the second
+    announcement, the broker's acknowledgement of the first reset the connection, and the
+    broker lost the second (``lab-connected`` of m2 never stored).  Paho says so: loop_stop
+    does not wait for QoS 1 publishes, wait_for_publish does.  Here the broker is paused while
+    the announcements are made, so closing must wait for its acknowledgements (bounded)."""
+    import threading
+
+    import paho.mqtt.client as paho
+
+    from lab_hardware.home import read_json
+    from labs import Lab
+
+    broker = int(read_json(lab_home / "run" / "supervisor.json")["broker"]["pid"])
+    announced: list = []
+    publish = paho.Client.publish
+
+    def spy(self, topic, *a, **kw):
+        if topic.endswith("/learner/events"):
+            if not announced:
+                os.kill(broker, signal.SIGSTOP)  # resumed below, whatever happens
+            info = publish(self, topic, *a, **kw)
+            announced.append(info)
+            return info
+        return publish(self, topic, *a, **kw)
+
+    monkeypatch.setattr(paho.Client, "publish", spy)
+    closed = threading.Event()
+    try:
+        lab = Lab.connect("m3-bundles", home=lab_home, learner="cy", course="edge-ml", version="1.1.0")
+        closing = threading.Thread(target=lambda: (lab.close(), closed.set()), daemon=True)
+        closing.start()
+        closed.wait(0.5)  # the broker is paused: nothing can acknowledge meanwhile
+    finally:
+        os.kill(broker, signal.SIGCONT)
+    closing.join(30)
+    assert closed.is_set(), "close() did not return within 30 s of the broker resuming"
+    assert len(announced) == 2 and all(info.is_published() for info in announced), [
+        info.is_published() for info in announced
+    ]
+
+
 # ---- hostile names (issue 13, point 5) -------------------------------------------------------------
 
 HOSTILE_OK = ("</script><!--", "$\\frac{1}{0}$", "[/]", "[link=https://example.invalid]x[/link]", "a & <b>", "Zoë-Ŝ 李")
