@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -203,3 +204,61 @@ def test_a_namespace_whose_device_does_not_come_online_says_which_and_why(lab_ho
     d = lab.add_namespace(lab_home, "slowpoke", devices=1)  # the name is free again, and it serves
     assert d["devices"] == ["dev-0"]
     lab.remove_namespace(lab_home, "slowpoke")
+
+
+def test_a_namespace_removed_and_added_again_within_one_reload_runs_with_its_new_credentials(lab_home):
+    """Removing a namespace and adding it again before the supervisor reloads (its SIGHUPs
+    coalesce into one reload that sees the namespace present) must not keep the old device
+    process, which holds the old namespace's broker password.  Seen in a fresh clone's
+    ``make test``: the re-added namespace's device was refused ('Not authorized') for 60 s.
+    The removal waits until the supervisor has applied it, and the re-added device runs with
+    the identities the lab holds now."""
+    import threading
+
+    from lab_hardware.home import device_dir, read_json
+
+    lab.add_namespace(lab_home, "again", devices=1)
+    run = lambda: read_json(lab_home / "run" / "supervisor.json")  # noqa: E731
+    old = run()["devices"]["again/dev-0"]["pid"]
+    sup = int((lab_home / "run" / "supervisor.pid").read_text())
+    errors: dict[str, BaseException] = {}
+
+    def call(name, fn, *a, **kw):
+        try:
+            fn(*a, **kw)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors[name] = exc
+
+    def namespaces():
+        return json.loads((lab_home / "config.json").read_text())["namespaces"]
+
+    def wait(pred, what):
+        deadline = time.monotonic() + 30
+        while not pred():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.02)
+
+    os.kill(sup, signal.SIGSTOP)  # resumed below, whatever happens
+    try:
+        remover = threading.Thread(
+            target=call, args=("remove", lab.remove_namespace, lab_home, "again"), kwargs={"timeout": 30}
+        )
+        remover.start()
+        wait(lambda: "again" not in namespaces(), "remove_namespace did not write the lab's config")
+        adder = threading.Thread(
+            target=call, args=("add", lab.add_namespace, lab_home, "again"), kwargs={"devices": 1, "timeout": 60}
+        )
+        adder.start()
+        wait(lambda: "again" in namespaces(), "add_namespace did not write the lab's config")
+    finally:
+        os.kill(sup, signal.SIGCONT)
+    remover.join(90)
+    adder.join(90)
+    assert not remover.is_alive() and not adder.is_alive()
+    assert not errors, errors
+    new = run()["devices"]["again/dev-0"]["pid"]
+    assert new != old, "the re-added namespace still runs the removed one's device process"
+    user = read_json(device_dir(lab_home, "again", "dev-0") / "config.json")["broker"]["username"]
+    password = read_json(device_dir(lab_home, "again", "dev-0") / "config.json")["broker"]["password"]
+    assert password == read_json(lab_home / "secrets" / "identities.json")[user]
+    lab.remove_namespace(lab_home, "again")

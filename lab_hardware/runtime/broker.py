@@ -41,6 +41,11 @@ CONTROL_USER = "control"
 #: The lab oracle's identity (lab_hardware/runtime/oracle.py): reads every namespace's oracle
 #: requests and writes only oracle responses.
 ORACLE_USER = "oracle"
+#: The identity that proves which version of the files the broker has read (:func:`confirm_reload`):
+#: a fresh password in each version, and no line in the ACL, so it may connect and do nothing.
+PROBE_USER = "livelab.reload-probe"  # a dot: never a learner's name (topics.NAME_RE)
+#: Seconds between SIGHUPs while the broker has not taken a version of its files.
+RELOAD_RESEND_S = 1.0
 
 
 class BrokerError(RuntimeError):
@@ -261,10 +266,14 @@ def write_config(
     identities: dict[str, str],
     namespaces: dict[str, list[str]],
     learners: dict[str, list[str]] | None = None,
+    *,
+    probe: str | None = None,
 ) -> Path:
+    """Write the config, password file and ACL; ``probe`` is this version's password of
+    :data:`PROBE_USER` (see :func:`confirm_reload`)."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "data").mkdir(exist_ok=True)
-    write_identities(root, identities)
+    write_identities(root, {**identities, PROBE_USER: probe} if probe else identities)
     (root / "acl").write_text(acl_text(namespaces, learners))
     conf = root / "mosquitto.conf"
     conf.write_text(config_text(root, port))
@@ -302,6 +311,41 @@ def reload(proc: subprocess.Popen) -> None:
 
     if proc.poll() is None:
         proc.send_signal(signal.SIGHUP)
+
+
+def confirm_reload(proc: subprocess.Popen, port: int, probe: str, *, timeout: float = 30.0) -> bool:
+    """Wait until the broker has read the version of its files whose probe password is
+    ``probe`` (the supervisor, their only writer, writes no other version meanwhile), sending
+    SIGHUP again every :data:`RELOAD_RESEND_S` while it has not; False if it has not within
+    ``timeout``, or the broker is gone.
+
+    Why: Mosquitto clears its reload flag *after* re-reading its files, so a SIGHUP that
+    arrives while it is still reloading is lost, and identities written just before it stay
+    unknown ('Not authorized') until some later reload.  Adding namespaces back to back (a
+    grading run adds and removes one per submission) sends SIGHUPs that close together."""
+    import signal
+
+    from lab_hardware import mqtt
+
+    deadline = time.monotonic() + timeout
+    resend = time.monotonic() + RELOAD_RESEND_S
+    while proc.poll() is None:
+        c = mqtt.client(f"{PROBE_USER}-{os.getpid()}", username=PROBE_USER, password=probe)
+        try:
+            mqtt.connect(c, "127.0.0.1", port, timeout=max(0.1, min(5.0, deadline - time.monotonic())))
+        except mqtt.ConnectError:
+            pass
+        else:
+            mqtt.stop(c)
+            return True
+        now = time.monotonic()
+        if now >= deadline:
+            return False
+        if now >= resend:
+            proc.send_signal(signal.SIGHUP)
+            resend = now + RELOAD_RESEND_S
+        time.sleep(0.02)
+    return False
 
 
 def _tail(path: Path) -> str:

@@ -466,9 +466,15 @@ def _device_report(home: Path, ns: str, device: str, run: dict | None, online_pi
     return f"{device}: {state}; its log: {last[-240:]}"
 
 
-def _wait_namespace(home: Path, ns: str, devices: list[str], *, present: bool, timeout: float) -> None:
+def _wait_namespace(
+    home: Path, ns: str, devices: list[str], *, present: bool, timeout: float, generation: int | None = None
+) -> None:
     """Wait until the supervisor runs (present) or stopped (not present) the namespace's devices;
-    when present, also until each device announced itself online from its new process."""
+    when present, also until each device announced itself online from its new process.
+
+    ``generation``: the config generation that added or removed the namespace.  Nothing counts
+    until the supervisor has applied it (or a later one): before that, its run file may show
+    the devices of an earlier generation (a namespace removed and added again)."""
     keys = [f"{ns}/{d}" for d in devices]
     online: dict[str, int] = {}
     c = None
@@ -490,13 +496,19 @@ def _wait_namespace(home: Path, ns: str, devices: list[str], *, present: bool, t
     try:
         while True:
             try:
-                run = _home.read_json(home / "run" / "supervisor.json").get("devices", {})
+                state = _home.read_json(home / "run" / "supervisor.json")
             except (OSError, ValueError):
-                run = {}
-            if present:
+                state = {}
+            run = state.get("devices", {})
+            applied = state.get("generation")
+            if generation is not None and isinstance(applied, int) and applied < generation:
+                pass  # the supervisor has not applied this change yet
+            elif present:
                 pids = {k: (run.get(k) or {}).get("pid") for k in keys}
                 if all(pids.values()) and all(online.get(k) == pids[k] for k in keys):
                     return
+            elif generation is not None and isinstance(applied, int):
+                return  # applied: the supervisor stops a removed namespace's devices before it says so
             elif not any(k in run and _home.pid_alive(run[k].get("pid")) for k in keys):
                 return
             if time.monotonic() > deadline:
@@ -516,6 +528,16 @@ def _wait_namespace(home: Path, ns: str, devices: list[str], *, present: bool, t
             mqtt.stop(c)
 
 
+def _write_config(home: Path, cfg: dict[str, Any]) -> int:
+    """Write the running lab's ``config.json`` (under :class:`_ConfigLock`) with its next
+    ``generation``; returns it.  The supervisor writes the generation it applied last into
+    ``run/supervisor.json``: a change is in effect once that is at least this one (SIGHUPs sent
+    close together coalesce into one reload, which applies the latest config)."""
+    cfg["generation"] = int(cfg.get("generation") or 0) + 1
+    _home.write_json(home / "config.json", cfg, mode=0o600)
+    return cfg["generation"]
+
+
 def set_service(home: str | os.PathLike | None, name: str, spec: dict[str, Any] | None) -> None:
     """Add, replace (``spec``) or remove (None) a lab service in the running lab's config and
     ask the supervisor to reload: it starts, restarts or stops it (see the supervisor's doc)."""
@@ -529,7 +551,7 @@ def set_service(home: str | os.PathLike | None, name: str, spec: dict[str, Any] 
                 raise LabError(f"service {name!r}: argv must be a list of strings")
             svcs.append({**spec, "name": name})
         cfg["services"] = svcs
-        _home.write_json(home / "config.json", cfg, mode=0o600)
+        _write_config(home, cfg)
     os.kill(pid, signal.SIGHUP)
 
 
@@ -600,10 +622,10 @@ def add_namespace(
         for user in [learner_user] + [_broker.device_user(namespace, n) for n in names]:
             ids[user] = secrets.token_urlsafe(18)
         _home.write_json(sdir / "identities.json", ids, mode=0o600)
-        _home.write_json(home / "config.json", cfg, mode=0o600)
+        generation = _write_config(home, cfg)
     os.kill(pid, signal.SIGHUP)
     try:
-        _wait_namespace(home, namespace, names, present=True, timeout=timeout)
+        _wait_namespace(home, namespace, names, present=True, timeout=timeout, generation=generation)
     except LabError as exc:
         try:  # take it back out (its own bound: the wait above may have been a short one)
             remove_namespace(home, namespace, timeout=max(timeout, 30.0))
@@ -651,10 +673,10 @@ def remove_namespace(
         learner_user = spec.get("learner_user") or _broker.learner_user(namespace)
         for user in [learner_user] + [_broker.device_user(namespace, n) for n in names]:
             ids.pop(user, None)
-        _home.write_json(home / "config.json", cfg, mode=0o600)
+        generation = _write_config(home, cfg)
         _home.write_json(sdir / "identities.json", ids, mode=0o600)
     os.kill(pid, signal.SIGHUP)
-    _wait_namespace(home, namespace, names, present=False, timeout=timeout)
+    _wait_namespace(home, namespace, names, present=False, timeout=timeout, generation=generation)
     retained = []
     try:
         c = control_client(home)

@@ -20,12 +20,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from lab_hardware.runtime import broker as _broker
 from lab_hardware import home as _home
@@ -49,6 +51,7 @@ class Child:
         self.failures = 0
         self.next_start = 0.0
         self.started_at = 0.0
+        self.settings: dict | None = None  # a device's settings (Supervisor._device_conf)
 
     def start(self) -> None:
         self.proc = self._start()
@@ -102,7 +105,10 @@ class Supervisor:
 
     def _write_broker_files(self) -> None:
         users = {ns: [spec["learner_user"]] for ns, spec in self.cfg["namespaces"].items() if spec.get("learner_user")}
-        _broker.write_config(self.home / "broker", self.cfg["broker"]["port"], self.secrets, self._namespaces(), users)
+        self._probe = secrets.token_urlsafe(18)  # this version's proof (broker.confirm_reload)
+        _broker.write_config(
+            self.home / "broker", self.cfg["broker"]["port"], self.secrets, self._namespaces(), users, probe=self._probe
+        )
 
     def _start_broker(self) -> subprocess.Popen:
         return _broker.start(self.home / "broker", self.cfg["broker"]["port"], self.logs / "broker.log")
@@ -111,7 +117,8 @@ class Supervisor:
     def _device_key(self, ns: str, dev: str) -> str:
         return f"{ns}/{dev}"
 
-    def _device_config(self, ns: str, spec: dict, dev: dict, index: int) -> Path:
+    def _device_conf(self, ns: str, spec: dict, dev: dict, index: int) -> dict[str, Any]:
+        """What a device process is started with (its identity and password included)."""
         host, port = self._broker_addr()
         ext = self.cfg["broker"].get("external")
         user = self.cfg["broker"].get("username") if ext else _broker.device_user(ns, dev["name"])
@@ -131,13 +138,13 @@ class Supervisor:
             "learners": spec.get("learners") or {},
             **{k: v for k, v in self.cfg.get("device_options", {}).items()},
         }
-        path = ddir / "config.json"
-        _home.write_json(path, conf, mode=0o600)
-        return path
+        return conf
 
     def _spawn_device(self, ns: str, spec: dict, dev: dict, index: int) -> Child:
         key = self._device_key(ns, dev["name"])
-        conf = self._device_config(ns, spec, dev, index)
+        settings = self._device_conf(ns, spec, dev, index)
+        conf = Path(settings["state_dir"]) / "config.json"
+        _home.write_json(conf, settings, mode=0o600)
         logfile = self.logs / f"device-{ns}-{dev['name']}.log"
 
         def start() -> subprocess.Popen:
@@ -151,6 +158,7 @@ class Supervisor:
                 )
 
         child = Child(key, start)
+        child.settings = settings
         child.start()
         return child
 
@@ -159,6 +167,14 @@ class Supervisor:
         for ns, spec in self.cfg["namespaces"].items():
             for i, dev in enumerate(spec["devices"]):
                 wanted[self._device_key(ns, dev["name"])] = (ns, spec, dev, i)
+        # A device whose settings changed is a new device: a namespace removed and added again
+        # within one reload (its SIGHUPs coalesced) has new identities, and the old process
+        # would hold the old password.  Stop it first (the two share a state directory).
+        for key, args in wanted.items():
+            child = self.devices.get(key)
+            if child is not None and child.settings is not None and child.settings != self._device_conf(*args):
+                log.info("restarting device %s (its settings changed)", key)
+                self.devices.pop(key).stop()
         # new devices first (a grader is waiting for them), then stop removed ones together
         for key, args in wanted.items():
             if key not in self.devices:
@@ -238,6 +254,8 @@ class Supervisor:
             {
                 "pid": os.getpid(),
                 "ready": ready,
+                # the config generation in effect (lab._write_config): waiters compare theirs
+                "generation": int(self.cfg.get("generation") or 0),
                 "broker": None if self.broker is None else {"pid": self.broker.pid, "restarts": self.broker.restarts},
                 "devices": {k: {"pid": c.pid, "restarts": c.restarts} for k, c in self.devices.items()},
                 "services": {k: {"pid": c.pid, "restarts": c.restarts} for k, c in self.services.items()},
@@ -388,6 +406,10 @@ class Supervisor:
         if self.broker is not None:
             self._write_broker_files()
             _broker.reload(self.broker.proc)
+            if self.broker.proc is not None and not _broker.confirm_reload(
+                self.broker.proc, int(self.cfg["broker"]["port"]), self._probe
+            ):
+                log.error("the broker did not take the new identities and ACL (it may be restarting)")
         self._follow_namespaces()
         self._sync_services()
         self._sync_devices()
