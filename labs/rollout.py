@@ -219,6 +219,19 @@ def start(lab: Lab, home, bundle: Path, canary: list[str], *, shadow: bool = Fal
     return state
 
 
+#: Seconds :func:`finish` waits at most for a canary's state to show its install.
+STATE_WAIT_S = 30.0
+
+
+def _state_since(lab: Lab, device: str, index: int, timeout: float = STATE_WAIT_S) -> None:
+    """Wait (bounded) until the SDK holds a state of ``device`` published after its audit
+    record ``index``: the install record answers the command, the new state comes after it,
+    and a busy machine may deliver it late."""
+    deadline = time.monotonic() + timeout
+    while int(lab.states.get(device, {}).get("audit_length") or 0) <= index and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def _runs(lab: Lab, device: str, digest: str, keyid: str | None) -> bool:
     st = lab.states.get(device, {})
     return st.get("bundle") == digest and st.get("bundle_keyid", keyid) == keyid
@@ -247,8 +260,15 @@ def finish(lab: Lab, home, *, forward: bool) -> dict:
         if proof is not None:
             state["checklist"] = {**proof, "checked": time.time(), "policy": policy(home)["require"]}
     accepted = {s["device"] for s in state["steps"] if s.get("ok") and s.get("action") in ("install", "shadow")}
+    since = {
+        s["device"]: int(s["audit"])
+        for s in state["steps"]
+        if s.get("ok") and s.get("action") in ("install", "shadow") and isinstance(s.get("audit"), int)
+    }
     targets = lab.devices if forward else [d for d in state["canary"] if d in accepted]
     for d in targets:
+        if d in since:  # judge what it runs from a state sent after this rollout's step
+            _state_since(lab, d, since[d])
         try:
             if state["mode"] == "shadow" and d in accepted:
                 lab.shadow(d, None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dp_accounting
@@ -86,6 +87,7 @@ def test_the_signal_buffer_is_a_ring_per_bundle():
     assert len(b.snapshot("other")[1]) == 0
     b.add("b", np.ones((1, 2)), np.array([1]), np.array([True]))  # another bundle starts afresh
     assert b.snapshot("b")[1].tolist() == [1] and len(b.snapshot("a")[1]) == 0
+    assert (b.count("b"), b.count("a"), b.count(None)) == (1, 0, 0)
     b.clear()
     assert len(b) == 0
 
@@ -173,6 +175,15 @@ def test_bad_round_parameters_are_refused_before_anything_runs(tmp_path, kw, mat
 
 
 # ---- a live lab ------------------------------------------------------------------------------
+def _signed_candidate(home: Path, out: Path, version: str) -> Path:
+    """The scenario's candidate model as a bundle of ``version``, signed by the lab's author key."""
+    _bundle.build(
+        SC.models["candidate"], out, name="intents", version=version, compute={"health_decisions": 20}, created=CREATED
+    )
+    _bundle.sign(out, home / "keys" / "author.key")
+    return out
+
+
 @pytest.fixture(scope="module")
 def flab(tmp_path_factory, mosquitto_available):
     """3 devices running the signed candidate bundle with telemetry consent, deciding at 200 Hz."""
@@ -185,16 +196,7 @@ def flab(tmp_path_factory, mosquitto_available):
     try:
         keys.new_key(home, "author")
         keys.trust(home, home / "keys" / "author.pub")
-        cand = tmp_path_factory.mktemp("fbundles") / "intents-1.2.0.lbundle"
-        _bundle.build(
-            SC.models["candidate"],
-            cand,
-            name="intents",
-            version="1.2.0",
-            compute={"health_decisions": 20},
-            created=CREATED,
-        )
-        _bundle.sign(cand, home / "keys" / "author.key")
+        cand = _signed_candidate(home, tmp_path_factory.mktemp("fbundles") / "intents-1.2.0.lbundle", "1.2.0")
         with Lab.connect(home=home) as sdk:
             digest = _bundle.read(cand).digest
             for d in DEVICES:
@@ -417,6 +419,69 @@ def test_the_candidate_goes_through_sign_and_canary(flab, tmp_path):
     assert state["steps"][0]["ok"] and state["steps"][0]["bundle"] == res["digest"]
     wait_for(lambda: sdk.states.get("dev-1", {}).get("bundle") == res["digest"], 10, "the canary on dev-1")
     rollout.finish(sdk, home, forward=False)
+
+
+def test_rolling_a_canary_back_right_after_it_started_rolls_it_back(flab, tmp_path):
+    """``rollout.finish(forward=False)`` judged "the canary still runs this bundle" from the
+    SDK's latest state of it; right after ``start`` that may still be the state from before the
+    install (the device's install record answers the command, its new state comes next).  Seen
+    under a CPU hog in the worked notebook: dev-1 kept the canary bundle, and the next round
+    found no signals of the candidate there.  Here the SDK's network thread is held for 2 s
+    after the install's answer, so the new state is late."""
+    import threading
+
+    home, sdk, cand = flab
+    b = _signed_candidate(home, tmp_path / "intents-1.4.0.lbundle", "1.4.0")
+    held = threading.Event()
+
+    def hold(kind, device, payload):
+        records = payload.get("records", []) if isinstance(payload, dict) else []
+        if kind == "audit" and device == "dev-0" and any(r.get("kind") == "install" for r in records):
+            if not held.is_set():
+                held.set()
+                time.sleep(2.0)  # paho's thread: the state that follows waits meanwhile
+
+    sdk.add_listener(hold)
+    try:
+        rollout.start(sdk, home, b, ["dev-0"])
+        done = rollout.finish(sdk, home, forward=False)
+    finally:
+        sdk.remove_listener(hold)
+    assert held.is_set()
+    assert [s["action"] for s in done["steps"] if s["device"] == "dev-0"] == ["install", "rollback"], done["steps"]
+    cand_digest = _bundle.read(cand).digest
+    wait_for(lambda: sdk.states.get("dev-0", {}).get("bundle") == cand_digest, 30, "dev-0 back on the candidate")
+
+
+def test_a_devices_state_counts_only_the_signals_of_the_bundle_it_runs(flab, tmp_path):
+    """The state's ``signals`` are what a round would get from the device: decisions of the
+    bundle it runs.  Seen failing in the worked notebook (make test-slow): after a canary went
+    back to the candidate, the first state with the candidate's digest still counted the
+    canary's signals, a wait on ``bundle == candidate and signals >= 400`` passed at once, and
+    the next round found 'only 0 consented decisions of bundle ...' on dev-1."""
+    home, sdk, cand = flab
+    other = _signed_candidate(home, tmp_path / "intents-1.2.9.lbundle", "1.2.9")
+    first: dict[str, dict] = {}
+    digests = {_bundle.read(other).digest: "other", _bundle.read(cand).digest: "candidate"}
+
+    def listen(kind, device, payload):
+        if kind == "state" and device == "dev-2" and isinstance(payload, dict):
+            which = digests.get(payload.get("bundle"))
+            if which and which not in first and (which == "other" or "other" in first):
+                first[which] = payload
+
+    _wait_signals(sdk, _bundle.read(cand).digest, 400, ["dev-2"])
+    sdk.add_listener(listen)
+    try:
+        sdk.install("dev-2", other)
+        wait_for(lambda: "other" in first, 30, "dev-2's first state running the other bundle")
+        sdk.rollback("dev-2", reason="back to the candidate")  # (installing it again would be a downgrade)
+        wait_for(lambda: "candidate" in first, 30, "dev-2's first state back on the candidate")
+    finally:
+        sdk.remove_listener(listen)
+    assert first["other"]["signals"] == 0, first["other"]["signals"]
+    assert first["candidate"]["signals"] == 0, first["candidate"]["signals"]
+    _wait_signals(sdk, _bundle.read(cand).digest, 400, ["dev-2"])  # the next tests find it as it was
 
 
 # ---- the CLI ---------------------------------------------------------------------------------

@@ -66,6 +66,12 @@ class SignalBuffer:
     def __len__(self) -> int:
         return min(self._next, self.limit)
 
+    def count(self, bundle: str | None) -> int:
+        """How many signals of ``bundle`` it holds (0 for another bundle): what a round of
+        ``bundle`` would get.  A device's state reports this for the bundle it runs."""
+        with self._lock:
+            return min(self._next, self.limit) if bundle is not None and bundle == self._bundle else 0
+
     def add(self, bundle: str, probs: np.ndarray, labels: np.ndarray, undone: np.ndarray) -> None:
         n = len(labels)
         if n == 0:

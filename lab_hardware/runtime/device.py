@@ -351,7 +351,7 @@ class Device(DeviceSlos):
             "ran": sorted(self.slots.ran),
             "capturing": self.capture is not None,
             "federated": self.federated["round"] if self.federated else None,
-            "signals": len(self.signals),
+            "signals": self.signals.count(self.bundle_digest),  # of the bundle it runs, as a round counts them
             "consent": self.consent.as_dict(),
             "telemetry_seq": self.outbox.last_seq,
             "telemetry_time": self.telemetry_time,
