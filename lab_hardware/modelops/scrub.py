@@ -33,11 +33,18 @@ How (docs/scrubbing.md has the figures):
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import unicodedata
 from functools import lru_cache
 
 from lab_hardware.modelops import scrub_ner, scrub_rules
+
+# Presidio logs an INFO line on every analysis ('Fetching all recognizers for language en'):
+# in a process that logs at INFO and scrubs each capture (the lab's supervisor) that is most of
+# its log.  Its warnings and errors still come through.
+for _name in ("presidio-analyzer", "presidio-anonymizer"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 #: Placeholder of each PII kind; ``find`` reports these kinds.
 PLACEHOLDERS = {
