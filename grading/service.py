@@ -952,8 +952,9 @@ def main(argv: list[str] | None = None) -> int:
         events=args.events,
         exchange=args.exchange,
     )
-    signal.signal(signal.SIGTERM, lambda *a: svc.stopping.set())
-    signal.signal(signal.SIGINT, lambda *a: svc.stopping.set())
+    from lab_hardware import signals
+
+    signals.route({signal.SIGTERM: svc.stopping.set, signal.SIGINT: svc.stopping.set})
     code = 0
     try:
         svc.start()

@@ -52,12 +52,12 @@ def connect(c: mqtt.Client, host: str, port: int, *, timeout: float = 5.0, keepa
         raise ConnectError(f"cannot reach MQTT broker at {host}:{port}: {exc.strerror or exc}") from None
     c.loop_start()
     if not done.wait(timeout):
-        c.loop_stop()
+        _loop_stop(c)
         raise ConnectError(f"MQTT broker at {host}:{port} did not answer within {timeout:.0f} s")
     c.on_connect = previous
     rc = result["rc"]
     if rc.is_failure:
-        c.loop_stop()
+        _loop_stop(c)
         c.disconnect()
         raise ConnectError(f"MQTT broker at {host}:{port} refused the connection: {rc}")
 
@@ -93,7 +93,19 @@ def stop(c: mqtt.Client) -> None:
     try:
         c.disconnect()
     finally:
+        _loop_stop(c)
+
+
+def _loop_stop(c: mqtt.Client) -> None:
+    """``c.loop_stop()``, without paho's race (its issue #872): ``loop_stop`` reads the
+    network thread twice, and the thread sets it to None as it ends (on a disconnect, or a
+    refused connection), so it can raise AttributeError on a thread that has already ended.
+    Then there is nothing left to stop."""
+    try:
         c.loop_stop()
+    except AttributeError:
+        if c._thread is not None:  # not that race: a real error
+            raise
 
 
 def wait_until(pred, timeout: float, interval: float = 0.01) -> bool:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from lab_hardware import home as _home
-from lab_hardware import mqtt, topics
+from lab_hardware import mqtt, signals, topics
 
 log = logging.getLogger("livelab.recorder")
 
@@ -216,8 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     rec = Recorder(Path(args.home), events_url=args.events)
-    signal.signal(signal.SIGTERM, lambda *a: rec.stopping.set())
-    signal.signal(signal.SIGINT, lambda *a: rec.stopping.set())
+    signals.route({signal.SIGTERM: rec.stopping.set, signal.SIGINT: rec.stopping.set})
     rec.run()
     return 0
 

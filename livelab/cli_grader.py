@@ -93,8 +93,9 @@ def cmd_serve(args) -> int:
             workers=args.workers,
             exchange=exchange,
         )
-        signal.signal(signal.SIGTERM, lambda *a: svc.stopping.set())
-        signal.signal(signal.SIGINT, lambda *a: svc.stopping.set())
+        from lab_hardware import signals
+
+        signals.route({signal.SIGTERM: svc.stopping.set, signal.SIGINT: svc.stopping.set})
         try:
             svc.start()
             common.console.print(f"grading service ready (pid {os.getpid()}); Ctrl-C stops it")

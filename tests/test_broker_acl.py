@@ -178,3 +178,62 @@ def test_a_broker_reload_that_did_not_take_is_sent_again_until_it_does(tmp_path,
         proc.wait(10)
     # a broker that is gone: the answer is no, within the bound
     assert broker.confirm_reload(proc, port, "probe-3", timeout=2) is False
+
+
+@pytest.fixture
+def network_thread_ends_first(monkeypatch):
+    """paho's ``loop_stop`` reads ``client._thread`` twice (``is None``, then ``.join()``), and
+    the network thread sets it to None as it exits (paho issue #872).  This makes the caller's
+    ``loop_stop`` lose that race every time: paho's ``threading.current_thread()`` (called
+    between the two reads) waits, for the calling thread, until the network thread has ended."""
+    import threading
+
+    from paho.mqtt import client as paho
+
+    real = threading.current_thread
+    caller = threading.get_ident()
+    watched: list = []
+
+    def current_thread():
+        if threading.get_ident() == caller:
+            for c in watched:
+                deadline = time.monotonic() + 10
+                while c._thread is not None and time.monotonic() < deadline:
+                    time.sleep(0.005)
+        return real()
+
+    monkeypatch.setattr(paho.threading, "current_thread", current_thread)
+    return watched
+
+
+def test_stopping_a_client_whose_network_thread_already_ended_does_not_raise(lab_home, network_thread_ends_first):
+    """``mqtt.stop`` disconnects and then stops the network thread, which ends by itself on the
+    disconnect.  When it ended first, paho raised AttributeError ('NoneType' object has no
+    attribute 'join'): in the supervisor's reload probe that error was FATAL and took the
+    whole lab down."""
+    desc = lab.descriptor(lab_home)
+    cred = lab.control_credentials(lab_home)
+    c = mqtt.client(username=cred["username"], password=cred["password"])
+    mqtt.connect(c, desc["broker"]["host"], desc["broker"]["port"])
+    network_thread_ends_first.append(c)
+    mqtt.stop(c)
+    assert c._thread is None
+
+
+def test_a_refused_connection_whose_network_thread_already_ended_raises_connect_error(
+    lab_home, network_thread_ends_first
+):
+    """The refused-connection path stops the network thread too: the caller gets ConnectError
+    (what it handles), never the race's AttributeError."""
+    desc = lab.descriptor(lab_home)
+    c = mqtt.client(username="learner.default", password="wrong")
+    network_thread_ends_first.append(c)
+    with pytest.raises(mqtt.ConnectError, match="refused"):
+        orig = c.loop_stop
+
+        def end_then_stop():  # the network thread ends on its own before loop_stop looks
+            c.disconnect()
+            return orig()
+
+        c.loop_stop = end_then_stop
+        mqtt.connect(c, desc["broker"]["host"], desc["broker"]["port"])

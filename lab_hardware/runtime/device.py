@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from lab_hardware import digest as _digest
-from lab_hardware import features, mqtt, topics
+from lab_hardware import features, mqtt, signals, topics
 from lab_hardware.audit import AuditChain
 from lab_hardware.consent import ConsentError, ConsentState
 from lab_hardware.modelops import federated as _federated
@@ -1197,8 +1197,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     apply_profile_limits(Profile.from_dict(config["profile"]))
     dev = Device(config)
-    signal.signal(signal.SIGTERM, lambda *a: dev.stop_event.set())
-    signal.signal(signal.SIGINT, lambda *a: dev.stop_event.set())
+    signals.route({signal.SIGTERM: dev.stop_event.set, signal.SIGINT: dev.stop_event.set})
     return dev.run()
 
 

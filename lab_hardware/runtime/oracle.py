@@ -50,7 +50,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from lab_hardware import digest as _digest
-from lab_hardware import features, mqtt, topics
+from lab_hardware import features, mqtt, signals, topics
 from lab_hardware import home as _home
 from lab_hardware.runtime import broker as _broker
 
@@ -366,8 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *a: stop.set())
-    signal.signal(signal.SIGINT, lambda *a: stop.set())
+    signals.route({signal.SIGTERM: stop.set, signal.SIGINT: stop.set})
     try:
         return run(Path(args.home), stop)
     except (OSError, ValueError, KeyError, mqtt.ConnectError) as exc:

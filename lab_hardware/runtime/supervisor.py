@@ -31,7 +31,7 @@ from typing import Any
 
 from lab_hardware.runtime import broker as _broker
 from lab_hardware import home as _home
-from lab_hardware import mqtt, topics
+from lab_hardware import mqtt, signals, topics
 
 log = logging.getLogger("livelab.supervisor")
 
@@ -421,7 +421,11 @@ class Supervisor:
         while not self.stopping.wait(0.05):
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
-                self.reload()
+                try:
+                    self.reload()
+                except Exception as exc:  # noqa: BLE001 - the lab serves on with what it had
+                    first = str(exc).splitlines()[0] if str(exc) else ""
+                    log.error("reload failed (the lab serves on as it was): %s: %s", type(exc).__name__, first)
             changed = False
             for child in (
                 ([self.broker] if self.broker else []) + list(self.services.values()) + list(self.devices.values())
@@ -487,9 +491,9 @@ def main(argv: list[str] | None = None) -> int:
     home = Path(args.home)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     sup = Supervisor(home)
-    signal.signal(signal.SIGTERM, lambda *a: sup.stopping.set())
-    signal.signal(signal.SIGINT, lambda *a: sup.stopping.set())
-    signal.signal(signal.SIGHUP, lambda *a: sup.reload_requested.set())
+    signals.route(
+        {signal.SIGTERM: sup.stopping.set, signal.SIGINT: sup.stopping.set, signal.SIGHUP: sup.reload_requested.set}
+    )
     code = 0
     try:
         sup.start()
