@@ -48,6 +48,8 @@ ATTEMPTS = 3
 #: Exceptions of the lab (not of the learner's code) when a locked cell raises them.
 INFRA_ENAMES = frozenset({"InfrastructureError", "IncidentError", "LabConnectionError"})
 #: Raised anywhere in a submission that lost points: a lab device answered too late (labs.sdk).
+#: (Said anywhere in such a submission's output: the SDK's ``STALL_MARK``, a telemetry read
+#: that a stalled lab device cut short.)
 DEVICE_ENAMES = frozenset({"DeviceTimeoutError"})
 #: What the learner reads when the grading machine failed.
 NOT_YOUR_WORK = (
@@ -81,13 +83,21 @@ def classify(result: Mapping[str, Any]) -> str | None:
     except ValueError:
         return None
     lost = result.get("score") is not None and result.get("score") < result.get("max_score", 0)
+    from labs.sdk import STALL_MARK
+
     for i, cell in enumerate(nb.get("cells", [])):
         if cell.get("cell_type") != "code":
             continue
         for out in cell.get("outputs", []):
+            gid = ((cell.get("metadata") or {}).get("nbgrader") or {}).get("grade_id") or f"cell {i + 1}"
+            if out.get("output_type") == "stream" and lost:
+                text = "".join(out.get("text") or "")
+                if f"livelab: {STALL_MARK}" in text:
+                    # a telemetry read a starved lab device cut short (labs.sdk.Lab.telemetry)
+                    line = next(ln for ln in text.splitlines() if STALL_MARK in ln)
+                    return f"a lab device stalled in {gid!r}: {line.removeprefix('livelab: ')[:160]}"
             if out.get("output_type") != "error":
                 continue
-            gid = ((cell.get("metadata") or {}).get("nbgrader") or {}).get("grade_id") or f"cell {i + 1}"
             ev = str(out.get("evalue", "")).strip().splitlines()
             if out.get("ename") in INFRA_ENAMES and _locked(cell):
                 return f"the module's set-up cell {gid!r} failed: {out.get('ename')}: {ev[0][:160] if ev else ''}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import sys
 import threading
 import time
 import uuid
@@ -37,6 +38,12 @@ _SESSION = uuid.uuid4().hex
 MAX_BUFFERED = 100_000
 #: Alert events kept (newest).
 MAX_ALERTS = 10_000
+#: A lab device sends its state every second (and windows while telemetry is on): one silent
+#: this long is stalled - the machine running the lab starves it (or this kernel).
+STALL_S = 2.5
+#: What the SDK writes (stderr) and raises when a telemetry read ended because a lab device
+#: stalled; the grader reads it, in a submission that lost points, as the machine's failure.
+STALL_MARK = "lab device stalled"
 #: Seconds :meth:`Lab.close` waits at most for the broker to acknowledge the announcements.
 ANNOUNCE_FLUSH_S = 10.0
 
@@ -160,6 +167,9 @@ class Lab:
         self._hints_shown: dict[str, int] = {}
         self._telemetry_recorder: threading.Thread | None = None
         self._announced: list = []  # the announcements' publishes, until the broker acknowledges them
+        self._heard: dict[str, float] = {}  # device -> when it last sent anything (monotonic)
+        self._heard_since = time.monotonic()
+        self.stalls: list[dict] = []  # telemetry reads a stalled device cut short (see STALL_MARK)
         self._client = mqtt.client(
             f"learner.{conn.namespace}-{uuid.uuid4().hex[:8]}", username=conn.username, password=conn.password
         )
@@ -253,6 +263,7 @@ class Lab:
         except ValueError:
             return
         dev, kind = p["device"], p["kind"]
+        self._heard[dev] = time.monotonic()
         if kind == "state":
             self.states[dev] = data
         elif kind == "telemetry":
@@ -561,6 +572,7 @@ class Lab:
         n = 0
         while limit is None or n < limit:
             deadline = time.monotonic() + timeout
+            timed_out = False
             with self._cond:
                 while True:
                     cursor = max(cursor, self._windows_dropped)
@@ -574,10 +586,36 @@ class Lab:
                         break
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        return
+                        timed_out = True
+                        break
                     self._cond.wait(left)
+            if timed_out:
+                self._stalled(device, timeout)
+                return
             n += 1
             yield w
+
+    def _stalled(self, device: str | None, timeout: float) -> list[dict]:
+        """After a telemetry read ended at its timeout: the devices it waited for that sent
+        nothing at all (not even their state) for :data:`STALL_S` - stalled by the machine, not
+        an empty stream (no consent) - recorded in ``stalls`` and said on stderr."""
+        now = time.monotonic()
+        found = []
+        for d in [device] if device is not None else self.devices:
+            if (self.states.get(d) or {}).get("online") is False:
+                continue  # it said it went offline
+            silent = now - self._heard.get(d, self._heard_since)
+            if silent >= STALL_S:
+                found.append({"device": d, "silent_s": round(silent, 2), "timeout_s": timeout, "time": time.time()})
+        for s in found:
+            print(
+                f"livelab: {STALL_MARK}: {s['device']} sent nothing for {s['silent_s']:.1f} s (it reports every "
+                f"second), so telemetry stopped at its {timeout:g} s timeout. The machine running the lab is "
+                "overloaded: this is not your code.",
+                file=sys.stderr,
+            )
+        self.stalls.extend(found)
+        return found
 
     def windows(self, device: str | None = None) -> list[dict]:
         """Every window received since connecting (a snapshot; newest last)."""
@@ -586,9 +624,13 @@ class Lab:
 
     def next_window(self, device: str | None = None, timeout: float = 5.0) -> dict:
         """One window, or TimeoutError saying why there may be none."""
+        stalls = len(self.stalls)
         for w in self.telemetry(device, timeout=timeout, limit=1):
             return w
         who = device or "any device"
+        if len(self.stalls) > stalls:
+            names = ", ".join(s["device"] for s in self.stalls[stalls:])
+            raise DeviceTimeoutError(f"no telemetry from {who} within {timeout:.0f} s: {STALL_MARK} ({names})")
         raise TimeoutError(
             f"no telemetry from {who} within {timeout:.0f} s: is telemetry consent granted (lab.grant_consent)?"
         )

@@ -181,3 +181,27 @@ def test_the_commands_wall_time_is_measured_from_its_process_start_to_the_clock_
         outer = time.monotonic() - t0
         inner = float(p.stdout)
         assert 0.0 < inner <= outer + 0.011, (inner, outer)  # one clock tick of the start time
+
+
+def test_a_telemetry_read_cut_short_by_a_stalled_device_is_the_labs_failure(tmp_path):
+    """The SDK says on stderr when a telemetry read ended because a lab device stalled
+    (``labs.sdk.STALL_MARK``; m4's trace then comes up short).  In a submission that lost
+    points that is the machine's failure: retried, then infrastructure-error.  In one that
+    earned every point it changes nothing."""
+    stalled = (
+        "import sys\n"
+        "from labs.sdk import STALL_MARK\n"
+        "print(f'livelab: {STALL_MARK}: dev-1 sent nothing for 3.4 s (it reports every second), so telemetry "
+        "stopped at its 3 s timeout.', file=sys.stderr)\n"
+    )
+    lost = samples.submission(
+        samples.source_notebook(), samples.CORRECT, extra=[stalled + "square = None  # the trace came up short"]
+    )
+    root = _course(tmp_path / "course", samples.source_notebook(), {"cy": lost})
+    (r,) = _driver(root, tmp_path).run()["results"]
+    assert r["status"] == "infrastructure-error" and r["score"] is None, r
+    assert "not about your work" in r["messages"][0] and "stalled" in r["messages"][0], r["messages"]
+    full = samples.submission(samples.source_notebook(), samples.CORRECT, extra=[stalled])
+    root2 = _course(tmp_path / "course2", samples.source_notebook(), {"di": full})
+    (r2,) = _driver(root2, tmp_path, "state2").run()["results"]
+    assert r2["status"] == "graded" and r2["score"] == r2["max_score"], r2

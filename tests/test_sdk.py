@@ -82,3 +82,38 @@ def test_candidate_shows_false_positive_signal(lab_sdk):
     cand = [rate[d] for d in rate if models[d] == "candidate"]
     base = [rate[d] for d in rate if models[d] == "baseline"]
     assert min(cand) > 0.03 and max(base) < 0.02, (rate, models)
+
+
+def test_telemetry_cut_short_by_a_stalled_device_says_the_lab_stalled(lab_sdk, capsys):
+    """A device the host starves sends nothing at all: no window and no heartbeat (its state
+    comes every second).  ``telemetry(timeout=...)`` then ends as on an empty stream, and a
+    trace collected from it comes up short: a correct m4 answer loses points to machine load.
+    The SDK tells the two apart.  For a stalled device it says so on stderr (STALL_MARK, which
+    the grader reads as the machine's failure) and ``next_window`` raises DeviceTimeoutError.
+    A device whose consent was revoked keeps its heartbeat: its stream is just empty."""
+    import os
+    import signal
+
+    from labs.sdk import STALL_MARK, DeviceTimeoutError
+
+    lab_sdk.grant_consent("dev-0", timeout=30)
+    lab_sdk.next_window("dev-0", timeout=30)
+    pid = lab_sdk.states["dev-0"]["pid"]
+    os.kill(pid, signal.SIGSTOP)  # the lab's own device process, resumed below
+    try:
+        list(lab_sdk.telemetry("dev-0", timeout=3))
+        err = capsys.readouterr().err
+        with pytest.raises(DeviceTimeoutError, match=STALL_MARK):
+            lab_sdk.next_window("dev-0", timeout=3)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert STALL_MARK in err and "dev-0" in err, err
+    assert [s["device"] for s in lab_sdk.stalls][:1] == ["dev-0"]
+    capsys.readouterr()
+    lab_sdk.revoke_consent("dev-0", timeout=30)
+    stalls = len(lab_sdk.stalls)
+    list(lab_sdk.telemetry("dev-0", timeout=3))
+    with pytest.raises(TimeoutError, match="consent") as e:
+        lab_sdk.next_window("dev-0", timeout=3)
+    assert not isinstance(e.value, DeviceTimeoutError)
+    assert len(lab_sdk.stalls) == stalls and STALL_MARK not in capsys.readouterr().err
