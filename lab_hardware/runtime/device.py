@@ -1126,7 +1126,10 @@ class Device(DeviceSlos):
                 self._network(self._sleep_for(now))
                 self._drain_inbox(0)
         finally:
+            t0 = time.monotonic()
+            log.info("stopping")
             self.shutdown()
+            log.info("stopped in %.2f s", time.monotonic() - t0)
         return 0
 
     def _network(self, timeout: float) -> None:
