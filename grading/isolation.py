@@ -65,6 +65,22 @@ def _first_opening(msgs, namespace: str) -> float | None:
     return None
 
 
+def device_silences(msgs: list[Message]) -> dict[str, float]:
+    """Per device, the longest time (s) the observer received nothing at all from it between
+    two of its messages.  A lab device sends its state every second, so a long silence is a
+    device (or the observer) the machine starved: the evidence behind the SDK's stall line."""
+    last: dict[str, float] = {}
+    longest: dict[str, float] = {}
+    for m in msgs:
+        parts = m.topic.split("/")
+        if len(parts) > 4 and parts[2] == "devices":
+            d = parts[3]
+            if d in last:
+                longest[d] = max(longest.get(d, 0.0), m.time - last[d])
+            last[d] = m.time
+    return {d: round(s, 3) for d, s in sorted(longest.items())}
+
+
 class Observer:
     """Independent subscriber (control-plane identity) recording every message of a namespace."""
 
@@ -311,6 +327,7 @@ class LabSlot:
             "opened_at": _first_opening(msgs, self.namespace),
             "observed": {k: {"messages": v[0], "bytes": v[1]} for k, v in sorted(by_kind.items())},
             "capture_store_errors": (self.observer.capture_errors[:5] if self.observer else []),
+            "device_silence_s": device_silences(msgs),
             "untidy": self.untidy,
             "setup_seconds": {k: round(v, 3) for k, v in self.timings.items()},
         }

@@ -49,7 +49,7 @@ ATTEMPTS = 3
 INFRA_ENAMES = frozenset({"InfrastructureError", "IncidentError", "LabConnectionError"})
 #: Raised anywhere in a submission that lost points: a lab device answered too late (labs.sdk).
 #: (Said anywhere in such a submission's output: the SDK's ``STALL_MARK``, a telemetry read
-#: that a stalled lab device cut short.)
+#: that a stalled lab device cut short - when the grader's observer saw a device that silent.)
 DEVICE_ENAMES = frozenset({"DeviceTimeoutError"})
 #: What the learner reads when the grading machine failed.
 NOT_YOUR_WORK = (
@@ -83,7 +83,9 @@ def classify(result: Mapping[str, Any]) -> str | None:
     except ValueError:
         return None
     lost = result.get("score") is not None and result.get("score") < result.get("max_score", 0)
-    from labs.sdk import STALL_MARK
+    from labs.sdk import STALL_MARK, STALL_S
+
+    silence = max(((result.get("lab") or {}).get("device_silence_s") or {}).values(), default=0.0)
 
     for i, cell in enumerate(nb.get("cells", [])):
         if cell.get("cell_type") != "code":
@@ -92,8 +94,10 @@ def classify(result: Mapping[str, Any]) -> str | None:
             gid = ((cell.get("metadata") or {}).get("nbgrader") or {}).get("grade_id") or f"cell {i + 1}"
             if out.get("output_type") == "stream" and lost:
                 text = "".join(out.get("text") or "")
-                if f"livelab: {STALL_MARK}" in text:
-                    # a telemetry read a starved lab device cut short (labs.sdk.Lab.telemetry)
+                if f"livelab: {STALL_MARK}" in text and silence >= STALL_S:
+                    # a telemetry read a starved lab device cut short (labs.sdk.Lab.telemetry), and
+                    # the grader's own observer saw that device silent: a line the learner's code
+                    # printed without that evidence changes nothing
                     line = next(ln for ln in text.splitlines() if STALL_MARK in ln)
                     return f"a lab device stalled in {gid!r}: {line.removeprefix('livelab: ')[:160]}"
             if out.get("output_type") != "error":

@@ -183,25 +183,84 @@ def test_the_commands_wall_time_is_measured_from_its_process_start_to_the_clock_
         assert 0.0 < inner <= outer + 0.011, (inner, outer)  # one clock tick of the start time
 
 
-def test_a_telemetry_read_cut_short_by_a_stalled_device_is_the_labs_failure(tmp_path):
-    """The SDK says on stderr when a telemetry read ended because a lab device stalled
-    (``labs.sdk.STALL_MARK``; m4's trace then comes up short).  In a submission that lost
-    points that is the machine's failure: retried, then infrastructure-error.  In one that
-    earned every point it changes nothing."""
-    stalled = (
+def _stall_cell() -> str:
+    return (
         "import sys\n"
         "from labs.sdk import STALL_MARK\n"
         "print(f'livelab: {STALL_MARK}: dev-1 sent nothing for 3.4 s (it reports every second), so telemetry "
         "stopped at its 3 s timeout.', file=sys.stderr)\n"
     )
+
+
+def test_a_telemetry_read_cut_short_by_a_stalled_device_is_the_labs_failure():
+    """The SDK says on stderr when a telemetry read ended because a lab device stalled
+    (``labs.sdk.STALL_MARK``; m4's trace then comes up short).  In a submission that lost
+    points, with the grader's own observer having seen a device silent that long, that is the
+    machine's failure.  Without that evidence, or without points lost, it is a grade."""
+    from nbformat.v4 import new_notebook, new_output
+
+    from grading import outcomes
+
+    cell = new_code_cell(_stall_cell(), metadata=samples._meta("trace", locked=False))
+    cell.outputs = [
+        new_output("stream", name="stderr", text="livelab: lab device stalled: dev-1 sent nothing for 3.4 s")
+    ]
+    executed = nbformat.writes(new_notebook(cells=[cell]))
+
+    def result(score, silence):
+        return {
+            "status": "graded",
+            "score": score,
+            "max_score": 5.0,
+            "executed": executed,
+            "timings": {"execute": 1.0, "kernel_wait": 0.1},
+            "lab": {"device_silence_s": silence},
+        }
+
+    why = outcomes.classify(result(3.0, {"dev-0": 0.6, "dev-1": 3.6}))
+    assert why and "stalled" in why and "'trace'" in why, why
+    assert outcomes.classify(result(5.0, {"dev-1": 3.6})) is None  # it cost nothing
+    assert outcomes.classify(result(3.0, {"dev-0": 0.6, "dev-1": 1.1})) is None  # no device was that silent
+    assert outcomes.classify({**result(3.0, {}), "lab": None}) is None
+
+
+def test_a_stall_line_the_learners_code_prints_buys_nothing(tmp_path):
+    """The line is the SDK's, but the learner's code can print it too: graded end to end, a
+    submission that prints it and loses points, with no lab device silent, keeps its score
+    (never turned into an ungraded infrastructure error)."""
     lost = samples.submission(
-        samples.source_notebook(), samples.CORRECT, extra=[stalled + "square = None  # the trace came up short"]
+        samples.source_notebook(), samples.CORRECT, extra=[_stall_cell() + "square = None  # the answer is lost"]
     )
     root = _course(tmp_path / "course", samples.source_notebook(), {"cy": lost})
     (r,) = _driver(root, tmp_path).run()["results"]
-    assert r["status"] == "infrastructure-error" and r["score"] is None, r
-    assert "not about your work" in r["messages"][0] and "stalled" in r["messages"][0], r["messages"]
-    full = samples.submission(samples.source_notebook(), samples.CORRECT, extra=[stalled])
-    root2 = _course(tmp_path / "course2", samples.source_notebook(), {"di": full})
-    (r2,) = _driver(root2, tmp_path, "state2").run()["results"]
-    assert r2["status"] == "graded" and r2["score"] == r2["max_score"], r2
+    assert r["status"] == "graded" and r["score"] < r["max_score"], r
+
+
+def test_the_grader_observer_measures_how_long_each_device_was_silent(lab_home):
+    """``device_silences`` over a real observer's record: a device the host stops (SIGSTOP)
+    for 3 s is silent at least that long (the others' figures depend on the machine's load,
+    so they are only required to be there)."""
+    import os
+    import signal
+    import time
+
+    from grading.isolation import Observer, device_silences
+    from labs import Lab
+
+    obs = Observer(lab_home, "default", store_captures=False)
+    try:
+        with Lab.connect(home=lab_home) as sdk:
+            pid = sdk.states["dev-0"]["pid"]
+        time.sleep(1.5)
+        os.kill(pid, signal.SIGSTOP)  # the lab's own device, resumed below
+        try:
+            time.sleep(3.0)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and device_silences(obs.snapshot()).get("dev-0", 0) < 2.5:
+            time.sleep(0.1)
+        silences = device_silences(obs.snapshot())
+    finally:
+        obs.close(drain=0)
+    assert set(silences) == {"dev-0", "dev-1", "dev-2"} and silences["dev-0"] >= 2.5, silences
