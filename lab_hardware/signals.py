@@ -48,6 +48,18 @@ def route(callbacks: dict[int, Callable[[], object]], *, name: str = "signals") 
     for signum in callbacks:
         signal.signal(signum, _ignore)
 
+    def in_forked_child() -> None:
+        # a fork (no exec) inherits the wakeup fd and the pipe: its signals would be written
+        # to this process's pipe and run this process's callbacks (stop the supervisor when a
+        # forked helper gets SIGTERM), while its own do nothing.  Give it the defaults back.
+        signal.set_wakeup_fd(-1)
+        for signum in callbacks:
+            signal.signal(signum, signal.SIG_DFL)
+        os.close(r)
+        os.close(w)
+
+    os.register_at_fork(after_in_child=in_forked_child)
+
     def pump() -> None:
         while True:
             data = os.read(r, 4096)

@@ -84,3 +84,36 @@ def test_no_product_process_sets_an_event_from_a_python_signal_handler():
     assert not found, "Python signal handlers that call into locks (use lab_hardware.signals.route): " + ", ".join(
         found
     )
+
+
+_FORKING = textwrap.dedent(
+    """
+    import os, signal, sys, threading, time
+    sys.path.insert(0, {root!r})
+    from lab_hardware import signals
+
+    stop = threading.Event()
+    signals.route({{signal.SIGTERM: stop.set}})
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(ready_w, b"x")  # past fork(): its at-fork handlers have run
+        time.sleep(60)  # ended by the SIGTERM below, as any unrouted process is
+        os._exit(3)
+    os.read(ready_r, 1)
+    os.kill(pid, signal.SIGTERM)
+    _, status = os.waitpid(pid, 0)
+    time.sleep(0.5)  # were the child's signal written to this process's pipe, stop is set by now
+    print(os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM, stop.is_set(), flush=True)
+    """
+)
+
+
+def test_a_process_forked_from_a_routed_one_keeps_its_signals_to_itself():
+    """A fork (no exec) of a routed process inherited the wakeup pipe: a SIGTERM to the child
+    ran the parent's callback (a forked helper's SIGTERM would stop the supervisor) and did
+    not end the child.  The child gets the default handling back."""
+    out = subprocess.run(
+        [sys.executable, "-c", _FORKING.format(root=str(ROOT))], capture_output=True, text=True, timeout=120
+    )
+    assert out.stdout.split() == ["True", "False"], out.stdout + out.stderr
